@@ -1,0 +1,11 @@
+"""hrseg-jax: HRNet-family semantic segmentation in JAX/Flax."""
+
+__version__ = '0.1.0'
+
+
+def __getattr__(name):
+  # Lazy, so `import hrseg_jax.data` never pulls in the model stack.
+  if name == 'Segmenter':
+    from hrseg_jax.inference import Segmenter
+    return Segmenter
+  raise AttributeError(name)

@@ -1,0 +1,53 @@
+"""python -m hrseg_jax.convert CHECKPOINT.pth OUTPUT_DIR [options]
+
+Converts an official PyTorch checkpoint (HRNetV2, HRNet-OCR, the seed fork's
+HRNet+HANet and Lite-HRNet, mmpose Lite-HRNet backbones, ImageNet HRNet
+backbones) into a self-describing Orbax checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog='python -m hrseg_jax.convert', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('checkpoint', help='.pth file (zip or legacy pre-1.6 format)')
+  p.add_argument('output_dir', help='Orbax checkpoint directory to create')
+  p.add_argument('--config', help='configs/X.py[:arg]; its `model` field fixes the '
+                 'architecture (default: inferred from tensor shapes)')
+  p.add_argument('--num-classes', type=int, help='classes of a freshly initialised '
+                 'head (ImageNet backbones) or a check against the checkpoint')
+  ac = p.add_mutually_exclusive_group()
+  ac.add_argument('--align-corners', dest='align_corners', action='store_true',
+                  default=None, help='bilinear align_corners=True (OCR, ADE20K, '
+                  'COCO-Stuff checkpoints; see the README model table)')
+  ac.add_argument('--no-align-corners', dest='align_corners', action='store_false')
+  p.add_argument('--inplace-abn', action='store_true', help='checkpoint trained with '
+                 'InPlaceABN (*_torch04 files, master branch): BN scale = |w| + 1e-5')
+  p.add_argument('--backbone-only', action='store_true', default=None,
+                 help='treat the file as a pretrained backbone: skip (and list) keys '
+                 'the segmentation model lacks, initialise the head (auto-detected)')
+  p.add_argument('--overwrite', action='store_true')
+  p.add_argument('--seed', type=int, default=0, help='seed of a fresh head')
+  args = p.parse_args(argv)
+  try:
+    from hrseg_jax.convert import convert  # pylint: disable=g-import-not-at-top
+    model_cfg = None
+    if args.config:
+      from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
+      model_cfg = load_config_file(args.config).model.to_dict()
+    convert.convert(args.checkpoint, args.output_dir, model_cfg=model_cfg,
+                    num_classes=args.num_classes, align_corners=args.align_corners,
+                    inplace_abn=args.inplace_abn, backbone_only=args.backbone_only,
+                    overwrite=args.overwrite, seed=args.seed)
+  except (OSError, ValueError, KeyError) as e:
+    msg = str(e).replace('\n', ' ')
+    print(f'error: {msg}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,136 @@
+"""PyTorch ``.pth`` -> self-describing Orbax checkpoint (and back)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from hrseg_jax import checkpoints
+from hrseg_jax.convert import infer, mapping, pth
+from hrseg_jax.models import registry
+
+# First-level Flax module names that an ImageNet/mmpose backbone file lacks.
+HEAD_MODULES = registry.HEAD_PREFIXES
+# Keys of classification / pose checkpoints that a segmentation model skips.
+NON_SEG_PREFIXES = ('incre_modules.', 'downsamp_modules.', 'final_layer.',
+                    'classifier.', 'keypoint_head.', 'fc.')
+
+
+def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
+  """Reads a checkpoint file; returns (state without wrappers, layout meta)."""
+  obj = pth.load_pth(path)
+  state = pth.state_dict_from_checkpoint(obj)
+  bad = [k for k, v in state.items() if not isinstance(v, np.ndarray)]
+  if bad:
+    raise mapping.ConversionError(
+        f'{path}: entries that are not tensors: {mapping._fmt(bad)}')  # pylint: disable=protected-access
+  wrapper = None
+  if isinstance(obj, Mapping):
+    for w in ('state_dict', 'model'):
+      if w in obj and isinstance(obj[w], Mapping):
+        wrapper = w
+        break
+  state, prefix = mapping.strip_prefixes(state)
+  for p in ('backbone.',):  # mmpose: keep the backbone, skip the pose head
+    if any(k.startswith(p) for k in state):
+      state = {k[len(p):] if k.startswith(p) else k: v for k, v in state.items()}
+      prefix += p
+  layout = {
+      'wrapper': wrapper, 'prefix': prefix,
+      'num_batches_tracked': {k: int(np.asarray(v).reshape(()))
+                              for k, v in state.items()
+                              if k.endswith('num_batches_tracked')},
+      'extras': {k: np.asarray(v).tolist() for k, v in state.items()
+                 if k.startswith(mapping.NON_MODEL_PREFIXES)},
+  }
+  return state, layout
+
+
+def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
+            num_classes: int | None = None, align_corners: bool | None = None,
+            inplace_abn: bool = False, backbone_only: bool | None = None,
+            overwrite: bool = False, seed: int = 0, log=print) -> dict:
+  """Converts ``src`` (.pth) to an Orbax checkpoint in ``dst``; returns meta.
+
+  Validation happens before anything is written; on any error ``dst`` is not
+  created.
+  """
+  dst_path = os.fspath(dst)
+  if os.path.exists(dst_path) and os.listdir(dst_path) and not overwrite:
+    raise FileExistsError(f'output directory is not empty: {dst_path} '
+                          '(pass --overwrite to replace it)')
+  state, layout = load_state(src)
+  if backbone_only is None:
+    backbone_only = not infer.has_head(state)
+  if model_cfg is None:
+    cfg = infer.infer_model_config(state, num_classes)
+  else:
+    cfg = dict(model_cfg)
+    if num_classes is not None:
+      cfg['num_classes'] = num_classes
+  if align_corners is not None:
+    cfg['align_corners'] = bool(align_corners)
+  cfg = registry.resolve(cfg)
+  abstract = registry.abstract_variables(cfg)
+  skip = {k: v for k, v in state.items() if k.startswith(NON_SEG_PREFIXES)}
+  if backbone_only:
+    state = {k: v for k, v in state.items() if k not in skip}
+  filled, report = mapping.torch_to_variables(
+      state, abstract, inplace_abn=inplace_abn,
+      allow_missing=HEAD_MODULES if backbone_only else (),
+      allow_unexpected=False)
+  if backbone_only:
+    report['skipped'] = sorted(skip)
+  if any(v is None for v in filled.values()):
+    fresh = traverse_util.flatten_dict(jax.device_get(
+        registry.init_variables(cfg, jax.random.PRNGKey(seed))))
+    filled = {k: (np.asarray(fresh[k]) if v is None else v) for k, v in filled.items()}
+  variables = traverse_util.unflatten_dict(filled)
+  meta = {
+      'source': os.path.abspath(os.fspath(src)),
+      'inplace_abn': bool(inplace_abn),
+      'backbone_only': bool(backbone_only),
+      'initialised': report['initialised'],
+      'skipped': report['skipped'],
+      'torch_layout': layout,
+  }
+  checkpoints.save_model(dst, variables, cfg, meta, overwrite=overwrite)
+  n = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables['params']))
+  log(f'converted {src} -> {dst}: {cfg["arch"]} {cfg.get("variant", "")} '
+      f'{cfg["num_classes"]} classes, {n:,} parameters'
+      + (f'; freshly initialised: {len(report["initialised"])} tensors' if report['initialised'] else '')
+      + (f'; skipped: {len(report["skipped"])} keys' if report['skipped'] else ''))
+  if report['skipped']:
+    log('skipped keys: ' + mapping._fmt(report['skipped'], 20))  # pylint: disable=protected-access
+  return meta
+
+
+def to_state_dict(variables: Mapping, meta: Mapping | None = None,
+                  *, prefix: str | None = None) -> dict:
+  """Flax variables -> the PyTorch checkpoint object the official code loads.
+
+  The original layout (wrapper dict, ``model.`` prefix, ``num_batches_tracked``
+  buffers and extra entries such as ``loss.criterion.weight``) is restored
+  from ``meta`` when the weights came from a ``.pth``; otherwise the released
+  checkpoints' layout (``model.`` prefix, which ``tools/test.py`` strips) is
+  used.
+  """
+  layout = dict((meta or {}).get('torch_layout') or {})
+  if prefix is None:
+    prefix = layout.get('prefix', 'model.')
+  tensors = mapping.variables_to_torch(variables)
+  nbt = layout.get('num_batches_tracked', {})
+  out = {}
+  for key, value in tensors.items():
+    out[prefix + key] = np.ascontiguousarray(value)
+    if key.endswith('.running_var'):
+      bn = key[:-len('running_var')] + 'num_batches_tracked'
+      out[prefix + bn] = np.asarray(nbt.get(bn, 0), np.int64)
+  for key, value in layout.get('extras', {}).items():
+    out[key] = np.asarray(value, np.float32)
+  if layout.get('wrapper'):
+    return {layout['wrapper']: out}
+  return out

@@ -1,0 +1,90 @@
+"""Infer a model configuration from the tensor shapes of a state dict."""
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+import numpy as np
+
+from hrseg_jax.models import hrnet
+
+
+def _count(state, pattern: str) -> int:
+  rx = re.compile(pattern)
+  return len({m.group(1) for k in state if (m := rx.match(k))})
+
+
+def infer_hrnet(state: Mapping[str, np.ndarray], num_classes: int | None = None) -> dict:
+  """HRNetV2 (+OCR, +HANet) layout from ``state`` (prefixes removed)."""
+  if 'conv1.weight' not in state or 'layer1.0.conv1.weight' not in state:
+    raise ValueError('not an HRNet state dict: conv1.weight / layer1.0.conv1.weight missing')
+  n1 = _count(state, r'layer1\.(\d+)\.conv1\.weight$')
+  block1 = 'BOTTLENECK' if 'layer1.0.conv3.weight' in state else 'BASIC'
+  planes = int(state['layer1.0.conv1.weight'].shape[0])
+  stages = []
+  for s in (2, 3, 4):
+    modules = _count(state, rf'stage{s}\.(\d+)\.branches\.0\.0\.conv1\.weight$')
+    if not modules:
+      raise ValueError(f'not an HRNet state dict: stage{s} missing')
+    layouts = set()
+    for m in range(modules):
+      branches = _count(state, rf'stage{s}\.{m}\.branches\.(\d+)\.0\.conv1\.weight$')
+      blocks = tuple(_count(state, rf'stage{s}\.{m}\.branches\.{i}\.(\d+)\.conv1\.weight$')
+                     for i in range(branches))
+      chans = tuple(int(state[f'stage{s}.{m}.branches.{i}.0.conv1.weight'].shape[0])
+                    for i in range(branches))
+      layouts.add((blocks, chans))
+    if len(layouts) != 1:
+      raise ValueError(f'stage{s}: modules differ in layout {sorted(layouts)}')
+    blocks, chans = layouts.pop()
+    stages.append([modules, list(blocks), list(chans)])
+  cfg = {'arch': 'hrnet', 'stage1': [n1, planes, block1], 'stages': stages}
+  cfg['variant'] = 'custom'
+  for name, spec in hrnet.VARIANTS.items():
+    if (list(spec['stage1']) == cfg['stage1'] and
+        [[m, list(b), list(c)] for m, b, c in spec['stages']] == stages):
+      cfg['variant'] = name
+      break
+  head = None
+  if 'last_layer.3.weight' in state:
+    head = state['last_layer.3.weight']
+    cfg['final_conv_kernel'] = int(head.shape[-1])
+  elif 'cls_head.weight' in state:
+    head = state['cls_head.weight']
+  if 'conv3x3_ocr.0.weight' in state:
+    cfg['ocr'] = {
+        'mid_channels': int(state['conv3x3_ocr.0.weight'].shape[0]),
+        'key_channels': int(state[
+            'ocr_distri_head.object_context_block.f_pixel.0.weight'].shape[0]),
+        'dropout': 0.05}
+  else:
+    cfg['ocr'] = None
+  if any(k.startswith('hanet3_0.') for k in state):
+    from hrseg_jax.models import hanet  # pylint: disable=g-import-not-at-top
+    cfg['hanet'] = hanet.infer_config(state, 'hanet3_0.')
+  else:
+    cfg['hanet'] = None
+  if head is not None:
+    k = int(head.shape[0])
+    if num_classes is not None and num_classes != k:
+      raise ValueError(f'--num-classes {num_classes} but the checkpoint head has {k} '
+                       'classes (last_layer.3.weight / cls_head.weight)')
+    cfg['num_classes'] = k
+  elif num_classes is not None:
+    cfg['num_classes'] = num_classes
+  else:
+    raise ValueError('the checkpoint has no segmentation head (an ImageNet backbone?): '
+                     'pass --num-classes or --config')
+  return cfg
+
+
+def infer_model_config(state: Mapping[str, np.ndarray], num_classes: int | None = None) -> dict:
+  if any(k.startswith('stem.') for k in state):
+    from hrseg_jax.models import lite_hrnet  # pylint: disable=g-import-not-at-top
+    return lite_hrnet.infer_config(state, num_classes)
+  return infer_hrnet(state, num_classes)
+
+
+def has_head(state: Mapping[str, np.ndarray]) -> bool:
+  return any(k.startswith(('last_layer.', 'cls_head.', 'aux_head.', 'head_layer.'))
+             for k in state)

@@ -1,0 +1,38 @@
+"""python -m hrseg_jax.export ORBAX_DIR OUT.pth [--prefix P]
+
+Writes a PyTorch state dict that the official code loads (``tools/test.py``
+and ``init_weights``), in the layout the weights originally came in (or the
+released checkpoints' ``model.``-prefixed layout for trained weights).
+No PyTorch needed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog='python -m hrseg_jax.export', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('checkpoint', help='converted checkpoint or training workdir')
+  p.add_argument('output', help='.pth file to write')
+  p.add_argument('--prefix', default=None, help="key prefix ('' for a bare state "
+                 "dict; default: the source layout, else 'model.')")
+  p.add_argument('--step', type=int, default=None)
+  args = p.parse_args(argv)
+  try:
+    from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+    from hrseg_jax.convert import convert, pth  # pylint: disable=g-import-not-at-top
+    _, variables, meta = checkpoints.load_model(args.checkpoint, step=args.step)
+    obj = convert.to_state_dict(variables, meta, prefix=args.prefix)
+    pth.save_pth(obj, args.output)
+  except (OSError, ValueError, KeyError) as e:
+    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
+    return 2
+  n = len(obj.get('state_dict', obj))
+  print(f'wrote {args.output}: {n} tensors')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

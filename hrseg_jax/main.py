@@ -1,0 +1,93 @@
+"""python -m hrseg_jax.main --config configs/X.py --workdir DIR [--mode train|eval|predict]
+
+Kept thin on purpose: flags, multi-host start-up, then the library.
+Override any field with ``--config.a.b=value`` (after ``--config``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to run.')
+flags.DEFINE_string('checkpoint', None, 'eval/predict: checkpoint directory '
+                    '(default: the workdir\'s latest checkpoint).')
+flags.DEFINE_multi_string('input', [], 'predict: image files, folders or list files.')
+config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Experiment config file.',
+                                lock_config=True)
+
+
+def _maybe_initialize_distributed():
+  """jax.distributed on clusters (TPU pods, Slurm, MPI, explicit env vars)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  env = os.environ
+  explicit = 'JAX_COORDINATOR_ADDRESS' in env or 'HRSEG_COORDINATOR' in env
+  cluster = any(k in env for k in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
+                                   'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS'))
+  if not (explicit or cluster):
+    return
+  if 'HRSEG_COORDINATOR' in env:
+    jax.distributed.initialize(
+        coordinator_address=env['HRSEG_COORDINATOR'],
+        num_processes=int(env['HRSEG_NUM_PROCESSES']),
+        process_id=int(env['HRSEG_PROCESS_ID']))
+  else:
+    jax.distributed.initialize()
+
+
+def _hide_gpus_from_tf():
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+
+def run(config, workdir: str, mode: str, checkpoint=None, inputs=()):
+  import jax  # pylint: disable=g-import-not-at-top
+  if mode == 'train':
+    from hrseg_jax.train import loop  # pylint: disable=g-import-not-at-top
+    result = loop.train_and_evaluate(config, workdir)
+    if jax.process_index() == 0 and 'eval' in result:
+      logging.info('final mIoU %.4f', result['eval']['miou'])
+    return result
+  from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  model_cfg, variables, _ = checkpoints.load_model(checkpoint or workdir)
+  if mode == 'eval':
+    from hrseg_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
+    return evaluate.evaluate(model_cfg, variables, config.data, config.eval,
+                             out_dir=os.path.join(workdir, 'eval'))
+  from hrseg_jax import predict  # pylint: disable=g-import-not-at-top
+  if not inputs:
+    raise ValueError('--mode predict needs --input (image files, folders or list files)')
+  return predict.predict(model_cfg, variables, list(inputs),
+                         os.path.join(workdir, 'predictions'),
+                         palette=config.data.name, eval_cfg=config.eval)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS.workdir:
+    raise app.UsageError('--workdir is required')
+  _hide_gpus_from_tf()
+  try:
+    _maybe_initialize_distributed()
+    run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint, FLAGS.input)
+  except (OSError, ValueError, KeyError, RuntimeError) as e:
+    msg = str(e).strip().replace('\n', ' ') or type(e).__name__
+    print(f'error: {msg}', file=sys.stderr)
+    sys.exit(2)
+
+
+def entry():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  entry()

@@ -1,0 +1,217 @@
+"""The training loop (big_vision style: one linear function in sections)."""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from flax import traverse_util
+
+from hrseg_jax import checkpoints as model_ckpt
+from hrseg_jax.models import registry
+from hrseg_jax.models.layers import resize_bilinear
+from hrseg_jax.train import optim, sharding, step as step_lib
+from hrseg_jax.train.checkpointing import Checkpointer, abstract_with_shardings
+from hrseg_jax.train.state import TrainState
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+class NonFiniteLoss(RuntimeError):
+  """Raised when the loss or gradient is not finite (train.nonfinite='stop')."""
+
+
+def compute_dtype(name: str):
+  if name not in DTYPES:
+    raise ValueError(f'train.dtype={name!r}: expected one of {sorted(DTYPES)}')
+  return DTYPES[name]
+
+
+def total_steps(config, num_train: int) -> tuple[int, int]:
+  """(steps per epoch, total steps): epochs become steps from the data size."""
+  steps_per_epoch = max(num_train // config.train.batch_size, 1)
+  if config.train.num_steps > 0:
+    return steps_per_epoch, int(config.train.num_steps)
+  return steps_per_epoch, int(config.train.num_epochs * steps_per_epoch)
+
+
+def init_state(model, tx, rng, image_shape, mesh) -> tuple[TrainState, Any]:
+  """Initialises the state directly with its shardings (no host copy)."""
+  init_rng, state_rng = jax.random.split(rng)
+
+  def make():
+    variables = model.init({'params': init_rng, 'dropout': init_rng},
+                           jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables['params']
+    model_state = {k: v for k, v in variables.items() if k != 'params'}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      model_state=model_state, opt_state=tx.init(params),
+                      rng=state_rng, skipped=jnp.zeros((), jnp.int32))
+
+  abstract = jax.eval_shape(make)
+  shardings = sharding.state_shardings(abstract, mesh)
+  return jax.jit(make, out_shardings=shardings)(), shardings
+
+
+def load_init_weights(state: TrainState, path, model_cfg) -> TrainState:
+  """Initialises from a converted checkpoint (full model or ImageNet backbone).
+
+  Leaves the conversion freshly initialised (a backbone file's head) keep
+  this run's initialisation; every other leaf must exist with the same shape.
+  """
+  from hrseg_jax.convert import mapping  # pylint: disable=g-import-not-at-top
+  _, loaded, meta = model_ckpt.load_model(path)
+  fresh = set(meta.get('initialised', []))
+  src = traverse_util.flatten_dict(loaded)
+  ours = traverse_util.flatten_dict(state.variables)
+  out, problems = {}, []
+  for k, v in ours.items():
+    if mapping.flax_path_to_torch(k) in fresh:
+      out[k] = v
+    elif k not in src:
+      problems.append(f'missing {"/".join(k)}')
+    elif tuple(src[k].shape) != tuple(v.shape):
+      problems.append(f'{"/".join(k)}: {tuple(src[k].shape)} vs {tuple(v.shape)}')
+    else:
+      out[k] = jax.device_put(np.asarray(src[k], v.dtype), v.sharding)
+  if problems:
+    raise ValueError(f'train.init_from={path}: does not fit model {model_cfg.get("variant", "")}: '
+                     + '; '.join(problems[:8]) + (' …' if len(problems) > 8 else ''))
+  v = traverse_util.unflatten_dict(out)
+  return state.replace(params=v['params'],
+                       model_state={k: x for k, x in v.items() if k != 'params'})
+
+
+def make_eval_step(model, num_classes: int, ignore_label: int, align_corners: bool):
+  from hrseg_jax.eval.metrics import confusion_matrix  # pylint: disable=g-import-not-at-top
+
+  def eval_step(variables, batch):
+    logits = step_lib.eval_logits(variables, batch['image'], batch.get('rows'),
+                                  model=model)
+    logits = resize_bilinear(logits, batch['label'].shape[1:3], align_corners)
+    pred = jnp.argmax(logits, axis=-1)
+    return confusion_matrix(pred, batch['label'], num_classes, ignore_label,
+                            mask=batch['mask'])
+  return eval_step
+
+
+def run_eval(eval_fn, variables, data_cfg, batch_size, batch_sh, num_classes):
+  from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.eval.metrics import iou_metrics  # pylint: disable=g-import-not-at-top
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  it = pipeline.make_eval_iterator(data_cfg, batch_size=batch_size,
+                                   shard_index=jax.process_index(),
+                                   shard_count=jax.process_count())
+  for local in it:
+    batch = sharding.global_batch(local, batch_sh)
+    cm += np.asarray(jax.device_get(eval_fn(variables, batch)), np.int64)
+  return iou_metrics(cm)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming from ``workdir`` if it has checkpoints) and evaluates."""
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_main, asynchronous=True)
+
+  # ---- Mesh and input pipeline -------------------------------------------
+  mesh = sharding.make_mesh(config.mesh.fsdp)
+  local_batch = sharding.check_batch_size(config.train.batch_size, mesh)
+  batch_sh = sharding.batch_sharding(mesh)
+  num_train = pipeline.num_train_examples(config.data)
+  steps_per_epoch, num_steps = total_steps(config, num_train)
+  train_iter = pipeline.make_train_iterator(
+      config.data, batch_size=local_batch, seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count())
+
+  # ---- Model, optimizer and state ----------------------------------------
+  model_cfg = registry.resolve(config.model)
+  dtype = compute_dtype(config.train.dtype)
+  model = registry.build_model(model_cfg, dtype)
+  tx, lr_fn = optim.make_optimizer(config.train, num_steps)
+  crop = tuple(config.data.crop_size)
+  state, state_sh = init_state(model, tx, jax.random.PRNGKey(config.seed),
+                               (*crop, 3), mesh)
+
+  ckpt = Checkpointer(workdir / 'checkpoints',
+                      max_to_keep=config.train.keep_checkpoints,
+                      keep_best=config.train.keep_best,
+                      async_save=config.train.async_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(abstract_with_shardings(state, state_sh), train_iter)
+    logging.info('resumed from step %d', int(state.step))
+  elif config.train.init_from:
+    state = load_init_weights(state, config.train.init_from, model_cfg)
+    logging.info('initialised from %s', config.train.init_from)
+  start = int(jax.device_get(state.step))
+
+  align = bool(model_cfg.get('align_corners', False))
+  train_fn = jax.jit(
+      functools.partial(step_lib.train_step, model=model, tx=tx,
+                        loss_cfg=config.loss, align_corners=align,
+                        skip_nonfinite=config.train.nonfinite == 'skip'),
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
+      donate_argnums=(0,))
+  eval_fn = jax.jit(make_eval_step(model, model_cfg['num_classes'],
+                                   config.loss.ignore_label, align))
+  eval_batch = max(config.eval.batch_size // jax.process_count(), 1)
+
+  def evaluate(state):
+    return run_eval(eval_fn, state.variables, config.data, eval_batch, batch_sh,
+                    model_cfg['num_classes'])
+
+  # ---- Train loop ----------------------------------------------------------
+  meta = {'config': config.to_dict() if hasattr(config, 'to_dict') else {}}
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps,
+                                           writer=writer, every_steps=config.train.log_every_steps)
+  history, pending = [], []
+  result = {'steps': num_steps, 'start_step': start}
+  t0 = time.time()
+  with metric_writers.ensure_flushes(writer):
+    for step in range(start + 1, num_steps + 1):
+      with report.timed('data', wait_jax_async_dispatch=False):
+        local = next(train_iter)
+      batch = sharding.global_batch(local, batch_sh)
+      state, metrics = train_fn(state, batch)
+      pending.append(metrics)
+      report(step)
+      last = step == num_steps
+      if step % config.train.log_every_steps == 0 or last:
+        fetched = jax.device_get(pending)
+        pending = []
+        for m in fetched:
+          history.append(float(m['loss']))
+        if not all(bool(m['finite']) for m in fetched) and config.train.nonfinite == 'stop':
+          ckpt.wait()
+          good = ckpt.latest_step()
+          raise NonFiniteLoss(f'non-finite loss or gradient at step <= {step}; '
+                              f'last good checkpoint: step {good}')
+        writer.write_scalars(step, {
+            'train/loss': float(np.mean([m['loss'] for m in fetched])),
+            'train/grad_norm': float(np.mean([m['grad_norm'] for m in fetched])),
+            'train/lr': float(lr_fn(step - 1)),
+            'train/skipped_steps': int(jax.device_get(state.skipped))})
+      ev = None
+      if config.eval.every_steps > 0 and (step % config.eval.every_steps == 0 or last):
+        with report.timed('eval'):
+          ev = evaluate(state)
+        writer.write_scalars(step, {f'eval/{k}': v for k, v in ev.items()
+                                    if np.isscalar(v)})
+        result['eval'] = ev
+      if step % config.train.checkpoint_every_steps == 0 or last or ev is not None:
+        ckpt.save(state, train_iter, model_cfg,
+                  metrics={'miou': float(ev['miou'])} if ev else None, meta=meta)
+  ckpt.close()
+  result['losses'] = history
+  result['seconds'] = time.time() - t0
+  result['final_step'] = int(jax.device_get(state.step))
+  return result
