@@ -5,6 +5,7 @@ import os
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -17,6 +18,37 @@ HEAD_MODULES = registry.HEAD_PREFIXES
 # Keys of classification / pose checkpoints that a segmentation model skips.
 NON_SEG_PREFIXES = ('incre_modules.', 'downsamp_modules.', 'final_layer.',
                     'classifier.', 'keypoint_head.', 'fc.')
+# PyTorch module names that the mechanical Flax-name rule cannot express:
+# the seed fork's HRNet attribute ``hanet3_0`` (the Flax module ``hanet3_0``
+# reads as ``hanet3.0``).  Rule key prefix -> PyTorch key prefix.
+TORCH_NAMES = {'hanet3.0.': 'hanet3_0.'}
+
+
+def rename_keys(state: Mapping[str, Any], table: Mapping[str, str]) -> dict:
+  """Replaces the key prefixes ``table`` maps (first match wins)."""
+  def fix(key):
+    for old, new in table.items():
+      if key.startswith(old):
+        return new + key[len(old):]
+    return key
+  return {fix(k): v for k, v in state.items()}
+
+
+def init_leaves(model_cfg: Mapping[str, Any], paths, seed: int = 0) -> dict:
+  """Fresh values of the variables at ``paths`` (flat tuples) only.
+
+  The same values as ``registry.init_variables(model_cfg, PRNGKey(seed))``,
+  but XLA compiles just the initialisers of ``paths``: a whole-model init
+  compiles one RNG kernel per parameter shape, which takes minutes on CPU for
+  Lite-HRNet's ~500 differently shaped tensors.
+  """
+  model = registry.build_model(model_cfg)
+  x = jnp.zeros((1, 64, 64, 3), jnp.float32)
+
+  def init(rng):
+    flat = traverse_util.flatten_dict(model.init(rng, x))
+    return {p: flat[p] for p in paths}
+  return jax.device_get(jax.jit(init)(jax.random.PRNGKey(seed)))
 
 
 def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
@@ -78,15 +110,16 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
   skip = {k: v for k, v in state.items() if k.startswith(NON_SEG_PREFIXES)}
   if backbone_only:
     state = {k: v for k, v in state.items() if k not in skip}
+  state = rename_keys(state, {v: k for k, v in TORCH_NAMES.items()})
   filled, report = mapping.torch_to_variables(
       state, abstract, inplace_abn=inplace_abn,
       allow_missing=HEAD_MODULES if backbone_only else (),
       allow_unexpected=False)
   if backbone_only:
     report['skipped'] = sorted(skip)
-  if any(v is None for v in filled.values()):
-    fresh = traverse_util.flatten_dict(jax.device_get(
-        registry.init_variables(cfg, jax.random.PRNGKey(seed))))
+  missing = [k for k, v in filled.items() if v is None]
+  if missing:
+    fresh = init_leaves(cfg, missing, seed)
     filled = {k: (np.asarray(fresh[k]) if v is None else v) for k, v in filled.items()}
   variables = traverse_util.unflatten_dict(filled)
   meta = {
@@ -121,7 +154,7 @@ def to_state_dict(variables: Mapping, meta: Mapping | None = None,
   layout = dict((meta or {}).get('torch_layout') or {})
   if prefix is None:
     prefix = layout.get('prefix', 'model.')
-  tensors = mapping.variables_to_torch(variables)
+  tensors = rename_keys(mapping.variables_to_torch(variables), TORCH_NAMES)
   nbt = layout.get('num_batches_tracked', {})
   out = {}
   for key, value in tensors.items():

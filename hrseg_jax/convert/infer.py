@@ -86,5 +86,8 @@ def infer_model_config(state: Mapping[str, np.ndarray], num_classes: int | None 
 
 
 def has_head(state: Mapping[str, np.ndarray]) -> bool:
+  if any(k.startswith('stem.') for k in state):
+    from hrseg_jax.models import lite_hrnet  # pylint: disable=g-import-not-at-top
+    return lite_hrnet.has_head(state)
   return any(k.startswith(('last_layer.', 'cls_head.', 'aux_head.', 'head_layer.'))
              for k in state)

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from hrseg_jax.models import hrnet
+from hrseg_jax.models import hanet, hrnet
 
 # Module names (first path element) that belong to the segmentation head
 # rather than to an ImageNet-pretrained backbone.
@@ -62,7 +62,7 @@ def resolve(model_cfg: Mapping[str, Any]) -> dict:
     cfg.setdefault('align_corners', False)
     cfg.setdefault('final_conv_kernel', 1)
     cfg.setdefault('ocr', None)
-    cfg.setdefault('hanet', None)
+    cfg['hanet'] = hanet.resolve(cfg.get('hanet'))
     if cfg['ocr'] is not None:
       ocr = dict(mid_channels=512, key_channels=256, dropout=0.05)
       ocr.update(cfg['ocr'])

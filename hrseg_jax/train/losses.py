@@ -13,22 +13,27 @@ import jax.numpy as jnp
 from hrseg_jax.models.layers import resize_bilinear
 
 
+def _f32(x):
+  """At least float32 (bf16 logits are promoted; float64 stays float64)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _pixel_nll(logits, labels, ignore_label, class_weights):
   """Per-pixel weighted NLL, the validity mask, and the GT-class probability."""
   num_classes = logits.shape[-1]
-  logits = logits.astype(jnp.float32)
+  logits = _f32(logits)
   valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
   safe = jnp.where(valid, labels, 0)
   logp = jax.nn.log_softmax(logits, axis=-1)
   logp_gt = jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-  w = (jnp.ones((), jnp.float32) if class_weights is None
-       else jnp.asarray(class_weights, jnp.float32)[safe])
+  w = (jnp.ones((), logits.dtype) if class_weights is None
+       else jnp.asarray(class_weights, logits.dtype)[safe])
   nll = -logp_gt * w
   return nll, valid, w, jnp.exp(logp_gt)
 
 
 def upsample_to(logits, labels, align_corners: bool):
-  return resize_bilinear(logits.astype(jnp.float32), labels.shape[1:3], align_corners)
+  return resize_bilinear(_f32(logits), labels.shape[1:3], align_corners)
 
 
 def cross_entropy(logits, labels, *, ignore_label: int = 255, class_weights=None,

@@ -1,0 +1,211 @@
+"""Predict class maps for images: PNG class maps, colour masks, overlays.
+
+>>> predict(model_cfg, variables, 'photos/', 'out/', palette='cityscapes')
+
+Inputs are a folder (searched recursively for ``*.png``, ``*.jpg``,
+``*.jpeg``), a list file (``.txt``/``.lst``: the first whitespace-separated
+column of each line is an image path, relative to ``list_root`` or the list
+file's folder -- the original's list format), explicit image paths, or a list
+mixing these.  Per image (``<rel>`` = the path relative to its folder or list
+root, without extension; the file name for explicit paths)::
+
+  out_dir/labels/<rel>.png       class ids (trainIds), uint8 grayscale
+  out_dir/color/<rel>.png        colourised with the dataset palette (RGB)
+  out_dir/overlay/<rel>.png      alpha blend of image and colours (RGB)
+  out_dir/test_results/<name>.png  with cityscapes_test_format: labelIds in
+                                   a VOC-palette PNG, named by the image's
+                                   basename (the Cityscapes test server
+                                   format of the original's ``save_pred``)
+
+Images are decoded like the original (OpenCV, BGR -> RGB) and normalised
+with the ImageNet mean/std; test-time settings (scales, flip, sliding
+windows) come from ``eval_cfg``.  Every file is written atomically and an
+image's files are only written once all of them are encoded, so a bad input
+(missing, unreadable, corrupt) raises an error naming the file and leaves no
+partial outputs for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from hrseg_jax.data import decode, label_maps
+from hrseg_jax.eval import files, palettes
+from hrseg_jax.eval.inference import Predictor
+from hrseg_jax.inference import normalize
+from hrseg_jax.models import registry
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+LIST_EXTENSIONS = ('.txt', '.lst')
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInput:
+  """An image to predict: its path and its output name (no extension)."""
+  path: str
+  rel: str
+
+
+def _strip_ext(path: str) -> str:
+  return os.path.splitext(path)[0]
+
+
+def _from_folder(folder: str) -> list[ImageInput]:
+  found = []
+  for root, dirs, names in os.walk(folder):
+    dirs.sort()
+    for name in sorted(names):
+      if name.lower().endswith(IMAGE_EXTENSIONS):
+        path = os.path.join(root, name)
+        found.append(ImageInput(path, _strip_ext(os.path.relpath(path, folder))))
+  if not found:
+    raise ValueError(f'{folder}: no {"/".join(IMAGE_EXTENSIONS)} images found')
+  return found
+
+
+def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
+  root = list_root if list_root is not None else os.path.dirname(list_path)
+  out = []
+  with open(list_path) as f:
+    for line in f:
+      parts = line.split()
+      if not parts:
+        continue
+      entry = parts[0]
+      path = entry if os.path.isabs(entry) else os.path.join(root, entry)
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path}: image not found (listed in {list_path})')
+      rel = _strip_ext(os.path.basename(entry) if os.path.isabs(entry)
+                       else os.path.normpath(entry))
+      out.append(ImageInput(path, rel))
+  if not out:
+    raise ValueError(f'{list_path}: empty list file')
+  return out
+
+
+def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
+                   list_root: str | None = None) -> list[ImageInput]:
+  """Expands folders and list files into images; checks that all exist.
+
+  Raises:
+    FileNotFoundError: a path (given or listed) does not exist.
+    ValueError: no images, or two inputs would write the same output file.
+  """
+  if isinstance(inputs, (str, os.PathLike)):
+    inputs = [inputs]
+  found: list[ImageInput] = []
+  for item in inputs:
+    path = os.fspath(item)
+    if os.path.isdir(path):
+      found += _from_folder(path)
+    elif not os.path.exists(path):
+      raise FileNotFoundError(f'{path}: no such file or directory')
+    elif path.lower().endswith(LIST_EXTENSIONS):
+      found += _from_list(path, list_root)
+    else:
+      found.append(ImageInput(path, _strip_ext(os.path.basename(path))))
+  if not found:
+    raise ValueError('predict: no input images')
+  check_unique([f.rel for f in found], found, 'output name')
+  return found
+
+
+def check_unique(keys: Sequence[str], found: Sequence[ImageInput], what: str
+                 ) -> None:
+  """Raises ValueError if two inputs have the same output ``key``."""
+  seen = {}
+  for key, f in zip(keys, found):
+    if key in seen:
+      raise ValueError(f'{f.path} and {seen[key]} map to the same {what} '
+                       f'{key!r}; rename one or predict them separately')
+    seen[key] = f.path
+
+
+def read_image(path: str) -> np.ndarray:
+  """RGB uint8 [H, W, 3] decoded like the original (cv2, BGR -> RGB).
+
+  Raises:
+    ValueError (``DataError``): missing, unreadable, truncated or corrupt;
+      the message starts with the path.
+  """
+  return decode.decode_image(decode.read_bytes(path), path)
+
+
+def image_outputs(image: np.ndarray, class_map: np.ndarray, rel: str,
+                  out_dir: str, *, palette: np.ndarray, overlay: bool,
+                  alpha: float, test_labels: np.ndarray | None
+                  ) -> dict[str, bytes]:
+  """Encoded output files of one image, keyed by destination path."""
+  out = {os.path.join(out_dir, 'labels', rel + '.png'): files.encode_png(class_map)}
+  colors = palettes.colorize(class_map, palette)
+  out[os.path.join(out_dir, 'color', rel + '.png')] = files.encode_png(colors)
+  if overlay:
+    out[os.path.join(out_dir, 'overlay', rel + '.png')] = files.encode_png(
+        palettes.overlay(image, colors, alpha))
+  if test_labels is not None:
+    name = os.path.basename(rel) + '.png'
+    out[os.path.join(out_dir, 'test_results', name)] = files.encode_png(
+        test_labels[class_map], palettes.voc_palette(256))
+  return out
+
+
+def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
+            palette: str = 'cityscapes', eval_cfg=None,
+            cityscapes_test_format: bool = False, overlay: bool = True,
+            alpha: float = 0.5, list_root: str | None = None,
+            dtype=jnp.float32, log: Callable[[str], None] | None = None
+            ) -> list[dict[str, Any]]:
+  """Predicts every input image and writes its files (module docstring).
+
+  Args:
+    model_cfg: model config.
+    variables: model variables.
+    inputs: folder, list file, image path, or a sequence of them.
+    out_dir: output folder.
+    palette: dataset name for the colours (:mod:`hrseg_jax.eval.palettes`).
+    eval_cfg: test-time settings (scales, flip, mode, ...); default:
+      single-scale whole-image at the image's own size.
+    cityscapes_test_format: also write labelId PNGs under ``test_results/``
+      (needs a 19-class model).
+    overlay: also write the overlay images.
+    alpha: overlay opacity of the colours.
+    list_root: folder that list-file entries are relative to.
+    dtype: network compute dtype.
+    log: optional callback receiving one line per image.
+
+  Returns:
+    One dict per image: ``input`` and the written ``files``.
+
+  Raises:
+    FileNotFoundError: an input does not exist (before anything is written).
+    ValueError: an image cannot be decoded (its path is in the message), or
+      bad settings.
+  """
+  cfg = registry.resolve(model_cfg)
+  pal = palettes.get_palette(palette)
+  test_labels = None
+  if cityscapes_test_format:
+    if cfg['num_classes'] != 19:
+      raise ValueError('cityscapes_test_format needs a 19-class model, got '
+                       f'{cfg["num_classes"]} classes')
+    test_labels = np.asarray(label_maps.CITYSCAPES_TRAIN_TO_LABEL, np.uint8)
+  items = resolve_inputs(inputs, list_root)
+  if cityscapes_test_format:
+    check_unique([os.path.basename(f.rel) for f in items], items,
+                 'test_results name')
+  predictor = Predictor.from_config(cfg, variables, eval_cfg, dtype=dtype)
+  results = []
+  for item in items:
+    image = read_image(item.path)
+    class_map = predictor.predict(normalize(image))[0]
+    encoded = image_outputs(image, class_map, item.rel, out_dir, palette=pal,
+                            overlay=overlay, alpha=alpha, test_labels=test_labels)
+    files.write_files_atomic(encoded)
+    results.append({'input': item.path, 'files': sorted(encoded)})
+    if log is not None:
+      log(f'{item.path}: {len(encoded)} files')
+  return results
