@@ -5,9 +5,12 @@ Override any field with ``--config.a.b=value`` (after ``--config``).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+# TensorFlow (clu writers) is only a logging backend here: keep it quiet and
+# off the accelerators.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -53,8 +56,11 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=()):
   if mode == 'train':
     from hrseg_jax.train import loop  # pylint: disable=g-import-not-at-top
     result = loop.train_and_evaluate(config, workdir)
-    if jax.process_index() == 0 and 'eval' in result:
-      logging.info('final mIoU %.4f', result['eval']['miou'])
+    if jax.process_index() == 0:
+      ev = result.get('eval')
+      print(f"trained {result['final_step']} steps in {result['seconds']:.0f} s; "
+            + (f"final mIoU {100 * ev['miou']:.2f}% (pixel acc "
+               f"{100 * ev['pixel_acc']:.2f}%)" if ev else 'no evaluation'))
     return result
   from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
   model_cfg, variables, _ = checkpoints.load_model(checkpoint or workdir)
@@ -75,6 +81,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
+  logging.set_verbosity(logging.INFO)
   _hide_gpus_from_tf()
   try:
     _maybe_initialize_distributed()

@@ -14,7 +14,8 @@ Config layout::
                         warmup_steps, nonbackbone_keywords, nonbackbone_mult,
                         grad_accum_steps, dtype, log_every_steps,
                         checkpoint_every_steps, keep_checkpoints, keep_best,
-                        async_checkpoints, init_from, nonfinite ('stop'|'skip')
+                        async_checkpoints, init_from, nonfinite ('stop'|'skip'),
+                        stop_at_step (save and stop there, as on preemption)
   loss                  ignore_label, class_weights, ohem, ohem_thresh,
                         ohem_min_kept, balance_weights, num_chunks
   eval                  see hrseg_jax.eval.config, plus every_steps
@@ -61,7 +62,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
       warmup_steps=0, nonbackbone_keywords=(), nonbackbone_mult=10.0,
       grad_accum_steps=1, dtype='bfloat16', log_every_steps=50,
       checkpoint_every_steps=1000, keep_checkpoints=3, keep_best=True,
-      async_checkpoints=True, init_from='', nonfinite='stop'))
+      async_checkpoints=True, init_from='', nonfinite='stop',
+      stop_at_step=-1))
   c.loss = ml_collections.ConfigDict(dict(
       ignore_label=255,
       class_weights=list(CITYSCAPES_CLASS_WEIGHTS) if dataset == 'cityscapes' else None,

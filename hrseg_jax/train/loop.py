@@ -26,6 +26,54 @@ class NonFiniteLoss(RuntimeError):
   """Raised when the loss or gradient is not finite (train.nonfinite='stop')."""
 
 
+class StopSignal:
+  """SIGTERM/SIGINT -> stop at the next step boundary after a checkpoint.
+
+  On multi-host runs the decision is taken collectively through JAX's
+  preemption sync point (TPU maintenance events included), so every process
+  saves the same step.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    import signal  # pylint: disable=g-import-not-at-top
+    import threading  # pylint: disable=g-import-not-at-top
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM,):
+        self._old[sig] = signal.signal(sig, self._handler)
+    return self
+
+  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning('signal %d: saving a checkpoint at the next step boundary', signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    import signal  # pylint: disable=g-import-not-at-top
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      flag = multihost_utils.process_allgather(np.int32(self.requested))
+      preempted = multihost_utils.reached_preemption_sync_point(step) if _sync_ok() else False
+      return bool(np.any(flag)) or preempted
+    return self.requested
+
+
+def _sync_ok() -> bool:
+  try:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.reached_preemption_sync_point  # pylint: disable=pointless-statement
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    return distributed.global_state.preemption_sync_manager is not None
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
 def compute_dtype(name: str):
   if name not in DTYPES:
     raise ValueError(f'train.dtype={name!r}: expected one of {sorted(DTYPES)}')
@@ -176,7 +224,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   history, pending = [], []
   result = {'steps': num_steps, 'start_step': start}
   t0 = time.time()
-  with metric_writers.ensure_flushes(writer):
+  stop = StopSignal()
+  stop_at = int(config.train.get('stop_at_step', -1))
+  result['preempted'] = False
+  with metric_writers.ensure_flushes(writer), stop:
     for step in range(start + 1, num_steps + 1):
       with report.timed('data', wait_jax_async_dispatch=False):
         local = next(train_iter)
@@ -206,12 +257,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
           ev = evaluate(state)
         writer.write_scalars(step, {f'eval/{k}': v for k, v in ev.items()
                                     if np.isscalar(v)})
+        if is_main:
+          from hrseg_jax.eval.metrics import format_iou_table  # pylint: disable=g-import-not-at-top
+          logging.info('step %d eval:\n%s', step, format_iou_table(ev))
         result['eval'] = ev
-      if step % config.train.checkpoint_every_steps == 0 or last or ev is not None:
-        ckpt.save(state, train_iter, model_cfg,
+      halt = step == stop_at or stop.should_stop(step)
+      if (step % config.train.checkpoint_every_steps == 0 or last or ev is not None
+          or halt):
+        ckpt.save(state, train_iter, model_cfg, force=True,
                   metrics={'miou': float(ev['miou'])} if ev else None, meta=meta)
+      if halt and not last:
+        if pending:
+          history.extend(float(m['loss']) for m in jax.device_get(pending))
+          pending = []
+        logging.warning('stopping at step %d (checkpoint saved); rerun the same '
+                        'command to resume', step)
+        result['preempted'] = True
+        break
   ckpt.close()
   result['losses'] = history
   result['seconds'] = time.time() - t0
   result['final_step'] = int(jax.device_get(state.step))
+  result['losses_from_step'] = start + 1
   return result

@@ -43,7 +43,7 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model, tx,
       state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new = state.replace(step=state.step + 1, params=params,
                       model_state={**state.model_state, **new_model_state},
