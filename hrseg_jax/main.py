@@ -92,8 +92,24 @@ def main(argv):
     sys.exit(2)
 
 
+def _parse_flags(argv):
+  """absl flag parsing with one-line errors for bad ``--config.*`` overrides."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
+  except (AttributeError, KeyError) as e:
+    field = str(e).strip('"\'')
+    bad = [a for a in argv if a.startswith('--config.') and field in a.split('=')[0]]
+    where = bad[0].split('=')[0][2:] if bad else field
+    print(f'error: unknown config field {where!r} (no field {field!r})', file=sys.stderr)
+  except (OSError, ValueError, TypeError) as e:
+    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
+  sys.exit(2)
+
+
 def entry():
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

@@ -40,6 +40,8 @@ _DATASETS = {
     'ade20k': (150, 16, 120, 2e-2, 1e-4, True),
     'synthetic': (8, 8, 1, 1e-2, 5e-4, False),
 }
+_EVAL_EVERY = {'cityscapes': 2470, 'lip': 7610, 'pascal_ctx': 3120,
+               'pascal_ctx60': 3120, 'cocostuff': 5620, 'ade20k': 12630}
 # x10 LR for head parameters (PASCAL-Context and COCO-Stuff only).
 _NONBACKBONE = ('pascal_ctx', 'pascal_ctx60', 'cocostuff')
 
@@ -71,7 +73,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
       # The original normalises the loss per GPU (4 GPUs) and averages.
       num_chunks=4 if dataset != 'synthetic' else 1))
   c.eval = default_eval_config(dataset)
-  c.eval.every_steps = -1
+  # Validation every 10 epochs of the original (it validated every epoch).
+  c.eval.every_steps = _EVAL_EVERY.get(dataset, -1)
   c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
   if dataset in ('cocostuff', 'ade20k'):
     c.model.align_corners = True  # those yamls leave the default (True)
@@ -95,6 +98,8 @@ def recipe(dataset: str, variant: str = 'w48', *, ocr: bool = False,
       c.train.nonbackbone_keywords = ('cls', 'aux', 'ocr')
   if hanet:
     c.model.hanet = ml_collections.ConfigDict(dict(positions='none'))
+  if dataset == 'ade20k' and not ocr:
+    c.data.scale_factor = 11  # seg_hrnet ADE20K yaml (OCR: 16)
   if ohem is not None:
     c.loss.ohem = ohem
   if train_list is not None:
