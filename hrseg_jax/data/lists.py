@@ -1,0 +1,172 @@
+"""List files in the original format: reading them, and making them from a tree.
+
+A list file has one example per line: whitespace-separated paths relative to
+the dataset root, image first, then label, then columns the loader ignores
+(LIP's reversed label).  A one-column list (Cityscapes ``test.lst``) has no
+labels.  The original lists are sorted by path (checked for the Cityscapes,
+COCO-Stuff and LIP lists of the original repository), so scanning a complete
+dataset in sorted order reproduces them; the one known exception is ADE20K's
+val list, where the original moved 12 files (ADE_val_00000016..27).
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+from hrseg_jax.data.errors import DataError
+
+Entry = tuple[str, ...]
+
+
+def read_list(path: str) -> list[Entry]:
+  """Parses a list file into tuples of columns (blank lines skipped)."""
+  try:
+    with open(path) as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    raise DataError(path, 'list file not found (generate it with '
+                    'scripts/make_lists.py)') from None
+  entries = [tuple(line.split()) for line in lines if line.strip()]
+  if not entries:
+    raise DataError(path, 'list file is empty')
+  widths = {len(e) for e in entries}
+  if min(widths) == 1 and max(widths) > 1:
+    raise DataError(path, 'list mixes lines with and without labels')
+  return entries
+
+
+def write_list(path: str, entries: list[Entry], sep: str = ' ') -> None:
+  """Writes entries, one per line, columns joined by ``sep``."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    f.writelines(sep.join(e) + '\n' for e in entries)
+
+
+def _rel_files(root: str, pattern: str) -> list[str]:
+  paths = glob.glob(os.path.join(root, pattern))
+  return sorted(os.path.relpath(p, root).replace(os.sep, '/') for p in paths)
+
+
+def _need(root: str, rel: str, image: str) -> str:
+  if not os.path.isfile(os.path.join(root, rel)):
+    raise DataError(os.path.join(root, rel), f'label for {image} not found')
+  return rel
+
+
+def cityscapes_lists(root: str) -> dict[str, list[Entry]]:
+  """train/val/trainval (image TAB labelIds) and test (image only) lists."""
+  lists = {}
+  for split in ('train', 'val', 'test'):
+    images = _rel_files(root, f'leftImg8bit/{split}/*/*_leftImg8bit.png')
+    if not images:
+      continue
+    if split == 'test':
+      lists[split] = [(im,) for im in images]
+      continue
+    lists[split] = [
+        (im, _need(root, im.replace('leftImg8bit/', 'gtFine/', 1).replace(
+            '_leftImg8bit.png', '_gtFine_labelIds.png'), im))
+        for im in images]
+  if 'train' in lists and 'val' in lists:
+    lists['trainval'] = lists['train'] + lists['val']
+  return lists
+
+
+def paired_lists(root: str) -> dict[str, list[Entry]]:
+  """``{split}/image/X.jpg {split}/label/X.png`` lists (ADE20K, COCO-Stuff).
+
+  Returns train, val, testval (= val) and trainval (= train + val).
+  """
+  lists = {}
+  for split in ('train', 'val'):
+    images = [p for p in _rel_files(root, f'{split}/image/*')
+              if p.lower().endswith(('.jpg', '.jpeg', '.png'))]
+    if not images:
+      continue
+    lists[split] = [
+        (im, _need(root, f'{split}/label/'
+                   f'{os.path.splitext(os.path.basename(im))[0]}.png', im))
+        for im in images]
+  if 'val' in lists:
+    lists['testval'] = list(lists['val'])
+  if 'train' in lists and 'val' in lists:
+    lists['trainval'] = lists['train'] + lists['val']
+  return lists
+
+
+def lip_lists(root: str) -> dict[str, list[Entry]]:
+  """LIP lists relative to ``TrainVal_images`` / ``..._parsing_annotations``.
+
+  trainList has 3 columns (image, label, reversed label) when
+  ``train_segmentations_reversed`` exists, as the HRNet-OCR loader expects,
+  else 2; valList and testvalList have 2.
+  """
+  images_dir = os.path.join(root, 'TrainVal_images')
+  labels_dir = os.path.join(root, 'TrainVal_parsing_annotations')
+  lists = {}
+  for split in ('train', 'val'):
+    images = _rel_files(images_dir, f'{split}_images/*.jpg')
+    if not images:
+      continue
+    reversed_dir = os.path.join(labels_dir, f'{split}_segmentations_reversed')
+    entries = []
+    for im in images:
+      stem = os.path.splitext(os.path.basename(im))[0]
+      entry = (im, _need(labels_dir, f'{split}_segmentations/{stem}.png', im))
+      if split == 'train' and os.path.isdir(reversed_dir):
+        entry += (_need(labels_dir,
+                        f'{split}_segmentations_reversed/{stem}.png', im),)
+      entries.append(entry)
+    lists[split] = entries
+  if 'val' in lists:
+    lists['testval'] = list(lists['val'])
+  return lists
+
+
+# dataset -> (scanner, separator, {split: list file name}).
+LIST_FORMATS = {
+    'cityscapes': (cityscapes_lists, '\t', {
+        'train': 'train.lst', 'val': 'val.lst', 'trainval': 'trainval.lst',
+        'test': 'test.lst'}),
+    'lip': (lip_lists, ' ', {
+        'train': 'trainList.txt', 'val': 'valList.txt',
+        'testval': 'testvalList.txt'}),
+    'ade20k': (paired_lists, ' ', {
+        'train': 'train.lst', 'val': 'val.lst', 'testval': 'testval.lst',
+        'trainval': 'trainval.lst'}),
+    'cocostuff': (paired_lists, ' ', {
+        'train': 'train.lst', 'val': 'val.lst', 'testval': 'testval.lst',
+        'trainval': 'trainval.lst'}),
+    'pascal_ctx': (paired_lists, ' ', {
+        'train': 'train.lst', 'val': 'val.lst', 'testval': 'testval.lst',
+        'trainval': 'trainval.lst'}),
+}
+
+
+def make_lists(dataset: str, root: str, out_dir: str) -> dict[str, str]:
+  """Scans ``root`` and writes the dataset's list files into ``out_dir``.
+
+  Args:
+    dataset: a key of :data:`LIST_FORMATS`.
+    root: the dataset directory in the original layout.
+    out_dir: where the list files go (e.g. ``data/list/cityscapes``).
+
+  Returns:
+    {split: path of the written list file}.
+
+  Raises:
+    DataError: no images found, or an image without its label.
+  """
+  if dataset not in LIST_FORMATS:
+    raise ValueError(f'no list format for {dataset!r}; expected one of '
+                     f'{sorted(LIST_FORMATS)}')
+  scan, sep, names = LIST_FORMATS[dataset]
+  lists = scan(root)
+  if not lists:
+    raise DataError(root, f'no {dataset} images found in the expected layout')
+  written = {}
+  for split, entries in lists.items():
+    path = os.path.join(out_dir, names[split])
+    write_list(path, entries, sep)
+    written[split] = path
+  return written

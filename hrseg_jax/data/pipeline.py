@@ -1,0 +1,275 @@
+"""Grain input pipelines: training, batched evaluation, per-image evaluation.
+
+Training (:func:`make_train_iterator`) follows the original's epoch
+semantics exactly: each epoch is a fresh permutation of the whole training
+set (NumPy, seeded by ``(seed, epoch)``), cut into
+``num_train_examples // (batch_size * shard_count)`` global batches (the
+remainder is dropped, like ``drop_last``); global batch t of an epoch is
+permutation positions ``[t*G, (t+1)*G)``, and process p takes the slice
+``[t*G + p*B, t*G + (p+1)*B)``.  So processes read disjoint examples, the
+global batch does not depend on how it is split over processes, and the
+augmentation randomness of an example is seeded by (seed, epoch, position),
+independent of the number of processes and workers.  The iterator is Grain's
+``DatasetIterator``: ``get_state()``/``set_state()`` (and Grain's Orbax
+``CheckpointSave``/``CheckpointRestore``) resume at the exact next batch.
+
+Evaluation (:func:`make_eval_iterator`): process p evaluates source examples
+p, p + P, p + 2P, ...; every process yields the same number of fixed-shape
+batches, the last ones padded with ``mask == False`` filler examples.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+from absl import flags
+import grain
+import numpy as np
+
+from hrseg_jax.data import augment
+from hrseg_jax.data import sources
+from hrseg_jax.data import workers
+from hrseg_jax.data.errors import SKIPPED, DataError
+
+# Consecutive bad examples tolerated (skip_bad_examples) before giving up.
+MAX_CONSECUTIVE_BAD = 32
+_U32 = 2 ** 32
+
+
+def num_train_examples(data_cfg) -> int:
+  """Number of training examples (the length of the train list / split)."""
+  return len(sources.make_source(data_cfg, 'train'))
+
+
+class _TrainPlan:
+  """Position k of one process's example stream -> (epoch, global position)."""
+
+  def __init__(self, num_examples: int, batch_size: int, shard_index: int,
+               shard_count: int, seed: int):
+    if not 0 <= shard_index < shard_count:
+      raise ValueError(f'shard_index {shard_index} not in [0, {shard_count})')
+    self.num_examples = num_examples
+    self.batch_size = batch_size
+    self.global_batch = batch_size * shard_count
+    self.steps_per_epoch = num_examples // self.global_batch
+    if self.steps_per_epoch == 0:
+      raise ValueError(f'{num_examples} training examples are fewer than one '
+                       f'global batch ({batch_size} x {shard_count} '
+                       'processes)')
+    self.shard_index = shard_index
+    self.seed = seed % _U32
+    self._permutations: dict[int, np.ndarray] = {}
+
+  def position(self, k: int) -> tuple[int, int]:
+    epoch, r = divmod(k, self.steps_per_epoch * self.batch_size)
+    step, j = divmod(r, self.batch_size)
+    offset = self.shard_index * self.batch_size + j
+    return epoch, step * self.global_batch + offset
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    """The epoch's order of the source (cached; threads may race harmlessly)."""
+    perm = self._permutations.get(epoch)
+    if perm is None:
+      perm = np.random.default_rng([self.seed, epoch]).permutation(
+          self.num_examples)
+      if len(self._permutations) >= 2:
+        self._permutations.clear()
+      self._permutations[epoch] = perm
+    return perm
+
+  def source_index(self, epoch: int, position: int) -> int:
+    return int(self.permutation(epoch)[position % self.num_examples])
+
+
+class _TrainExample:
+  """Stream position -> augmented example (substituting bad ones if asked)."""
+
+  def __init__(self, source, transform, plan: _TrainPlan, skip_bad: bool):
+    self.source, self.transform, self.plan = source, transform, plan
+    self.skip_bad = skip_bad
+
+  def __call__(self, k: int) -> dict[str, Any]:
+    epoch, position = self.plan.position(int(k))
+    rng = np.random.default_rng([self.plan.seed, epoch, position])
+    for attempt in range(MAX_CONSECUTIVE_BAD):
+      index = self.plan.source_index(epoch, position + attempt)
+      try:
+        example = self.source[index]
+      except DataError as e:
+        if not self.skip_bad:
+          raise
+        SKIPPED.record('train', e)
+        continue
+      return self.transform(example, rng)
+    raise DataError('<train>', f'{MAX_CONSECUTIVE_BAD} consecutive bad '
+                    'examples; is the dataset readable at all?')
+
+
+def _to_iter(ds: grain.MapDataset, data_cfg) -> grain.IterDataset:
+  threads = int(data_cfg.read_threads)
+  buffer = max(int(data_cfg.prefetch_buffer), threads, 1)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                            prefetch_buffer_size=buffer))
+  if int(data_cfg.num_workers) > 0:
+    if not flags.FLAGS.is_parsed():
+      # Grain's multiprocessing reads absl flags; outside absl.app (tests,
+      # notebooks, plain scripts) use their defaults.
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(
+        grain.MultiprocessingOptions(
+            num_workers=int(data_cfg.num_workers),
+            per_worker_buffer_size=max(int(data_cfg.prefetch_buffer), 1)),
+        worker_init_fn=workers.worker_init_fn)
+  return it
+
+
+def make_train_iterator(data_cfg, *, batch_size: int, seed: int,
+                        shard_index: int = 0, shard_count: int = 1
+                        ) -> grain.DatasetIterator:
+  """Returns the infinite training iterator of this process.
+
+  Args:
+    data_cfg: ``config.data``.
+    batch_size: per-process batch size B.
+    seed: the global seed (same on every process).
+    shard_index: this process's index (``jax.process_index()``).
+    shard_count: number of processes (``jax.process_count()``).
+
+  Returns:
+    A Grain DatasetIterator of ``{'image': float32 [B, h, w, 3], 'label':
+    int32 [B, h, w]}`` (+ ``'rows': int32 [B, h]`` if data.with_rows), with
+    (h, w) = data.crop_size.
+  """
+  source = sources.make_source(data_cfg, 'train')
+  plan = _TrainPlan(len(source), int(batch_size), int(shard_index),
+                    int(shard_count), int(seed))
+  example = _TrainExample(
+      source, augment.TrainTransform(data_cfg, normalize=False), plan,
+      bool(data_cfg.skip_bad_examples))
+  ds = (grain.MapDataset.range(sys.maxsize)
+        .map(example)
+        .batch(int(batch_size), drop_remainder=True,
+               batch_fn=augment.collate))
+  return iter(_to_iter(ds, data_cfg))
+
+
+class _EvalPlan:
+  """Strided shard of the eval set, padded to whole batches."""
+
+  def __init__(self, num_examples: int, batch_size: int, shard_index: int,
+               shard_count: int):
+    if not 0 <= shard_index < shard_count:
+      raise ValueError(f'shard_index {shard_index} not in [0, {shard_count})')
+    self.num_examples = num_examples
+    self.shard_index, self.shard_count = shard_index, shard_count
+    per_shard = math.ceil(num_examples / shard_count)
+    self.num_batches = math.ceil(per_shard / batch_size)
+    self.length = self.num_batches * batch_size
+
+  def source_index(self, k: int) -> int | None:
+    index = self.shard_index + k * self.shard_count
+    return index if index < self.num_examples else None
+
+
+class _EvalExample:
+  """Shard position -> fixed-shape example with 'mask'."""
+
+  def __init__(self, source, transform: augment.ValTransform,
+               plan: _EvalPlan, skip_bad: bool):
+    self.source, self.transform, self.plan = source, transform, plan
+    self.skip_bad = skip_bad
+
+  def __call__(self, k: int) -> dict[str, Any]:
+    index = self.plan.source_index(int(k))
+    if index is not None:
+      try:
+        example = self.source[index]
+      except DataError as e:
+        if not self.skip_bad:
+          raise
+        SKIPPED.record('val', e)
+      else:
+        out = self.transform(example, np.random.default_rng([0, index]))
+        out['mask'] = np.bool_(True)
+        return out
+    out = self.transform.padding_example()
+    out['mask'] = np.bool_(False)
+    return out
+
+
+def _eval_source(data_cfg, split: str):
+  source = sources.make_source(data_cfg, split)
+  limit = int(data_cfg.val_num_samples)
+  return source, (min(len(source), limit) if limit > 0 else len(source))
+
+
+def make_eval_iterator(data_cfg, *, batch_size: int, shard_index: int = 0,
+                       shard_count: int = 1, split: str = 'val'
+                       ) -> grain.IterDataset:
+  """Returns this process's batched validation data (a re-iterable).
+
+  Every process yields ``ceil(ceil(N / shard_count) / batch_size)`` batches
+  of ``{'image': float32 [B, h, w, 3], 'label': int32 [B, h, w], 'mask':
+  bool [B]}`` (+ 'rows'), (h, w) = data.eval_size; filler examples (and bad
+  ones, with data.skip_bad_examples) have mask False and label 255.  N is the
+  split size, capped at data.val_num_samples when that is > 0.  The ids of
+  the examples are given by :func:`eval_batch_ids`.
+  """
+  source, n = _eval_source(data_cfg, split)
+  if not source.has_labels:
+    raise ValueError(f'the {split!r} split has no labels; use eval_examples '
+                     'to predict on it')
+  plan = _EvalPlan(n, int(batch_size), int(shard_index), int(shard_count))
+  example = _EvalExample(
+      source, augment.ValTransform(data_cfg, normalize=False), plan,
+      bool(data_cfg.skip_bad_examples))
+  ds = grain.MapDataset.range(plan.length).map(example).batch(
+      int(batch_size), batch_fn=augment.collate)
+  return _to_iter(ds, data_cfg)
+
+
+def eval_batch_ids(data_cfg, *, batch_size: int, shard_index: int = 0,
+                   shard_count: int = 1, split: str = 'val'
+                   ) -> list[list[str | None]]:
+  """The example ids of :func:`make_eval_iterator`'s batches (None = filler)."""
+  source, n = _eval_source(data_cfg, split)
+  plan = _EvalPlan(n, int(batch_size), int(shard_index), int(shard_count))
+  ids = [None if (i := plan.source_index(k)) is None else source.example_id(i)
+         for k in range(plan.length)]
+  return [ids[b:b + batch_size] for b in range(0, plan.length, batch_size)]
+
+
+class _SkippingSource:
+  """Returns None (counted, logged) instead of raising for bad examples."""
+
+  def __init__(self, source, split: str):
+    self.source, self.split = source, split
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    try:
+      return self.source[index]
+    except DataError as e:
+      SKIPPED.record(self.split, e)
+      return None
+
+
+def eval_examples(data_cfg, split: str = 'val') -> grain.MapDataset:
+  """Full-size examples for per-image (multi-scale, sliding-window) evaluation.
+
+  Random access (``len(ds)``, ``ds[i]``; ``ds[p::P]`` to shard) to
+  **normalised** examples, preprocessed like the original's ``testval``:
+  ``{'image': float32 [H, W, 3] (see data.eval_mode), 'label': int32 [H0, W0]
+  at the original size (absent for test splits), 'id': str, 'pad': int32
+  (pad_h, pad_w)}`` (+ 'rows': int32 [H] if data.with_rows).  Feed
+  'image' to :func:`hrseg_jax.data.transforms.multi_scale_inputs`.  With
+  data.skip_bad_examples a bad example is None (MapDataset's "filtered").
+  """
+  source = sources.make_source(data_cfg, split)
+  if data_cfg.skip_bad_examples:
+    source = _SkippingSource(source, split)
+  return grain.MapDataset.source(source).map(
+      augment.FullEvalTransform(data_cfg))

@@ -1,0 +1,125 @@
+"""Writes a dataset in the original layout as a TFDS ArrayRecord dataset.
+
+Used by ``scripts/prepare_tfds.py``.  Worth it on large clusters and remote
+storage: thousands of small files become a few ArrayRecord shards readable
+with random access by ``tfds.data_source`` (copy them to local disk first;
+ArrayRecord random access does not work on GCS, tensorflow/datasets#5100).
+
+Each example stores the **original encoded bytes** of the image (no
+re-encoding, so decoding gives exactly what the files source gives), the raw
+label as a single-channel PNG (palette PNGs are re-encoded as grayscale with
+the same values) and the id.  Labels stay raw: the label map is applied at
+read time, as for the files source.  Preparing needs TensorFlow (TFDS writes
+through it); reading does not.
+"""
+from __future__ import annotations
+
+import os
+import types
+
+import cv2
+import numpy as np
+import tensorflow_datasets as tfds
+
+from hrseg_jax.data import decode
+from hrseg_jax.data import lists
+from hrseg_jax.data.errors import DataError
+from hrseg_jax.data.label_maps import LabelMap
+
+
+def _label_png(data: bytes, path: str) -> bytes:
+  raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  if raw is not None and raw.ndim == 2:
+    return data
+  ok, encoded = cv2.imencode('.png', decode.decode_label(data, path))
+  if not ok:
+    raise DataError(path, 'cannot re-encode label as PNG')
+  return encoded.tobytes()
+
+
+def _examples(root, entries, image_prefix, label_prefix, label_map):
+  for entry in entries:
+    image_path = os.path.join(root, image_prefix, entry[0])
+    image_bytes = decode.read_bytes(image_path)
+    example = {'image': image_bytes,
+               'id': os.path.splitext(os.path.basename(entry[0]))[0]}
+    if len(entry) > 1:
+      label_path = os.path.join(root, label_prefix, entry[1])
+      label_bytes = _label_png(decode.read_bytes(label_path), label_path)
+      if label_map is not None:
+        image = decode.decode_image(image_bytes, image_path)
+        raw = decode.decode_label(label_bytes, label_path)
+        if raw.shape != image.shape[:2]:
+          raise DataError(f'{image_path} / {label_path}',
+                          f'image size {image.shape[:2]} != label size '
+                          f'{raw.shape}')
+        label_map.apply(raw, label_path)
+      example['label'] = label_bytes
+    yield entry[0], example
+
+
+def write_tfds_dataset(name: str, root: str, split_lists: dict[str, str],
+                       data_dir: str, *, image_prefix: str = '',
+                       label_prefix: str = '', image_format: str = 'jpeg',
+                       label_map: LabelMap | None = None,
+                       version: str = '1.0.0') -> str:
+  """Converts list-file splits of a dataset into a TFDS ArrayRecord dataset.
+
+  Args:
+    name: TFDS dataset name (e.g. 'hrseg_ade20k'), read back with
+      ``tfds.data_source(name, data_dir=data_dir)``.
+    root: dataset directory (list paths are relative to it).
+    split_lists: {TFDS split name: list file}; all lists must have labels.
+    data_dir: TFDS data directory to write into.
+    image_prefix, label_prefix: as ``config.data.image_prefix`` etc.
+    image_format: 'jpeg' or 'png', recorded in the feature spec.
+    label_map: if given, every example is decoded and checked (sizes, label
+      values) while converting.
+    version: dataset version.
+
+  Returns:
+    The directory of the written dataset version.
+  """
+  split_entries = {s: lists.read_list(p) for s, p in split_lists.items()}
+  for split, entries in split_entries.items():
+    if len(entries[0]) < 2:
+      raise ValueError(f'split {split!r} has no labels; only labelled splits '
+                       'are converted')
+  features = tfds.features.FeaturesDict({
+      'image': tfds.features.Image(shape=(None, None, 3),
+                                   encoding_format=image_format),
+      'label': tfds.features.Image(shape=(None, None, 1),
+                                   encoding_format='png'),
+      'id': tfds.features.Text(),
+  })
+
+  def body(ns):
+    ns['VERSION'] = tfds.core.Version(version)
+    ns['RELEASE_NOTES'] = {version: 'Converted by hrseg_jax.'}
+    ns['name'] = name
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, features=features,
+          description=f'{name}: converted from {root} by hrseg_jax '
+                      '(raw labels; apply the dataset label map).')
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {split: self._generate_examples(entries)
+              for split, entries in split_entries.items()}
+
+    def _generate_examples(self, entries):
+      return _examples(root, entries, image_prefix, label_prefix, label_map)
+
+    ns.update(_info=_info, _split_generators=_split_generators,
+              _generate_examples=_generate_examples)
+
+  cls = types.new_class(f'Builder_{name}', (tfds.core.GeneratorBasedBuilder,),
+                        {'skip_registration': True}, body)
+  builder = cls(data_dir=data_dir)
+  builder.download_and_prepare(
+      file_format='array_record',
+      download_config=tfds.download.DownloadConfig(
+          download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  return str(builder.data_dir)

@@ -1,0 +1,38 @@
+"""Writes the original list files of a dataset by scanning its directory tree.
+
+The lists are sorted by path, which reproduces the original repository's
+lists for a complete dataset (Cityscapes: 2975 train / 500 val / 3475
+trainval / 1525 test lines; ADE20K's val list differs only in the original's
+displaced ADE_val_00000016..27).
+
+Examples:
+  python scripts/make_lists.py cityscapes --root data/cityscapes \
+      --out data/list/cityscapes
+  python scripts/make_lists.py lip --root data/lip --out data/list/lip
+  python scripts/make_lists.py ade20k --root data/ade20k --out data/list/ade20k
+"""
+from __future__ import annotations
+
+import argparse
+
+from hrseg_jax.data import lists
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      description=__doc__.split('\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  parser.add_argument('dataset', choices=sorted(lists.LIST_FORMATS))
+  parser.add_argument('--root', required=True,
+                      help='dataset directory in the original layout')
+  parser.add_argument('--out', required=True, help='directory for the lists')
+  args = parser.parse_args(argv)
+  written = lists.make_lists(args.dataset, args.root, args.out)
+  for split, path in sorted(written.items()):
+    with open(path) as f:
+      count = sum(1 for _ in f)
+    print(f'{split:9s} {count:6d} lines  {path}')
+
+
+if __name__ == '__main__':
+  main()

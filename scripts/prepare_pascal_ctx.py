@@ -1,0 +1,38 @@
+"""Converts PASCAL-Context (Detail annotations) to label PNGs and list files.
+
+Replaces the original's run-time Detail API: reads ``trainval_merged.json``
+once and writes ``<out>/{train,val}/label/<name>.png`` (values 0..59, 0 =
+background, in sorted raw-id order as the original), links the JPEGs to
+``<out>/{train,val}/image/`` and writes train/val/testval/trainval lists.
+
+Example:
+  python scripts/prepare_pascal_ctx.py \
+      --json data/pascal_ctx/VOCdevkit/VOC2010/trainval_merged.json \
+      --images data/pascal_ctx/VOCdevkit/VOC2010/JPEGImages \
+      --out data/pascal_ctx --list_dir data/list/pascal_ctx
+"""
+from __future__ import annotations
+
+import argparse
+
+from hrseg_jax.data import pascal_ctx
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--json', required=True,
+                      help='trainval_merged.json (Detail format)')
+  parser.add_argument('--images', required=True,
+                      help='VOCdevkit/VOC2010/JPEGImages')
+  parser.add_argument('--out', required=True, help='output dataset root')
+  parser.add_argument('--list_dir', default='',
+                      help='where the list files go (default: --out)')
+  args = parser.parse_args(argv)
+  written = pascal_ctx.convert(args.json, args.images, args.out,
+                               args.list_dir or None)
+  for split, path in sorted(written.items()):
+    print(f'{split:9s} {path}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,90 @@
+"""The data scripts, run in-process on tiny inputs."""
+import json
+import os
+import runpy
+
+import numpy as np
+from PIL import Image
+
+from hrseg_jax.data import pipeline
+from hrseg_jax.data.config import default_data_config
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), os.pardir, 'scripts')
+
+
+def _main(name):
+  return runpy.run_path(os.path.join(SCRIPTS, name), run_name='script')['main']
+
+
+def test_prepare_synthetic_then_make_lists(tmp_path, capsys):
+  root = str(tmp_path / 'cs')
+  _main('prepare_synthetic.py')(['--root', root, '--num_train', '3',
+                                 '--num_val', '2', '--height', '32',
+                                 '--width', '64'])
+  out = capsys.readouterr().out
+  assert 'config.data.crop_size = (16, 32)' in out
+  assert sorted(os.listdir(root)) == ['gtFine', 'leftImg8bit', 'train.lst',
+                                      'trainval.lst', 'val.lst']
+  list_dir = str(tmp_path / 'list')
+  _main('make_lists.py')(['cityscapes', '--root', root, '--out', list_dir])
+  out = capsys.readouterr().out
+  assert 'train          3 lines' in out and 'trainval       5 lines' in out
+  for name in ('train.lst', 'val.lst', 'trainval.lst'):
+    with open(os.path.join(root, name)) as a, open(
+        os.path.join(list_dir, name)) as b:
+      assert a.read() == b.read()
+  cfg = default_data_config('cityscapes')
+  cfg.update(root=root, train_list=os.path.join(list_dir, 'train.lst'),
+             crop_size=(16, 32), base_size=64, num_workers=0)
+  batch = next(pipeline.make_train_iterator(cfg, batch_size=3, seed=0))
+  assert batch['label'].shape == (3, 16, 32)
+
+
+def test_prepare_pascal_ctx(tmp_path, capsys):
+  Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / 'a.jpg')
+  (tmp_path / 'a.json').write_text(json.dumps({
+      'images': [{'image_id': 7, 'file_name': 'a.jpg', 'height': 4,
+                  'width': 6, 'phase': 'val'}],
+      'annos_segmentation': [{'id': 1, 'image_id': 7, 'category_id': 458,
+                              'segmentation': {'size': [4, 6],
+                                               'counts': '8`0'}}]}))
+  out = str(tmp_path / 'out')
+  _main('prepare_pascal_ctx.py')(['--json', str(tmp_path / 'a.json'),
+                                  '--images', str(tmp_path), '--out', out])
+  assert 'val' in capsys.readouterr().out
+  label = np.asarray(Image.open(os.path.join(out, 'val', 'label', 'a.png')))
+  # '8`0' is pycocotools' compressed RLE of counts [8, 16]: 8 pixels (two
+  # columns of 4) background, then 16 pixels of category 458 = class 59.
+  expected = np.zeros((4, 6), np.uint8)
+  expected[:, 2:] = 59
+  np.testing.assert_array_equal(label, expected)
+
+
+def test_benchmark_runs(tmp_path, capsys):
+  _main('benchmark_input.py')(['--num_images', '1', '--batch_size', '1',
+                               '--batches', '1', '--warmup', '0',
+                               '--workers', '', '--dir',
+                               str(tmp_path / 'bench')])
+  out = capsys.readouterr().out
+  assert 'wrote 1 2048x1024 PNG pairs' in out
+  assert 'images per CPU-second' in out
+
+
+def test_prepare_tfds(tmp_path, capsys):
+  root = str(tmp_path / 'cs')
+  _main('prepare_synthetic.py')(['--root', root, '--num_train', '2',
+                                 '--num_val', '1', '--height', '16',
+                                 '--width', '32'])
+  data_dir = str(tmp_path / 'tfds')
+  _main('prepare_tfds.py')(['--dataset', 'cityscapes', '--root', root,
+                            '--train_list', os.path.join(root, 'train.lst'),
+                            '--val_list', os.path.join(root, 'val.lst'),
+                            '--data_dir', data_dir])
+  out = capsys.readouterr().out
+  assert "tfds_name = 'hrseg_cityscapes'" in out
+  cfg = default_data_config('cityscapes')
+  cfg.update(source='tfds', tfds_name='hrseg_cityscapes',
+             tfds_data_dir=data_dir, tfds_val_split='val',
+             tfds_image_key='image', tfds_label_key='label', tfds_id_key='id')
+  assert pipeline.num_train_examples(cfg) == 2
+  assert len(pipeline.eval_examples(cfg)) == 1
