@@ -105,3 +105,30 @@ def recipe(dataset: str, variant: str = 'w48', *, ocr: bool = False,
   if train_list is not None:
     c.data.train_list = train_list
   return c
+
+
+def lite_recipe(variant: str = '30', *, head: str = 'clean', hanet: bool = False,
+                fork: bool = False) -> ml_collections.ConfigDict:
+  """Lite-HRNet on Cityscapes.
+
+  ``fork=True``: the seed fork's ``seg_lite_hrnet_w32.yaml`` as trained by its
+  ``tools/lite_train.py``: no ImageNet init, crop 512x1024, batch 8, SGD 0.01,
+  wd 5e-4, poly 0.9, 484 epochs, Cityscapes class weights, align_corners
+  False, validation every 10 epochs.  Otherwise the Lite-HRNet paper's
+  Cityscapes recipe: batch 16, 160k iterations, same optimizer.
+  """
+  c = base_config('cityscapes')
+  c.model = ml_collections.ConfigDict(dict(
+      arch='lite_hrnet', variant=variant, num_classes=19, head=head,
+      align_corners=False, hanet=None))
+  if hanet:
+    c.model.hanet = ml_collections.ConfigDict(dict(positions='none'))
+  c.loss.num_chunks = 1  # the fork trains with DataParallel (one loss)
+  if fork:
+    c.train.batch_size = 8
+    c.eval.every_steps = 3710  # 10 epochs of 371 batches of 8
+  else:
+    c.train.batch_size = 16
+    c.train.num_steps = 160_000
+    c.eval.every_steps = 8000
+  return c
