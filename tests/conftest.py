@@ -6,6 +6,14 @@ import pathlib
 
 import pytest
 
+# Tests (and the subprocesses they start, which inherit the environment)
+# share a persistent XLA compilation cache: most test time on CPU is
+# compilation of the same few programs.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(os.environ.get('TMPDIR', '/tmp'), 'hrseg_jax_test_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
