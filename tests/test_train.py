@@ -109,3 +109,45 @@ def test_two_processes(tmp_path):
   assert lines[0].split(' ', 3)[3] == lines[1].split(' ', 3)[3]
   assert (tmp_path / 'w' / 'checkpoints' / '3' / 'variables').is_dir()
   assert (tmp_path / 'w' / 'checkpoints' / '3' / 'data' / 'process_1-of-2.json').exists()
+
+
+def test_init_from_converted_checkpoint(tmp_path):
+  """train.init_from: a converted full model is loaded leaf by leaf; an
+  ImageNet-style backbone keeps this run's freshly initialised head."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.convert import convert, mapping, pth  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.train import optim, sharding  # pylint: disable=g-import-not-at-top
+  c = tiny_config()
+  cfg = registry.resolve(c.model)
+  rng = np.random.default_rng(0)
+  src = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape).astype(np.float32),
+                               registry.abstract_variables(cfg))
+  state_dict = mapping.variables_to_torch(src)
+  pth.save_pth(state_dict, tmp_path / 'full.pth')
+  pth.save_pth({k: v for k, v in state_dict.items() if not k.startswith('last_layer')},
+               tmp_path / 'backbone.pth')
+  convert.convert(tmp_path / 'full.pth', tmp_path / 'full', log=lambda *_: None)
+  convert.convert(tmp_path / 'backbone.pth', tmp_path / 'backbone', num_classes=6,
+                  log=lambda *_: None)
+  model = registry.build_model(cfg)
+  tx, _ = optim.make_optimizer(c.train, 10)
+  mesh = sharding.make_mesh(1)
+  state, _ = loop.init_state(model, tx, jax.random.PRNGKey(1), (64, 128, 3), mesh)
+  fresh = traverse_util.flatten_dict(jax.device_get(state.variables))
+  want = traverse_util.flatten_dict(src)
+  full = traverse_util.flatten_dict(jax.device_get(
+      loop.load_init_weights(state, tmp_path / 'full', cfg).variables))
+  for k, v in want.items():
+    np.testing.assert_array_equal(full[k], v)
+  bb = traverse_util.flatten_dict(jax.device_get(
+      loop.load_init_weights(state, tmp_path / 'backbone', cfg).variables))
+  for k, v in want.items():
+    expected = fresh[k] if k[1].startswith('last_layer') else v
+    np.testing.assert_array_equal(bb[k], expected, err_msg=str(k))
+  other = dict(cfg, num_classes=7)
+  with pytest.raises(ValueError, match='last_layer_3'):
+    loop.load_init_weights(
+        loop.init_state(registry.build_model(other), tx, jax.random.PRNGKey(1),
+                        (64, 128, 3), mesh)[0], tmp_path / 'full', other)
