@@ -1,0 +1,139 @@
+"""The printed table: our rows beside the peer and floor rows (no JAX here).
+
+One Markdown row per (implementation, model, precision); the columns merge
+the train, whole-image and sliding-window workloads.  The header lines give
+what the README's performance table needs: date, GPU, software, command.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from hrseg_jax.bench import models as models_lib
+
+COLUMNS = ('model', 'impl', 'precision', 'train img/s', 'train ms',
+           'train peak GiB', 'train MFU', 'infer ms', 'infer img/s',
+           'infer MFU', 'sliding ms', 'compile s train/infer')
+_GIB = 2.0 ** 30
+
+
+def _f(value, digits: int = 1, scale: float = 1.0) -> str:
+  return '–' if value is None else f'{value * scale:.{digits}f}'
+
+
+def _pct(value) -> str:
+  return '–' if value is None else f'{100 * value:.1f}%'
+
+
+def _model_label(key: str) -> str:
+  try:
+    return models_lib.get(key).label
+  except ValueError:
+    return key
+
+
+def _ours(results: list[dict[str, Any]]) -> list[list[str]]:
+  groups: dict[tuple[int, str, str], dict[str, dict]] = {}
+  for r in results:
+    if r.get('status') == 'ok':
+      key = (r.get('run', 0), r['model'], r['dtype'])
+      groups.setdefault(key, {})[r['mode']] = r
+  rows = []
+  for (_, model, dtype), by_mode in groups.items():
+    t, i, s = (by_mode.get(m, {}) for m in ('train', 'infer', 'sliding'))
+    peak = t.get('peak_bytes_in_use')
+    compile_s = f'{_f(t.get("compile_s"), 0)}/{_f(i.get("compile_s"), 0)}'
+    rows.append([_model_label(model), 'hrseg_jax', dtype,
+                 _f(t.get('images_per_s')), _f(t.get('ms')),
+                 _f(peak, 1, 1 / _GIB) if peak else '–', _pct(t.get('mfu')),
+                 _f(i.get('ms')), _f(i.get('images_per_s')), _pct(i.get('mfu')),
+                 _f(s.get('ms')), compile_s])
+  return rows
+
+
+def _peer(rows: Iterable[dict[str, Any]], keys: set[str]) -> list[list[str]]:
+  out = []
+  for p in rows:
+    if keys and p['model'] not in keys:
+      continue
+    impl = ('PyTorch ' + p['mode']) if p['source'] == 'pytorch' else 'JAX floor'
+    compile_s = (f'{_f(p["train_compile_s"], 0)}/{_f(p["infer_compile_s"], 0)}'
+                 if p['train_compile_s'] else '–')
+    ms = 1e3 * 12 / p['train_img_s']
+    out.append([_model_label(p['model']), impl, p['precision'],
+                _f(p['train_img_s']), _f(ms), _f(p['train_peak_gib']), '–',
+                _f(p['infer_ms']), _f(1e3 / p['infer_ms']), '–', '–', compile_s])
+  return out
+
+
+def markdown(rows: list[list[str]]) -> str:
+  """A Markdown table of :data:`COLUMNS`."""
+  lines = ['| ' + ' | '.join(COLUMNS) + ' |',
+           '|' + '|'.join('---' for _ in COLUMNS) + '|']
+  lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+  return '\n'.join(lines)
+
+
+def header(doc: dict[str, Any]) -> str:
+  """Date, device, software and command of a benchmark document."""
+  meta, s = doc.get('meta', {}), doc.get('settings', {})
+  dev = meta.get('device') or {}
+  v = meta.get('versions') or {}
+  soft = ', '.join(f'{k} {v[k]}' for k in ('jax', 'jaxlib', 'flax', 'optax')
+                   if k in v)
+  cuda = meta.get('cuda')
+  lines = [f'date: {meta.get("date")}',
+           f'device: {dev.get("kind")} x{dev.get("count")} ({dev.get("platform")})'
+           + (f'; {meta["nvidia_smi"]}' if meta.get('nvidia_smi') else ''),
+           f'software: python {meta.get("python")}, {soft}'
+           + (f'; CUDA {cuda}' if cuda else ''),
+           f'XLA_FLAGS: {meta.get("xla_flags") or "(none)"}; matmul precision: '
+           f'{meta.get("matmul_precision")}',
+           f'command: {meta.get("command")}',
+           f'train: batch {s.get("batch")}, crop {s.get("crop")}; inference: '
+           f'{s.get("infer_batch")} x {s.get("infer_size")}, sliding window '
+           f'{s.get("window")} ({s.get("sliding_rule")}); median of '
+           f'{s.get("repeats")} rounds x {s.get("steps")} steps, '
+           f'{s.get("latency_runs")} synchronised inference calls; MFU vs '
+           f'{s.get("peak_tflops")} TFLOP/s']
+  if doc.get('merged_from'):
+    lines.append('merged from: ' + ' ; '.join(map(str, doc['merged_from'])))
+  return '\n'.join(lines)
+
+
+def table(doc: dict[str, Any]) -> str:
+  """Header, our rows, then the peer/floor rows of the models measured."""
+  results = doc.get('results', [])
+  keys = {r['model'] for r in results}
+  peer = doc.get('peer', {})
+  parts = [header(doc), '', markdown(_ours(results) + _peer(peer.get('rows', []), keys))]
+  if not keys & {p['model'] for p in peer.get('rows', [])}:
+    parts.append('(no peer rows for these models; every peer row is in the JSON)')
+  parts.append(f'peer: {peer.get("note", "")}')
+  problems = [r for r in results if r.get('status') != 'ok']
+  for r in problems:
+    parts.append(f'{r["status"]}: {r["model"]} {r["dtype"]} {r["mode"]}: '
+                 f'{r.get("error") or r.get("reason")}')
+  ip = doc.get('input_pipeline') or {}
+  if ip.get('status', 'not_requested') != 'not_requested':
+    parts.append('input pipeline: ' + input_line(ip))
+  return '\n'.join(parts)
+
+
+def input_line(ip: dict[str, Any]) -> str:
+  """One line for the input-pipeline section."""
+  if ip.get('status') != 'ok':
+    return f'{ip.get("status")}: {ip.get("reason", "")}'
+  rates = ', '.join(f'{r["workers"]} workers {r["images_per_s"]:.1f} img/s'
+                    for r in ip['runs'])
+  head = ip.get('headroom')
+  extra = (f'; best / fastest train step = {head:.2f}x' if head else '')
+  return f'{ip["image_size"]} PNGs -> {ip["crop"]} crops: {rates}{extra}'
+
+
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+  """One document from several runs: the first's meta, all results."""
+  out = dict(docs[0])
+  out['results'] = [dict(r, run=i) for i, d in enumerate(docs)
+                    for r in d.get('results', [])]
+  out['merged_from'] = [d.get('meta', {}).get('command') for d in docs]
+  return out

@@ -1,0 +1,72 @@
+"""Training and inference speed of the HRNet family, beside the PyTorch peer.
+
+Measures the workloads of ``shared/peer/README.md`` the same way: the
+training step at batch 12, crop 512x1024 (forward, logits upsampled to the
+crop, cross-entropy with ignore, backward, SGD with momentum and weight decay,
+BN statistics updated) and inference of one 1024x2048 image to a full-size
+argmax, plus fixed-shape sliding-window inference; for every model and
+compute dtype asked.  Prints images/s, ms, peak device memory, compile time
+and model FLOP/s utilisation beside the peer and functional-JAX floor rows,
+and writes everything to JSON (``--out``).  See docs/performance.md.
+
+Usage:
+  python scripts/benchmark.py --out bench.json              # all models, GPU
+  python scripts/benchmark.py --tiny --out /tmp/tiny.json   # CPU smoke run
+  python scripts/benchmark.py --report a.json b.json        # table only
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+  sys.path.insert(0, str(_REPO))
+
+# Nothing imported here before XLA_FLAGS is final may import JAX.
+from hrseg_jax.bench import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _add_xla_flags(flags: str) -> None:
+  """Appends ``flags`` to ``$XLA_FLAGS`` (read when JAX starts its backend)."""
+  if flags:
+    os.environ['XLA_FLAGS'] = ' '.join(
+        f for f in (os.environ.get('XLA_FLAGS', ''), flags) if f)
+
+
+def _report(paths: list[str]) -> int:
+  from hrseg_jax.bench import report, runner  # pylint: disable=g-import-not-at-top
+  docs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+  runner.print_report(report.merge(docs))
+  return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = cli.build_parser().parse_args(argv)
+  if args.child:   # a child of --isolate: XLA_FLAGS already came with the env
+    from hrseg_jax.bench import runner  # pylint: disable=g-import-not-at-top
+    return runner.child_main(args.child)
+  if args.report:
+    return _report(args.report)
+  try:
+    settings = cli.settings(args)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  _add_xla_flags(settings.xla_flags)
+  from hrseg_jax.bench import runner  # pylint: disable=g-import-not-at-top
+  command = ['scripts/benchmark.py'] + argv
+  if settings.isolate:
+    doc = runner.run_isolated(settings, command, str(pathlib.Path(__file__).resolve()))
+  else:
+    doc = runner.run_in_process(settings, command)
+  print()
+  runner.print_report(doc)
+  return 0 if all(r.get('status') == 'ok' for r in doc['results']) else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,249 @@
+"""scripts/benchmark.py: the tiny CPU run, its JSON, the FLOP count, the peer.
+
+The benchmark runs in subprocesses exactly as a user runs it.  No test here
+asserts anything about speed: CPU timings of tiny models say nothing, and
+timing thresholds flake.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from hrseg_jax.bench import cli
+from hrseg_jax.bench import models as bench_models
+from hrseg_jax.bench import peer, report, schema
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = REPO / 'scripts' / 'benchmark.py'
+XLA_FLAG = '--xla_force_host_platform_device_count=1'
+# HRNetV2-W48 at 1024x2048: 747.5 GMAC (the peer's PyTorch FLOP counter: 748).
+W48_FLOPS = 2 * 747.5e9
+
+
+def _run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
+  return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout,
+                        check=False)
+
+
+def _ok(done: subprocess.CompletedProcess) -> None:
+  assert done.returncode == 0, (
+      f'exit {done.returncode}\nstdout:\n{done.stdout[-4000:]}\n'
+      f'stderr:\n{done.stderr[-4000:]}')
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  """The ``--tiny`` run (both dtypes, every mode): (doc, stdout)."""
+  out = tmp_path_factory.mktemp('bench') / 'tiny.json'
+  done = _run('--tiny', '--input-pipeline', f'--xla-flags={XLA_FLAG}',
+              '--out', str(out))
+  _ok(done)
+  return json.loads(out.read_text()), done.stdout
+
+
+@pytest.mark.slow
+def test_tiny_run_json_is_complete(tiny_run):
+  doc, _ = tiny_run
+  assert schema.validate(doc, require_ok=True) == []
+  got = {(r['model'], r['dtype'], r['mode']) for r in doc['results']}
+  assert got == {(m, d, w) for m in bench_models.DEFAULT_TINY_MODELS
+                 for d in cli.DTYPES for w in cli.MODES}
+
+
+@pytest.mark.slow
+def test_tiny_run_numbers_positive_and_finite(tiny_run):
+  doc, _ = tiny_run
+  for rec in doc['results']:
+    for name, kind in schema.RESULT_FIELDS[rec['mode']].items():
+      value = rec[name]
+      if kind in ('pos', 'opt') and value is not None:
+        assert math.isfinite(value) and value > 0, (rec['mode'], name, value)
+    assert rec['images_per_s'] == pytest.approx(
+        rec['batch'] * 1e3 / (rec['ms_pipelined'] if rec['mode'] != 'train'
+                              else rec['ms']))
+    assert rec['mfu'] == pytest.approx(
+        rec['model_flops'] / (rec['ms'] / 1e3) / (cli.H200_BF16_TFLOPS * 1e12))
+
+
+@pytest.mark.slow
+def test_tiny_run_records_the_run(tiny_run):
+  doc, stdout = tiny_run
+  meta = doc['meta']
+  assert XLA_FLAG in meta['xla_flags'] and meta['xla_flags_extra'] == XLA_FLAG
+  assert '--tiny' in meta['command']
+  assert meta['versions']['jax'] and meta['versions']['flax']
+  assert meta['device']['platform'] == 'cpu'
+  assert doc['settings']['tiny'] is True
+  train = [r for r in doc['results'] if r['mode'] == 'train']
+  assert {r['checks']['loss_chunks'] for r in train} == {1}   # batch 2
+  assert all(r['windows'] == 4 for r in doc['results'] if r['mode'] == 'sliding')
+  assert '| model | impl |' in stdout and 'hrseg_jax' in stdout
+
+
+@pytest.mark.slow
+def test_tiny_run_includes_peer_rows(tiny_run):
+  doc, _ = tiny_run
+  rows = doc['peer']['rows']
+  assert rows == peer.rows(peer.RAW)   # files and constants agree
+  sources = {(r['source'], r['model']) for r in rows}
+  assert {('pytorch', 'w48'), ('pytorch', 'w18'), ('pytorch', 'ocr_w48'),
+          ('pytorch', 'w32_hanet'), ('pytorch', 'lite30_hanet'),
+          ('jax_floor', 'w48')} <= sources
+  assert all(r['model'] in bench_models.MODELS for r in rows)
+
+
+@pytest.mark.slow
+def test_tiny_run_input_pipeline(tiny_run):
+  doc, _ = tiny_run
+  section = doc['input_pipeline']
+  if importlib.util.find_spec('grain') is None:
+    assert section['status'] == 'skipped' and 'grain' in section['reason']
+    return
+  assert section['status'] == 'ok'
+  assert [r['workers'] for r in section['runs']] == [0]
+  assert all(r['images_per_s'] > 0 for r in section['runs'])
+  assert section['headroom'] > 0
+
+
+def test_isolated_two_output_train_run_and_report(tmp_path):
+  """OCR (two outputs, loss 0.4 aux + 1.0 main) in a child process."""
+  out = tmp_path / 'iso.json'
+  _ok(_run('--tiny', '--isolate', '--models', 'tiny_ocr', '--dtypes', 'float32',
+           '--modes', 'train', '--out', str(out)))
+  doc = json.loads(out.read_text())
+  assert schema.validate(doc, require_ok=True) == []
+  assert doc['meta']['isolated'] is True
+  assert [(r['model'], r['mode']) for r in doc['results']] == [('tiny_ocr', 'train')]
+  done = _run('--report', str(out), str(out))
+  _ok(done)
+  assert done.stdout.count('| tiny HRNet + OCR | hrseg_jax | float32 |') == 2
+
+
+def test_w48_flops_match_the_reference_count():
+  """Same code path as the benchmark's MFU column; tracing only."""
+  from hrseg_jax.bench import flops  # pylint: disable=g-import-not-at-top
+  got = flops.forward_flops(bench_models.MODELS['w48'].config, 1024, 2048)
+  assert got == pytest.approx(W48_FLOPS, rel=5e-3)
+  assert flops.train_flops(bench_models.MODELS['w48'].config, 512, 1024, 12) == (
+      pytest.approx(3 * 12 * got / 4, rel=1e-6))
+
+
+def test_peer_constants_match_the_files():
+  directory = peer.default_dir(REPO)
+  if not all((directory / name).is_file() for name in peer.RAW):
+    pytest.skip(f'peer JSON files not at {directory}')
+  raw, source = peer.load_raw(directory)
+  assert source == str(directory)
+  assert raw == peer.RAW
+
+
+def test_peer_falls_back_to_constants(tmp_path):
+  section = peer.load(tmp_path)
+  assert section['source'] == 'constants' and 'constants' in section['note']
+  assert section['rows'] == peer.rows(peer.RAW)
+  errors = schema.validate({'peer': section})
+  assert not [e for e in errors if e.startswith('peer')], errors
+
+
+def test_class_weights_match_the_recipe():
+  if importlib.util.find_spec('ml_collections') is None:
+    pytest.skip('ml_collections not installed')
+  from hrseg_jax import recipes  # pylint: disable=g-import-not-at-top
+  assert bench_models.CITYSCAPES_CLASS_WEIGHTS == recipes.CITYSCAPES_CLASS_WEIGHTS
+
+
+def test_benchmark_imports_no_unavailable_package():
+  """The GPU machine has no Grain, clu, ml_collections or TFDS."""
+  code = ('import sys; import hrseg_jax.bench.runner, hrseg_jax.bench.workloads, '
+          'hrseg_jax.bench.env; bad = sorted({m.split(".")[0] for m in sys.modules} '
+          '& {"grain", "clu", "ml_collections", "tensorflow_datasets", '
+          '"tensorflow"}); print(bad); sys.exit(1 if bad else 0)')
+  done = subprocess.run([sys.executable, '-c', code], cwd=REPO, check=False,
+                        capture_output=True, text=True, timeout=300)
+  _ok(done)
+
+
+def test_schema_rejects_bad_records():
+  rec = {name: 1.0 for name in schema.RESULT_FIELDS['train']}
+  rec.update(model='w48', label='x', dtype='bfloat16', mode='train', status='ok',
+             timings_ms=[1.0], checks={c: True for c in schema.CHECKS['train']})
+  assert schema.check_result(rec, 0) == []
+  assert schema.check_result(dict(rec, ms=float('nan')), 0)
+  assert schema.check_result(dict(rec, images_per_s=0), 0)
+  assert schema.check_result({k: v for k, v in rec.items() if k != 'mfu'}, 0)
+  assert schema.check_result(dict(rec, checks={'donated': False}), 0)
+  assert schema.check_result(dict(rec, peak_bytes_in_use=None), 0) == []
+
+
+def test_cli_defaults_and_errors():
+  full = cli.settings(cli.build_parser().parse_args([]))
+  assert (full.batch, full.crop, full.infer_size) == (12, (512, 1024), (1024, 2048))
+  assert full.models == list(bench_models.DEFAULT_MODELS)
+  assert full.window == full.crop and full.modes == list(cli.MODES)
+  tiny = cli.settings(cli.build_parser().parse_args(['--tiny', '--crop', '32x64']))
+  assert tiny.crop == (32, 64) and tiny.window == (32, 64) and tiny.batch == 2
+  with pytest.raises(ValueError, match='unknown benchmark model'):
+    cli.settings(cli.build_parser().parse_args(['--models', 'w99']))
+  with pytest.raises(SystemExit):
+    cli.build_parser().parse_args(['--crop', '512'])
+  assert _run('--models', 'w99').returncode == 2
+
+
+def test_report_table_lists_peer_rows_of_measured_models():
+  rec = {'model': 'w48', 'dtype': 'bfloat16', 'mode': 'train', 'status': 'ok',
+         'images_per_s': 100.0, 'ms': 120.0, 'mfu': 0.1, 'compile_s': 60.0,
+         'peak_bytes_in_use': 2 ** 34}
+  doc = {'meta': {}, 'settings': {}, 'results': [rec],
+         'peer': peer.load(None)}
+  text = report.table(doc)
+  assert '| HRNetV2-W48 | hrseg_jax | bfloat16 | 100.0 | 120.0 | 16.0 | 10.0% |' in text
+  assert 'PyTorch torch.compile' in text and 'JAX floor' in text
+  assert 'Lite-HRNet' not in text
+
+
+@pytest.mark.parametrize('rule', ['base', 'cityscapes'])
+def test_fixed_shape_inference_matches_the_predictor(rule):
+  """The benchmark's one-jit inference computes what evaluation computes."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.bench import workloads  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.eval import inference, windows  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
+  bench_model = bench_models.TINY_MODELS['tiny']
+  model = registry.build_model(bench_model.config)
+  rng = np.random.default_rng(0)
+  variables = workloads.init_variables(bench_model, seed=0)
+  # Fan-in-scaled random weights: the init's tiny ones give one class everywhere.
+  def perturb(path, a):
+    noise = rng.standard_normal(a.shape)
+    if a.ndim > 1:
+      return (noise / np.sqrt(np.prod(a.shape[:-1]))).astype(np.float32)
+    base = 1.0 if path[-1].key == 'scale' else 0.0
+    return (base + 0.05 * noise).astype(np.float32)
+  variables = dict(variables, params=jax.tree_util.tree_map_with_path(
+      perturb, variables['params']))
+  images = rng.standard_normal((1, 64, 128, 3), np.float32)
+  plan = (windows.base_windows((64, 128), (32, 64)) if rule == 'base'
+          else windows.cityscapes_windows((64, 128), (32, 64)))
+  predictor = inference.Predictor(
+      inference.model_apply_fn(model), variables, num_classes=19,
+      align_corners=False, mode='sliding', sliding_rule=rule,
+      crop_size=(32, 64), batch_size=len(plan.offsets))
+  cases = [(workloads.whole_image_fn(model, False), predictor.whole(images)),
+           (workloads.sliding_fn(model, False, plan, 19),
+            predictor.sliding(images))]
+  for fn, expected in cases:
+    got = np.asarray(jax.jit(fn)(variables, images))
+    want = np.asarray(np.argmax(expected, axis=-1), np.uint8)
+    assert got.shape == want.shape == (1, 64, 128)
+    assert len(np.unique(want)) > 3   # not a constant map
+    assert np.mean(got != want) < 1e-3
