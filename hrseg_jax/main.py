@@ -25,21 +25,48 @@ config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Experiment config 
                                 lock_config=True)
 
 
+def distributed_mode(env) -> str | None:
+  """How this process joins a multi-process run (docs/distributed.md).
+
+  Returns:
+    'explicit': ``HRSEG_COORDINATOR`` (host:port), ``HRSEG_NUM_PROCESSES``
+      and ``HRSEG_PROCESS_ID`` are given (scripts/launch_local.py).
+    'auto': ``jax.distributed.initialize()`` detects the cluster: asked for
+      with ``HRSEG_DISTRIBUTED=1`` (TPU VM slices, detected through the GCE
+      metadata server: scripts/launch_tpu_vm.py sets it), or inside an
+      ``srun`` step with several tasks, an Open MPI job with several ranks,
+      GKE TPU or multi-slice variables, or ``JAX_COORDINATOR_ADDRESS``.
+    None: a single process (an ``salloc`` shell or a one-task job included);
+      ``HRSEG_DISTRIBUTED=0`` forces this.
+  """
+  flag = env.get('HRSEG_DISTRIBUTED', '').strip().lower()
+  if flag in ('0', 'false', 'no'):
+    return None
+  if 'HRSEG_COORDINATOR' in env:
+    return 'explicit'
+  if flag in ('1', 'true', 'yes', 'auto'):
+    return 'auto'
+  if any(k in env for k in ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES',
+                            'MEGASCALE_COORDINATOR_ADDRESS')):
+    return 'auto'
+  if 'SLURM_STEP_NODELIST' in env and int(env.get('SLURM_NTASKS', '1')) > 1:
+    return 'auto'
+  if int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
+    return 'auto'
+  return None
+
+
 def _maybe_initialize_distributed():
   """jax.distributed on clusters (TPU pods, Slurm, MPI, explicit env vars)."""
   import jax  # pylint: disable=g-import-not-at-top
   env = os.environ
-  explicit = 'JAX_COORDINATOR_ADDRESS' in env or 'HRSEG_COORDINATOR' in env
-  cluster = any(k in env for k in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
-                                   'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS'))
-  if not (explicit or cluster):
-    return
-  if 'HRSEG_COORDINATOR' in env:
+  mode = distributed_mode(env)
+  if mode == 'explicit':
     jax.distributed.initialize(
         coordinator_address=env['HRSEG_COORDINATOR'],
         num_processes=int(env['HRSEG_NUM_PROCESSES']),
         process_id=int(env['HRSEG_PROCESS_ID']))
-  else:
+  elif mode == 'auto':
     jax.distributed.initialize()
 
 
@@ -92,17 +119,43 @@ def main(argv):
     sys.exit(2)
 
 
+def _one_line(message) -> str:
+  """A message on one line; a traceback folded into it becomes its last line."""
+  text = str(message)
+  marker = 'Traceback (most recent call last):'
+  if marker in text:
+    head = text.split(marker)[0].strip()
+    last = text.strip().splitlines()[-1].strip()
+    text = f'{head} {last}' if head else last
+  return ' '.join(text.split())
+
+
+def _missing_field(error: BaseException) -> tuple[str, str]:
+  """(field, suggestion) of ml_collections' error for a field it lacks.
+
+  Its KeyError (wrapped in an AttributeError for attribute access) reads
+  ``'name'`` or ``'name'\\nDid you mean "other" instead of "name"?``.
+  """
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  text = str(error.args[0]) if error.args else str(error)
+  first, _, rest = text.partition('\n')
+  return first.strip('"\''), ' '.join(rest.split())
+
+
 def _parse_flags(argv):
   """absl flag parsing with one-line errors for bad ``--config.*`` overrides."""
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
+    # A config file that raises comes with its traceback in the message.
+    print(f'error: {_one_line(e)}', file=sys.stderr)
   except (AttributeError, KeyError) as e:
-    field = str(e).strip('"\'')
+    field, hint = _missing_field(e)
     bad = [a for a in argv if a.startswith('--config.') and field in a.split('=')[0]]
     where = bad[0].split('=')[0][2:] if bad else field
-    print(f'error: unknown config field {where!r} (no field {field!r})', file=sys.stderr)
+    print(f'error: unknown config field {where!r} (no field {field!r}'
+          f'{"; " + hint if hint else ""})', file=sys.stderr)
   except (OSError, ValueError, TypeError) as e:
     print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
   sys.exit(2)

@@ -46,3 +46,11 @@ def pytest_configure(config):
   # little on tiny test shapes (same semantics, ~3x faster compiles).
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_disable_most_optimizations', True)
+
+
+def pytest_terminal_summary(terminalreporter):
+  """The fault-injection summary line of tests/test_faults.py, if it ran."""
+  from fault_util import summary_line  # pylint: disable=g-import-not-at-top
+  line = summary_line(r for reports in terminalreporter.stats.values() for r in reports)
+  if line:
+    terminalreporter.write_line(line)

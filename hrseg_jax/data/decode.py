@@ -23,11 +23,24 @@ _JPEG_SOS = b'\xff\xda'
 _IMREAD_RGB = getattr(cv2, 'IMREAD_COLOR_RGB', None)
 
 
+def is_uri(path) -> bool:
+  """True for ``gs://``, ``s3://``... paths (read through ``etils.epath``)."""
+  return '://' in str(path)
+
+
 def read_bytes(path: str) -> bytes:
-  """Returns the bytes of ``path``; DataError if missing or unreadable."""
+  """Returns the bytes of ``path``; DataError if missing or unreadable.
+
+  Local paths are read with ``open``; ``gs://`` (and other URI) paths through
+  ``etils.epath`` (TensorFlow's gfile when installed, else fsspec).
+  """
   try:
-    with open(path, 'rb') as f:
-      data = f.read()
+    if is_uri(path):
+      from etils import epath  # pylint: disable=g-import-not-at-top
+      data = epath.Path(path).read_bytes()
+    else:
+      with open(path, 'rb') as f:
+        data = f.read()
   except FileNotFoundError:
     raise DataError(path, 'file not found') from None
   except OSError as e:

@@ -28,6 +28,11 @@ class DataError(ValueError):
     self.path = path
     self.reason = reason
 
+  def __reduce__(self):
+    # Grain worker processes send errors to the main process by pickling;
+    # the default would call DataError(message) and lose the file name.
+    return type(self), (self.path, self.reason)
+
 
 class SkipCounter:
   """Thread-safe count of skipped examples, per split, in this process.

@@ -19,10 +19,17 @@ Entry = tuple[str, ...]
 
 
 def read_list(path: str) -> list[Entry]:
-  """Parses a list file into tuples of columns (blank lines skipped)."""
+  """Parses a list file into tuples of columns (blank lines skipped).
+
+  ``path`` may be local or a ``gs://`` (any ``etils.epath``) URI.
+  """
   try:
-    with open(path) as f:
-      lines = f.read().splitlines()
+    if '://' in str(path):
+      from etils import epath  # pylint: disable=g-import-not-at-top
+      lines = epath.Path(path).read_text().splitlines()
+    else:
+      with open(path) as f:
+        lines = f.read().splitlines()
   except FileNotFoundError:
     raise DataError(path, 'list file not found (generate it with '
                     'scripts/make_lists.py)') from None

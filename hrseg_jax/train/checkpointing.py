@@ -5,15 +5,33 @@ Each step directory holds the items
 optimizer state, rng, skipped-step count), ``model`` (JSON model config, so
 the checkpoint is self-describing, see :mod:`hrseg_jax.checkpoints`) and
 ``data`` (the Grain iterator state, one file per process), so a resumed run
-continues with exactly the next batch.  Orbax writes each step to a
-temporary directory and renames it when complete: a crash mid-save never
-leaves a step that looks complete.
+continues with exactly the next batch.
+
+Crash safety (tested by ``tests/test_faults.py``):
+
+* Orbax writes each step to ``<step>.orbax-checkpoint-tmp`` and renames it
+  when complete, so a crash mid-save never leaves a step that looks complete;
+  the next run removes the temporary directory.
+* Old steps are deleted by first renaming them into ``.deleted/`` (one atomic
+  rename) and then removing them there, so a crash mid-deletion never leaves
+  a half-deleted step either.
+* A failed save (a full disk, say) raises :class:`CheckpointSaveError` naming
+  the step, the cause and the last complete step, after removing the partial
+  step; a background commit that failed is reported by the next
+  :meth:`Checkpointer.save`, :meth:`Checkpointer.wait` or
+  :meth:`Checkpointer.close`.
+* Restoring a step that is unreadable or of another model raises
+  :class:`CheckpointRestoreError` naming the step directory.
 """
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
+import os
+import shutil
+from typing import Any, Callable
 
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -24,6 +42,35 @@ from hrseg_jax.train.state import TrainState
 
 TRAIN = 'train'
 DATA = 'data'
+TRASH = '.deleted'
+_TMP_SUFFIX = '.orbax-checkpoint-tmp'
+
+
+class CheckpointSaveError(OSError):
+  """A checkpoint could not be written; the previous steps are intact."""
+
+
+class CheckpointRestoreError(ValueError):
+  """A checkpoint step cannot be restored for this run."""
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  lines = str(error).strip().splitlines()
+  text = lines[0].strip() if lines else type(error).__name__
+  return text if len(text) <= limit else text[:limit] + ' …'
+
+
+def _plain_json(tree: Any) -> Any:
+  return json.loads(json.dumps(tree))
+
+
+def _model_differences(saved: dict, current: dict) -> list[str]:
+  def short(value):
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + '...'
+  return [f'model.{k}: {short(saved.get(k))} in the checkpoint, '
+          f'{short(current.get(k))} in the config'
+          for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
 
 class Checkpointer:
@@ -33,6 +80,7 @@ class Checkpointer:
                async_save: bool = True):
     for name in ('orbax', 'absl'):
       logging.getLogger(name).setLevel(logging.WARNING)
+    self.directory = epath.Path(directory)
     policies = [pp.LatestN(max_to_keep)]
     if keep_best:
       policies.append(pp.BestN(get_metric_fn=lambda m: m['miou'], n=1,
@@ -40,16 +88,35 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=pp.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(directory, options=options)
+        cleanup_tmp_directories=True,
+        todelete_subdir=TRASH)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # Orbax removes the unfinished saves of earlier runs in a thread; wait for
+    # it, so that no thread outlives an error that stops this run early.
+    getattr(self.manager, '_maybe_await_cleanup_tmp_directory', lambda: None)()
+    self._in_flight = None
+    self._purge_deleted()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def complete_steps(self) -> list[int]:
+    """The step directories on disk (temporary and deleted ones excluded)."""
+    if not self.directory.exists():
+      return []
+    return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+
   def save(self, state: TrainState, data_iter, model_cfg: dict, *,
            metrics: dict | None = None, meta: dict | None = None,
            force: bool = False) -> bool:
+    """Saves ``state`` (asynchronously if so configured).
+
+    Raises:
+      CheckpointSaveError: this save, or the previous asynchronous one, failed.
+    """
     step = int(jax.device_get(state.step))
+    self.wait()
+    self._purge_deleted()
     args = {
         model_ckpt.VARIABLES: ocp.args.StandardSave(state.variables),
         TRAIN: ocp.args.StandardSave({'step': state.step, 'opt_state': state.opt_state,
@@ -58,12 +125,48 @@ class Checkpointer:
     }
     if data_iter is not None:
       args[DATA] = grain.checkpoint.CheckpointSave(data_iter)
-    return self.manager.save(step, args=ocp.args.Composite(**args),
-                             metrics=metrics, force=force)
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(**args),
+                                metrics=metrics, force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(step, e) from e
+    self._in_flight = step if saved else None
+    return saved
+
+  def check_model(self, model_cfg: dict, step: int | None = None, *,
+                  resolve: Callable[[dict], dict] | None = None) -> None:
+    """Raises CheckpointRestoreError if ``step`` holds another model.
+
+    Args:
+      model_cfg: this run's (resolved) model config.
+      step: the step to check (default: the latest).
+      resolve: applied to the saved config first (fills the defaults that
+        the code which wrote it may not have known).
+    """
+    step = self.manager.latest_step() if step is None else step
+    where = self.directory / str(step)
+    try:
+      item = self.manager.restore(step, args=ocp.args.Composite(
+          **{model_ckpt.MODEL: ocp.args.JsonRestore()}))
+      saved = item[model_ckpt.MODEL]['model']
+      saved = resolve(saved) if resolve else saved
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointRestoreError(f'cannot read the model config of checkpoint '
+                                   f'{where}: {_first_line(e)}') from e
+    diffs = _model_differences(_plain_json(saved), _plain_json(model_cfg))
+    if diffs:
+      raise CheckpointRestoreError(
+          f'{where} is a checkpoint of another model ({"; ".join(diffs[:4])}'
+          f'{"; …" if len(diffs) > 4 else ""}); use a new --workdir for this config')
 
   def restore(self, abstract_state: TrainState, data_iter=None,
               step: int | None = None) -> TrainState:
-    """Restores onto the shardings carried by ``abstract_state``'s leaves."""
+    """Restores onto the shardings carried by ``abstract_state``'s leaves.
+
+    Raises:
+      CheckpointRestoreError: the step is missing, unreadable or does not fit
+        ``abstract_state``.
+    """
     step = self.manager.latest_step() if step is None else step
     variables = {'params': abstract_state.params, **abstract_state.model_state}
     train = {'step': abstract_state.step, 'opt_state': abstract_state.opt_state,
@@ -72,18 +175,66 @@ class Checkpointer:
             TRAIN: ocp.args.StandardRestore(train)}
     if data_iter is not None:
       args[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
-    r = self.manager.restore(step, args=ocp.args.Composite(**args))
+    try:
+      r = self.manager.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # pylint: disable=broad-except
+      earlier = [s for s in self.complete_steps() if s < step]
+      hint = (f' (move it away to resume from step {earlier[-1]})' if earlier else '')
+      raise CheckpointRestoreError(
+          f'cannot restore checkpoint {self.directory / str(step)}: '
+          f'{_first_line(e)}{hint}') from e
     v, t = r[model_ckpt.VARIABLES], r[TRAIN]
     return TrainState(step=t['step'], params=v['params'],
                       model_state={k: x for k, x in v.items() if k != 'params'},
                       opt_state=t['opt_state'], rng=t['rng'], skipped=t['skipped'])
 
   def wait(self):
-    self.manager.wait_until_finished()
+    """Blocks until the asynchronous save in flight, if any, is committed.
+
+    Raises:
+      CheckpointSaveError: its background commit failed.
+    """
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      step, self._in_flight = self._in_flight, None
+      raise self._save_failed(step, e) from e
+    self._in_flight = None
 
   def close(self):
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
+    self._purge_deleted()
+
+  def abandon(self):
+    """Closes after an error elsewhere: lets a save in flight commit; never raises."""
+    try:
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error('while stopping after an error: %s', _first_line(e))
+
+  def _save_failed(self, step: int | None, error: Exception) -> CheckpointSaveError:
+    """Removes the partial step and describes the failure in one line."""
+    if jax.process_index() == 0 and self.directory.exists():
+      for p in self.directory.iterdir():
+        if _TMP_SUFFIX in p.name:
+          shutil.rmtree(os.fspath(p), ignore_errors=True)
+    steps = self.complete_steps()
+    last = f'step {steps[-1]}' if steps else 'none'
+    return CheckpointSaveError(
+        f'saving checkpoint {step} in {self.directory} failed: {_first_line(error)}; '
+        f'last complete checkpoint: {last}')
+
+  def _purge_deleted(self):
+    """Removes the steps Orbax has moved into ``.deleted/`` (process 0)."""
+    trash = self.directory / TRASH
+    if jax.process_index() != 0 or not trash.exists():
+      return
+    for p in trash.iterdir():
+      try:
+        shutil.rmtree(os.fspath(p))
+      except OSError as e:
+        logging.warning('cannot remove deleted checkpoint %s: %s', p, e)
 
 
 def abstract_with_shardings(tree: Any, shardings: Any):

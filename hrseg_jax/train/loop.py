@@ -1,8 +1,29 @@
-"""The training loop (big_vision style: one linear function in sections)."""
+"""The training loop (big_vision style: one linear function in sections).
+
+Reliability (tested by ``tests/test_faults.py``):
+
+* SIGTERM (and, on multi-host runs, JAX's preemption sync point) stops the run
+  at the next step boundary with a checkpoint of that step; the process exits
+  normally and the same command resumes with the exact next batch.
+* A crash loses only the steps after the last complete checkpoint, which the
+  restarted run trains again with the same losses (see
+  :mod:`hrseg_jax.train.checkpointing` for why no checkpoint is ever left
+  half-written or half-deleted).
+* A non-finite loss or gradient stops the run (``train.nonfinite='stop'``,
+  :class:`NonFiniteLoss` names the step and the last good checkpoint; no
+  non-finite state is ever checkpointed) or skips and counts the step
+  (``'skip'``, the ``train/skipped_steps`` scalar).
+* On any error, a checkpoint save in flight is allowed to commit first.
+
+Every trained step's loss is appended to ``<workdir>/losses.txt`` (see
+:class:`LossLog`).  ``$HRSEG_FAULT`` injects faults for the tests
+(:mod:`hrseg_jax.train.faults`).
+"""
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from typing import Any
 
@@ -15,11 +36,14 @@ from flax import traverse_util
 from hrseg_jax import checkpoints as model_ckpt
 from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
+from hrseg_jax.train import faults as faults_lib
 from hrseg_jax.train import optim, sharding, step as step_lib
 from hrseg_jax.train.checkpointing import Checkpointer, abstract_with_shardings
 from hrseg_jax.train.state import TrainState
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+NONFINITE = ('stop', 'skip')
+LOSSES_FILE = 'losses.txt'
 
 
 class NonFiniteLoss(RuntimeError):
@@ -27,7 +51,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 class StopSignal:
-  """SIGTERM/SIGINT -> stop at the next step boundary after a checkpoint.
+  """SIGTERM -> stop at the next step boundary after a checkpoint.
 
   On multi-host runs the decision is taken collectively through JAX's
   preemption sync point (TPU maintenance events included), so every process
@@ -53,7 +77,8 @@ class StopSignal:
   def __exit__(self, *exc):
     import signal  # pylint: disable=g-import-not-at-top
     for sig, old in self._old.items():
-      signal.signal(sig, old)
+      # None: the previous handler was not installed from Python.
+      signal.signal(sig, signal.SIG_DFL if old is None else old)
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
@@ -72,6 +97,57 @@ def _sync_ok() -> bool:
     return distributed.global_state.preemption_sync_manager is not None
   except Exception:  # pylint: disable=broad-except
     return False
+
+
+class LossLog:
+  """``<workdir>/losses.txt``: one ``step loss`` line per trained step.
+
+  Process 0 appends the losses whenever the loop fetches metrics from the
+  devices (every ``train.log_every_steps`` steps and before every
+  checkpoint), in one ``write`` per fetch, so a crash never tears a line.
+  The loss is ``repr(float)`` (exact; ``nan`` for a non-finite one).  A run
+  that resumes after a crash appends the steps it trains again, so such a
+  step has two lines, with the same loss since training is deterministic.
+  """
+
+  def __init__(self, path, enabled: bool = True):
+    self.path = os.fspath(path)
+    self.enabled = enabled
+
+  def append(self, losses: list[tuple[int, float]]) -> None:
+    if self.enabled and losses:
+      with open(self.path, 'a') as f:
+        f.write(''.join(f'{step} {loss!r}\n' for step, loss in losses))
+
+
+def check_train_config(train_cfg) -> None:
+  """One-line errors for ``config.train`` values the loop cannot run with."""
+  compute_dtype(train_cfg.dtype)
+  if train_cfg.nonfinite not in NONFINITE:
+    raise ValueError(f'train.nonfinite={train_cfg.nonfinite!r}: expected one of {NONFINITE}')
+  for name in ('batch_size', 'log_every_steps', 'checkpoint_every_steps',
+               'keep_checkpoints'):
+    value = train_cfg[name]
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'train.{name}={value!r}: expected a positive integer')
+
+
+def make_workdir(workdir) -> epath.Path:
+  """Creates ``workdir`` and checks that files can be written in it."""
+  workdir = epath.Path(workdir)
+  probe = workdir / f'.write-test-{os.getpid()}'
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:
+    raise OSError(f'cannot write to --workdir {workdir}: {e}') from e
+  return workdir
+
+
+def first_nonfinite(fetched: list[tuple[int, dict]]) -> tuple[int, dict] | None:
+  """The first ``(step, metrics)`` whose loss or gradient is not finite."""
+  return next(((s, m) for s, m in fetched if not bool(m['finite'])), None)
 
 
 def compute_dtype(name: str):
@@ -113,7 +189,12 @@ def load_init_weights(state: TrainState, path, model_cfg) -> TrainState:
   this run's initialisation; every other leaf must exist with the same shape.
   """
   from hrseg_jax.convert import mapping  # pylint: disable=g-import-not-at-top
-  _, loaded, meta = model_ckpt.load_model(path)
+  try:
+    _, loaded, meta = model_ckpt.load_model(path)
+  except (OSError, ValueError) as e:
+    raise ValueError(
+        f'train.init_from={path}: not an hrseg_jax checkpoint ({e}); convert '
+        'PyTorch weights first: python -m hrseg_jax.convert CHECKPOINT.pth OUTPUT_DIR') from e
   fresh = set(meta.get('initialised', []))
   src = traverse_util.flatten_dict(loaded)
   ours = traverse_util.flatten_dict(state.variables)
@@ -162,14 +243,34 @@ def run_eval(eval_fn, variables, data_cfg, batch_size, batch_sh, num_classes):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (resuming from ``workdir`` if it has checkpoints) and evaluates."""
+  """Trains (resuming from ``workdir`` if it has checkpoints) and evaluates.
+
+  Returns:
+    ``{'steps', 'start_step', 'final_step', 'losses' (this run's, one per
+    step), 'losses_from_step', 'preempted', 'seconds'}`` and ``'eval'`` if it
+    evaluated.
+
+  Raises:
+    NonFiniteLoss: a non-finite loss or gradient with train.nonfinite='stop'.
+    ValueError, OSError: bad configuration, data, checkpoint or workdir; a
+      checkpoint that could not be saved (the message is one line naming the
+      field, file or step).
+  """
+  check_train_config(config.train)
+  faults = faults_lib.Faults.from_env()
+  with StopSignal() as stop:
+    return _train(config, make_workdir(workdir), stop, faults)
+
+
+def _train(config, workdir: epath.Path, stop: StopSignal,
+           faults: faults_lib.Faults) -> dict:
+  """:func:`train_and_evaluate` once the workdir and the SIGTERM handler exist."""
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_main, asynchronous=True)
+  loss_log = LossLog(workdir / LOSSES_FILE, enabled=is_main)
 
   # ---- Mesh and input pipeline -------------------------------------------
   mesh = sharding.make_mesh(config.mesh.fsdp)
@@ -194,12 +295,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
                       max_to_keep=config.train.keep_checkpoints,
                       keep_best=config.train.keep_best,
                       async_save=config.train.async_checkpoints)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(abstract_with_shardings(state, state_sh), train_iter)
-    logging.info('resumed from step %d', int(state.step))
-  elif config.train.init_from:
-    state = load_init_weights(state, config.train.init_from, model_cfg)
-    logging.info('initialised from %s', config.train.init_from)
+  if faults:
+    faults.install(ckpt.directory)
+  try:
+    if ckpt.latest_step() is not None:
+      ckpt.check_model(model_cfg, resolve=registry.resolve)
+      state = ckpt.restore(abstract_with_shardings(state, state_sh), train_iter)
+      logging.info('resumed from step %d', int(state.step))
+    elif config.train.init_from:
+      state = load_init_weights(state, config.train.init_from, model_cfg)
+      logging.info('initialised from %s', config.train.init_from)
+  except BaseException:
+    ckpt.abandon()
+    raise
   start = int(jax.device_get(state.step))
 
   align = bool(model_cfg.get('align_corners', False))
@@ -221,59 +329,86 @@ def train_and_evaluate(config, workdir: str) -> dict:
   meta = {'config': config.to_dict() if hasattr(config, 'to_dict') else {}}
   report = periodic_actions.ReportProgress(num_train_steps=num_steps,
                                            writer=writer, every_steps=config.train.log_every_steps)
-  history, pending = [], []
-  result = {'steps': num_steps, 'start_step': start}
+  history = []
+  pending = []   # (step, device metrics) not fetched yet
+  window = []    # fetched host metrics not written to the writer yet
+  result = {'steps': num_steps, 'start_step': start, 'preempted': False}
   t0 = time.time()
-  stop = StopSignal()
   stop_at = int(config.train.get('stop_at_step', -1))
-  result['preempted'] = False
-  with metric_writers.ensure_flushes(writer), stop:
-    for step in range(start + 1, num_steps + 1):
-      with report.timed('data', wait_jax_async_dispatch=False):
-        local = next(train_iter)
-      batch = sharding.global_batch(local, batch_sh)
-      state, metrics = train_fn(state, batch)
-      pending.append(metrics)
-      report(step)
-      last = step == num_steps
-      if step % config.train.log_every_steps == 0 or last:
-        fetched = jax.device_get(pending)
-        pending = []
-        for m in fetched:
-          history.append(float(m['loss']))
-        if not all(bool(m['finite']) for m in fetched) and config.train.nonfinite == 'stop':
-          ckpt.wait()
-          good = ckpt.latest_step()
-          raise NonFiniteLoss(f'non-finite loss or gradient at step <= {step}; '
-                              f'last good checkpoint: step {good}')
-        writer.write_scalars(step, {
-            'train/loss': float(np.mean([m['loss'] for m in fetched])),
-            'train/grad_norm': float(np.mean([m['grad_norm'] for m in fetched])),
-            'train/lr': float(lr_fn(step - 1)),
-            'train/skipped_steps': int(jax.device_get(state.skipped))})
-      ev = None
-      if config.eval.every_steps > 0 and (step % config.eval.every_steps == 0 or last):
-        with report.timed('eval'):
-          ev = evaluate(state)
-        writer.write_scalars(step, {f'eval/{k}': v for k, v in ev.items()
-                                    if np.isscalar(v)})
-        if is_main:
-          from hrseg_jax.eval.metrics import format_iou_table  # pylint: disable=g-import-not-at-top
-          logging.info('step %d eval:\n%s', step, format_iou_table(ev))
-        result['eval'] = ev
-      halt = step == stop_at or stop.should_stop(step)
-      if (step % config.train.checkpoint_every_steps == 0 or last or ev is not None
-          or halt):
-        ckpt.save(state, train_iter, model_cfg, force=True,
-                  metrics={'miou': float(ev['miou'])} if ev else None, meta=meta)
-      if halt and not last:
-        if pending:
-          history.extend(float(m['loss']) for m in jax.device_get(pending))
-          pending = []
-        logging.warning('stopping at step %d (checkpoint saved); rerun the same '
-                        'command to resume', step)
+  log_every = config.train.log_every_steps
+
+  def fetch():
+    """Fetches pending metrics; logs losses; stops on a non-finite step."""
+    fetched = list(zip([s for s, _ in pending], jax.device_get([m for _, m in pending])))
+    pending.clear()
+    losses = [(s, float(m['loss'])) for s, m in fetched]
+    history.extend(loss for _, loss in losses)
+    loss_log.append(losses)
+    window.extend(m for _, m in fetched)
+    bad = first_nonfinite(fetched)
+    if bad is not None and config.train.nonfinite == 'stop':
+      ckpt.wait()
+      good = ckpt.latest_step()
+      raise NonFiniteLoss(
+          f'non-finite loss or gradient at step {bad[0]} (loss {float(bad[1]["loss"])}, '
+          f'gradient norm {float(bad[1]["grad_norm"])}); stopped. Last good checkpoint: '
+          + (f'step {good} in {ckpt.directory}' if good is not None else 'none')
+          + "; rerun to resume from it, or set train.nonfinite='skip'")
+
+  steps = range(start + 1, num_steps + 1)
+  try:
+    with metric_writers.ensure_flushes(writer):
+      if start < num_steps and stop.should_stop(start):
+        logging.warning('stop requested before step %d: nothing new to save', start + 1)
         result['preempted'] = True
-        break
+        steps = range(0)
+      for step in steps:
+        with report.timed('data', wait_jax_async_dispatch=False):
+          local = next(train_iter)
+        batch = sharding.global_batch(faults.on_batch(step, local), batch_sh)
+        state, metrics = train_fn(state, batch)
+        pending.append((step, metrics))
+        report(step)
+        last = step == num_steps
+        log_now = step % log_every == 0 or last
+        if log_now:
+          fetch()
+        faults.on_step_end(step)
+        halt = step == stop_at or stop.should_stop(step)
+        evaluate_now = config.eval.every_steps > 0 and (
+            step % config.eval.every_steps == 0 or last)
+        save_now = (step % config.train.checkpoint_every_steps == 0 or last
+                    or evaluate_now or halt)
+        if save_now and pending:
+          fetch()   # a non-finite state is never checkpointed
+        if log_now:
+          writer.write_scalars(step, {
+              'train/loss': float(np.mean([m['loss'] for m in window])),
+              'train/grad_norm': float(np.mean([m['grad_norm'] for m in window])),
+              'train/lr': float(lr_fn(step - 1)),
+              'train/skipped_steps': int(jax.device_get(state.skipped))})
+          window.clear()
+        ev = None
+        if evaluate_now:
+          with report.timed('eval'):
+            ev = evaluate(state)
+          writer.write_scalars(step, {f'eval/{k}': v for k, v in ev.items()
+                                      if np.isscalar(v)})
+          if is_main:
+            from hrseg_jax.eval.metrics import format_iou_table  # pylint: disable=g-import-not-at-top
+            logging.info('step %d eval:\n%s', step, format_iou_table(ev))
+          result['eval'] = ev
+        if save_now:
+          ckpt.save(state, train_iter, model_cfg, force=True,
+                    metrics={'miou': float(ev['miou'])} if ev else None, meta=meta)
+        if halt and not last:
+          logging.warning('stopping at step %d (checkpoint saved); rerun the same '
+                          'command to resume', step)
+          result['preempted'] = True
+          break
+  except BaseException:
+    ckpt.abandon()
+    raise
   ckpt.close()
   result['losses'] = history
   result['seconds'] = time.time() - t0

@@ -1,0 +1,206 @@
+"""Runs ``hrseg_jax.main`` on one machine as one or several JAX processes.
+
+Everything after ``--`` is passed to ``python -m hrseg_jax.main`` unchanged.
+
+Examples:
+  # One process driving every GPU of this host (the recommended set-up on a
+  # single multi-GPU machine: no launcher is needed, this just runs it):
+  python scripts/launch_local.py -- \\
+      --config configs/hrnet_w48_cityscapes.py --workdir runs/w48_cs
+
+  # One process per GPU, like torch.distributed.launch --nproc_per_node=8:
+  python scripts/launch_local.py --num_processes 8 --gpus_per_process 1 -- \\
+      --config configs/hrnet_w48_cityscapes.py --workdir runs/w48_cs
+
+  # 4 processes x 2 simulated CPU devices: exercises the multi-host code
+  # paths (per-process input shards, cross-process collectives, Orbax
+  # multi-process checkpoints) on a laptop:
+  python scripts/launch_local.py --num_processes 4 --cpu_devices 2 -- \\
+      --config configs/demo.py --workdir /tmp/hrseg_4x2
+
+With several processes each one gets ``HRSEG_COORDINATOR=localhost:PORT``,
+``HRSEG_NUM_PROCESSES`` and ``HRSEG_PROCESS_ID`` (read by
+``hrseg_jax.main``, which calls ``jax.distributed.initialize``), and with
+``--gpus_per_process`` also ``JAX_LOCAL_DEVICE_IDS`` (read by
+``jax.distributed.initialize``: the GPUs this process drives).  ``--dry-run``
+prints one shell line per process and starts nothing.  When any process
+fails the others are stopped; SIGTERM is forwarded to every process (the
+training loop then saves a checkpoint at the next step boundary and exits).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ENTRY = ('-m', 'hrseg_jax.main')
+
+
+def free_port() -> int:
+  """A TCP port that is free now on localhost."""
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def process_envs(num_processes: int, port: int, gpus_per_process: int = 0,
+                 cpu_devices: int = 0, base_xla_flags: str = ''
+                 ) -> list[dict[str, str]]:
+  """The environment variables added for each process (not the inherited ones).
+
+  Args:
+    num_processes: number of processes N.
+    port: coordinator port on localhost (used when N > 1).
+    gpus_per_process: K > 0 gives process i GPUs [i*K, (i+1)*K).
+    cpu_devices: K > 0 runs on the CPU with K simulated devices per process.
+    base_xla_flags: the inherited ``XLA_FLAGS`` (kept, flags appended).
+
+  Returns:
+    One dict per process.
+  """
+  envs = []
+  for i in range(num_processes):
+    env = {}
+    if num_processes > 1:
+      env.update(HRSEG_COORDINATOR=f'localhost:{port}',
+                 HRSEG_NUM_PROCESSES=str(num_processes),
+                 HRSEG_PROCESS_ID=str(i))
+    if gpus_per_process:
+      ids = range(i * gpus_per_process, (i + 1) * gpus_per_process)
+      if num_processes > 1:
+        env['JAX_LOCAL_DEVICE_IDS'] = ','.join(map(str, ids))
+      else:
+        env['CUDA_VISIBLE_DEVICES'] = ','.join(map(str, ids))
+    if cpu_devices:
+      flag = f'--xla_force_host_platform_device_count={cpu_devices}'
+      env['JAX_PLATFORMS'] = 'cpu'
+      env['XLA_FLAGS'] = f'{base_xla_flags} {flag}'.strip()
+    envs.append(env)
+  return envs
+
+
+def command(python: str, train_args: list[str]) -> list[str]:
+  return [python, *ENTRY, *train_args]
+
+
+def shell_line(env: dict[str, str], argv: list[str]) -> str:
+  """``K=V ... argv`` quoted for a POSIX shell."""
+  return ' '.join([f'{k}={shlex.quote(v)}' for k, v in env.items()]
+                  + [shlex.quote(a) for a in argv])
+
+
+def parse_args(argv: list[str]):
+  """Launcher flags before ``--``; training flags after it."""
+  if '--' in argv:
+    cut = argv.index('--')
+    own, train_args = argv[:cut], argv[cut + 1:]
+  else:
+    own, train_args = argv, []
+  parser = argparse.ArgumentParser(
+      description=__doc__.split('\n')[0],
+      usage='%(prog)s [options] -- --config CONFIG --workdir DIR [...]')
+  parser.add_argument('--num_processes', type=int, default=1)
+  group = parser.add_mutually_exclusive_group()
+  group.add_argument('--gpus_per_process', type=int, default=0,
+                     help='GPUs per process (default: all GPUs, one process)')
+  group.add_argument('--cpu_devices', type=int, default=0,
+                     help='run on the CPU with this many devices per process')
+  parser.add_argument('--port', type=int, default=0,
+                      help='coordinator port (default: a free one)')
+  parser.add_argument('--log_dir', default='',
+                      help='write process_<i>.log files here (default: '
+                      'every process prints to this terminal)')
+  parser.add_argument('--python', default=sys.executable)
+  parser.add_argument('--dry-run', '--dry_run', dest='dry_run',
+                      action='store_true', help='print, start nothing')
+  args = parser.parse_args(own)
+  if not train_args:
+    parser.error('training flags go after "--", e.g. -- --config '
+                 'configs/demo.py --workdir /tmp/run')
+  if args.num_processes < 1:
+    parser.error('--num_processes must be >= 1')
+  if args.gpus_per_process < 0 or args.cpu_devices < 0:
+    parser.error('device counts must be >= 0')
+  if args.num_processes > 1 and not (args.gpus_per_process or args.cpu_devices):
+    parser.error('several processes on one host must split its devices: pass '
+                 '--gpus_per_process K (GPUs) or --cpu_devices K (CPU)')
+  return args, train_args
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float = 30.0) -> None:
+  """SIGTERM to the processes still running, SIGKILL after ``grace_s``."""
+  for p in procs:
+    if p.poll() is None:
+      p.terminate()
+  deadline = time.monotonic() + grace_s
+  for p in procs:
+    try:
+      p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+      p.kill()
+      p.wait()
+
+
+def _wait_all(procs: list[subprocess.Popen]) -> int:
+  """Waits for every process; the first failure stops the others (a JAX
+  process whose peer died would otherwise wait in a collective)."""
+  while True:
+    codes = [p.poll() for p in procs]
+    failed = [c for c in codes if c not in (None, 0)]
+    if failed:
+      _stop(procs)
+      return failed[0]
+    if all(c == 0 for c in codes):
+      return 0
+    time.sleep(0.2)
+
+
+def main(argv=None) -> int:
+  args, train_args = parse_args(sys.argv[1:] if argv is None else list(argv))
+  port = args.port or free_port()
+  envs = process_envs(args.num_processes, port, args.gpus_per_process,
+                      args.cpu_devices, os.environ.get('XLA_FLAGS', ''))
+  argv_ = command(args.python, train_args)
+  logs = [os.path.join(args.log_dir, f'process_{i}.log') if args.log_dir else ''
+          for i in range(args.num_processes)]
+  if args.dry_run:
+    for env, log in zip(envs, logs):
+      print(shell_line(env, argv_) + (f' > {shlex.quote(log)} 2>&1' if log else ''))
+    return 0
+  if args.log_dir:
+    os.makedirs(args.log_dir, exist_ok=True)
+  procs, files = [], []
+  for env, log in zip(envs, logs):
+    out = open(log, 'w') if log else None  # pylint: disable=consider-using-with
+    files.append(out)
+    procs.append(subprocess.Popen(argv_, env={**os.environ, **env}, stdout=out,
+                                  stderr=subprocess.STDOUT if out else None))
+
+  def forward(signum, frame):  # pylint: disable=unused-argument
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)
+  old = signal.signal(signal.SIGTERM, forward)
+  try:
+    code = _wait_all(procs)
+  except KeyboardInterrupt:
+    _stop(procs)
+    code = 130
+  finally:
+    signal.signal(signal.SIGTERM, old)
+    for f in files:
+      if f:
+        f.close()
+  if code:
+    where = f' (see {args.log_dir})' if args.log_dir else ''
+    print(f'error: a process exited with status {code}{where}', file=sys.stderr)
+  return code
+
+
+if __name__ == '__main__':
+  sys.exit(main())

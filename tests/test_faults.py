@@ -1,0 +1,398 @@
+"""Fault injection: preemption, crashes, numerics and bad input lose nothing
+and explain themselves (issue 8).
+
+Every test runs the real command, ``python -m hrseg_jax.main``, in
+subprocesses, injects faults through ``$HRSEG_FAULT``
+(:mod:`hrseg_jax.train.faults`) or broken inputs, and checks what is left:
+the checkpoint directory holds only steps that restore completely, a resumed
+run logs exactly the losses of an uninterrupted run for every step
+(``losses.txt``), a failed run exits non-zero with one ``error:`` line naming
+the file, field or step and changes nothing it had written before.  Each
+fault is recorded in a ledger; ``tests/conftest.py`` prints the totals:
+``faults injected: N, survived: N, steps lost: 0, files corrupted: 0``.
+"""
+import math
+import os
+import pathlib
+import shutil
+
+import cv2
+import portpicker
+import pytest
+
+import fault_util as fu
+
+CKPT = 'checkpoints'
+
+
+@pytest.fixture
+def ledger(record_property):
+  led = fu.Ledger()
+  record_property(fu.PROPERTY, led.records)
+  return led
+
+
+@pytest.fixture(scope='session')
+def shared_dir(tmp_path_factory):
+  """A folder shared by the xdist workers of this session."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+
+
+@pytest.fixture(scope='session')
+def reference(shared_dir):
+  """The uninterrupted run (started in the background, once per session)."""
+  directory = shared_dir / 'faults_reference'
+  directory.mkdir(parents=True, exist_ok=True)
+  config = directory / 'config.py'
+  os.replace(fu.write_config(directory / f'config-{os.getpid()}.py'), config)
+  run = fu.SharedRun(directory, fu.main_command(config, directory / 'work'),
+                     fu.environment())
+  return run.start()
+
+
+def reference_losses(reference) -> dict[int, float]:
+  result = reference.result()
+  assert result.returncode == 0, result.tail()
+  losses = dict(fu.read_losses(reference.dir / 'work'))
+  assert sorted(losses) == list(range(1, fu.NUM_STEPS + 1))
+  assert all(math.isfinite(v) for v in losses.values())
+  return losses
+
+
+def _measure_chain(chain, faults, reference, poisoned=()):
+  """Steps lost and files corrupted over a chain; recorded on every fault."""
+  lost = chain.steps_lost(reference_losses(reference), poisoned)
+  broken = fu.broken_steps(chain.ckpt_dir)
+  leftovers = fu.partial_entries(chain.ckpt_dir)
+  for f in faults:
+    f.measure(steps_lost=len(lost), files_corrupted=len(broken) + len(leftovers))
+  assert not lost, ('steps lost', lost, [a.losses for a in chain.attempts])
+  assert not broken and not leftovers, (broken, leftovers)
+
+
+def _only_complete_steps(attempt, ckpt_dir):
+  broken = fu.broken_steps(ckpt_dir)
+  assert not broken, (attempt.fault, broken)
+
+
+# ---- 1. Preemption and 2. crashes -------------------------------------------
+
+def test_preemption_and_kill_9_lose_nothing(tmp_path, reference, ledger):
+  """SIGTERM -> checkpoint + exit 0; SIGKILL between checkpoints, inside the
+  asynchronous commit and in the middle of deleting an old checkpoint; every
+  restart resumes from the last complete checkpoint with identical losses."""
+  chain = fu.Chain(fu.write_config(tmp_path / 'config.py'), tmp_path / 'w')
+
+  sigterm = ledger.inject('SIGTERM (preemption) to the trainer and its Grain worker')
+  # As on a GCE/TPU VM shutdown or a Slurm preemption, every process of the
+  # job gets the signal, the Grain worker process included.
+  a = chain.run('--config.data.num_workers=1', fault='sigterm_all:3')
+  assert a.result.returncode == 0, a.result.tail()
+  assert 'its 1 child process(es) after step 3' in a.result.stderr
+  assert 'stopping at step 3 (checkpoint saved)' in a.result.stderr
+  assert a.complete_after[-1] == 3 and not a.partial_after
+  assert [s for s, _ in a.losses] == [1, 2, 3]
+  _only_complete_steps(a, chain.ckpt_dir)
+  sigterm.survive()
+
+  kill = ledger.inject('kill -9 between checkpoints (step 5)')
+  # Synchronous saves here, so that step 4 is committed when the kill lands.
+  b = chain.run('--config.train.async_checkpoints=False', fault='kill:5')
+  assert b.result.returncode == -9, b.result.tail()
+  assert b.resumed_from == 3 and b.complete_after[-1] == 4
+  _only_complete_steps(b, chain.ckpt_dir)
+  kill.survive()
+
+  in_save = ledger.inject('kill -9 inside the asynchronous save of step 6')
+  c = chain.run(fault='kill_in_save:6')
+  assert c.result.returncode == -9, c.result.tail()
+  assert 'before the rename that commits checkpoint 6 (thread async_save)' in c.result.stderr
+  assert '6' + fu.TMP_SUFFIX in c.partial_after      # the save was cut short ...
+  assert c.complete_after[-1] == 4                    # ... and is not a step
+  _only_complete_steps(c, chain.ckpt_dir)
+  in_save.survive()
+
+  in_delete = ledger.inject('kill -9 while deleting an old checkpoint')
+  doomed = c.complete_after[0]
+  d = chain.run(fault=f'kill_in_delete:{doomed}')
+  assert d.result.returncode == -9, d.result.tail()
+  assert f'while deleting checkpoint {doomed}' in d.result.stderr
+  assert doomed not in d.complete_after and f'.deleted/{doomed}' in d.partial_after
+  assert d.resumed_from == 4 and 6 in d.complete_after
+  _only_complete_steps(d, chain.ckpt_dir)
+  in_delete.survive()
+
+  e = chain.run()
+  assert e.result.returncode == 0, e.result.tail()
+  assert e.resumed_from == 6 and e.complete_after[-1] == fu.NUM_STEPS
+  _measure_chain(chain, [sigterm, kill, in_save, in_delete], reference)
+
+
+def test_sigterm_on_one_host_stops_every_host(tmp_path, ledger):
+  """Two jax.distributed processes; only process 1 gets SIGTERM.  Both stop
+  after the same step, with one complete checkpoint of it, and exit 0."""
+  fault = ledger.inject('SIGTERM on one of two hosts')
+  config = fu.write_config(tmp_path / 'config.py')
+  port = portpicker.pick_unused_port()
+  procs = [fu.start(config, tmp_path / 'w', env=fu.environment(
+      'sigterm:3' if i == 1 else None, HRSEG_COORDINATOR=f'localhost:{port}',
+      HRSEG_NUM_PROCESSES='2', HRSEG_PROCESS_ID=str(i))) for i in range(2)]
+  results = [fu.finish(p) for p in procs]
+  for r in results:
+    assert r.returncode == 0, r.tail()
+    assert 'stopping at step 3 (checkpoint saved)' in r.stderr, r.tail()
+  ckpt_dir = tmp_path / 'w' / CKPT
+  trained = [s for s, _ in fu.read_losses(tmp_path / 'w')]
+  lost = trained[-1] - fu.step_dirs(ckpt_dir)[-1]
+  broken = fu.broken_steps(ckpt_dir)
+  fault.measure(steps_lost=lost, files_corrupted=len(broken))
+  assert trained == [1, 2, 3] and lost == 0
+  assert sorted(p.name for p in (ckpt_dir / '3' / 'data').glob('*.json')) == [
+      'process_0-of-2.json', 'process_1-of-2.json']
+  assert not broken and not fu.partial_entries(ckpt_dir)
+  fault.survive()
+
+
+# ---- 3. Numerics and the full disk ---------------------------------------------
+
+def test_nonfinite_loss_and_full_disk_lose_nothing(tmp_path, reference, ledger):
+  """NaN at step 3 stops with the step and the last good checkpoint; a full
+  disk when a save starts and one during its background commit fail in one
+  line, remove the partial step and leave step 2 byte for byte; the run then
+  resumes from step 2 with identical losses."""
+  chain = fu.Chain(fu.write_config(tmp_path / 'config.py'), tmp_path / 'w')
+  step2 = chain.ckpt_dir / '2'
+
+  nan = ledger.inject('non-finite loss at step 3 (stop)')
+  a = chain.run(fault='nan:3')
+  line = fu.assert_one_line_error(a.result, 'step 3', f'step 2 in {chain.ckpt_dir}')
+  assert line.startswith('error: non-finite loss or gradient at step 3'), line
+  assert a.complete_after == [2] and not a.partial_after
+  assert [s for s, _ in a.losses] == [1, 2, 3] and math.isnan(a.losses[-1][1])
+  _only_complete_steps(a, chain.ckpt_dir)
+  nan.survive()
+  digest = fu.tree_digest(step2)
+
+  faults = [nan]
+  for kind, when in (('enospc', 'when the save of step 4 starts'),
+                     ('enospc_commit', 'during the commit of step 4')):
+    full = ledger.inject(f'disk full {when}')
+    faults.append(full)
+    r = chain.run(fault=f'{kind}:4')
+    line = fu.assert_one_line_error(
+        r.result, 'saving checkpoint 4', 'No space left on device',
+        f"{chain.ckpt_dir / ('4' + fu.TMP_SUFFIX)}/", 'last complete checkpoint: step 2',
+        traceback=True)   # Orbax logs the failed write with its traceback
+    assert r.resumed_from == 2 and r.complete_after == [2], line
+    assert not r.partial_after                          # nothing half-written
+    assert fu.tree_digest(step2) == digest
+    _only_complete_steps(r, chain.ckpt_dir)
+    full.survive()
+
+  done = chain.run()
+  assert done.result.returncode == 0, done.result.tail()
+  assert done.resumed_from == 2 and done.complete_after[-1] == fu.NUM_STEPS
+  _measure_chain(chain, faults, reference, poisoned=[(0, 3)])
+
+
+def test_nonfinite_loss_skipped_and_counted(tmp_path, reference, ledger):
+  """train.nonfinite='skip': the NaN step leaves the state alone, is counted
+  in the checkpoint, and training goes on with finite losses."""
+  fault = ledger.inject("non-finite loss at step 3 (train.nonfinite='skip')")
+  config = fu.write_config(tmp_path / 'config.py', train__nonfinite='skip')
+  r = fu.run(config, tmp_path / 'w', fault='nan:3')
+  assert r.returncode == 0, r.tail()
+  losses = dict(fu.read_losses(tmp_path / 'w'))
+  ref = reference_losses(reference)
+  ckpt_dir = tmp_path / 'w' / CKPT
+  broken = fu.broken_steps(ckpt_dir)
+  lost = [s for s in (1, 2) if losses.get(s) != ref[s]]
+  fault.measure(steps_lost=len(lost), files_corrupted=len(broken))
+  assert not lost and not broken
+  assert math.isnan(losses[3])
+  assert all(math.isfinite(losses[s]) for s in range(4, fu.NUM_STEPS + 1))
+  train = _restored_train_item(ckpt_dir / str(fu.NUM_STEPS))
+  assert int(train['skipped']) == 1 and int(train['step']) == fu.NUM_STEPS
+  fault.survive()
+
+
+def _restored_train_item(step_dir):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(step_dir / 'train')
+
+
+# ---- 4. Bad input: data --------------------------------------------------------
+
+def _write_dataset(root: pathlib.Path, n: int = 8) -> pathlib.Path:
+  """``n`` synthetic examples as PNG files and a train list (one batch)."""
+  from hrseg_jax.data.synthetic import SyntheticSource  # pylint: disable=g-import-not-at-top
+  source = SyntheticSource(n, (64, 128), 6, 0, 'train')
+  (root / 'img').mkdir(parents=True)
+  (root / 'lbl').mkdir()
+  lines = []
+  for i in range(n):
+    ex = source[i]
+    ext = 'jpg' if i == 3 else 'png'
+    cv2.imwrite(str(root / 'img' / f'{i}.{ext}'), cv2.cvtColor(ex['image'], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(root / 'lbl' / f'{i}.png'), ex['label'])
+    lines.append(f'img/{i}.{ext} lbl/{i}.png')
+  (root / 'train.lst').write_text('\n'.join(lines) + '\n')
+  return root / 'train.lst'
+
+
+def _truncate(path):
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+
+
+def _break(root: pathlib.Path, case: str) -> str:
+  """Breaks the dataset; returns the text the error must contain."""
+  if case == 'corrupt image' or case == 'corrupt image, Grain worker process':
+    (root / 'img' / '5.png').write_bytes(os.urandom(600))
+    return f'{root / "img" / "5.png"}: cannot decode image'
+  if case == 'truncated JPEG image':
+    _truncate(root / 'img' / '3.jpg')
+    return f'{root / "img" / "3.jpg"}: truncated JPEG'
+  if case == 'truncated label':
+    _truncate(root / 'lbl' / '2.png')
+    return f'{root / "lbl" / "2.png"}: cannot decode label'
+  if case == 'missing label':
+    (root / 'lbl' / '6.png').unlink()
+    return f'{root / "lbl" / "6.png"}: file not found'
+  if case == 'label outside the class map':
+    label = cv2.imread(str(root / 'lbl' / '1.png'), cv2.IMREAD_UNCHANGED)
+    label[:4, :4] = 9
+    cv2.imwrite(str(root / 'lbl' / '1.png'), label)
+    return f"{root / 'lbl' / '1.png'}: label values [9] outside the 'identity' label map"
+  if case == 'image/label size mismatch':
+    label = cv2.imread(str(root / 'lbl' / '4.png'), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(root / 'lbl' / '4.png'), label[:32])
+    return f'{root / "img" / "4.png"} / {root / "lbl" / "4.png"}: image size (64, 128) != label size (32, 128)'
+  if case == 'empty list file':
+    (root / 'train.lst').write_text('\n')
+    return f'{root / "train.lst"}: list file is empty'
+  raise ValueError(case)
+
+
+@pytest.mark.parametrize('case', [
+    'corrupt image', 'truncated JPEG image', 'truncated label', 'missing label',
+    'label outside the class map', 'image/label size mismatch', 'empty list file',
+    'corrupt image, Grain worker process'])
+def test_bad_data_is_one_line_naming_the_file(tmp_path, case, ledger):
+  fault = ledger.inject(f'data: {case}')
+  root = tmp_path / 'data'
+  train_list = _write_dataset(root)
+  expected = _break(root, case)
+  config = fu.write_config(
+      tmp_path / 'config.py', data__source='files', data__root=str(root),
+      data__train_list=str(train_list),
+      data__num_workers=1 if 'worker' in case else 0)
+  r = fu.run(config, tmp_path / 'w')
+  fault.measure(files_corrupted=len(fu.step_dirs(tmp_path / 'w' / CKPT))
+                + len(fu.partial_entries(tmp_path / 'w' / CKPT)))
+  fu.assert_one_line_error(r, expected)
+  assert not fu.step_dirs(tmp_path / 'w' / CKPT)      # nothing trained or saved
+  fault.survive()
+
+
+# ---- 4. Bad input: configuration, output path ---------------------------------
+
+CONFIG_CASES = {
+    'unknown field': (['--config.train.num_stepz=3'], "'config.train.num_stepz'"),
+    'wrong type on the command line': (['--config.train.num_steps=ten'],
+                                       "--config.train.num_steps=ten"),
+    'wrong type in the config file': ({'train__batch_size': 'eight'},
+                                      "field 'batch_size'"),
+    'unknown value': (['--config.train.nonfinite=ignore'], 'train.nonfinite='),
+}
+
+
+@pytest.mark.parametrize('case', sorted(CONFIG_CASES))
+def test_bad_config_is_one_line_naming_the_field(tmp_path, case, ledger):
+  fault = ledger.inject(f'config: {case}')
+  change, expected = CONFIG_CASES[case]
+  fields = change if isinstance(change, dict) else {}
+  flags = change if isinstance(change, list) else []
+  config = fu.write_config(tmp_path / 'config.py', **fields)
+  r = fu.run(config, tmp_path / 'w', *flags)
+  fault.measure(files_corrupted=len(fu.step_dirs(tmp_path / 'w' / CKPT)))
+  fu.assert_one_line_error(r, expected)
+  fault.survive()
+
+
+def test_unwritable_workdir_is_one_line(tmp_path, ledger):
+  fault = ledger.inject('output path that cannot be written')
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  r = fu.run(fu.write_config(tmp_path / 'config.py'), blocker / 'w')
+  fault.measure(files_corrupted=int(blocker.read_text() != 'not a directory'))
+  fu.assert_one_line_error(r, f'cannot write to --workdir {blocker / "w"}')
+  fault.survive()
+
+
+# ---- 4. Bad input: checkpoints ---------------------------------------------------
+
+@pytest.fixture
+def finished_workdir(tmp_path, reference):
+  """A copy of the reference run's workdir (checkpoints of steps 6 and 8)."""
+  reference_losses(reference)
+  workdir = tmp_path / 'w'
+  shutil.copytree(reference.dir / 'work', workdir)
+  return workdir
+
+
+FIVE_CLASSES = ['--config.model.num_classes=5', '--config.data.num_classes=5']
+
+
+def test_resuming_another_models_checkpoint_is_one_line(tmp_path, finished_workdir, ledger):
+  fault = ledger.inject('workdir holds a checkpoint of another model')
+  before = fu.tree_digest(finished_workdir / CKPT)
+  r = fu.run(fu.write_config(tmp_path / 'config.py', num_steps=10),
+             finished_workdir, *FIVE_CLASSES)
+  changed = before != fu.tree_digest(finished_workdir / CKPT)
+  fault.measure(files_corrupted=int(changed))
+  fu.assert_one_line_error(
+      r, f'{finished_workdir / CKPT / "8"} is a checkpoint of another model',
+      'model.num_classes: 6 in the checkpoint, 5 in the config')
+  assert not changed
+  fault.survive()
+
+
+def test_init_from_another_models_checkpoint_is_one_line(tmp_path, finished_workdir, ledger):
+  fault = ledger.inject('train.init_from: a checkpoint of another model')
+  before = fu.tree_digest(finished_workdir / CKPT)
+  r = fu.run(fu.write_config(tmp_path / 'config.py'), tmp_path / 'new',
+             *FIVE_CLASSES, f'--config.train.init_from={finished_workdir}')
+  changed = before != fu.tree_digest(finished_workdir / CKPT)
+  fault.measure(files_corrupted=int(changed) + len(fu.step_dirs(tmp_path / 'new' / CKPT)))
+  fu.assert_one_line_error(r, f'train.init_from={finished_workdir}: does not fit model',
+                           '(6,) vs (5,)')
+  assert not changed
+  fault.survive()
+
+
+def test_corrupt_latest_checkpoint_is_one_line(tmp_path, finished_workdir, ledger):
+  fault = ledger.inject('latest checkpoint corrupted on disk')
+  state = finished_workdir / CKPT / '8' / 'data' / 'process_0-of-1.json'
+  state.write_text(state.read_text()[:10])
+  before = fu.tree_digest(finished_workdir / CKPT)
+  r = fu.run(fu.write_config(tmp_path / 'config.py', num_steps=10), finished_workdir)
+  changed = before != fu.tree_digest(finished_workdir / CKPT)
+  fault.measure(files_corrupted=int(changed))
+  fu.assert_one_line_error(r, f'cannot restore checkpoint {finished_workdir / CKPT / "8"}',
+                           'resume from step 6')
+  assert not changed
+  fault.survive()
+
+
+def test_init_from_a_missing_checkpoint_is_one_line(tmp_path, ledger):
+  fault = ledger.inject('train.init_from: not a checkpoint')
+  pth = tmp_path / 'hrnet_w48_cityscapes.pth'
+  pth.write_bytes(b'PK\x03\x04 not converted')
+  r = fu.run(fu.write_config(tmp_path / 'config.py'), tmp_path / 'w',
+             f'--config.train.init_from={pth}')
+  fault.measure(files_corrupted=len(fu.step_dirs(tmp_path / 'w' / CKPT)))
+  fu.assert_one_line_error(r, str(pth))
+  fault.survive()

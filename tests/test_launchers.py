@@ -1,0 +1,241 @@
+"""The launchers' --dry-run output, their argument checks, and how
+``hrseg_jax.main`` decides to call ``jax.distributed.initialize``.
+
+(``tests/test_multihost.py`` runs scripts/launch_local.py for real.)
+"""
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from hrseg_jax.main import distributed_mode
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TRAIN = ['--config', 'configs/hrnet_w48_cityscapes.py', '--workdir',
+         'gs://my-bucket/runs/w48 cs', '--config.train.batch_size=16']
+
+
+def run(script, *args, ok=True):
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  r = subprocess.run([sys.executable, str(REPO / 'scripts' / script), *args],
+                     capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+  assert (r.returncode == 0) == ok, r.stdout + r.stderr
+  return r.stdout if ok else r.stderr
+
+
+def split_env(line):
+  """``K=V ... argv`` -> (env dict, argv list)."""
+  words = shlex.split(line)
+  env = {}
+  while words and '=' in words[0] and not words[0].startswith('-'):
+    k, v = words.pop(0).split('=', 1)
+    env[k] = v
+  return env, words
+
+
+# ---- launch_local.py ---------------------------------------------------------
+
+def test_local_four_processes_on_cpu():
+  out = run('launch_local.py', '--num_processes', '4', '--cpu_devices', '2',
+            '--port', '4321', '--log_dir', 'logs', '--dry-run', '--', *TRAIN)
+  lines = out.splitlines()
+  assert len(lines) == 4
+  for i, line in enumerate(lines):
+    env, argv = split_env(line)
+    assert env == {'HRSEG_COORDINATOR': 'localhost:4321',
+                   'HRSEG_NUM_PROCESSES': '4', 'HRSEG_PROCESS_ID': str(i),
+                   'JAX_PLATFORMS': 'cpu',
+                   'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+    assert argv[:3] == [sys.executable, '-m', 'hrseg_jax.main']
+    assert argv[3:] == [*TRAIN, '>', f'logs/process_{i}.log', '2>&1']
+    assert distributed_mode(env) == 'explicit'
+
+
+def test_local_one_process_per_gpu_and_one_process_for_all():
+  out = run('launch_local.py', '--num_processes', '2', '--gpus_per_process',
+            '4', '--port', '99', '--dry-run', '--', *TRAIN)
+  envs = [split_env(line)[0] for line in out.splitlines()]
+  assert [e['JAX_LOCAL_DEVICE_IDS'] for e in envs] == ['0,1,2,3', '4,5,6,7']
+  assert all('JAX_PLATFORMS' not in e for e in envs)
+  # One process: no jax.distributed at all, the command as given.
+  out = run('launch_local.py', '--dry-run', '--', *TRAIN)
+  env, argv = split_env(out.strip())
+  assert env == {} and argv == [sys.executable, '-m', 'hrseg_jax.main', *TRAIN]
+  assert distributed_mode(env) is None
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--num_processes', '2', '--', '--workdir', 'w'], 'must split its devices'),
+    (['--dry-run'], 'training flags go after "--"'),
+    (['--gpus_per_process', '1', '--cpu_devices', '2', '--', 'x'], 'not allowed'),
+])
+def test_local_rejects(args, message):
+  assert message in run('launch_local.py', *args, ok=False)
+
+
+# ---- launch_slurm.py ---------------------------------------------------------
+
+def slurm_dry_run(*args):
+  out = run('launch_slurm.py', *args, '--dry-run', '--', *TRAIN)
+  lines = out.splitlines()
+  assert lines[0] == '# slurm_logs/hrseg.sbatch'
+  assert lines[-1] == 'sbatch slurm_logs/hrseg.sbatch'
+  script = '\n'.join(lines[1:-1]) + '\n'
+  syntax = subprocess.run(['bash', '-n'], input=script, text=True,
+                          capture_output=True)
+  assert syntax.returncode == 0, syntax.stderr
+  srun = [line for line in lines if line.startswith('srun ')]
+  assert len(srun) == 1
+  assert shlex.split(srun[0]) == ['srun', '--kill-on-bad-exit=1', 'python', '-m',
+                                  'hrseg_jax.main', *TRAIN]
+  sbatch = {}
+  for line in lines:
+    if line.startswith('#SBATCH --'):
+      key, _, value = line[len('#SBATCH --'):].partition('=')
+      sbatch[key] = value
+  return script, sbatch
+
+
+def test_slurm_one_process_per_node(tmp_path):
+  script, sbatch = slurm_dry_run('--nodes', '4', '--gpus_per_node', '8',
+                                 '--partition', 'gpu', '--time', '2-00:00:00',
+                                 '--setup', 'source ~/venv/bin/activate')
+  assert sbatch == {'job-name': 'hrseg', 'nodes': '4', 'ntasks-per-node': '1',
+                    'gpus-per-node': '8', 'partition': 'gpu',
+                    'time': '2-00:00:00', 'output': 'slurm_logs/%x-%j.out',
+                    'signal': 'TERM@300'}
+  assert 'export JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7\n' in script
+  assert 'export HRSEG_DISTRIBUTED=1\n' in script
+  assert script.index('source ~/venv/bin/activate') < script.index('srun ')
+  assert not (REPO / 'slurm_logs').exists()  # a dry run writes nothing
+
+
+def test_slurm_one_process_per_gpu():
+  script, sbatch = slurm_dry_run('--nodes', '2', '--gpus_per_node', '4',
+                                 '--per', 'gpu', '--account', 'lab',
+                                 '--requeue', '--cpus_per_task', '12')
+  assert (sbatch['ntasks-per-node'], sbatch['gpus-per-node']) == ('4', '4')
+  assert (sbatch['account'], sbatch['cpus-per-task']) == ('lab', '12')
+  assert sbatch['requeue'] == ''
+  assert 'JAX_LOCAL_DEVICE_IDS' not in script  # JAX: GPU SLURM_LOCALID per task
+
+
+def test_slurm_environment_as_jax_sees_it(monkeypatch):
+  """What the sbatch script relies on: inside an srun step hrseg_jax.main
+  initialises jax.distributed, and JAX's Slurm detection gives one GPU per
+  process unless JAX_LOCAL_DEVICE_IDS says otherwise."""
+  from jax._src import clusters  # pylint: disable=g-import-not-at-top
+  step = {'SLURM_JOB_ID': '4242', 'SLURM_STEP_NODELIST': 'gpu[017-018]',
+          'SLURM_NTASKS': '16', 'SLURM_PROCID': '11', 'SLURM_LOCALID': '3',
+          'TPU_SKIP_MDS_QUERY': '1'}
+  for k, v in step.items():
+    monkeypatch.setenv(k, v)
+  assert distributed_mode(os.environ) == 'auto'
+  coordinator, n, pid, local = (
+      clusters.ClusterEnv.auto_detect_unset_distributed_params(
+          None, None, None, None, None, 300))
+  assert (coordinator.split(':')[0], n, pid, local) == ('gpu017', 16, 11, [3])
+  assert clusters.ClusterEnv.auto_detect_unset_distributed_params(
+      None, None, None, list(range(8)), None, 300)[3] == list(range(8))
+
+
+# ---- launch_tpu_vm.py --------------------------------------------------------
+
+def tpu(*args, train=()):
+  out = run('launch_tpu_vm.py', *args, '--name', 'seg', '--zone',
+            'us-central2-b', '--project', 'p1', '--dry-run',
+            *(['--', *train] if train else []))
+  return [shlex.split(line) for line in out.splitlines()]
+
+
+def remote_command(argv):
+  (command,) = [a for a in argv if a.startswith('--command=')]
+  return command[len('--command='):]
+
+
+def test_tpu_create_and_delete():
+  (create,) = tpu('create', '--accelerator', 'v5litepod-8', '--spot')
+  assert create == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'seg',
+                    '--accelerator-type=v5litepod-8',
+                    '--version=v2-alpha-tpuv5-lite', '--zone=us-central2-b',
+                    '--project=p1', '--spot']
+  (create,) = tpu('create', '--accelerator', 'v4-8')
+  assert '--version=tpu-ubuntu2204-base' in create
+  (delete,) = tpu('delete')
+  assert delete[4:6] == ['delete', 'seg'] and '--quiet' in delete
+
+
+def test_tpu_setup_installs_this_checkout_on_every_worker():
+  pack, copy, install = tpu('setup')
+  assert pack[:3] == ['tar', '-czf', '/tmp/hrseg_jax_src.tgz']
+  packed = pack[pack.index('-C') + 2:]
+  assert pack[pack.index('-C') + 1] == str(REPO)
+  assert {'pyproject.toml', 'hrseg_jax', 'configs'} <= set(packed)
+  assert all((REPO / p).exists() for p in packed)
+  assert copy[4:7] == ['scp', '/tmp/hrseg_jax_src.tgz', 'seg:hrseg_jax_src.tgz']
+  assert '--worker=all' in copy and '--worker=all' in install
+  remote = remote_command(install)
+  import jax  # pylint: disable=g-import-not-at-top
+  assert f"'jax[tpu]=={jax.__version__}' -e ~/hrseg_jax" in remote
+  assert 'uv venv --python 3.11 ~/hrseg-venv' in remote
+
+
+def test_tpu_train_runs_the_same_command_on_every_worker():
+  (ssh,) = tpu('train', '--accelerator', 'v4-32', train=TRAIN)
+  assert ssh[4:6] == ['ssh', 'seg'] and '--worker=all' in ssh
+  remote = shlex.split(remote_command(ssh))
+  start = remote.index('HRSEG_DISTRIBUTED=1')
+  assert remote[:start] == ['cd', '~/hrseg_jax', '&&', 'mkdir', '-p',
+                            '~/hrseg_logs', '&&']
+  end = remote.index('>')
+  assert remote[start + 1:end] == ['nohup', '~/hrseg-venv/bin/python', '-m',
+                                   'hrseg_jax.main', *TRAIN]
+  assert remote[end:end + 2] == ['>', '~/hrseg_logs/train.log']
+  assert distributed_mode({'HRSEG_DISTRIBUTED': '1'}) == 'auto'
+  (stop,) = tpu('stop')
+  assert remote_command(stop) == 'kill -TERM $(cat ~/hrseg_logs/train.pid)'
+  (logs,) = tpu('logs', '--worker', '3')
+  assert '--worker=3' in logs and 'train.log' in remote_command(logs)
+
+
+def test_tpu_multi_host_needs_a_shared_workdir():
+  local = ['--config', 'configs/demo.py', '--workdir', '/tmp/run']
+  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'z',
+            '--accelerator', 'v4-32', '--dry-run', '--', *local, ok=False)
+  assert 'v4-32 has 4 hosts' in err and 'gs://' in err
+  # One host (v4-8: 4 chips) may keep it local; a shared mount can be forced.
+  assert tpu('train', '--accelerator', 'v4-8', train=local)
+  assert tpu('train', '--accelerator', 'v4-32', '--allow_local_workdir',
+             train=local)
+
+
+@pytest.mark.parametrize('accelerator,devices,hosts', [
+    ('v4-8', 4, 1), ('v4-32', 16, 4), ('v5p-16', 8, 2), ('v5litepod-8', 8, 1),
+    ('v5litepod-16', 16, 4), ('v6e-8', 8, 1), ('v3-8', 8, 1)])
+def test_tpu_topology(accelerator, devices, hosts):
+  import runpy  # pylint: disable=g-import-not-at-top
+  mod = runpy.run_path(str(REPO / 'scripts' / 'launch_tpu_vm.py'))
+  assert mod['slice_topology'](accelerator) == (devices, hosts)
+
+
+# ---- hrseg_jax.main ----------------------------------------------------------
+
+@pytest.mark.parametrize('env,mode', [
+    ({}, None),
+    ({'HRSEG_COORDINATOR': 'h:1', 'HRSEG_NUM_PROCESSES': '2',
+      'HRSEG_PROCESS_ID': '0'}, 'explicit'),
+    ({'HRSEG_DISTRIBUTED': '1'}, 'auto'),
+    # An salloc shell or a single-task job: one process, no coordinator.
+    ({'SLURM_JOB_ID': '1', 'SLURM_NTASKS': '4'}, None),
+    ({'SLURM_JOB_ID': '1', 'SLURM_STEP_NODELIST': 'n1', 'SLURM_NTASKS': '1'}, None),
+    ({'SLURM_JOB_ID': '1', 'SLURM_STEP_NODELIST': 'n1', 'SLURM_NTASKS': '2'}, 'auto'),
+    ({'SLURM_STEP_NODELIST': 'n1', 'SLURM_NTASKS': '2', 'HRSEG_DISTRIBUTED': '0'}, None),
+    ({'OMPI_COMM_WORLD_SIZE': '1'}, None),
+    ({'OMPI_COMM_WORLD_SIZE': '8'}, 'auto'),
+    ({'TPU_WORKER_HOSTNAMES': 'a,b'}, 'auto'),
+])
+def test_distributed_mode(env, mode):
+  assert distributed_mode(env) == mode
