@@ -115,10 +115,18 @@ def load_model(path, *, step: int | None = None):
   _quiet_orbax()
   root, latest = find_checkpoint(path)
   step = latest if step is None else step
+  # Restore onto this host's first device whatever topology saved it (a
+  # checkpoint written by 8 devices loads for eval on 1).
+  meta = ocp.StandardCheckpointer().metadata(root / str(step) / VARIABLES)
+  meta = getattr(meta, 'item_metadata', meta)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta,
+      is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
   with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(
       read_only=True)) as mngr:
     item = mngr.restore(step, args=ocp.args.Composite(**{
-        VARIABLES: ocp.args.StandardRestore(),
+        VARIABLES: ocp.args.StandardRestore(target),
         MODEL: ocp.args.JsonRestore(),
     }))
   return (item[MODEL]['model'], _numpy_tree(item[VARIABLES]),
