@@ -134,7 +134,7 @@ class Checkpointer:
     return saved
 
   def check_model(self, model_cfg: dict, step: int | None = None, *,
-                  resolve: Callable[[dict], dict] | None = None) -> None:
+                  resolve: Callable[[dict], dict] | None = None) -> dict:
     """Raises CheckpointRestoreError if ``step`` holds another model.
 
     Args:
@@ -142,14 +142,16 @@ class Checkpointer:
       step: the step to check (default: the latest).
       resolve: applied to the saved config first (fills the defaults that
         the code which wrote it may not have known).
+
+    Returns:
+      The step's ``meta`` (``{'config': the training config}``).
     """
     step = self.manager.latest_step() if step is None else step
     where = self.directory / str(step)
     try:
       item = self.manager.restore(step, args=ocp.args.Composite(
-          **{model_ckpt.MODEL: ocp.args.JsonRestore()}))
-      saved = item[model_ckpt.MODEL]['model']
-      saved = resolve(saved) if resolve else saved
+          **{model_ckpt.MODEL: ocp.args.JsonRestore()}))[model_ckpt.MODEL]
+      saved = resolve(item['model']) if resolve else item['model']
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointRestoreError(f'cannot read the model config of checkpoint '
                                    f'{where}: {_first_line(e)}') from e
@@ -158,6 +160,7 @@ class Checkpointer:
       raise CheckpointRestoreError(
           f'{where} is a checkpoint of another model ({"; ".join(diffs[:4])}'
           f'{"; …" if len(diffs) > 4 else ""}); use a new --workdir for this config')
+    return item.get('meta') or {}
 
   def restore(self, abstract_state: TrainState, data_iter=None,
               step: int | None = None) -> TrainState:

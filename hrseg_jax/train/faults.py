@@ -6,9 +6,6 @@ list of ``kind:step`` items, for example ``HRSEG_FAULT=kill_in_save:6``:
 
 * ``sigterm:N``: SIGTERM to this process once step N has been trained, as a
   preemption notice would (the run saves step N and exits 0).
-* ``sigterm_all:N``: the same SIGTERM to this process and to its
-  multiprocessing children (Grain workers), as systemd (GCE/TPU VM
-  shutdown) and Slurm send it to every process of the job.
 * ``kill:N``: SIGKILL once step N has been trained and logged, before its
   checkpoint (a crash between checkpoints).
 * ``kill_in_save:N``: SIGKILL inside Orbax's background commit of step N's
@@ -34,7 +31,6 @@ import builtins
 import dataclasses
 import errno
 import logging
-import multiprocessing
 import os
 import pathlib
 import shutil
@@ -45,7 +41,7 @@ from typing import Any, Mapping
 import numpy as np
 
 ENV = 'HRSEG_FAULT'
-KINDS = ('sigterm', 'sigterm_all', 'kill', 'kill_in_save', 'kill_in_delete', 'nan', 'enospc',
+KINDS = ('sigterm', 'kill', 'kill_in_save', 'kill_in_delete', 'nan', 'enospc',
          'enospc_commit')
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'
 _COMMIT_FILE = 'commit_success.txt'
@@ -104,13 +100,6 @@ class Faults:
 
   def on_step_end(self, step: int) -> None:
     """Runs after step ``step`` is trained and logged, before its checkpoint."""
-    if self._at('sigterm_all', step):
-      children = multiprocessing.active_children()
-      logging.warning('fault: SIGTERM to this process and its %d child '
-                      'process(es) after step %d', len(children), step)
-      for child in children:
-        os.kill(child.pid, signal.SIGTERM)
-      os.kill(os.getpid(), signal.SIGTERM)
     if self._at('sigterm', step):
       logging.warning('fault: SIGTERM after step %d', step)
       os.kill(os.getpid(), signal.SIGTERM)

@@ -145,6 +145,17 @@ def make_workdir(workdir) -> epath.Path:
   return workdir
 
 
+def check_input_state(saved_config: dict, config, ckpt: Checkpointer) -> None:
+  """The Grain iterator state restores only with the same number of workers."""
+  saved = saved_config.get('data', {}).get('num_workers')
+  if saved is not None and saved != config.data.num_workers:
+    raise ValueError(
+        f'data.num_workers={config.data.num_workers}, but checkpoint '
+        f'{ckpt.directory / str(ckpt.latest_step())} was written with '
+        f'data.num_workers={saved} and its input pipeline state only restores '
+        f'with that value: resume with --config.data.num_workers={saved}')
+
+
 def first_nonfinite(fetched: list[tuple[int, dict]]) -> tuple[int, dict] | None:
   """The first ``(step, metrics)`` whose loss or gradient is not finite."""
   return next(((s, m) for s, m in fetched if not bool(m['finite'])), None)
@@ -299,7 +310,8 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
     faults.install(ckpt.directory)
   try:
     if ckpt.latest_step() is not None:
-      ckpt.check_model(model_cfg, resolve=registry.resolve)
+      saved = ckpt.check_model(model_cfg, resolve=registry.resolve)
+      check_input_state(saved.get('config', {}), config, ckpt)
       state = ckpt.restore(abstract_with_shardings(state, state_sh), train_iter)
       logging.info('resumed from step %d', int(state.step))
     elif config.train.init_from:
