@@ -24,6 +24,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from hrseg_jax import paths
+
 VARIABLES = 'variables'
 MODEL = 'model'
 
@@ -40,7 +42,7 @@ def find_checkpoint(path) -> tuple[epath.Path, int]:
   ``checkpoints/`` subdirectory is used, latest step), a manager root, or a
   single step directory inside one.
   """
-  path = epath.Path(path)
+  path = epath.Path(paths.resolve(os.fspath(path)))
   if not path.exists():
     raise FileNotFoundError(f'checkpoint not found: {path}')
   if (path / 'checkpoints').is_dir():
@@ -69,7 +71,7 @@ def save_model(directory, variables: Mapping, model_cfg: Mapping,
   place only when complete, so a failure leaves nothing at ``directory``.
   """
   _quiet_orbax()
-  directory = epath.Path(directory)
+  directory = epath.Path(paths.resolve(os.fspath(directory)))
   if directory.exists():
     if not directory.is_dir():
       raise FileExistsError(f'output path exists and is not a directory: {directory}')

@@ -8,6 +8,7 @@ No PyTorch needed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -21,11 +22,14 @@ def main(argv=None) -> int:
   p.add_argument('--step', type=int, default=None)
   args = p.parse_args(argv)
   try:
-    from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+    from hrseg_jax import checkpoints, paths  # pylint: disable=g-import-not-at-top
     from hrseg_jax.convert import convert, pth  # pylint: disable=g-import-not-at-top
-    _, variables, meta = checkpoints.load_model(args.checkpoint, step=args.step)
+    _, variables, meta = checkpoints.load_model(paths.resolve(args.checkpoint),
+                                                step=args.step)
     obj = convert.to_state_dict(variables, meta, prefix=args.prefix)
-    pth.save_pth(obj, args.output)
+    output = paths.resolve(args.output)
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    pth.save_pth(obj, output)
   except (OSError, ValueError, KeyError) as e:
     print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
     return 2

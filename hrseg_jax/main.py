@@ -80,6 +80,11 @@ def _hide_gpus_from_tf():
 
 def run(config, workdir: str, mode: str, checkpoint=None, inputs=()):
   import jax  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
+  # Relative paths, ~ and symlinks become absolute here, once.
+  config = paths.resolve_config(config)
+  workdir = paths.resolve(workdir)
+  inputs = paths.resolve_all(inputs)
   if mode == 'train':
     from hrseg_jax.train import loop  # pylint: disable=g-import-not-at-top
     result = loop.train_and_evaluate(config, workdir)

@@ -38,7 +38,9 @@ def main(argv=None) -> int:
     if args.config:
       from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
       model_cfg = load_config_file(args.config).model.to_dict()
-    convert.convert(args.checkpoint, args.output_dir, model_cfg=model_cfg,
+    from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
+    convert.convert(paths.resolve(args.checkpoint), paths.resolve(args.output_dir),
+                    model_cfg=model_cfg,
                     num_classes=args.num_classes, align_corners=args.align_corners,
                     inplace_abn=args.inplace_abn, backbone_only=args.backbone_only,
                     overwrite=args.overwrite, seed=args.seed)

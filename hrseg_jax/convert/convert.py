@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from hrseg_jax import checkpoints
+from hrseg_jax import checkpoints, paths
 from hrseg_jax.convert import infer, mapping, pth
 from hrseg_jax.models import registry
 
@@ -90,7 +90,8 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
   Validation happens before anything is written; on any error ``dst`` is not
   created.
   """
-  dst_path = os.fspath(dst)
+  src, dst = paths.resolve(os.fspath(src)), paths.resolve(os.fspath(dst))
+  dst_path = dst
   if os.path.exists(dst_path) and os.listdir(dst_path) and not overwrite:
     raise FileExistsError(f'output directory is not empty: {dst_path} '
                           '(pass --overwrite to replace it)')

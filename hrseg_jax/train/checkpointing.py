@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from hrseg_jax import checkpoints as model_ckpt
+from hrseg_jax import paths
 from hrseg_jax.train.state import TrainState
 
 TRAIN = 'train'
@@ -80,7 +81,7 @@ class Checkpointer:
                async_save: bool = True):
     for name in ('orbax', 'absl'):
       logging.getLogger(name).setLevel(logging.WARNING)
-    self.directory = epath.Path(directory)
+    self.directory = epath.Path(paths.resolve(os.fspath(directory)))
     policies = [pp.LatestN(max_to_keep)]
     if keep_best:
       policies.append(pp.BestN(get_metric_fn=lambda m: m['miou'], n=1,

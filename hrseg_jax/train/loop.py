@@ -34,6 +34,7 @@ from etils import epath
 from flax import traverse_util
 
 from hrseg_jax import checkpoints as model_ckpt
+from hrseg_jax import paths
 from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
 from hrseg_jax.train import faults as faults_lib
@@ -268,9 +269,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       field, file or step).
   """
   check_train_config(config.train)
+  config = paths.resolve_config(config)
   faults = faults_lib.Faults.from_env()
   with StopSignal() as stop:
-    return _train(config, make_workdir(workdir), stop, faults)
+    return _train(config, make_workdir(paths.resolve(os.fspath(workdir))), stop, faults)
 
 
 def _train(config, workdir: epath.Path, stop: StopSignal,

@@ -1,0 +1,56 @@
+"""User paths, resolved once where they enter the program.
+
+Every path a user gives (command-line flags, config fields, API arguments)
+may be relative to the working directory, start with ``~`` or go through
+symlinks.  :func:`resolve` turns it into the absolute, symlink-free path that
+the rest of the program (Orbax in particular, which needs absolute paths)
+works with.  URLs such as ``gs://bucket/run`` are kept as they are.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+# Config fields holding paths (``section.field``); '' means "not set".
+CONFIG_PATH_FIELDS = ('data.root', 'data.train_list', 'data.val_list',
+                      'data.test_list', 'data.tfds_data_dir', 'train.init_from')
+
+
+def is_url(path) -> bool:
+  """Whether ``path`` names a remote location (``gs://``, ``s3://``, ...)."""
+  return '://' in os.fspath(path)
+
+
+def resolve(path):
+  """An absolute local path (``~`` expanded, symlinks resolved) or the URL.
+
+  ``None`` and ``''`` (unset) are returned unchanged.  The type follows the
+  input: ``str`` for a ``str``, else the input's path class.
+  """
+  if path is None:
+    return None
+  text = os.fspath(path)
+  if not text or is_url(text):
+    return path
+  absolute = os.path.realpath(os.path.expanduser(text))
+  return absolute if isinstance(path, str) else type(path)(absolute)
+
+
+def resolve_all(paths: Iterable) -> list:
+  return [resolve(p) for p in paths]
+
+
+def resolve_config(config):
+  """A copy of ``config`` whose path fields (:data:`CONFIG_PATH_FIELDS`) are resolved.
+
+  Fields a config does not have are skipped; values that are not paths
+  (registry names, '') are left alone.
+  """
+  config = config.copy_and_resolve_references()
+  for field in CONFIG_PATH_FIELDS:
+    section, name = field.split('.')
+    if section in config and name in config[section]:
+      value = config[section][name]
+      if isinstance(value, str) and value:
+        config[section][name] = resolve(value)
+  return config
