@@ -14,7 +14,8 @@ Config layout::
                         warmup_steps, nonbackbone_keywords, nonbackbone_mult,
                         grad_accum_steps, dtype, log_every_steps,
                         checkpoint_every_steps, keep_checkpoints, keep_best,
-                        async_checkpoints, init_from, nonfinite ('stop'|'skip'),
+                        async_checkpoints, init_from (see PRETRAINED),
+                        nonfinite ('stop'|'skip'),
                         stop_at_step (save and stop there, as on preemption)
   loss                  ignore_label, class_weights, ohem, ohem_thresh,
                         ohem_min_kept, balance_weights, num_chunks
@@ -42,6 +43,18 @@ _DATASETS = {
 }
 _EVAL_EVERY = {'cityscapes': 2470, 'lip': 7610, 'pascal_ctx': 3120,
                'pascal_ctx60': 3120, 'cocostuff': 5620, 'ade20k': 12630}
+# The ImageNet-pretrained backbones the original yamls start from
+# (MODEL.PRETRAINED; HRNet-Image-Classification releases), relative to the
+# working directory like the original's ``pretrained_models/``.  W32 is the
+# seed fork's seg_hrnet_w32.yaml (ImageNet HRNet-W32 init).  Lite-HRNet, the
+# synthetic scenes and the demo train from scratch.  A missing file stops
+# training at start-up with a one-line message (hrseg_jax.train.pretrained).
+PRETRAINED = {
+    'w18_small_v1': 'pretrained_models/hrnet_w18_small_model_v1.pth',
+    'w18_small_v2': 'pretrained_models/hrnet_w18_small_model_v2.pth',
+    'w32': 'pretrained_models/hrnetv2_w32_imagenet_pretrained.pth',
+    'w48': 'pretrained_models/hrnetv2_w48_imagenet_pretrained.pth',
+}
 # x10 LR for head parameters (PASCAL-Context and COCO-Stuff only).
 _NONBACKBONE = ('pascal_ctx', 'pascal_ctx60', 'cocostuff')
 
@@ -98,6 +111,8 @@ def recipe(dataset: str, variant: str = 'w48', *, ocr: bool = False,
       c.train.nonbackbone_keywords = ('cls', 'aux', 'ocr')
   if hanet:
     c.model.hanet = ml_collections.ConfigDict(dict(positions='none'))
+  if dataset != 'synthetic':
+    c.train.init_from = PRETRAINED.get(variant, '')
   if dataset == 'ade20k' and not ocr:
     c.data.scale_factor = 11  # seg_hrnet ADE20K yaml (OCR: 16)
   if ohem is not None:

@@ -63,7 +63,8 @@ def test_eval_mode_matches_segmenter_predict(golden, tmp_path):
 def test_missing_dataset_is_one_line_error(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--config',
-                      'configs/hrnet_w48_cityscapes.py', '--workdir', str(tmp_path / 'w')],
+                      'configs/hrnet_w48_cityscapes.py', '--workdir', str(tmp_path / 'w'),
+                      '--config.train.init_from='],
                      cwd=REPO, env=env, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 2

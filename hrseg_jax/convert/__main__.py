@@ -29,6 +29,10 @@ def main(argv=None) -> int:
   p.add_argument('--backbone-only', action='store_true', default=None,
                  help='treat the file as a pretrained backbone: skip (and list) keys '
                  'the segmentation model lacks, initialise the head (auto-detected)')
+  p.add_argument('--dataset', help='dataset the weights were trained on, for '
+                 "predict's palette and class names (default: inferred from the "
+                 'class count: 19 cityscapes, 20 lip, 59 pascal_ctx, 60 '
+                 'pascal_ctx60, 150 ade20k, 171 cocostuff)')
   p.add_argument('--overwrite', action='store_true')
   p.add_argument('--seed', type=int, default=0, help='seed of a fresh head')
   args = p.parse_args(argv)
@@ -43,7 +47,8 @@ def main(argv=None) -> int:
                     model_cfg=model_cfg,
                     num_classes=args.num_classes, align_corners=args.align_corners,
                     inplace_abn=args.inplace_abn, backbone_only=args.backbone_only,
-                    overwrite=args.overwrite, seed=args.seed)
+                    overwrite=args.overwrite, seed=args.seed,
+                    dataset=args.dataset)
   except (OSError, ValueError, KeyError) as e:
     msg = str(e).replace('\n', ' ')
     print(f'error: {msg}', file=sys.stderr)

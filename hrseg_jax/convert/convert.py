@@ -81,20 +81,18 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
   return state, layout
 
 
-def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
-            num_classes: int | None = None, align_corners: bool | None = None,
-            inplace_abn: bool = False, backbone_only: bool | None = None,
-            overwrite: bool = False, seed: int = 0, log=print) -> dict:
-  """Converts ``src`` (.pth) to an Orbax checkpoint in ``dst``; returns meta.
+def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
+                      num_classes: int | None = None,
+                      align_corners: bool | None = None,
+                      inplace_abn: bool = False,
+                      backbone_only: bool | None = None, seed: int = 0,
+                      dataset: str | None = None
+                      ) -> tuple[dict, dict, dict, dict]:
+  """Reads and converts ``src`` (.pth) in memory; writes nothing.
 
-  Validation happens before anything is written; on any error ``dst`` is not
-  created.
+  Returns:
+    (resolved model config, variables as NumPy, meta, mapping report).
   """
-  src, dst = paths.resolve(os.fspath(src)), paths.resolve(os.fspath(dst))
-  dst_path = dst
-  if os.path.exists(dst_path) and os.listdir(dst_path) and not overwrite:
-    raise FileExistsError(f'output directory is not empty: {dst_path} '
-                          '(pass --overwrite to replace it)')
   state, layout = load_state(src)
   if backbone_only is None:
     backbone_only = not infer.has_head(state)
@@ -123,6 +121,8 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
     fresh = init_leaves(cfg, missing, seed)
     filled = {k: (np.asarray(fresh[k]) if v is None else v) for k, v in filled.items()}
   variables = traverse_util.unflatten_dict(filled)
+  if dataset is None and not backbone_only:
+    dataset = infer.dataset_for_num_classes(cfg['num_classes'])
   meta = {
       'source': os.path.abspath(os.fspath(src)),
       'inplace_abn': bool(inplace_abn),
@@ -131,10 +131,38 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
       'skipped': report['skipped'],
       'torch_layout': layout,
   }
+  if dataset:
+    meta['dataset'] = dataset
+  return cfg, variables, meta, report
+
+
+def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
+            num_classes: int | None = None, align_corners: bool | None = None,
+            inplace_abn: bool = False, backbone_only: bool | None = None,
+            overwrite: bool = False, seed: int = 0, dataset: str | None = None,
+            log=print) -> dict:
+  """Converts ``src`` (.pth) to an Orbax checkpoint in ``dst``; returns meta.
+
+  The checkpoint's ``meta['dataset']`` (palette and class names for
+  prediction) is ``dataset``, else inferred from the class count of a
+  trained head (:func:`~hrseg_jax.convert.infer.dataset_for_num_classes`).
+  Validation happens before anything is written; on any error ``dst`` is not
+  created.
+  """
+  src, dst = paths.resolve(os.fspath(src)), paths.resolve(os.fspath(dst))
+  dst_path = dst
+  if os.path.exists(dst_path) and os.listdir(dst_path) and not overwrite:
+    raise FileExistsError(f'output directory is not empty: {dst_path} '
+                          '(pass --overwrite to replace it)')
+  cfg, variables, meta, report = convert_variables(
+      src, model_cfg=model_cfg, num_classes=num_classes,
+      align_corners=align_corners, inplace_abn=inplace_abn,
+      backbone_only=backbone_only, seed=seed, dataset=dataset)
   checkpoints.save_model(dst, variables, cfg, meta, overwrite=overwrite)
   n = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables['params']))
   log(f'converted {src} -> {dst}: {cfg["arch"]} {cfg.get("variant", "")} '
       f'{cfg["num_classes"]} classes, {n:,} parameters'
+      + (f' ({meta["dataset"]})' if meta.get('dataset') else '')
       + (f'; freshly initialised: {len(report["initialised"])} tensors' if report['initialised'] else '')
       + (f'; skipped: {len(report["skipped"])} keys' if report['skipped'] else ''))
   if report['skipped']:

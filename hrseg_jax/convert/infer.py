@@ -9,6 +9,17 @@ import numpy as np
 from hrseg_jax.models import hrnet
 
 
+# Class count of a released checkpoint -> its dataset (hrseg_jax.recipes
+# names); 60 = PASCAL-Context with background.
+DATASET_BY_NUM_CLASSES = {19: 'cityscapes', 20: 'lip', 59: 'pascal_ctx',
+                          60: 'pascal_ctx60', 150: 'ade20k', 171: 'cocostuff'}
+
+
+def dataset_for_num_classes(num_classes: int) -> str | None:
+  """The dataset a released checkpoint with ``num_classes`` was trained on."""
+  return DATASET_BY_NUM_CLASSES.get(int(num_classes))
+
+
 def _count(state, pattern: str) -> int:
   rx = re.compile(pattern)
   return len({m.group(1) for k in state if (m := rx.match(k))})

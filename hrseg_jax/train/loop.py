@@ -33,12 +33,11 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
-from hrseg_jax import checkpoints as model_ckpt
 from hrseg_jax import paths
 from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
 from hrseg_jax.train import faults as faults_lib
-from hrseg_jax.train import optim, sharding, step as step_lib
+from hrseg_jax.train import optim, pretrained, sharding, step as step_lib
 from hrseg_jax.train.checkpointing import Checkpointer, abstract_with_shardings
 from hrseg_jax.train.state import TrainState
 
@@ -195,18 +194,14 @@ def init_state(model, tx, rng, image_shape, mesh) -> tuple[TrainState, Any]:
 
 
 def load_init_weights(state: TrainState, path, model_cfg) -> TrainState:
-  """Initialises from a converted checkpoint (full model or ImageNet backbone).
+  """Initialises from a ``.pth`` (converted in memory) or a converted
+  checkpoint (full model or ImageNet backbone; :mod:`.pretrained`).
 
   Leaves the conversion freshly initialised (a backbone file's head) keep
   this run's initialisation; every other leaf must exist with the same shape.
   """
   from hrseg_jax.convert import mapping  # pylint: disable=g-import-not-at-top
-  try:
-    _, loaded, meta = model_ckpt.load_model(path)
-  except (OSError, ValueError) as e:
-    raise ValueError(
-        f'train.init_from={path}: not an hrseg_jax checkpoint ({e}); convert '
-        'PyTorch weights first: python -m hrseg_jax.convert CHECKPOINT.pth OUTPUT_DIR') from e
+  loaded, meta = pretrained.load_init_variables(path, model_cfg)
   fresh = set(meta.get('initialised', []))
   src = traverse_util.flatten_dict(loaded)
   ours = traverse_util.flatten_dict(state.variables)
@@ -269,6 +264,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       field, file or step).
   """
   check_train_config(config.train)
+  pretrained.check_init_from(config, workdir)  # the user's path in the message
   config = paths.resolve_config(config)
   faults = faults_lib.Faults.from_env()
   with StopSignal() as stop:
@@ -414,7 +410,8 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
           result['eval'] = ev
         if save_now:
           ckpt.save(state, train_iter, model_cfg, force=True,
-                    metrics={'miou': float(ev['miou'])} if ev else None, meta=meta)
+                    metrics={'miou': float(ev['miou'])} if ev else None,
+                    meta=dict(meta, eval={'miou': float(ev['miou'])}) if ev else meta)
         if halt and not last:
           logging.warning('stopping at step %d (checkpoint saved); rerun the same '
                           'command to resume', step)

@@ -1,0 +1,98 @@
+"""What a checkpoint says about itself: its dataset, its best and latest step.
+
+* :func:`dataset_of`: the dataset a model was trained for (its palette, class
+  names and test-time presets): ``meta['dataset']`` (recorded by ``convert``),
+  else the training config a training checkpoint holds
+  (``meta['config']['data']['name']``), else ``None``.
+* :func:`select`: ``--checkpoint best|latest|PATH``.  Training saves the
+  evaluation's mIoU with every checkpoint that follows an evaluation
+  (``meta['eval']['miou']``); ``best`` is the kept step with the highest one.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+from etils import epath
+
+from hrseg_jax import checkpoints
+
+# Dataset names of hrseg_jax.recipes (palettes, class names, eval presets).
+DATASETS = ('cityscapes', 'lip', 'pascal_ctx', 'pascal_ctx60', 'cocostuff',
+            'ade20k', 'synthetic')
+BEST, LATEST = 'best', 'latest'
+
+
+def check_dataset(name: str | None) -> str | None:
+  """``name`` if it is a known dataset (or empty/None); else ValueError."""
+  if not name:
+    return None
+  if name not in DATASETS:
+    raise ValueError(f'--dataset {name!r}: unknown dataset; known: '
+                     f'{", ".join(DATASETS)}')
+  return name
+
+
+def dataset_of(meta: Mapping[str, Any] | None) -> str | None:
+  """The dataset recorded in a checkpoint's ``meta`` (module docstring)."""
+  meta = meta or {}
+  if meta.get('dataset'):
+    return str(meta['dataset'])
+  data = (meta.get('config') or {}).get('data') or {}
+  return str(data['name']) if data.get('name') else None
+
+
+def _step_meta(root: epath.Path, step: int) -> dict:
+  """The ``meta`` of one step's JSON item, read without Orbax (cheap)."""
+  path = root / str(step) / checkpoints.MODEL / 'metadata'
+  try:
+    return json.loads(path.read_text()).get('meta') or {}
+  except (OSError, ValueError):
+    return {}
+
+
+def step_mious(path) -> dict[int, float]:
+  """{step: mIoU} of the steps under ``path`` saved after an evaluation."""
+  root, _ = checkpoints.find_checkpoint(path)
+  out = {}
+  for p in root.iterdir():
+    if p.name.isdigit() and (p / checkpoints.MODEL).is_dir():
+      miou = (_step_meta(root, int(p.name)).get('eval') or {}).get('miou')
+      if miou is not None:
+        out[int(p.name)] = float(miou)
+  return out
+
+
+def select(spec: str | None, workdir: str | os.PathLike | None, *,
+           default: str = BEST) -> tuple[str, int | None, str]:
+  """Resolves ``--checkpoint`` to (path, step or None = latest, description).
+
+  Args:
+    spec: ``'best'``, ``'latest'``, a checkpoint path, or ``None`` for
+      ``default``.
+    workdir: where ``best``/``latest`` look (its ``checkpoints/``).
+    default: what ``None`` means: ``'best'`` falls back to the latest step
+      when no kept step has an mIoU (no evaluation, or ``keep_best`` off).
+
+  Raises:
+    FileNotFoundError: no checkpoint there (the message names the path).
+  """
+  if spec not in (None, '', BEST, LATEST):
+    return os.fspath(spec), None, os.fspath(spec)
+  if workdir is None:
+    raise FileNotFoundError(f'--checkpoint {spec or default} needs --workdir')
+  explicit = spec or None
+  spec = spec or default
+  root, latest = checkpoints.find_checkpoint(workdir)
+  if spec == BEST:
+    mious = step_mious(root)
+    if mious:
+      step = max(mious, key=lambda s: (mious[s], s))
+      return os.fspath(root), step, (f'best checkpoint (step {step}, mIoU '
+                                     f'{100 * mious[step]:.2f}%) in {root}')
+    if explicit:
+      raise FileNotFoundError(
+          f'--checkpoint best: no checkpoint in {root} was saved after an '
+          'evaluation (use latest, or a path)')
+  return os.fspath(root), latest, f'latest checkpoint (step {latest}) in {root}'

@@ -1,0 +1,70 @@
+"""Progress lines with throughput and ETA for eval and predict.
+
+>>> p = Progress(500, 'eval', unit='img')
+>>> p.line(100)   # 'eval 100/500 (20%) | 4.1 img/s | ETA 1m38s'
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+
+def format_duration(seconds: float) -> str:
+  """'42s', '3m05s', '4h07m'."""
+  s = max(0, int(round(seconds)))
+  if s < 60:
+    return f'{s}s'
+  if s < 3600:
+    return f'{s // 60}m{s % 60:02d}s'
+  return f'{s // 3600}h{(s % 3600) // 60:02d}m'
+
+
+class Progress:
+  """Counts finished items; :meth:`line` formats rate and ETA.
+
+  The rate excludes the first item when more have finished, since it also
+  pays for compilation.
+  """
+
+  def __init__(self, total: int, label: str, *, unit: str = 'img',
+               clock: Callable[[], float] = time.monotonic):
+    self.total = int(total)
+    self.label = label
+    self.unit = unit
+    self._clock = clock
+    self._start = clock()
+    self._first: tuple[int, float] | None = None
+    self._last_line = None
+
+  def rate(self, done: int) -> float | None:
+    """Items per second so far (None before the first item)."""
+    now = self._clock()
+    if done <= 0:
+      return None
+    if self._first is None:
+      self._first = (done, now)
+    n0, t0 = self._first
+    if done > n0 and now > t0:
+      return (done - n0) / (now - t0)
+    return done / max(now - self._start, 1e-9)
+
+  def line(self, done: int, detail: str = '') -> str:
+    """'LABEL done/total (p%) [detail] | r unit/s | ETA t' (one line)."""
+    rate = self.rate(done)
+    parts = [f'{self.label} {done}/{self.total} ({100 * done // max(self.total, 1)}%)'
+             + (f' {detail}' if detail else '')]
+    if rate:
+      parts.append(f'{rate:.2f} {self.unit}/s' if rate < 10 else f'{rate:.1f} {self.unit}/s')
+      left = max(self.total - done, 0)
+      parts.append('done in ' + format_duration(self._clock() - self._start)
+                   if not left else f'ETA {format_duration(left / rate)}')
+    return ' | '.join(parts)
+
+  def due(self, done: int, every_seconds: float = 10.0) -> bool:
+    """True for the first and last item and then every ``every_seconds``."""
+    now = self._clock()
+    if done <= 1 or done >= self.total or self._last_line is None or (
+        now - self._last_line >= every_seconds):
+      self._last_line = now
+      return True
+    return False

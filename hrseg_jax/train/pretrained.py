@@ -1,0 +1,96 @@
+"""``train.init_from``: the weights a new run starts from.
+
+The recipes name the ImageNet-pretrained backbone the original starts from
+(``hrseg_jax.recipes.PRETRAINED``, e.g.
+``pretrained_models/hrnetv2_w48_imagenet_pretrained.pth``).  ``init_from``
+is either such a PyTorch ``.pth`` (converted in memory like
+``python -m hrseg_jax.convert``; nothing is written) or a converted
+hrseg_jax checkpoint (full model or backbone).  ``''`` trains from scratch.
+
+:func:`check_init_from` runs before any other start-up work, so a missing
+file stops the run at once with one line saying what to do.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from etils import epath
+
+PTH_SUFFIXES = ('.pth', '.pt', '.pth.tar')
+
+
+def is_pth(path: str) -> bool:
+  """True for a PyTorch file name (converted in memory)."""
+  return str(path).lower().endswith(PTH_SUFFIXES)
+
+
+def _has_checkpoints(workdir) -> bool:
+  directory = epath.Path(workdir) / 'checkpoints'
+  try:
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+  except OSError:
+    return False
+
+
+def missing_message(path: str, model_cfg: Mapping[str, Any] | None = None) -> str:
+  """The one-line explanation for an ``init_from`` file that is not there."""
+  name = os.path.basename(str(path).rstrip('/')) or str(path)
+  variant = (model_cfg or {}).get('variant', '')
+  what = (f'the ImageNet-pretrained HRNet-{variant.upper()} backbone'
+          if variant and is_pth(path) else 'the weights to start from')
+  classes = (model_cfg or {}).get('num_classes')
+  convert = (f'python -m hrseg_jax.convert {name} converted/{os.path.splitext(name)[0]}'
+             + (f' --num-classes {classes}' if classes else ''))
+  return (f'train.init_from={path}: file not found (looked in {os.getcwd()}). '
+          f'Put {what} ({name}, from the HRNet-Image-Classification release) at '
+          f'{path}; it is converted in memory, or convert it once with '
+          f'`{convert}` and pass --config.train.init_from=converted/'
+          f"{os.path.splitext(name)[0]}. --config.train.init_from='' trains "
+          'from scratch.')
+
+
+def check_init_from(config, workdir) -> None:
+  """Raises ValueError (one line) if ``train.init_from`` names a missing path.
+
+  Skipped when ``workdir`` already has checkpoints: a resumed run restores
+  its own weights and never reads ``init_from``.
+  """
+  path = str(config.train.get('init_from', '') or '')
+  if not path or path.startswith('gs://') or _has_checkpoints(workdir):
+    return
+  if not os.path.exists(os.path.expanduser(path)):
+    model = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
+    raise ValueError(missing_message(path, model))
+
+
+def load_init_variables(path, model_cfg: Mapping[str, Any]) -> tuple[dict, dict]:
+  """(variables, meta) to start ``model_cfg`` from; a ``.pth`` in memory.
+
+  ``meta['initialised']`` lists the PyTorch keys the file lacked (a
+  backbone's head); the caller keeps its own initialisation for those.
+
+  Raises:
+    ValueError: not a checkpoint, or weights that do not fit the model (one
+      line naming ``train.init_from``).
+  """
+  from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  path = os.fspath(path)
+  local = os.path.expanduser(path)
+  if is_pth(path) and os.path.isfile(local):
+    from hrseg_jax.convert import convert  # pylint: disable=g-import-not-at-top
+    try:
+      _, variables, meta, _ = convert.convert_variables(local, model_cfg=dict(model_cfg))
+    except (OSError, ValueError, KeyError) as e:
+      raise ValueError(f'train.init_from={path}: cannot use it for model '
+                       f'{model_cfg.get("variant", "")}: '
+                       + ' '.join(str(e).split())) from e
+    return variables, meta
+  try:
+    _, variables, meta = checkpoints.load_model(local)
+  except (OSError, ValueError) as e:
+    raise ValueError(
+        f'train.init_from={path}: not an hrseg_jax checkpoint or .pth file ({e}); '
+        'pass a PyTorch .pth (converted in memory) or convert it first: '
+        'python -m hrseg_jax.convert CHECKPOINT.pth OUTPUT_DIR') from e
+  return variables, meta

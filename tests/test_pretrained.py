@@ -1,0 +1,99 @@
+"""train.init_from: recipes name the original's ImageNet backbones; a .pth
+is converted in memory; a missing file stops the run with one line."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from hrseg_jax import recipes
+from hrseg_jax.config_utils import load_config_file
+from hrseg_jax.convert import mapping, pth
+from hrseg_jax.models import registry
+from hrseg_jax.train import loop, optim, pretrained, sharding
+from train_util import tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_recipes_name_the_original_backbones_demo_trains_from_scratch():
+  want = {
+      'hrnet_w48_cityscapes.py': 'pretrained_models/hrnetv2_w48_imagenet_pretrained.pth',
+      'hrnet_ocr_w48_lip.py': 'pretrained_models/hrnetv2_w48_imagenet_pretrained.pth',
+      'hrnet_w18_small_v1_cityscapes.py': 'pretrained_models/hrnet_w18_small_model_v1.pth',
+      'hrnet_w18_small_v2_cityscapes.py': 'pretrained_models/hrnet_w18_small_model_v2.pth',
+      'hrnet_w32_hanet_cityscapes.py': 'pretrained_models/hrnetv2_w32_imagenet_pretrained.pth',
+      'lite_hrnet_18_cityscapes.py': '',
+      'demo.py': '',
+      'synthetic_hanet_ablation.py': '',
+  }
+  for name, path in want.items():
+    assert load_config_file(str(REPO / 'configs' / name)).train.init_from == path, name
+  assert recipes.recipe('synthetic', 'w48').train.init_from == ''
+
+
+def test_missing_pretrained_file_is_one_line_before_any_work(tmp_path):
+  """The README's W48 command without the ImageNet file: one line, exit 2,
+  nothing created in the workdir (the dataset is not even looked at)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--config',
+                      str(REPO / 'configs/hrnet_w48_cityscapes.py'),
+                      '--workdir', 'runs/w48_cs'],
+                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = r.stderr.strip().splitlines()
+  assert 'Traceback' not in r.stderr
+  last = lines[-1]
+  assert last.startswith('error: train.init_from=pretrained_models/'
+                         'hrnetv2_w48_imagenet_pretrained.pth: file not found')
+  assert 'python -m hrseg_jax.convert hrnetv2_w48_imagenet_pretrained.pth' in last
+  assert "--config.train.init_from='' trains from scratch" in last
+  assert not (tmp_path / 'runs').exists()
+
+
+def test_init_from_pth_is_converted_in_memory(tmp_path):
+  """An ImageNet-style .pth (classification keys, no head) loads like its
+  converted checkpoint would; the head keeps this run's initialisation and
+  nothing is written."""
+  c = tiny_config()
+  cfg = registry.resolve(c.model)
+  rng = np.random.default_rng(0)
+  src = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape).astype(np.float32),
+                               registry.abstract_variables(cfg))
+  state_dict = {k: v for k, v in mapping.variables_to_torch(src).items()
+                if not k.startswith('last_layer')}
+  state_dict['classifier.weight'] = np.zeros((1000, 32), np.float32)
+  state_dict['incre_modules.0.0.conv1.weight'] = np.zeros((8, 4, 1, 1), np.float32)
+  pth.save_pth(state_dict, tmp_path / 'imagenet.pth')
+  before = sorted(os.listdir(tmp_path))
+  model = registry.build_model(cfg)
+  tx, _ = optim.make_optimizer(c.train, 10)
+  state, _ = loop.init_state(model, tx, jax.random.PRNGKey(1), (64, 128, 3),
+                             sharding.make_mesh(1))
+  fresh = traverse_util.flatten_dict(jax.device_get(state.variables))
+  got = traverse_util.flatten_dict(jax.device_get(
+      loop.load_init_weights(state, tmp_path / 'imagenet.pth', cfg).variables))
+  for k, v in traverse_util.flatten_dict(src).items():
+    expected = fresh[k] if k[1].startswith('last_layer') else v
+    np.testing.assert_array_equal(got[k], expected, err_msg=str(k))
+  assert sorted(os.listdir(tmp_path)) == before
+  with pytest.raises(ValueError, match='train.init_from=.*imagenet.pth: cannot use it'):
+    wide = dict(cfg, stage1=[1, 16, 'BOTTLENECK'])
+    loop.load_init_weights(
+        loop.init_state(registry.build_model(wide), tx, jax.random.PRNGKey(1),
+                        (64, 128, 3), sharding.make_mesh(1))[0],
+        tmp_path / 'imagenet.pth', wide)
+
+
+def test_check_init_from_skips_resumed_runs_and_empty(tmp_path):
+  c = tiny_config()
+  pretrained.check_init_from(c, tmp_path)  # '' = from scratch
+  c.train.init_from = 'pretrained_models/x.pth'
+  with pytest.raises(ValueError, match='file not found'):
+    pretrained.check_init_from(c, tmp_path)
+  (tmp_path / 'checkpoints' / '10').mkdir(parents=True)
+  pretrained.check_init_from(c, tmp_path)  # resuming: init_from is not read
