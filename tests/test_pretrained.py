@@ -48,8 +48,9 @@ def test_missing_pretrained_file_is_one_line_before_any_work(tmp_path):
   lines = r.stderr.strip().splitlines()
   assert 'Traceback' not in r.stderr
   last = lines[-1]
-  assert last.startswith('error: train.init_from=pretrained_models/'
-                         'hrnetv2_w48_imagenet_pretrained.pth: file not found')
+  where = tmp_path.resolve() / 'pretrained_models/hrnetv2_w48_imagenet_pretrained.pth'
+  assert last.startswith(f'error: train.init_from={where}: file not found. Put the '
+                         'ImageNet-pretrained HRNet-W48 backbone')
   assert 'python -m hrseg_jax.convert hrnetv2_w48_imagenet_pretrained.pth' in last
   assert "--config.train.init_from='' trains from scratch" in last
   assert not (tmp_path / 'runs').exists()

@@ -42,9 +42,9 @@ def missing_message(path: str, model_cfg: Mapping[str, Any] | None = None) -> st
   classes = (model_cfg or {}).get('num_classes')
   convert = (f'python -m hrseg_jax.convert {name} converted/{os.path.splitext(name)[0]}'
              + (f' --num-classes {classes}' if classes else ''))
-  return (f'train.init_from={path}: file not found (looked in {os.getcwd()}). '
-          f'Put {what} ({name}, from the HRNet-Image-Classification release) at '
-          f'{path}; it is converted in memory, or convert it once with '
+  return (f'train.init_from={path}: file not found. '
+          f'Put {what} ({name}, from the HRNet-Image-Classification release) '
+          'there; it is converted in memory, or convert it once with '
           f'`{convert}` and pass --config.train.init_from=converted/'
           f"{os.path.splitext(name)[0]}. --config.train.init_from='' trains "
           'from scratch.')
