@@ -15,21 +15,52 @@ Two on-disk formats written by ``torch.save`` are understood:
 
 The still older tar format (torch < 0.1.10) is detected and rejected.
 
-Loading never runs code from the file: the unpickler resolves only the torch
-storage/dtype/rebuild names, ``collections.OrderedDict``, a few builtins and
-the numpy scalar/array reconstructors to local, side-effect-free stand-ins;
-every other global becomes an inert :class:`Placeholder`. Tensors come back as
-independent C-contiguous ``numpy.ndarray`` copies (bfloat16 and float8 via
-``ml_dtypes``).
+Guarantees of :func:`load_pth` (checkpoints come from strangers; each
+guarantee is tested in ``tests/test_pth_hostile.py``):
+
+1. **No code runs.** The pickle is executed by our own machine
+   (:mod:`hrseg_jax.convert.safe_pickle`), never by :mod:`pickle`. Only known
+   globals resolve: the torch storage/dtype/rebuild names,
+   ``collections.OrderedDict``, a few builtins and the numpy scalar/array
+   reconstructors, each to a local, side-effect-free stand-in that checks its
+   arguments; every other global becomes an inert :class:`Placeholder`.
+   Nothing is imported.
+2. **Storage types and dtypes are immutable.** ``BUILD``/``SETSTATE`` is
+   refused on storage types, torch dtypes, storages, tensors and stand-ins;
+   numpy dtypes only accept a state that describes themselves; an
+   ``OrderedDict`` only accepts attributes that do not shadow its methods.
+3. **Every tensor view is checked in bytes** before any copy: storage offset,
+   sizes and strides (non-negative integers, rank <= 64) and the dtype's
+   itemsize must address only bytes of the storage record. Only plain scalar
+   dtypes are ever used to view a storage (no subarray, structured or object
+   dtypes).
+4. **No amplification.** A view may not materialise more than
+   ``4 x`` its storage's bytes (plus 4 KiB): stride-0 and overlapping views
+   cannot blow up. Everything a file makes the loader allocate (tensors,
+   strings, bytes, objects) is charged to one budget of
+   ``2 x file size + 96 MiB``; exceeding it is an error, before allocating.
+5. **Bounded structure.** At most 2,000,000 objects; tuples/sets nested more
+   than 100 levels are refused when built, and the result is walked
+   (iteratively) to refuse deeper nesting and cycles: a clear error, never a
+   ``RecursionError`` or a crash.
+6. **Strict zip.** Entries must be stored (torch never compresses: nothing
+   is inflated), unencrypted, uniquely named, inside one archive folder, inside
+   the file and non-overlapping (no record read under two names); CRCs are
+   checked. The file is memory-mapped: storages are read in place.
+7. **One-line errors.** Every failure is a :class:`PthError` (a
+   ``ValueError``) whose one-line message starts with the file name.
+
+Tensors come back as independent C-contiguous ``numpy.ndarray`` copies
+(bfloat16 and float8 via ``ml_dtypes``) of whatever dtype the file holds; which
+dtypes a model may take is the converter's policy
+(:func:`check_state_dict_dtypes`).
 """
 from __future__ import annotations
 
 import collections
 import contextlib
-import functools
-import importlib
-import io
-import operator
+import math
+import mmap
 import os
 import pickle
 import re
@@ -37,21 +68,30 @@ import secrets
 import struct
 import sys
 import zipfile
-import zlib
 from typing import Any, BinaryIO, Callable, Mapping
 
 import ml_dtypes
 import numpy as np
 
+from hrseg_jax.convert import safe_pickle, zip_reader
+from hrseg_jax.convert.safe_pickle import FormatError as _FormatError
+from hrseg_jax.convert.safe_pickle import Placeholder
+
 __all__ = [
     'PthError', 'Placeholder', 'load_pth', 'save_pth', 'save_pth_legacy',
-    'state_dict_from_checkpoint',
+    'state_dict_from_checkpoint', 'check_state_dict_dtypes',
 ]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 _ZIP_ALIGNMENT = 64
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_VIEW_FACTOR = 4
+_VIEW_SLACK = 4096
+_BUDGET_FACTOR = 2
+_BUDGET_SLACK = 96 << 20
+_MAX_RANK = 64
+_STORAGE_KEY = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}')
 
 # Legacy storage classes (``torch.FloatStorage`` ...; ``torch.cuda.*`` too).
 _STORAGE_DTYPES = {
@@ -87,68 +127,23 @@ _WRITE_V3 = {
 }
 
 
+# Every dtype a storage may be viewed as: plain scalars only.
+_TENSOR_DTYPES = frozenset(
+    np.dtype(t) for t in (*_STORAGE_DTYPES.values(), *_TORCH_DTYPES.values()))
+
+
 class PthError(ValueError):
   """A file is not a readable PyTorch checkpoint (the message names it)."""
 
 
-class _FormatError(Exception):
-  """Internal: the bytes being parsed are not a valid checkpoint."""
+class _TorchType(safe_pickle.Frozen):
+  """A storage class or ``torch.<dtype>`` named by a pickle (immutable)."""
 
-
-class Placeholder:
-  """Inert stand-in for a pickled object of a class ``load_pth`` won't import.
-
-  Subclasses are created per global; ``module`` and ``qualname`` name it.
-  Whatever the pickle feeds the object is recorded, never acted upon.
-
-  Attributes:
-    args: positional arguments of the reconstructing call.
-    kwargs: keyword arguments of the reconstructing call.
-    state: the ``__setstate__`` argument, if any.
-    dict_items: items set as with a dict subclass.
-    list_items: items appended as with a list subclass.
-  """
-
-  module = ''
-  qualname = ''
-
-  def __new__(cls, *args: Any, **kwargs: Any) -> Placeholder:
-    obj = super().__new__(cls)
-    obj.args, obj.kwargs, obj.state = args, kwargs, None
-    obj.dict_items, obj.list_items = {}, []
-    return obj
-
-  def __init__(self, *args: Any, **kwargs: Any):
-    del args, kwargs  # Recorded by __new__, which pickle's NEWOBJ calls alone.
-
-  def __setstate__(self, state: Any) -> None:
-    self.state = state
-
-  def __setitem__(self, key: Any, value: Any) -> None:
-    self.dict_items[key] = value
-
-  def append(self, value: Any) -> None:
-    self.list_items.append(value)
-
-  def extend(self, values: Any) -> None:
-    self.list_items.extend(values)
-
-  def __repr__(self) -> str:
-    return f'<Placeholder for {self.module}.{self.qualname}>'
-
-
-@functools.lru_cache(maxsize=1024)
-def _placeholder_class(module: str, qualname: str) -> type[Placeholder]:
-  return type(f'Placeholder[{module}.{qualname}]', (Placeholder,),
-              {'module': module, 'qualname': qualname})
-
-
-class _TorchType:
-  """A storage class or ``torch.<dtype>`` named by a pickle."""
+  __slots__ = ('qualname', 'dtype')
 
   def __init__(self, qualname: str, dtype: Any):
-    self.qualname = qualname
-    self.dtype = None if dtype is None else np.dtype(dtype)
+    object.__setattr__(self, 'qualname', qualname)
+    object.__setattr__(self, 'dtype', None if dtype is None else np.dtype(dtype))
 
   def require_dtype(self) -> np.dtype:
     if self.dtype is None:
@@ -159,67 +154,102 @@ class _TorchType:
     return self.qualname
 
 
+class _Marker(safe_pickle.Frozen):
+  """A global that only marks an argument (``numpy.ndarray``)."""
+
+  __slots__ = ('name',)
+
+  def __init__(self, name: str):
+    object.__setattr__(self, 'name', name)
+
+  def __repr__(self) -> str:
+    return self.name
+
+
+_NDARRAY = _Marker('numpy.ndarray')
+
+
 def _storage_dtype(storage_type: Any) -> np.dtype:
   if not isinstance(storage_type, _TorchType):
-    raise _FormatError(f'bad storage type {storage_type!r}')
-  return storage_type.require_dtype()
+    raise _FormatError(f'bad storage type {safe_pickle._short(storage_type)}')  # pylint: disable=protected-access
+  dtype = storage_type.require_dtype()
+  if dtype not in _TENSOR_DTYPES:  # Cannot happen; belt and braces.
+    raise _FormatError(f'unsupported storage type {storage_type.qualname}')
+  return dtype
 
 
-def _index(value: Any, what: str) -> int:
-  try:
-    result = operator.index(value)
-  except TypeError:
-    raise _FormatError(f'{what} is {value!r}, not an integer') from None
-  if result < 0:
-    raise _FormatError(f'{what} is negative ({result})')
-  return result
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+  if not isinstance(value, (tuple, list)) or len(value) > _MAX_RANK:
+    raise _FormatError(f'{what} is {safe_pickle._short(value)}, not a tuple '  # pylint: disable=protected-access
+                       f'of at most {_MAX_RANK} integers')
+  return tuple(safe_pickle.bounded_int(n, what) for n in value)
 
 
-def _strided_copy(base: np.ndarray, offset: Any, size: Any,
-                  stride: Any) -> np.ndarray:
-  """Materialises ``base.as_strided(size, stride, offset)`` as a new array."""
-  offset = _index(offset, 'storage offset')
-  size = tuple(_index(n, 'tensor size') for n in size)
-  stride = tuple(_index(s, 'tensor stride') for s in stride)
-  if len(size) != len(stride):
-    raise _FormatError(f'tensor size {size} and stride {stride} differ in rank')
-  if 0 in size:
-    return np.zeros(size, base.dtype)
-  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-  if last >= base.size:
-    raise _FormatError(
-        f'tensor (size {size}, stride {stride}, offset {offset}) overruns its '
-        f'storage of {base.size} elements')
-  view = np.lib.stride_tricks.as_strided(
-      base[offset:], shape=size,
-      strides=[s * base.itemsize for s in stride], writeable=False)
-  return view.copy(order='C')
+class _Storage(safe_pickle.Frozen):
+  """The bytes of one storage record, read-only, in the file's byte order."""
 
+  __slots__ = ('raw', 'dtype', 'swap', 'name', 'budget')
 
-class _Storage:
-  """The bytes of one storage, read-only, in the file's byte order."""
-
-  def __init__(self, raw: memoryview, dtype: np.dtype, swap: bool):
-    self._raw, self._dtype, self._swap = raw, dtype, swap
+  def __init__(self, raw: memoryview, dtype: np.dtype, swap: bool, name: str,
+               budget: safe_pickle.Budget):
+    for key, value in (('raw', raw), ('dtype', dtype), ('swap', swap),
+                       ('name', name), ('budget', budget)):
+      object.__setattr__(self, key, value)
 
   def view(self, offset: Any, numel: Any) -> _Storage:
-    start = _index(offset, 'view offset') * self._dtype.itemsize
-    stop = start + _index(numel, 'view size') * self._dtype.itemsize
-    if stop > len(self._raw):
-      raise _FormatError('storage view overruns its root storage')
-    return _Storage(self._raw[start:stop], self._dtype, self._swap)
+    itemsize = self.dtype.itemsize
+    start = safe_pickle.bounded_int(offset, 'view offset') * itemsize
+    stop = start + safe_pickle.bounded_int(numel, 'view size') * itemsize
+    if stop > len(self.raw):
+      raise _FormatError(f'storage view (bytes {start}..{stop}) overruns '
+                         f'storage {self.name!r} of {len(self.raw)} bytes')
+    return _Storage(self.raw[start:stop], self.dtype, self.swap,
+                    f'{self.name}[{start}:{stop}]', self.budget)
 
   def tensor(self, offset: Any, size: Any, stride: Any,
              dtype: Any = None) -> np.ndarray:
-    dtype = self._dtype if dtype is None else _storage_dtype(dtype)
-    count = len(self._raw) // dtype.itemsize
-    base = np.frombuffer(self._raw, dtype, count=count)
-    result = _strided_copy(base, offset, size, stride)
-    return result.byteswap() if self._swap and dtype.itemsize > 1 else result
+    """Materialises ``as_strided(size, stride, offset)``, checked in bytes."""
+    dtype = self.dtype if dtype is None else _storage_dtype(dtype)
+    itemsize, nbytes = dtype.itemsize, len(self.raw)
+    offset = safe_pickle.bounded_int(offset, 'storage offset')
+    size = _int_tuple(size, 'tensor size')
+    stride = _int_tuple(stride, 'tensor stride')
+    if len(size) != len(stride):
+      raise _FormatError(f'tensor size {size} and stride {stride} differ in '
+                         'rank')
+    where = (f'tensor (size {size}, stride {stride}, offset {offset}, '
+             f'{dtype.name}) of storage {self.name!r} ({nbytes} bytes)')
+    count = math.prod(size)
+    if count == 0:
+      return np.zeros(size, dtype)
+    start = offset * itemsize
+    end = start + itemsize + itemsize * sum(
+        (n - 1) * s for n, s in zip(size, stride))
+    if end > nbytes:
+      raise _FormatError(f'{where} overruns its storage: it addresses bytes '
+                         f'{start}..{end}')
+    out_bytes = count * itemsize
+    if out_bytes > _VIEW_FACTOR * nbytes + _VIEW_SLACK:
+      raise _FormatError(f'{where} would materialise {out_bytes:,} bytes, more '
+                         f'than {_VIEW_FACTOR}x its storage (stride-0 or '
+                         'overlapping view)')
+    self.budget.charge(out_bytes, where)
+    # Strided over bytes (with the item as a last axis), then reinterpreted:
+    # as_strided cannot express ml_dtypes types such as float8_e5m2.
+    base = np.frombuffer(self.raw, dtype=np.uint8, count=nbytes - start,
+                         offset=start)
+    view = np.lib.stride_tricks.as_strided(
+        base, shape=(*size, itemsize),
+        strides=[*(s * itemsize if n > 1 else 0
+                   for n, s in zip(size, stride)), 1], writeable=False)
+    result = np.array(view, order='C', copy=True).view(dtype).reshape(size)
+    return result.byteswap() if self.swap and itemsize > 1 else result
 
 
-class _PendingStorage:
+class _PendingStorage(safe_pickle.Frozen):
   """A storage whose bytes are not read yet (first legacy pass)."""
+
+  __slots__ = ()
 
   def view(self, offset: Any, numel: Any) -> _PendingStorage:
     del offset, numel
@@ -230,282 +260,445 @@ class _PendingStorage:
     del offset, size, stride, dtype
 
 
-# Rebuild functions named in pickles, with torch's signatures.
-def _rebuild_tensor(storage, storage_offset, size, stride):
-  return storage.tensor(storage_offset, size, stride)
+def _check_storage(storage: Any) -> Any:
+  if not isinstance(storage, (_Storage, _PendingStorage)):
+    raise _FormatError(f'tensor rebuilt from {safe_pickle._short(storage)}, '  # pylint: disable=protected-access
+                       'not a storage')
+  return storage
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride,
-                       requires_grad=False, backward_hooks=None,
-                       metadata=None):
-  del requires_grad, backward_hooks, metadata
-  return storage.tensor(storage_offset, size, stride)
+_NP_DTYPE_NAME = re.compile(r'[<>|=]?(?:b1|\?|[iu][1248]|f[248]|c(?:8|16)|'
+                            r'[US]\d{0,5})')
 
 
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad,
-                       backward_hooks, dtype, metadata=None):
-  del requires_grad, backward_hooks, metadata
-  return storage.tensor(storage_offset, size, stride, dtype)
+def _check_np_dtype(dtype: Any) -> np.dtype:
+  if not isinstance(dtype, np.dtype) or dtype.hasobject or dtype.shape != () \
+      or dtype.names is not None or dtype.kind not in 'biufcUS' \
+      or dtype.itemsize > 65536:
+    raise _FormatError(f'refusing numpy dtype {safe_pickle._short(dtype)}')  # pylint: disable=protected-access
+  if dtype.byteorder == ('<' if sys.byteorder == 'big' else '>'):
+    raise _FormatError(f'numpy data of non-native byte order ({dtype.str}) is '
+                       'not supported')
+  return dtype
 
 
-def _rebuild_parameter(data, requires_grad, backward_hooks):
-  del requires_grad, backward_hooks
-  return data
+def _check_bytes(data: Any, nbytes: int, what: str) -> bytes:
+  if not isinstance(data, (bytes, bytearray)) or len(data) != nbytes:
+    raise _FormatError(f'{what}: expected {nbytes} bytes of data, got '
+                       f'{safe_pickle._short(data)}'[:200])  # pylint: disable=protected-access
+  return bytes(data)
 
 
-def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
-  del requires_grad, backward_hooks, state
-  return data
+def _plain(value: Any, types: tuple, what: str) -> Any:
+  if not isinstance(value, types):
+    raise _FormatError(f'{what} got {safe_pickle._short(value)}')  # pylint: disable=protected-access
+  return value
 
 
-def _rebuild_from_type(func, new_type, args, state):
-  del new_type, state
-  return func(*args)
+_HASHABLE_SCALARS = (str, bytes, int, float, bool, type(None))
 
 
-def _rebuild_device_tensor_from_numpy(data, dtype, device, requires_grad):
-  del dtype, device, requires_grad
-  return np.array(data)
+class _Loader:
+  """Globals, stand-ins and BUILD rules for one file (shares its budget)."""
 
+  def __init__(self, budget: safe_pickle.Budget):
+    self.budget = budget
+    self._fresh_arrays: dict[int, np.ndarray] = {}
+    c = safe_pickle.Callable
+    ordered_dict = c('collections.OrderedDict', self._ordered_dict)
+    self.globals: dict[tuple[str, str], Any] = {
+        ('collections', 'OrderedDict'): ordered_dict,
+        ('torch', 'Size'): c('torch.Size', self._size),
+        ('torch', 'device'): c('torch.device', self._device),
+        ('torch._utils', '_rebuild_tensor'): c(
+            '_rebuild_tensor', self._rebuild_tensor),
+        ('torch._utils', '_rebuild_tensor_v2'): c(
+            '_rebuild_tensor_v2', self._rebuild_tensor_v2),
+        ('torch._utils', '_rebuild_tensor_v3'): c(
+            '_rebuild_tensor_v3', self._rebuild_tensor_v3),
+        ('torch._utils', '_rebuild_parameter'): c(
+            '_rebuild_parameter', self._rebuild_parameter),
+        ('torch._utils', '_rebuild_parameter_with_state'): c(
+            '_rebuild_parameter_with_state', self._rebuild_parameter),
+        ('torch._utils', '_rebuild_device_tensor_from_numpy'): c(
+            '_rebuild_device_tensor_from_numpy', self._from_numpy),
+        ('torch._tensor', '_rebuild_from_type'): c(
+            '_rebuild_from_type', self._rebuild_from_type),
+        ('torch._tensor', '_rebuild_from_type_v2'): c(
+            '_rebuild_from_type_v2', self._rebuild_from_type),
+        ('_codecs', 'encode'): c('_codecs.encode', self._codecs_encode),
+        ('builtins', 'set'): c('set', lambda items=(): self._set(set, items)),
+        ('builtins', 'frozenset'): c(
+            'frozenset', lambda items=(): self._set(frozenset, items)),
+        ('builtins', 'slice'): c('slice', self._slice),
+        ('builtins', 'complex'): c('complex', self._complex),
+        ('builtins', 'bytearray'): c('bytearray', self._bytearray),
+        ('builtins', 'range'): c('range', self._range),
+        ('numpy', 'dtype'): c('numpy.dtype', self._np_dtype),
+        ('numpy', 'ndarray'): _NDARRAY,
+    }
+    for mod in ('numpy.core', 'numpy._core'):
+      self.globals[(f'{mod}.multiarray', 'scalar')] = c(
+          'numpy.scalar', self._np_scalar)
+      self.globals[(f'{mod}.multiarray', '_reconstruct')] = c(
+          'numpy._reconstruct', self._np_reconstruct)
+      self.globals[(f'{mod}.numeric', '_frombuffer')] = c(
+          'numpy._frombuffer', self._np_frombuffer)
+    self._ordered_dict_global = ordered_dict
 
-def _device(*args: Any) -> str:
-  """``torch.device(...)`` is loaded as its string, e.g. ``'cuda:0'``."""
-  return ':'.join(str(a) for a in args)
+  # -- globals --------------------------------------------------------------
 
+  def find_global(self, module: str, name: str) -> Any:
+    """What a pickle's ``GLOBAL module name`` loads as; never imports."""
+    module = _PY2_MODULES.get(module, module)
+    found = self.globals.get((module, name))
+    if found is not None:
+      return found
+    if module.split('.')[0] == 'torch':
+      if name in _STORAGE_DTYPES:
+        return _TorchType(f'{module}.{name}', _STORAGE_DTYPES[name])
+      if name == 'UntypedStorage':
+        return _TorchType(f'{module}.{name}', np.uint8)
+      if module == 'torch' and name in _TORCH_DTYPES:
+        return _TorchType(f'torch.{name}', _TORCH_DTYPES[name])
+      if name.endswith('Storage'):
+        return _TorchType(f'{module}.{name}', None)
+    return safe_pickle.placeholder_class(module[:200], name[:200])
 
-def _codecs_encode(obj: str, encoding: str = 'utf-8', errors: str = 'strict'):
-  """``_codecs.encode`` as used by protocol-2 pickles of ``bytes``."""
-  if encoding.lower().replace('_', '-') not in ('latin1', 'latin-1', 'utf-8',
-                                                'utf8', 'ascii'):
-    raise _FormatError(f'refusing codec {encoding!r} in pickle')
-  return obj.encode(encoding, errors)
+  def newobj(self, cls: Any) -> bool:
+    return cls is self._ordered_dict_global
 
+  # -- BUILD ------------------------------------------------------------------
 
-def _numpy_module(new: str, old: str):
-  try:
-    return importlib.import_module(new)
-  except ImportError:  # numpy < 2
-    return importlib.import_module(old)
+  def build(self, target: Any, state: Any) -> None:
+    """Applies a pickle's BUILD to ``target`` where that is safe, or refuses."""
+    if type(target) is collections.OrderedDict:  # pylint: disable=unidiomatic-typecheck
+      self._build_ordered_dict(target, state)
+    elif isinstance(target, np.dtype):
+      self._build_dtype(target, state)
+    elif type(target) is np.ndarray and id(target) in self._fresh_arrays:  # pylint: disable=unidiomatic-typecheck
+      self._build_array(target, state)
+    else:
+      raise _FormatError(f'refusing to set the state of '
+                         f'{type(target).__name__} '
+                         f'{safe_pickle._short(target)}')  # pylint: disable=protected-access
 
+  @staticmethod
+  def _build_ordered_dict(target: dict, state: Any) -> None:
+    if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
+      state = state[0]
+    if state is None:
+      return
+    if not isinstance(state, dict):
+      raise _FormatError(f'bad state for an OrderedDict: '
+                         f'{safe_pickle._short(state)}')  # pylint: disable=protected-access
+    for key, value in state.items():
+      if (not isinstance(key, str) or not key.isidentifier() or
+          key.startswith('__') or hasattr(collections.OrderedDict, key)):
+        raise _FormatError(f'refusing to set attribute {key!r} on an '
+                           'OrderedDict')
+      setattr(target, key, value)
 
-_NP_MULTIARRAY = _numpy_module('numpy._core.multiarray',
-                               'numpy.core.multiarray')
-_NP_NUMERIC = _numpy_module('numpy._core.numeric', 'numpy.core.numeric')
+  @staticmethod
+  def _build_dtype(target: np.dtype, state: Any) -> None:
+    if (not isinstance(state, tuple) or len(state) not in (8, 9) or
+        state[1] not in ('<', '>', '|', '=') or
+        any(x is not None for x in state[2:5])):
+      raise _FormatError(f'refusing numpy dtype state '
+                         f'{safe_pickle._short(state)}')  # pylint: disable=protected-access
+    if target.itemsize > 1 and state[1] == (
+        '<' if sys.byteorder == 'big' else '>'):
+      raise _FormatError('numpy data of non-native byte order is not '
+                         'supported')
+    if target.kind in 'US' and state[5] != target.itemsize:
+      raise _FormatError(f'numpy dtype {target} with item size {state[5]!r}')
 
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ('collections', 'OrderedDict'): collections.OrderedDict,
-    ('torch', 'Size'): tuple,
-    ('torch', 'device'): _device,
-    ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
-    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor_v2,
-    ('torch._utils', '_rebuild_tensor_v3'): _rebuild_tensor_v3,
-    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
-    ('torch._utils', '_rebuild_parameter_with_state'):
-        _rebuild_parameter_with_state,
-    ('torch._utils', '_rebuild_device_tensor_from_numpy'):
-        _rebuild_device_tensor_from_numpy,
-    ('torch._tensor', '_rebuild_from_type'): _rebuild_from_type,
-    ('torch._tensor', '_rebuild_from_type_v2'): _rebuild_from_type,
-    ('_codecs', 'encode'): _codecs_encode,
-    ('builtins', 'set'): set,
-    ('builtins', 'frozenset'): frozenset,
-    ('builtins', 'slice'): slice,
-    ('builtins', 'complex'): complex,
-    ('builtins', 'bytearray'): bytearray,
-    ('builtins', 'range'): range,
-    ('numpy', 'dtype'): np.dtype,
-    ('numpy', 'ndarray'): np.ndarray,
-}
-for _mod in ('numpy.core', 'numpy._core'):
-  _SAFE_GLOBALS[(f'{_mod}.multiarray', 'scalar')] = _NP_MULTIARRAY.scalar
-  _SAFE_GLOBALS[(f'{_mod}.multiarray', '_reconstruct')] = (
-      _NP_MULTIARRAY._reconstruct)  # pylint: disable=protected-access
-  _SAFE_GLOBALS[(f'{_mod}.numeric', '_frombuffer')] = (
-      _NP_NUMERIC._frombuffer)  # pylint: disable=protected-access
+  def _build_array(self, target: np.ndarray, state: Any) -> None:
+    del self._fresh_arrays[id(target)]
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+      raise _FormatError(f'bad numpy array state {safe_pickle._short(state)}')  # pylint: disable=protected-access
+    shape, dtype, fortran, data = state[-4:]
+    shape = _int_tuple(shape, 'numpy array shape')
+    dtype = _check_np_dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    self.budget.charge(nbytes, 'numpy array')
+    data = _check_bytes(data, nbytes, 'numpy array')
+    target.__setstate__((1, shape, dtype, bool(fortran), data))
+
+  # -- stand-ins --------------------------------------------------------------
+
+  def _ordered_dict(self, items: Any = ()) -> collections.OrderedDict:
+    if isinstance(items, dict):
+      items = list(items.items())
+    _plain(items, (list, tuple), 'OrderedDict()')
+    self.budget.charge(64 * len(items), 'OrderedDict')
+    if not all(isinstance(p, tuple) and len(p) == 2 for p in items):
+      raise _FormatError('OrderedDict() needs (key, value) pairs')
+    return collections.OrderedDict(items)
+
+  @staticmethod
+  def _size(dims: Any = ()) -> tuple:
+    return _int_tuple(dims, 'torch.Size')
+
+  @staticmethod
+  def _device(*args: Any) -> str:
+    """``torch.device(...)`` is loaded as its string, e.g. ``'cuda:0'``."""
+    if len(args) > 2 or not all(isinstance(a, (str, int)) for a in args):
+      raise _FormatError('bad torch.device arguments')
+    return ':'.join(str(a)[:100] for a in args)
+
+  def _rebuild_tensor(self, storage, storage_offset, size, stride):
+    return _check_storage(storage).tensor(storage_offset, size, stride)
+
+  def _rebuild_tensor_v2(self, storage, storage_offset, size, stride,
+                         requires_grad=False, backward_hooks=None,
+                         metadata=None):
+    del requires_grad, backward_hooks, metadata
+    return _check_storage(storage).tensor(storage_offset, size, stride)
+
+  def _rebuild_tensor_v3(self, storage, storage_offset, size, stride,
+                         requires_grad, backward_hooks, dtype, metadata=None):
+    del requires_grad, backward_hooks, metadata
+    return _check_storage(storage).tensor(storage_offset, size, stride, dtype)
+
+  @staticmethod
+  def _rebuild_parameter(data, requires_grad, backward_hooks, state=None):
+    del requires_grad, backward_hooks, state
+    return data
+
+  def _from_numpy(self, data, dtype, device, requires_grad):
+    del dtype, device, requires_grad
+    if type(data) is not np.ndarray:  # pylint: disable=unidiomatic-typecheck
+      raise _FormatError('_rebuild_device_tensor_from_numpy needs an array')
+    _check_np_dtype(data.dtype)
+    self.budget.charge(data.nbytes, 'numpy array')
+    return np.array(data, order='C', copy=True)
+
+  @staticmethod
+  def _rebuild_from_type(func, new_type, args, state=None):
+    del new_type, state
+    _plain(args, (tuple,), '_rebuild_from_type')
+    if isinstance(func, type) and issubclass(func, Placeholder):
+      return func(args)
+    if isinstance(func, safe_pickle.Callable):
+      return func.fn(*args)
+    raise _FormatError(f'_rebuild_from_type cannot call '
+                       f'{safe_pickle._short(func)}')  # pylint: disable=protected-access
+
+  def _codecs_encode(self, obj: Any, encoding: str = 'utf-8',
+                     errors: str = 'strict') -> bytes:
+    """``_codecs.encode`` as used by protocol-2 pickles of ``bytes``."""
+    _plain(obj, (str,), '_codecs.encode')
+    if not isinstance(encoding, str) or encoding.lower().replace(
+        '_', '-') not in ('latin1', 'latin-1', 'utf-8', 'utf8', 'ascii'):
+      raise _FormatError(f'refusing codec {safe_pickle._short(encoding)} in '  # pylint: disable=protected-access
+                         'pickle')
+    if errors != 'strict':
+      raise _FormatError('refusing codec error handler in pickle')
+    self.budget.charge(4 * len(obj), 'bytes')
+    return obj.encode(encoding, errors)
+
+  def _set(self, kind: type, items: Any) -> Any:
+    _plain(items, (list, tuple, set, frozenset), f'{kind.__name__}()')
+    if not all(isinstance(x, _HASHABLE_SCALARS) for x in items):
+      raise _FormatError(f'{kind.__name__}() of non-scalar elements')
+    self.budget.charge(32 * len(items), 'set')
+    return kind(items)
+
+  @staticmethod
+  def _slice(*args: Any) -> slice:
+    if len(args) > 3 or not all(a is None or type(a) is int for a in args):  # pylint: disable=unidiomatic-typecheck
+      raise _FormatError('bad slice arguments')
+    return slice(*args)
+
+  @staticmethod
+  def _complex(real: Any = 0, imag: Any = 0) -> complex:
+    for x in (real, imag):
+      if type(x) not in (int, float):  # pylint: disable=unidiomatic-typecheck
+        raise _FormatError('bad complex arguments')
+    return complex(real, imag)
+
+  def _bytearray(self, *args: Any) -> bytearray:
+    if not args:
+      return bytearray()
+    if len(args) == 1 and isinstance(args[0], bytes):
+      data = args[0]
+    elif (len(args) == 2 and isinstance(args[0], str)
+          and isinstance(args[1], str)):
+      data = self._codecs_encode(args[0], args[1])
+    else:
+      raise _FormatError('bytearray() takes bytes or (str, encoding) only; '
+                         'refusing a size or an iterable')
+    self.budget.charge(len(data), 'bytearray')
+    return bytearray(data)
+
+  @staticmethod
+  def _range(*args: Any) -> range:
+    if not 1 <= len(args) <= 3 or not all(type(a) is int for a in args):  # pylint: disable=unidiomatic-typecheck
+      raise _FormatError('bad range arguments')
+    return range(*args)
+
+  @staticmethod
+  def _np_dtype(name: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    del align, copy
+    if not isinstance(name, str) or not _NP_DTYPE_NAME.fullmatch(name):
+      raise _FormatError(f'refusing numpy dtype {safe_pickle._short(name)}')  # pylint: disable=protected-access
+    return _check_np_dtype(np.dtype(name))
+
+  def _np_scalar(self, dtype: Any, data: Any = None) -> Any:
+    dtype = _check_np_dtype(dtype)
+    data = _check_bytes(data, dtype.itemsize, f'numpy {dtype} scalar')
+    self.budget.charge(dtype.itemsize, 'numpy scalar')
+    return np.frombuffer(data, dtype)[0]
+
+  def _np_reconstruct(self, cls: Any, shape: Any, typecode: Any) -> np.ndarray:
+    del shape, typecode
+    if cls is not _NDARRAY:
+      raise _FormatError(f'refusing to reconstruct a '
+                         f'{safe_pickle._short(cls)}')  # pylint: disable=protected-access
+    arr = np.empty(0, np.uint8)
+    self._fresh_arrays[id(arr)] = arr
+    return arr
+
+  def _np_frombuffer(self, buf: Any, dtype: Any, shape: Any,
+                     order: Any = 'C') -> np.ndarray:
+    dtype = _check_np_dtype(dtype)
+    shape = _int_tuple(shape, 'numpy array shape')
+    nbytes = math.prod(shape) * dtype.itemsize
+    self.budget.charge(nbytes, 'numpy array')
+    data = _check_bytes(buf, nbytes, 'numpy array')
+    if order not in ('C', 'F'):
+      raise _FormatError('bad numpy array order')
+    return np.array(np.frombuffer(data, dtype).reshape(shape, order=order),
+                    order='C', copy=True)
+
+  # -- running ----------------------------------------------------------------
+
+  def run(self, buf, start: int, persistent_load=None) -> tuple[Any, int]:
+    """Runs the pickle at ``buf[start:]``; returns (object, end offset)."""
+    machine = safe_pickle.Machine(buf, start, self.find_global,
+                                  persistent_load, self.budget, self.build,
+                                  self.newobj)
+    obj = machine.load()
+    if self._fresh_arrays:
+      raise _FormatError('numpy array reconstructed without its data')
+    safe_pickle.check_structure(obj)
+    return obj, machine.pos
+
 
 # Python 2 module names; the stock find_class maps these, ours must too.
 _PY2_MODULES = {'__builtin__': 'builtins', 'copy_reg': 'copyreg',
                 'torch.tensor': 'torch._tensor'}
 
 
-def _resolve_global(module: str, name: str) -> Any:
-  """What a pickle's ``GLOBAL module name`` loads as; never imports."""
-  module = _PY2_MODULES.get(module, module)
-  if (module, name) in _SAFE_GLOBALS:
-    return _SAFE_GLOBALS[(module, name)]
-  if module.split('.')[0] == 'torch':
-    if name in _STORAGE_DTYPES:
-      return _TorchType(f'{module}.{name}', _STORAGE_DTYPES[name])
-    if name == 'UntypedStorage':
-      return _TorchType(f'{module}.{name}', np.uint8)
-    if module == 'torch' and name in _TORCH_DTYPES:
-      return _TorchType(f'torch.{name}', _TORCH_DTYPES[name])
-    if name.endswith('Storage'):
-      return _TorchType(f'{module}.{name}', None)
-  return _placeholder_class(module, name)
-
-
-class _Unpickler(pickle.Unpickler):
-  """Unpickler whose globals come from :func:`_resolve_global` only."""
-
-  def __init__(self, file: BinaryIO,
-               load_storage: Callable[[tuple], Any] | None = None):
-    super().__init__(file, encoding='latin1')
-    self._load_storage = load_storage
-
-  def find_class(self, module: str, name: str) -> Any:
-    return _resolve_global(module, name)
-
-  def persistent_load(self, pid: Any) -> Any:
-    if self._load_storage is None:
-      raise _FormatError(f'unexpected persistent id {pid!r}')
-    if not isinstance(pid, tuple) or not pid:
-      raise _FormatError(f'bad persistent id {pid!r}')
-    return self._load_storage(pid)
-
-
-def _read_exact(f: BinaryIO, n: int) -> bytes:
-  pos = f.tell()
-  data = f.read(n)
-  if len(data) != n:
-    raise _FormatError(f'truncated: needed {n} bytes at offset {pos}, '
-                       f'found {len(data)}')
-  return data
-
-
-def _storage_pid(pid: tuple, length: int) -> tuple:
-  if pid[0] != 'storage' or len(pid) != length:
-    raise _FormatError(f'unknown persistent id {pid!r}')
+def _storage_pid(pid: Any, length: int) -> tuple:
+  if (not isinstance(pid, tuple) or len(pid) != length or
+      pid[0] != 'storage'):
+    raise _FormatError(f'unknown persistent id {safe_pickle._short(pid)}')  # pylint: disable=protected-access
   return pid[1:]
+
+
+def _storage_key(key: Any) -> str:
+  if not isinstance(key, str) or not _STORAGE_KEY.fullmatch(key):
+    raise _FormatError(f'bad storage key {safe_pickle._short(key)}')  # pylint: disable=protected-access
+  return key
 
 
 # --------------------------------------------------------------------------
 # Zip format.
 
 
-def _archive_prefix(names: list[str]) -> str:
-  for name in names:
-    head, sep, tail = name.partition('/')
-    if sep and tail == 'data.pkl':
-      return head + '/'
-  raise _FormatError('zip archive has no <archive>/data.pkl record '
-                     '(not a torch.save checkpoint)')
+def _load_zip(buf, budget: safe_pickle.Budget) -> Any:
+  archive = zip_reader.ZipArchive(buf)
+  prefix = archive.prefix
+  byteorder = b'little'
+  if prefix + 'byteorder' in archive:
+    byteorder = bytes(archive.read(prefix + 'byteorder'))
+  if byteorder not in (b'little', b'big'):
+    raise _FormatError(f'unknown byteorder {byteorder[:20]!r}')
+  swap = byteorder.decode() != sys.byteorder
+  records: dict[str, memoryview] = {}
 
+  def load_storage(pid: Any) -> _Storage:
+    storage_type, key, _, numel = _storage_pid(pid, 5)
+    key = _storage_key(key)
+    dtype = _storage_dtype(storage_type)
+    nbytes = safe_pickle.bounded_int(numel, 'storage size') * dtype.itemsize
+    name = f'{prefix}data/{key}'
+    if key not in records:
+      records[key] = archive.read(name, 'storage record')
+    raw = records[key]
+    if len(raw) < nbytes:
+      raise _FormatError(f'storage record {key!r} holds {len(raw)} bytes, '
+                         f'expected {nbytes}')
+    return _Storage(raw[:nbytes], dtype, swap, f'data/{key}', budget)
 
-def _read_record(zf: zipfile.ZipFile, f: BinaryIO, name: str) -> bytes:
-  """Reads an entry; stored entries are read raw so a zero CRC is allowed."""
-  try:
-    info = zf.getinfo(name)
-  except KeyError:
-    raise _FormatError(f'missing storage record {name!r}') from None
-  if info.compress_type != zipfile.ZIP_STORED:
-    return zf.read(info)
-  f.seek(info.header_offset)
-  signature, name_len, extra_len = struct.unpack(
-      '<4s22xHH', _read_exact(f, 30))
-  if signature != b'PK\x03\x04':
-    raise _FormatError(f'bad local header for record {name!r}')
-  f.seek(info.header_offset + 30 + name_len + extra_len)
-  raw = _read_exact(f, info.file_size)
-  if info.CRC and zlib.crc32(raw) != info.CRC:
-    raise _FormatError(f'CRC mismatch in record {name!r}')
-  return raw
-
-
-def _load_zip(f: BinaryIO) -> Any:
-  try:
-    zf = zipfile.ZipFile(f)
-  except zipfile.BadZipFile as e:
-    raise _FormatError(f'truncated or corrupt zip archive ({e})') from None
-  with zf:
-    prefix = _archive_prefix(zf.namelist())
-    byteorder = b'little'
-    if prefix + 'byteorder' in zf.NameToInfo:
-      byteorder = _read_record(zf, f, prefix + 'byteorder')
-    if byteorder not in (b'little', b'big'):
-      raise _FormatError(f'unknown byteorder {byteorder!r}')
-    swap = byteorder.decode() != sys.byteorder
-    storages: dict[str, _Storage] = {}
-
-    def load_storage(pid: tuple) -> _Storage:
-      storage_type, key, _, numel = _storage_pid(pid, 5)
-      if key not in storages:
-        dtype = _storage_dtype(storage_type)
-        raw = _read_record(zf, f, f'{prefix}data/{key}')
-        nbytes = _index(numel, 'storage size') * dtype.itemsize
-        if len(raw) < nbytes:
-          raise _FormatError(f'storage record {key!r} holds {len(raw)} bytes, '
-                             f'expected {nbytes}')
-        storages[key] = _Storage(memoryview(raw)[:nbytes], dtype, swap)
-      return storages[key]
-
-    data_pkl = _read_record(zf, f, prefix + 'data.pkl')
-    return _Unpickler(io.BytesIO(data_pkl), load_storage).load()
+  data_pkl = archive.read(prefix + 'data.pkl')
+  return _Loader(budget).run(data_pkl, 0, load_storage)[0]
 
 
 # --------------------------------------------------------------------------
 # Legacy format.
 
 
-def _legacy_header(f: BinaryIO) -> None:
-  magic = _Unpickler(f).load()
-  if magic != _LEGACY_MAGIC:
-    raise _FormatError('not a torch.save checkpoint (bad magic number)')
-  protocol = _Unpickler(f).load()
-  if protocol != _LEGACY_PROTOCOL:
-    raise _FormatError(f'unsupported legacy protocol version {protocol!r}')
-  _Unpickler(f).load()  # sys_info: sizes of C types; data is little-endian.
-
-
-def _legacy_storage_pid(pid: tuple) -> tuple | None:
+def _legacy_storage_pid(pid: Any) -> tuple | None:
   """Splits a legacy persistent id; None for ``('module', ...)`` ids."""
-  if pid[0] == 'module' and len(pid) >= 2:
+  if isinstance(pid, tuple) and len(pid) >= 2 and pid[0] == 'module':
     return None
   return _storage_pid(pid, 6)
 
 
-def _scan_legacy_storages(f: BinaryIO) -> dict[str, tuple[np.dtype, int]]:
-  """First pass over the main pickle: root storage key -> (dtype, numel)."""
+def _load_legacy(buf, budget: safe_pickle.Budget) -> Any:
+  loader = _Loader(budget)
+  magic, pos = loader.run(buf, 0)
+  if magic != _LEGACY_MAGIC:
+    raise _FormatError('not a torch.save checkpoint (bad magic number)')
+  protocol, pos = loader.run(buf, pos)
+  if protocol != _LEGACY_PROTOCOL:
+    raise _FormatError(f'unsupported legacy protocol version '
+                       f'{safe_pickle._short(protocol)}')  # pylint: disable=protected-access
+  _, pos = loader.run(buf, pos)  # sys_info: sizes of C types; little-endian.
+  main_start = pos
   specs: dict[str, tuple[np.dtype, int]] = {}
 
-  def record(pid: tuple) -> Any:
+  def record(pid: Any) -> Any:
     parts = _legacy_storage_pid(pid)
     if parts is None:
       return pid[1]
     storage_type, root_key, _, numel, _ = parts
-    specs[root_key] = (_storage_dtype(storage_type),
-                       _index(numel, 'storage size'))
+    spec = (_storage_dtype(storage_type),
+            safe_pickle.bounded_int(numel, 'storage size'))
+    if specs.setdefault(_storage_key(root_key), spec) != spec:
+      raise _FormatError(f'storage {root_key!r} is declared twice with '
+                         'different types or sizes')
     return _PendingStorage()
 
-  _Unpickler(f, record).load()
-  return specs
-
-
-def _read_legacy_storages(f: BinaryIO, specs: dict[str, tuple[np.dtype, int]]
-                         ) -> dict[str, _Storage]:
-  keys = _Unpickler(f).load()
-  if not isinstance(keys, list):
-    raise _FormatError(f'bad storage key list {keys!r}')
-  storages = {}
+  _, pos = loader.run(buf, pos, record)
+  keys, pos = loader.run(buf, pos)
+  if not isinstance(keys, list) or len(set(map(repr, keys))) != len(keys):
+    raise _FormatError(f'bad storage key list {safe_pickle._short(keys)}')  # pylint: disable=protected-access
+  storages: dict[str, _Storage] = {}
   for key in keys:
-    if key not in specs:
-      raise _FormatError(f'storage {key!r} is listed but never used')
+    if not isinstance(key, str) or key not in specs:
+      raise _FormatError(f'storage {safe_pickle._short(key)} is listed but '  # pylint: disable=protected-access
+                         'never used')
     dtype, numel = specs[key]
-    (count,) = struct.unpack('<q', _read_exact(f, 8))
+    if pos + 8 > len(buf):
+      raise _FormatError(f'truncated: storage {key!r} missing at offset {pos}')
+    (count,) = struct.unpack_from('<q', buf, pos)
+    pos += 8
     if count != numel:
       raise _FormatError(f'storage {key!r} holds {count} elements, '
                          f'expected {numel}')
-    raw = _read_exact(f, numel * dtype.itemsize)
-    storages[key] = _Storage(memoryview(raw), dtype, sys.byteorder == 'big')
-  return storages
+    nbytes = numel * dtype.itemsize
+    if pos + nbytes > len(buf):
+      raise _FormatError(f'truncated: storage {key!r} needs {nbytes} bytes '
+                         f'at offset {pos}, the file has {len(buf) - pos}')
+    storages[key] = _Storage(memoryview(buf)[pos:pos + nbytes], dtype,
+                             sys.byteorder == 'big', key, budget)
+    pos += nbytes
 
-
-def _load_legacy(f: BinaryIO) -> Any:
-  _legacy_header(f)
-  start = f.tell()
-  storages = _read_legacy_storages(f, _scan_legacy_storages(f))
-
-  def load_storage(pid: tuple) -> Any:
+  def load_storage(pid: Any) -> Any:
     parts = _legacy_storage_pid(pid)
     if parts is None:
       return pid[1]
@@ -514,27 +707,25 @@ def _load_legacy(f: BinaryIO) -> Any:
       raise _FormatError(f'missing storage record {root_key!r}')
     storage = storages[root_key]
     if view_metadata is not None:
+      if not isinstance(view_metadata, tuple) or len(view_metadata) != 3:
+        raise _FormatError('bad storage view metadata')
       _, offset, numel = view_metadata
       storage = storage.view(offset, numel)
     return storage
 
-  f.seek(start)
-  return _Unpickler(f, load_storage).load()
+  return loader.run(buf, main_start, load_storage)[0]
 
 
 # --------------------------------------------------------------------------
 # Loading entry points.
 
 
-def _load(f: BinaryIO) -> Any:
-  head = f.read(512)
-  f.seek(0)
-  if not head:
-    raise _FormatError('empty file')
+def _load(buf, budget: safe_pickle.Budget) -> Any:
+  head = bytes(buf[:512])
   if head.startswith((b'PK\x03\x04', b'PK\x05\x06')):
-    return _load_zip(f)
+    return _load_zip(buf, budget)
   if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
-    return _load_legacy(f)
+    return _load_legacy(buf, budget)
   if head[257:262] == b'ustar':
     raise _FormatError('legacy tar-format checkpoint (torch < 0.1.10) is not '
                        'supported; re-save it with a newer torch')
@@ -542,12 +733,15 @@ def _load(f: BinaryIO) -> Any:
                      'archive nor a legacy torch.save pickle stream)')
 
 
-def _one_line(text: str) -> str:
-  return ' '.join(text.split())
+def _one_line(text: str, limit: int = 400) -> str:
+  text = ' '.join(text.split())
+  return text if len(text) <= limit else text[:limit - 4] + ' ...'
 
 
 def load_pth(path: str | os.PathLike) -> Any:
   """Loads a ``torch.save`` file with every tensor as a ``numpy.ndarray``.
+
+  See the module docstring for what is guaranteed about hostile files.
 
   Args:
     path: a checkpoint in the zip (torch >= 1.6) or legacy (torch < 1.6)
@@ -561,21 +755,36 @@ def load_pth(path: str | os.PathLike) -> Any:
     :class:`Placeholder` instances.
 
   Raises:
-    PthError: the file is empty, truncated, corrupt or not a checkpoint, or
-      refers to a missing storage record or an unsupported storage type.
+    PthError: the file is empty, truncated, corrupt, hostile or not a
+      checkpoint (the one-line message starts with ``path``).
     OSError: the file cannot be opened.
   """
   path = os.fspath(path)
   with open(path, 'rb') as f:
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+      raise PthError(f'{path}: empty file')
     try:
-      return _load(f)
-    except _FormatError as e:
-      raise PthError(_one_line(f'{path}: {e}')) from None
-    except Exception as e:  # pylint: disable=broad-except
-      # Any failure to parse untrusted bytes means a damaged file.
-      raise PthError(_one_line(
-          f'{path}: corrupt or truncated checkpoint '
-          f'({type(e).__name__}: {e})')) from e
+      buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:
+      raise PthError(_one_line(f'{path}: cannot map the file ({e})')) from None
+  budget = safe_pickle.Budget(_BUDGET_FACTOR * size + _BUDGET_SLACK)
+  try:
+    return _load(buf, budget)
+  except _FormatError as e:
+    raise PthError(_one_line(f'{path}: {e}')) from None
+  except (MemoryError, RecursionError) as e:
+    raise PthError(_one_line(f'{path}: refusing a checkpoint that needs too '
+                             f'much memory or nesting ({type(e).__name__})')
+                  ) from None
+  except Exception as e:  # pylint: disable=broad-except
+    # Any other failure to parse untrusted bytes means a damaged file.
+    raise PthError(_one_line(
+        f'{path}: corrupt or truncated checkpoint '
+        f'({type(e).__name__}: {e})')) from None
+  finally:
+    with contextlib.suppress(BufferError):
+      buf.close()  # Else closed when the last view is released.
 
 
 def state_dict_from_checkpoint(obj: Any) -> dict[str, np.ndarray]:
@@ -603,10 +812,44 @@ def state_dict_from_checkpoint(obj: Any) -> dict[str, np.ndarray]:
   result = {}
   for key, value in obj.items():
     if not isinstance(key, str) or not isinstance(value, np.ndarray):
-      raise ValueError(f'state dict entry {key!r} is a '
+      raise ValueError(f'state dict entry {safe_pickle._short(key)} is a '  # pylint: disable=protected-access
                        f'{type(value).__name__}, not an array')
     result[key] = value
   return result
+
+
+# Dtype policy of model weights (see check_state_dict_dtypes).
+_FLOAT_DTYPES = frozenset(np.dtype(t) for t in (
+    np.float16, np.float32, np.float64, ml_dtypes.bfloat16,
+    ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2, ml_dtypes.float8_e4m3fnuz,
+    ml_dtypes.float8_e5m2fnuz, ml_dtypes.float8_e8m0fnu))
+INTEGER_BUFFERS = ('num_batches_tracked',)
+
+
+def check_state_dict_dtypes(state: Mapping[str, np.ndarray],
+                            where: str = '') -> None:
+  """Refuses weights a model cannot take, naming the key.
+
+  Floating tensors (float16/32/64, bfloat16, float8) are weights; integer
+  tensors are accepted only as the integer buffers torch keeps
+  (``*.num_batches_tracked``, a scalar); complex, bool, object and other
+  tensors are errors.
+
+  Raises:
+    ValueError: one line naming ``where`` and the key.
+  """
+  prefix = f'{where}: ' if where else ''
+  for key, value in state.items():
+    dtype = value.dtype
+    if key.rsplit('.', 1)[-1] in INTEGER_BUFFERS:
+      if dtype.kind not in 'iu' or value.size != 1:
+        raise ValueError(f'{prefix}{key} must be an integer scalar, got '
+                         f'{dtype.name} {value.shape}')
+    elif dtype not in _FLOAT_DTYPES:
+      kind = {'c': 'complex', 'b': 'bool', 'O': 'object', 'i': 'integer',
+              'u': 'integer'}.get(dtype.kind, dtype.name)
+      raise ValueError(f'{prefix}{key} is a {kind} tensor ({dtype.name}); '
+                       'model weights must be floating point')
 
 
 # --------------------------------------------------------------------------
