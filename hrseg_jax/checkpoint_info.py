@@ -79,7 +79,7 @@ def select(spec: str | None, workdir: str | os.PathLike | None, *,
     FileNotFoundError: no checkpoint there (the message names the path).
   """
   if spec not in (None, '', BEST, LATEST):
-    return os.fspath(spec), None, os.fspath(spec)
+    return os.fspath(spec), None, f'checkpoint {os.fspath(spec)}'
   if workdir is None:
     raise FileNotFoundError(f'--checkpoint {spec or default} needs --workdir')
   explicit = spec or None

@@ -3,11 +3,18 @@
 >>> seg = hrseg_jax.Segmenter.from_checkpoint('converted/hrnet_w48_cs')
 >>> logits = seg.logits(images)      # float32 NHWC, already normalised
 >>> classes = seg.predict(rgb_uint8) # (B, H, W) int32 class maps at input size
+>>> classes = seg.predict('photo.png')       # (H, W), the image's own size
+>>> picture = seg.overlay('photo.png')       # RGB uint8 blend with the colours
+>>> seg.class_names[classes[0, 0]]           # e.g. 'road'
+
+``predict`` is one whole-image forward at the input's size (the command
+line's ``--mode predict`` default).
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+import os
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,23 +32,67 @@ def normalize(images_uint8) -> np.ndarray:
   return ((np.asarray(images_uint8, np.float32) / 255.0) - MEAN) / STD
 
 
+def overlay(image, class_map, dataset: str | None = 'cityscapes',
+            alpha: float = 0.5) -> np.ndarray:
+  """RGB uint8 [H, W, 3]: ``image`` blended with the colours of ``class_map``.
+
+  Args:
+    image: RGB uint8 [H, W, 3] (or a path, decoded like ``predict``).
+    class_map: integer [H, W] class ids (the image's size).
+    dataset: palette name (:mod:`hrseg_jax.eval.palettes`).
+    alpha: opacity of the colours.
+  """
+  from hrseg_jax.eval import palettes  # pylint: disable=g-import-not-at-top
+  image = _as_image(image)
+  class_map = np.asarray(class_map)
+  if class_map.shape != image.shape[:2]:
+    raise ValueError(f'overlay: class map {class_map.shape} and image '
+                     f'{image.shape[:2]} differ in size')
+  colors = palettes.colorize(class_map, palettes.get_palette(dataset or ''))
+  return palettes.overlay(image, colors, alpha)
+
+
+def _as_image(image) -> np.ndarray:
+  """RGB uint8 array of an array or an image path."""
+  if isinstance(image, (str, os.PathLike)):
+    from hrseg_jax.predict import read_image  # pylint: disable=g-import-not-at-top
+    return read_image(os.fspath(image))
+  return np.asarray(image)
+
+
 class Segmenter:
-  """Eval-mode model + variables with jitted, shape-cached entry points."""
+  """Eval-mode model + variables with jitted, shape-cached entry points.
+
+  Attributes:
+    config: the resolved model config.
+    meta: the checkpoint's meta.
+    dataset: the dataset the weights were trained for (palette, class names):
+      ``dataset=`` or what the checkpoint records; ``None`` if unknown.
+    class_names: K names (``class_<i>`` for an unknown dataset).
+  """
 
   def __init__(self, model_cfg: Mapping[str, Any], variables: Mapping, *,
-               dtype=jnp.float32, meta: Mapping | None = None):
+               dtype=jnp.float32, meta: Mapping | None = None,
+               dataset: str | None = None):
+    from hrseg_jax import checkpoint_info  # pylint: disable=g-import-not-at-top
+    from hrseg_jax.eval import classes  # pylint: disable=g-import-not-at-top
     self.config = registry.resolve(model_cfg)
     self.meta = dict(meta or {})
     self.model = registry.build_model(self.config, dtype)
     self.variables = jax.tree_util.tree_map(jnp.asarray, dict(variables))
     self.num_classes = self.config['num_classes']
     self.align_corners = bool(self.config.get('align_corners', False))
+    self.dataset = (checkpoint_info.check_dataset(dataset)
+                    or checkpoint_info.dataset_of(self.meta))
+    self.class_names: Sequence[str] = classes.class_names(self.dataset,
+                                                          self.num_classes)
 
   @classmethod
-  def from_checkpoint(cls, path, *, dtype=jnp.float32, step: int | None = None):
+  def from_checkpoint(cls, path, *, dtype=jnp.float32, step: int | None = None,
+                      dataset: str | None = None):
     from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
     cfg, variables, meta = checkpoints.load_model(path, step=step)
-    return cls(cfg, variables, dtype=dtype, meta=meta)
+    return cls(cfg, variables, dtype=dtype, meta=meta, dataset=dataset)
 
   @functools.partial(jax.jit, static_argnums=0)
   def _logits(self, variables, images, rows):
@@ -65,16 +116,36 @@ class Segmenter:
   def _predict(self, variables, images_uint8):
     x = (images_uint8.astype(jnp.float32) / 255.0 - MEAN) / STD
     out = self.model.apply(variables, x, train=False, rows=self._rows(x))[-1]
-    out = resize_bilinear(out.astype(jnp.float32), x.shape[1:3], self.align_corners)
+    out = resize_bilinear(out.astype(jnp.float32), x.shape[1:3], self.align_corners,
+                          precision=jax.lax.Precision.HIGHEST)
     return jnp.argmax(out, axis=-1).astype(jnp.int32)
 
-  def predict(self, images_uint8) -> np.ndarray:
-    """RGB uint8 (B,H,W,3) or (H,W,3) -> int32 class maps at input size."""
-    images = np.asarray(images_uint8)
+  def predict(self, images) -> np.ndarray:
+    """Class maps at the input's size (int32).
+
+    Args:
+      images: RGB uint8 (B, H, W, 3) -> (B, H, W); (H, W, 3) or an image
+        path (decoded like ``--mode predict``) -> (H, W).
+    """
+    images = _as_image(images)
     if images.dtype != np.uint8:
       raise ValueError(f'predict expects uint8 RGB images, got {images.dtype}')
     single = images.ndim == 3
     if single:
       images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'predict expects RGB images (B, H, W, 3) or (H, W, 3), '
+                       f'got shape {images.shape}')
     out = np.asarray(self._predict(self.variables, jnp.asarray(images)))
     return out[0] if single else out
+
+  def overlay(self, image, class_map=None, alpha: float = 0.5) -> np.ndarray:
+    """RGB uint8 blend of ``image`` (array or path) and its class colours.
+
+    ``class_map`` defaults to :meth:`predict` of the image; the palette is
+    the checkpoint's dataset's.
+    """
+    image = _as_image(image)
+    if class_map is None:
+      class_map = self.predict(image)
+    return overlay(image, class_map, self.dataset, alpha)

@@ -18,9 +18,24 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to run.')
-flags.DEFINE_string('checkpoint', None, 'eval/predict: checkpoint directory '
-                    '(default: the workdir\'s latest checkpoint).')
+flags.DEFINE_string('checkpoint', None, 'eval/predict: a checkpoint directory, '
+                    "or 'best' (highest validation mIoU) / 'latest' of the "
+                    "workdir's checkpoints (default: best when kept, else latest).")
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                  'eval/predict: network compute dtype.')
 flags.DEFINE_multi_string('input', [], 'predict: image files, folders or list files.')
+flags.DEFINE_string('list_root', None, "predict: folder that a list file's "
+                    "entries are relative to (default: the list file's folder).")
+flags.DEFINE_string('dataset', None, 'predict: palette and class names (cityscapes, '
+                    "lip, pascal_ctx, ...); default: the checkpoint's dataset.")
+flags.DEFINE_bool('cityscapes_test_format', False, 'predict: also write labelId '
+                  'PNGs for the Cityscapes test server (test_results/).')
+flags.DEFINE_bool('sliding', False, "predict: sliding-window inference (the "
+                  "dataset's rule and window, or --crop_size).")
+flags.DEFINE_list('crop_size', None, 'predict: sliding window H,W.')
+flags.DEFINE_list('scales', ['1.0'], 'predict: test scales, e.g. 0.5,0.75,1,1.25 '
+                  '(1 = the image\'s own size).')
+flags.DEFINE_bool('flip', False, 'predict: also predict the mirrored image (flip test).')
 config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Experiment config file.',
                                 lock_config=True)
 
@@ -78,11 +93,51 @@ def _hide_gpus_from_tf():
     pass
 
 
-def run(config, workdir: str, mode: str, checkpoint=None, inputs=()):
+def predict_options(**overrides) -> dict:
+  """The predict flags' values (defaults), as :func:`run` takes them."""
+  out = dict(dataset=None, cityscapes_test_format=False, sliding=False,
+             crop_size=None, scales=(1.0,), flip=False, list_root=None)
+  out.update(overrides)
+  return out
+
+
+def _predict_eval_cfg(config, dataset, opts):
+  """Test-time settings: the config's eval section when a config was given
+  (flags override it), else from the checkpoint's dataset and the image."""
+  from hrseg_jax import predict  # pylint: disable=g-import-not-at-top
+  if config is None:
+    return predict.predict_settings(
+        dataset, sliding=opts['sliding'], crop_size=opts['crop_size'],
+        scales=opts['scales'], flip=opts['flip'])
+  cfg = config.eval.to_dict()
+  defaults = predict_options()
+  if opts['sliding']:
+    cfg['mode'] = 'sliding'
+  for key in ('crop_size', 'scales', 'flip'):
+    if opts[key] != defaults[key]:
+      cfg[key] = opts[key]
+  return cfg
+
+
+def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
+        dtype: str = 'float32', options: dict | None = None):
+  """Runs one mode.
+
+  Args:
+    config: the experiment config; ``None`` for predict without ``--config``
+      (settings from the checkpoint and each image).
+    workdir: checkpoints, eval results and predictions go here.
+    mode: 'train', 'eval' or 'predict'.
+    checkpoint: eval/predict: 'best', 'latest' or a path (default: best when
+      kept, else latest, of the workdir).
+    inputs: predict: image files, folders or list files.
+    dtype: eval/predict compute dtype name.
+    options: predict flags (:func:`predict_options`).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
   # Relative paths, ~ and symlinks become absolute here, once.
-  config = paths.resolve_config(config)
+  config = None if config is None else paths.resolve_config(config)
   workdir = paths.resolve(workdir)
   inputs = paths.resolve_all(inputs)
   if mode == 'train':
@@ -94,18 +149,55 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=()):
             + (f"final mIoU {100 * ev['miou']:.2f}% (pixel acc "
                f"{100 * ev['pixel_acc']:.2f}%)" if ev else 'no evaluation'))
     return result
-  from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  model_cfg, variables, _ = checkpoints.load_model(checkpoint or workdir)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import checkpoint_info, checkpoints  # pylint: disable=g-import-not-at-top
+  opts = predict_options(**(options or {}))
+  if mode == 'predict' and not inputs:
+    raise ValueError('--mode predict needs --input (image files, folders or list files)')
+  dataset = checkpoint_info.check_dataset(opts['dataset'])
+  path, step, described = checkpoint_info.select(checkpoint, workdir)
+  model_cfg, variables, meta = checkpoints.load_model(path, step=step)
+  main_process = jax.process_index() == 0
+  if main_process:
+    print(f'{mode}: {described}', flush=True)
+  compute = jnp.dtype(dtype)
   if mode == 'eval':
     from hrseg_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
     return evaluate.evaluate(model_cfg, variables, config.data, config.eval,
-                             out_dir=os.path.join(workdir, 'eval'))
+                             out_dir=os.path.join(workdir, 'eval'), dtype=compute)
   from hrseg_jax import predict  # pylint: disable=g-import-not-at-top
-  if not inputs:
-    raise ValueError('--mode predict needs --input (image files, folders or list files)')
+  if dataset is None:
+    dataset = (config.data.name if config is not None
+               else checkpoint_info.dataset_of(meta))
+  eval_cfg = _predict_eval_cfg(config, dataset, opts)
+  if main_process:
+    print(f'predict: {model_cfg["num_classes"]} classes, palette '
+          f'{dataset or "generic (pass --dataset)"}; '
+          + predict.describe_settings(eval_cfg), flush=True)
   return predict.predict(model_cfg, variables, list(inputs),
                          os.path.join(workdir, 'predictions'),
-                         palette=config.data.name, eval_cfg=config.eval)
+                         palette=dataset or '', eval_cfg=eval_cfg,
+                         cityscapes_test_format=opts['cityscapes_test_format'],
+                         list_root=paths.resolve(opts['list_root']), dtype=compute,
+                         log=(lambda line: print(line, flush=True))
+                         if main_process else None)
+
+
+def _flag_options() -> dict:
+  def floats(values, name):
+    try:
+      return tuple(float(v) for v in values)
+    except ValueError as e:
+      raise ValueError(f'--{name}={",".join(values)}: expected numbers') from e
+  crop = None
+  if FLAGS.crop_size:
+    crop = tuple(int(v) for v in floats(FLAGS.crop_size, 'crop_size'))
+    if len(crop) != 2:
+      raise ValueError(f'--crop_size={",".join(FLAGS.crop_size)}: expected H,W')
+  return predict_options(
+      dataset=FLAGS.dataset, cityscapes_test_format=FLAGS.cityscapes_test_format,
+      sliding=FLAGS.sliding, crop_size=crop, list_root=FLAGS.list_root,
+      scales=floats(FLAGS.scales, 'scales'), flip=FLAGS.flip)
 
 
 def main(argv):
@@ -117,7 +209,11 @@ def main(argv):
   _hide_gpus_from_tf()
   try:
     _maybe_initialize_distributed()
-    run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint, FLAGS.input)
+    # predict without --config: settings from the checkpoint and the images.
+    config = (None if FLAGS.mode == 'predict' and not FLAGS['config'].present
+              else FLAGS.config)
+    run(config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint, FLAGS.input,
+        dtype=FLAGS.dtype, options=_flag_options())
   except (OSError, ValueError, KeyError, RuntimeError) as e:
     msg = str(e).strip().replace('\n', ' ') or type(e).__name__
     print(f'error: {msg}', file=sys.stderr)

@@ -18,8 +18,11 @@ root, without extension; the file name for explicit paths)::
                                    format of the original's ``save_pred``)
 
 Images are decoded like the original (OpenCV, BGR -> RGB) and normalised
-with the ImageNet mean/std; test-time settings (scales, flip, sliding
-windows) come from ``eval_cfg``.  Every file is written atomically and an
+with the ImageNet mean/std.  Test-time settings (scales, flip, sliding
+windows) come from ``eval_cfg``; without one (:func:`predict_settings`), an
+image keeps its own resolution at scale 1, whole-image, no flip.  One
+progress line per image (with the ETA) goes to ``log``.  Every file is
+written atomically and an
 image's files are only written once all of them are encoded, so a bad input
 (missing, unreadable, corrupt) raises an error naming the file and leaves no
 partial outputs for it.
@@ -28,16 +31,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Mapping, Sequence
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 from hrseg_jax.data import decode, label_maps
+from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval import files, palettes
 from hrseg_jax.eval.inference import Predictor
 from hrseg_jax.inference import normalize
 from hrseg_jax.models import registry
+from hrseg_jax.progress import Progress
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 LIST_EXTENSIONS = ('.txt', '.lst')
@@ -78,7 +84,9 @@ def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
       entry = parts[0]
       path = entry if os.path.isabs(entry) else os.path.join(root, entry)
       if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path}: image not found (listed in {list_path})')
+        raise FileNotFoundError(
+            f'{path}: image not found (listed in {list_path}; entries are '
+            f'relative to {root or "."}, --list_root to change it)')
       rel = _strip_ext(os.path.basename(entry) if os.path.isabs(entry)
                        else os.path.normpath(entry))
       out.append(ImageInput(path, rel))
@@ -153,12 +161,70 @@ def image_outputs(image: np.ndarray, class_map: np.ndarray, rel: str,
   return out
 
 
+def predict_settings(dataset: str | None = None, *, sliding: bool = False,
+                     crop_size: Sequence[int] | None = None,
+                     scales: Sequence[float] = (1.0,), flip: bool = False,
+                     batch_size: int = 1) -> dict[str, Any]:
+  """Test-time settings without a dataset config (an ``eval`` section dict).
+
+  Every image keeps its own resolution at scale 1 (``base_size`` unset);
+  whole-image inference unless ``sliding``, which uses the dataset's rule
+  and window (:func:`hrseg_jax.eval.config.default_eval_config`; the
+  Cityscapes rule predicts scales <= 1 whole, as the original) or
+  ``crop_size``.  ``flip`` swaps the dataset's left/right classes (LIP).
+  """
+  preset = eval_config.default_eval_config(dataset)
+  out = eval_config.default_eval_config().to_dict()
+  out.update(scales=tuple(float(x) for x in scales), flip=bool(flip),
+             flip_pairs=tuple(preset.flip_pairs), batch_size=int(batch_size))
+  if sliding:
+    window = crop_size if crop_size is not None else preset.crop_size
+    if window is None:
+      raise ValueError('--sliding needs --crop_size H,W (no dataset preset for '
+                       f'{dataset or "this checkpoint"})')
+    out.update(mode='sliding', crop_size=tuple(int(v) for v in window),
+               sliding_rule=preset.sliding_rule if dataset else 'base')
+  elif crop_size is not None:
+    out['crop_size'] = tuple(int(v) for v in crop_size)
+  return out
+
+
+def describe_settings(eval_cfg: Mapping[str, Any]) -> str:
+  """One line: how images are predicted (mode, size, scales, flip)."""
+  kw = eval_config.predictor_kwargs(eval_cfg)
+  size = ("each image's own size" if kw['base_size'] is None
+          else f'long side {kw["base_size"]}')
+  mode = ('whole image' if kw['mode'] == 'whole' else
+          f'sliding {kw["crop_size"][0]}x{kw["crop_size"][1]} windows '
+          f'({kw["sliding_rule"]} rule)')
+  return (f'{mode} at {size}, scales {",".join(f"{x:g}" for x in kw["scales"])}'
+          f', {"flip" if kw["flip"] else "no flip"}')
+
+
+def _display(path: str) -> str:
+  """``path`` relative to the working directory when it is below it."""
+  rel = os.path.relpath(path)
+  return path if rel.startswith('..') else rel
+
+
+def read_inputs(items: Iterable[ImageInput]
+                ) -> Iterator[tuple[ImageInput, np.ndarray]]:
+  """(input, RGB uint8 image) per input, decoded lazily.
+
+  The loop of :func:`predict` only needs such pairs, so another source of
+  frames (a video) can be plugged in with the same outputs.
+  """
+  for item in items:
+    yield item, read_image(item.path)
+
+
 def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
             palette: str = 'cityscapes', eval_cfg=None,
             cityscapes_test_format: bool = False, overlay: bool = True,
             alpha: float = 0.5, list_root: str | None = None,
-            dtype=jnp.float32, log: Callable[[str], None] | None = None
-            ) -> list[dict[str, Any]]:
+            dtype=jnp.float32, log: Callable[[str], None] | None = None,
+            frames: Iterable[tuple[ImageInput, np.ndarray]] | None = None,
+            num_frames: int | None = None) -> list[dict[str, Any]]:
   """Predicts every input image and writes its files (module docstring).
 
   Args:
@@ -167,15 +233,20 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
     inputs: folder, list file, image path, or a sequence of them.
     out_dir: output folder.
     palette: dataset name for the colours (:mod:`hrseg_jax.eval.palettes`).
-    eval_cfg: test-time settings (scales, flip, mode, ...); default:
-      single-scale whole-image at the image's own size.
+    eval_cfg: test-time settings (scales, flip, mode, ...); default
+      :func:`predict_settings` (single-scale whole-image at the image's own
+      size).
     cityscapes_test_format: also write labelId PNGs under ``test_results/``
       (needs a 19-class model).
     overlay: also write the overlay images.
     alpha: overlay opacity of the colours.
     list_root: folder that list-file entries are relative to.
     dtype: network compute dtype.
-    log: optional callback receiving one line per image.
+    log: optional callback receiving one progress line per image (with the
+      ETA) and a final summary line.
+    frames: instead of ``inputs``, (input, RGB uint8 image) pairs (e.g. the
+      frames of a video); ``num_frames`` is their count for the ETA.
+    num_frames: number of ``frames`` (``None``: unknown, no ETA).
 
   Returns:
     One dict per image: ``input`` and the written ``files``.
@@ -193,19 +264,31 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
       raise ValueError('cityscapes_test_format needs a 19-class model, got '
                        f'{cfg["num_classes"]} classes')
     test_labels = np.asarray(label_maps.CITYSCAPES_TRAIN_TO_LABEL, np.uint8)
-  items = resolve_inputs(inputs, list_root)
-  if cityscapes_test_format:
-    check_unique([os.path.basename(f.rel) for f in items], items,
-                 'test_results name')
+  if frames is None:
+    items = resolve_inputs(inputs, list_root)
+    if cityscapes_test_format:
+      check_unique([os.path.basename(f.rel) for f in items], items,
+                   'test_results name')
+    frames, num_frames = read_inputs(items), len(items)
+  if eval_cfg is None:
+    eval_cfg = predict_settings()
   predictor = Predictor.from_config(cfg, variables, eval_cfg, dtype=dtype)
+  progress = Progress(num_frames or 0, 'predict')
   results = []
-  for item in items:
-    image = read_image(item.path)
+  t0 = time.monotonic()
+  for item, image in frames:
     class_map = predictor.predict(normalize(image))[0]
     encoded = image_outputs(image, class_map, item.rel, out_dir, palette=pal,
                             overlay=overlay, alpha=alpha, test_labels=test_labels)
     files.write_files_atomic(encoded)
     results.append({'input': item.path, 'files': sorted(encoded)})
     if log is not None:
-      log(f'{item.path}: {len(encoded)} files')
+      name = f'{_display(item.path)} ({image.shape[0]}x{image.shape[1]})'
+      if num_frames:
+        log(progress.line(len(results), name))
+      else:
+        log(f'predict {len(results)} {name}')
+  if log is not None:
+    log(f'predicted {len(results)} image(s) in '
+        f'{time.monotonic() - t0:.1f} s -> {out_dir}')
   return results

@@ -238,3 +238,19 @@ def test_no_examples_is_an_error(model):
   cfg, variables = model
   with pytest.raises(ValueError, match='no examples'):
     evaluate_lib.evaluate(cfg, variables, {}, None, examples=[])
+
+
+def test_bfloat16_compute_and_progress_lines(model):
+  """eval's dtype choice reaches the network (bfloat16 allowed; settings
+  record it) and progress lines carry the rate and ETA."""
+  cfg, variables = model
+  examples = make_examples()[:2]
+  lines = []
+  r32 = evaluate_lib.evaluate(cfg, variables, {}, eval_config.default_eval_config(),
+                              log=lines.append, examples=examples)
+  r16 = evaluate_lib.evaluate(cfg, variables, {}, eval_config.default_eval_config(),
+                              log=lambda _: None, examples=examples,
+                              dtype=jax.numpy.bfloat16)
+  assert r32['settings']['dtype'] == 'float32' and r16['settings']['dtype'] == 'bfloat16'
+  assert lines[0].startswith('eval 1/2 (50%) | ') and 'ETA' in lines[0]
+  assert lines[1].startswith('eval 2/2 (100%) | ') and 'done in' in lines[1]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import os
-import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
@@ -38,6 +37,7 @@ from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval.inference import Predictor, label_prediction
 from hrseg_jax.inference import normalize
 from hrseg_jax.models import registry
+from hrseg_jax.progress import Progress
 
 METRICS_FILE = 'metrics.json'
 PREDICTIONS_DIR = 'predictions'
@@ -131,8 +131,8 @@ def settings_of(eval_cfg: Mapping[str, Any], data_cfg,
 def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
              out_dir: str | None = None, dtype=jnp.float32,
              log: Callable[[str], None] = print,
-             examples: Sequence[Mapping[str, Any]] | None = None
-             ) -> dict[str, Any]:
+             examples: Sequence[Mapping[str, Any]] | None = None,
+             progress_seconds: float = 10.0) -> dict[str, Any]:
   """Evaluates a model on a dataset split; writes ``out_dir/metrics.json``.
 
   Args:
@@ -147,9 +147,12 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
       ``eval_cfg.save_predictions``, ``predictions/<id>.png`` (trainId uint8,
       every process its own examples) go; nothing is written when ``None``.
     dtype: the network's compute dtype.
-    log: receives progress lines and the IoU table (process 0).
+    log: receives progress lines (examples done, images/s, ETA: the first,
+      the last and one every ``progress_seconds``) and the IoU table
+      (process 0).
     examples: the example sequence; default
       ``pipeline.eval_examples(data_cfg, split=eval_cfg.split)``.
+    progress_seconds: interval of the progress lines.
 
   Returns:
     The content of ``metrics.json``: ``miou``, ``pixel_acc``, ``mean_acc``,
@@ -177,8 +180,9 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
   main = jax.process_index() == 0
 
   cm = np.zeros((k, k), np.int64)
-  done, skipped, t0 = 0, 0, time.time()
+  done, skipped = 0, 0
   mine = range(jax.process_index(), n, jax.process_count())
+  progress = Progress(len(mine), 'eval')
 
   def counted(stream):
     nonlocal skipped
@@ -205,8 +209,8 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
         files.write_bytes_atomic(prediction_path(out_dir, ex['id']),
                                  files.encode_png(pred.astype(np.uint8)))
     done += len(group)
-    if main and done % 100 < len(group):
-      log(f'eval: {done}/{len(mine)} examples ({time.time() - t0:.0f}s)')
+    if main and progress.due(done, progress_seconds):
+      log(progress.line(done))
 
   cm = multihost.sum_across_processes(cm)
   skipped = int(multihost.sum_across_processes(np.array([skipped]))[0])

@@ -1,0 +1,81 @@
+"""--checkpoint best|latest|PATH, the checkpoint's dataset, predict settings
+without a config, and progress lines."""
+import json
+
+import pytest
+
+from hrseg_jax import checkpoint_info, predict, progress
+
+
+def fake_step(root, step, miou=None, dataset=None):
+  """A step directory with the JSON item that select/dataset_of read."""
+  meta = {'config': {'data': {'name': dataset}}} if dataset else {}
+  if miou is not None:
+    meta['eval'] = {'miou': miou}
+  item = root / 'checkpoints' / str(step) / 'model'
+  item.mkdir(parents=True)
+  (item / 'metadata').write_text(json.dumps({'model': {}, 'meta': meta}))
+
+
+def test_best_latest_and_paths(tmp_path):
+  fake_step(tmp_path, 100, miou=0.41)
+  fake_step(tmp_path, 200, miou=0.52)
+  fake_step(tmp_path, 300)            # saved without an evaluation
+  root = str(tmp_path / 'checkpoints')
+  assert checkpoint_info.select(None, tmp_path)[:2] == (root, 200)
+  assert checkpoint_info.select('best', tmp_path)[2].startswith(
+      'best checkpoint (step 200, mIoU 52.00%)')
+  assert checkpoint_info.select('latest', tmp_path)[:2] == (root, 300)
+  assert checkpoint_info.select('some/ckpt', tmp_path) == ('some/ckpt', None,
+                                                           'checkpoint some/ckpt')
+
+
+def test_best_without_evaluations(tmp_path):
+  fake_step(tmp_path, 5)
+  fake_step(tmp_path, 10)
+  assert checkpoint_info.select(None, tmp_path)[1] == 10   # falls back to latest
+  with pytest.raises(FileNotFoundError, match='no checkpoint .* after an evaluation'):
+    checkpoint_info.select('best', tmp_path)
+  with pytest.raises(FileNotFoundError, match='checkpoint not found'):
+    checkpoint_info.select('latest', tmp_path / 'nothing')
+
+
+def test_dataset_of_and_check():
+  assert checkpoint_info.dataset_of({'dataset': 'lip'}) == 'lip'
+  assert checkpoint_info.dataset_of({'config': {'data': {'name': 'ade20k'}}}) == 'ade20k'
+  assert checkpoint_info.dataset_of({}) is None
+  assert checkpoint_info.check_dataset('cityscapes') == 'cityscapes'
+  with pytest.raises(ValueError, match="--dataset 'kitti': unknown dataset"):
+    checkpoint_info.check_dataset('kitti')
+
+
+def test_convert_infers_the_dataset_from_the_class_count():
+  from hrseg_jax.convert import infer  # pylint: disable=g-import-not-at-top
+  assert [infer.dataset_for_num_classes(k) for k in (19, 20, 59, 60, 150, 171, 7)] == [
+      'cityscapes', 'lip', 'pascal_ctx', 'pascal_ctx60', 'ade20k', 'cocostuff', None]
+
+
+def test_predict_settings_keep_the_image_size():
+  s = predict.predict_settings('cityscapes')
+  assert (s['mode'], s['base_size'], s['scales'], s['flip']) == ('whole', None, (1.0,), False)
+  assert predict.describe_settings(s) == (
+      "whole image at each image's own size, scales 1, no flip")
+  s = predict.predict_settings('cityscapes', sliding=True, scales=(0.5, 1.5), flip=True)
+  assert (s['crop_size'], s['sliding_rule'], s['base_size']) == ((1024, 2048), 'cityscapes', None)
+  assert predict.predict_settings('lip', flip=True)['flip_pairs'] == ((14, 15), (16, 17), (18, 19))
+  assert predict.predict_settings(None, sliding=True, crop_size=(32, 64))['sliding_rule'] == 'base'
+  with pytest.raises(ValueError, match='--crop_size'):
+    predict.predict_settings(None, sliding=True)
+
+
+def test_progress_lines():
+  now = [0.0]
+  p = progress.Progress(10, 'eval', clock=lambda: now[0])
+  now[0] = 5.0
+  assert p.line(1) == 'eval 1/10 (10%) | 0.20 img/s | ETA 45s'
+  now[0] = 7.0   # the first item (compilation) is left out of the rate
+  assert p.line(3) == 'eval 3/10 (30%) | 1.00 img/s | ETA 7s'
+  now[0] = 14.0
+  assert p.line(10, 'x.png') == 'eval 10/10 (100%) x.png | 1.00 img/s | done in 14s'
+  assert progress.format_duration(3 * 3600 + 7 * 60) == '3h07m'
+  assert progress.format_duration(185) == '3m05s'
