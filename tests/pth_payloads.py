@@ -164,7 +164,7 @@ def aliased_records(d: pathlib.Path) -> pathlib.Path:
   names = [f'data/{k}' for k in range(32)]
   pkl = state_dict({f'w{k}': tensor(str(k), 2**22, [2**22], [1])
                     for k in range(32)})
-  return aliased_zip(d / 'aliased.pth', pkl, bytes(2**24), names)
+  return aliased_zip(d / "aliased.pth", pkl, bytes(2**22), names)
 
 
 def repeated_views(d: pathlib.Path) -> pathlib.Path:

@@ -351,7 +351,32 @@ class Machine:
         budget.charge(0)
       stack = self._stack
       push = stack.append
-      if op == 0x80:  # PROTO
+      # Memo operations first: about a third of the opcodes of a checkpoint.
+      if op in (0x71, 0x72, 0x94, 0x70):  # PUT, BINPUT, LONG_BINPUT, MEMOIZE
+        if op == 0x70:
+          try:
+            index = int(self._readline())
+          except ValueError:
+            raise FormatError('bad PUT index in pickle') from None
+        else:
+          index = (read(1)[0] if op == 0x71 else self._unpack('<I')
+                   if op == 0x72 else len(memo))
+        if index < 0:
+          raise FormatError('negative memo index in pickle')
+        memo[index] = self._top()
+        budget.charge(64)
+      elif op in (0x68, 0x6A, 0x67):  # GET, BINGET, LONG_BINGET
+        if op == 0x67:
+          try:
+            index = int(self._readline())
+          except ValueError:
+            raise FormatError('bad GET index in pickle') from None
+        else:
+          index = read(1)[0] if op == 0x68 else self._unpack('<I')
+        if index not in memo:
+          raise FormatError(f'memo entry {index} missing in pickle')
+        push(memo[index])
+      elif op == 0x80:  # PROTO
         if read(1)[0] > 5:
           raise FormatError('unsupported pickle protocol')
       elif op == 0x95:  # FRAME
@@ -495,30 +520,6 @@ class Machine:
       elif op == 0x75:  # SETITEMS
         items = self._pop_mark()
         self._setitems(self._top(), items)
-      elif op in (0x70, 0x71, 0x72, 0x94):  # PUT, BINPUT, LONG_BINPUT, MEMOIZE
-        if op == 0x70:
-          try:
-            index = int(self._readline())
-          except ValueError:
-            raise FormatError('bad PUT index in pickle') from None
-        else:
-          index = (read(1)[0] if op == 0x71 else self._unpack('<I')
-                   if op == 0x72 else len(memo))
-        if index < 0:
-          raise FormatError('negative memo index in pickle')
-        memo[index] = self._top()
-        budget.charge(64)
-      elif op in (0x67, 0x68, 0x6A):  # GET, BINGET, LONG_BINGET
-        if op == 0x67:
-          try:
-            index = int(self._readline())
-          except ValueError:
-            raise FormatError('bad GET index in pickle') from None
-        else:
-          index = read(1)[0] if op == 0x68 else self._unpack('<I')
-        if index not in memo:
-          raise FormatError(f'memo entry {index} missing in pickle')
-        push(memo[index])
       elif op == 0x63:  # GLOBAL
         module = self._readline().decode('utf-8', 'replace')
         name = self._readline().decode('utf-8', 'replace')
