@@ -10,21 +10,28 @@ steps hold at least two items:
 so :func:`load_model` rebuilds the network without any other file.  Training
 checkpoints add ``train_state`` and ``data`` items (see
 :mod:`hrseg_jax.train.checkpointing`).
+
+Each step also holds an integrity manifest (:mod:`hrseg_jax.manifest`: file
+sizes and SHA-256 digests, written last and atomically), which
+:func:`load_model` verifies before reading anything: a damaged checkpoint is
+reported in one line naming the damaged file.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import uuid
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from hrseg_jax import paths
+from hrseg_jax import manifest, paths
+from hrseg_jax.overwrite import check_replaceable, is_checkpoint_dir  # pylint: disable=unused-import
 
 VARIABLES = 'variables'
 MODEL = 'model'
@@ -62,28 +69,43 @@ def _numpy_tree(tree):
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  lines = str(error).strip().splitlines()
+  text = lines[0].strip() if lines else type(error).__name__
+  return text if len(text) <= limit else text[:limit] + ' ...'
+
+
+def _check_json(tree: Mapping, what: str) -> None:
+  try:
+    json.dumps(tree, allow_nan=False)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'{what} cannot be written as JSON: {_first_line(e)}') from None
+
+
 def save_model(directory, variables: Mapping, model_cfg: Mapping,
                meta: Mapping[str, Any] | None = None, *, step: int = 0,
-               overwrite: bool = False) -> epath.Path:
+               overwrite: bool = False, keep: Iterable = ()) -> epath.Path:
   """Writes ``variables`` and ``model_cfg`` atomically to ``directory``.
 
-  The checkpoint is written to a hidden sibling directory and renamed into
-  place only when complete, so a failure leaves nothing at ``directory``.
+  The checkpoint (with its integrity manifest, written last) is written to a
+  hidden sibling directory and renamed into place only when complete, so a
+  failure leaves nothing at ``directory`` and no hidden directory either.
+  An existing ``directory`` is replaced only as :func:`check_replaceable`
+  allows (``keep``: input files that must survive).
   """
   _quiet_orbax()
   directory = epath.Path(paths.resolve(os.fspath(directory)))
-  if directory.exists():
-    if not directory.is_dir():
-      raise FileExistsError(f'output path exists and is not a directory: {directory}')
-    if any(directory.iterdir()) and not overwrite:
-      raise FileExistsError(f'output directory is not empty: {directory} '
-                            '(pass --overwrite to replace it)')
+  check_replaceable(directory, overwrite=overwrite, keep=keep)
+  _check_json({'model': dict(model_cfg), 'meta': dict(meta or {})},
+              f'the model config or metadata of {directory}')
   parent = directory.parent
   if not parent.exists():
     parent.mkdir(parents=True, exist_ok=True)
   if not parent.is_dir():
     raise NotADirectoryError(f'cannot create {directory}: {parent} is not a directory')
-  tmp = parent / f'.{directory.name}.tmp-{uuid.uuid4().hex[:8]}'
+  tag = uuid.uuid4().hex[:8]
+  tmp = parent / f'.{directory.name}.tmp-{tag}'
+  old = parent / f'.{directory.name}.old-{tag}'
   try:
     options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
     with ocp.CheckpointManager(tmp, options=options) as mngr:
@@ -92,44 +114,111 @@ def save_model(directory, variables: Mapping, model_cfg: Mapping,
           MODEL: ocp.args.JsonSave({'model': dict(model_cfg), 'meta': dict(meta or {})}),
       }))
       mngr.wait_until_finished()
+    if not str(tmp).startswith(('gs://', 's3://')):
+      manifest.write(os.fspath(tmp / str(step)), step)
     if directory.exists():
-      shutil.rmtree(os.fspath(directory))
+      directory.rename(old)
     tmp.rename(directory)
   except BaseException:
     if tmp.exists():
       shutil.rmtree(os.fspath(tmp), ignore_errors=True)
+    if old.exists() and not directory.exists():
+      old.rename(directory)
     raise
+  if old.exists():
+    shutil.rmtree(os.fspath(old), ignore_errors=True)
   return directory
+
+
+def _verify(step_dir: epath.Path, only: str | None = None) -> bool:
+  """manifest.verify for local checkpoints (False where there is none)."""
+  if str(step_dir).startswith(('gs://', 's3://')):
+    return False
+  return manifest.verify(os.fspath(step_dir), only=only)
 
 
 def load_model_config(path) -> tuple[dict, dict]:
   """Reads only the JSON item: (model config, meta)."""
   _quiet_orbax()
   root, step = find_checkpoint(path)
-  with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(
-      read_only=True)) as mngr:
-    item = mngr.restore(step, args=ocp.args.Composite(**{MODEL: ocp.args.JsonRestore()}))
+  _verify(root / str(step), only=MODEL)
+  try:
+    with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(
+        read_only=True)) as mngr:
+      item = mngr.restore(step, args=ocp.args.Composite(**{MODEL: ocp.args.JsonRestore()}))
+  except Exception as e:  # pylint: disable=broad-except
+    raise manifest.CorruptCheckpointError(
+        f'cannot read the model config of checkpoint {root / str(step)}: '
+        f'{_first_line(e)}') from None
   return item[MODEL]['model'], item[MODEL].get('meta', {})
 
 
+def _check_against_config(where, model_cfg: Mapping, variables: Mapping) -> None:
+  """Weights of another shape than the model config (unverified checkpoints)."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
+  try:
+    want = traverse_util.flatten_dict(dict(registry.abstract_variables(dict(model_cfg))))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'{where}: its model config cannot be built: '
+                     f'{_first_line(e)}') from None
+  got = traverse_util.flatten_dict(dict(variables))
+  for key in sorted(set(want) | set(got)):
+    name = '/'.join(map(str, key))
+    if key not in got or key not in want:
+      side = 'the weights lack' if key not in got else 'the model config lacks'
+      raise ValueError(f'{where}: its model config does not match its '
+                       f'weights ({side} {name})')
+    if tuple(want[key].shape) != tuple(got[key].shape):
+      raise ValueError(f'{where}: its model config does not match its weights '
+                       f'({name} has shape {tuple(got[key].shape)}, the model '
+                       f'needs {tuple(want[key].shape)})')
+  for key, value in got.items():
+    value = np.asarray(value)
+    if value.dtype.kind == 'f' and not np.isfinite(value).all():
+      raise ValueError(f'{where}: {"/".join(map(str, key))} holds non-finite '
+                       'values (damaged checkpoint?)')
+
+
 def load_model(path, *, step: int | None = None):
-  """Returns (model config, variables as NumPy, meta) from a checkpoint."""
+  """Returns (model config, variables as NumPy, meta) from a checkpoint.
+
+  The step's integrity manifest is verified first (sizes always, SHA-256
+  digests unless ``HRSEG_VERIFY_CHECKSUMS=0``). A checkpoint without one
+  (older versions) is checked after reading instead: its weights must have
+  the shapes its model config needs and be finite.
+
+  Raises:
+    FileNotFoundError: no checkpoint (or no such step) at ``path``.
+    ValueError: the checkpoint is damaged or inconsistent (one line naming
+      the step directory and the file or variable).
+  """
   _quiet_orbax()
   root, latest = find_checkpoint(path)
   step = latest if step is None else step
-  # Restore onto this host's first device whatever topology saved it (a
-  # checkpoint written by 8 devices loads for eval on 1).
-  meta = ocp.StandardCheckpointer().metadata(root / str(step) / VARIABLES)
-  meta = getattr(meta, 'item_metadata', meta)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta,
-      is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
-  with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(
-      read_only=True)) as mngr:
-    item = mngr.restore(step, args=ocp.args.Composite(**{
-        VARIABLES: ocp.args.StandardRestore(target),
-        MODEL: ocp.args.JsonRestore(),
-    }))
-  return (item[MODEL]['model'], _numpy_tree(item[VARIABLES]),
-          item[MODEL].get('meta', {}))
+  step_dir = root / str(step)
+  if not (step_dir / MODEL).is_dir():
+    raise FileNotFoundError(f'{root}: no checkpoint step {step}')
+  verified = _verify(step_dir)
+  try:
+    # Restore onto this host's first device whatever topology saved it (a
+    # checkpoint written by 8 devices loads for eval on 1).
+    meta = ocp.StandardCheckpointer().metadata(step_dir / VARIABLES)
+    meta = getattr(meta, 'item_metadata', meta)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta,
+        is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
+    with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(
+        read_only=True)) as mngr:
+      item = mngr.restore(step, args=ocp.args.Composite(**{
+          VARIABLES: ocp.args.StandardRestore(target),
+          MODEL: ocp.args.JsonRestore(),
+      }))
+  except Exception as e:  # pylint: disable=broad-except
+    raise manifest.CorruptCheckpointError(
+        f'cannot read checkpoint {step_dir}: {_first_line(e)}') from None
+  model_cfg, variables = item[MODEL]['model'], _numpy_tree(item[VARIABLES])
+  if not verified:
+    _check_against_config(step_dir, model_cfg, variables)
+  return model_cfg, variables, item[MODEL].get('meta', {})

@@ -20,17 +20,25 @@ def main(argv=None) -> int:
   p.add_argument('--prefix', default=None, help="key prefix ('' for a bare state "
                  "dict; default: the source layout, else 'model.')")
   p.add_argument('--step', type=int, default=None)
+  p.add_argument('--overwrite', action='store_true',
+                 help='replace OUTPUT if it exists (a file, never a directory)')
   args = p.parse_args(argv)
   try:
-    from hrseg_jax import checkpoints, paths  # pylint: disable=g-import-not-at-top
+    from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
+    output = paths.resolve(args.output)
+    if os.path.isdir(output):
+      raise IsADirectoryError(f'output is a directory: {args.output}')
+    if os.path.lexists(output) and not args.overwrite:
+      raise FileExistsError(f'output file exists: {args.output} (pass --overwrite '
+                            'to replace it)')
+    from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
     from hrseg_jax.convert import convert, pth  # pylint: disable=g-import-not-at-top
     _, variables, meta = checkpoints.load_model(paths.resolve(args.checkpoint),
                                                 step=args.step)
     obj = convert.to_state_dict(variables, meta, prefix=args.prefix)
-    output = paths.resolve(args.output)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     pth.save_pth(obj, output)
-  except (OSError, ValueError, KeyError) as e:
+  except (OSError, ValueError, KeyError, TypeError) as e:
     print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
     return 2
   n = len(obj.get('state_dict', obj))

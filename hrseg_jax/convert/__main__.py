@@ -33,22 +33,30 @@ def main(argv=None) -> int:
                  "predict's palette and class names (default: inferred from the "
                  'class count: 19 cityscapes, 20 lip, 59 pascal_ctx, 60 '
                  'pascal_ctx60, 150 ade20k, 171 cocostuff)')
-  p.add_argument('--overwrite', action='store_true')
+  p.add_argument('--overwrite', action='store_true',
+                 help='replace OUTPUT_DIR if it is a checkpoint written by hrseg_jax '
+                 '(never a folder holding CHECKPOINT or other files)')
   p.add_argument('--seed', type=int, default=0, help='seed of a fresh head')
   args = p.parse_args(argv)
   try:
+    if args.num_classes is not None and args.num_classes < 1:
+      raise ValueError(f'--num-classes must be a positive integer, got {args.num_classes}')
+    # The .pth file is read (and refused, if it must be) before JAX is imported.
+    from hrseg_jax import overwrite, paths  # pylint: disable=g-import-not-at-top
+    from hrseg_jax.convert import source  # pylint: disable=g-import-not-at-top
+    src, dst = paths.resolve(args.checkpoint), paths.resolve(args.output_dir)
+    overwrite.check_replaceable(dst, overwrite=args.overwrite, keep=[src])
+    loaded = source.load_state(src)
     from hrseg_jax.convert import convert  # pylint: disable=g-import-not-at-top
     model_cfg = None
     if args.config:
       from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
       model_cfg = load_config_file(args.config).model.to_dict()
-    from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
-    convert.convert(paths.resolve(args.checkpoint), paths.resolve(args.output_dir),
-                    model_cfg=model_cfg,
+    convert.convert(src, dst, model_cfg=model_cfg,
                     num_classes=args.num_classes, align_corners=args.align_corners,
                     inplace_abn=args.inplace_abn, backbone_only=args.backbone_only,
                     overwrite=args.overwrite, seed=args.seed,
-                    dataset=args.dataset)
+                    dataset=args.dataset, loaded=loaded)
   except (OSError, ValueError, KeyError) as e:
     msg = str(e).replace('\n', ' ')
     print(f'error: {msg}', file=sys.stderr)

@@ -10,7 +10,8 @@ import numpy as np
 from flax import traverse_util
 
 from hrseg_jax import checkpoints, paths
-from hrseg_jax.convert import infer, mapping, pth
+from hrseg_jax.convert import infer, mapping
+from hrseg_jax.convert.source import load_state  # pylint: disable=unused-import
 from hrseg_jax.models import registry
 
 # First-level Flax module names that an ImageNet/mmpose backbone file lacks.
@@ -51,69 +52,63 @@ def init_leaves(model_cfg: Mapping[str, Any], paths, seed: int = 0) -> dict:
   return jax.device_get(jax.jit(init)(jax.random.PRNGKey(seed)))
 
 
-def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
-  """Reads a checkpoint file; returns (state without wrappers, layout meta)."""
-  obj = pth.load_pth(path)
-  state = pth.state_dict_from_checkpoint(obj)
-  bad = [k for k, v in state.items() if not isinstance(v, np.ndarray)]
-  if bad:
-    raise mapping.ConversionError(
-        f'{path}: entries that are not tensors: {mapping._fmt(bad)}')  # pylint: disable=protected-access
-  wrapper = None
-  if isinstance(obj, Mapping):
-    for w in ('state_dict', 'model'):
-      if w in obj and isinstance(obj[w], Mapping):
-        wrapper = w
-        break
-  state, prefix = mapping.strip_prefixes(state)
-  for p in ('backbone.',):  # mmpose: keep the backbone, skip the pose head
-    if any(k.startswith(p) for k in state):
-      state = {k[len(p):] if k.startswith(p) else k: v for k, v in state.items()}
-      prefix += p
-  layout = {
-      'wrapper': wrapper, 'prefix': prefix,
-      'num_batches_tracked': {k: int(np.asarray(v).reshape(()))
-                              for k, v in state.items()
-                              if k.endswith('num_batches_tracked')},
-      'extras': {k: np.asarray(v).tolist() for k, v in state.items()
-                 if k.startswith(mapping.NON_MODEL_PREFIXES)},
-  }
-  return state, layout
-
-
 def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
                       num_classes: int | None = None,
                       align_corners: bool | None = None,
                       inplace_abn: bool = False,
                       backbone_only: bool | None = None, seed: int = 0,
-                      dataset: str | None = None
+                      dataset: str | None = None,
+                      loaded: tuple[dict, dict] | None = None
                       ) -> tuple[dict, dict, dict, dict]:
   """Reads and converts ``src`` (.pth) in memory; writes nothing.
 
+  Args:
+    loaded: what :func:`load_state` returned for ``src``, if the caller has
+      read it already.
+
   Returns:
     (resolved model config, variables as NumPy, meta, mapping report).
+
+  Raises:
+    ValueError: one line naming ``src`` (and the key at fault).
   """
-  state, layout = load_state(src)
-  if backbone_only is None:
-    backbone_only = not infer.has_head(state)
-  if model_cfg is None:
-    cfg = infer.infer_model_config(state, num_classes)
-  else:
-    cfg = dict(model_cfg)
-    if num_classes is not None:
-      cfg['num_classes'] = num_classes
-  if align_corners is not None:
-    cfg['align_corners'] = bool(align_corners)
-  cfg = registry.resolve(cfg)
-  abstract = registry.abstract_variables(cfg)
-  skip = {k: v for k, v in state.items() if k.startswith(NON_SEG_PREFIXES)}
-  if backbone_only:
-    state = {k: v for k, v in state.items() if k not in skip}
-  state = rename_keys(state, {v: k for k, v in TORCH_NAMES.items()})
-  filled, report = mapping.torch_to_variables(
-      state, abstract, inplace_abn=inplace_abn,
-      allow_missing=HEAD_MODULES if backbone_only else (),
-      allow_unexpected=False)
+  if num_classes is not None and (isinstance(num_classes, bool) or
+                                  not isinstance(num_classes, int) or num_classes < 1):
+    raise ValueError(f'--num-classes must be a positive integer, got {num_classes!r}')
+  state, layout = load_state(src) if loaded is None else loaded
+  try:
+    if backbone_only is None:
+      backbone_only = not infer.has_head(state)
+    if model_cfg is None:
+      cfg = infer.infer_model_config(state, num_classes)
+    else:
+      cfg = dict(model_cfg)
+      if num_classes is not None:
+        cfg['num_classes'] = num_classes
+    if align_corners is not None:
+      cfg['align_corners'] = bool(align_corners)
+    try:
+      cfg = registry.resolve(cfg)
+      abstract = registry.abstract_variables(cfg)
+    except (ValueError, KeyError):
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # Flax/JAX errors of an impossible configuration: one line, no traceback.
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      raise ValueError(f'cannot build the model {cfg.get("arch")} '
+                       f'{cfg.get("variant", "")}: {first}') from None
+    skip = {k: v for k, v in state.items() if k.startswith(NON_SEG_PREFIXES)}
+    if backbone_only:
+      state = {k: v for k, v in state.items() if k not in skip}
+    state = rename_keys(state, {v: k for k, v in TORCH_NAMES.items()})
+    filled, report = mapping.torch_to_variables(
+        state, abstract, inplace_abn=inplace_abn,
+        allow_missing=HEAD_MODULES if backbone_only else (),
+        allow_unexpected=False)
+  except ValueError as e:  # Name the file, as every error of the command line does.
+    if str(e).startswith(os.fspath(src)):
+      raise
+    raise type(e)(f'{os.fspath(src)}: {e}') from None
   if backbone_only:
     report['skipped'] = sorted(skip)
   missing = [k for k, v in filled.items() if v is None]
@@ -140,25 +135,25 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
             num_classes: int | None = None, align_corners: bool | None = None,
             inplace_abn: bool = False, backbone_only: bool | None = None,
             overwrite: bool = False, seed: int = 0, dataset: str | None = None,
-            log=print) -> dict:
+            log=print, loaded: tuple[dict, dict] | None = None) -> dict:
   """Converts ``src`` (.pth) to an Orbax checkpoint in ``dst``; returns meta.
 
   The checkpoint's ``meta['dataset']`` (palette and class names for
   prediction) is ``dataset``, else inferred from the class count of a
   trained head (:func:`~hrseg_jax.convert.infer.dataset_for_num_classes`).
   Validation happens before anything is written; on any error ``dst`` is not
-  created.
+  created (or, with ``overwrite``, left as it was). ``overwrite`` replaces
+  only a checkpoint written by this package, never a folder holding ``src``
+  (see :func:`checkpoints.check_replaceable`). ``loaded``: what
+  :func:`load_state` returned for ``src``, if the caller has read it already.
   """
   src, dst = paths.resolve(os.fspath(src)), paths.resolve(os.fspath(dst))
-  dst_path = dst
-  if os.path.exists(dst_path) and os.listdir(dst_path) and not overwrite:
-    raise FileExistsError(f'output directory is not empty: {dst_path} '
-                          '(pass --overwrite to replace it)')
+  checkpoints.check_replaceable(dst, overwrite=overwrite, keep=[src])
   cfg, variables, meta, report = convert_variables(
       src, model_cfg=model_cfg, num_classes=num_classes,
       align_corners=align_corners, inplace_abn=inplace_abn,
-      backbone_only=backbone_only, seed=seed, dataset=dataset)
-  checkpoints.save_model(dst, variables, cfg, meta, overwrite=overwrite)
+      backbone_only=backbone_only, seed=seed, dataset=dataset, loaded=loaded)
+  checkpoints.save_model(dst, variables, cfg, meta, overwrite=overwrite, keep=[src])
   n = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables['params']))
   log(f'converted {src} -> {dst}: {cfg["arch"]} {cfg.get("variant", "")} '
       f'{cfg["num_classes"]} classes, {n:,} parameters'

@@ -11,7 +11,6 @@ import re
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from flax import traverse_util
 
 LEAF_NAMES = {
     'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight',
@@ -109,6 +108,7 @@ def torch_to_variables(state: Mapping[str, np.ndarray], abstract: Mapping,
   Raises:
     ConversionError listing missing/unexpected keys and shape mismatches.
   """
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
   flat = traverse_util.flatten_dict(dict(abstract))
   out, missing, bad_shape, used = {}, [], [], set()
   for path, spec in flat.items():
@@ -146,6 +146,7 @@ def torch_to_variables(state: Mapping[str, np.ndarray], abstract: Mapping,
 
 def variables_to_torch(variables: Mapping) -> dict[str, np.ndarray]:
   """Flax variables -> ordered torch state dict (no num_batches_tracked)."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
   flat = traverse_util.flatten_dict(dict(variables))
   out = {}
   for path, value in flat.items():

@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from hrseg_jax import checkpoints as model_ckpt
+from hrseg_jax import manifest
 from hrseg_jax import paths
 from hrseg_jax.train.state import TrainState
 
@@ -96,6 +97,7 @@ class Checkpointer:
     # it, so that no thread outlives an error that stops this run early.
     getattr(self.manager, '_maybe_await_cleanup_tmp_directory', lambda: None)()
     self._in_flight = None
+    self._async = async_save
     self._purge_deleted()
 
   def latest_step(self) -> int | None:
@@ -132,6 +134,8 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_failed(step, e) from e
     self._in_flight = step if saved else None
+    if not self._async:
+      self.wait()  # Writes the manifest.
     return saved
 
   def check_model(self, model_cfg: dict, step: int | None = None, *,
@@ -149,6 +153,7 @@ class Checkpointer:
     """
     step = self.manager.latest_step() if step is None else step
     where = self.directory / str(step)
+    self._verify(step, only=model_ckpt.MODEL)
     try:
       item = self.manager.restore(step, args=ocp.args.Composite(
           **{model_ckpt.MODEL: ocp.args.JsonRestore()}))[model_ckpt.MODEL]
@@ -179,15 +184,19 @@ class Checkpointer:
             TRAIN: ocp.args.StandardRestore(train)}
     if data_iter is not None:
       args[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
+    self._verify(step)
     try:
       r = self.manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # pylint: disable=broad-except
-      earlier = [s for s in self.complete_steps() if s < step]
-      hint = (f' (move it away to resume from step {earlier[-1]})' if earlier else '')
       raise CheckpointRestoreError(
           f'cannot restore checkpoint {self.directory / str(step)}: '
-          f'{_first_line(e)}{hint}') from e
+          f'{_first_line(e)}{self._earlier_hint(step)}') from e
     v, t = r[model_ckpt.VARIABLES], r[TRAIN]
+    bad = _first_non_finite({'variables': v, 'opt_state': t['opt_state']})
+    if bad:
+      raise CheckpointRestoreError(
+          f'checkpoint {self.directory / str(step)} (step {step}) holds non-finite '
+          f'values in {bad}; it is damaged{self._earlier_hint(step)}')
     return TrainState(step=t['step'], params=v['params'],
                       model_state={k: x for k, x in v.items() if k != 'params'},
                       opt_state=t['opt_state'], rng=t['rng'], skipped=t['skipped'])
@@ -203,7 +212,36 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       step, self._in_flight = self._in_flight, None
       raise self._save_failed(step, e) from e
-    self._in_flight = None
+    step, self._in_flight = self._in_flight, None
+    self._write_manifest(step)
+
+  def _write_manifest(self, step: int | None):
+    """The integrity manifest of a committed step (process 0, local disks)."""
+    where = self.directory / str(step)
+    if (step is None or jax.process_index() != 0 or paths.is_url(str(where))
+        or not where.is_dir() or manifest.exists(where)):
+      return
+    try:
+      manifest.write(os.fspath(where), step)
+    except OSError as e:
+      logging.error('cannot write the manifest of checkpoint %s: %s', where,
+                    _first_line(e))
+
+  def _verify(self, step: int, only: str | None = None):
+    """Checks a step against its manifest; CheckpointRestoreError if damaged."""
+    where = self.directory / str(step)
+    if paths.is_url(str(where)) or not where.is_dir():
+      return
+    try:
+      manifest.verify(os.fspath(where), only=only)
+    except manifest.CorruptCheckpointError as e:
+      detail = str(e).split(' is corrupt: ', 1)[-1]
+      raise CheckpointRestoreError(f'cannot restore checkpoint {where}: {detail}'
+                                   f'{self._earlier_hint(step)}') from None
+
+  def _earlier_hint(self, step: int) -> str:
+    earlier = [s for s in self.complete_steps() if s < step]
+    return (f' (move it away to resume from step {earlier[-1]})' if earlier else '')
 
   def close(self):
     self.wait()
@@ -239,6 +277,19 @@ class Checkpointer:
         shutil.rmtree(os.fspath(p))
       except OSError as e:
         logging.warning('cannot remove deleted checkpoint %s: %s', p, e)
+
+
+def _first_non_finite(tree: Any) -> str | None:
+  """The path of the first floating leaf with a NaN/inf in this process's shards."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    shards = getattr(leaf, 'addressable_shards', None)
+    parts = [s.data for s in shards] if shards is not None else [leaf]
+    for part in parts:
+      value = np.asarray(part)
+      if value.dtype.kind == 'f' and not np.isfinite(value).all():
+        return jax.tree_util.keystr(path)
+  return None
 
 
 def abstract_with_shardings(tree: Any, shardings: Any):

@@ -1,0 +1,76 @@
+"""Reading a PyTorch checkpoint for conversion, without importing JAX.
+
+:func:`load_state` loads a ``.pth`` file (see :mod:`hrseg_jax.convert.pth`
+for what is guaranteed about hostile files), applies the dtype policy of
+model weights and validates what will be kept as metadata, so that every
+problem of the file is reported, in one line, before anything is written.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from hrseg_jax.convert import mapping, pth
+
+# Entries kept as metadata (``loss.*``: class weights) are small float lists.
+MAX_EXTRA_ELEMENTS = 65536
+
+
+def _extras(state: Mapping[str, np.ndarray], path: str) -> dict[str, Any]:
+  """``loss.*`` entries as JSON-ready nested lists of finite floats."""
+  out = {}
+  for key, value in state.items():
+    if not key.startswith(mapping.NON_MODEL_PREFIXES):
+      continue
+    if value.size > MAX_EXTRA_ELEMENTS:
+      raise ValueError(f'{path}: {key} has {value.size:,} elements; entries '
+                       f'that are not model weights may hold at most '
+                       f'{MAX_EXTRA_ELEMENTS:,}')
+    as_float = np.asarray(value, np.float64)
+    if not np.isfinite(as_float).all():
+      raise ValueError(f'{path}: {key} holds non-finite values')
+    out[key] = as_float.tolist()
+  return out
+
+
+def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
+  """Reads a checkpoint file; returns (state without wrappers, layout meta).
+
+  Raises:
+    ValueError: one line naming the file (and the key, where one is at
+      fault): the file is unreadable, not a state dict, or holds tensors a
+      model cannot take (see :func:`pth.check_state_dict_dtypes`).
+  """
+  path = os.fspath(path)
+  obj = pth.load_pth(path)
+  try:
+    state = pth.state_dict_from_checkpoint(obj)
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}') from None
+  pth.check_state_dict_dtypes(state, path)
+  wrapper = None
+  if isinstance(obj, Mapping):
+    for w in ('state_dict', 'model'):
+      if w in obj and isinstance(obj[w], Mapping):
+        wrapper = w
+        break
+  state, prefix = mapping.strip_prefixes(state)
+  for p in ('backbone.',):  # mmpose: keep the backbone, skip the pose head
+    if any(k.startswith(p) for k in state):
+      state = {k[len(p):] if k.startswith(p) else k: v for k, v in state.items()}
+      prefix += p
+  tracked = {}
+  for k, v in state.items():
+    if k.endswith('num_batches_tracked'):
+      n = int(np.asarray(v).reshape(()))
+      if not 0 <= n < 2**63:
+        raise ValueError(f'{path}: {k} is {n}, not a step count')
+      tracked[k] = n
+  layout = {
+      'wrapper': wrapper, 'prefix': prefix,
+      'num_batches_tracked': tracked,
+      'extras': _extras(state, path),
+  }
+  return state, layout
