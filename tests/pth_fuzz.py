@@ -116,6 +116,15 @@ def mutants(seed: int, count: int):
     yield base, kind, what, data
 
 
+def peak_rss_mb() -> int:
+  """This process's peak RSS (VmHWM; ru_maxrss would include the parent's)."""
+  with open('/proc/self/status', encoding='ascii') as f:
+    for line in f:
+      if line.startswith('VmHWM:'):
+        return int(line.split()[1]) // 1024
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
 def run(seed: int, count: int, out: pathlib.Path) -> dict:
   from hrseg_jax.convert import pth  # pylint: disable=g-import-not-at-top
   outcomes = collections.Counter()
@@ -136,7 +145,7 @@ def run(seed: int, count: int, out: pathlib.Path) -> dict:
     except BaseException as e:  # pylint: disable=broad-except
       failures.append(f'{path.name} ({what}): {type(e).__name__}: {e}'[:300])
     path.unlink()
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+  peak = peak_rss_mb()
   return {'seed': seed, 'count': count, 'outcomes': dict(outcomes),
           'failures': failures, 'peak_rss_mb': peak, 'samples': samples}
 

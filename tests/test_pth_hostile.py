@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import pathlib
 import pickle
 import subprocess
@@ -40,14 +41,15 @@ def test_hostile_payload_is_refused_in_one_line(name, tmp_path, monkeypatch):
 
 
 def test_refused_files_stay_far_below_600_mb(tmp_path):
-  # Full default budget, in a fresh interpreter; ru_maxrss is its peak RSS.
+  # Full default budget, in a fresh interpreter; VmHWM is its peak RSS.
   names = ['storage_type_build', 'subarray_dtype', 'stride_zero',
            'legacy_stride_zero', 'deflated_record', 'bytearray_size',
            'aliased_records', 'repeated_views', 'huge_numpy_array',
            'deep_tuple_200k', 'object_array']
   paths = [str(P.REFUSED[n][0](tmp_path)) for n in names]
   script = (
-      'import resource, sys\n'
+      'import sys\n'
+      'import pth_fuzz\n'
       'from hrseg_jax.convert import pth\n'
       'for p in sys.argv[1:]:\n'
       '  try:\n'
@@ -55,8 +57,9 @@ def test_refused_files_stay_far_below_600_mb(tmp_path):
       '    print("LOADED", p)\n'
       '  except pth.PthError as e:\n'
       '    print("refused", p)\n'
-      'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n')
-  out = subprocess.run([sys.executable, '-c', script, *paths], cwd=REPO,
+      'print(pth_fuzz.peak_rss_mb())\n')
+  out = subprocess.run([sys.executable, '-c', script, *paths], cwd=REPO / 'tests',
+                       env={**os.environ, 'PYTHONPATH': str(REPO)},
                        capture_output=True, text=True, timeout=120, check=True)
   lines = out.stdout.split('\n')
   assert sum(l.startswith('refused') for l in lines) == len(paths), out.stdout
