@@ -1,7 +1,7 @@
 """Demo: a small HRNet trained and evaluated on the built-in synthetic
 street scenes, sized for a 2-core CPU (a few minutes). No dataset needed.
 
-  python -m hrseg_jax.main --config configs/demo.py --workdir /tmp/hrseg_demo
+  python -m hrseg_jax.main --config configs/demo.py --workdir runs/demo
 """
 from hrseg_jax import recipes
 

@@ -89,6 +89,9 @@ class Checkpointer:
                                keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=pp.AnyPreservationPolicy(policies),
+        # Writes each save's metrics to disk, so a resumed run still knows
+        # (and keeps) the best step.
+        best_fn=(lambda m: m['miou']) if keep_best else None, best_mode='max',
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True,
         todelete_subdir=TRASH)
