@@ -79,3 +79,24 @@ def test_progress_lines():
   assert p.line(10, 'x.png') == 'eval 10/10 (100%) x.png | 1.00 img/s | done in 14s'
   assert progress.format_duration(3 * 3600 + 7 * 60) == '3h07m'
   assert progress.format_duration(185) == '3m05s'
+
+
+def test_convert_records_the_dataset(tmp_path):
+  """19 classes -> cityscapes; --dataset overrides; an unknown name is an
+  error before anything is written."""
+  from hrseg_jax import Segmenter, checkpoints  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.convert import convert, mapping, pth  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
+  from test_eval_inference import TINY_HRNET, tiny_hrnet_variables  # pylint: disable=g-import-not-at-top
+  cfg = registry.resolve(dict(TINY_HRNET, num_classes=19))
+  pth.save_pth(mapping.variables_to_torch(tiny_hrnet_variables(cfg)), tmp_path / 'm.pth')
+  quiet = lambda *_: None  # pylint: disable=unnecessary-lambda-assignment
+  assert convert.convert(tmp_path / 'm.pth', tmp_path / 'a', log=quiet)['dataset'] == 'cityscapes'
+  convert.convert(tmp_path / 'm.pth', tmp_path / 'b', dataset='synthetic', log=quiet)
+  assert checkpoints.load_model_config(tmp_path / 'b')[1]['dataset'] == 'synthetic'
+  with pytest.raises(ValueError, match="--dataset 'kitti'"):
+    convert.convert(tmp_path / 'm.pth', tmp_path / 'c', dataset='kitti', log=quiet)
+  assert not (tmp_path / 'c').exists()
+  seg = Segmenter.from_checkpoint(tmp_path / 'a', dataset='lip')
+  assert seg.dataset == 'lip' and len(seg.class_names) == 19
+  assert seg.class_names[0] == 'class_0'   # LIP has 20 classes, not 19

@@ -72,6 +72,8 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
   Raises:
     ValueError: one line naming ``src`` (and the key at fault).
   """
+  from hrseg_jax import checkpoint_info  # pylint: disable=g-import-not-at-top
+  checkpoint_info.check_dataset(dataset)
   if num_classes is not None and (isinstance(num_classes, bool) or
                                   not isinstance(num_classes, int) or num_classes < 1):
     raise ValueError(f'--num-classes must be a positive integer, got {num_classes!r}')
