@@ -38,7 +38,9 @@ MODEL = 'model'
 
 def _quiet_orbax():
   # Orbax logs several INFO/WARNING lines per save; keep CLI output readable.
-  for name in ('orbax', 'orbax.checkpoint'):
+  # Orbax also warns through absl ("Metadata file does not exist", read-only
+  # managers): noise for a user, whose errors are reported in one line.
+  for name in ('orbax', 'orbax.checkpoint', 'absl'):
     logging.getLogger(name).setLevel(logging.ERROR)
 
 

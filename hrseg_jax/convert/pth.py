@@ -847,9 +847,9 @@ def check_state_dict_dtypes(state: Mapping[str, np.ndarray],
         raise ValueError(f'{prefix}{key} must be an integer scalar, got '
                          f'{dtype.name} {value.shape}')
     elif dtype not in _FLOAT_DTYPES:
-      kind = {'c': 'complex', 'b': 'bool', 'O': 'object', 'i': 'integer',
-              'u': 'integer'}.get(dtype.kind, dtype.name)
-      raise ValueError(f'{prefix}{key} is a {kind} tensor ({dtype.name}); '
+      kind = {'c': 'a complex', 'b': 'a bool', 'O': 'an object', 'i': 'an integer',
+              'u': 'an integer'}.get(dtype.kind, f'a {dtype.name}')
+      raise ValueError(f'{prefix}{key} is {kind} tensor ({dtype.name}); '
                        'model weights must be floating point')
 
 
