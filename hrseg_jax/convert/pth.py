@@ -363,7 +363,7 @@ class _Loader:
         return _TorchType(f'torch.{name}', _TORCH_DTYPES[name])
       if name.endswith('Storage'):
         return _TorchType(f'{module}.{name}', None)
-    self.budget.charge(1024, 'placeholder classes')  # A class per name.
+    self.budget.charge(4096, 'placeholder classes')  # A class per name.
     return safe_pickle.placeholder_class(module[:200], name[:200])
 
   def newobj(self, cls: Any) -> bool:

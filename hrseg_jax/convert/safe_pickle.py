@@ -254,7 +254,7 @@ class Machine:
       raise FormatError(f'tuples nested more than {MAX_DEPTH} levels deep')
     self._depths[id(t)] = depth
     self._keep.append(t)
-    return self._new(t, 8 * len(t))
+    return self._new(t, 96 + 8 * len(t))  # With its _depths and _keep entries.
 
   def _frozen_set(self, items) -> frozenset:
     items = list(items)
@@ -264,7 +264,7 @@ class Machine:
     s = frozenset(items)
     self._depths[id(s)] = depth
     self._keep.append(s)
-    return self._new(s, 16 * len(s))
+    return self._new(s, 96 + 16 * len(s))
 
   def _pop_mark(self) -> list:
     if not self._metastack:

@@ -22,6 +22,13 @@ Crash safety (tested by ``tests/test_faults.py``):
   :meth:`Checkpointer.close`.
 * Restoring a step that is unreadable or of another model raises
   :class:`CheckpointRestoreError` naming the step directory.
+* Each committed step gets an integrity manifest (:mod:`hrseg_jax.manifest`:
+  sizes and SHA-256 digests), written by process 0 once Orbax has finished
+  the step (at the next save, :meth:`Checkpointer.wait` or
+  :meth:`Checkpointer.close`; at once for synchronous saves). A restore
+  checks it, naming a damaged file, and refuses restored values that are
+  not finite, naming the step (a step without a manifest, e.g. one whose run
+  was killed right after its commit, is checked for finiteness only).
 """
 from __future__ import annotations
 
