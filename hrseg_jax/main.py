@@ -15,6 +15,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hrseg_jax import compile_cache
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to run.')
@@ -36,6 +38,11 @@ flags.DEFINE_list('crop_size', None, 'predict: sliding window H,W.')
 flags.DEFINE_list('scales', ['1.0'], 'predict: test scales, e.g. 0.5,0.75,1,1.25 '
                   '(1 = the image\'s own size).')
 flags.DEFINE_bool('flip', False, 'predict: also predict the mirrored image (flip test).')
+flags.DEFINE_bool('compilation_cache', True, 'Keep compiled XLA programs on disk '
+                  'so a repeated or resumed run does not compile them again.')
+flags.DEFINE_string('compilation_cache_dir', None, 'Folder of the compilation '
+                    'cache (default: $JAX_COMPILATION_CACHE_DIR, else '
+                    '~/.cache/hrseg_jax/xla).')
 config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Experiment config file.',
                                 lock_config=True)
 
@@ -208,6 +215,7 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   _hide_gpus_from_tf()
   try:
+    compile_cache.configure(FLAGS.compilation_cache, FLAGS.compilation_cache_dir)
     _maybe_initialize_distributed()
     # predict without --config: settings from the checkpoint and the images.
     config = (None if FLAGS.mode == 'predict' and not FLAGS['config'].present

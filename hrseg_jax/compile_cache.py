@@ -1,0 +1,41 @@
+"""The persistent XLA compilation cache of the command line.
+
+A repeated or resumed run loads its compiled programs from disk instead of
+compiling them again (minutes for the larger models).  The folder is, first
+found: the ``--compilation_cache_dir`` flag, ``$JAX_COMPILATION_CACHE_DIR``,
+then ``hrseg_jax/xla`` under the user's cache folder (``$XDG_CACHE_HOME`` or
+``~/.cache``).  ``--nocompilation_cache`` turns it off.  Only programs that
+took at least a second to compile are stored (JAX's default threshold).
+"""
+from __future__ import annotations
+
+import os
+
+ENV_DIR = 'JAX_COMPILATION_CACHE_DIR'
+
+
+def default_dir(env=None) -> str:
+  """``$XDG_CACHE_HOME/hrseg_jax/xla``, or ``~/.cache/hrseg_jax/xla``."""
+  env = os.environ if env is None else env
+  base = env.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'hrseg_jax', 'xla')
+
+
+def resolve_dir(flag_value: str | None, env=None) -> str:
+  """The cache folder: the flag, then ``$JAX_COMPILATION_CACHE_DIR``, then the default."""
+  env = os.environ if env is None else env
+  if flag_value:
+    return os.path.abspath(os.path.expanduser(flag_value))
+  return env.get(ENV_DIR) or default_dir(env)
+
+
+def configure(enabled: bool, flag_value: str | None = None) -> str | None:
+  """Turns the persistent cache on (returns its folder) or off (None)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if not enabled:
+    jax.config.update('jax_enable_compilation_cache', False)
+    return None
+  path = resolve_dir(flag_value)
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_enable_compilation_cache', True)
+  return path
