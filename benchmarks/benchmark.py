@@ -10,9 +10,9 @@ and model FLOP/s utilisation beside the peer and functional-JAX floor rows,
 and writes everything to JSON (``--out``).  See docs/performance.md.
 
 Usage:
-  python scripts/benchmark.py --out bench.json              # all models, GPU
-  python scripts/benchmark.py --tiny --out /tmp/tiny.json   # CPU smoke run
-  python scripts/benchmark.py --report a.json b.json        # table only
+  python benchmarks/benchmark.py --out bench.json              # all models, GPU
+  python benchmarks/benchmark.py --tiny --out /tmp/tiny.json   # CPU smoke run
+  python benchmarks/benchmark.py --report a.json b.json        # table only
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ if str(_REPO) not in sys.path:
   sys.path.insert(0, str(_REPO))
 
 # Nothing imported here before XLA_FLAGS is final may import JAX.
-from hrseg_jax.bench import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks.harness import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _add_xla_flags(flags: str) -> None:
@@ -37,7 +37,7 @@ def _add_xla_flags(flags: str) -> None:
 
 
 def _report(paths: list[str]) -> int:
-  from hrseg_jax.bench import report, runner  # pylint: disable=g-import-not-at-top
+  from benchmarks.harness import report, runner  # pylint: disable=g-import-not-at-top
   docs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
   runner.print_report(report.merge(docs))
   return 0
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = cli.build_parser().parse_args(argv)
   if args.child:   # a child of --isolate: XLA_FLAGS already came with the env
-    from hrseg_jax.bench import runner  # pylint: disable=g-import-not-at-top
+    from benchmarks.harness import runner  # pylint: disable=g-import-not-at-top
     return runner.child_main(args.child)
   if args.report:
     return _report(args.report)
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   _add_xla_flags(settings.xla_flags)
-  from hrseg_jax.bench import runner  # pylint: disable=g-import-not-at-top
-  command = ['scripts/benchmark.py'] + argv
+  from benchmarks.harness import runner  # pylint: disable=g-import-not-at-top
+  command = ['benchmarks/benchmark.py'] + argv
   if settings.isolate:
     doc = runner.run_isolated(settings, command, str(pathlib.Path(__file__).resolve()))
   else:

@@ -17,7 +17,7 @@ batch):
   which shows the per-core rate even on a busy machine.
 
 Usage:
-  python scripts/benchmark_input.py [--workers 1,2] [--batches 20]
+  python benchmarks/benchmark_input.py [--workers 1,2] [--batches 20]
 """
 from __future__ import annotations
 
@@ -97,6 +97,17 @@ def measure(cfg, batch_size: int, batches: int, warmup: int
   return images / wall, images / cpu
 
 
+def _workers_label(workers: int) -> str:
+  if workers == 0:
+    return '0 workers (in-process)'
+  return f'{workers:2d} worker(s)'
+
+
+def _per_worker(rate: float, workers: int) -> str:
+  """`` (x per worker)``; nothing for 0 workers (the main process decodes)."""
+  return f' ({rate / workers:.1f} per worker)' if workers > 0 else ''
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--num_images', type=int, default=16,
@@ -135,8 +146,8 @@ def main(argv=None):
     for workers in (int(w) for w in args.workers.split(',') if w):
       cfg.num_workers = workers
       wall, cpu = measure(cfg, args.batch_size, args.batches, args.warmup)
-      print(f'{workers:2d} worker(s)         : {wall:6.1f} images/s wall '
-            f'({wall / workers:.1f} per worker), {cpu:6.1f} images per '
+      print(f'{_workers_label(workers):21s}: {wall:6.1f} images/s wall'
+            f'{_per_worker(wall, workers)}, {cpu:6.1f} images per '
             'CPU-second (workers + main)')
   finally:
     if not args.dir:

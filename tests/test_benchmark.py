@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: the tiny CPU run, its JSON, the FLOP count, the peer.
+"""benchmarks/benchmark.py: the tiny CPU run, its JSON, the FLOP count, the peer.
 
 The benchmark runs in subprocesses exactly as a user runs it.  No test here
 asserts anything about speed: CPU timings of tiny models say nothing, and
@@ -16,12 +16,16 @@ import sys
 
 import pytest
 
-from hrseg_jax.bench import cli
-from hrseg_jax.bench import models as bench_models
-from hrseg_jax.bench import peer, report, schema
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = REPO / 'scripts' / 'benchmark.py'
+if str(REPO) not in sys.path:   # benchmarks/ is not part of the package
+  sys.path.insert(0, str(REPO))
+
+from benchmarks.harness import cli  # pylint: disable=wrong-import-position
+from benchmarks.harness import models as bench_models  # pylint: disable=wrong-import-position
+from benchmarks.harness import peer, report, schema  # pylint: disable=wrong-import-position
+
+GPU_RUN = REPO / 'benchmarks' / 'gpu_run.sh'
+SCRIPT = REPO / 'benchmarks' / 'benchmark.py'
 XLA_FLAG = '--xla_force_host_platform_device_count=1'
 # HRNetV2-W48 at 1024x2048: 747.5 GMAC (the peer's PyTorch FLOP counter: 748).
 W48_FLOPS = 2 * 747.5e9
@@ -130,7 +134,7 @@ def test_isolated_two_output_train_run_and_report(tmp_path):
 
 def test_w48_flops_match_the_reference_count():
   """Same code path as the benchmark's MFU column; tracing only."""
-  from hrseg_jax.bench import flops  # pylint: disable=g-import-not-at-top
+  from benchmarks.harness import flops  # pylint: disable=g-import-not-at-top
   got = flops.forward_flops(bench_models.MODELS['w48'].config, 1024, 2048)
   assert got == pytest.approx(W48_FLOPS, rel=5e-3)
   assert flops.train_flops(bench_models.MODELS['w48'].config, 512, 1024, 12) == (
@@ -163,8 +167,8 @@ def test_class_weights_match_the_recipe():
 
 def test_benchmark_imports_no_unavailable_package():
   """The GPU machine has no Grain, clu, ml_collections or TFDS."""
-  code = ('import sys; import hrseg_jax.bench.runner, hrseg_jax.bench.workloads, '
-          'hrseg_jax.bench.env; bad = sorted({m.split(".")[0] for m in sys.modules} '
+  code = ('import sys; import benchmarks.harness.runner, benchmarks.harness.workloads, '
+          'benchmarks.harness.env; bad = sorted({m.split(".")[0] for m in sys.modules} '
           '& {"grain", "clu", "ml_collections", "tensorflow_datasets", '
           '"tensorflow"}); print(bad); sys.exit(1 if bad else 0)')
   done = subprocess.run([sys.executable, '-c', code], cwd=REPO, check=False,
@@ -215,7 +219,7 @@ def test_fixed_shape_inference_matches_the_predictor(rule):
   """The benchmark's one-jit inference computes what evaluation computes."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.bench import workloads  # pylint: disable=g-import-not-at-top
+  from benchmarks.harness import workloads  # pylint: disable=g-import-not-at-top
   from hrseg_jax.eval import inference, windows  # pylint: disable=g-import-not-at-top
   from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
   bench_model = bench_models.TINY_MODELS['tiny']
@@ -247,3 +251,47 @@ def test_fixed_shape_inference_matches_the_predictor(rule):
     assert got.shape == want.shape == (1, 64, 128)
     assert len(np.unique(want)) > 3   # not a constant map
     assert np.mean(got != want) < 1e-3
+
+
+def _gpu_run(out, *args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run(['bash', str(GPU_RUN), str(out), *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=900,
+                        check=False)
+
+
+@pytest.mark.slow
+def test_gpu_run_tiny_entry_writes_json_and_table(tmp_path):
+  out = tmp_path / 'gpu'
+  done = _gpu_run(out, '--tiny', '--only', 'w48_bf16,w48_f32', '--no-profile',
+                  '--', f'--xla-flags={XLA_FLAG}')
+  _ok(done)
+  doc = json.loads((out / 'gpu_run.json').read_text())
+  got = sorted((r['model'], r['dtype'], r['mode'], r['status'])
+               for r in doc['results'])
+  assert got == [('tiny', 'bfloat16', 'infer', 'ok'),
+                 ('tiny', 'bfloat16', 'train', 'ok'),
+                 ('tiny', 'float32', 'train', 'ok')]
+  assert schema.validate(doc, require_ok=True) == []
+  assert (out / 'w48_bf16.json').exists() and (out / 'w48_f32.log').exists()
+  assert '| tiny HRNet (2 branches) | hrseg_jax | bfloat16 |' in (
+      out / 'table.txt').read_text()
+
+
+def test_gpu_run_records_entries_past_the_budget_as_skipped(tmp_path):
+  done = _gpu_run(tmp_path, '--tiny', '--budget', '1')
+  _ok(done)
+  doc = json.loads((tmp_path / 'gpu_run.json').read_text())
+  assert {r['status'] for r in doc['results']} == {'skipped'}
+  assert [(r['model'], r['dtype'], r['mode']) for r in doc['results']][:2] == [
+      ('w48', 'bfloat16', 'train'), ('w48', 'bfloat16', 'infer')]
+  assert len(doc['results']) == 7
+  assert 'overall budget' in done.stdout
+
+
+def test_gpu_run_rejects_unknown_entries(tmp_path):
+  done = _gpu_run(tmp_path, '--only', 'w99')
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines() == [
+      "error: --only: unknown entries ['w99']; known: ['w48_bf16', "
+      "'lite30_hanet_bf16', 'ocr_w48_bf16', 'w32_hanet_bf16', 'w48_f32']"]

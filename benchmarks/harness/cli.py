@@ -1,4 +1,4 @@
-"""Command line of ``scripts/benchmark.py`` -> :class:`Settings` (no JAX here).
+"""Command line of ``benchmarks/benchmark.py`` -> :class:`Settings` (no JAX here).
 
 The script parses its arguments before JAX is imported, so ``--xla-flags``
 can still reach ``XLA_FLAGS`` and ``--tiny`` can still switch XLA:CPU to its
@@ -11,14 +11,15 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
-from hrseg_jax.bench import models
+from benchmarks.harness import models
 
 DTYPES = ('float32', 'bfloat16')
 MODES = ('infer', 'sliding', 'train')   # the order each model runs them in
 PRECISIONS = ('default', 'high', 'highest')
 SLIDING_RULES = ('cityscapes', 'base')
-# Measured dense bf16 matrix rate and copy bandwidth of the lent H200
-# (/work/.library/device/KINDS.md: 769-798 TFLOP/s, about 4.3 TB/s).
+# Dense bf16 matrix rate and device-to-device copy bandwidth measured on one
+# H200 SXM (769-798 TFLOP/s on random data, about 4.3 TB/s); for another
+# accelerator pass its own figures with --peak-tflops and --peak-tbps.
 H200_BF16_TFLOPS = 790.0
 H200_HBM_TBPS = 4.3
 
@@ -107,7 +108,7 @@ def _ints(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
   """The argument parser (defaults of None are filled by :func:`settings`)."""
   p = argparse.ArgumentParser(
-      prog='scripts/benchmark.py',
+      prog='benchmarks/benchmark.py',
       description='Training and inference throughput of the HRNet family, '
                   'measured like the PyTorch peer (shared/peer/README.md).')
   a = p.add_argument

@@ -16,7 +16,7 @@ import tempfile
 import time
 from typing import Any
 
-from hrseg_jax.bench.cli import Settings
+from benchmarks.harness.cli import Settings
 
 REQUIRED = ('grain', 'ml_collections', 'cv2')
 _WARMUP_BATCHES = 2

@@ -64,7 +64,7 @@ RAW: dict[str, Any] = {
     },
 }
 
-# Peer model names -> benchmark model keys (hrseg_jax.bench.models).
+# Peer model names -> benchmark model keys (benchmarks.harness.models).
 _OTHER_MODELS = {'ocr_w48': 'ocr_w48', 'fork_w32_hanet': 'w32_hanet',
                  'fork_lite30_hanet': 'lite30_hanet'}
 _TORCH_PRECISION = {'fp32': 'fp32 (no TF32)', 'tf32': 'TF32',
@@ -150,5 +150,5 @@ def load(directory: pathlib.Path | None) -> dict[str, Any]:
   raw, source = load_raw(directory)
   note = ('read from the peer JSON files' if source != 'constants' else
           'peer JSON files not found ($HRSEG_PEER or ../shared/peer); figures '
-          'from the constants in hrseg_jax/bench/peer.py (copied 2026-11-24)')
+          'from the constants in benchmarks/harness/peer.py (copied 2026-11-24)')
   return dict(source=source, note=note, rows=rows(raw))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from hrseg_jax.bench import models as models_lib
+from benchmarks.harness import models as models_lib
 
 COLUMNS = ('model', 'impl', 'precision', 'train img/s', 'train ms',
            'train peak GiB', 'train MFU', 'infer ms', 'infer img/s',

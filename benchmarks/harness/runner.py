@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from hrseg_jax.bench import input_pipeline
-from hrseg_jax.bench import models as models_lib
-from hrseg_jax.bench import peer as peer_lib
-from hrseg_jax.bench import report, schema
-from hrseg_jax.bench.cli import Settings
+from benchmarks.harness import input_pipeline
+from benchmarks.harness import models as models_lib
+from benchmarks.harness import peer as peer_lib
+from benchmarks.harness import report, schema
+from benchmarks.harness.cli import Settings
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _MAX_ERROR = 2000
@@ -98,7 +98,7 @@ def _over_budget(settings: Settings, start: float) -> bool:
 def _run_model(key: str, settings: Settings, doc: dict[str, Any],
                rng: np.random.Generator, start: float) -> None:
   """All dtypes and modes of one model, appended to ``doc['results']``."""
-  from hrseg_jax.bench import workloads  # pylint: disable=g-import-not-at-top
+  from benchmarks.harness import workloads  # pylint: disable=g-import-not-at-top
   bench_model = models_lib.get(key)
   todo = [(d, m) for d in settings.dtypes for m in settings.modes]
   try:
@@ -130,7 +130,7 @@ def _run_model(key: str, settings: Settings, doc: dict[str, Any],
 def run_in_process(settings: Settings, argv: list[str]) -> dict[str, Any]:
   """Every workload in this process; returns the document (also written)."""
   configure_jax(settings)
-  from hrseg_jax.bench import env  # pylint: disable=g-import-not-at-top
+  from benchmarks.harness import env  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   doc = new_doc(settings, env.collect(str(REPO_ROOT), argv, settings.xla_flags))
   rng = np.random.default_rng(settings.seed)

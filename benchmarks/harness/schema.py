@@ -3,7 +3,7 @@
 Top level: ``schema`` (:data:`SCHEMA`), ``meta`` (date, command, versions,
 device, flags; :data:`META_FIELDS`), ``settings`` (the resolved command line),
 ``results`` (one record per workload, :data:`RESULT_FIELDS`), ``peer``
-(:func:`hrseg_jax.bench.peer.load`) and ``input_pipeline``.
+(:func:`benchmarks.harness.peer.load`) and ``input_pipeline``.
 
 A result record with ``status`` ``'ok'`` has every field of
 :data:`RESULT_FIELDS`: kind ``'pos'`` is a positive finite number, ``'opt'``

@@ -15,7 +15,7 @@
 
 Inputs are random (normal images, uniform labels with ~10% ignored), never
 zeros.  Each ``run_*`` returns one result record (see
-:mod:`hrseg_jax.bench.schema`).
+:mod:`benchmarks.harness.schema`).
 """
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrseg_jax.bench import flops as flops_lib
-from hrseg_jax.bench import models as models_lib
-from hrseg_jax.bench import timing
-from hrseg_jax.bench.cli import Settings
+from benchmarks.harness import flops as flops_lib
+from benchmarks.harness import models as models_lib
+from benchmarks.harness import timing
+from benchmarks.harness.cli import Settings
 from hrseg_jax.eval import inference as eval_inference
 from hrseg_jax.eval import windows as windows_lib
 from hrseg_jax.models import registry

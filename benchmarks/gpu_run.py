@@ -1,0 +1,193 @@
+"""The GPU benchmark in one command, most important workloads first.
+
+Runs ``benchmarks/benchmark.py`` once per entry of :data:`PLAN`, each in its
+own process (so each has its own peak-memory figure and a crash loses one
+entry), under one overall time budget:
+
+1. HRNetV2-W48, bfloat16: train + infer (with a profile of a few steps);
+2. Lite-HRNet-30 + HANet, bfloat16: train + infer (with a profile);
+3. HRNetV2-W48 + OCR, bfloat16: train;
+4. HRNet-W32 + HANet, bfloat16: train;
+5. HRNetV2-W48, float32: train.
+
+Every entry writes its JSON after every workload (``OUT/NN_name.json``), and
+after every entry the merged document ``OUT/gpu_run.json`` and the table
+``OUT/table.txt`` are rewritten.  An entry gets the time left as its
+``--time-budget`` (workloads not yet started when it is spent are skipped and
+recorded so) and is stopped when the overall budget is spent (SIGTERM, then
+SIGKILL); entries not started are recorded as skipped.  The timing is short
+(3 warm-up steps, 3 rounds of 5 steps) so that the whole plan, compilation
+included, fits in about 8 minutes on one H200.
+
+Needs only JAX, Flax, Optax and Orbax (and NumPy): nothing else is imported.
+
+Usage:
+  python benchmarks/gpu_run.py --out bench_out            # on the GPU
+  python benchmarks/gpu_run.py --tiny --out /tmp/rehearsal  # CPU rehearsal
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+  sys.path.insert(0, str(_REPO))
+
+BENCHMARK = _REPO / 'benchmarks' / 'benchmark.py'
+
+# (name, model, dtype, modes, profile): most important first.
+PLAN = (
+    ('w48_bf16', 'w48', 'bfloat16', 'train,infer', True),
+    ('lite30_hanet_bf16', 'lite30_hanet', 'bfloat16', 'train,infer', True),
+    ('ocr_w48_bf16', 'ocr_w48', 'bfloat16', 'train', False),
+    ('w32_hanet_bf16', 'w32_hanet', 'bfloat16', 'train', False),
+    ('w48_f32', 'w48', 'float32', 'train', False),
+)
+# --tiny: the same plan on tiny stand-ins (XLA:CPU compiles them in seconds).
+TINY_STAND_INS = dict(w48='tiny', lite30_hanet='tiny_hanet', ocr_w48='tiny_ocr',
+                      w32_hanet='tiny_hanet')
+SHORT_TIMING = ('--warmup', '3', '--repeats', '3', '--steps', '5',
+                '--latency-runs', '10')
+_GRACE_S = 10.0
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog='benchmarks/gpu_run.py',
+      description=__doc__.split('\n', 1)[0])
+  p.add_argument('--out', required=True, help='folder for the JSON, logs, table')
+  p.add_argument('--budget', type=float, default=450.0,
+                 help='overall seconds, compilation included (450)')
+  p.add_argument('--tiny', action='store_true',
+                 help='tiny stand-in models and shapes: a CPU rehearsal')
+  p.add_argument('--no-profile', action='store_true',
+                 help='no jax.profiler trace for the first two entries')
+  p.add_argument('--only', default='',
+                 help='comma-separated entry names to run (default: all)')
+  p.add_argument('extra', nargs='*',
+                 help='more benchmark.py arguments (after --), e.g. --xla-flags=...')
+  return p
+
+
+def _command(entry, out_dir: pathlib.Path, left: float, args) -> list[str]:
+  name, model, dtype, modes, profile = entry
+  if args.tiny:
+    model = TINY_STAND_INS.get(model, model)
+  cmd = [sys.executable, str(BENCHMARK), '--models', model, '--dtypes', dtype,
+         '--modes', modes, '--time-budget', f'{max(left, 1.0):.0f}',
+         '--out', str(out_dir / f'{name}.json'), *SHORT_TIMING]
+  if args.tiny:
+    cmd.append('--tiny')
+  if profile and not args.no_profile:
+    cmd += ['--profile', str(out_dir / 'profile' / name), '--profile-steps', '3']
+  return cmd + list(args.extra)
+
+
+def _run(cmd: list[str], log: pathlib.Path, deadline: float) -> str:
+  """Runs ``cmd`` until it ends or ``deadline``; returns how it ended."""
+  with open(log, 'w') as f:
+    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                            cwd=_REPO, start_new_session=True)
+    try:
+      code = proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
+      return f'exit {code}'
+    except subprocess.TimeoutExpired:
+      os.killpg(proc.pid, signal.SIGTERM)
+      try:
+        proc.wait(timeout=_GRACE_S)
+      except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+      return 'stopped at the time budget'
+
+
+def _skipped(entry, reason: str) -> list[dict]:
+  name, model, dtype, modes, _ = entry
+  return [dict(model=model, dtype=dtype, mode=m, status='skipped', reason=reason)
+          for m in modes.split(',')]
+
+
+def _merge(out_dir: pathlib.Path, done: list[str], skipped: list[dict]) -> None:
+  """Rewrites ``gpu_run.json`` and ``table.txt`` from the entries so far."""
+  from benchmarks.harness import report, runner, schema  # pylint: disable=g-import-not-at-top
+  docs = []
+  for name in done:
+    path = out_dir / f'{name}.json'
+    if path.exists():
+      docs.append(json.loads(path.read_text()))
+  if docs:
+    merged = report.merge(docs)
+  else:
+    merged = dict(schema=schema.SCHEMA, meta={}, settings={}, results=[],
+                  peer=dict(rows=[], note='', source=None))
+  merged['results'] = list(merged['results']) + skipped
+  runner.write(merged, str(out_dir / 'gpu_run.json'))
+  tmp = out_dir / 'table.txt.tmp'
+  tmp.write_text(report.table(merged) + '\n')
+  os.replace(tmp, out_dir / 'table.txt')
+
+
+def _pack_profiles(out_dir: pathlib.Path) -> None:
+  """One ``profile.tgz``: traces sit deep below ``profile/``."""
+  prof = out_dir / 'profile'
+  if prof.is_dir():
+    with tarfile.open(out_dir / 'profile.tgz', 'w:gz') as tar:
+      tar.add(prof, arcname='profile')
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  out_dir = pathlib.Path(args.out).resolve()
+  out_dir.mkdir(parents=True, exist_ok=True)
+  only = {n for n in args.only.split(',') if n}
+  unknown = only - {e[0] for e in PLAN}
+  if unknown:
+    print(f'error: --only: unknown entries {sorted(unknown)}; known: '
+          f'{[e[0] for e in PLAN]}', file=sys.stderr)
+    return 2
+  start = time.monotonic()
+  deadline = start + args.budget
+  done, skipped = [], []
+  for entry in PLAN:
+    if only and entry[0] not in only:
+      continue
+    left = deadline - time.monotonic()
+    if left < 5:
+      skipped += _skipped(entry, f'overall budget of {args.budget:.0f} s spent')
+      print(f'[{entry[0]}] skipped: overall budget spent', flush=True)
+      _merge(out_dir, done, skipped)
+      continue
+    t0 = time.monotonic()
+    ended = _run(_command(entry, out_dir, left, args),
+                 out_dir / f'{entry[0]}.log', deadline)
+    done.append(entry[0])
+    _merge(out_dir, done, skipped)
+    print(f'[{entry[0]}] {ended} after {time.monotonic() - t0:.0f} s '
+          f'(total {time.monotonic() - start:.0f} s of {args.budget:.0f})',
+          flush=True)
+    _tail(out_dir / f'{entry[0]}.log')
+  _pack_profiles(out_dir)
+  table = out_dir / 'table.txt'
+  if table.exists():
+    print(table.read_text())
+  print(f'wrote {out_dir / "gpu_run.json"} in {time.monotonic() - start:.0f} s')
+  return 0
+
+
+def _tail(log: pathlib.Path) -> None:
+  """The workload lines of an entry's log (one per finished workload)."""
+  for line in log.read_text(errors='replace').splitlines():
+    if line.startswith('['):
+      print('  ' + line, flush=True)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
