@@ -1,6 +1,6 @@
 """Training and inference speed of the HRNet family, beside the PyTorch peer.
 
-Measures the workloads of ``shared/peer/README.md`` the same way: the
+Measures the workloads of the PyTorch reference runs the same way: the
 training step at batch 12, crop 512x1024 (forward, logits upsampled to the
 crop, cross-entropy with ignore, backward, SGD with momentum and weight decay,
 BN statistics updated) and inference of one 1024x2048 image to a full-size

@@ -1,6 +1,6 @@
 """Benchmark library behind ``benchmarks/benchmark.py``.
 
-Measures the PyTorch peer's workloads (``shared/peer/README.md``) with this
+Measures the PyTorch reference runs' workloads (docs/performance.md) with this
 project's own code: the training step of :mod:`hrseg_jax.train.step` with the
 optimizer of :mod:`hrseg_jax.train.optim`, and jitted whole-image and
 sliding-window inference through :func:`hrseg_jax.eval.inference.forward_exp`.

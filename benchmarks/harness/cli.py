@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog='benchmarks/benchmark.py',
       description='Training and inference throughput of the HRNet family, '
-                  'measured like the PyTorch peer (shared/peer/README.md).')
+                  'measured like the PyTorch reference runs (docs/performance.md).')
   a = p.add_argument
   a('--models', type=str, default=None,
     help=f'comma-separated; default {",".join(models.DEFAULT_MODELS)} '
