@@ -33,9 +33,12 @@ def main(argv=None) -> int:
                             'to replace it)')
     from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
     from hrseg_jax.convert import convert, pth  # pylint: disable=g-import-not-at-top
-    _, variables, meta = checkpoints.load_model(paths.resolve(args.checkpoint),
-                                                step=args.step)
-    obj = convert.to_state_dict(variables, meta, prefix=args.prefix)
+    source = paths.resolve(args.checkpoint)
+    _, variables, meta = checkpoints.load_model(source, step=args.step)
+    # A training checkpoint's step is its number of training steps (a
+    # converted one is step 0): BN's num_batches_tracked counts them.
+    step = checkpoints.find_checkpoint(source)[1] if args.step is None else args.step
+    obj = convert.to_state_dict(variables, meta, prefix=args.prefix, steps_trained=step)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     pth.save_pth(obj, output)
   except (OSError, ValueError, KeyError, TypeError) as e:

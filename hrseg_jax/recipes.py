@@ -21,6 +21,10 @@ Config layout::
                         ohem_min_kept, balance_weights, num_chunks
   eval                  see hrseg_jax.eval.config, plus every_steps
   mesh                  fsdp (devices per FSDP group; 1 = pure data parallel)
+
+Every recipe uses the original loop's LR schedule, which sets the LR after
+each step: step t of T (1-based) runs at base_lr * (1 - max(t - 2, 0) / T) **
+poly_power, so steps 1 and 2 both run at base_lr (hrseg_jax.train.optim).
 """
 from __future__ import annotations
 

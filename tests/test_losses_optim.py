@@ -79,13 +79,24 @@ def _train_cfg(**kw):
   return ml_collections.ConfigDict(base)
 
 
-def test_poly_schedule_starts_at_base_lr():
-  sched = optim.poly_schedule(0.01, 100)
-  assert float(sched(0)) == np.float32(0.01)
-  np.testing.assert_allclose(float(sched(50)), 0.01 * 0.5 ** 0.9, rtol=1e-6)
-  assert float(sched(100)) == 0.0
+def test_poly_schedule_sets_each_lr_after_the_step_like_the_official_loop():
+  """Step t (1-based) of T runs at base*(1 - max(t-2, 0)/T)^0.9."""
+  total, base = 4, 0.01
+  sched = optim.poly_schedule(base, total)
+  got = [float(sched(t - 1)) for t in range(1, total + 1)]  # arg: completed steps
+  want = [base * (1 - max(t - 2, 0) / total) ** 0.9 for t in range(1, total + 1)]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(got[2:], [0.007718895067235705, 0.005358867312681466],
+                             rtol=1e-6)
+  assert float(optim.poly_schedule(base, 100)(101)) == 0.0  # past the end
+
+
+def test_poly_warmup_ramps_on_the_same_lagged_index():
   warm = optim.poly_schedule(0.01, 100, warmup_steps=10)
-  assert float(warm(0)) < float(warm(10))
+  plain = optim.poly_schedule(0.01, 100)
+  assert float(warm(0)) == float(warm(1)) == np.float32(0.001)  # steps 1, 2
+  assert float(warm(0)) < float(warm(5)) < float(warm(11))
+  assert float(warm(11)) == float(plain(11))  # step 12: warm-up over
 
 
 def test_sgd_matches_pytorch_update_rule():
@@ -95,11 +106,11 @@ def test_sgd_matches_pytorch_update_rule():
   state = tx.init(p)
   ref_p = jax.tree_util.tree_map(np.asarray, p)
   buf = jax.tree_util.tree_map(np.zeros_like, ref_p)
-  for t in range(3):
+  for t in range(4):
     g = jax.tree_util.tree_map(lambda x: np.full_like(x, 0.1 * (t + 1)), ref_p)
     upd, state = tx.update(jax.tree_util.tree_map(jnp.asarray, g), state, p)
     p = optax.apply_updates(p, upd)
-    lr = 0.01 * (1 - t / 10) ** 0.9
+    lr = 0.01 * (1 - max(t - 1, 0) / 10) ** 0.9  # t: 0-based step
     buf = jax.tree_util.tree_map(lambda b, gg, pp: 0.9 * b + gg + 5e-4 * pp, buf, g, ref_p)
     ref_p = jax.tree_util.tree_map(lambda pp, b: pp - lr * b, ref_p, buf)
     for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(ref_p)):

@@ -168,14 +168,16 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
 
 
 def to_state_dict(variables: Mapping, meta: Mapping | None = None,
-                  *, prefix: str | None = None) -> dict:
+                  *, prefix: str | None = None, steps_trained: int = 0) -> dict:
   """Flax variables -> the PyTorch checkpoint object the official code loads.
 
   The original layout (wrapper dict, ``model.`` prefix, ``num_batches_tracked``
   buffers and extra entries such as ``loss.criterion.weight``) is restored
   from ``meta`` when the weights came from a ``.pth``; otherwise the released
   checkpoints' layout (``model.`` prefix, which ``tools/test.py`` strips) is
-  used.
+  used.  Each BN's ``num_batches_tracked`` is the official counter: its value
+  in the source ``.pth`` (0 if none) plus ``steps_trained``, the number of
+  train-mode forward passes (training steps) since.
   """
   layout = dict((meta or {}).get('torch_layout') or {})
   if prefix is None:
@@ -187,7 +189,7 @@ def to_state_dict(variables: Mapping, meta: Mapping | None = None,
     out[prefix + key] = np.ascontiguousarray(value)
     if key.endswith('.running_var'):
       bn = key[:-len('running_var')] + 'num_batches_tracked'
-      out[prefix + bn] = np.asarray(nbt.get(bn, 0), np.int64)
+      out[prefix + bn] = np.asarray(nbt.get(bn, 0) + int(steps_trained), np.int64)
   for key, value in layout.get('extras', {}).items():
     out[key] = np.asarray(value, np.float32)
   if layout.get('wrapper'):
