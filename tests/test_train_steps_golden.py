@@ -66,7 +66,7 @@ def converted(fixture_dir, tmp_path_factory):
   cwd = tmp_path_factory.mktemp('train_steps')
   with lzma.open(fixture_dir / 'init.pth.xz') as src, open(cwd / 'init.pth', 'wb') as dst:
     shutil.copyfileobj(src, dst)
-  _run(['hrseg_jax.convert', 'init.pth', str(cwd / 'ckpt'), '--config', str(CONFIG),
+  _run(['hrseg_jax.convert', 'init.pth', 'ckpt', '--config', str(CONFIG),
         '--no-align-corners'], cwd)
   return cwd
 
@@ -127,8 +127,8 @@ def test_four_steps_match_the_official_training_loop(variant, converted, fixture
   tol = expected['tolerances']
   data = fixture_dir / 'data'
   work = cwd / f'work_{variant}'
-  train = ['hrseg_jax.main', '--config', str(CONFIG), '--workdir', str(work),
-           f'--config.train.init_from={cwd / "ckpt"}', f'--config.data.root={data}',
+  train = ['hrseg_jax.main', '--config', str(CONFIG), '--workdir', work.name,
+           '--config.train.init_from=ckpt', f'--config.data.root={data}',
            f'--config.data.train_list={data / "list" / "cityscapes" / "train.lst"}',
            *OVERRIDES, *(X10 if variant == 'last_layer_x10' else [])]
   if variant == 'last_layer_x10':  # stop after step 2, then resume
@@ -137,7 +137,7 @@ def test_four_steps_match_the_official_training_loop(variant, converted, fixture
   out = _run(train, cwd)
   assert f'trained {STEPS} steps' in out
   final_pth = cwd / f'final_{variant}.pth'
-  _run(['hrseg_jax.export', str(work / 'checkpoints'), str(final_pth), '--prefix', ''], cwd)
+  _run(['hrseg_jax.export', work.name, final_pth.name, '--prefix', ''], cwd)
 
   final = pth.load_pth(final_pth)
   init = pth.load_pth(cwd / 'init.pth')
