@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from typing import Any, Callable
 
 from etils import epath
@@ -107,6 +108,7 @@ class Checkpointer:
     # it, so that no thread outlives an error that stops this run early.
     getattr(self.manager, '_maybe_await_cleanup_tmp_directory', lambda: None)()
     self._in_flight = None
+    self._manifest_thread = None
     self._async = async_save
     self._purge_deleted()
 
@@ -223,22 +225,34 @@ class Checkpointer:
       step, self._in_flight = self._in_flight, None
       raise self._save_failed(step, e) from e
     step, self._in_flight = self._in_flight, None
-    self._write_manifest(step)
+    self._join_manifest()
+    if step is not None and jax.process_index() == 0:
+      # Hashing runs beside training; it is joined before the next save, a
+      # restore or close, so Orbax never deletes a step being hashed.
+      self._manifest_thread = threading.Thread(
+          target=self._write_manifest, args=(step,), daemon=True,
+          name=f'manifest-{step}')
+      self._manifest_thread.start()
 
-  def _write_manifest(self, step: int | None):
+  def _join_manifest(self):
+    thread, self._manifest_thread = self._manifest_thread, None
+    if thread is not None:
+      thread.join()
+
+  def _write_manifest(self, step: int):
     """The integrity manifest of a committed step (process 0, local disks)."""
     where = self.directory / str(step)
-    if (step is None or jax.process_index() != 0 or paths.is_url(str(where))
-        or not where.is_dir() or manifest.exists(where)):
+    if paths.is_url(str(where)) or not where.is_dir() or manifest.exists(where):
       return
     try:
       manifest.write(os.fspath(where), step)
-    except OSError as e:
+    except Exception as e:  # pylint: disable=broad-except  # Never kills training.
       logging.error('cannot write the manifest of checkpoint %s: %s', where,
                     _first_line(e))
 
   def _verify(self, step: int, only: str | None = None):
     """Checks a step against its manifest; CheckpointRestoreError if damaged."""
+    self._join_manifest()
     where = self.directory / str(step)
     if paths.is_url(str(where)) or not where.is_dir():
       return
@@ -255,6 +269,7 @@ class Checkpointer:
 
   def close(self):
     self.wait()
+    self._join_manifest()
     self.manager.close()
     self._purge_deleted()
 
