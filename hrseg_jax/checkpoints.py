@@ -19,7 +19,6 @@ reported in one line naming the damaged file.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import uuid
@@ -30,18 +29,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from hrseg_jax import manifest, paths
+from hrseg_jax import console, manifest, paths
 from hrseg_jax.overwrite import check_replaceable, is_checkpoint_dir  # pylint: disable=unused-import
 
 VARIABLES = 'variables'
 MODEL = 'model'
 
 def _quiet_orbax():
-  # Orbax logs several INFO/WARNING lines per save; keep CLI output readable.
-  # Orbax also warns through absl ("Metadata file does not exist", read-only
-  # managers): noise for a user, whose errors are reported in one line.
-  for name in ('orbax', 'orbax.checkpoint', 'absl'):
-    logging.getLogger(name).setLevel(logging.ERROR)
+  # Orbax logs several INFO/WARNING lines per save and restore through absl's
+  # logger ("Metadata file does not exist", read-only managers): noise for a
+  # user, whose errors are reported in one line.  Only Orbax's records are
+  # dropped (hrseg_jax.console), not absl's logger as a whole.
+  console.quiet_orbax()
 
 
 def find_checkpoint(path) -> tuple[epath.Path, int]:

@@ -9,10 +9,10 @@ import os
 import sys
 
 # TensorFlow (clu writers) is only a logging backend here: keep it quiet and
-# off the accelerators.
+# off the accelerators (hrseg_jax.console).
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from hrseg_jax import compile_cache
@@ -43,6 +43,8 @@ flags.DEFINE_bool('compilation_cache', True, 'Keep compiled XLA programs on disk
 flags.DEFINE_string('compilation_cache_dir', None, 'Folder of the compilation '
                     'cache (default: $JAX_COMPILATION_CACHE_DIR, else '
                     '~/.cache/hrseg_jax/xla).')
+flags.DEFINE_bool('verbose', False, 'Show the libraries\' log messages (TensorFlow, '
+                  'Orbax, JAX) too; as does --verbosity=0 (absl).')
 config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Experiment config file.',
                                 lock_config=True)
 
@@ -94,8 +96,10 @@ def _maybe_initialize_distributed():
 
 def _hide_gpus_from_tf():
   try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], 'GPU')
+    from hrseg_jax import console  # pylint: disable=g-import-not-at-top
+    tf = console.import_tensorflow_quietly()
+    if tf is not None:
+      tf.config.set_visible_devices([], 'GPU')
   except Exception:  # pylint: disable=broad-except
     pass
 
@@ -212,7 +216,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
-  logging.set_verbosity(logging.INFO)
+  from hrseg_jax import console  # pylint: disable=g-import-not-at-top
+  console.configure(verbose=FLAGS.verbose or (FLAGS['verbosity'].present
+                                              and FLAGS.verbosity >= 0))
   _hide_gpus_from_tf()
   try:
     compile_cache.configure(FLAGS.compilation_cache, FLAGS.compilation_cache_dir)

@@ -1,12 +1,14 @@
 """Paths as users type them: relative to the working directory, ``~`` and
 symlinks, through the real command lines run from a temporary folder."""
+import json
 import os
 import pathlib
 import subprocess
 import sys
 
-import pytest
 from etils import epath
+
+import console_checks
 
 from hrseg_jax import Segmenter, paths
 from hrseg_jax.data import synthetic
@@ -45,7 +47,7 @@ def _run(cwd, home, *args) -> subprocess.CompletedProcess:
   r = subprocess.run([sys.executable, '-m', *args], cwd=cwd, env=_env(home),
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, f'{args}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}'
-  assert 'Traceback' not in r.stdout + r.stderr
+  console_checks.assert_quiet(r)
   return r
 
 
@@ -82,7 +84,8 @@ def test_convert_export_and_load_with_relative_paths(golden, tmp_path, monkeypat
 
 def test_train_and_eval_with_relative_workdir_and_data(tmp_path):
   """--workdir runs/x (runs is a symlink), relative data root and lists:
-  the run saves its checkpoints, evaluates, and --mode eval reads them back."""
+  the run saves its checkpoints, evaluates, resumes, and --mode eval reads
+  them back; the console shows what a user needs and nothing else."""
   home = tmp_path / 'home'
   lists = synthetic.write_cityscapes_layout(
       str(tmp_path / 'data' / 'cityscapes'), num_train=8, num_val=4,
@@ -94,10 +97,24 @@ def test_train_and_eval_with_relative_workdir_and_data(tmp_path):
   (tmp_path / 'tiny.py').write_text(TRAIN_CONFIG)
   r = _run(tmp_path, home, 'hrseg_jax.main', '--config', 'tiny.py', '--workdir', 'runs/x')
   assert 'trained 4 steps' in r.stdout
-  steps = sorted(p.name for p in (tmp_path / 'storage' / 'x' / 'checkpoints').iterdir()
-                 if p.name.isdigit())
-  assert steps == ['2', '4']
+  workdir = tmp_path / 'storage' / 'x'
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()
+                if p.name.isdigit()) == ['2', '4']
+  console_checks.assert_training_console(r, steps=[2, 4], num_steps=4,
+                                         start='from scratch')
+  console_checks.assert_eval_table(r.stdout, ['road', 'sidewalk', 'bicycle'])
+  console_checks.assert_run_files(workdir, eval_steps=[4], classes=['road', 'bicycle'])
+  config = json.loads((workdir / 'config.json').read_text())
+  assert config['data']['root'] == os.path.realpath(tmp_path / 'data' / 'cityscapes')
+  assert config['data']['val_list'] == os.path.realpath(home / 'lists' / 'val.lst')
+
+  r = _run(tmp_path, home, 'hrseg_jax.main', '--config', 'tiny.py', '--workdir', 'runs/x',
+           '--config.train.num_steps=6', '--config.eval.every_steps=-1')
+  console_checks.assert_training_console(r, steps=[6], num_steps=6,
+                                         start='resumed from step 4')
+
   r = _run(tmp_path, home, 'hrseg_jax.main', '--config', 'tiny.py', '--mode', 'eval',
            '--workdir', 'runs/eval', '--checkpoint', 'runs/x')
-  assert 'mIoU' in r.stdout + r.stderr
-  assert (tmp_path / 'storage' / 'eval' / 'eval').is_dir()
+  console_checks.assert_quiet(r)
+  console_checks.assert_eval_table(r.stdout, ['road', 'sidewalk', 'bicycle'])
+  assert (tmp_path / 'storage' / 'eval' / 'eval' / 'confusion.png').is_file()

@@ -14,6 +14,11 @@ encoding orders the ids:
 * COCO-Stuff: raw ids 1..182 minus the 11 unused ones (spec 4.8): the 80
   COCO thing classes followed by the 91 stuff classes.
 
+* Synthetic scenes (:mod:`hrseg_jax.data.synthetic`): with 19 classes the
+  Cityscapes trainIds; otherwise road, sky, building, vegetation, sidewalk,
+  then object classes named after their shapes (car, person, pole, truck,
+  bicycle; ``car-2`` ... when K > 10).
+
 Any other dataset (or a class count that does not match) gets ``class_<i>``.
 """
 from __future__ import annotations
@@ -105,12 +110,32 @@ _BY_DATASET = {
 }
 
 
+_SYNTHETIC_SCENERY = ('road', 'sky', 'building', 'vegetation', 'sidewalk')
+# The object shapes of hrseg_jax.data.synthetic (K != 19), in their order.
+_SYNTHETIC_OBJECTS = ('car', 'person', 'pole', 'truck', 'bicycle')
+
+
+def synthetic_names(num_classes: int) -> tuple[str, ...]:
+  """Names of the synthetic scenes' K classes (see the module docstring)."""
+  if num_classes == len(CITYSCAPES_CLASSES):
+    return tuple(CITYSCAPES_CLASSES)
+  names = list(_SYNTHETIC_SCENERY[:num_classes])
+  for c in range(len(names), num_classes):
+    i = c - len(_SYNTHETIC_SCENERY)
+    base = _SYNTHETIC_OBJECTS[i % len(_SYNTHETIC_OBJECTS)]
+    names.append(base if i < len(_SYNTHETIC_OBJECTS) else
+                 f'{base}-{i // len(_SYNTHETIC_OBJECTS) + 1}')
+  return tuple(names)
+
+
 def generic_names(num_classes: int) -> tuple[str, ...]:
   return tuple(f'class_{i}' for i in range(num_classes))
 
 
 def class_names(dataset: str | None, num_classes: int) -> tuple[str, ...]:
   """K names for ``dataset``; ``class_<i>`` if unknown or K does not match."""
+  if dataset == 'synthetic':
+    return synthetic_names(num_classes)
   names = _BY_DATASET.get(dataset or '')
   if names is None or len(names) != num_classes:
     return generic_names(num_classes)

@@ -143,7 +143,7 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
       cropped, and it supplies unset eval sizes / ignore label
       (:func:`~hrseg_jax.eval.config.with_data_defaults`).
     eval_cfg: the ``eval`` section (:func:`~hrseg_jax.eval.config.default_eval_config`).
-    out_dir: where ``metrics.json`` (process 0) and, with
+    out_dir: where ``metrics.json`` and ``confusion.png`` (process 0) and, with
       ``eval_cfg.save_predictions``, ``predictions/<id>.png`` (trainId uint8,
       every process its own examples) go; nothing is written when ``None``.
     dtype: the network's compute dtype.
@@ -226,4 +226,7 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
     log(metrics.format_iou_table(result, names))
     if out_dir is not None:
       files.write_json_atomic(os.path.join(out_dir, METRICS_FILE), result)
+      from hrseg_jax.eval import visuals  # pylint: disable=g-import-not-at-top
+      files.write_bytes_atomic(os.path.join(out_dir, visuals.CONFUSION_FILE),
+                               files.encode_png(visuals.confusion_image(cm, names)))
   return result

@@ -46,8 +46,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from hrseg_jax import checkpoints as model_ckpt
-from hrseg_jax import manifest
-from hrseg_jax import paths
+from hrseg_jax import console, manifest, paths
 from hrseg_jax.train.state import TrainState
 
 TRAIN = 'train'
@@ -88,8 +87,7 @@ class Checkpointer:
 
   def __init__(self, directory, *, max_to_keep: int = 3, keep_best: bool = True,
                async_save: bool = True):
-    for name in ('orbax', 'absl'):
-      logging.getLogger(name).setLevel(logging.WARNING)
+    console.quiet_orbax()
     self.directory = epath.Path(paths.resolve(os.fspath(directory)))
     policies = [pp.LatestN(max_to_keep)]
     if keep_best:

@@ -22,6 +22,7 @@ Every trained step's loss is appended to ``<workdir>/losses.txt`` (see
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -33,17 +34,22 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
+from hrseg_jax import console as console_lib
 from hrseg_jax import paths
 from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
 from hrseg_jax.train import faults as faults_lib
-from hrseg_jax.train import optim, pretrained, sharding, step as step_lib
+from hrseg_jax.train import optim, pretrained, progress as progress_lib, sharding, step as step_lib
 from hrseg_jax.train.checkpointing import Checkpointer, abstract_with_shardings
 from hrseg_jax.train.state import TrainState
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 NONFINITE = ('stop', 'skip')
 LOSSES_FILE = 'losses.txt'
+CONFIG_FILE = 'config.json'
+LOG_FILE = 'log.txt'
+EVAL_DIR = 'eval'
+NUM_OVERLAYS = 3
 
 
 class NonFiniteLoss(RuntimeError):
@@ -232,21 +238,107 @@ def make_eval_step(model, num_classes: int, ignore_label: int, align_corners: bo
     logits = resize_bilinear(logits, batch['label'].shape[1:3], align_corners)
     pred = jnp.argmax(logits, axis=-1)
     return confusion_matrix(pred, batch['label'], num_classes, ignore_label,
-                            mask=batch['mask'])
+                            mask=batch['mask']), pred.astype(jnp.uint8)
   return eval_step
 
 
-def run_eval(eval_fn, variables, data_cfg, batch_size, batch_sh, num_classes):
+def _first_local_examples(batch, pred, count: int) -> dict:
+  """Up to ``count`` of this process's examples: image, label, prediction."""
+  from hrseg_jax.data.transforms import MEAN, STD  # pylint: disable=g-import-not-at-top
+
+  def local(x):
+    return np.asarray(x.addressable_shards[0].data)
+  keep = local(batch['mask'])[:count]
+  rgb = local(batch['image'])[:count][keep] * (255 * STD) + 255 * MEAN
+  return {'image': rgb,
+          'label': local(batch['label'])[:count][keep],
+          'pred': local(pred)[:count][keep]}
+
+
+def run_eval(eval_fn, variables, data_cfg, batch_size, batch_sh, num_classes,
+             num_examples: int = 0):
+  """Metrics of the validation split (confusion matrix included).
+
+  With ``num_examples`` > 0, ``result['examples']`` holds that many of the
+  first batch's examples (``image``, ``label``, ``pred``) for pictures.
+  """
   from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from hrseg_jax.eval.metrics import iou_metrics  # pylint: disable=g-import-not-at-top
   cm = np.zeros((num_classes, num_classes), np.int64)
   it = pipeline.make_eval_iterator(data_cfg, batch_size=batch_size,
                                    shard_index=jax.process_index(),
                                    shard_count=jax.process_count())
+  examples = None
   for local in it:
     batch = sharding.global_batch(local, batch_sh)
-    cm += np.asarray(jax.device_get(eval_fn(variables, batch)), np.int64)
-  return iou_metrics(cm)
+    batch_cm, pred = eval_fn(variables, batch)
+    cm += np.asarray(jax.device_get(batch_cm), np.int64)
+    if examples is None and num_examples > 0:
+      examples = _first_local_examples(batch, pred, num_examples)
+  result = iou_metrics(cm)
+  result['confusion_matrix'] = cm
+  if examples is not None:
+    result['examples'] = examples
+  return result
+
+
+def _num_val(data_cfg) -> int | None:
+  """Validation examples used by the evaluations (None: no labelled val split)."""
+  from hrseg_jax.data import sources  # pylint: disable=g-import-not-at-top
+  try:
+    n = len(sources.make_source(data_cfg, 'val'))
+  except (OSError, ValueError):
+    return None
+  limit = int(data_cfg.get('val_num_samples', 0))
+  return min(n, limit) if limit > 0 else n
+
+
+def _model_name(model_cfg: dict) -> str:
+  extras = ''.join(f'+{k.upper() if k == "ocr" else "HANet"}'
+                   for k in ('ocr', 'hanet') if model_cfg.get(k))
+  return f'{model_cfg.get("arch", "model")} {model_cfg.get("variant", "")}{extras}'
+
+
+def write_run_config(config, workdir: epath.Path) -> None:
+  """``<workdir>/config.json``: this run's resolved config (atomic)."""
+  from hrseg_jax.eval import files  # pylint: disable=g-import-not-at-top
+  text = config.to_json_best_effort(indent=2) if hasattr(config, 'to_json_best_effort') \
+      else json.dumps(dict(config), indent=2, default=str)
+  files.write_bytes_atomic(os.fspath(workdir / CONFIG_FILE), (text + '\n').encode())
+
+
+def report_eval(ev: dict, step: int, *, names, palette, ignore_label: int,
+                writer, console, workdir: epath.Path, is_main: bool) -> None:
+  """An evaluation's table, TensorBoard summaries and files.
+
+  Writes the scalars ``eval/miou``, ``eval/pixel_acc``, ``eval/mean_acc``
+  and ``eval/iou/<class>``, the images ``eval/overlays`` (image | ground
+  truth | prediction) and ``eval/confusion_matrix``, and (process 0)
+  ``<workdir>/eval/step_<step>/{metrics.json,confusion.png}``.
+  """
+  from hrseg_jax.eval import files, visuals  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.eval.metrics import format_iou_table  # pylint: disable=g-import-not-at-top
+  scalars = {f'eval/{k}': float(v) for k, v in ev.items() if np.isscalar(v)}
+  scalars.update({f'eval/iou/{n}': float(v) for n, v in zip(names, ev['iou'])})
+  writer.write_scalars(step, scalars)
+  confusion = visuals.confusion_image(ev['confusion_matrix'], names)
+  images = {'eval/confusion_matrix': confusion[None]}
+  if 'examples' in ev and len(ev['examples']['image']):
+    ex = ev['examples']
+    images['eval/overlays'] = visuals.overlay_strips(
+        ex['image'], ex['label'], ex['pred'], palette, ignore_label)
+  writer.write_images(step, images)
+  console.print(f'evaluation at step {step}:\n{format_iou_table(ev, names)}')
+  if is_main:
+    out = workdir / EVAL_DIR / f'step_{step}'
+    saved = {k: v for k, v in ev.items() if k != 'examples'}
+    saved['confusion_matrix'] = np.asarray(ev['confusion_matrix']).tolist()
+    saved['iou'] = [float(x) for x in ev['iou']]
+    saved['class_names'] = list(names)
+    files.write_json_atomic(os.fspath(out / 'metrics.json'),
+                            json.loads(json.dumps(saved, default=float)))
+    files.write_bytes_atomic(os.fspath(out / visuals.CONFUSION_FILE),
+                             files.encode_png(confusion))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -274,12 +366,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _train(config, workdir: epath.Path, stop: StopSignal,
            faults: faults_lib.Faults) -> dict:
   """:func:`train_and_evaluate` once the workdir and the SIGTERM handler exist."""
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_main, asynchronous=True)
   loss_log = LossLog(workdir / LOSSES_FILE, enabled=is_main)
+  console = console_lib.Console(workdir / LOG_FILE, enabled=is_main)
+  try:
+    return _train_logged(config, workdir, stop, faults, writer, loss_log, console)
+  finally:
+    console.close()
+
+
+def _train_logged(config, workdir: epath.Path, stop: StopSignal,
+                  faults: faults_lib.Faults, writer, loss_log: LossLog,
+                  console: console_lib.Console) -> dict:
+  """:func:`_train` with its writers and console."""
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.eval import classes, palettes  # pylint: disable=g-import-not-at-top
+  is_main = jax.process_index() == 0
+  if is_main:
+    write_run_config(config, workdir)
 
   # ---- Mesh and input pipeline -------------------------------------------
   mesh = sharding.make_mesh(config.mesh.fsdp)
@@ -311,14 +419,28 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
       saved = ckpt.check_model(model_cfg, resolve=registry.resolve)
       check_input_state(saved.get('config', {}), config, ckpt)
       state = ckpt.restore(abstract_with_shardings(state, state_sh), train_iter)
-      logging.info('resumed from step %d', int(state.step))
+      how = f'resumed from step {int(state.step)} ({ckpt.directory / str(int(state.step))})'
     elif config.train.init_from:
       state = load_init_weights(state, config.train.init_from, model_cfg)
-      logging.info('initialised from %s', config.train.init_from)
+      how = f'initialised from {config.train.init_from}'
+    else:
+      how = 'from scratch (random initialisation)'
   except BaseException:
     ckpt.abandon()
     raise
   start = int(jax.device_get(state.step))
+  num_classes = model_cfg['num_classes']
+  names = classes.class_names(config.data.name, num_classes)
+  console.print(progress_lib.startup_block(
+      devices=jax.devices(), mesh_shape=dict(mesh.shape),
+      process_count=jax.process_count(), global_batch=config.train.batch_size,
+      local_batch=local_batch, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
+      num_train=num_train,
+      num_val=_num_val(config.data) if config.eval.every_steps > 0 else None,
+      model=_model_name(model_cfg) + f', {num_classes} classes ({config.data.name}), {config.train.dtype}',
+      num_params=progress_lib.count_parameters(state.params),
+      workdir=os.fspath(workdir), checkpoints=os.fspath(ckpt.directory),
+      start=how if start < num_steps else f'{how}; nothing left to train'))
 
   align = bool(model_cfg.get('align_corners', False))
   train_fn = jax.jit(
@@ -327,18 +449,21 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
                         skip_nonfinite=config.train.nonfinite == 'skip'),
       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
       donate_argnums=(0,))
-  eval_fn = jax.jit(make_eval_step(model, model_cfg['num_classes'],
+  eval_fn = jax.jit(make_eval_step(model, num_classes,
                                    config.loss.ignore_label, align))
   eval_batch = max(config.eval.batch_size // jax.process_count(), 1)
 
   def evaluate(state):
     return run_eval(eval_fn, state.variables, config.data, eval_batch, batch_sh,
-                    model_cfg['num_classes'])
+                    num_classes, num_examples=NUM_OVERLAYS if is_main else 0)
 
   # ---- Train loop ----------------------------------------------------------
   meta = {'config': config.to_dict() if hasattr(config, 'to_dict') else {}}
   report = periodic_actions.ReportProgress(num_train_steps=num_steps,
                                            writer=writer, every_steps=config.train.log_every_steps)
+  progress = progress_lib.Progress(num_steps, steps_per_epoch, config.train.batch_size,
+                                   start)
+  palette = palettes.get_palette(config.data.name)
   history = []
   pending = []   # (step, device metrics) not fetched yet
   window = []    # fetched host metrics not written to the writer yet
@@ -373,8 +498,10 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
         result['preempted'] = True
         steps = range(0)
       for step in steps:
+        t_data = time.perf_counter()
         with report.timed('data', wait_jax_async_dispatch=False):
           local = next(train_iter)
+        progress.add_data_time(time.perf_counter() - t_data)
         batch = sharding.global_batch(faults.on_batch(step, local), batch_sh)
         state, metrics = train_fn(state, batch)
         pending.append((step, metrics))
@@ -392,26 +519,32 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
         if save_now and pending:
           fetch()   # a non-finite state is never checkpointed
         if log_now:
-          writer.write_scalars(step, {
+          scalars = {
               'train/loss': float(np.mean([m['loss'] for m in window])),
               'train/grad_norm': float(np.mean([m['grad_norm'] for m in window])),
               'train/lr': float(lr_fn(step - 1)),
-              'train/skipped_steps': int(jax.device_get(state.skipped))})
+              'train/skipped_steps': int(jax.device_get(state.skipped))}
+          writer.write_scalars(step, scalars)
           window.clear()
+          console.print(progress.line(step, {
+              'loss': scalars['train/loss'], 'lr': scalars['train/lr'],
+              'grad_norm': scalars['train/grad_norm'],
+              'skipped': scalars['train/skipped_steps']},
+              memory=progress_lib.device_memory(jax.local_devices())))
         ev = None
+        t_pause = time.perf_counter()
         if evaluate_now:
           with report.timed('eval'):
             ev = evaluate(state)
-          writer.write_scalars(step, {f'eval/{k}': v for k, v in ev.items()
-                                      if np.isscalar(v)})
-          if is_main:
-            from hrseg_jax.eval.metrics import format_iou_table  # pylint: disable=g-import-not-at-top
-            logging.info('step %d eval:\n%s', step, format_iou_table(ev))
-          result['eval'] = ev
+          report_eval(ev, step, names=names, palette=palette,
+                      ignore_label=config.loss.ignore_label, writer=writer,
+                      console=console, workdir=workdir, is_main=is_main)
+          result['eval'] = {k: v for k, v in ev.items() if k != 'examples'}
         if save_now:
           ckpt.save(state, train_iter, model_cfg, force=True,
                     metrics={'miou': float(ev['miou'])} if ev else None,
                     meta=dict(meta, eval={'miou': float(ev['miou'])}) if ev else meta)
+        progress.add_paused_time(time.perf_counter() - t_pause)
         if halt and not last:
           logging.warning('stopping at step %d (checkpoint saved); rerun the same '
                           'command to resume', step)

@@ -1,0 +1,140 @@
+"""What the commands print: our own lines, without the libraries' noise.
+
+:func:`configure` keeps TensorFlow (imported only as a TensorBoard writer),
+Orbax and JAX start-up messages off the console unless ``verbose``;
+:class:`Console` prints a run's lines and appends them to its log file.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import sys
+import time
+
+_ORBAX_DIR = f'{os.sep}orbax{os.sep}'
+
+
+class _DropOrbaxChatter(logging.Filter):
+  """Orbax logs through absl's logger; keep only its errors.
+
+  Its warnings are about its own choices (e.g. "Given directory is read
+  only" for every read-only restore), not about the user's run.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or _ORBAX_DIR not in (record.pathname or '')
+
+
+_FILTER = _DropOrbaxChatter()
+_verbose = False
+
+
+def configure(verbose: bool = False) -> None:
+  """Sets library log levels for a command line (call once, early).
+
+  Args:
+    verbose: show the libraries' messages (INFO and up) instead.
+  """
+  global _verbose
+  _verbose = verbose
+  if verbose:
+    logging.getLogger('absl').removeFilter(_FILTER)
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    absl_logging.set_verbosity(absl_logging.INFO)
+    return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('GRPC_VERBOSITY', 'ERROR')
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  quiet_orbax()
+
+
+def quiet_orbax() -> None:
+  """Drops Orbax's INFO/WARNING records (not after ``configure(verbose=True)``)."""
+  if not _verbose:
+    logging.getLogger('absl').addFilter(_FILTER)
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+  """Silences file descriptor 2 (C++ logging of native libraries)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, 'w') as null:
+      os.dup2(null.fileno(), 2)
+      yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def import_tensorflow_quietly():
+  """Imports TensorFlow (if installed) without its start-up lines.
+
+  TensorFlow prints its oneDNN and CPU-feature notes from C++ before any
+  log level applies, so the import runs with stderr closed.  Python errors
+  of the import are not hidden: they are raised after stderr is restored.
+  Returns the module, or None when TensorFlow is not installed.
+  """
+  if 'tensorflow' in sys.modules:
+    return sys.modules['tensorflow']
+  if importlib.util.find_spec('tensorflow') is None:
+    return None
+  if _verbose:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf
+  with _stderr_to_devnull():
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    except Exception as e:  # pylint: disable=broad-except
+      error = e
+    else:
+      error = None
+  if error is not None:
+    raise error
+  return tf
+
+
+class Console:
+  """Prints lines (process 0 only) and appends them to a log file.
+
+  Args:
+    log_path: the plain-text log file ('' or None: no file).
+    enabled: whether this process prints (multi-host runs: process 0).
+  """
+
+  def __init__(self, log_path=None, enabled: bool = True):
+    self.enabled = enabled
+    self._file = None
+    if enabled and log_path:
+      self._file = open(os.fspath(log_path), 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+      self._handler = logging.StreamHandler(self._file)
+      self._handler.setLevel(logging.WARNING)
+      self._handler.setFormatter(logging.Formatter('%(levelname)s %(message)s'))
+      self._handler.addFilter(_FILTER)
+      logging.getLogger().addHandler(self._handler)
+
+  def print(self, text: str = '') -> None:
+    if not self.enabled:
+      return
+    print(text, flush=True)
+    if self._file is not None:
+      stamp = time.strftime('%Y-%m-%d %H:%M:%S')
+      for line in str(text).splitlines() or ['']:
+        self._file.write(f'{stamp}  {line}\n')
+      self._file.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      logging.getLogger().removeHandler(self._handler)
+      self._file.close()
+      self._file = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

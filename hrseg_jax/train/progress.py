@@ -1,0 +1,151 @@
+"""The training console: a start-up block and one line per log step.
+
+A log line reads::
+
+  step 1200/119548 (epoch 1.2) loss 0.412 lr 9.9e-3 grad 1.8 | 96.4 img/s,
+  0.124 s/step, data 2% | ETA 4h07m | mem 14.1 GiB
+
+(one line on the console).  Speeds are measured on the host between two log
+steps, when the loop fetches the metrics anyway (no extra device sync);
+time spent evaluating and saving checkpoints is left out of them.  The
+first window after start-up includes compilation, and says so.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Mapping, Sequence
+
+
+def format_duration(seconds: float) -> str:
+  """``4h07m``, ``12m05s``, ``41s``; ``2d03h`` beyond a day."""
+  if not math.isfinite(seconds) or seconds < 0:
+    return '?'
+  s = int(round(seconds))
+  if s >= 86400:
+    return f'{s // 86400}d{s % 86400 // 3600:02d}h'
+  if s >= 3600:
+    return f'{s // 3600}h{s % 3600 // 60:02d}m'
+  if s >= 60:
+    return f'{s // 60}m{s % 60:02d}s'
+  return f'{s}s'
+
+
+def format_lr(lr: float) -> str:
+  """``9.9e-3`` (short exponent), ``0`` for zero."""
+  if lr == 0:
+    return '0'
+  mantissa, exponent = f'{lr:.1e}'.split('e')
+  return f'{mantissa}e{int(exponent)}'
+
+
+def format_bytes(n: float) -> str:
+  for unit, size in (('GiB', 2 ** 30), ('MiB', 2 ** 20)):
+    if n >= size:
+      return f'{n / size:.1f} {unit}'
+  return f'{n / 1024:.1f} KiB'
+
+
+def device_memory(devices: Sequence[Any]) -> int | None:
+  """Peak bytes in use on the busiest device, if the backend reports it."""
+  peaks = []
+  for d in devices:
+    try:
+      stats = d.memory_stats()
+    except Exception:  # pylint: disable=broad-except
+      stats = None
+    if stats:
+      value = stats.get('peak_bytes_in_use', stats.get('bytes_in_use'))
+      if value is not None:
+        peaks.append(int(value))
+  return max(peaks) if peaks else None
+
+
+class Progress:
+  """Measures the steps between two log lines and formats the line.
+
+  Args:
+    num_steps: the last step of the run.
+    steps_per_epoch: steps in one pass over the training set.
+    global_batch: images per step (all processes).
+    start_step: the step the run starts (or resumes) from.
+    clock: a ``time.perf_counter``-like function (tests).
+  """
+
+  def __init__(self, num_steps: int, steps_per_epoch: int, global_batch: int,
+               start_step: int, clock=time.perf_counter):
+    self.num_steps = num_steps
+    self.steps_per_epoch = max(steps_per_epoch, 1)
+    self.global_batch = global_batch
+    self._clock = clock
+    self._first = True
+    self._since_step = start_step
+    self._since = clock()
+    self._paused = 0.0
+    self._data = 0.0
+
+  def add_data_time(self, seconds: float) -> None:
+    """Time the loop waited for the input pipeline."""
+    self._data += seconds
+
+  def add_paused_time(self, seconds: float) -> None:
+    """Time outside training (evaluation, checkpoint saves): not a speed."""
+    self._paused += seconds
+
+  def line(self, step: int, metrics: Mapping[str, float],
+           memory: int | None = None) -> str:
+    """The log line of ``step``; starts the next window.
+
+    Args:
+      step: the step just trained (its metrics are on the host).
+      metrics: ``loss``, ``lr`` and ``grad_norm`` (means over the window).
+      memory: peak device bytes, or None if the backend does not say.
+    """
+    now = self._clock()
+    steps = max(step - self._since_step, 1)
+    seconds = max(now - self._since - self._paused, 1e-9)
+    per_step = seconds / steps
+    data_share = min(self._data / seconds, 1.0)
+    eta = (self.num_steps - step) * per_step
+    text = (f'step {step}/{self.num_steps} (epoch {step / self.steps_per_epoch:.1f}) '
+            f'loss {metrics["loss"]:.3f} lr {format_lr(metrics["lr"])} '
+            f'grad {metrics["grad_norm"]:.2f} | '
+            f'{steps * self.global_batch / seconds:.1f} img/s, {per_step:.3f} s/step'
+            f'{" incl. compilation" if self._first else ""}, '
+            f'data {100 * data_share:.0f}% | ETA {format_duration(eta)}')
+    if metrics.get('skipped'):
+      text += f' | skipped {int(metrics["skipped"])}'
+    if memory is not None:
+      text += f' | mem {format_bytes(memory)}'
+    self._first = False
+    self._since_step, self._since = step, now
+    self._paused = self._data = 0.0
+    return text
+
+
+def count_parameters(params) -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return sum(int(math.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+
+
+def startup_block(*, devices: Sequence[Any], mesh_shape: Mapping[str, int],
+                  process_count: int, global_batch: int, local_batch: int,
+                  num_steps: int, steps_per_epoch: int, num_train: int,
+                  num_val: int | None, model: str, num_params: int,
+                  workdir: str, checkpoints: str, start: str) -> str:
+  """The lines printed once before training starts."""
+  kinds = sorted({getattr(d, 'device_kind', d.platform) for d in devices})
+  mesh = ' x '.join(f'{k} {v}' for k, v in mesh_shape.items())
+  epochs = num_steps / max(steps_per_epoch, 1)
+  val = f', {num_val:,} val' if num_val is not None else ''
+  return '\n'.join([
+      f'devices     {len(devices)} x {", ".join(kinds)} ({devices[0].platform}), '
+      f'{process_count} process{"es" if process_count > 1 else ""}; mesh {mesh}',
+      f'batch       {global_batch} global, {local_batch} per process',
+      f'steps       {num_steps:,} ({epochs:.1f} epochs of {steps_per_epoch:,} steps)',
+      f'data        {num_train:,} train{val} examples',
+      f'model       {model}, {num_params:,} parameters',
+      f'workdir     {workdir} (config.json, log.txt, TensorBoard events)',
+      f'checkpoints {checkpoints}',
+      f'start       {start}',
+  ])

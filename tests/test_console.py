@@ -1,0 +1,149 @@
+"""The training console's pieces: log line, start-up block, quiet logging,
+class names, evaluation pictures (the command lines: tests/test_paths.py)."""
+import logging
+import os
+import types
+
+import numpy as np
+import pytest
+
+import console_checks
+from hrseg_jax import console
+from hrseg_jax.eval import classes, palettes, visuals
+from hrseg_jax.train import progress
+
+
+@pytest.mark.parametrize('seconds, text', [
+    (0, '0s'), (41.4, '41s'), (725, '12m05s'), (4 * 3600 + 7 * 60 + 3, '4h07m'),
+    (2 * 86400 + 3 * 3600, '2d03h'), (float('inf'), '?'), (-1, '?')])
+def test_format_duration(seconds, text):
+  assert progress.format_duration(seconds) == text
+
+
+def test_format_lr_and_bytes():
+  assert progress.format_lr(9.87e-3) == '9.9e-3'
+  assert progress.format_lr(0.05) == '5.0e-2'
+  assert progress.format_lr(0.0) == '0'
+  assert progress.format_bytes(14.1 * 2 ** 30) == '14.1 GiB'
+  assert progress.format_bytes(300 * 2 ** 20) == '300.0 MiB'
+
+
+class _Clock:
+  def __init__(self):
+    self.now = 100.0
+
+  def __call__(self):
+    return self.now
+
+
+def test_progress_line_speeds_exclude_pauses():
+  clock = _Clock()
+  p = progress.Progress(num_steps=1000, steps_per_epoch=100, global_batch=8,
+                        start_step=0, clock=clock)
+  clock.now += 50.0                        # 10 steps, compilation included
+  first = p.line(10, {'loss': 0.5, 'lr': 1e-2, 'grad_norm': 2.0})
+  assert 'incl. compilation' in first
+  assert first.startswith('step 10/1000 (epoch 0.1) loss 0.500 lr 1.0e-2 grad 2.00 | ')
+  p.add_data_time(0.5)
+  p.add_paused_time(30.0)                  # an evaluation: not training time
+  clock.now += 40.0                        # 10 s of training for 20 steps
+  line = p.line(30, {'loss': 0.25, 'lr': 5e-3, 'grad_norm': 1.5}, memory=3 * 2 ** 30)
+  assert line == ('step 30/1000 (epoch 0.3) loss 0.250 lr 5.0e-3 grad 1.50 | '
+                  '16.0 img/s, 0.500 s/step, data 5% | ETA 8m05s | mem 3.0 GiB')
+  assert console_checks.STEP_LINE.match(line)['eta'] == '8m05s'
+
+
+def test_device_memory():
+  def dev(stats):
+    return types.SimpleNamespace(memory_stats=lambda: stats)
+  assert progress.device_memory([dev(None)]) is None
+  assert progress.device_memory([dev({'peak_bytes_in_use': 5}),
+                                 dev({'peak_bytes_in_use': 7})]) == 7
+
+
+def test_startup_block():
+  cpu = types.SimpleNamespace(platform='cpu', device_kind='cpu')
+  text = progress.startup_block(
+      devices=[cpu, cpu], mesh_shape={'data': 2, 'fsdp': 1}, process_count=1,
+      global_batch=16, local_batch=16, num_steps=1000, steps_per_epoch=185,
+      num_train=2975, num_val=500, model='hrnet w48, 19 classes', num_params=65859379,
+      workdir='/runs/w48', checkpoints='/runs/w48/checkpoints', start='from scratch')
+  lines = text.splitlines()
+  assert [l.split(' ', 1)[0] for l in lines] == list(console_checks.STARTUP_KEYS)
+  assert 'mesh data 2 x fsdp 1' in lines[0]
+  assert '2,975 train, 500 val' in text and '65,859,379 parameters' in text
+
+
+def test_orbax_records_are_dropped_unless_verbose():
+  def record(path, level):
+    return logging.LogRecord('absl', level, path, 1, 'msg', None, None)
+  orbax_file = os.path.join('site-packages', 'orbax', 'checkpoint', 'x.py')
+  ours = os.path.join('hrseg_jax', 'train', 'loop.py')
+  f = console._DropOrbaxChatter()  # pylint: disable=protected-access
+  assert not f.filter(record(orbax_file, logging.WARNING))
+  assert f.filter(record(orbax_file, logging.ERROR))
+  assert f.filter(record(ours, logging.WARNING))
+  absl_logger = logging.getLogger('absl')
+  try:
+    console.configure(verbose=True)
+    console.quiet_orbax()
+    assert console._FILTER not in absl_logger.filters  # pylint: disable=protected-access
+    console.configure(verbose=False)
+    assert console._FILTER in absl_logger.filters  # pylint: disable=protected-access
+  finally:
+    console._verbose = False  # pylint: disable=protected-access
+
+
+def test_console_writes_the_log_file(tmp_path, capsys):
+  with console.Console(tmp_path / 'log.txt') as c:
+    c.print('step 1/2\nsecond')
+    logging.getLogger('hrseg_test').warning('a warning')
+  with console.Console(tmp_path / 'other.txt', enabled=False) as c:
+    c.print('hidden')
+  out = capsys.readouterr().out
+  assert out == 'step 1/2\nsecond\n'
+  log = (tmp_path / 'log.txt').read_text().splitlines()
+  assert log[0].endswith('  step 1/2') and log[1].endswith('  second')
+  assert log[2] == 'WARNING a warning'
+  assert not (tmp_path / 'other.txt').exists()
+
+
+def test_synthetic_class_names():
+  assert classes.class_names('synthetic', 6) == (
+      'road', 'sky', 'building', 'vegetation', 'sidewalk', 'car')
+  names = classes.class_names('synthetic', 12)
+  assert names[5:] == ('car', 'person', 'pole', 'truck', 'bicycle', 'car-2', 'person-2')
+  assert classes.class_names('synthetic', 19) == classes.class_names('cityscapes', 19)
+  assert classes.class_names('synthetic', 3) == ('road', 'sky', 'building')
+
+
+def test_confusion_image_draws_row_shares():
+  cm = np.array([[90, 10, 0], [0, 0, 0], [0, 50, 50]])
+  img = visuals.confusion_image(cm, ['road', 'sky', 'car'])
+  assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+  # Cells shade from white (0 %) to dark blue (100 %); the empty row is grey.
+  flat = img.reshape(-1, 3).astype(int)
+
+  def drawn(share):
+    colour = np.rint(255 + share * (np.array([8, 48, 107]) - 255))
+    return (np.abs(flat - colour) <= 1).all(axis=1).sum()
+  cell = drawn(0.9)
+  assert cell > 0 and drawn(0.1) == cell and drawn(0.5) == 2 * cell
+  assert drawn(0.3) == 0 and drawn(1.0) == 0
+  assert (flat == [225, 225, 225]).all(axis=1).sum() >= 3 * cell
+  big = visuals.confusion_image(np.eye(150, dtype=int), [f'c{i}' for i in range(150)])
+  assert big.shape[0] < 1000 and big.shape[1] < 1000
+
+
+def test_overlay_strips():
+  pal = palettes.get_palette('cityscapes')
+  images = np.full((2, 4, 5, 3), 100.0)
+  labels = np.zeros((2, 4, 5), np.int32)
+  labels[:, 0] = 255
+  preds = np.ones((2, 4, 5), np.int32)
+  out = visuals.overlay_strips(images, labels, preds, pal, alpha=1.0)
+  assert out.shape == (2, 4, 15, 3) and out.dtype == np.uint8
+  assert (out[:, :, :5] == 100).all()                       # the image
+  assert (out[:, 0, 5:10] == 100).all()                     # ignore: image shows
+  assert (out[:, 1:, 5:10] == pal[0]).all()                 # ground truth colours
+  assert (out[:, :, 10:] == pal[1]).all()                   # prediction colours
