@@ -6,4 +6,5 @@ from hrseg_jax import recipes
 
 
 def get_config():
-  return recipes.recipe('cityscapes', 'w48', ocr=True, train_list='data/list/cityscapes/trainval.lst')
+  return recipes.recipe('cityscapes', 'w48', ocr=True,
+                        train_list='data/list/cityscapes/trainval.lst')

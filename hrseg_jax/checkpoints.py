@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from hrseg_jax import console, manifest, paths
-from hrseg_jax.overwrite import check_replaceable, is_checkpoint_dir  # pylint: disable=unused-import
+from hrseg_jax.overwrite import check_replaceable, is_checkpoint_dir  # noqa: F401  pylint: disable=unused-import
 
 VARIABLES = 'variables'
 MODEL = 'model'

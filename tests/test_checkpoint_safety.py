@@ -310,6 +310,7 @@ def test_restored_non_finite_values_name_the_step(tmp_path):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _train_state(0))
   ckpt = checkpointing.Checkpointer(tmp_path / 'c', keep_best=False)
   with pytest.raises(checkpointing.CheckpointRestoreError,
-                     match=r"step 3\) holds non-finite values in \['variables'\]\['params'\]\['w'\]"):
+                     match=r"step 3\) holds non-finite values in "
+                           r"\['variables'\]\['params'\]\['w'\]"):
     ckpt.restore(abstract)
   ckpt.close()

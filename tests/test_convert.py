@@ -1,6 +1,5 @@
 """PyTorch checkpoint conversion: layouts, inference of the architecture,
 round trips and bad input."""
-import os
 import sys
 
 import jax

@@ -270,7 +270,8 @@ def _break(root: pathlib.Path, case: str) -> str:
   if case == 'image/label size mismatch':
     label = cv2.imread(str(root / 'lbl' / '4.png'), cv2.IMREAD_UNCHANGED)
     cv2.imwrite(str(root / 'lbl' / '4.png'), label[:32])
-    return f'{root / "img" / "4.png"} / {root / "lbl" / "4.png"}: image size (64, 128) != label size (32, 128)'
+    return (f'{root / "img" / "4.png"} / {root / "lbl" / "4.png"}: '
+            'image size (64, 128) != label size (32, 128)')
   if case == 'empty list file':
     (root / 'train.lst').write_text('\n')
     return f'{root / "train.lst"}: list file is empty'

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
 from hrseg_jax import Segmenter
 from hrseg_jax.convert import convert, mapping

@@ -107,12 +107,12 @@ def test_sgd_matches_pytorch_update_rule():
   ref_p = jax.tree_util.tree_map(np.asarray, p)
   buf = jax.tree_util.tree_map(np.zeros_like, ref_p)
   for t in range(4):
-    g = jax.tree_util.tree_map(lambda x: np.full_like(x, 0.1 * (t + 1)), ref_p)
+    g = jax.tree_util.tree_map(lambda x, t=t: np.full_like(x, 0.1 * (t + 1)), ref_p)
     upd, state = tx.update(jax.tree_util.tree_map(jnp.asarray, g), state, p)
     p = optax.apply_updates(p, upd)
     lr = 0.01 * (1 - max(t - 1, 0) / 10) ** 0.9  # t: 0-based step
     buf = jax.tree_util.tree_map(lambda b, gg, pp: 0.9 * b + gg + 5e-4 * pp, buf, g, ref_p)
-    ref_p = jax.tree_util.tree_map(lambda pp, b: pp - lr * b, ref_p, buf)
+    ref_p = jax.tree_util.tree_map(lambda pp, b, lr=lr: pp - lr * b, ref_p, buf)
     for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(ref_p)):
       np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6)
 

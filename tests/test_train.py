@@ -1,6 +1,5 @@
 """Training: cross-replica BN on 8 devices, loss goes down, exact resume,
 multi-process, and eval through main."""
-import json
 import os
 import pathlib
 import subprocess

@@ -160,7 +160,8 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
   log(f'converted {src} -> {dst}: {cfg["arch"]} {cfg.get("variant", "")} '
       f'{cfg["num_classes"]} classes, {n:,} parameters'
       + (f' ({meta["dataset"]})' if meta.get('dataset') else '')
-      + (f'; freshly initialised: {len(report["initialised"])} tensors' if report['initialised'] else '')
+      + (f'; freshly initialised: {len(report["initialised"])} tensors'
+         if report['initialised'] else '')
       + (f'; skipped: {len(report["skipped"])} keys' if report['skipped'] else ''))
   if report['skipped']:
     log('skipped keys: ' + mapping._fmt(report['skipped'], 20))  # pylint: disable=protected-access

@@ -1,7 +1,6 @@
 """Object-Contextual Representations head (``seg_hrnet_ocr``)."""
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn

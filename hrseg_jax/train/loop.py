@@ -98,7 +98,7 @@ class StopSignal:
 def _sync_ok() -> bool:
   try:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.reached_preemption_sync_point  # pylint: disable=pointless-statement
+    multihost_utils.reached_preemption_sync_point  # noqa: B018  pylint: disable=pointless-statement
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
     return distributed.global_state.preemption_sync_manager is not None
   except Exception:  # pylint: disable=broad-except
@@ -437,7 +437,8 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
       local_batch=local_batch, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
       num_train=num_train,
       num_val=_num_val(config.data) if config.eval.every_steps > 0 else None,
-      model=_model_name(model_cfg) + f', {num_classes} classes ({config.data.name}), {config.train.dtype}',
+      model=(_model_name(model_cfg)
+             + f', {num_classes} classes ({config.data.name}), {config.train.dtype}'),
       num_params=progress_lib.count_parameters(state.params),
       workdir=os.fspath(workdir), checkpoints=os.fspath(ckpt.directory),
       start=how if start < num_steps else f'{how}; nothing left to train'))
