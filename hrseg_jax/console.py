@@ -118,9 +118,12 @@ class Console:
       logging.getLogger().addHandler(self._handler)
 
   def print(self, text: str = '') -> None:
-    if not self.enabled:
-      return
-    print(text, flush=True)
+    if self.enabled:
+      print(text, flush=True)
+      self.log(text)
+
+  def log(self, text: str) -> None:
+    """Appends ``text`` to the log file only."""
     if self._file is not None:
       stamp = time.strftime('%Y-%m-%d %H:%M:%S')
       for line in str(text).splitlines() or ['']:

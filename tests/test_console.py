@@ -98,13 +98,14 @@ def test_console_writes_the_log_file(tmp_path, capsys):
   with console.Console(tmp_path / 'log.txt') as c:
     c.print('step 1/2\nsecond')
     logging.getLogger('hrseg_test').warning('a warning')
+    c.log('only in the file')
   with console.Console(tmp_path / 'other.txt', enabled=False) as c:
     c.print('hidden')
   out = capsys.readouterr().out
   assert out == 'step 1/2\nsecond\n'
   log = (tmp_path / 'log.txt').read_text().splitlines()
   assert log[0].endswith('  step 1/2') and log[1].endswith('  second')
-  assert log[2] == 'WARNING a warning'
+  assert log[2] == 'WARNING a warning' and log[3].endswith('  only in the file')
   assert not (tmp_path / 'other.txt').exists()
 
 

@@ -559,4 +559,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   result['seconds'] = time.time() - t0
   result['final_step'] = int(jax.device_get(state.step))
   result['losses_from_step'] = start + 1
+  console.log(f'run ended at step {result["final_step"]}/{num_steps} after '
+              f'{result["seconds"]:.0f} s' + (' (stopped early; rerun to resume)'
+                                             if result['preempted'] else ''))
   return result
