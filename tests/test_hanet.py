@@ -70,11 +70,12 @@ def x64():
 @pytest.fixture
 def fast_compile():
   """Most XLA optimisations off (halves CPU compile time; same arithmetic)."""
+  previous = jax.config.jax_disable_most_optimizations
   jax.config.update('jax_disable_most_optimizations', True)
   try:
     yield
   finally:
-    jax.config.update('jax_disable_most_optimizations', False)
+    jax.config.update('jax_disable_most_optimizations', previous)
 
 
 def load_fixture(golden, name: str, positions: str = 'rows'):

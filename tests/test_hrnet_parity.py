@@ -4,7 +4,6 @@ Tolerances from the fixtures' README: logits rel-L2 <= 1e-4, max/mean <= 1e-3,
 argmax >= 99.9%; loss and gradients rel-L2 <= 1e-4; BN running statistics
 max/mean <= 3e-5.
 """
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -118,8 +117,3 @@ def test_training_step_float32(converted, fixture):
   seg = Segmenter.from_checkpoint(converted)
   _check_training(fixture, *_train_forward_backward(seg, fixture, jnp.float32),
                   ['last_layer.3.weight', 'last_layer.3.bias'])
-
-
-def test_no_torch_or_tensorflow_imported():
-  assert 'torch' not in sys.modules
-  assert 'tensorflow' not in sys.modules

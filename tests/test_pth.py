@@ -10,7 +10,6 @@ import pathlib
 import pickle
 import struct
 import subprocess
-import sys
 import tarfile
 import textwrap
 import zipfile
@@ -678,8 +677,3 @@ def test_round_trip_through_real_torch(tmp_path):
         if value.dtype == ml_dtypes.bfloat16:
           value = value.view(np.uint8)
         _assert_bits_equal(value, want[key])
-
-
-def test_torch_was_never_imported():
-  # Keep last: nothing above may have pulled PyTorch in.
-  assert 'torch' not in sys.modules

@@ -19,7 +19,11 @@ from hrseg_jax.data.label_maps import LabelMap
 def open_data_source(name: str, split: str, data_dir: str | None,
                      skip_decoding: tuple[str, ...]):
   """Opens a prepared TFDS dataset as an ArrayRecord data source."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ValueError("data.source='tfds' needs TensorFlow Datasets: "
+                     "pip install 'hrseg-jax[tfds]'") from e
   decoders = {key: tfds.decode.SkipDecoding() for key in skip_decoding}
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir,

@@ -40,6 +40,7 @@ from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
 from hrseg_jax.train import faults as faults_lib
 from hrseg_jax.train import optim, pretrained, progress as progress_lib, sharding, step as step_lib
+from hrseg_jax.train import tb_writer
 from hrseg_jax.train.checkpointing import Checkpointer, abstract_with_shardings
 from hrseg_jax.train.state import TrainState
 
@@ -366,7 +367,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _train(config, workdir: epath.Path, stop: StopSignal,
            faults: faults_lib.Faults) -> dict:
   """:func:`train_and_evaluate` once the workdir and the SIGTERM handler exist."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  metric_writers = tb_writer.clu_metric_writers()  # TensorBoard without TensorFlow
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_main, asynchronous=True)
@@ -382,7 +383,8 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
                   faults: faults_lib.Faults, writer, loss_log: LossLog,
                   console: console_lib.Console) -> dict:
   """:func:`_train` with its writers and console."""
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+  metric_writers = tb_writer.clu_metric_writers()
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from hrseg_jax.eval import classes, palettes  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
