@@ -25,12 +25,37 @@ import fault_util as fu
 CKPT = 'checkpoints'
 
 
+# The faults each test (each case of a parametrized one) injects.
+FAULTS_PER_TEST = {
+    'test_preemption_and_kill_9_lose_nothing': 4,
+    'test_sigterm_on_one_host_stops_every_host': 1,
+    'test_nonfinite_loss_and_full_disk_lose_nothing': 3,
+    'test_nonfinite_loss_skipped_and_counted': 1,
+    'test_bad_data_is_one_line_naming_the_file': 1,
+    'test_bad_config_is_one_line_naming_the_field': 1,
+    'test_unwritable_workdir_is_one_line': 1,
+    'test_resuming_another_models_checkpoint_is_one_line': 1,
+    'test_init_from_another_models_checkpoint_is_one_line': 1,
+    'test_resuming_with_other_grain_workers_is_one_line': 1,
+    'test_corrupt_latest_checkpoint_is_one_line': 1,
+    'test_init_from_a_missing_checkpoint_is_one_line': 1,
+}
+FAULTS_IN_SUITE = 27
+
+
 @pytest.fixture
-def ledger(record_property):
-  """The faults this test injects, attached to its report for the summary."""
+def ledger(record_property, request):
+  """The faults this test injects, attached to its report for the summary.
+
+  A test that passes must have injected its ``FAULTS_PER_TEST`` faults.
+  """
   led = fu.Ledger()
   record_property(fu.PROPERTY, led.records)
-  return led
+  failed_before = request.session.testsfailed
+  yield led
+  if request.session.testsfailed == failed_before:
+    name = request.node.originalname
+    assert len(led.records) == FAULTS_PER_TEST[name], (name, led.records)
 
 
 @pytest.fixture(scope='session')
@@ -278,10 +303,13 @@ def _break(root: pathlib.Path, case: str) -> str:
   raise ValueError(case)
 
 
-@pytest.mark.parametrize('case', [
+BAD_DATA_CASES = [
     'corrupt image', 'truncated JPEG image', 'truncated label', 'missing label',
     'label outside the class map', 'image/label size mismatch', 'empty list file',
-    'corrupt image, Grain worker process'])
+    'corrupt image, Grain worker process']
+
+
+@pytest.mark.parametrize('case', BAD_DATA_CASES)
 def test_bad_data_is_one_line_naming_the_file(tmp_path, case, ledger):
   fault = ledger.inject(f'data: {case}')
   root = tmp_path / 'data'
@@ -412,3 +440,15 @@ def test_init_from_a_missing_checkpoint_is_one_line(tmp_path, ledger):
   fault.measure(files_corrupted=len(fu.step_dirs(tmp_path / 'w' / CKPT)))
   fu.assert_one_line_error(r, str(pth))
   fault.survive()
+
+
+def test_the_suite_injects_its_count_of_faults():
+  """Every test that injects faults is counted, and they add up to the suite's."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  users = {name for name, fn in globals().items() if name.startswith('test_')
+           and callable(fn) and 'ledger' in inspect.signature(fn).parameters}
+  assert users == set(FAULTS_PER_TEST)
+  cases = {'test_bad_data_is_one_line_naming_the_file': len(BAD_DATA_CASES),
+           'test_bad_config_is_one_line_naming_the_field': len(CONFIG_CASES)}
+  total = sum(n * cases.get(name, 1) for name, n in FAULTS_PER_TEST.items())
+  assert total == FAULTS_IN_SUITE
