@@ -25,7 +25,10 @@ def _pixel_nll(logits, labels, ignore_label, class_weights):
   valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
   safe = jnp.where(valid, labels, 0)
   logp = jax.nn.log_softmax(logits, axis=-1)
-  logp_gt = jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  # A one-hot product, not take_along_axis: its gradient is elementwise and
+  # fuses, where a gather's is a scatter-add into the full-size logits.
+  onehot = jax.nn.one_hot(safe, num_classes, dtype=logp.dtype)
+  logp_gt = jnp.sum(logp * onehot, axis=-1)
   w = (jnp.ones((), logits.dtype) if class_weights is None
        else jnp.asarray(class_weights, logits.dtype)[safe])
   nll = -logp_gt * w
