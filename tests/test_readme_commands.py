@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import console_checks
 from hrseg_jax.convert import mapping, pth
 from hrseg_jax.data import synthetic
+from hrseg_jax.eval import classes
 from hrseg_jax.models import registry
 from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
 
@@ -69,7 +71,9 @@ def command(*must_contain: str) -> list[str]:
   return shlex.split(found[0])
 
 
-def run(cwd, argv, *extra, env=None, expect=0):
+def run(cwd, argv, *extra, env=None, expect=0, quiet=True):
+  """Runs a command; returns the CompletedProcess.  ``quiet``: no traceback
+  and no library log lines on the console (console_checks.assert_quiet)."""
   argv = [sys.executable if a == 'python' else a for a in argv]
   full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
   r = subprocess.run(argv + list(extra), cwd=cwd, env=full_env, capture_output=True,
@@ -77,7 +81,9 @@ def run(cwd, argv, *extra, env=None, expect=0):
   console = r.stdout + r.stderr
   assert r.returncode == expect, console[-4000:]
   assert 'Traceback' not in console, console[-4000:]
-  return r.stdout, console
+  if quiet:
+    console_checks.assert_quiet(r)
+  return r
 
 
 def write_tiny_pth(path, cfg, seed):
@@ -117,18 +123,17 @@ def test_readme_shows_every_user_command():
 def test_released_checkpoint_commands_as_written(folder, monkeypatch):
   """convert -> eval -> predict (defaults; test-server format) -> Python API
   -> convert --align-corners -> export --prefix, with the README's paths."""
-  out, _ = run(folder, command('hrseg_jax.convert', W48_PTH))
+  out = run(folder, command('hrseg_jax.convert', W48_PTH)).stdout
   assert 'converted' in out and '19 classes' in out and '(cityscapes)' in out
   assert (folder / 'converted/w48_cs').is_dir()
 
-  out, console = run(folder, command('--mode eval', 'converted/w48_cs'), *SMALL_EVAL)
+  out = run(folder, command('--mode eval', 'converted/w48_cs'), *SMALL_EVAL).stdout
   assert 'eval: checkpoint converted/w48_cs' in out
   assert re.search(r'eval 2/2 \(100%\) \| [\d.]+ img/s \| done in', out), out
-  for name in ('road', 'sidewalk', 'traffic light', 'bicycle'):
-    assert re.search(rf'\b{name}\b', out), (name, out)
-  assert 'mIoU' in out and (folder / 'runs/w48_eval/eval/metrics.json').exists()
+  console_checks.assert_eval_table(out, classes.class_names('cityscapes', 19))
+  assert (folder / 'runs/w48_eval/eval/metrics.json').exists()
 
-  out, _ = run(folder, command('--mode predict', '--input photos/'))
+  out = run(folder, command('--mode predict', '--input photos/')).stdout
   assert 'palette cityscapes' in out and "whole image at each image's own size" in out
   assert re.search(rf'predict 1/1 \(100%\) {PHOTO} \(64x128\) \| .* done in', out), out
   labels = folder / 'runs/w48_predict/predictions/labels' / pathlib.Path(PHOTO).name
@@ -137,7 +142,7 @@ def test_released_checkpoint_commands_as_written(folder, monkeypatch):
   assert cli_classes.shape == IMAGE_SIZE    # the image keeps its own resolution
   assert (folder / 'runs/w48_predict/predictions/overlay' / pathlib.Path(PHOTO).name).exists()
 
-  out, _ = run(folder, command('--cityscapes_test_format'), *SMALL_WINDOWS)
+  out = run(folder, command('--cityscapes_test_format'), *SMALL_WINDOWS).stdout
   assert 'sliding 64x128 windows (cityscapes rule)' in out and 'flip' in out
   assert re.search(r'predict 1/2 .*ETA', out) and 'predict 2/2' in out, out
   results = sorted((folder / 'runs/w48_test/predictions/test_results').glob('*.png'))
@@ -162,13 +167,13 @@ def test_released_checkpoint_commands_as_written(folder, monkeypatch):
   blended = seg.overlay(PHOTO)
   assert blended.shape == (*IMAGE_SIZE, 3) and blended.dtype == np.uint8
 
-  out, _ = run(folder, command('hrseg_jax.convert', '--align-corners'))
+  out = run(folder, command('hrseg_jax.convert', '--align-corners')).stdout
   assert 'converted' in out and (folder / 'converted/ocr_cs').is_dir()
   from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
   cfg, _ = checkpoints.load_model_config('converted/ocr_cs')
   assert cfg['align_corners'] is True and cfg['ocr']
 
-  out, _ = run(folder, command('hrseg_jax.export', '--prefix'))
+  out = run(folder, command('hrseg_jax.export', '--prefix')).stdout
   assert 'wrote w48_cs.pth' in out
   state = pth.load_pth(folder / 'w48_cs.pth')
   assert all(k.startswith('model.') for k in state)
@@ -179,7 +184,7 @@ def test_released_checkpoint_commands_as_written(folder, monkeypatch):
 
 def test_summary_w48_as_written(tmp_path):
   """Counted from the traced program (nothing compiled)."""
-  out, _ = run(tmp_path, command('hrseg_jax.summary', '--variant w48'))
+  out = run(tmp_path, command('hrseg_jax.summary', '--variant w48')).stdout
   row = [l for l in out.splitlines() if l.startswith('w48 ')]
   assert len(row) == 1 and '65,859,379' in row[0] and ' 747.5 ' in row[0], out
   assert '@ 1024x2048' in out
@@ -191,15 +196,20 @@ def test_demo_training_killed_resumed_then_eval(folder):
   `--mode eval` picks the best checkpoint."""
   train = command('configs/demo.py', '--workdir runs/demo')
   assert '--mode' not in train
-  _, console = run(folder, train, *SMALL_DEMO, env={'HRSEG_FAULT': 'kill:3'},
-                   expect=-9)
+  killed = run(folder, train, *SMALL_DEMO, env={'HRSEG_FAULT': 'kill:3'}, expect=-9,
+               quiet=False)
+  assert console_checks.step_lines(killed.stdout).keys() >= {1, 2}, killed.stdout
   assert (folder / 'runs/demo/checkpoints/2').is_dir()
   assert not (folder / 'runs/demo/checkpoints/4').exists()
-  out, console = run(folder, train, *SMALL_DEMO)
-  assert 'resumed from step 2' in console
-  assert 'trained 4 steps' in out and 'final mIoU' in out
+  resumed = run(folder, train, *SMALL_DEMO)
+  console_checks.assert_training_console(resumed, steps=[3, 4], num_steps=4,
+                                         start='resumed from step 2')
+  names = classes.class_names('synthetic', 19)
+  console_checks.assert_eval_table(resumed.stdout, names)
+  assert 'trained 4 steps' in resumed.stdout and 'final mIoU' in resumed.stdout
   assert sorted(p.name for p in (folder / 'runs/demo/checkpoints').iterdir()
                 if p.name.isdigit()) == ['2', '4']
-  out, _ = run(folder, command('configs/demo.py', '--mode eval'), *SMALL_DEMO)
+  out = run(folder, command('configs/demo.py', '--mode eval'), *SMALL_DEMO).stdout
   assert re.search(r'eval: best checkpoint \(step 4, mIoU [\d.]+%\)', out), out
-  assert re.search(r'eval 2/2 \(100%\)', out) and 'mIoU' in out
+  assert re.search(r'eval 2/2 \(100%\)', out)
+  console_checks.assert_eval_table(out, names)
