@@ -1,9 +1,14 @@
-"""python -m hrseg_jax.export ORBAX_DIR OUT.pth [--prefix P]
+"""python -m hrseg_jax.export ORBAX_DIR OUT [--format pytorch|onnx|savedmodel|stablehlo]
 
 Writes a PyTorch state dict that the official code loads (``tools/test.py``
 and ``init_weights``), in the layout the weights originally came in (or the
 released checkpoints' ``model.``-prefixed layout for trained weights).
 No PyTorch needed.
+
+``--format onnx|savedmodel|stablehlo`` (or the extension ``.onnx``,
+``.savedmodel``, ``.stablehlo``) writes a deployment export instead, checked
+against the JAX model in its own runtime, with a JSON card beside it
+(:mod:`hrseg_jax.deploy.cli`).
 """
 from __future__ import annotations
 
@@ -11,18 +16,27 @@ import argparse
 import os
 import sys
 
+from hrseg_jax.deploy import cli as deploy_cli
+
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m hrseg_jax.export', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('checkpoint', help='converted checkpoint or training workdir')
-  p.add_argument('output', help='.pth file to write')
+  p.add_argument('output', help='file (or SavedModel directory) to write')
   p.add_argument('--prefix', default=None, help="key prefix ('' for a bare state "
                  "dict; default: the source layout, else 'model.')")
   p.add_argument('--step', type=int, default=None)
   p.add_argument('--overwrite', action='store_true',
                  help='replace OUTPUT if it exists (a file, never a directory)')
+  deploy_cli.add_arguments(p)
   args = p.parse_args(argv)
+  if deploy_cli.output_format(args) != 'pytorch':
+    try:
+      return deploy_cli.export(args)
+    except (OSError, ValueError, KeyError) as e:
+      print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
+      return 2
   try:
     from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
     output = paths.resolve(args.output)

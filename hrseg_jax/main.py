@@ -25,7 +25,10 @@ flags.DEFINE_string('checkpoint', None, 'eval/predict: a checkpoint directory, '
                     "workdir's checkpoints (default: best when kept, else latest).")
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                   'eval/predict: network compute dtype.')
-flags.DEFINE_multi_string('input', [], 'predict: image files, folders or list files.')
+flags.DEFINE_multi_string('input', [], 'predict: image files, folders or list files; '
+                          'a video file or camera index (0) writes an overlay video.')
+flags.DEFINE_bool('video', False, 'predict: treat a folder --input as the frames of '
+                  'one clip (overlay video + class maps).')
 flags.DEFINE_string('list_root', None, "predict: folder that a list file's "
                     "entries are relative to (default: the list file's folder).")
 flags.DEFINE_string('dataset', None, 'predict: palette and class names (cityscapes, '
@@ -107,7 +110,7 @@ def _hide_gpus_from_tf():
 def predict_options(**overrides) -> dict:
   """The predict flags' values (defaults), as :func:`run` takes them."""
   out = dict(dataset=None, cityscapes_test_format=False, sliding=False,
-             crop_size=None, scales=(1.0,), flip=False, list_root=None)
+             crop_size=None, scales=(1.0,), flip=False, list_root=None, video=False)
   out.update(overrides)
   return out
 
@@ -146,11 +149,12 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     options: predict flags (:func:`predict_options`).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import paths, video  # pylint: disable=g-import-not-at-top
   # Relative paths, ~ and symlinks become absolute here, once.
   config = None if config is None else paths.resolve_config(config)
   workdir = paths.resolve(workdir)
-  inputs = paths.resolve_all(inputs)
+  # A camera index (--input 0) stays as it is.
+  inputs = [p if video.is_camera(p) else paths.resolve(p) for p in inputs]
   if mode == 'train':
     from hrseg_jax.train import loop  # pylint: disable=g-import-not-at-top
     result = loop.train_and_evaluate(config, workdir)
@@ -185,6 +189,12 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     print(f'predict: {model_cfg["num_classes"]} classes, palette '
           f'{dataset or "generic (pass --dataset)"}; '
           + predict.describe_settings(eval_cfg), flush=True)
+  if video.is_video_input(list(inputs), opts['video']):
+    return video.predict_video(
+        model_cfg, variables, inputs[0], os.path.join(workdir, 'predictions'),
+        palette=dataset or '', dtype=compute,
+        batch_size=int(config.eval.batch_size) if config is not None else 8,
+        log=(lambda line: print(line, flush=True)) if main_process else (lambda _: None))
   return predict.predict(model_cfg, variables, list(inputs),
                          os.path.join(workdir, 'predictions'),
                          palette=dataset or '', eval_cfg=eval_cfg,
@@ -208,7 +218,7 @@ def _flag_options() -> dict:
   return predict_options(
       dataset=FLAGS.dataset, cityscapes_test_format=FLAGS.cityscapes_test_format,
       sliding=FLAGS.sliding, crop_size=crop, list_root=FLAGS.list_root,
-      scales=floats(FLAGS.scales, 'scales'), flip=FLAGS.flip)
+      scales=floats(FLAGS.scales, 'scales'), flip=FLAGS.flip, video=FLAGS.video)
 
 
 def main(argv):

@@ -1,0 +1,185 @@
+"""``python -m hrseg_jax.export CKPT OUT --format onnx|savedmodel|stablehlo``.
+
+Writes the export to a temporary path, runs it in its own runtime against
+the JAX model on the same input (unless ``--no-verify``), and only then moves
+it (and its JSON card) into place: a failed check leaves nothing behind.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+import uuid
+from typing import Callable
+
+import numpy as np
+
+FORMATS = ('pytorch', 'onnx', 'savedmodel', 'stablehlo')
+EXTENSIONS = {'.pth': 'pytorch', '.pt': 'pytorch', '.onnx': 'onnx',
+              '.stablehlo': 'stablehlo', '.savedmodel': 'savedmodel'}
+PACKAGES = {'onnx': ('jax2onnx', 'onnx', 'onnxruntime'),
+            'savedmodel': ('orbax-export', 'tensorflow-cpu', 'tensorflow'),
+            'stablehlo': ()}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  """The deployment flags of ``python -m hrseg_jax.export``."""
+  p.add_argument('--format', choices=FORMATS, default=None,
+                 help='output format (default: from the extension: .pth, .onnx, '
+                 '.stablehlo, .savedmodel; otherwise pytorch)')
+  p.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'), default=(512, 1024),
+                 help='input height and width of the exported graph (default 512 1024)')
+  p.add_argument('--with-pre-post', action='store_true',
+                 help='fold normalisation (uint8 RGB in) and upsample + argmax '
+                 '(int32 class maps out) into the graph')
+  p.add_argument('--input-dtype', choices=('float32', 'uint8'), default=None,
+                 help='float32: normalised images; uint8: RGB, normalised in the graph '
+                 '(default: uint8 with --with-pre-post, else float32)')
+  p.add_argument('--opset', type=int, default=18, help='ONNX opset (default 18; >= 17)')
+  p.add_argument('--dataset', default=None,
+                 help='dataset whose class names go into the card (default: the '
+                 "checkpoint's, else cityscapes for 19 classes)")
+  p.add_argument('--no-verify', action='store_true',
+                 help='skip running the export against the JAX model')
+
+
+def output_format(args) -> str:
+  if args.format:
+    return args.format
+  ext = os.path.splitext(os.fspath(args.output).rstrip('/\\'))[1].lower()
+  return EXTENSIONS.get(ext, 'pytorch')
+
+
+def _dataset(args, cfg, meta) -> str | None:
+  if args.dataset:
+    return args.dataset
+  if meta.get('dataset'):
+    return meta['dataset']
+  return 'cityscapes' if int(cfg['num_classes']) == 19 else None
+
+
+def _temp_path(output: str) -> str:
+  parent = os.path.dirname(os.path.abspath(output))
+  os.makedirs(parent, exist_ok=True)
+  return os.path.join(parent, f'.{os.path.basename(output)}.tmp-{uuid.uuid4().hex[:8]}')
+
+
+def _remove(path: str) -> None:
+  if os.path.isdir(path):
+    shutil.rmtree(path, ignore_errors=True)
+  elif os.path.exists(path):
+    os.unlink(path)
+
+
+def _write(fmt: str, tmp: str, cfg, variables, shape, dtype, pre: bool, post: bool,
+           opset: int) -> dict:
+  """Writes the export to ``tmp``; returns card extras."""
+  from hrseg_jax.deploy import graph  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.eval import files  # pylint: disable=g-import-not-at-top
+  if fmt == 'stablehlo':
+    from hrseg_jax.deploy import stablehlo  # pylint: disable=g-import-not-at-top
+    fn = graph.serving_fn(cfg, variables, pre=pre, post=post)
+    files.write_bytes_atomic(tmp, stablehlo.export_bytes(fn, shape, dtype))
+    return {'loader': 'hrseg_jax.deploy.stablehlo.load(path)(images)',
+            'platforms': ['cpu', 'cuda']}
+  if fmt == 'onnx':
+    from hrseg_jax.deploy import onnx_export  # pylint: disable=g-import-not-at-top
+    fn = graph.serving_fn(cfg, variables, pre=pre, post=post)
+    proto = onnx_export.export_model(fn, shape, dtype, opset=opset)
+    files.write_bytes_atomic(tmp, proto.SerializeToString())
+    return {'opset': opset}
+  from hrseg_jax.deploy import savedmodel  # pylint: disable=g-import-not-at-top
+  fn = graph.apply_fn(cfg, pre=pre, post=post)
+  with_bytes = pre and post
+  savedmodel.write(tmp, fn, graph.float32_variables(variables), shape, dtype,
+                   with_bytes=with_bytes)
+  sigs = {'serving_default': 'images -> output'}
+  if with_bytes:
+    sigs[savedmodel.BYTES_SIGNATURE] = ('images: encoded image strings -> class_map '
+                                        '(resized to the exported size first)')
+  return {'signatures': sigs}
+
+
+def sample_input(shape, dtype, batch: int = 2, seed: int = 0) -> np.ndarray:
+  """A fixed pseudo-random batch: uint8 RGB, or its normalised float32."""
+  from hrseg_jax.inference import normalize  # pylint: disable=g-import-not-at-top
+  rgb = np.random.default_rng(seed).integers(0, 256, (batch, *shape), dtype=np.uint8)
+  return rgb if np.dtype(dtype) == np.uint8 else normalize(rgb)
+
+
+def verify(fmt: str, path: str, cfg, variables, shape, dtype, pre: bool,
+           post: bool) -> dict:
+  """Runs the export and the JAX model on the same batch; returns compare()."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.deploy import graph, runtime  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.deploy.errors import ExportError  # pylint: disable=g-import-not-at-top
+  x = sample_input(shape, dtype)
+  reference = np.asarray(jax.jit(graph.serving_fn(cfg, variables, pre=pre, post=post))(x))
+  try:
+    output = runtime.load(fmt, path)(x)
+  except ExportError:
+    raise
+  except Exception as e:  # a runtime that rejects the graph: report, write nothing
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ExportError(f'{runtime.runtime_version(fmt)} cannot run the {fmt} export '
+                      f'({first}); nothing was written') from None
+  result = runtime.compare(reference, output)
+  result['runtime'] = runtime.runtime_version(fmt)
+  result['batch'] = int(x.shape[0])
+  return result
+
+
+def export(args, log: Callable[[str], None] = print) -> int:
+  """Writes a non-PyTorch export (``args`` from :func:`add_arguments`)."""
+  from hrseg_jax import checkpoints, paths  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.deploy import card as cards  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.deploy.errors import ExportError  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.deploy import runtime  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.eval import files  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
+  fmt = output_format(args)
+  output = os.fspath(args.output).rstrip('/\\')
+  card_file = cards.card_path(output)
+  for path in (output, card_file):
+    if os.path.lexists(path) and not args.overwrite:
+      raise ExportError(f'output exists: {path} (pass --overwrite to replace it)')
+  if os.path.isdir(output) and not os.path.isfile(os.path.join(output, 'saved_model.pb')):
+    raise ExportError(f'output is a directory that is not a SavedModel: {output}')
+  h, w = args.size
+  if h < 1 or w < 1:
+    raise ExportError(f'--size {h} {w}: height and width must be positive')
+  pre = args.with_pre_post or args.input_dtype == 'uint8'
+  if args.with_pre_post and args.input_dtype == 'float32':
+    raise ExportError('--with-pre-post takes uint8 images; drop --input-dtype float32')
+  post = args.with_pre_post
+  cfg, variables, meta = checkpoints.load_model(paths.resolve(args.checkpoint),
+                                               step=args.step)
+  cfg = registry.resolve(cfg)
+  shape, dtype = (h, w, 3), (np.uint8 if pre else np.float32)
+  tmp = _temp_path(output)
+  t0 = time.perf_counter()
+  try:
+    extra = _write(fmt, tmp, cfg, variables, shape, dtype, pre, post, args.opset)
+    log(f'exported {fmt} in {time.perf_counter() - t0:.1f}s')
+    if not args.no_verify:
+      check = verify(fmt, tmp, cfg, variables, shape, dtype, pre, post)
+      log(f'checked with {check["runtime"]} against JAX (batch {check["batch"]}): '
+          f'{runtime.describe(check)}')
+      if not check['ok']:
+        raise ExportError(f'{fmt} export does not match the JAX model '
+                          f'({runtime.describe(check)}); nothing was written')
+      extra['verification'] = check
+    card = cards.make_card(
+        fmt=fmt, output=output, model_cfg=cfg, dataset=_dataset(args, cfg, meta),
+        height=h, width=w, pre=pre, post=post, checkpoint=os.fspath(args.checkpoint),
+        variables=variables, extra=extra, packages=PACKAGES[fmt])
+    if os.path.isdir(output):  # --overwrite of an earlier SavedModel
+      shutil.rmtree(output)
+    os.replace(tmp, output)
+  except BaseException:
+    _remove(tmp)
+    raise
+  files.write_json_atomic(card_file, card)
+  log(f'wrote {output} and {card_file}')
+  return 0

@@ -1,0 +1,41 @@
+"""StableHLO exports through ``jax.export``, and their loader.
+
+>>> from hrseg_jax.deploy import stablehlo
+>>> run = stablehlo.load('model.stablehlo')
+>>> class_maps = run(images)
+
+The file is ``jax.export.Exported.serialize()``: the StableHLO module with
+the weights inside and a symbolic batch dimension.  :func:`load` needs JAX
+only -- no model code, no checkpoint, no Flax.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+
+
+def export_bytes(fn: Callable, image_shape, dtype, platforms=('cpu', 'cuda')) -> bytes:
+  """Serialises ``fn`` for images of ``image_shape`` (H, W, C) and any batch.
+
+  ``platforms`` are the backends the module is lowered for; a runtime on
+  another backend refuses to run it.
+  """
+  (batch,) = jax.export.symbolic_shape('b')
+  spec = jax.ShapeDtypeStruct((batch, *image_shape), dtype)
+  exported = jax.export.export(jax.jit(fn), platforms=platforms)(spec)
+  return bytes(exported.serialize())
+
+
+def load(path) -> Callable[[np.ndarray], np.ndarray]:
+  """A function ``images -> outputs`` from a file written by the exporter."""
+  with open(path, 'rb') as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  call = jax.jit(exported.call)
+
+  def run(images):
+    return np.asarray(call(np.asarray(images)))
+
+  run.exported = exported
+  return run

@@ -1,0 +1,165 @@
+"""Predict a video, a folder of frames or a camera: overlay video + class maps.
+
+>>> predict_video(model_cfg, variables, 'clip.mp4', 'out/')
+
+``python -m hrseg_jax.main --mode predict --input clip.mp4`` (any of
+``.mp4 .avi .mov .mkv .webm .m4v``), ``--input 0`` (camera 0, where OpenCV
+has one; Ctrl-C stops it cleanly), or ``--input frames/ --video`` (a folder
+of ``.png``/``.jpg`` frames in name order).  Per clip ``<name>``::
+
+  out_dir/<name>/overlay.mp4           the frames blended with the class colours
+  out_dir/<name>/labels/000000.png ... class ids per frame (uint8 grayscale)
+
+Frames are predicted in batches of ``batch_size`` (the last batch is padded,
+so the network compiles once) at their own size, single scale, like
+``Segmenter.predict``.  Progress and frames per second are reported.  The
+video is written to a temporary file and renamed when complete.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
+
+
+def is_camera(item) -> bool:
+  """``'0'``, ``'1'``, ...: a camera index (unless such a file exists)."""
+  item = os.fspath(item)
+  return item.isdigit() and not os.path.exists(item)
+
+
+def is_video_input(inputs, as_video: bool = False) -> bool:
+  """True for one video file, one camera index, or (``as_video``) a folder."""
+  if len(inputs) != 1:
+    return False
+  item = os.fspath(inputs[0])
+  return (is_camera(item) or item.lower().endswith(VIDEO_EXTENSIONS)
+          or (as_video and os.path.isdir(item)))
+
+
+def _cv2():
+  import cv2  # pylint: disable=g-import-not-at-top
+  return cv2
+
+
+def open_frames(source: str) -> tuple[Iterator[np.ndarray], float, int | None]:
+  """(RGB uint8 frames, frames per second, frame count or None) of a source."""
+  cv2 = _cv2()
+  if os.path.isdir(source):
+    from hrseg_jax.predict import IMAGE_EXTENSIONS, read_image  # pylint: disable=g-import-not-at-top
+    names = sorted(n for n in os.listdir(source) if n.lower().endswith(IMAGE_EXTENSIONS))
+    if not names:
+      raise ValueError(f'{source}: no {"/".join(IMAGE_EXTENSIONS)} frames found')
+    return (read_image(os.path.join(source, n)) for n in names), 25.0, len(names)
+  if is_camera(source):
+    cap = cv2.VideoCapture(int(source))
+    if not cap.isOpened():
+      raise OSError(f'camera {source}: OpenCV cannot open it (no camera here?)')
+  else:
+    if not os.path.isfile(source):
+      raise FileNotFoundError(f'{source}: no such file')
+    cap = cv2.VideoCapture(source)
+    if not cap.isOpened():
+      raise ValueError(f'{source}: OpenCV cannot read this video')
+  fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+  count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not source.isdigit() else None
+
+  def frames():
+    try:
+      while True:
+        ok, bgr = cap.read()
+        if not ok:
+          return
+        yield np.ascontiguousarray(bgr[..., ::-1])
+    finally:
+      cap.release()
+
+  return frames(), float(fps if fps > 0 else 25.0), (count or None)
+
+
+def _batches(frames: Iterator[np.ndarray], size: int):
+  batch = []
+  for f in frames:
+    if batch and f.shape != batch[0].shape:
+      raise ValueError(f'frame size changed from {batch[0].shape[:2]} to {f.shape[:2]}')
+    batch.append(f)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
+def clip_name(source: str) -> str:
+  if source.isdigit():
+    return f'camera{source}'
+  return os.path.splitext(os.path.basename(os.path.normpath(source)))[0] or 'clip'
+
+
+def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
+                  palette: str = 'cityscapes', batch_size: int = 8, alpha: float = 0.5,
+                  log: Callable[[str], None] = print, dtype=None) -> dict:
+  """Writes ``overlay.mp4`` and ``labels/*.png`` for ``source``; returns a summary."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.eval import files, palettes  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.inference import Segmenter  # pylint: disable=g-import-not-at-top
+  cv2 = _cv2()
+  source = os.fspath(source)
+  if batch_size < 1:
+    raise ValueError(f'batch size must be positive, got {batch_size}')
+  pal = palettes.get_palette(palette)
+  frames, fps, count = open_frames(source)
+  seg = Segmenter(model_cfg, variables, dtype=dtype or jnp.float32)
+  dest = os.path.join(out_dir, clip_name(source))
+  video_path = os.path.join(dest, 'overlay.mp4')
+  os.makedirs(os.path.join(dest, 'labels'), exist_ok=True)
+  tmp = os.path.join(dest, '.overlay.tmp.mp4')
+  writer = None
+  done, model_seconds, start = 0, 0.0, time.perf_counter()
+  total = f'/{count}' if count else ''
+  name = source if source.isdigit() else os.path.basename(os.path.normpath(source))
+  try:
+    try:
+      for batch in _batches(frames, batch_size):
+        n = len(batch)
+        x = np.stack(batch + [batch[-1]] * (batch_size - n))
+        t = time.perf_counter()
+        maps = seg.predict(x)[:n]
+        model_seconds += time.perf_counter() - t
+        if writer is None:
+          h, w = batch[0].shape[:2]
+          writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
+          if not writer.isOpened():
+            raise OSError(f'{video_path}: OpenCV cannot write mp4 video here')
+        for frame, class_map in zip(batch, maps):
+          mixed = palettes.overlay(frame, palettes.colorize(class_map, pal), alpha)
+          writer.write(np.ascontiguousarray(mixed[..., ::-1]))
+          files.write_bytes_atomic(os.path.join(dest, 'labels', f'{done:06d}.png'),
+                                   files.encode_png(class_map.astype(np.uint8)))
+          done += 1
+        elapsed = time.perf_counter() - start
+        log(f'{name}: frame {done}{total}, {done / elapsed:.1f} frames/s')
+    except KeyboardInterrupt:
+      log(f'{name}: stopped after {done} frames')
+    if writer is None:
+      raise ValueError(f'{source}: no frames')
+    writer.release()
+    writer = None
+    os.replace(tmp, video_path)
+  finally:
+    if writer is not None:
+      writer.release()
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  elapsed = time.perf_counter() - start
+  summary = {'input': source, 'frames': done, 'video': video_path,
+             'labels': os.path.join(dest, 'labels'), 'seconds': elapsed,
+             'fps': done / elapsed, 'model_fps': done / max(model_seconds, 1e-9)}
+  log(f'wrote {video_path} and {done} class maps in {os.path.join(dest, "labels")}: '
+      f'{summary["fps"]:.1f} frames/s overall, {summary["model_fps"]:.1f} frames/s '
+      f'in the model (batch {batch_size}, first batch includes compilation)')
+  return summary

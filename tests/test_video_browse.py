@@ -1,0 +1,102 @@
+"""Video prediction (--mode predict --input clip.mp4) and the dataset browser."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from hrseg_jax import Segmenter, checkpoints
+from hrseg_jax.models import registry
+from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_clip(path, frames, fps=10):
+  h, w = frames[0].shape[:2]
+  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
+  assert writer.isOpened()
+  for f in frames:
+    writer.write(f[..., ::-1])
+  writer.release()
+
+
+def read_clip(path):
+  cap = cv2.VideoCapture(str(path))
+  out = []
+  while True:
+    ok, bgr = cap.read()
+    if not ok:
+      return out
+    out.append(bgr[..., ::-1])
+
+
+def test_predict_video_file_and_frame_folder(tmp_path):
+  cfg = registry.resolve(TINY_HRNET)
+  variables = tiny_hrnet_variables(cfg, seed=1)
+  checkpoints.save_model(tmp_path / 'ckpt', variables, cfg)
+  rng = np.random.default_rng(0)
+  frames = [np.repeat(np.repeat(rng.integers(0, 256, (8, 12, 3), np.uint8), 4, 0), 4, 1)
+            for _ in range(5)]
+  write_clip(tmp_path / 'clip.mp4', frames)
+  os.makedirs(tmp_path / 'frames')
+  for i, f in enumerate(frames):
+    Image.fromarray(f).save(tmp_path / 'frames' / f'{i:03d}.png')
+  config = os.path.join(REPO, 'configs', 'demo.py')
+  base = [sys.executable, '-m', 'hrseg_jax.main', '--config', config, '--workdir', 'run',
+          '--mode', 'predict', '--checkpoint', 'ckpt', '--config.eval.batch_size=2']
+  r = subprocess.run(base + ['--input', 'clip.mp4'], cwd=tmp_path, capture_output=True,
+                     text=True, check=False)
+  assert r.returncode == 0, r.stderr
+  out = r.stdout + r.stderr
+  assert 'clip.mp4: frame 2/5' in out and 'clip.mp4: frame 5/5' in out
+  assert 'frames/s' in out and 'predictions/clip/overlay.mp4 and 5 class maps' in out
+  dest = tmp_path / 'run' / 'predictions' / 'clip'
+  assert sorted(os.listdir(dest)) == ['labels', 'overlay.mp4']
+  assert len(read_clip(dest / 'overlay.mp4')) == 5
+  # Class maps: the model's prediction of each decoded frame.
+  decoded = np.stack(read_clip(tmp_path / 'clip.mp4'))
+  expected = Segmenter(cfg, variables).predict(decoded)
+  for i in range(5):
+    np.testing.assert_array_equal(np.asarray(Image.open(dest / 'labels' / f'{i:06d}.png')),
+                                  expected[i])
+  # A folder of frames with --video: same class maps as the PNG frames give.
+  r = subprocess.run(base + ['--input', 'frames', '--video'], cwd=tmp_path,
+                     capture_output=True, text=True, check=False)
+  assert r.returncode == 0, r.stderr
+  expected = Segmenter(cfg, variables).predict(np.stack(frames))
+  labels = tmp_path / 'run' / 'predictions' / 'frames' / 'labels'
+  assert sorted(os.listdir(labels)) == [f'{i:06d}.png' for i in range(5)]
+  np.testing.assert_array_equal(np.asarray(Image.open(labels / '000004.png')), expected[4])
+  # A camera that is not there: one line, exit code 2.
+  r = subprocess.run(base + ['--input', '7'], cwd=tmp_path, capture_output=True,
+                     text=True, check=False)
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1] == (
+      'error: camera 7: OpenCV cannot open it (no camera here?)')
+
+
+def test_browse_synthetic_hanet_grid(tmp_path):
+  config = os.path.join(REPO, 'configs', 'synthetic_hanet_ablation.py') + ':rows'
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.browse', '--config', config,
+                      '--num', '3', '--out', 'grid.png'], cwd=tmp_path,
+                     capture_output=True, text=True, check=False)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.startswith('wrote grid.png: ')
+  picture = np.asarray(Image.open(tmp_path / 'grid.png'))
+  assert picture.ndim == 3 and picture.shape[2] == 3
+  # Two sections (train, val) of 2 rows of 2 panels each, each panel an image
+  # and its overlay 320 px wide plus the HANet row strip.
+  assert picture.shape[1] >= 2 * (2 * 320 + 10)
+  # Ignored label pixels are hatched: pure black and pure white both present.
+  flat = picture.reshape(-1, 3)
+  assert (flat == 0).all(1).any() and (flat == 255).all(1).any()
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.browse', '--config', config,
+                      '--num', '0', '--out', 'g.png'], cwd=tmp_path,
+                     capture_output=True, text=True, check=False)
+  assert r.returncode == 2 and r.stderr.strip() == 'error: --num 0: must be positive'
+  assert not os.path.exists(tmp_path / 'g.png')
