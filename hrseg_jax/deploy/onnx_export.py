@@ -7,6 +7,8 @@ error naming it -- never a partial or approximate graph.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import re
 from typing import Callable
 
@@ -20,6 +22,67 @@ class _Spec:
 
   def __init__(self, shape, dtype):
     self.shape, self.dtype = tuple(shape), dtype
+
+
+class _ConnectedIndex:
+  """Names and ids of a builder's inputs, initializers and node outputs,
+  extended incrementally (the builder only appends while lowering)."""
+
+  def __init__(self):
+    self.seen = {}
+    self.ids, self.names = set(), set()
+
+  def _add(self, value):
+    self.ids.add(id(value))
+    name = getattr(value, 'name', None)
+    if name:
+      self.names.add(name)
+
+  def update(self, builder) -> bool:
+    """Returns False if a list shrank (then the caller falls back)."""
+    for key in ('inputs', 'initializers', 'nodes'):
+      items = getattr(builder, key)
+      n, start = len(items), self.seen.get(key, 0)
+      if n < start:
+        return False
+      if n > start:
+        for item in itertools.islice(reversed(items), n - start):  # the new ones
+          for value in (item.outputs if key == 'nodes' else (item,)):
+            self._add(value)
+      self.seen[key] = n
+    return True
+
+
+@contextlib.contextmanager
+def _linear_output_binding():
+  """jax2onnx 0.17 checks every lowered value against every node so far
+  (quadratic: Lite-HRNet takes hours); answer the same question from an
+  index.  Renamed values fall back to the original check.  The export is
+  run against JAX afterwards, so a wrong answer cannot go unnoticed."""
+  try:
+    from jax2onnx.converter import output_binding as ob  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    yield
+    return
+  original = getattr(ob, '_value_is_graph_connected', None)
+  if original is None:
+    yield
+    return
+  indexes = {}
+
+  def connected(ctx, value):
+    index = indexes.setdefault(id(ctx), _ConnectedIndex())
+    if not index.update(ctx.builder):
+      return original(ctx, value)
+    if id(value) in index.ids or (value.name and value.name in index.names):
+      return True
+    return original(ctx, value) if value.name else False
+
+  ob._value_is_graph_connected = connected  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    ob._value_is_graph_connected = original  # pylint: disable=protected-access
 
 
 def unsupported_operator(err: BaseException) -> str | None:
@@ -36,9 +99,10 @@ def export_model(fn: Callable, image_shape, dtype, *, opset: int = OPSET,
   jax2onnx = require('jax2onnx', 'ONNX export')
   require('onnx', 'ONNX export')
   try:
-    return jax2onnx.to_onnx(fn, [_Spec(('B', *image_shape), dtype)],
-                            model_name=name, opset=opset,
-                            input_names=['images'], output_names=['output'])
+    with _linear_output_binding():
+      return jax2onnx.to_onnx(fn, [_Spec(('B', *image_shape), dtype)],
+                              model_name=name, opset=opset,
+                              input_names=['images'], output_names=['output'])
   except NotImplementedError as e:
     op = unsupported_operator(e)
     if op is None:

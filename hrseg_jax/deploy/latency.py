@@ -1,0 +1,80 @@
+"""python -m hrseg_jax.deploy.latency EXPORT [EXPORT ...] [--checkpoint CKPT]
+
+Median latency of one image through each export in its own runtime
+(StableHLO: JAX; ONNX: ONNX Runtime on CPU; SavedModel: TensorFlow), and,
+with ``--checkpoint``, through the JAX model itself (``Segmenter``: class
+maps, or logits when the exports output logits), on the same random image
+of the exports' input size (read from their JSON cards).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def median_ms(fn, x, warmup: int, repeats: int) -> float:
+  for _ in range(warmup):
+    np.asarray(fn(x))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    np.asarray(fn(x))
+    times.append(time.perf_counter() - t)
+  return 1000 * statistics.median(times)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog='python -m hrseg_jax.deploy.latency', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('exports', nargs='+', help='files written by python -m hrseg_jax.export')
+  p.add_argument('--checkpoint', help='also time the JAX model of this checkpoint')
+  p.add_argument('--repeats', type=int, default=10)
+  p.add_argument('--warmup', type=int, default=2)
+  args = p.parse_args(argv)
+  from hrseg_jax.deploy import cli, runtime  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.deploy.card import card_path  # pylint: disable=g-import-not-at-top
+  try:
+    cards = []
+    for path in args.exports:
+      with open(card_path(path)) as f:
+        cards.append(json.load(f))
+    shape = tuple(cards[0]['input']['shape'][1:])
+    rows = []
+    for path, card in zip(args.exports, cards):
+      if tuple(card['input']['shape'][1:]) != shape:
+        raise ValueError(f'{path}: input {card["input"]["shape"]} differs from the first export')
+      dtype = np.uint8 if card['input']['dtype'] == 'uint8' else np.float32
+      x = cli.sample_input(shape, dtype, batch=1)
+      run = runtime.load(card['format'], os.fspath(path).rstrip('/'))
+      rows.append((runtime.runtime_version(card['format']), card['format'],
+                   median_ms(run, x, args.warmup, args.repeats)))
+    if args.checkpoint:
+      import jax  # pylint: disable=g-import-not-at-top
+      from hrseg_jax import checkpoints, paths  # pylint: disable=g-import-not-at-top
+      from hrseg_jax.deploy import graph  # pylint: disable=g-import-not-at-top
+      cfg, variables, _ = checkpoints.load_model(paths.resolve(args.checkpoint))
+      card = cards[0]
+      pre = card['input']['dtype'] == 'uint8'
+      post = card['output']['kind'] == 'class_map'
+      fn = jax.jit(graph.apply_fn(cfg, pre=pre, post=post))
+      v = jax.device_put(graph.float32_variables(variables))
+      x = cli.sample_input(shape, np.uint8 if pre else np.float32, batch=1)
+      rows.append((f'jax {jax.__version__} ({jax.default_backend()})', 'JAX model',
+                   median_ms(lambda a: fn(v, a), x, args.warmup, args.repeats)))
+  except (OSError, ValueError, KeyError) as e:
+    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
+    return 2
+  print(f'one {shape[0]}x{shape[1]} image, median of {args.repeats} runs:')
+  for name, fmt, ms in rows:
+    print(f'  {fmt:<11} {name:<28} {ms:8.1f} ms')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
