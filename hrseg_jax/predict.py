@@ -26,6 +26,11 @@ written atomically and an
 image's files are only written once all of them are encoded, so a bad input
 (missing, unreadable, corrupt) raises an error naming the file and leaves no
 partial outputs for it.
+
+On several processes (``jax.distributed``) each process predicts every
+``jax.process_count()``-th image, starting at its ``jax.process_index()``,
+so the processes write disjoint files.  ``out_dir`` may be a URI
+(``gs://bucket/...``, written through ``etils.epath``).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import os
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -224,7 +230,8 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
             alpha: float = 0.5, list_root: str | None = None,
             dtype=jnp.float32, log: Callable[[str], None] | None = None,
             frames: Iterable[tuple[ImageInput, np.ndarray]] | None = None,
-            num_frames: int | None = None) -> list[dict[str, Any]]:
+            num_frames: int | None = None,
+            shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
   """Predicts every input image and writes its files (module docstring).
 
   Args:
@@ -247,9 +254,12 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
     frames: instead of ``inputs``, (input, RGB uint8 image) pairs (e.g. the
       frames of a video); ``num_frames`` is their count for the ETA.
     num_frames: number of ``frames`` (``None``: unknown, no ETA).
+    shard: ``(index, count)``: predict images (or frames) ``index, index +
+      count, ...``; default ``(jax.process_index(), jax.process_count())``,
+      so that the processes of a multi-host job write disjoint files.
 
   Returns:
-    One dict per image: ``input`` and the written ``files``.
+    One dict per image of this shard: ``input`` and the written ``files``.
 
   Raises:
     FileNotFoundError: an input does not exist (before anything is written).
@@ -264,12 +274,18 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
       raise ValueError('cityscapes_test_format needs a 19-class model, got '
                        f'{cfg["num_classes"]} classes')
     test_labels = np.asarray(label_maps.CITYSCAPES_TRAIN_TO_LABEL, np.uint8)
+  index, count = shard if shard is not None else (jax.process_index(),
+                                                  jax.process_count())
   if frames is None:
     items = resolve_inputs(inputs, list_root)
     if cityscapes_test_format:
       check_unique([os.path.basename(f.rel) for f in items], items,
                    'test_results name')
+    items = items[index::count]
     frames, num_frames = read_inputs(items), len(items)
+  elif count > 1:
+    frames = (f for n, f in enumerate(frames) if n % count == index)
+    num_frames = None if num_frames is None else len(range(index, num_frames, count))
   if eval_cfg is None:
     eval_cfg = predict_settings()
   predictor = Predictor.from_config(cfg, variables, eval_cfg, dtype=dtype)

@@ -16,7 +16,10 @@ Config layout::
                         checkpoint_every_steps, keep_checkpoints, keep_best,
                         async_checkpoints, init_from (see PRETRAINED),
                         nonfinite ('stop'|'skip'),
-                        stop_at_step (save and stop there, as on preemption)
+                        stop_at_step (save and stop there, as on preemption),
+                        transfer_guard ('allow'; 'disallow' raises if a step
+                        between log/checkpoint/eval steps waits for the
+                        device, see hrseg_jax.train.host_sync)
   loss                  ignore_label, class_weights, ohem, ohem_thresh,
                         ohem_min_kept, balance_weights, num_chunks
   eval                  see hrseg_jax.eval.config, plus every_steps
@@ -82,7 +85,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
       grad_accum_steps=1, dtype='bfloat16', log_every_steps=50,
       checkpoint_every_steps=1000, keep_checkpoints=3, keep_best=True,
       async_checkpoints=True, init_from='', nonfinite='stop',
-      stop_at_step=-1))
+      stop_at_step=-1, transfer_guard='allow'))
   c.loss = ml_collections.ConfigDict(dict(
       ignore_label=255,
       class_weights=list(CITYSCAPES_CLASS_WEIGHTS) if dataset == 'cityscapes' else None,

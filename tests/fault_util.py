@@ -154,12 +154,9 @@ def restore_error(step_dir: pathlib.Path) -> str | None:
                    if np.issubdtype(np.asarray(x).dtype, np.floating)):
           return f'{step_dir / item}: non-finite values'
     json.loads((step_dir / 'model' / 'metadata').read_text())['model']
-    data = sorted((step_dir / 'data').glob('process_*-of-*.json'))
-    count = int(data[0].stem.rsplit('-of-', 1)[1]) if data else 1
-    if len(data) != count:
-      return f'{step_dir / "data"}: {len(data)} of {count} process states'
-    for f in data:
-      json.loads(f.read_text())
+    order = json.loads((step_dir / 'data_order' / 'metadata').read_text())
+    if order['step'] != int(step_dir.name):
+      return f'{step_dir / "data_order"}: step {order["step"]}'
   except Exception as e:  # pylint: disable=broad-except
     return f'{type(e).__name__}: {str(e)[:300]}'
   return None

@@ -182,6 +182,13 @@ def test_worker_processes_match_in_process_and_resume():
     _assert_same(_take(fresh, 3), reference[3:])
   finally:
     fresh.close()
+  # Resuming by step needs no saved state, with any worker count.
+  cfg.num_workers = 1
+  by_step = pipeline.make_train_iterator(cfg, batch_size=2, seed=7, start_step=4)
+  try:
+    _assert_same(_take(by_step, 2), reference[4:])
+  finally:
+    by_step.close()
 
 
 def test_eval_batches_padded_masked_and_sharded(index_source):
@@ -229,18 +236,19 @@ def test_eval_examples_full_size():
 
 
 def test_worker_init_fn_hides_accelerators():
-  code = ('import os, jax\n'
+  code = ('import os, signal, jax\n'
           'from hrseg_jax.data.workers import worker_init_fn\n'
           'worker_init_fn(0, 1)\n'
           'import cv2\n'
           'print(os.environ["JAX_PLATFORMS"], repr(os.environ['
           '"CUDA_VISIBLE_DEVICES"]), os.environ['
           '"XLA_PYTHON_CLIENT_PREALLOCATE"], jax.config.jax_platforms, '
-          'cv2.getNumThreads(), jax.devices()[0].platform)\n')
+          'cv2.getNumThreads(), jax.devices()[0].platform, '
+          'signal.getsignal(signal.SIGINT) == signal.SIG_IGN)\n')
   env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
   out = subprocess.run([sys.executable, '-c', code], capture_output=True,
                        text=True, env=env, check=True).stdout.split()
-  assert out == ['cpu', "''", 'false', 'cpu', '1', 'cpu']
+  assert out == ['cpu', "''", 'false', 'cpu', '1', 'cpu', 'True']
 
 
 def test_data_package_import_is_light():

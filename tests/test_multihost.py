@@ -7,6 +7,7 @@ devices resuming the 8-device run's checkpoint with FSDP-sharded parameters.
 Checkpoints are read back here with the current process's shardings (one
 CPU device), whatever topology wrote them.
 """
+import json
 import os
 import pathlib
 import shutil
@@ -29,7 +30,7 @@ from train_util import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / 'scripts' / 'launch_local.py'
-STEPS = 3
+STEPS = 6
 
 CONFIG = f'''
 import sys
@@ -62,13 +63,13 @@ def get_config():
 GLOO_TIMEOUT = 'Gloo context initialization failed'
 
 
-def launch(tmp_path, workdir, *launcher_args, overrides=()):
+def launch(tmp_path, workdir, *launcher_args, overrides=(), env_extra=None):
   """Runs the launcher to completion; returns its combined output."""
   config = tmp_path / 'multihost_config.py'
   config.write_text(CONFIG)
-  env = dict(os.environ, PYTHONPATH=f'{REPO}:{REPO / "tests"}',
-             JAX_DISABLE_MOST_OPTIMIZATIONS='1')
-  env.pop('XLA_FLAGS', None)
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'HRSEG_FAULT')}
+  env.update(PYTHONPATH=f'{REPO}:{REPO / "tests"}',
+             JAX_DISABLE_MOST_OPTIMIZATIONS='1', **(env_extra or {}))
   logs = tmp_path / f'logs_{pathlib.Path(workdir).name}'
   cmd = [sys.executable, str(LAUNCH), *launcher_args, '--log_dir', str(logs),
          '--', '--config', str(config), '--workdir', str(workdir), *overrides]
@@ -99,10 +100,18 @@ def load_variables(workdir, step):
           for k, v in jax.tree_util.tree_leaves_with_path(restored)}
 
 
-def assert_same_variables(got, want, atol):
+def assert_same_variables(got, want, atol, previous=None, margin=20):
+  """``got`` equals ``want`` to ``atol`` (rtol 0).  With ``previous`` (the
+  variables one step before ``want``): every parameter tensor that the last
+  step moved differs from ``want`` by less than 1/``margin`` of that move, so
+  a skipped or repeated update cannot pass."""
   assert got.keys() == want.keys()
   for k, w in want.items():
-    np.testing.assert_allclose(got[k], w, rtol=atol * 100, atol=atol, err_msg=k)
+    np.testing.assert_allclose(got[k], w, rtol=0, atol=atol, err_msg=k)
+    if previous is not None and 'params' in k:
+      moved = np.max(np.abs(w - previous[k]))
+      off = np.max(np.abs(got[k] - w))
+      assert off * margin <= moved or off == moved == 0, (k, off, moved)
 
 
 def max_change(a, b):
@@ -123,14 +132,16 @@ def test_four_processes_by_two_devices_equal_one_process_by_eight(
   out = launch(tmp_path, work, '--num_processes', '4', '--cpu_devices', '2')
   assert out.count(f'trained {STEPS} steps') == 1  # printed by process 0 only
   ckpt = work / 'checkpoints' / str(STEPS)
-  assert sorted(p.name for p in (ckpt / 'data').glob('*.json')) == [
-      f'process_{i}-of-4.json' for i in range(4)]
+  # The input state: one item (process 0), not one file per process.
+  assert json.loads((ckpt / 'data_order' / 'metadata').read_text())['step'] == STEPS
+  assert not (ckpt / 'data').exists()
   # Metrics files: written by process 0 only.
   assert len(list(work.glob('events.out.tfevents.*'))) == 1
   first = load_variables(work, 1)
   assert_same_variables(first, load_variables(eight_devices, 1), atol=1e-7)
   last = load_variables(work, STEPS)
-  assert_same_variables(last, load_variables(eight_devices, STEPS), atol=2e-5)
+  assert_same_variables(last, load_variables(eight_devices, STEPS), atol=2e-5,
+                        previous=load_variables(eight_devices, STEPS - 1))
   assert max_change(last, first) > 1e-3  # 50x the tolerance
 
 
@@ -146,40 +157,99 @@ def test_eight_device_checkpoint_resumes_on_two_devices_with_fsdp(
                overrides=['--config.mesh.fsdp=2'])
   assert f'trained {STEPS} steps' in out
   resumed = load_variables(work, STEPS)
-  assert_same_variables(resumed, load_variables(eight_devices, STEPS), atol=2e-5)
+  assert_same_variables(resumed, load_variables(eight_devices, STEPS), atol=2e-5,
+                        previous=load_variables(eight_devices, STEPS - 1))
   assert max_change(resumed, load_variables(eight_devices, 1)) > 1e-3
 
 
+def read_losses(workdir):
+  """{step: loss} of losses.txt; each step exactly once."""
+  lines = (workdir / 'losses.txt').read_text().split('\n')
+  pairs = [(int(a), float(b)) for a, b in (l.split() for l in lines if l.strip())]
+  assert len({s for s, _ in pairs}) == len(pairs), pairs
+  return dict(pairs)
+
+
+def test_preempted_on_two_hosts_resumes_on_one_and_on_four(eight_devices, tmp_path):
+  """2 processes x 4 devices; SIGTERM to process 1 after step 3.  Both agree
+  on a step (JAX's preemption service), save it and exit 0; the steps between log/checkpoint steps never
+  wait for the device (train.transfer_guard='disallow').  Resumed as 1 x 8
+  and as 4 x 2, the runs log the uninterrupted 1 x 8 run's losses and end
+  with its parameters."""
+  work = tmp_path / 'two_by_four'
+  out = launch(tmp_path, work, '--num_processes', '2', '--cpu_devices', '4',
+               env_extra={'HRSEG_FAULT': 'sigterm@1:3'},
+               overrides=['--config.train.checkpoint_every_steps=100',
+                          '--config.train.log_every_steps=4',
+                          '--config.train.transfer_guard=disallow'])
+  saved = sorted(int(p.name) for p in (work / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  assert len(saved) == 1 and 3 <= saved[0] < STEPS, (saved, out[-3000:])
+  stop = saved[0]
+  # Every process stopped after the same step (one log file per process).
+  assert out.count(f'stopping at step {stop} (checkpoint saved)') == 2, out[-3000:]
+  want = read_losses(eight_devices)
+  for name, args in (('one_by_eight', ['--cpu_devices', '8']),
+                     ('four_by_two', ['--num_processes', '4', '--cpu_devices', '2'])):
+    resumed = tmp_path / name
+    shutil.copytree(work, resumed)
+    launch(tmp_path, resumed, *args)
+    got = read_losses(resumed)
+    assert sorted(got) == list(range(1, STEPS + 1)), (name, got)
+    np.testing.assert_allclose([got[s] for s in sorted(got)],
+                               [want[s] for s in sorted(got)], rtol=1e-5, atol=0,
+                               err_msg=name)
+    assert_same_variables(load_variables(resumed, STEPS),
+                          load_variables(eight_devices, STEPS), atol=2e-5,
+                          previous=load_variables(eight_devices, STEPS - 1))
+
+
+def test_eval_on_two_hosts_equals_eval_on_one(eight_devices, tmp_path):
+  """--mode eval as 2 processes x 4 devices (each process evaluates its
+  examples, the confusion matrices are summed) gives exactly the confusion
+  matrix of a single-process evaluation."""
+  from hrseg_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
+  launch(tmp_path, eight_devices, '--num_processes', '2', '--cpu_devices', '4',
+         overrides=['--mode', 'eval'])
+  got = json.loads((eight_devices / 'eval' / 'metrics.json').read_text())
+  assert got['settings']['process_count'] == 2
+  c = tiny_config(num_steps=STEPS, batch_size=8)
+  model_cfg, variables, _ = checkpoints.load_model(eight_devices)
+  want = evaluate.evaluate(model_cfg, variables, c.data, c.eval, log=lambda _: None)
+  assert np.sum(want['confusion_matrix']) > 0
+  assert got['confusion_matrix'] == want['confusion_matrix']
+  assert got['miou'] == want['miou']
+
+
 @pytest.mark.parametrize('before,after', [(4, 1), (1, 2), (2, 4)])
-def test_data_state_does_not_depend_on_the_process_count(before, after):
-  """The saved Grain state of any process, restored with another process
-  count, continues with the next global batch (what a resume on a different
-  number of hosts needs from the input pipeline)."""
+def test_data_order_is_a_function_of_the_global_step(before, after):
+  """Global batch t is the same whatever the process count that reads it,
+  and the processes of any count started at step t (what a resume does)
+  continue with the batches of an uninterrupted single-process run."""
   data = tiny_config(batch_size=8).data
 
-  def iterators(count):
+  def iterators(count, start_step=0):
     return [pipeline.make_train_iterator(data, batch_size=8 // count, seed=304,
-                                         shard_index=i, shard_count=count)
+                                         shard_index=i, shard_count=count,
+                                         start_step=start_step)
             for i in range(count)]
 
   def global_batch(its):
     parts = [next(it) for it in its]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-  old = iterators(before)
-  for _ in range(5):  # crosses the 4-batch epoch boundary
-    global_batch(old)
-  state = old[-1].get_state()
-  new = iterators(after)
-  for it in new:
-    it.set_state(state)
   reference = iterators(1)
-  for _ in range(5):
-    global_batch(reference)
-  for _ in range(2):
-    want, got = global_batch(reference), global_batch(new)
-    for k in want:
-      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  want = [global_batch(reference) for _ in range(7)]
+  old = iterators(before)
+  for t in range(5):  # crosses the 4-batch epoch boundary
+    got = global_batch(old)
+    for k in got:
+      np.testing.assert_array_equal(got[k], want[t][k], err_msg=k)
+  new = iterators(after, start_step=5)
+  for t in (5, 6):
+    got = global_batch(new)
+    for k in got:
+      np.testing.assert_array_equal(got[k], want[t][k], err_msg=k)
 
 
 @pytest.fixture
@@ -243,3 +313,39 @@ def test_checkpoint_in_a_gs_workdir_is_found(local_bucket):
      ).mkdir(parents=True)
   path, step = checkpoints.find_checkpoint('gs://bucket/run')
   assert (os.fspath(path), step) == ('gs://bucket/run/checkpoints', 200)
+
+
+def test_predict_splits_inputs_over_processes_into_a_gs_folder(local_bucket, tmp_path):
+  """Each process predicts every P-th image and writes only its files;
+  together they write exactly the single-process output, here into a
+  ``gs://`` folder (through etils.epath)."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import predict as predict_lib  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
+  from test_eval_inference import TINY_HRNET, tiny_hrnet_variables  # pylint: disable=g-import-not-at-top
+  root, seen = local_bucket
+  cfg = registry.resolve(dict(TINY_HRNET, num_classes=19))
+  variables = tiny_hrnet_variables(cfg, seed=1)
+  images = tmp_path / 'images'
+  images.mkdir()
+  for i in range(5):
+    rgb = np.random.default_rng(i).integers(0, 256, (24, 40, 3), np.uint8)
+    cv2.imwrite(str(images / f'im{i}.png'), rgb)
+  single = tmp_path / 'single'
+  predict_lib.predict(cfg, variables, str(images), str(single), shard=(0, 1))
+  want = {os.fspath(p.relative_to(single)): p.read_bytes()
+          for p in single.rglob('*.png')}
+  assert len(want) == 15   # labels, color, overlay for 5 images
+  written = []
+  for index in range(2):
+    results = predict_lib.predict(cfg, variables, str(images), 'gs://bucket/pred',
+                                  shard=(index, 2))
+    assert [r['input'] for r in results] == [
+        str(images / f'im{i}.png') for i in range(index, 5, 2)]
+    written.append({f for r in results for f in r['files']})
+  assert not written[0] & written[1]
+  assert all(f.startswith('gs://bucket/pred/') for f in written[0] | written[1])
+  out = root / 'bucket' / 'pred'
+  got = {os.fspath(p.relative_to(out)): p.read_bytes() for p in out.rglob('*.png')}
+  assert got == want
+  assert any(p.startswith('gs://bucket/pred/') for p in seen)

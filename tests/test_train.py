@@ -79,6 +79,47 @@ def test_loss_decreases_and_resume_is_exact(tmp_path):
   assert first['losses'] + second['losses'] == full['losses']
 
 
+def test_steps_between_log_steps_never_wait_for_the_device(tmp_path, monkeypatch):
+  """train.transfer_guard='disallow': steps other than log/checkpoint steps
+  run under host_sync.no_host_waits.  The loop passes; the stop check that
+  gathered the SIGTERM flag every step (the old multi-host StopSignal) fails
+  at step 1."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.train import host_sync  # pylint: disable=g-import-not-at-top
+  c = tiny_config(num_steps=4)
+  c.train.log_every_steps = 4
+  c.train.transfer_guard = 'disallow'
+  r = loop.train_and_evaluate(c, str(tmp_path / 'guarded'))
+  assert r['final_step'] == 4 and len(r['losses']) == 4
+
+  def per_step_gather(self, step, sync=True):  # pylint: disable=unused-argument
+    return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
+
+  monkeypatch.setattr(loop.StopSignal, 'should_stop', per_step_gather)
+  with pytest.raises(host_sync.HostWaitError, match='process_allgather .* step 1'):
+    loop.train_and_evaluate(c, str(tmp_path / 'stalling'))
+
+
+def test_no_host_waits_catches_value_reads_and_collectives():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.train import host_sync  # pylint: disable=g-import-not-at-top
+  x = jax.jit(lambda a: a * 2)(jnp.arange(3.0))
+  reads = {'float': lambda: float(x[0]), 'device_get': lambda: jax.device_get(x),
+           'block_until_ready': x.block_until_ready, 'tolist': x.tolist,
+           'allgather': lambda: multihost_utils.process_allgather(np.int32(1))}
+  for name, read in reads.items():
+    with pytest.raises(host_sync.HostWaitError, match='in step 9'):
+      with host_sync.no_host_waits('step 9'):
+        y = x + 1     # dispatching work is fine
+        read()
+    read()            # outside the block: allowed
+    with host_sync.no_host_waits('off', enabled=False):
+      read()
+  assert float(y[0]) == 1.0
+
+
 def test_two_processes(tmp_path):
   """jax.distributed on localhost: 2 CPU processes train and checkpoint."""
   import portpicker  # pylint: disable=g-import-not-at-top
@@ -107,7 +148,9 @@ def test_two_processes(tmp_path):
   # Both processes see the same global loss.
   assert lines[0].split(' ', 3)[3] == lines[1].split(' ', 3)[3]
   assert (tmp_path / 'w' / 'checkpoints' / '3' / 'variables').is_dir()
-  assert (tmp_path / 'w' / 'checkpoints' / '3' / 'data' / 'process_1-of-2.json').exists()
+  # The input state is one process-count independent item, not one per process.
+  assert (tmp_path / 'w' / 'checkpoints' / '3' / 'data_order').is_dir()
+  assert not (tmp_path / 'w' / 'checkpoints' / '3' / 'data').exists()
 
 
 def test_init_from_converted_checkpoint(tmp_path):

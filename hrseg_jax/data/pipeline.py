@@ -9,9 +9,17 @@ permutation positions ``[t*G, (t+1)*G)``, and process p takes the slice
 ``[t*G + p*B, t*G + (p+1)*B)``.  So processes read disjoint examples, the
 global batch does not depend on how it is split over processes, and the
 augmentation randomness of an example is seeded by (seed, epoch, position),
-independent of the number of processes and workers.  The iterator is Grain's
-``DatasetIterator``: ``get_state()``/``set_state()`` (and Grain's Orbax
-``CheckpointSave``/``CheckpointRestore``) resume at the exact next batch.
+independent of the number of processes and workers.
+
+The order is therefore a function of (seed, epoch, global position) alone,
+and the position of global step t is fixed by t and the global batch:
+``make_train_iterator(..., start_step=t)`` yields, on any number of
+processes, exactly the batches that an uninterrupted run reads from step
+t + 1 on.  The training loop saves only (step, seed, global batch, dataset
+size) with a checkpoint (:func:`data_order_state`), a process-count
+independent state.  The iterator is also Grain's ``DatasetIterator``
+(``get_state()``/``set_state()`` resume at the exact next batch with the
+same process and worker count).
 
 Evaluation (:func:`make_eval_iterator`): process p evaluates source examples
 p, p + P, p + 2P, ...; every process yields the same number of fixed-shape
@@ -125,8 +133,8 @@ def _to_iter(ds: grain.MapDataset, data_cfg) -> grain.IterDataset:
 
 
 def make_train_iterator(data_cfg, *, batch_size: int, seed: int,
-                        shard_index: int = 0, shard_count: int = 1
-                        ) -> grain.DatasetIterator:
+                        shard_index: int = 0, shard_count: int = 1,
+                        start_step: int = 0) -> grain.DatasetIterator:
   """Returns the infinite training iterator of this process.
 
   Args:
@@ -135,6 +143,9 @@ def make_train_iterator(data_cfg, *, batch_size: int, seed: int,
     seed: the global seed (same on every process).
     shard_index: this process's index (``jax.process_index()``).
     shard_count: number of processes (``jax.process_count()``).
+    start_step: global steps already trained: the first batch is this
+      process's part of global batch ``start_step`` (0-based), whatever
+      process count trained the earlier steps.
 
   Returns:
     A Grain DatasetIterator of ``{'image': float32 [B, h, w, 3], 'label':
@@ -147,11 +158,37 @@ def make_train_iterator(data_cfg, *, batch_size: int, seed: int,
   example = _TrainExample(
       source, augment.TrainTransform(data_cfg, normalize=False), plan,
       bool(data_cfg.skip_bad_examples))
-  ds = (grain.MapDataset.range(sys.maxsize)
+  if start_step < 0:
+    raise ValueError(f'start_step {start_step} < 0')
+  ds = (grain.MapDataset.range(int(start_step) * plan.batch_size, sys.maxsize)
         .map(example)
         .batch(int(batch_size), drop_remainder=True,
                batch_fn=augment.collate))
   return iter(_to_iter(ds, data_cfg))
+
+
+DATA_ORDER_FORMAT = 'hrseg-data-order/1'
+
+
+def data_order_state(*, step: int, seed: int, global_batch: int,
+                     num_examples: int) -> dict[str, Any]:
+  """The input state of a checkpoint at ``step`` (process-count independent).
+
+  With the same seed, global batch and dataset size,
+  ``make_train_iterator(start_step=step)`` continues the example order of
+  the run that saved it, on any number of processes and workers.
+  """
+  return {'format': DATA_ORDER_FORMAT, 'step': int(step), 'seed': int(seed),
+          'global_batch': int(global_batch),
+          'num_examples': int(num_examples)}
+
+
+def data_order_differences(saved: dict[str, Any], current: dict[str, Any]
+                           ) -> list[str]:
+  """Fields of :func:`data_order_state` that change the example order."""
+  return [f'{k} {saved.get(k)} -> {current[k]}'
+          for k in ('seed', 'global_batch', 'num_examples')
+          if saved.get(k) != current[k]]
 
 
 class _EvalPlan:

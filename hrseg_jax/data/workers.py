@@ -7,10 +7,14 @@ preallocate memory (google/grain#820).  :func:`worker_init_fn` runs first in
 every worker: it pins JAX to the CPU (environment and, since JAX is already
 imported, its config), hides GPUs from TensorFlow and CUDA, and makes OpenCV
 single-threaded so that ``num_workers`` processes do not oversubscribe cores.
+Workers ignore SIGINT: a Ctrl-C in the terminal reaches the whole process
+group, and the training process, which stops at the next step boundary
+after a checkpoint, still needs their batches until then.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 WORKER_ENV = {
@@ -24,6 +28,7 @@ WORKER_ENV = {
 def worker_init_fn(worker_index: int, worker_count: int) -> None:
   """Grain ``mp_prefetch`` worker initialiser (must stay import-light)."""
   del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   os.environ.update(WORKER_ENV)
   jax = sys.modules.get('jax')
   if jax is not None:

@@ -1,8 +1,11 @@
 """Atomic file writing and PNG encoding for evaluation outputs.
 
-Every file is written to a hidden temporary file in the destination
-directory and renamed into place (``os.replace``), so a reader never sees a
-partial file and an interrupted run leaves no truncated outputs.
+Paths are local paths or URIs (``gs://bucket/...``) written through
+``etils.epath``.  A local file is written to a hidden temporary file in the
+destination directory and renamed into place (``os.replace``); an object
+store writes each object atomically by itself (it appears complete or not at
+all), so a URI is written directly.  Either way a reader never sees a partial
+file and an interrupted run leaves no truncated outputs.
 """
 from __future__ import annotations
 
@@ -12,12 +15,21 @@ import os
 import tempfile
 from typing import Any, Mapping
 
+from etils import epath
 import numpy as np
 from PIL import Image
 
 
+def is_uri(path) -> bool:
+  """``scheme://...`` (gs://, s3://, ...): written through etils.epath."""
+  return '://' in os.fspath(path)
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
   """Writes ``data`` to ``path`` atomically, creating parent directories."""
+  if is_uri(path):
+    write_files_atomic({path: data})
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-',
@@ -38,7 +50,22 @@ def write_files_atomic(files: Mapping[str, bytes]) -> None:
   All contents are first written to temporary files; only then are they
   renamed into place.  (A failure between two renames, e.g. a full disk
   cannot cause one, since renames need no space, leaves earlier ones.)
+  URIs: each object is written directly (atomic per object); one that fails
+  removes the objects written before it.
   """
+  remote = {p: d for p, d in files.items() if is_uri(p)}
+  written = []
+  try:
+    for path, data in remote.items():
+      target = epath.Path(path)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(data)
+      written.append(target)
+  except BaseException:
+    for target in written:
+      target.unlink(missing_ok=True)
+    raise
+  files = {p: d for p, d in files.items() if not is_uri(p)}
   temps = []
   try:
     for path, data in files.items():

@@ -4,8 +4,11 @@ Each step directory holds the items
 ``variables`` (params + BN statistics + constants), ``train`` (step,
 optimizer state, rng, skipped-step count), ``model`` (JSON model config, so
 the checkpoint is self-describing, see :mod:`hrseg_jax.checkpoints`) and
-``data`` (the Grain iterator state, one file per process), so a resumed run
-continues with exactly the next batch.
+``data_order`` (JSON: step, seed, global batch and dataset size, see
+:func:`hrseg_jax.data.pipeline.data_order_state`), so a resumed run continues
+with exactly the next batch on any number of processes.  (Checkpoints of
+earlier versions hold a per-process Grain state, ``data/``, instead; it is
+not read: the step gives the same position.)
 
 Crash safety (tested by ``tests/test_faults.py``):
 
@@ -40,7 +43,6 @@ import threading
 from typing import Any, Callable
 
 from etils import epath
-import grain
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
@@ -50,7 +52,7 @@ from hrseg_jax import console, manifest, paths
 from hrseg_jax.train.state import TrainState
 
 TRAIN = 'train'
-DATA = 'data'
+DATA_ORDER = 'data_order'
 TRASH = '.deleted'
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
@@ -119,10 +121,13 @@ class Checkpointer:
       return []
     return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
 
-  def save(self, state: TrainState, data_iter, model_cfg: dict, *,
+  def save(self, state: TrainState, data_order: dict | None, model_cfg: dict, *,
            metrics: dict | None = None, meta: dict | None = None,
            force: bool = False) -> bool:
     """Saves ``state`` (asynchronously if so configured).
+
+    ``data_order`` is the input state (``pipeline.data_order_state``),
+    written once (by process 0), whatever the process count.
 
     Raises:
       CheckpointSaveError: this save, or the previous asynchronous one, failed.
@@ -136,8 +141,8 @@ class Checkpointer:
                                       'rng': state.rng, 'skipped': state.skipped}),
         model_ckpt.MODEL: ocp.args.JsonSave({'model': model_cfg, 'meta': meta or {}}),
     }
-    if data_iter is not None:
-      args[DATA] = grain.checkpoint.CheckpointSave(data_iter)
+    if data_order is not None:
+      args[DATA_ORDER] = ocp.args.JsonSave(data_order)
     try:
       saved = self.manager.save(step, args=ocp.args.Composite(**args),
                                 metrics=metrics, force=force)
@@ -178,7 +183,21 @@ class Checkpointer:
           f'{"; …" if len(diffs) > 4 else ""}); use a new --workdir for this config')
     return item.get('meta') or {}
 
-  def restore(self, abstract_state: TrainState, data_iter=None,
+  def data_order(self, step: int | None = None) -> dict | None:
+    """The step's saved input state (None in checkpoints that predate it)."""
+    step = self.manager.latest_step() if step is None else step
+    if not (self.directory / str(step) / DATA_ORDER).exists():
+      return None
+    self._verify(step, only=DATA_ORDER)
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(
+          **{DATA_ORDER: ocp.args.JsonRestore()}))[DATA_ORDER]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointRestoreError(
+          f'cannot restore checkpoint {self.directory / str(step)}: '
+          f'{_first_line(e)}') from e
+
+  def restore(self, abstract_state: TrainState,
               step: int | None = None) -> TrainState:
     """Restores onto the shardings carried by ``abstract_state``'s leaves.
 
@@ -192,8 +211,6 @@ class Checkpointer:
              'rng': abstract_state.rng, 'skipped': abstract_state.skipped}
     args = {model_ckpt.VARIABLES: ocp.args.StandardRestore(variables),
             TRAIN: ocp.args.StandardRestore(train)}
-    if data_iter is not None:
-      args[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
     self._verify(step)
     try:
       r = self.manager.restore(step, args=ocp.args.Composite(**args))

@@ -2,10 +2,14 @@
 
 The training loop reads ``$HRSEG_FAULT`` once per run; unset or empty (the
 default) means no fault and nothing patched.  The value is a comma-separated
-list of ``kind:step`` items, for example ``HRSEG_FAULT=kill_in_save:6``:
+list of ``kind:step`` items, for example ``HRSEG_FAULT=kill_in_save:6``; a
+kind written ``kind@P`` only acts in process P (``jax.process_index()``):
 
 * ``sigterm:N``: SIGTERM to this process once step N has been trained, as a
-  preemption notice would (the run saves step N and exits 0).
+  preemption notice would (the run saves step N and exits 0; on multi-host
+  runs the processes agree on a step >= N through JAX's preemption service:
+  the process then pauses 2 s, time for the notice to reach the others).
+* ``sigint:N``: the same with SIGINT (Ctrl-C); ``sigint2:N`` sends two.
 * ``kill:N``: SIGKILL once step N has been trained and logged, before its
   checkpoint (a crash between checkpoints).
 * ``kill_in_save:N``: SIGKILL inside Orbax's background commit of step N's
@@ -36,15 +40,26 @@ import pathlib
 import shutil
 import signal
 import threading
+import time
 from typing import Any, Mapping
 
 import numpy as np
 
 ENV = 'HRSEG_FAULT'
-KINDS = ('sigterm', 'kill', 'kill_in_save', 'kill_in_delete', 'nan', 'enospc',
+KINDS = ('sigterm', 'sigint', 'sigint2', 'kill', 'kill_in_save', 'kill_in_delete', 'nan', 'enospc',
          'enospc_commit')
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'
 _COMMIT_FILE = 'commit_success.txt'
+
+
+def _process_index() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index()
+
+
+def _process_count() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_count()
 
 
 def _sigkill(what: str) -> None:
@@ -75,10 +90,13 @@ class Faults:
     steps = {}
     for item in filter(None, (s.strip() for s in value.split(','))):
       kind, _, step = item.partition(':')
-      if kind not in KINDS or not step.isdigit() or int(step) < 1:
-        raise ValueError(f'{ENV}={value!r}: expected kind:step items with '
-                         f'kind in {KINDS} and step >= 1, got {item!r}')
-      steps[kind] = int(step)
+      kind, at, process = kind.partition('@')
+      if (kind not in KINDS or not step.isdigit() or int(step) < 1
+          or (at and not process.isdigit())):
+        raise ValueError(f'{ENV}={value!r}: expected kind[@process]:step items '
+                         f'with kind in {KINDS} and step >= 1, got {item!r}')
+      if not at or int(process) == _process_index():
+        steps[kind] = int(step)
     return cls(steps)
 
   @classmethod
@@ -100,9 +118,18 @@ class Faults:
 
   def on_step_end(self, step: int) -> None:
     """Runs after step ``step`` is trained and logged, before its checkpoint."""
-    if self._at('sigterm', step):
-      logging.warning('fault: SIGTERM after step %d', step)
-      os.kill(os.getpid(), signal.SIGTERM)
+    for kind, sig, count in (('sigterm', signal.SIGTERM, 1),
+                             ('sigint', signal.SIGINT, 1),
+                             ('sigint2', signal.SIGINT, 2)):
+      if self._at(kind, step):
+        for _ in range(count):
+          logging.warning('fault: %s after step %d', sig.name, step)
+          for handler in logging.getLogger().handlers:
+            handler.flush()
+          os.kill(os.getpid(), sig)
+          time.sleep(0.1)   # lets Python run the handler of the first one
+        if _process_count() > 1:
+          time.sleep(2)
     if self._at('kill', step):
       _sigkill(f'after step {step}')
 

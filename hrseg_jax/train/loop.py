@@ -2,9 +2,15 @@
 
 Reliability (tested by ``tests/test_faults.py``):
 
-* SIGTERM (and, on multi-host runs, JAX's preemption sync point) stops the run
-  at the next step boundary with a checkpoint of that step; the process exits
-  normally and the same command resumes with the exact next batch.
+* SIGTERM or Ctrl-C (and, on multi-host runs, JAX's preemption sync point)
+  stops the run at the next step boundary with a checkpoint of that step (the
+  same step on every process, see :class:`StopSignal`); the process exits
+  normally and the same command resumes with the exact next batch, on any
+  number of processes.  A second Ctrl-C exits at once.
+* Between log, checkpoint and evaluation steps nothing waits for the device
+  (no per-step collective or metric fetch), so the host keeps dispatching
+  ahead; ``train.transfer_guard='disallow'`` turns any wait for the device
+  in those steps into an error (:mod:`hrseg_jax.train.host_sync`).
 * A crash loses only the steps after the last complete checkpoint, which the
   restarted run trains again with the same losses (see
   :mod:`hrseg_jax.train.checkpointing` for why no checkpoint is ever left
@@ -39,6 +45,7 @@ from hrseg_jax import paths
 from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
 from hrseg_jax.train import faults as faults_lib
+from hrseg_jax.train import host_sync
 from hrseg_jax.train import optim, pretrained, progress as progress_lib, sharding, step as step_lib
 from hrseg_jax.train import tb_writer
 from hrseg_jax.train.checkpointing import Checkpointer, abstract_with_shardings
@@ -46,6 +53,7 @@ from hrseg_jax.train.state import TrainState
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 NONFINITE = ('stop', 'skip')
+TRANSFER_GUARDS = ('allow', 'disallow')
 LOSSES_FILE = 'losses.txt'
 CONFIG_FILE = 'config.json'
 LOG_FILE = 'log.txt'
@@ -58,28 +66,54 @@ class NonFiniteLoss(RuntimeError):
 
 
 class StopSignal:
-  """SIGTERM -> stop at the next step boundary after a checkpoint.
+  """SIGTERM or Ctrl-C -> checkpoint at the next step boundary, then stop.
 
-  On multi-host runs the decision is taken collectively through JAX's
-  preemption sync point (TPU maintenance events included), so every process
-  saves the same step.
+  A second Ctrl-C exits at once (the default SIGINT action), without a
+  checkpoint.
+
+  One process: the signal handler sets a flag that the loop reads after
+  every step.  Several processes must agree on the step to save without a
+  collective every step (it would make the host wait for the device and
+  stall asynchronous dispatch), so:
+
+  * with JAX's preemption service (``jax.distributed``, on by default),
+    SIGTERM is left to JAX's own handler: the notice reaches every process
+    in the background and :func:`multihost_utils.reached_preemption_sync_point`
+    (a host-side check, called every step) turns true on all processes at
+    the same step.  Ctrl-C is passed on to it as a SIGTERM to this process;
+  * in any case the flag is also exchanged (``process_allgather``) at the
+    steps that already wait for the device (``sync=True``: log, checkpoint
+    and evaluation steps), so a flag is seen by all processes at the same
+    step even without the preemption service.
   """
 
   def __init__(self):
     self.requested = False
     self._old = {}
+    self._service = False
 
   def __enter__(self):
     import signal  # pylint: disable=g-import-not-at-top
     import threading  # pylint: disable=g-import-not-at-top
+    self._service = jax.process_count() > 1 and _sync_ok()
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM,):
-        self._old[sig] = signal.signal(sig, self._handler)
+      self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
+      if not self._service:
+        self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._terminate)
     return self
 
-  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+  def _terminate(self, signum, frame):  # pylint: disable=unused-argument
     logging.warning('signal %d: saving a checkpoint at the next step boundary', signum)
     self.requested = True
+
+  def _interrupt(self, signum, frame):  # pylint: disable=unused-argument
+    import signal  # pylint: disable=g-import-not-at-top
+    signal.signal(signal.SIGINT, signal.SIG_DFL)   # the next Ctrl-C exits at once
+    logging.warning('Ctrl-C: saving a checkpoint at the next step boundary, then '
+                    'stopping (press Ctrl-C again to exit at once, without saving)')
+    self.requested = True
+    if self._service:
+      os.kill(os.getpid(), signal.SIGTERM)   # JAX's preemption notice
 
   def __exit__(self, *exc):
     import signal  # pylint: disable=g-import-not-at-top
@@ -87,16 +121,29 @@ class StopSignal:
       # None: the previous handler was not installed from Python.
       signal.signal(sig, signal.SIG_DFL if old is None else old)
 
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      flag = multihost_utils.process_allgather(np.int32(self.requested))
-      preempted = multihost_utils.reached_preemption_sync_point(step) if _sync_ok() else False
-      return bool(np.any(flag)) or preempted
-    return self.requested
+  def should_stop(self, step: int, sync: bool = True) -> bool:
+    """Whether to save and stop after ``step`` (the same on every process).
+
+    Args:
+      step: the global step just dispatched; every process calls this once
+        per step, with the same ``sync``.
+      sync: whether this step already waits for the device (the flag is then
+        exchanged between processes); without it nothing here touches the
+        device.
+    """
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    preempted = (multihost_utils.reached_preemption_sync_point(step)
+                 if self._service else False)
+    if sync:
+      flags = multihost_utils.process_allgather(np.int32(self.requested))
+      preempted = preempted or bool(np.any(flags))
+    return preempted
 
 
 def _sync_ok() -> bool:
+  """Whether JAX's preemption service runs in this process."""
   try:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.reached_preemption_sync_point  # noqa: B018  pylint: disable=pointless-statement
@@ -132,6 +179,9 @@ def check_train_config(train_cfg) -> None:
   compute_dtype(train_cfg.dtype)
   if train_cfg.nonfinite not in NONFINITE:
     raise ValueError(f'train.nonfinite={train_cfg.nonfinite!r}: expected one of {NONFINITE}')
+  guard = train_cfg.get('transfer_guard', 'allow')
+  if guard not in TRANSFER_GUARDS:
+    raise ValueError(f'train.transfer_guard={guard!r}: expected one of {TRANSFER_GUARDS}')
   for name in ('batch_size', 'log_every_steps', 'checkpoint_every_steps',
                'keep_checkpoints'):
     value = train_cfg[name]
@@ -152,15 +202,16 @@ def make_workdir(workdir) -> epath.Path:
   return workdir
 
 
-def check_input_state(saved_config: dict, config, ckpt: Checkpointer) -> None:
-  """The Grain iterator state restores only with the same number of workers."""
-  saved = saved_config.get('data', {}).get('num_workers')
-  if saved is not None and saved != config.data.num_workers:
-    raise ValueError(
-        f'data.num_workers={config.data.num_workers}, but checkpoint '
-        f'{ckpt.directory / str(ckpt.latest_step())} was written with '
-        f'data.num_workers={saved} and its input pipeline state only restores '
-        f'with that value: resume with --config.data.num_workers={saved}')
+def check_data_order(saved: dict | None, current: dict, where) -> None:
+  """Warns when a resumed run will not read the examples the saver would have."""
+  from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  if saved is None:
+    return
+  diffs = pipeline.data_order_differences(saved, current)
+  if diffs:
+    logging.warning('checkpoint %s was trained with another example order (%s): '
+                    'from here on the run reads other examples than the '
+                    'uninterrupted run would have', where, ', '.join(diffs))
 
 
 def first_nonfinite(fetched: list[tuple[int, dict]]) -> tuple[int, dict] | None:
@@ -397,9 +448,6 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   batch_sh = sharding.batch_sharding(mesh)
   num_train = pipeline.num_train_examples(config.data)
   steps_per_epoch, num_steps = total_steps(config, num_train)
-  train_iter = pipeline.make_train_iterator(
-      config.data, batch_size=local_batch, seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count())
 
   # ---- Model, optimizer and state ----------------------------------------
   model_cfg = registry.resolve(config.model)
@@ -407,6 +455,11 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   model = registry.build_model(model_cfg, dtype)
   tx, lr_fn = optim.make_optimizer(config.train, num_steps)
   crop = tuple(config.data.crop_size)
+
+  def data_order(step):
+    return pipeline.data_order_state(step=step, seed=config.seed,
+                                     global_batch=config.train.batch_size,
+                                     num_examples=num_train)
   state, state_sh = init_state(model, tx, jax.random.PRNGKey(config.seed),
                                (*crop, 3), mesh)
 
@@ -418,9 +471,10 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
     faults.install(ckpt.directory)
   try:
     if ckpt.latest_step() is not None:
-      saved = ckpt.check_model(model_cfg, resolve=registry.resolve)
-      check_input_state(saved.get('config', {}), config, ckpt)
-      state = ckpt.restore(abstract_with_shardings(state, state_sh), train_iter)
+      ckpt.check_model(model_cfg, resolve=registry.resolve)
+      check_data_order(ckpt.data_order(), data_order(0),
+                       ckpt.directory / str(ckpt.latest_step()))
+      state = ckpt.restore(abstract_with_shardings(state, state_sh))
       how = f'resumed from step {int(state.step)} ({ckpt.directory / str(int(state.step))})'
     elif config.train.init_from:
       state = load_init_weights(state, config.train.init_from, model_cfg)
@@ -444,6 +498,12 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
       num_params=progress_lib.count_parameters(state.params),
       workdir=os.fspath(workdir), checkpoints=os.fspath(ckpt.directory),
       start=how if start < num_steps else f'{how}; nothing left to train'))
+  # The example order is a function of the global step: any process count
+  # continues with the batches an uninterrupted run reads next.
+  train_iter = pipeline.make_train_iterator(
+      config.data, batch_size=local_batch, seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      start_step=start)
 
   align = bool(model_cfg.get('align_corners', False))
   train_fn = jax.jit(
@@ -474,6 +534,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   t0 = time.time()
   stop_at = int(config.train.get('stop_at_step', -1))
   log_every = config.train.log_every_steps
+  guard = str(config.train.get('transfer_guard', 'allow'))
 
   def fetch():
     """Fetches pending metrics; logs losses; stops on a non-finite step."""
@@ -501,22 +562,28 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
         result['preempted'] = True
         steps = range(0)
       for step in steps:
-        t_data = time.perf_counter()
-        with report.timed('data', wait_jax_async_dispatch=False):
-          local = next(train_iter)
-        progress.add_data_time(time.perf_counter() - t_data)
-        batch = sharding.global_batch(faults.on_batch(step, local), batch_sh)
-        state, metrics = train_fn(state, batch)
-        pending.append((step, metrics))
-        report(step)
         last = step == num_steps
         log_now = step % log_every == 0 or last
-        if log_now:
-          fetch()
-        faults.on_step_end(step)
-        halt = step == stop_at or stop.should_stop(step)
         evaluate_now = config.eval.every_steps > 0 and (
             step % config.eval.every_steps == 0 or last)
+        # Only these steps wait for the device; the others only dispatch work
+        # (train.transfer_guard='disallow' checks this: host_sync).
+        sync = (log_now or evaluate_now
+                or step % config.train.checkpoint_every_steps == 0)
+        with host_sync.no_host_waits(f'step {step}',
+                                     enabled=guard == 'disallow' and not sync):
+          t_data = time.perf_counter()
+          with report.timed('data', wait_jax_async_dispatch=False):
+            local = next(train_iter)
+          progress.add_data_time(time.perf_counter() - t_data)
+          batch = sharding.global_batch(faults.on_batch(step, local), batch_sh)
+          state, metrics = train_fn(state, batch)
+          pending.append((step, metrics))
+          report(step)
+          if log_now:
+            fetch()
+          faults.on_step_end(step)
+          halt = step == stop_at or stop.should_stop(step, sync=sync)
         save_now = (step % config.train.checkpoint_every_steps == 0 or last
                     or evaluate_now or halt)
         if save_now and pending:
@@ -544,7 +611,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
                       console=console, workdir=workdir, is_main=is_main)
           result['eval'] = {k: v for k, v in ev.items() if k != 'examples'}
         if save_now:
-          ckpt.save(state, train_iter, model_cfg, force=True,
+          ckpt.save(state, data_order(step), model_cfg, force=True,
                     metrics={'miou': float(ev['miou'])} if ev else None,
                     meta=dict(meta, eval={'miou': float(ev['miou'])}) if ev else meta)
         progress.add_paused_time(time.perf_counter() - t_pause)
