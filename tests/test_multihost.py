@@ -1,11 +1,13 @@
 """Multi-process training on local CPU processes, launched like a cluster job.
 
-``scripts/launch_local.py`` starts ``python -m hrseg_jax.main`` as 4
-processes x 2 CPU devices (``jax.distributed`` on localhost through the
-``HRSEG_*`` variables), as 1 process x 8 devices, and as 1 process x 2
-devices resuming the 8-device run's checkpoint with FSDP-sharded parameters.
-Checkpoints are read back here with the current process's shardings (one
-CPU device), whatever topology wrote them.
+``scripts/launch_local.py`` starts ``python -m hrseg_jax.main`` as 1 process
+x 8 devices (the uninterrupted reference), as 2 processes x 4 CPU devices
+(``jax.distributed`` on localhost through the ``HRSEG_*`` variables) stopped
+by SIGTERM to one process and resumed as 1 x 8 and as 4 x 2, as 1 process x 2
+devices resuming the 8-device run's checkpoint with FSDP-sharded
+parameters, and evaluates on 2 processes x 4 devices.  Checkpoints are read
+back here with the current process's shardings (one CPU device), whatever
+topology wrote them.
 """
 import json
 import os
@@ -30,7 +32,7 @@ from train_util import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / 'scripts' / 'launch_local.py'
-STEPS = 6
+STEPS = 4
 
 CONFIG = f'''
 import sys
@@ -76,7 +78,7 @@ def launch(tmp_path, workdir, *launcher_args, overrides=(), env_extra=None):
   fresh = not pathlib.Path(workdir).exists()
   for attempt in range(2):
     r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True,
-                       timeout=900)
+                       timeout=1800)
     text = r.stdout + r.stderr + ''.join(
         f'\n--- {p.name}\n{p.read_text()[-3000:]}' for p in sorted(logs.glob('*.log')))
     if r.returncode == 0 or not (fresh and attempt == 0 and GLOO_TIMEOUT in text):
@@ -126,25 +128,6 @@ def eight_devices(tmp_path_factory):
   return tmp / 'work'
 
 
-def test_four_processes_by_two_devices_equal_one_process_by_eight(
-    eight_devices, tmp_path):
-  work = tmp_path / 'work'
-  out = launch(tmp_path, work, '--num_processes', '4', '--cpu_devices', '2')
-  assert out.count(f'trained {STEPS} steps') == 1  # printed by process 0 only
-  ckpt = work / 'checkpoints' / str(STEPS)
-  # The input state: one item (process 0), not one file per process.
-  assert json.loads((ckpt / 'data_order' / 'metadata').read_text())['step'] == STEPS
-  assert not (ckpt / 'data').exists()
-  # Metrics files: written by process 0 only.
-  assert len(list(work.glob('events.out.tfevents.*'))) == 1
-  first = load_variables(work, 1)
-  assert_same_variables(first, load_variables(eight_devices, 1), atol=1e-7)
-  last = load_variables(work, STEPS)
-  assert_same_variables(last, load_variables(eight_devices, STEPS), atol=2e-5,
-                        previous=load_variables(eight_devices, STEPS - 1))
-  assert max_change(last, first) > 1e-3  # 50x the tolerance
-
-
 def test_eight_device_checkpoint_resumes_on_two_devices_with_fsdp(
     eight_devices, tmp_path):
   """Restore onto different shardings (2 devices, parameters split over
@@ -170,30 +153,41 @@ def read_losses(workdir):
   return dict(pairs)
 
 
+# Saves and logs only at the last step (and a stop); the other steps run with
+# the check that they never wait for the device.
+GUARDED = ['--config.train.checkpoint_every_steps=100',
+           '--config.train.transfer_guard=disallow']
+
+
 def test_preempted_on_two_hosts_resumes_on_one_and_on_four(eight_devices, tmp_path):
-  """2 processes x 4 devices; SIGTERM to process 1 after step 3.  Both agree
-  on a step (JAX's preemption service), save it and exit 0; the steps between log/checkpoint steps never
-  wait for the device (train.transfer_guard='disallow').  Resumed as 1 x 8
-  and as 4 x 2, the runs log the uninterrupted 1 x 8 run's losses and end
-  with its parameters."""
+  """2 processes x 4 devices; SIGTERM to process 1 after step 1.  Both agree
+  on a step (JAX's preemption service), save it and exit 0; the steps
+  between log/checkpoint steps never wait for the device
+  (train.transfer_guard='disallow').  Resumed as 1 x 8 and as 4 x 2, the
+  runs log the uninterrupted 1 x 8 run's losses and end with its
+  parameters."""
   work = tmp_path / 'two_by_four'
   out = launch(tmp_path, work, '--num_processes', '2', '--cpu_devices', '4',
-               env_extra={'HRSEG_FAULT': 'sigterm@1:3'},
-               overrides=['--config.train.checkpoint_every_steps=100',
-                          '--config.train.log_every_steps=4',
-                          '--config.train.transfer_guard=disallow'])
+               env_extra={'HRSEG_FAULT': 'sigterm@1:1'},
+               overrides=GUARDED + ['--config.train.log_every_steps=2'])  # sync at 2
   saved = sorted(int(p.name) for p in (work / 'checkpoints').iterdir()
                  if p.name.isdigit())
-  assert len(saved) == 1 and 3 <= saved[0] < STEPS, (saved, out[-3000:])
+  assert len(saved) == 1 and 1 <= saved[0] < STEPS, (saved, out[-3000:])
   stop = saved[0]
   # Every process stopped after the same step (one log file per process).
   assert out.count(f'stopping at step {stop} (checkpoint saved)') == 2, out[-3000:]
+  # One input state for all processes; metrics files from process 0 only.
+  order = json.loads((work / 'checkpoints' / str(stop) / 'data_order' / 'metadata').read_text())
+  assert order['step'] == stop and not (work / 'checkpoints' / str(stop) / 'data').exists()
+  assert len(list(work.glob('events.out.tfevents.*'))) == 1
   want = read_losses(eight_devices)
   for name, args in (('one_by_eight', ['--cpu_devices', '8']),
                      ('four_by_two', ['--num_processes', '4', '--cpu_devices', '2'])):
     resumed = tmp_path / name
     shutil.copytree(work, resumed)
-    launch(tmp_path, resumed, *args)
+    out = launch(tmp_path, resumed, *args,
+                 overrides=GUARDED + ['--config.train.log_every_steps=100'])
+    assert out.count(f'trained {STEPS} steps') == 1  # printed by process 0 only
     got = read_losses(resumed)
     assert sorted(got) == list(range(1, STEPS + 1)), (name, got)
     np.testing.assert_allclose([got[s] for s in sorted(got)],

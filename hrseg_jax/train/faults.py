@@ -8,7 +8,7 @@ kind written ``kind@P`` only acts in process P (``jax.process_index()``):
 * ``sigterm:N``: SIGTERM to this process once step N has been trained, as a
   preemption notice would (the run saves step N and exits 0; on multi-host
   runs the processes agree on a step >= N through JAX's preemption service:
-  the process then pauses 2 s, time for the notice to reach the others).
+  the process then pauses 5 s, time for the notice to reach the others).
 * ``sigint:N``: the same with SIGINT (Ctrl-C); ``sigint2:N`` sends two.
 * ``kill:N``: SIGKILL once step N has been trained and logged, before its
   checkpoint (a crash between checkpoints).
@@ -129,7 +129,7 @@ class Faults:
           os.kill(os.getpid(), sig)
           time.sleep(0.1)   # lets Python run the handler of the first one
         if _process_count() > 1:
-          time.sleep(2)
+          time.sleep(5)
     if self._at('kill', step):
       _sigkill(f'after step {step}')
 
