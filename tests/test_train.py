@@ -107,7 +107,7 @@ def test_no_host_waits_catches_value_reads_and_collectives():
   from hrseg_jax.train import host_sync  # pylint: disable=g-import-not-at-top
   x = jax.jit(lambda a: a * 2)(jnp.arange(3.0))
   reads = {'float': lambda: float(x[0]), 'device_get': lambda: jax.device_get(x),
-           'block_until_ready': x.block_until_ready, 'tolist': x.tolist,
+           'block_until_ready': lambda: x.block_until_ready(), 'tolist': lambda: x.tolist(),
            'allgather': lambda: multihost_utils.process_allgather(np.int32(1))}
   for name, read in reads.items():
     with pytest.raises(host_sync.HostWaitError, match='in step 9'):
