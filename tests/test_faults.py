@@ -11,6 +11,7 @@ the file, field or step and changes nothing it had written before.  Each
 fault is recorded in a ledger; ``tests/conftest.py`` prints the totals:
 ``faults injected: N, survived: N, steps lost: 0, files corrupted: 0``.
 """
+import concurrent.futures
 import math
 import os
 import pathlib
@@ -168,7 +169,10 @@ def test_sigterm_on_one_host_stops_every_host(tmp_path, ledger):
   procs = [fu.start(config, tmp_path / 'w', env=fu.environment(
       'sigterm@1:3', HRSEG_COORDINATOR=f'localhost:{port}',
       HRSEG_NUM_PROCESSES='2', HRSEG_PROCESS_ID=str(i))) for i in range(2)]
-  results = [fu.finish(p) for p in procs]
+  # Drain both processes' pipes at once: a full stderr pipe of the one not
+  # being read would block it, and with it the other at the next collective.
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    results = list(pool.map(fu.finish, procs))
   stops = []
   for r in results:
     assert r.returncode == 0, r.tail()
