@@ -234,13 +234,25 @@ def main(argv):
     compile_cache.configure(FLAGS.compilation_cache, FLAGS.compilation_cache_dir)
     _maybe_initialize_distributed()
     # predict without --config: settings from the checkpoint and the images.
-    config = (None if FLAGS.mode == 'predict' and not FLAGS['config'].present
-              else FLAGS.config)
+    without_config = FLAGS.mode == 'predict' and not FLAGS['config'].present
+    if not without_config:
+      _require_config_file()
+    config = None if without_config else FLAGS.config
     run(config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint, FLAGS.input,
         dtype=FLAGS.dtype, options=_flag_options())
   except (OSError, ValueError, KeyError, RuntimeError) as e:
     msg = str(e).strip().replace('\n', ' ') or type(e).__name__
     print(f'error: {msg}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _require_config_file():
+  """One line, exit 2, when the ``--config`` file (or its default) is missing."""
+  filename = config_flags.get_config_filename(FLAGS['config']).split(':')[0]
+  if not os.path.isfile(os.path.expanduser(filename)):
+    given = 'given' if FLAGS['config'].present else 'default'
+    print(f'error: config file {filename!r} ({given}) not found: pass --config with the '
+          'path of one of the repository\'s configs/*.py files', file=sys.stderr)
     sys.exit(2)
 
 

@@ -2,7 +2,7 @@
 
 ``configs/*.py`` are one-line ``get_config()`` wrappers around
 :func:`recipe`; every hyper-parameter below comes from the original yaml
-files (see ``shared/reference/hrnet_seg_spec.md`` §4.4) unless noted.
+files of HRNet-Semantic-Segmentation (``experiments/*/*.yaml``) unless noted.
 
 Config layout::
 
