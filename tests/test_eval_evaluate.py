@@ -100,7 +100,9 @@ def test_evaluate_writes_consistent_metrics_and_predictions(model, tmp_path):
   assert written['miou'] == pytest.approx(iou.mean())
   assert written['pixel_acc'] == pytest.approx(tp.sum() / pos.sum())
   assert written['mean_acc'] == pytest.approx((tp / np.maximum(1, pos)).mean())
-  assert written['class_names'] == [f'class_{i}' for i in range(K)]
+  # The synthetic scenes' own class names (hrseg_jax.eval.classes).
+  assert written['class_names'] == ['road', 'sky', 'building', 'vegetation', 'sidewalk'][:K]
+  assert len(written['class_names']) == K
   s = written['settings']
   assert s['num_examples'] == 4 and s['scales'] == [1.0] and s['mode'] == 'whole'
   assert s['model']['num_classes'] == K and s['dataset'] == 'synthetic'

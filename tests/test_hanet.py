@@ -70,7 +70,7 @@ def x64():
 @pytest.fixture
 def fast_compile():
   """Most XLA optimisations off (halves CPU compile time; same arithmetic)."""
-  previous = jax.config.jax_disable_most_optimizations
+  previous = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', True)
   try:
     yield

@@ -44,7 +44,7 @@ def x64():
 def fast_compile():
   """Most XLA optimisations off: halves the CPU compile time of these deep
   graphs of small ops; the arithmetic is unchanged."""
-  previous = jax.config.jax_disable_most_optimizations
+  previous = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', True)
   try:
     yield

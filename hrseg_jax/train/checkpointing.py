@@ -297,6 +297,12 @@ class Checkpointer:
 
   def _save_failed(self, step: int | None, error: Exception) -> CheckpointSaveError:
     """Removes the partial step and describes the failure in one line."""
+    try:
+      # Orbax's background writers of the failed save may still be running
+      # (and creating its temporary folder): let them end before cleaning up.
+      self.manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      pass  # the failure reported below
     if jax.process_index() == 0 and self.directory.exists():
       for p in self.directory.iterdir():
         if _TMP_SUFFIX in p.name:
