@@ -5,18 +5,23 @@
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
 
 def format_duration(seconds: float) -> str:
-  """'42s', '3m05s', '4h07m'."""
-  s = max(0, int(round(seconds)))
-  if s < 60:
-    return f'{s}s'
-  if s < 3600:
+  """``4h07m``, ``12m05s``, ``41s``; ``2d03h`` beyond a day; ``?`` if unknown."""
+  if not math.isfinite(seconds) or seconds < 0:
+    return '?'
+  s = int(round(seconds))
+  if s >= 86400:
+    return f'{s // 86400}d{s % 86400 // 3600:02d}h'
+  if s >= 3600:
+    return f'{s // 3600}h{s % 3600 // 60:02d}m'
+  if s >= 60:
     return f'{s // 60}m{s % 60:02d}s'
-  return f'{s // 3600}h{(s % 3600) // 60:02d}m'
+  return f'{s}s'
 
 
 class Progress:

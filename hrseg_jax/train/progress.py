@@ -16,19 +16,7 @@ import math
 import time
 from typing import Any, Mapping, Sequence
 
-
-def format_duration(seconds: float) -> str:
-  """``4h07m``, ``12m05s``, ``41s``; ``2d03h`` beyond a day."""
-  if not math.isfinite(seconds) or seconds < 0:
-    return '?'
-  s = int(round(seconds))
-  if s >= 86400:
-    return f'{s // 86400}d{s % 86400 // 3600:02d}h'
-  if s >= 3600:
-    return f'{s // 3600}h{s % 3600 // 60:02d}m'
-  if s >= 60:
-    return f'{s // 60}m{s % 60:02d}s'
-  return f'{s}s'
+from hrseg_jax.progress import format_duration  # noqa: F401  (re-exported)
 
 
 def format_lr(lr: float) -> str:
