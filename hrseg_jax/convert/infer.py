@@ -6,7 +6,8 @@ from typing import Mapping
 
 import numpy as np
 
-from hrseg_jax.models import hrnet
+from hrseg_jax.models import hanet, hrnet
+from hrseg_jax.models.ocr import OCR_DEFAULTS
 
 
 # Class count of a released checkpoint -> its dataset (hrseg_jax.recipes
@@ -67,11 +68,10 @@ def infer_hrnet(state: Mapping[str, np.ndarray], num_classes: int | None = None)
         'mid_channels': int(state['conv3x3_ocr.0.weight'].shape[0]),
         'key_channels': int(state[
             'ocr_distri_head.object_context_block.f_pixel.0.weight'].shape[0]),
-        'dropout': 0.05}
+        'dropout': OCR_DEFAULTS['dropout']}
   else:
     cfg['ocr'] = None
   if any(k.startswith('hanet3_0.') for k in state):
-    from hrseg_jax.models import hanet  # pylint: disable=g-import-not-at-top
     cfg['hanet'] = hanet.infer_config(state, 'hanet3_0.')
   else:
     cfg['hanet'] = None

@@ -12,6 +12,10 @@ from hrseg_jax.models.layers import Conv
 
 Dtype = Any
 
+# The OCR head of every seg_hrnet_ocr yaml (MODEL.OCR): the defaults of a
+# model config's ``ocr`` field.
+OCR_DEFAULTS = dict(mid_channels=512, key_channels=256, dropout=0.05)
+
 # The OCR modules keep PyTorch's default init (kaiming_uniform(a=sqrt(5))).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3, 'fan_in', 'uniform')
 
@@ -55,7 +59,7 @@ class SpatialOCR(nn.Module):
   """``ocr_distri_head``: object context, concat [context, feats], 1x1 conv."""
   key_channels: int
   out_channels: int
-  dropout: float = 0.05
+  dropout: float
   train: bool = False
   dtype: Dtype = jnp.float32
 
@@ -85,8 +89,9 @@ def spatial_gather(feats, aux_logits):
 
 
 def ocr_head(feats, num_classes: int, *, train: bool, dtype: Dtype,
-             mid_channels: int = 512, key_channels: int = 256,
-             dropout: float = 0.05):
+             mid_channels: int = OCR_DEFAULTS['mid_channels'],
+             key_channels: int = OCR_DEFAULTS['key_channels'],
+             dropout: float = OCR_DEFAULTS['dropout']):
   """Called inside the parent's compact method; returns ``[aux, main]``."""
   from hrseg_jax.models.hrnet import seg_head  # pylint: disable=g-import-not-at-top
   aux = seg_head(feats, 'aux_head', num_classes, train=train, dtype=dtype,

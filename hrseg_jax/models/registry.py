@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from hrseg_jax.models import hanet, hrnet
+from hrseg_jax.models.ocr import OCR_DEFAULTS
 
 # Module names (first path element) that belong to the segmentation head
 # rather than to an ImageNet-pretrained backbone.
@@ -64,7 +65,7 @@ def resolve(model_cfg: Mapping[str, Any]) -> dict:
     cfg.setdefault('ocr', None)
     cfg['hanet'] = hanet.resolve(cfg.get('hanet'))
     if cfg['ocr'] is not None:
-      ocr = dict(mid_channels=512, key_channels=256, dropout=0.05)
+      ocr = dict(OCR_DEFAULTS)
       ocr.update(cfg['ocr'])
       cfg['ocr'] = ocr
     return cfg
