@@ -38,7 +38,7 @@ import ml_collections
 
 from hrseg_jax.data.config import default_data_config
 from hrseg_jax.eval.config import default_eval_config
-from hrseg_jax.models.ocr import OCR_DEFAULTS
+from hrseg_jax.models.heads import OCR_DEFAULTS
 
 CITYSCAPES_CLASS_WEIGHTS = (
     0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786,

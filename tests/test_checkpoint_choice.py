@@ -50,8 +50,8 @@ def test_dataset_of_and_check():
 
 
 def test_convert_infers_the_dataset_from_the_class_count():
-  from hrseg_jax.convert import infer  # pylint: disable=g-import-not-at-top
-  assert [infer.dataset_for_num_classes(k) for k in (19, 20, 59, 60, 150, 171, 7)] == [
+  from hrseg_jax.convert import convert  # pylint: disable=g-import-not-at-top
+  assert [convert.dataset_for_num_classes(k) for k in (19, 20, 59, 60, 150, 171, 7)] == [
       'cityscapes', 'lip', 'pascal_ctx', 'pascal_ctx60', 'ade20k', 'cocostuff', None]
 
 

@@ -10,9 +10,20 @@ import numpy as np
 from flax import traverse_util
 
 from hrseg_jax import checkpoints, paths
-from hrseg_jax.convert import infer, mapping
+from hrseg_jax.convert import mapping
 from hrseg_jax.convert.source import load_state  # pylint: disable=unused-import
-from hrseg_jax.models import registry
+from hrseg_jax.models import from_state_dict, registry
+
+# Class count of a released checkpoint -> its dataset (hrseg_jax.recipes
+# names); 60 = PASCAL-Context with background.
+DATASET_BY_NUM_CLASSES = {19: 'cityscapes', 20: 'lip', 59: 'pascal_ctx',
+                          60: 'pascal_ctx60', 150: 'ade20k', 171: 'cocostuff'}
+
+
+def dataset_for_num_classes(num_classes: int) -> str | None:
+  """The dataset a released checkpoint with ``num_classes`` was trained on."""
+  return DATASET_BY_NUM_CLASSES.get(int(num_classes))
+
 
 # First-level Flax module names that an ImageNet/mmpose backbone file lacks.
 HEAD_MODULES = registry.HEAD_PREFIXES
@@ -80,9 +91,9 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
   state, layout = load_state(src) if loaded is None else loaded
   try:
     if backbone_only is None:
-      backbone_only = not infer.has_head(state)
+      backbone_only = not from_state_dict.has_head(state)
     if model_cfg is None:
-      cfg = infer.infer_model_config(state, num_classes)
+      cfg = from_state_dict.infer_model_config(state, num_classes)
     else:
       cfg = dict(model_cfg)
       if num_classes is not None:
@@ -119,7 +130,7 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
     filled = {k: (np.asarray(fresh[k]) if v is None else v) for k, v in filled.items()}
   variables = traverse_util.unflatten_dict(filled)
   if dataset is None and not backbone_only:
-    dataset = infer.dataset_for_num_classes(cfg['num_classes'])
+    dataset = dataset_for_num_classes(cfg['num_classes'])
   meta = {
       'source': os.path.abspath(os.fspath(src)),
       'inplace_abn': bool(inplace_abn),
@@ -142,7 +153,7 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
 
   The checkpoint's ``meta['dataset']`` (palette and class names for
   prediction) is ``dataset``, else inferred from the class count of a
-  trained head (:func:`~hrseg_jax.convert.infer.dataset_for_num_classes`).
+  trained head (:func:`dataset_for_num_classes`).
   Validation happens before anything is written; on any error ``dst`` is not
   created (or, with ``overwrite``, left as it was). ``overwrite`` replaces
   only a checkpoint written by this package, never a folder holding ``src``

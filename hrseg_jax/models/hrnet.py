@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from hrseg_jax.models import layers
+from hrseg_jax.models.hanet import HANet
+from hrseg_jax.models.heads import ocr_head, seg_head
 from hrseg_jax.models.layers import Conv, resize_bilinear
 
 Dtype = Any
@@ -181,15 +183,6 @@ def concat_branches(xs, align_corners: bool):
       [xs[0]] + [resize_bilinear(x, size, align_corners) for x in xs[1:]], axis=-1)
 
 
-def seg_head(x, prefix: str, num_classes: int, *, final_kernel: int = 1,
-             train: bool, dtype: Dtype, kernel_init=layers.conv_init):
-  """``last_layer`` / ``aux_head``: 1x1 conv -> BN -> ReLU -> conv, with biases."""
-  conv = functools.partial(Conv, use_bias=True, dtype=dtype, kernel_init=kernel_init)
-  y = conv(x.shape[-1], 1, name=f'{prefix}_0')(x)
-  y = nn.relu(layers.norm(train, dtype)(name=f'{prefix}_1')(y))
-  return conv(num_classes, final_kernel, name=f'{prefix}_3')(y)
-
-
 class HRNetSeg(nn.Module):
   """HRNetV2 segmentation network, optionally with the OCR head or HANet.
 
@@ -216,7 +209,6 @@ class HRNetSeg(nn.Module):
     if self.hanet is not None:
       # The seed fork: attention from the stage-2 input of branch 0 modulates
       # the stage-4 output of branch 0.
-      from hrseg_jax.models.hanet import HANet  # pylint: disable=g-import-not-at-top
       low = taps['stage2_input'][0]
       y0 = HANet(in_channels=low.shape[-1], out_channels=xs[0].shape[-1],
                  dtype=self.dtype, name='hanet3_0', **dict(self.hanet))(
@@ -224,7 +216,6 @@ class HRNetSeg(nn.Module):
       xs = [y0] + list(xs[1:])
     feats = concat_branches(xs, self.align_corners)
     if self.ocr is not None:
-      from hrseg_jax.models.ocr import ocr_head  # pylint: disable=g-import-not-at-top
       return ocr_head(feats, self.num_classes, train=train, dtype=self.dtype,
                       **dict(self.ocr))
     return [seg_head(feats, 'last_layer', self.num_classes,

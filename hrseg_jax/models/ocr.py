@@ -1,4 +1,7 @@
-"""Object-Contextual Representations head (``seg_hrnet_ocr``)."""
+"""Object-Contextual Representations modules (``seg_hrnet_ocr``).
+
+The head that assembles them is :func:`hrseg_jax.models.heads.ocr_head`.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -11,10 +14,6 @@ from hrseg_jax.models import layers
 from hrseg_jax.models.layers import Conv
 
 Dtype = Any
-
-# The OCR head of every seg_hrnet_ocr yaml (MODEL.OCR): the defaults of a
-# model config's ``ocr`` field.
-OCR_DEFAULTS = dict(mid_channels=512, key_channels=256, dropout=0.05)
 
 # The OCR modules keep PyTorch's default init (kaiming_uniform(a=sqrt(5))).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3, 'fan_in', 'uniform')
@@ -86,22 +85,3 @@ def spatial_gather(feats, aux_logits):
   proxy = jnp.einsum('bpk,bpc->bkc', probs.astype(feats.dtype),
                      feats.reshape(b, h * w, c))
   return proxy[:, :, None, :]
-
-
-def ocr_head(feats, num_classes: int, *, train: bool, dtype: Dtype,
-             mid_channels: int = OCR_DEFAULTS['mid_channels'],
-             key_channels: int = OCR_DEFAULTS['key_channels'],
-             dropout: float = OCR_DEFAULTS['dropout']):
-  """Called inside the parent's compact method; returns ``[aux, main]``."""
-  from hrseg_jax.models.hrnet import seg_head  # pylint: disable=g-import-not-at-top
-  aux = seg_head(feats, 'aux_head', num_classes, train=train, dtype=dtype,
-                 kernel_init=torch_default_init)
-  y = Conv(mid_channels, 3, use_bias=True, dtype=dtype,
-           kernel_init=torch_default_init, name='conv3x3_ocr_0')(feats)
-  y = nn.relu(layers.norm(train, dtype)(name='conv3x3_ocr_1')(y))
-  proxy = spatial_gather(y, aux)
-  y = SpatialOCR(key_channels, mid_channels, dropout, train, dtype,
-                 name='ocr_distri_head')(y, proxy)
-  out = Conv(num_classes, 1, use_bias=True, dtype=dtype,
-             kernel_init=torch_default_init, name='cls_head')(y)
-  return [aux, out]

@@ -19,8 +19,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from hrseg_jax.models import hanet, hrnet
-from hrseg_jax.models.ocr import OCR_DEFAULTS
+from hrseg_jax.models import hanet, hrnet, lite_hrnet
+from hrseg_jax.models.heads import OCR_DEFAULTS
 
 # Module names (first path element) that belong to the segmentation head
 # rather than to an ImageNet-pretrained backbone.
@@ -70,7 +70,6 @@ def resolve(model_cfg: Mapping[str, Any]) -> dict:
       cfg['ocr'] = ocr
     return cfg
   if arch == 'lite_hrnet':
-    from hrseg_jax.models import lite_hrnet  # pylint: disable=g-import-not-at-top
     return lite_hrnet.resolve(cfg)
   raise ValueError(f'model config: unknown arch {arch!r} (hrnet, lite_hrnet)')
 
@@ -92,7 +91,6 @@ def build_model(model_cfg: Mapping[str, Any], dtype=jnp.float32):
         ocr=None if cfg['ocr'] is None else dict(cfg['ocr']),
         hanet=None if cfg['hanet'] is None else dict(cfg['hanet']),
         dtype=dtype)
-  from hrseg_jax.models import lite_hrnet  # pylint: disable=g-import-not-at-top
   return lite_hrnet.build(cfg, dtype)
 
 

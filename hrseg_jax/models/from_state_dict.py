@@ -1,4 +1,5 @@
-"""Infer a model configuration from the tensor shapes of a state dict."""
+"""The model configuration a PyTorch state dict describes, from its key names
+and tensor shapes (HRNetV2 with or without OCR and HANet, Lite-HRNet)."""
 from __future__ import annotations
 
 import re
@@ -6,19 +7,8 @@ from typing import Mapping
 
 import numpy as np
 
-from hrseg_jax.models import hanet, hrnet
-from hrseg_jax.models.ocr import OCR_DEFAULTS
-
-
-# Class count of a released checkpoint -> its dataset (hrseg_jax.recipes
-# names); 60 = PASCAL-Context with background.
-DATASET_BY_NUM_CLASSES = {19: 'cityscapes', 20: 'lip', 59: 'pascal_ctx',
-                          60: 'pascal_ctx60', 150: 'ade20k', 171: 'cocostuff'}
-
-
-def dataset_for_num_classes(num_classes: int) -> str | None:
-  """The dataset a released checkpoint with ``num_classes`` was trained on."""
-  return DATASET_BY_NUM_CLASSES.get(int(num_classes))
+from hrseg_jax.models import hanet, hrnet, lite_hrnet
+from hrseg_jax.models.heads import OCR_DEFAULTS
 
 
 def _count(state, pattern: str) -> int:
@@ -91,14 +81,12 @@ def infer_hrnet(state: Mapping[str, np.ndarray], num_classes: int | None = None)
 
 def infer_model_config(state: Mapping[str, np.ndarray], num_classes: int | None = None) -> dict:
   if any(k.startswith('stem.') for k in state):
-    from hrseg_jax.models import lite_hrnet  # pylint: disable=g-import-not-at-top
     return lite_hrnet.infer_config(state, num_classes)
   return infer_hrnet(state, num_classes)
 
 
 def has_head(state: Mapping[str, np.ndarray]) -> bool:
   if any(k.startswith('stem.') for k in state):
-    from hrseg_jax.models import lite_hrnet  # pylint: disable=g-import-not-at-top
     return lite_hrnet.has_head(state)
   return any(k.startswith(('last_layer.', 'cls_head.', 'aux_head.', 'head_layer.'))
              for k in state)
