@@ -40,6 +40,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from typing import Any, Callable
 
 from etils import epath
@@ -303,15 +304,32 @@ class Checkpointer:
       self.manager.wait_until_finished()
     except Exception:  # pylint: disable=broad-except
       pass  # the failure reported below
-    if jax.process_index() == 0 and self.directory.exists():
-      for p in self.directory.iterdir():
-        if _TMP_SUFFIX in p.name:
-          shutil.rmtree(os.fspath(p), ignore_errors=True)
+    if jax.process_index() == 0:
+      self._remove_partial_steps()
     steps = self.complete_steps()
     last = f'step {steps[-1]}' if steps else 'none'
     return CheckpointSaveError(
         f'saving checkpoint {step} in {self.directory} failed: {_first_line(error)}; '
         f'last complete checkpoint: {last}')
+
+  def _remove_partial_steps(self, quiet_s: float = 2.0, limit_s: float = 60.0):
+    """Removes the temporary folders of a failed save, once no writer is left.
+
+    A save fails at its first failed write, while the writes of its other
+    items (TensorStore's, in background threads Orbax does not wait for)
+    may still be creating files in the temporary folder: it is removed
+    again until nothing has reappeared for ``quiet_s`` seconds.
+    """
+    deadline = time.monotonic() + limit_s
+    quiet_until = time.monotonic() + quiet_s
+    while time.monotonic() < min(quiet_until, deadline):
+      partial = ([p for p in self.directory.iterdir() if _TMP_SUFFIX in p.name]
+                 if self.directory.exists() else [])
+      for p in partial:
+        shutil.rmtree(os.fspath(p), ignore_errors=True)
+      if partial:
+        quiet_until = time.monotonic() + quiet_s
+      time.sleep(0.1)
 
   def _purge_deleted(self):
     """Removes the steps Orbax has moved into ``.deleted/`` (process 0)."""
