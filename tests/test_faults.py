@@ -226,9 +226,6 @@ def test_ctrl_c_saves_and_a_second_ctrl_c_exits_at_once(tmp_path, reference, led
 
 # ---- 3. Numerics and the full disk ---------------------------------------------
 
-@pytest.mark.skip(reason='known failure in full parallel runs (passes alone): after a disk-full '
-                  'error when the save of step 4 starts, the partial 4.orbax-checkpoint-tmp '
-                  'folder can be left behind; the clean-up after a failed save is to be fixed')
 def test_nonfinite_loss_and_full_disk_lose_nothing(tmp_path, reference, ledger):
   """NaN at step 3 stops with the step and the last good checkpoint; a full
   disk when a save starts and one during its background commit fail in one
