@@ -12,7 +12,6 @@ line's ``--mode predict`` default).
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Mapping, Sequence
 
@@ -20,16 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hrseg_jax import checkpoint_info, checkpoints
+from hrseg_jax.data.transforms import MEAN, STD, normalize
+from hrseg_jax.eval import classes, palettes
+from hrseg_jax.eval.inference import Predictor
 from hrseg_jax.models import registry
-from hrseg_jax.models.layers import resize_bilinear
+from hrseg_jax.predict import read_image
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def normalize(images_uint8) -> np.ndarray:
-  """RGB uint8 -> the original's normalised float32 input."""
-  return ((np.asarray(images_uint8, np.float32) / 255.0) - MEAN) / STD
+# The ImageNet mean/std and the input normalisation of every path (training,
+# evaluation, prediction) are those of hrseg_jax.data.transforms.
+__all__ = ['MEAN', 'STD', 'Segmenter', 'normalize', 'overlay']
 
 
 def overlay(image, class_map, dataset: str | None = 'cityscapes',
@@ -42,7 +41,6 @@ def overlay(image, class_map, dataset: str | None = 'cityscapes',
     dataset: palette name (:mod:`hrseg_jax.eval.palettes`).
     alpha: opacity of the colours.
   """
-  from hrseg_jax.eval import palettes  # pylint: disable=g-import-not-at-top
   image = _as_image(image)
   class_map = np.asarray(class_map)
   if class_map.shape != image.shape[:2]:
@@ -55,13 +53,16 @@ def overlay(image, class_map, dataset: str | None = 'cityscapes',
 def _as_image(image) -> np.ndarray:
   """RGB uint8 array of an array or an image path."""
   if isinstance(image, (str, os.PathLike)):
-    from hrseg_jax.predict import read_image  # pylint: disable=g-import-not-at-top
     return read_image(os.fspath(image))
   return np.asarray(image)
 
 
 class Segmenter:
-  """Eval-mode model + variables with jitted, shape-cached entry points.
+  """A model with its variables on top of the evaluation :class:`Predictor`.
+
+  It shares the predictor's jitted, shape-cached functions (one cache per
+  model configuration, see :func:`hrseg_jax.eval.inference.cached_model_apply_fn`)
+  and adds image files, class names and colour overlays.
 
   Attributes:
     config: the resolved model config.
@@ -69,17 +70,19 @@ class Segmenter:
     dataset: the dataset the weights were trained for (palette, class names):
       ``dataset=`` or what the checkpoint records; ``None`` if unknown.
     class_names: K names (``class_<i>`` for an unknown dataset).
+    predictor: the :class:`Predictor` (whole image, scale 1, no flip, on the
+      first local device).
+    variables: the model variables (the predictor's).
   """
 
   def __init__(self, model_cfg: Mapping[str, Any], variables: Mapping, *,
                dtype=jnp.float32, meta: Mapping | None = None,
                dataset: str | None = None):
-    from hrseg_jax import checkpoint_info  # pylint: disable=g-import-not-at-top
-    from hrseg_jax.eval import classes  # pylint: disable=g-import-not-at-top
     self.config = registry.resolve(model_cfg)
     self.meta = dict(meta or {})
-    self.model = registry.build_model(self.config, dtype)
-    self.variables = jax.tree_util.tree_map(jnp.asarray, dict(variables))
+    self.predictor = Predictor.from_config(
+        self.config, jax.tree_util.tree_map(jnp.asarray, dict(variables)),
+        dtype=dtype, devices=jax.local_devices()[:1])
     self.num_classes = self.config['num_classes']
     self.align_corners = bool(self.config.get('align_corners', False))
     self.dataset = (checkpoint_info.check_dataset(dataset)
@@ -87,38 +90,23 @@ class Segmenter:
     self.class_names: Sequence[str] = classes.class_names(self.dataset,
                                                           self.num_classes)
 
+  @property
+  def variables(self):
+    return self.predictor.variables
+
+  @variables.setter
+  def variables(self, value):
+    self.predictor.variables = value
+
   @classmethod
   def from_checkpoint(cls, path, *, dtype=jnp.float32, step: int | None = None,
                       dataset: str | None = None):
-    from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
     cfg, variables, meta = checkpoints.load_model(path, step=step)
     return cls(cfg, variables, dtype=dtype, meta=meta, dataset=dataset)
 
-  @functools.partial(jax.jit, static_argnums=0)
-  def _logits(self, variables, images, rows):
-    outs = self.model.apply(variables, images, train=False, rows=rows)
-    return [o.astype(jnp.float32) for o in outs]
-
-  @staticmethod
-  def _rows(images):
-    b, h = images.shape[0], images.shape[1]
-    return jnp.broadcast_to(jnp.arange(h, dtype=jnp.int32), (b, h))
-
   def logits(self, images, rows=None):
     """Normalised float32 NHWC -> list of NHWC logits (1/4 resolution)."""
-    images = jnp.asarray(images, jnp.float32)
-    if images.ndim == 3:
-      images = images[None]
-    rows = self._rows(images) if rows is None else jnp.asarray(rows, jnp.int32)
-    return self._logits(self.variables, images, rows)
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def _predict(self, variables, images_uint8):
-    x = (images_uint8.astype(jnp.float32) / 255.0 - MEAN) / STD
-    out = self.model.apply(variables, x, train=False, rows=self._rows(x))[-1]
-    out = resize_bilinear(out.astype(jnp.float32), x.shape[1:3], self.align_corners,
-                          precision=jax.lax.Precision.HIGHEST)
-    return jnp.argmax(out, axis=-1).astype(jnp.int32)
+    return self.predictor.logits(images, rows)
 
   def predict(self, images) -> np.ndarray:
     """Class maps at the input's size (int32).
@@ -136,7 +124,7 @@ class Segmenter:
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f'predict expects RGB images (B, H, W, 3) or (H, W, 3), '
                        f'got shape {images.shape}')
-    out = np.asarray(self._predict(self.variables, jnp.asarray(images)))
+    out = np.asarray(self.predictor.class_map(images))
     return out[0] if single else out
 
   def overlay(self, image, class_map=None, alpha: float = 0.5) -> np.ndarray:

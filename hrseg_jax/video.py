@@ -23,6 +23,10 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
+from hrseg_jax.eval import files, palettes
+from hrseg_jax.inference import Segmenter
+from hrseg_jax.predict import IMAGE_EXTENSIONS, read_image
+
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
 
 
@@ -50,7 +54,6 @@ def open_frames(source: str) -> tuple[Iterator[np.ndarray], float, int | None]:
   """(RGB uint8 frames, frames per second, frame count or None) of a source."""
   cv2 = _cv2()
   if os.path.isdir(source):
-    from hrseg_jax.predict import IMAGE_EXTENSIONS, read_image  # pylint: disable=g-import-not-at-top
     names = sorted(n for n in os.listdir(source) if n.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
       raise ValueError(f'{source}: no {"/".join(IMAGE_EXTENSIONS)} frames found')
@@ -105,8 +108,6 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
                   log: Callable[[str], None] = print, dtype=None) -> dict:
   """Writes ``overlay.mp4`` and ``labels/*.png`` for ``source``; returns a summary."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.eval import files, palettes  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.inference import Segmenter  # pylint: disable=g-import-not-at-top
   cv2 = _cv2()
   source = os.fspath(source)
   if batch_size < 1:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from hrseg_jax import checkpoints, paths
+from hrseg_jax import checkpoint_info, checkpoints, paths
 from hrseg_jax.convert import mapping
 from hrseg_jax.convert.source import load_state  # pylint: disable=unused-import
 from hrseg_jax.models import from_state_dict, registry
@@ -83,7 +83,6 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
   Raises:
     ValueError: one line naming ``src`` (and the key at fault).
   """
-  from hrseg_jax import checkpoint_info  # pylint: disable=g-import-not-at-top
   checkpoint_info.check_dataset(dataset)
   if num_classes is not None and (isinstance(num_classes, bool) or
                                   not isinstance(num_classes, int) or num_classes < 1):

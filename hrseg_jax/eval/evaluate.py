@@ -32,10 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrseg_jax.eval import classes, files, metrics, multihost
+from hrseg_jax.data import pipeline
+from hrseg_jax.data.transforms import normalize
+from hrseg_jax.eval import classes, files, metrics, multihost, visuals
 from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval.inference import Predictor, label_prediction
-from hrseg_jax.inference import normalize
 from hrseg_jax.models import registry
 from hrseg_jax.progress import Progress
 
@@ -167,7 +168,6 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
   crop_padding = bool(_field(data_cfg, 'eval_crop_padding', True))
   split = eval_cfg.get('split', 'val')
   if examples is None:
-    from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     examples = pipeline.eval_examples(data_cfg, split=split)
   n = len(examples)
   limit = int(eval_cfg.get('num_examples', -1))
@@ -226,7 +226,6 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
     log(metrics.format_iou_table(result, names))
     if out_dir is not None:
       files.write_json_atomic(os.path.join(out_dir, METRICS_FILE), result)
-      from hrseg_jax.eval import visuals  # pylint: disable=g-import-not-at-top
       files.write_bytes_atomic(os.path.join(out_dir, visuals.CONFUSION_FILE),
                                files.encode_png(visuals.confusion_image(cm, names)))
   return result

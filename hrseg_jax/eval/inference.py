@@ -31,8 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from hrseg_jax.data.transforms import MEAN, STD
+from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval import windows
-from hrseg_jax.inference import MEAN, STD
+from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
 
 ApplyFn = Callable[[Any, jax.Array, jax.Array], Sequence[jax.Array]]
@@ -55,9 +57,10 @@ def cached_model_apply_fn(model_json: str, dtype_name: str) -> ApplyFn:
   """:func:`model_apply_fn` of a resolved model config (JSON) and dtype.
 
   The same configuration gives the same function object, so predictors built
-  for it share :func:`jitted_forward` and its compiled executables.
+  for it share :func:`jitted_forward` (and :func:`jitted_logits`,
+  :func:`jitted_class_map`) and their compiled executables: the one jit cache
+  of evaluation, ``--mode predict`` and :class:`hrseg_jax.Segmenter`.
   """
-  from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
   return model_apply_fn(registry.build_model(json.loads(model_json),
                                              jnp.dtype(dtype_name)))
 
@@ -73,6 +76,37 @@ def jitted_forward(apply_fn: ApplyFn, align_corners: bool, flip: bool,
   return jax.jit(functools.partial(
       forward_exp, apply_fn=apply_fn, align_corners=align_corners, flip=flip,
       flip_pairs=flip_pairs))
+
+
+@functools.lru_cache(maxsize=16)
+def jitted_logits(apply_fn: ApplyFn):
+  """Jitted ``apply_fn`` with float32 outputs: the model's list of logits."""
+  def logits(variables, images, rows):
+    return [o.astype(jnp.float32) for o in apply_fn(variables, images, rows)]
+  return jax.jit(logits)
+
+
+@functools.lru_cache(maxsize=16)
+def jitted_class_map(apply_fn: ApplyFn, align_corners: bool):
+  """Jitted whole-image class maps of RGB uint8 images.
+
+  Normalises on the device, runs one forward, resizes the last logits to the
+  input size and takes the argmax (int32 [B, H, W]); the computation the
+  exported serving graphs reproduce (hrseg_jax.deploy.graph).
+  """
+  def class_map(variables, images_uint8):
+    x = (images_uint8.astype(jnp.float32) / 255.0 - MEAN) / STD
+    out = apply_fn(variables, x, default_rows(x))[-1]
+    out = resize_bilinear(out.astype(jnp.float32), x.shape[1:3], align_corners,
+                          precision=_PRECISION)
+    return jnp.argmax(out, axis=-1).astype(jnp.int32)
+  return jax.jit(class_map)
+
+
+def default_rows(images):
+  """int32 [B, H]: every input row is its own source row."""
+  b, h = images.shape[0], images.shape[1]
+  return jnp.broadcast_to(jnp.arange(h, dtype=jnp.int32), (b, h))
 
 
 def swap_channels(x, flip_pairs: Sequence[Sequence[int]]):
@@ -250,14 +284,14 @@ class Predictor:
     self._forward = jitted_forward(
         apply_fn, self.align_corners, bool(flip),
         tuple((int(a), int(b)) for a, b in flip_pairs))
+    self._logits = jitted_logits(apply_fn)
+    self._class_map = jitted_class_map(apply_fn, self.align_corners)
 
   @classmethod
   def from_config(cls, model_cfg: Mapping[str, Any], variables,
                   eval_cfg: Mapping[str, Any] | None = None, *,
                   dtype=jnp.float32, devices=None) -> 'Predictor':
     """From a model config and an ``eval`` config section (or defaults)."""
-    from hrseg_jax.eval import config as eval_config  # pylint: disable=g-import-not-at-top
-    from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
     cfg = registry.resolve(model_cfg)
     e = eval_config.predictor_kwargs(eval_cfg)
     apply_fn = cached_model_apply_fn(json.dumps(cfg, sort_keys=True),
@@ -373,6 +407,31 @@ class Predictor:
   def predict(self, images, rows=None) -> np.ndarray:
     """[B, H, W] class ids (argmax of :meth:`multi_scale`), see _argmax."""
     return np.asarray(_argmax_jit(self.multi_scale(images, rows)))
+
+  def logits(self, images, rows=None):
+    """The model's outputs for normalised images: list of float32 NHWC logits.
+
+    Args:
+      images: normalised float [B, H, W, 3] (or [H, W, 3]).
+      rows: optional int [B, H] source row of each input row; default
+        ``arange(H)``.
+
+    Returns:
+      ``[logits]`` or, with OCR, ``[aux, main]``, at the model's output
+      resolution (1/4 of the input); no flip, scales or windows.
+    """
+    images = jnp.asarray(images, jnp.float32)
+    if images.ndim == 3:
+      images = images[None]
+    rows = default_rows(images) if rows is None else jnp.asarray(rows, jnp.int32)
+    return self._logits(self.variables, images, rows)
+
+  def class_map(self, images_uint8) -> jax.Array:
+    """int32 [B, H, W]: one whole-image forward of RGB uint8 [B, H, W, 3].
+
+    Normalised on the device, no flip, scales or windows (:func:`jitted_class_map`).
+    """
+    return self._class_map(self.variables, jnp.asarray(images_uint8))
 
 
 def _argmax(x):

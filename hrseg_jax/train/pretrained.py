@@ -17,6 +17,9 @@ from typing import Any, Mapping
 
 from etils import epath
 
+from hrseg_jax import checkpoints
+from hrseg_jax.convert import convert
+
 PTH_SUFFIXES = ('.pth', '.pt', '.pth.tar')
 
 
@@ -74,11 +77,9 @@ def load_init_variables(path, model_cfg: Mapping[str, Any]) -> tuple[dict, dict]
     ValueError: not a checkpoint, or weights that do not fit the model (one
       line naming ``train.init_from``).
   """
-  from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
   local = os.path.expanduser(path)
   if is_pth(path) and os.path.isfile(local):
-    from hrseg_jax.convert import convert  # pylint: disable=g-import-not-at-top
     try:
       _, variables, meta, _ = convert.convert_variables(local, model_cfg=dict(model_cfg))
     except (OSError, ValueError, KeyError) as e:
