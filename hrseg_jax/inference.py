@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrseg_jax import checkpoint_info, checkpoints
+from hrseg_jax import checkpoints
+from hrseg_jax.checkpoints import info as checkpoint_info
 from hrseg_jax.data.transforms import MEAN, STD, normalize
 from hrseg_jax.eval import classes, palettes
 from hrseg_jax.eval.inference import Predictor

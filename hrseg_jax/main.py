@@ -165,7 +165,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
                f"{100 * ev['pixel_acc']:.2f}%)" if ev else 'no evaluation'))
     return result
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from hrseg_jax import checkpoint_info, checkpoints  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import checkpoints
+  from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
   opts = predict_options(**(options or {}))
   if mode == 'predict' and not inputs:
     raise ValueError('--mode predict needs --input (image files, folders or list files)')

@@ -15,7 +15,7 @@ from etils import epath
 
 MODEL = 'model'
 # Entries of a checkpoint directory besides its step directories: Orbax's
-# unfinished saves and trash (see hrseg_jax.train.checkpointing).
+# unfinished saves and trash (see hrseg_jax.checkpoints.training).
 _ORBAX_TMP = '.orbax-checkpoint-tmp'
 _ORBAX_TRASH = '.deleted'
 

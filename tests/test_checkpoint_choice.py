@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from hrseg_jax import checkpoint_info, predict, progress
+from hrseg_jax import predict, progress
+from hrseg_jax.checkpoints import info as checkpoint_info
 
 
 def fake_step(root, step, miou=None, dataset=None):

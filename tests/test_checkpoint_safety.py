@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import pth_payloads as P
-from hrseg_jax import checkpoints, manifest
+from hrseg_jax import checkpoints, overwrite
+from hrseg_jax.checkpoints import manifest
 from hrseg_jax import export as export_cli
 from hrseg_jax.convert import __main__ as convert_cli
 from hrseg_jax.convert import pth
@@ -102,7 +103,7 @@ def test_overwrite_never_replaces_an_arbitrary_folder(user_dir, capsys):
 
 def test_overwrite_replaces_a_converted_checkpoint(user_dir, capsys):
   old = _files(user_dir / 'ckpt')
-  assert checkpoints.is_checkpoint_dir('ckpt')
+  assert overwrite.is_checkpoint_dir('ckpt')
   code = convert_cli.main(['tiny.pth', 'ckpt', '--overwrite', '--seed', '1'])
   assert code == 0, capsys.readouterr().err
   assert (user_dir / 'ckpt' / '0' / manifest.NAME).is_file()
@@ -273,7 +274,7 @@ def _train_state(step: int, value: float = 1.0):
 @pytest.mark.parametrize('async_save', [True, False])
 def test_training_checkpoints_get_a_manifest_and_are_verified(tmp_path, async_save):
   import jax  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.checkpoints import training as checkpointing  # pylint: disable=g-import-not-at-top
   ckpt = checkpointing.Checkpointer(tmp_path / 'c', keep_best=False,
                                     async_save=async_save)
   for step in (2, 4):
@@ -301,7 +302,7 @@ def test_training_checkpoints_get_a_manifest_and_are_verified(tmp_path, async_sa
 
 def test_restored_non_finite_values_name_the_step(tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.checkpoints import training as checkpointing  # pylint: disable=g-import-not-at-top
   ckpt = checkpointing.Checkpointer(tmp_path / 'c', keep_best=False, async_save=False)
   ckpt.save(_train_state(3, float('nan')), None, {'arch': 'tiny'})
   ckpt.close()

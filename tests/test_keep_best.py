@@ -4,8 +4,8 @@ best step."""
 import jax
 import jax.numpy as jnp
 
-from hrseg_jax import checkpoint_info
-from hrseg_jax.train.checkpointing import Checkpointer
+from hrseg_jax.checkpoints import info as checkpoint_info
+from hrseg_jax.checkpoints.training import Checkpointer
 from hrseg_jax.train.state import TrainState
 
 

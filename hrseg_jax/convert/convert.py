@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from hrseg_jax import checkpoint_info, checkpoints, paths
+from hrseg_jax import checkpoints, paths
+from hrseg_jax import overwrite as overwrite_lib
+from hrseg_jax.checkpoints import info as checkpoint_info
 from hrseg_jax.convert import mapping
 from hrseg_jax.convert.source import load_state  # pylint: disable=unused-import
 from hrseg_jax.models import from_state_dict, registry
@@ -156,11 +158,11 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
   Validation happens before anything is written; on any error ``dst`` is not
   created (or, with ``overwrite``, left as it was). ``overwrite`` replaces
   only a checkpoint written by this package, never a folder holding ``src``
-  (see :func:`checkpoints.check_replaceable`). ``loaded``: what
+  (see :func:`overwrite.check_replaceable`). ``loaded``: what
   :func:`load_state` returned for ``src``, if the caller has read it already.
   """
   src, dst = paths.resolve(os.fspath(src)), paths.resolve(os.fspath(dst))
-  checkpoints.check_replaceable(dst, overwrite=overwrite, keep=[src])
+  overwrite_lib.check_replaceable(dst, overwrite=overwrite, keep=[src])
   cfg, variables, meta, report = convert_variables(
       src, model_cfg=model_cfg, num_classes=num_classes,
       align_corners=align_corners, inplace_abn=inplace_abn,

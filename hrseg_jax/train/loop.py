@@ -13,7 +13,7 @@ Reliability (tested by ``tests/test_faults.py``):
   in those steps into an error (:mod:`hrseg_jax.train.host_sync`).
 * A crash loses only the steps after the last complete checkpoint, which the
   restarted run trains again with the same losses (see
-  :mod:`hrseg_jax.train.checkpointing` for why no checkpoint is ever left
+  :mod:`hrseg_jax.checkpoints.training` for why no checkpoint is ever left
   half-written or half-deleted).
 * A non-finite loss or gradient stops the run (``train.nonfinite='stop'``,
   :class:`NonFiniteLoss` names the step and the last good checkpoint; no
@@ -48,7 +48,7 @@ from hrseg_jax.train import faults as faults_lib
 from hrseg_jax.train import host_sync
 from hrseg_jax.train import optim, pretrained, progress as progress_lib, sharding, step as step_lib
 from hrseg_jax.train import tb_writer
-from hrseg_jax.train.checkpointing import Checkpointer, abstract_with_shardings
+from hrseg_jax.checkpoints.training import Checkpointer, abstract_with_shardings
 from hrseg_jax.train.state import TrainState
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}

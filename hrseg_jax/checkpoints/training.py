@@ -25,7 +25,7 @@ Crash safety (tested by ``tests/test_faults.py``):
   :meth:`Checkpointer.close`.
 * Restoring a step that is unreadable or of another model raises
   :class:`CheckpointRestoreError` naming the step directory.
-* Each committed step gets an integrity manifest (:mod:`hrseg_jax.manifest`:
+* Each committed step gets an integrity manifest (:mod:`hrseg_jax.checkpoints.manifest`:
   sizes and SHA-256 digests), written by process 0 once Orbax has finished
   the step (at the next save, :meth:`Checkpointer.wait` or
   :meth:`Checkpointer.close`; at once for synchronous saves). A restore
@@ -48,8 +48,9 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from hrseg_jax import checkpoints as model_ckpt
-from hrseg_jax import console, manifest, paths
+from hrseg_jax import console, paths
+from hrseg_jax.checkpoints import manifest
+from hrseg_jax.checkpoints import model as model_ckpt
 from hrseg_jax.train.state import TrainState
 
 TRAIN = 'train'

@@ -9,9 +9,9 @@ steps hold at least two items:
 
 so :func:`load_model` rebuilds the network without any other file.  Training
 checkpoints add ``train_state`` and ``data`` items (see
-:mod:`hrseg_jax.train.checkpointing`).
+:mod:`hrseg_jax.checkpoints.training`).
 
-Each step also holds an integrity manifest (:mod:`hrseg_jax.manifest`: file
+Each step also holds an integrity manifest (:mod:`hrseg_jax.checkpoints.manifest`: file
 sizes and SHA-256 digests, written last and atomically), which
 :func:`load_model` verifies before reading anything: a damaged checkpoint is
 reported in one line naming the damaged file.
@@ -29,19 +29,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from hrseg_jax import console, manifest, paths
-from hrseg_jax.overwrite import check_replaceable, is_checkpoint_dir  # noqa: F401  pylint: disable=unused-import
+from hrseg_jax import console, paths
+from hrseg_jax.checkpoints import manifest
+from hrseg_jax.overwrite import check_replaceable
 
 VARIABLES = 'variables'
 MODEL = 'model'
-
-def _quiet_orbax():
-  # Orbax logs several INFO/WARNING lines per save and restore through absl's
-  # logger ("Metadata file does not exist", read-only managers): noise for a
-  # user, whose errors are reported in one line.  Only Orbax's records are
-  # dropped (hrseg_jax.console), not absl's logger as a whole.
-  console.quiet_orbax()
-
 
 def find_checkpoint(path) -> tuple[epath.Path, int]:
   """Resolves a user path to (manager root, step).
@@ -94,7 +87,7 @@ def save_model(directory, variables: Mapping, model_cfg: Mapping,
   An existing ``directory`` is replaced only as :func:`check_replaceable`
   allows (``keep``: input files that must survive).
   """
-  _quiet_orbax()
+  console.quiet_orbax()
   directory = epath.Path(paths.resolve(os.fspath(directory)))
   check_replaceable(directory, overwrite=overwrite, keep=keep)
   _check_json({'model': dict(model_cfg), 'meta': dict(meta or {})},
@@ -140,7 +133,7 @@ def _verify(step_dir: epath.Path, only: str | None = None) -> bool:
 
 def load_model_config(path) -> tuple[dict, dict]:
   """Reads only the JSON item: (model config, meta)."""
-  _quiet_orbax()
+  console.quiet_orbax()
   root, step = find_checkpoint(path)
   _verify(root / str(step), only=MODEL)
   try:
@@ -194,7 +187,7 @@ def load_model(path, *, step: int | None = None):
     ValueError: the checkpoint is damaged or inconsistent (one line naming
       the step directory and the file or variable).
   """
-  _quiet_orbax()
+  console.quiet_orbax()
   root, latest = find_checkpoint(path)
   step = latest if step is None else step
   step_dir = root / str(step)
