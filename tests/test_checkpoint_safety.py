@@ -315,3 +315,24 @@ def test_restored_non_finite_values_name_the_step(tmp_path):
                            r"\['variables'\]\['params'\]\['w'\]"):
     ckpt.restore(abstract)
   ckpt.close()
+
+
+def test_training_checkpoints_leave_the_preemption_sync_point_to_the_loop(
+    tmp_path, monkeypatch):
+  """JAX's preemption sync point hears only the loop's steps.  Orbax's
+  manager also reports steps to it (in ``save`` and, for asynchronous saves,
+  in the thread that finalizes a step, with that older step): on several
+  processes that moves JAX's step counter back and lets processes stop at
+  different steps, each then waiting for the other for ever."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.checkpoints import training as checkpointing  # pylint: disable=g-import-not-at-top
+  reported = []
+  monkeypatch.setattr(multihost_utils, 'reached_preemption_sync_point',
+                      lambda step: reported.append(step) or False)
+  ckpt = checkpointing.Checkpointer(tmp_path / 'c', keep_best=False, async_save=True)
+  for step in (2, 4):
+    ckpt.save(_train_state(step), None, {'arch': 'tiny'}, force=True)
+  ckpt.save(_train_state(6), None, {'arch': 'tiny'})
+  ckpt.close()
+  assert ckpt.complete_steps() == [2, 4, 6]
+  assert reported == []

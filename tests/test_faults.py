@@ -159,10 +159,6 @@ def test_preemption_and_kill_9_lose_nothing(tmp_path, reference, ledger):
   _finish_chain(chain, [sigterm, kill, in_save, in_delete], reference)
 
 
-@pytest.mark.skip(reason='known intermittent hang: after SIGTERM reaches only process 1 of 2, '
-                  'both processes can wait forever after step 3 (seen under load); the '
-                  'same scenario through scripts/launch_local.py is tests/test_multihost.py::'
-                  'test_preempted_on_two_hosts_resumes_on_one_and_on_four')
 def test_sigterm_on_one_host_stops_every_host(tmp_path, ledger):
   """Two jax.distributed processes; only process 1 gets SIGTERM.  JAX's
   preemption service agrees on a step (>= 3): both stop after it, with one

@@ -86,6 +86,28 @@ def _model_differences(saved: dict, current: dict) -> list[str]:
           for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
 
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager, minus its own look at JAX's preemption sync point.
+
+  On several processes the training loop alone asks
+  ``multihost_utils.reached_preemption_sync_point(step)``, once per step.
+  Orbax asks too: in ``save`` and, on process 0, in the background thread
+  that finalizes an asynchronous save, with the step being finalized, which
+  may be older than the one the loop reached.  JAX records the last step
+  each process reported and, on a preemption notice, makes every process
+  stop at the largest reported step + 1: an older step reported by Orbax's
+  thread lets the notice land on a step that process 0 has already passed,
+  so the other processes stop and save there while process 0 trains on,
+  and both wait for each other for ever.  (Orbax only uses the answer for
+  logging and for ``should_save``, which the loop does not use: it saves
+  with ``force=True``.)
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
 class Checkpointer:
   """Thin wrapper over ``ocp.CheckpointManager`` for a :class:`TrainState`."""
 
@@ -105,7 +127,7 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True,
         todelete_subdir=TRASH)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.manager = _Manager(self.directory, options=options)
     # Orbax removes the unfinished saves of earlier runs in a thread; wait for
     # it, so that no thread outlives an error that stops this run early.
     getattr(self.manager, '_maybe_await_cleanup_tmp_directory', lambda: None)()
