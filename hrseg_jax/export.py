@@ -31,6 +31,8 @@ def main(argv=None) -> int:
                  help='replace OUTPUT if it exists (a file, never a directory)')
   deploy_cli.add_arguments(p)
   args = p.parse_args(argv)
+  from hrseg_jax import console  # pylint: disable=g-import-not-at-top
+  console.configure()
   if deploy_cli.output_format(args) != 'pytorch':
     try:
       return deploy_cli.export(args)

@@ -16,16 +16,22 @@ import pytest
 
 from hrseg_jax import Segmenter, checkpoints
 from hrseg_jax.convert import convert
-from hrseg_jax.deploy import cli, errors, graph, onnx_export, runtime
+from hrseg_jax.deploy import cli, errors, graph, onnx_export, runtime, stablehlo
 from hrseg_jax.inference import normalize
-from hrseg_jax.models import registry
+from hrseg_jax.models import lite_hrnet, registry
 from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
 
 TINY_OCR = dict(TINY_HRNET, ocr=dict(mid_channels=16, key_channels=8), align_corners=True)
 TINY_HANET = dict(TINY_HRNET, hanet={'positions': 'rows'})
-GOLDEN = {'w18_small_v2': 'hrnet_w18_small_v2_cityscapes',
-          'lite_hrnet_30_hanet': 'lite_hrnet_30_hanet_cityscapes'}
-SIZE = {'tiny': (32, 48), 'golden': (64, 96)}
+# Lite-HRNet-30+HANet's blocks, head ('fork', the seed fork's) and HANet at
+# tiny widths with one module per stage: the same operators in a graph small
+# enough to convert in seconds (Lite-HRNet-30 has 14 modules).
+TINY_LITE_VARIANT = dict(lite_hrnet.VARIANTS['30'], stem=(8, 8, 1), num_modules=(1, 1, 1),
+                         channels=(8, 16, 32, 64), reduce_ratio=4)
+TINY_LITE_HANET = {'arch': 'lite_hrnet', 'variant': 'tiny_test', 'num_classes': 5,
+                   'head': 'fork', 'hanet': {'positions': 'rows'}}
+GOLDEN = {'w18_small_v2': 'hrnet_w18_small_v2_cityscapes'}
+SIZE = {'tiny': (32, 48), 'tiny_lite': (32, 64), 'golden': (64, 96)}
 
 
 def needs(fmt):
@@ -36,27 +42,65 @@ def needs(fmt):
                         f"(pip install 'hrseg-jax[{errors.EXTRAS[module]}]')")
 
 
+TINY = {'hrnet': TINY_HRNET, 'ocr': TINY_OCR, 'hanet': TINY_HANET,
+        'lite_hrnet_hanet': TINY_LITE_HANET}
+RUNTIMES = ('stablehlo', 'onnx', 'savedmodel')
+
+
+class Zoo:
+  """Models, their JAX outputs and their exports, each made once per module."""
+
+  def __init__(self, tmp_path_factory):
+    self.tmp = tmp_path_factory.mktemp('zoo')
+    self.models, self.references, self.exports = {}, {}, {}
+
+  def model(self, name, golden=None):
+    """(model config, variables, input size)."""
+    if name not in self.models:
+      if name in TINY:
+        cfg = registry.resolve(TINY[name])
+        size = SIZE['tiny_lite' if cfg['arch'] == 'lite_hrnet' else 'tiny']
+        self.models[name] = (cfg, tiny_hrnet_variables(cfg, seed=3), size)
+      else:
+        dst = self.tmp / name / 'ckpt'
+        convert.convert(golden / f'{GOLDEN[name]}.pth', dst, log=lambda *_: None)
+        cfg, variables, _ = checkpoints.load_model(dst)
+        self.models[name] = (registry.resolve(cfg), variables, SIZE['golden'])
+    return self.models[name]
+
+  def reference(self, name, pre_post):
+    """(input, JAX output): class maps of uint8 RGB, or last logits."""
+    if (name, pre_post) not in self.references:
+      cfg, variables, size = self.models[name]
+      seg = Segmenter(cfg, variables)
+      rgb = smooth_images(2, size)
+      self.references[name, pre_post] = (
+          (rgb, seg.predict(rgb)) if pre_post
+          else (normalize(rgb), np.asarray(seg.logits(normalize(rgb))[-1])))
+    return self.references[name, pre_post]
+
+  def export(self, fmt, name, pre_post):
+    """(path, runner) of the export of ``name``, written once."""
+    key = (fmt, name, pre_post)
+    if key not in self.exports:
+      cfg, variables, size = self.models[name]
+      path = self.tmp / name / f'{"classes" if pre_post else "logits"}.{fmt}'
+      self.exports[key] = (path, export_and_load(fmt, path, cfg, variables, size,
+                                                 pre_post))
+    return self.exports[key]
+
+
 @pytest.fixture(scope='module')
-def models(tmp_path_factory):
-  """name -> (model config, variables, input size)."""
-  out = {}
-  for name, cfg in (('hrnet', TINY_HRNET), ('ocr', TINY_OCR), ('hanet', TINY_HANET)):
-    cfg = registry.resolve(cfg)
-    out[name] = (cfg, tiny_hrnet_variables(cfg, seed=3), SIZE['tiny'])
-  return out
+def zoo(tmp_path_factory):
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(lite_hrnet.VARIANTS, 'tiny_test', TINY_LITE_VARIANT)
+    yield Zoo(tmp_path_factory)
 
 
-def golden_model(name, golden, tmp_path_factory):
-  dst = tmp_path_factory.mktemp(name) / 'ckpt'
-  convert.convert(golden / f'{GOLDEN[name]}.pth', dst, log=lambda *_: None)
-  cfg, variables, _ = checkpoints.load_model(dst)
-  return registry.resolve(cfg), variables, SIZE['golden']
-
-
-def export_and_load(fmt, tmp_path, cfg, variables, size, pre_post):
+def export_and_load(fmt, path, cfg, variables, size, pre_post):
   shape, dtype = (*size, 3), (np.uint8 if pre_post else np.float32)
-  path = str(tmp_path / f'model.{fmt}')
-  cli._write(fmt, path, cfg, variables, shape, dtype, pre_post, pre_post, 18)  # pylint: disable=protected-access
+  path.parent.mkdir(parents=True, exist_ok=True)
+  cli._write(fmt, str(path), cfg, variables, shape, dtype, pre_post, pre_post, 18)  # pylint: disable=protected-access
   return runtime.load(fmt, path)
 
 
@@ -69,53 +113,46 @@ def smooth_images(n, size, seed=7):
                    for im in small])
 
 
-def check_parity(run, cfg, variables, size, pre_post):
+def check_parity(zoo, fmt, name):
   """Logits rel L2 <= 1e-4 and argmax >= 99.9%; class maps identical."""
-  seg = Segmenter(cfg, variables)
-  rgb = smooth_images(2, size)
-  if pre_post:
-    out = run(rgb)
-    assert out.dtype == np.int32
-    np.testing.assert_array_equal(out, seg.predict(rgb))
-    return
-  x = normalize(rgb)
-  result = runtime.compare(np.asarray(seg.logits(x)[-1]), run(x))
-  assert result['rel_l2'] <= 1e-4 and result['argmax_agreement'] >= 0.999, result
-  assert result['ok']
-
-
-@pytest.mark.parametrize('fmt', ['stablehlo', 'onnx'])
-@pytest.mark.parametrize('name', ['hrnet', 'ocr', 'hanet'])
-def test_tiny_model_parity(models, name, fmt, tmp_path):
-  needs(fmt)
-  cfg, variables, size = models[name]
   for pre_post in (False, True):
-    run = export_and_load(fmt, tmp_path / str(pre_post), cfg, variables, size, pre_post)
-    check_parity(run, cfg, variables, size, pre_post)
+    x, expected = zoo.reference(name, pre_post)
+    out = zoo.export(fmt, name, pre_post)[1](x)
+    if pre_post:
+      assert out.dtype == np.int32
+      np.testing.assert_array_equal(out, expected)
+    else:
+      result = runtime.compare(expected, out)
+      assert result['rel_l2'] <= 1e-4 and result['argmax_agreement'] >= 0.999, result
+      assert result['ok']
+      print(f'{name} {fmt}: {runtime.describe(result)}')  # shown with pytest -rP
 
 
-@pytest.mark.parametrize('name,fmt', [('w18_small_v2', 'stablehlo'), ('w18_small_v2', 'onnx'),
-                                      ('lite_hrnet_30_hanet', 'stablehlo')])
-def test_golden_model_parity(name, fmt, golden, tmp_path, tmp_path_factory):
+@pytest.mark.parametrize('fmt', RUNTIMES)
+@pytest.mark.parametrize('name', ['ocr', 'hanet', 'lite_hrnet_hanet'])
+def test_tiny_model_parity(zoo, name, fmt):
   needs(fmt)
-  cfg, variables, size = golden_model(name, golden, tmp_path_factory)
-  for pre_post in (False, True):
-    run = export_and_load(fmt, tmp_path / str(pre_post), cfg, variables, size, pre_post)
-    check_parity(run, cfg, variables, size, pre_post)
+  zoo.model(name)
+  check_parity(zoo, fmt, name)
 
 
-def test_savedmodel_parity_and_bytes_signature(models, tmp_path):
+@pytest.mark.parametrize('fmt', RUNTIMES)
+@pytest.mark.parametrize('name', ['w18_small_v2'])
+def test_golden_model_parity(zoo, name, fmt, golden):
+  needs(fmt)
+  zoo.model(name, golden)
+  check_parity(zoo, fmt, name)
+
+
+def test_savedmodel_bytes_signature(zoo):
   needs('savedmodel')
   import cv2  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  cfg, variables, size = models['hanet']
-  run = export_and_load('savedmodel', tmp_path / 'l', cfg, variables, size, False)
-  check_parity(run, cfg, variables, size, False)
-  run = export_and_load('savedmodel', tmp_path / 'c', cfg, variables, size, True)
-  check_parity(run, cfg, variables, size, True)
+  cfg, variables, size = zoo.model('hanet')
+  path, _ = zoo.export('savedmodel', 'hanet', True)
   rgb = np.random.default_rng(1).integers(0, 256, (2, *size, 3), dtype=np.uint8)
   encoded = [cv2.imencode('.png', im[..., ::-1])[1].tobytes() for im in rgb]
-  model = tf.saved_model.load(str(tmp_path / 'c' / 'model.savedmodel'))
+  model = tf.saved_model.load(str(path))
   maps = model.signatures['predict_bytes'](images=tf.constant(encoded))['class_map']
   np.testing.assert_array_equal(maps.numpy(), Segmenter(cfg, variables).predict(rgb))
 
@@ -125,8 +162,8 @@ def _cli(*args, cwd):
                         capture_output=True, text=True, check=False)
 
 
-def test_export_cli_stablehlo_with_card_and_jax_only_loader(models, tmp_path):
-  cfg, variables, _ = models['hrnet']
+def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
+  cfg, variables, _ = zoo.model('hrnet')
   checkpoints.save_model(tmp_path / 'ckpt', variables, cfg, {'dataset': 'lip'})
   r = _cli('ckpt', 'deploy/model.stablehlo', '--size', '32', '48', '--with-pre-post',
            cwd=tmp_path)
@@ -144,6 +181,10 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(models, tmp_path):
   assert card['software']['jax'] and card['verification']['class_map_agreement'] == 1.0
   assert sorted(os.listdir(tmp_path / 'deploy')) == ['model.stablehlo',
                                                      'model.stablehlo.json']
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in ('model.stablehlo', 'model.stablehlo.json'):  # readable as the umask allows
+    assert os.stat(tmp_path / 'deploy' / name).st_mode & 0o777 == 0o666 & ~umask
   # The loader runs it with JAX alone: no model code, no Flax, no checkpoint.
   rgb = np.random.default_rng(2).integers(0, 256, (3, 32, 48, 3), dtype=np.uint8)
   np.save(tmp_path / 'x.npy', rgb)
@@ -163,11 +204,46 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(models, tmp_path):
   assert r.returncode == 2
   assert r.stderr.strip().splitlines() == [
       'error: output exists: deploy/model.stablehlo (pass --overwrite to replace it)']
+  # A free height and width: refused in one line saying why, nothing written.
+  r = _cli('ckpt', 'dyn.stablehlo', '--size', '32', '64', '--dynamic-size', cwd=tmp_path)
+  assert r.returncode == 2
+  (line,) = r.stderr.strip().splitlines()
+  assert line.startswith('error: --dynamic-size: this hrnet model cannot take a free '
+                         'height and width: ') and 'needs a constant size' in line, line
+  assert line.endswith('export a fixed --size H W instead'), line
+  assert not [n for n in os.listdir(tmp_path) if 'dyn' in n]
 
 
-def test_export_cli_onnx_logits(models, tmp_path):
+@pytest.mark.parametrize('fmt', ['stablehlo', 'onnx'])
+def test_dynamic_height_and_width_where_the_graph_allows(fmt, tmp_path):
+  """The writers keep H and W symbolic (multiples of 32) for a graph that traces so."""
+  needs(fmt)
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  w = np.random.default_rng(0).normal(size=(3, 3, 3, 4)).astype(np.float32)
+
+  def fn(x):  # stride-2 conv, nearest 2x upsample, argmax: a miniature segmenter
+    y = jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = jnp.repeat(jnp.repeat(y, 2, axis=1), 2, axis=2)
+    return jnp.argmax(y, axis=-1).astype(jnp.int32)
+  shape = graph.symbolic_image_shape((64, 64, 3), dynamic=True)
+  path = tmp_path / f'm.{fmt}'
+  if fmt == 'stablehlo':
+    path.write_bytes(stablehlo.export_bytes(fn, shape, np.float32, platforms=('cpu',)))
+  else:
+    path.write_bytes(onnx_export.export_model(fn, shape, np.float32).SerializeToString())
+  run = runtime.load(fmt, path)
+  for size in ((32, 64), (96, 64)):
+    x = np.random.default_rng(1).normal(size=(2, *size, 3)).astype(np.float32)
+    out = run(x)
+    assert out.shape == (2, *size)
+    np.testing.assert_array_equal(out, np.asarray(jax.jit(fn)(x)))
+
+
+def test_export_cli_onnx_logits(zoo, tmp_path):
   needs('onnx')
-  cfg, variables, _ = models['ocr']
+  cfg, variables, _ = zoo.model('ocr')
   checkpoints.save_model(tmp_path / 'ckpt', variables, cfg)
   r = _cli('ckpt', 'm.onnx', '--size', '32', '48', cwd=tmp_path)
   assert r.returncode == 0, r.stderr

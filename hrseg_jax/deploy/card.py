@@ -41,19 +41,21 @@ def versions(*packages: str) -> dict[str, str]:
 
 
 def make_card(*, fmt: str, output: str, model_cfg: Mapping[str, Any],
-              dataset: str | None, height: int, width: int, pre: bool,
+              dataset: str | None, height: int | str, width: int | str, pre: bool,
               post: bool, checkpoint: str, variables: Mapping,
               extra: Mapping[str, Any] | None = None,
               packages: tuple[str, ...] = ()) -> dict:
   """The card's content (see the README's Deploy section)."""
   k = int(model_cfg['num_classes'])
   stride = 4
+  dynamic = not isinstance(height, int)
   if post:
     out = {'name': 'output', 'kind': 'class_map', 'dtype': 'int32',
            'shape': ['batch', height, width]}
   else:
     out = {'name': 'output', 'kind': 'logits', 'dtype': 'float32', 'layout': 'NHWC',
-           'shape': ['batch', -(-height // stride), -(-width // stride), k],
+           'shape': ['batch', f'({height})/{stride}' if dynamic else -(-height // stride),
+                     f'({width})/{stride}' if dynamic else -(-width // stride), k],
            'note': 'last model output at 1/4 resolution; upsample bilinearly '
                    f'(align_corners={bool(model_cfg.get("align_corners", False))}) '
                    'and take the argmax'}
@@ -69,7 +71,7 @@ def make_card(*, fmt: str, output: str, model_cfg: Mapping[str, Any],
           'shape': ['batch', height, width, 3],
           'dtype': 'uint8' if pre else 'float32',
           'normalization_in_graph': bool(pre),
-          'dynamic': ['batch'],
+          'dynamic': ['batch', 'height', 'width'] if dynamic else ['batch'],
       },
       'output': out,
       'mean': [round(float(v), 6) for v in MEAN], 'std': [round(float(v), 6) for v in STD],

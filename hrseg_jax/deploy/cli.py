@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  '.stablehlo, .savedmodel; otherwise pytorch)')
   p.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'), default=(512, 1024),
                  help='input height and width of the exported graph (default 512 1024)')
+  p.add_argument('--dynamic-size', action='store_true',
+                 help='free height and width (multiples of 32) in StableHLO and ONNX '
+                 'exports, where the model traces with a symbolic size; --size is '
+                 'then the size of the check')
   p.add_argument('--with-pre-post', action='store_true',
                  help='fold normalisation (uint8 RGB in) and upsample + argmax '
                  '(int32 class maps out) into the graph')
@@ -72,9 +76,22 @@ def _remove(path: str) -> None:
     os.unlink(path)
 
 
+def _readable(*paths: str) -> None:
+  """Files as the umask allows (temporary files are private, 0600): a model
+  server running as another user must be able to read the export."""
+  umask = os.umask(0)
+  os.umask(umask)
+  for path in paths:
+    if os.path.isfile(path):
+      os.chmod(path, 0o666 & ~umask)
+
+
 def _write(fmt: str, tmp: str, cfg, variables, shape, dtype, pre: bool, post: bool,
            opset: int) -> dict:
-  """Writes the export to ``tmp``; returns card extras."""
+  """Writes the export to ``tmp``; returns card extras.
+
+  ``shape`` is (H, W, C), H and W symbolic strings for a dynamic size.
+  """
   from hrseg_jax.deploy import graph  # pylint: disable=g-import-not-at-top
   from hrseg_jax.eval import files  # pylint: disable=g-import-not-at-top
   if fmt == 'stablehlo':
@@ -149,6 +166,13 @@ def export(args, log: Callable[[str], None] = print) -> int:
   h, w = args.size
   if h < 1 or w < 1:
     raise ExportError(f'--size {h} {w}: height and width must be positive')
+  dynamic = bool(getattr(args, 'dynamic_size', False))
+  if dynamic and fmt == 'savedmodel':
+    raise ExportError('--dynamic-size: SavedModel exports take a fixed --size H W '
+                      '(use StableHLO or ONNX)')
+  if dynamic and (h % 32 or w % 32):
+    raise ExportError(f'--size {h} {w}: with --dynamic-size the check size must be '
+                      'multiples of 32')
   pre = args.with_pre_post or args.input_dtype == 'uint8'
   if args.with_pre_post and args.input_dtype == 'float32':
     raise ExportError('--with-pre-post takes uint8 images; drop --input-dtype float32')
@@ -156,11 +180,18 @@ def export(args, log: Callable[[str], None] = print) -> int:
   cfg, variables, meta = checkpoints.load_model(paths.resolve(args.checkpoint),
                                                step=args.step)
   cfg = registry.resolve(cfg)
+  from hrseg_jax.deploy import graph  # pylint: disable=g-import-not-at-top
+  if dynamic:
+    problem = graph.dynamic_size_problem(cfg, variables, pre=pre, post=post)
+    if problem:
+      raise ExportError(f'--dynamic-size: this {cfg["arch"]} model cannot take a free '
+                        f'height and width: {problem}; export a fixed --size H W instead')
   shape, dtype = (h, w, 3), (np.uint8 if pre else np.float32)
   tmp = _temp_path(output)
   t0 = time.perf_counter()
   try:
-    extra = _write(fmt, tmp, cfg, variables, shape, dtype, pre, post, args.opset)
+    extra = _write(fmt, tmp, cfg, variables, graph.symbolic_image_shape(shape, dynamic),
+                   dtype, pre, post, args.opset)
     log(f'exported {fmt} in {time.perf_counter() - t0:.1f}s')
     if not args.no_verify:
       check = verify(fmt, tmp, cfg, variables, shape, dtype, pre, post)
@@ -172,7 +203,9 @@ def export(args, log: Callable[[str], None] = print) -> int:
       extra['verification'] = check
     card = cards.make_card(
         fmt=fmt, output=output, model_cfg=cfg, dataset=_dataset(args, cfg, meta),
-        height=h, width=w, pre=pre, post=post, checkpoint=os.fspath(args.checkpoint),
+        height=graph.SYMBOLIC_SIZE[0] if dynamic else h,
+        width=graph.SYMBOLIC_SIZE[1] if dynamic else w,
+        pre=pre, post=post, checkpoint=os.fspath(args.checkpoint),
         variables=variables, extra=extra, packages=PACKAGES[fmt])
     if os.path.isdir(output):  # --overwrite of an earlier SavedModel
       shutil.rmtree(output)
@@ -181,5 +214,6 @@ def export(args, log: Callable[[str], None] = print) -> int:
     _remove(tmp)
     raise
   files.write_json_atomic(card_file, card)
+  _readable(output, card_file)
   log(f'wrote {output} and {card_file}')
   return 0

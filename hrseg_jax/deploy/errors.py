@@ -19,8 +19,15 @@ EXTRAS = {
 
 
 def require(module: str, what: str):
-  """Imports ``module`` or raises ExportError naming the pip install to run."""
+  """Imports ``module`` or raises ExportError naming the pip install to run.
+
+  TensorFlow (also under orbax.export) is imported without its start-up lines.
+  """
   try:
+    if module in ('tensorflow', 'orbax.export'):
+      from hrseg_jax import console  # pylint: disable=g-import-not-at-top
+      if console.import_tensorflow_quietly() is None:
+        raise ImportError('No module named tensorflow')
     return importlib.import_module(module)
   except ImportError as e:
     extra = EXTRAS.get(module, module)

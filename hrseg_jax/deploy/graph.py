@@ -8,10 +8,12 @@ exactly what :class:`hrseg_jax.Segmenter` computes.  With ``pre`` the input is
 RGB uint8 and the ImageNet normalisation runs inside the graph; without it
 the input is the normalised float32 image.
 
-The height and width are fixed at export time: the model's bilinear resizes
-are small interpolation matrices built for the traced size.  The batch size
-stays free.  HANet models see every image as a whole frame (row ``i`` of the
-image is row ``i`` of the frame), like ``Segmenter``.
+The batch size stays free.  The height and width are fixed at export time
+unless :func:`dynamic_size_problem` finds that the model traces with a
+symbolic height and width (multiples of 32); today's models do not: their
+bilinear resizes gather with indices computed from the traced size.  HANet
+models see every image as a whole frame (row ``i`` of the image is row ``i``
+of the frame), like ``Segmenter``.
 """
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ def whole_frame_rows(x) -> np.ndarray:
   broadcasts over the batch: the graph keeps no integer arithmetic on the
   (symbolic) batch dimension, which some converters cannot express.
   """
-  return np.arange(x.shape[1], dtype=np.int32)[None]
+  if isinstance(x.shape[1], int):
+    return np.arange(x.shape[1], dtype=np.int32)[None]
+  return jnp.arange(x.shape[1], dtype=jnp.int32)[None]  # symbolic height
 
 
 def apply_fn(model_cfg: Mapping[str, Any], *, pre: bool, post: bool
@@ -71,6 +75,49 @@ def serving_fn(model_cfg: Mapping[str, Any], variables: Mapping, *,
   fn = apply_fn(model_cfg, pre=pre, post=post)
   variables = float32_variables(variables)
   return lambda images: fn(variables, images)
+
+
+SYMBOLIC_SIZE = ('32*h', '32*w')  # dynamic height and width: multiples of 32
+
+
+def symbolic_image_shape(image_shape, dynamic: bool) -> tuple:
+  """``(H, W, C)``, or ``('32*h', '32*w', C)`` for a dynamic size."""
+  return (*SYMBOLIC_SIZE, image_shape[2]) if dynamic else tuple(image_shape)
+
+
+def abstract_input(image_shape, dtype, batch: str = 'b') -> jax.ShapeDtypeStruct:
+  """The input spec with a symbolic batch (and symbolic H, W when they are strings)."""
+  dims = ', '.join(str(d) for d in (batch, *image_shape))
+  return jax.ShapeDtypeStruct(jax.export.symbolic_shape(dims), dtype)
+
+
+def _where(tb) -> str:
+  """``function (file:line)`` of the innermost hrseg_jax frame of a traceback."""
+  import traceback  # pylint: disable=g-import-not-at-top
+  frames = [f for f in traceback.extract_tb(tb) if '/hrseg_jax/' in f.filename.replace('\\', '/')]
+  if not frames:
+    return 'the model'
+  f = frames[-1]
+  path = f.filename.replace('\\', '/')
+  return f'{f.name} (hrseg_jax/{path.rsplit("/hrseg_jax/", 1)[1]}:{f.lineno})'
+
+
+def dynamic_size_problem(model_cfg: Mapping[str, Any], variables: Mapping, *,
+                         pre: bool, post: bool, channels: int = 3) -> str | None:
+  """None if the graph traces with a symbolic height and width, else why not.
+
+  Traces only (no compilation): ``jax.eval_shape`` on a
+  ``(b, 32*h, 32*w, C)`` input.
+  """
+  fn = serving_fn(model_cfg, variables, pre=pre, post=post)
+  spec = abstract_input(symbolic_image_shape((0, 0, channels), True),
+                        np.uint8 if pre else np.float32)
+  try:
+    jax.eval_shape(fn, spec)
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return f'{_where(e.__traceback__)} needs a constant size ({first})'
+  return None
 
 
 def input_spec(height: int, width: int, pre: bool) -> tuple[tuple[int, int, int], Any]:

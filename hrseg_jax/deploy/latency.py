@@ -37,6 +37,8 @@ def main(argv=None) -> int:
   p.add_argument('--repeats', type=int, default=10)
   p.add_argument('--warmup', type=int, default=2)
   args = p.parse_args(argv)
+  from hrseg_jax import console  # pylint: disable=g-import-not-at-top
+  console.configure()
   from hrseg_jax.deploy import cli, runtime  # pylint: disable=g-import-not-at-top
   from hrseg_jax.deploy.card import card_path  # pylint: disable=g-import-not-at-top
   try:

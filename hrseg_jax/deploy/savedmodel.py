@@ -33,10 +33,13 @@ def write(path: str, fn: Callable[[Mapping, Any], Any], variables: Mapping,
   tf_dtype = tf.uint8 if np.dtype(dtype) == np.uint8 else tf.float32
   module = oex.JaxModule(variables, fn, trainable=False,
                          input_polymorphic_shape=f'b, {h}, {w}, {c}')
+  static = [d if isinstance(d, int) else None for d in image_shape]
   configs = [oex.ServingConfig(
       'serving_default',
-      input_signature=[tf.TensorSpec([None, h, w, c], tf_dtype, name='images')],
+      input_signature=[tf.TensorSpec([None, *static], tf_dtype, name='images')],
       tf_postprocessor=lambda out: {'output': out})]
+  if with_bytes and static[0] is None:
+    raise ValueError('the encoded-bytes signature needs a fixed --size H W')
   if with_bytes:
     def decode(images):
       def one(data):

@@ -5,7 +5,8 @@
 >>> class_maps = run(images)
 
 The file is ``jax.export.Exported.serialize()``: the StableHLO module with
-the weights inside and a symbolic batch dimension.  :func:`load` needs JAX
+the weights inside and a symbolic batch dimension (and height and width
+with ``--dynamic-size``, where the model allows it).  :func:`load` needs JAX
 only -- no model code, no checkpoint, no Flax.
 """
 from __future__ import annotations
@@ -19,11 +20,12 @@ import numpy as np
 def export_bytes(fn: Callable, image_shape, dtype, platforms=('cpu', 'cuda')) -> bytes:
   """Serialises ``fn`` for images of ``image_shape`` (H, W, C) and any batch.
 
+  H and W may be symbolic (``'32*h'``, ``'32*w'``): any multiple of 32 then.
   ``platforms`` are the backends the module is lowered for; a runtime on
   another backend refuses to run it.
   """
-  (batch,) = jax.export.symbolic_shape('b')
-  spec = jax.ShapeDtypeStruct((batch, *image_shape), dtype)
+  dims = jax.export.symbolic_shape(', '.join(str(d) for d in ('b', *image_shape)))
+  spec = jax.ShapeDtypeStruct(dims, dtype)
   exported = jax.export.export(jax.jit(fn), platforms=platforms)(spec)
   return bytes(exported.serialize())
 
