@@ -178,9 +178,10 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     print(f'{mode}: {described}', flush=True)
   compute = jnp.dtype(dtype)
   if mode == 'eval':
-    from hrseg_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
-    return evaluate.evaluate(model_cfg, variables, config.data, config.eval,
-                             out_dir=os.path.join(workdir, 'eval'), dtype=compute)
+    from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
+    return evaluator.from_config(
+        config, during_training=False, model_cfg=model_cfg,
+        out_dir=os.path.join(workdir, 'eval'), dtype=compute).run(variables)
   from hrseg_jax import predict  # pylint: disable=g-import-not-at-top
   if dataset is None:
     dataset = (config.data.name if config is not None

@@ -22,8 +22,9 @@ Reliability (tested by ``tests/test_faults.py``):
 * On any error, a checkpoint save in flight is allowed to commit first.
 
 Every trained step's loss is appended to ``<workdir>/losses.txt`` (see
-:class:`LossLog`).  ``$HRSEG_FAULT`` injects faults for the tests
-(:mod:`hrseg_jax.train.faults`).
+:class:`~hrseg_jax.train.hooks.LossLog`).  The loop calls hooks for progress,
+evaluation, checkpoints and the fault injection of the tests
+(``$HRSEG_FAULT``, :mod:`hrseg_jax.train.faults`): see :mod:`hrseg_jax.train.hooks`.
 """
 from __future__ import annotations
 
@@ -43,12 +44,15 @@ from flax import traverse_util
 from hrseg_jax import console as console_lib
 from hrseg_jax import paths
 from hrseg_jax.models import registry
-from hrseg_jax.models.layers import resize_bilinear
+from hrseg_jax.eval import evaluator as evaluator_lib
 from hrseg_jax.train import faults as faults_lib
 from hrseg_jax.train import host_sync
 from hrseg_jax.train import optim, pretrained, progress as progress_lib, sharding, step as step_lib
 from hrseg_jax.train import tb_writer
 from hrseg_jax.checkpoints.training import Checkpointer, abstract_with_shardings
+from hrseg_jax.train.hooks import CheckpointHook, LossLog, NonFiniteLoss, ProgressHook
+
+__all__ = ['NonFiniteLoss', 'StopSignal', 'train_and_evaluate']
 from hrseg_jax.train.state import TrainState
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -57,12 +61,6 @@ TRANSFER_GUARDS = ('allow', 'disallow')
 LOSSES_FILE = 'losses.txt'
 CONFIG_FILE = 'config.json'
 LOG_FILE = 'log.txt'
-EVAL_DIR = 'eval'
-NUM_OVERLAYS = 3
-
-
-class NonFiniteLoss(RuntimeError):
-  """Raised when the loss or gradient is not finite (train.nonfinite='stop')."""
 
 
 class StopSignal:
@@ -153,27 +151,6 @@ def _sync_ok() -> bool:
     return False
 
 
-class LossLog:
-  """``<workdir>/losses.txt``: one ``step loss`` line per trained step.
-
-  Process 0 appends the losses whenever the loop fetches metrics from the
-  devices (every ``train.log_every_steps`` steps and before every
-  checkpoint), in one ``write`` per fetch, so a crash never tears a line.
-  The loss is ``repr(float)`` (exact; ``nan`` for a non-finite one).  A run
-  that resumes after a crash appends the steps it trains again, so such a
-  step has two lines, with the same loss since training is deterministic.
-  """
-
-  def __init__(self, path, enabled: bool = True):
-    self.path = os.fspath(path)
-    self.enabled = enabled
-
-  def append(self, losses: list[tuple[int, float]]) -> None:
-    if self.enabled and losses:
-      with open(self.path, 'a') as f:
-        f.write(''.join(f'{step} {loss!r}\n' for step, loss in losses))
-
-
 def check_train_config(train_cfg) -> None:
   """One-line errors for ``config.train`` values the loop cannot run with."""
   compute_dtype(train_cfg.dtype)
@@ -212,11 +189,6 @@ def check_data_order(saved: dict | None, current: dict, where) -> None:
     logging.warning('checkpoint %s was trained with another example order (%s): '
                     'from here on the run reads other examples than the '
                     'uninterrupted run would have', where, ', '.join(diffs))
-
-
-def first_nonfinite(fetched: list[tuple[int, dict]]) -> tuple[int, dict] | None:
-  """The first ``(step, metrics)`` whose loss or gradient is not finite."""
-  return next(((s, m) for s, m in fetched if not bool(m['finite'])), None)
 
 
 def compute_dtype(name: str):
@@ -281,70 +253,6 @@ def load_init_weights(state: TrainState, path, model_cfg) -> TrainState:
                        model_state={k: x for k, x in v.items() if k != 'params'})
 
 
-def make_eval_step(model, num_classes: int, ignore_label: int, align_corners: bool):
-  from hrseg_jax.eval.metrics import confusion_matrix  # pylint: disable=g-import-not-at-top
-
-  def eval_step(variables, batch):
-    logits = step_lib.eval_logits(variables, batch['image'], batch.get('rows'),
-                                  model=model)
-    logits = resize_bilinear(logits, batch['label'].shape[1:3], align_corners)
-    pred = jnp.argmax(logits, axis=-1)
-    return confusion_matrix(pred, batch['label'], num_classes, ignore_label,
-                            mask=batch['mask']), pred.astype(jnp.uint8)
-  return eval_step
-
-
-def _first_local_examples(batch, pred, count: int) -> dict:
-  """Up to ``count`` of this process's examples: image, label, prediction."""
-  from hrseg_jax.data.transforms import MEAN, STD  # pylint: disable=g-import-not-at-top
-
-  def local(x):
-    return np.asarray(x.addressable_shards[0].data)
-  keep = local(batch['mask'])[:count]
-  rgb = local(batch['image'])[:count][keep] * (255 * STD) + 255 * MEAN
-  return {'image': rgb,
-          'label': local(batch['label'])[:count][keep],
-          'pred': local(pred)[:count][keep]}
-
-
-def run_eval(eval_fn, variables, data_cfg, batch_size, batch_sh, num_classes,
-             num_examples: int = 0):
-  """Metrics of the validation split (confusion matrix included).
-
-  With ``num_examples`` > 0, ``result['examples']`` holds that many of the
-  first batch's examples (``image``, ``label``, ``pred``) for pictures.
-  """
-  from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.eval.metrics import iou_metrics  # pylint: disable=g-import-not-at-top
-  cm = np.zeros((num_classes, num_classes), np.int64)
-  it = pipeline.make_eval_iterator(data_cfg, batch_size=batch_size,
-                                   shard_index=jax.process_index(),
-                                   shard_count=jax.process_count())
-  examples = None
-  for local in it:
-    batch = sharding.global_batch(local, batch_sh)
-    batch_cm, pred = eval_fn(variables, batch)
-    cm += np.asarray(jax.device_get(batch_cm), np.int64)
-    if examples is None and num_examples > 0:
-      examples = _first_local_examples(batch, pred, num_examples)
-  result = iou_metrics(cm)
-  result['confusion_matrix'] = cm
-  if examples is not None:
-    result['examples'] = examples
-  return result
-
-
-def _num_val(data_cfg) -> int | None:
-  """Validation examples used by the evaluations (None: no labelled val split)."""
-  from hrseg_jax.data import sources  # pylint: disable=g-import-not-at-top
-  try:
-    n = len(sources.make_source(data_cfg, 'val'))
-  except (OSError, ValueError):
-    return None
-  limit = int(data_cfg.get('val_num_samples', 0))
-  return min(n, limit) if limit > 0 else n
-
-
 def _model_name(model_cfg: dict) -> str:
   extras = ''.join(f'+{k.upper() if k == "ocr" else "HANet"}'
                    for k in ('ocr', 'hanet') if model_cfg.get(k))
@@ -357,40 +265,6 @@ def write_run_config(config, workdir: epath.Path) -> None:
   text = config.to_json_best_effort(indent=2) if hasattr(config, 'to_json_best_effort') \
       else json.dumps(dict(config), indent=2, default=str)
   files.write_bytes_atomic(os.fspath(workdir / CONFIG_FILE), (text + '\n').encode())
-
-
-def report_eval(ev: dict, step: int, *, names, palette, ignore_label: int,
-                writer, console, workdir: epath.Path, is_main: bool) -> None:
-  """An evaluation's table, TensorBoard summaries and files.
-
-  Writes the scalars ``eval/miou``, ``eval/pixel_acc``, ``eval/mean_acc``
-  and ``eval/iou/<class>``, the images ``eval/overlays`` (image | ground
-  truth | prediction) and ``eval/confusion_matrix``, and (process 0)
-  ``<workdir>/eval/step_<step>/{metrics.json,confusion.png}``.
-  """
-  from hrseg_jax.eval import files, visuals  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.eval.metrics import format_iou_table  # pylint: disable=g-import-not-at-top
-  scalars = {f'eval/{k}': float(v) for k, v in ev.items() if np.isscalar(v)}
-  scalars.update({f'eval/iou/{n}': float(v) for n, v in zip(names, ev['iou'])})
-  writer.write_scalars(step, scalars)
-  confusion = visuals.confusion_image(ev['confusion_matrix'], names)
-  images = {'eval/confusion_matrix': confusion[None]}
-  if 'examples' in ev and len(ev['examples']['image']):
-    ex = ev['examples']
-    images['eval/overlays'] = visuals.overlay_strips(
-        ex['image'], ex['label'], ex['pred'], palette, ignore_label)
-  writer.write_images(step, images)
-  console.print(f'evaluation at step {step}:\n{format_iou_table(ev, names)}')
-  if is_main:
-    out = workdir / EVAL_DIR / f'step_{step}'
-    saved = {k: v for k, v in ev.items() if k != 'examples'}
-    saved['confusion_matrix'] = np.asarray(ev['confusion_matrix']).tolist()
-    saved['iou'] = [float(x) for x in ev['iou']]
-    saved['class_names'] = list(names)
-    files.write_json_atomic(os.fspath(out / 'metrics.json'),
-                            json.loads(json.dumps(saved, default=float)))
-    files.write_bytes_atomic(os.fspath(out / visuals.CONFUSION_FILE),
-                             files.encode_png(confusion))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -437,7 +311,6 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   metric_writers = tb_writer.clu_metric_writers()
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.eval import classes, palettes  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
   if is_main:
     write_run_config(config, workdir)
@@ -486,13 +359,13 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
     raise
   start = int(jax.device_get(state.step))
   num_classes = model_cfg['num_classes']
-  names = classes.class_names(config.data.name, num_classes)
   console.print(progress_lib.startup_block(
       devices=jax.devices(), mesh_shape=dict(mesh.shape),
       process_count=jax.process_count(), global_batch=config.train.batch_size,
       local_batch=local_batch, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
       num_train=num_train,
-      num_val=_num_val(config.data) if config.eval.every_steps > 0 else None,
+      num_val=(evaluator_lib.num_val_examples(config.data)
+               if config.eval.every_steps > 0 else None),
       model=(_model_name(model_cfg)
              + f', {num_classes} classes ({config.data.name}), {config.train.dtype}'),
       num_params=progress_lib.count_parameters(state.params),
@@ -512,47 +385,29 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
                         skip_nonfinite=config.train.nonfinite == 'skip'),
       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
       donate_argnums=(0,))
-  eval_fn = jax.jit(make_eval_step(model, num_classes,
-                                   config.loss.ignore_label, align))
-  eval_batch = max(config.eval.batch_size // jax.process_count(), 1)
 
-  def evaluate(state):
-    return run_eval(eval_fn, state.variables, config.data, eval_batch, batch_sh,
-                    num_classes, num_examples=NUM_OVERLAYS if is_main else 0)
-
-  # ---- Train loop ----------------------------------------------------------
-  meta = {'config': config.to_dict() if hasattr(config, 'to_dict') else {}}
+  # ---- Hooks: evaluation, progress, checkpoints, fault injection -----------
+  evaluator = evaluator_lib.from_config(
+      config, during_training=True, model=model, model_cfg=model_cfg,
+      to_global=lambda local: sharding.global_batch(local, batch_sh),
+      writer=writer, console=console, workdir=workdir, is_main=is_main)
   report = periodic_actions.ReportProgress(num_train_steps=num_steps,
                                            writer=writer, every_steps=config.train.log_every_steps)
-  progress = progress_lib.Progress(num_steps, steps_per_epoch, config.train.batch_size,
-                                   start)
-  palette = palettes.get_palette(config.data.name)
-  history = []
-  pending = []   # (step, device metrics) not fetched yet
-  window = []    # fetched host metrics not written to the writer yet
+  progress = ProgressHook(
+      log_every_steps=config.train.log_every_steps, nonfinite=config.train.nonfinite,
+      loss_log=loss_log, writer=writer, console=console, lr_fn=lr_fn, checkpointer=ckpt,
+      progress=progress_lib.Progress(num_steps, steps_per_epoch,
+                                     config.train.batch_size, start))
+  saver = CheckpointHook(
+      ckpt, every_steps=config.train.checkpoint_every_steps, model_cfg=model_cfg,
+      data_order=data_order,
+      meta={'config': config.to_dict() if hasattr(config, 'to_dict') else {}})
+
+  # ---- Train loop ----------------------------------------------------------
   result = {'steps': num_steps, 'start_step': start, 'preempted': False}
   t0 = time.time()
   stop_at = int(config.train.get('stop_at_step', -1))
-  log_every = config.train.log_every_steps
   guard = str(config.train.get('transfer_guard', 'allow'))
-
-  def fetch():
-    """Fetches pending metrics; logs losses; stops on a non-finite step."""
-    fetched = list(zip([s for s, _ in pending], jax.device_get([m for _, m in pending])))
-    pending.clear()
-    losses = [(s, float(m['loss'])) for s, m in fetched]
-    history.extend(loss for _, loss in losses)
-    loss_log.append(losses)
-    window.extend(m for _, m in fetched)
-    bad = first_nonfinite(fetched)
-    if bad is not None and config.train.nonfinite == 'stop':
-      ckpt.wait()
-      good = ckpt.latest_step()
-      raise NonFiniteLoss(
-          f'non-finite loss or gradient at step {bad[0]} (loss {float(bad[1]["loss"])}, '
-          f'gradient norm {float(bad[1]["grad_norm"])}); stopped. Last good checkpoint: '
-          + (f'step {good} in {ckpt.directory}' if good is not None else 'none')
-          + "; rerun to resume from it, or set train.nonfinite='skip'")
 
   steps = range(start + 1, num_steps + 1)
   try:
@@ -563,13 +418,11 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
         steps = range(0)
       for step in steps:
         last = step == num_steps
-        log_now = step % log_every == 0 or last
-        evaluate_now = config.eval.every_steps > 0 and (
-            step % config.eval.every_steps == 0 or last)
+        log_now = progress.due(step, last)
+        evaluate_now = evaluator.due(step, last)
         # Only these steps wait for the device; the others only dispatch work
         # (train.transfer_guard='disallow' checks this: host_sync).
-        sync = (log_now or evaluate_now
-                or step % config.train.checkpoint_every_steps == 0)
+        sync = log_now or evaluate_now or saver.periodic(step)
         with host_sync.no_host_waits(f'step {step}',
                                      enabled=guard == 'disallow' and not sync):
           t_data = time.perf_counter()
@@ -578,42 +431,26 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
           progress.add_data_time(time.perf_counter() - t_data)
           batch = sharding.global_batch(faults.on_batch(step, local), batch_sh)
           state, metrics = train_fn(state, batch)
-          pending.append((step, metrics))
+          progress.add(step, metrics)
           report(step)
           if log_now:
-            fetch()
+            progress.fetch()
           faults.on_step_end(step)
           halt = step == stop_at or stop.should_stop(step, sync=sync)
-        save_now = (step % config.train.checkpoint_every_steps == 0 or last
-                    or evaluate_now or halt)
-        if save_now and pending:
-          fetch()   # a non-finite state is never checkpointed
+        save_now = saver.periodic(step) or last or evaluate_now or halt
+        if save_now and progress.has_pending:
+          progress.fetch()   # a non-finite state is never checkpointed
         if log_now:
-          scalars = {
-              'train/loss': float(np.mean([m['loss'] for m in window])),
-              'train/grad_norm': float(np.mean([m['grad_norm'] for m in window])),
-              'train/lr': float(lr_fn(step - 1)),
-              'train/skipped_steps': int(jax.device_get(state.skipped))}
-          writer.write_scalars(step, scalars)
-          window.clear()
-          console.print(progress.line(step, {
-              'loss': scalars['train/loss'], 'lr': scalars['train/lr'],
-              'grad_norm': scalars['train/grad_norm'],
-              'skipped': scalars['train/skipped_steps']},
-              memory=progress_lib.device_memory(jax.local_devices())))
+          progress.write(step, state)
         ev = None
         t_pause = time.perf_counter()
         if evaluate_now:
           with report.timed('eval'):
-            ev = evaluate(state)
-          report_eval(ev, step, names=names, palette=palette,
-                      ignore_label=config.loss.ignore_label, writer=writer,
-                      console=console, workdir=workdir, is_main=is_main)
+            ev = evaluator.run(state.variables)
+          evaluator.report(ev, step)
           result['eval'] = {k: v for k, v in ev.items() if k != 'examples'}
         if save_now:
-          ckpt.save(state, data_order(step), model_cfg, force=True,
-                    metrics={'miou': float(ev['miou'])} if ev else None,
-                    meta=dict(meta, eval={'miou': float(ev['miou'])}) if ev else meta)
+          saver.save(step, state, ev)
         progress.add_paused_time(time.perf_counter() - t_pause)
         if halt and not last:
           logging.warning('stopping at step %d (checkpoint saved); rerun the same '
@@ -624,7 +461,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
     ckpt.abandon()
     raise
   ckpt.close()
-  result['losses'] = history
+  result['losses'] = progress.history
   result['seconds'] = time.time() - t0
   result['final_step'] = int(jax.device_get(state.step))
   result['losses_from_step'] = start + 1
