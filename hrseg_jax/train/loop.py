@@ -51,9 +51,9 @@ from hrseg_jax.train import optim, pretrained, progress as progress_lib, shardin
 from hrseg_jax.train import tb_writer
 from hrseg_jax.checkpoints.training import Checkpointer, abstract_with_shardings
 from hrseg_jax.train.hooks import CheckpointHook, LossLog, NonFiniteLoss, ProgressHook
+from hrseg_jax.train.state import TrainState
 
 __all__ = ['NonFiniteLoss', 'StopSignal', 'train_and_evaluate']
-from hrseg_jax.train.state import TrainState
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 NONFINITE = ('stop', 'skip')
