@@ -97,6 +97,12 @@ def _batches(frames: Iterator[np.ndarray], size: int):
     yield batch
 
 
+def shown(path: str) -> str:
+  """``path`` relative to the working directory when it lies below it."""
+  rel = os.path.relpath(path) if os.path.isabs(path) else path
+  return path if rel.startswith('..') else rel
+
+
 def clip_name(source: str) -> str:
   if source.isdigit():
     return f'camera{source}'
@@ -160,7 +166,8 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   summary = {'input': source, 'frames': done, 'video': video_path,
              'labels': os.path.join(dest, 'labels'), 'seconds': elapsed,
              'fps': done / elapsed, 'model_fps': done / max(model_seconds, 1e-9)}
-  log(f'wrote {video_path} and {done} class maps in {os.path.join(dest, "labels")}: '
+  log(f'wrote {shown(video_path)} and {done} class maps in '
+      f'{shown(os.path.join(dest, "labels"))}: '
       f'{summary["fps"]:.1f} frames/s overall, {summary["model_fps"]:.1f} frames/s '
       f'in the model (batch {batch_size}, first batch includes compilation)')
   return summary
