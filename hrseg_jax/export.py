@@ -28,7 +28,8 @@ def main(argv=None) -> int:
                  "dict; default: the source layout, else 'model.')")
   p.add_argument('--step', type=int, default=None)
   p.add_argument('--overwrite', action='store_true',
-                 help='replace OUTPUT if it exists (a file, never a directory)')
+                 help='replace OUTPUT if it exists (a file, or a SavedModel directory; '
+                 'never any other directory)')
   deploy_cli.add_arguments(p)
   args = p.parse_args(argv)
   from hrseg_jax import console  # pylint: disable=g-import-not-at-top
