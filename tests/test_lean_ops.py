@@ -109,3 +109,41 @@ def test_cross_entropy_matches_a_gather_and_has_no_scatter():
                              rtol=1e-5, atol=1e-7)
   hlo = jax.jit(jax.grad(ours)).lower(logits).as_text()
   assert 'scatter' not in hlo
+
+
+def _plain_batch_norm(x, scale, bias):
+  mean = jnp.mean(x, axis=(0, 1, 2))
+  var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias, mean, var
+
+
+def test_batch_norm_matches_differentiating_the_plain_formula_in_float64():
+  rng = np.random.default_rng(3)
+  c = 6
+  x = rng.normal(3.0, 0.5, size=(2, 5, 7, c))   # mean far from 0
+  scale = rng.normal(1.0, 0.3, size=c)
+  bias = rng.normal(0.0, 0.3, size=c)
+  g = rng.normal(size=x.shape)
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  y, vjp = jax.vjp(lambda *a: layers.batch_norm_train(*a, 1e-5),
+                   f32(x), f32(scale), f32(bias))
+  grads = vjp((f32(g), jnp.zeros(c, jnp.float32), jnp.zeros(c, jnp.float32)))
+  with jax.enable_x64(True):
+    y_ref, vjp_ref = jax.vjp(_plain_batch_norm, *(jnp.asarray(a, jnp.float64)
+                                                  for a in (x, scale, bias)))
+    grads_ref = vjp_ref((jnp.asarray(g), jnp.zeros(c), jnp.zeros(c)))
+    for got, want in zip(y, y_ref):
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, grads_ref):
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_training_costs_at_most_14_flops_per_element():
+  x = jnp.ones((2, 16, 32, 8), jnp.float32)
+  s = jnp.ones((8,), jnp.float32)
+
+  def forward_and_backward(x, s, g):
+    y, vjp = jax.vjp(lambda x, s, b: layers.batch_norm_train(x, s, b, 1e-5)[0], x, s, s)
+    return y, vjp(g)
+
+  assert _xla_flops(forward_and_backward, x, s, x) <= 14 * x.size + 50 * s.size
