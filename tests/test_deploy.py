@@ -274,6 +274,21 @@ def test_missing_extra_names_the_pip_install():
     onnx_export.export_model(lambda x: x, (4, 4, 3), np.float32, opset=13)
 
 
+@pytest.mark.parametrize('missing,output,extra', [
+    ('onnxruntime', 'm.onnx', 'onnx'), ('jax2onnx', 'm.onnx', 'onnx'),
+    ('tensorflow', 'm.savedmodel', 'savedmodel')])
+def test_missing_extra_stops_the_export_before_any_work(missing, output, extra, tmp_path,
+                                                         monkeypatch, capsys):
+  from hrseg_jax import export  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, missing, None)  # `import missing` raises ImportError
+  monkeypatch.chdir(tmp_path)
+  assert export.main(['no_checkpoint_here', output]) == 2
+  (line,) = capsys.readouterr().err.strip().splitlines()
+  assert f"needs the Python package '{missing}'" in line
+  assert f"run: pip install 'hrseg-jax[{extra}]'" in line
+  assert os.listdir(tmp_path) == []
+
+
 def test_format_from_extension():
   for name, fmt in (('a.pth', 'pytorch'), ('a.onnx', 'onnx'), ('d/a.stablehlo', 'stablehlo'),
                     ('a.savedmodel/', 'savedmodel'), ('weights', 'pytorch')):

@@ -173,6 +173,10 @@ def export(args, log: Callable[[str], None] = print) -> int:
   if dynamic and (h % 32 or w % 32):
     raise ExportError(f'--size {h} {w}: with --dynamic-size the check size must be '
                       'multiples of 32')
+  from hrseg_jax.deploy.errors import FORMAT_MODULES, require  # pylint: disable=g-import-not-at-top
+  for module in FORMAT_MODULES[fmt]:  # before any work: a missing extra is one line
+    if module != 'onnxruntime' or not args.no_verify:
+      require(module, f'{fmt} export')
   pre = args.with_pre_post or args.input_dtype == 'uint8'
   if args.with_pre_post and args.input_dtype == 'float32':
     raise ExportError('--with-pre-post takes uint8 images; drop --input-dtype float32')

@@ -18,16 +18,23 @@ EXTRAS = {
 }
 
 
+# The modules each export format needs (writing, then checking in its runtime).
+FORMAT_MODULES = {'onnx': ('jax2onnx', 'onnx', 'onnxruntime'),
+                  'savedmodel': ('tensorflow', 'orbax.export'), 'stablehlo': ()}
+
+
 def require(module: str, what: str):
   """Imports ``module`` or raises ExportError naming the pip install to run.
 
   TensorFlow (also under orbax.export) is imported without its start-up lines.
   """
+  if module == 'orbax.export':  # imports TensorFlow: name that when it is missing
+    require('tensorflow', what)
   try:
-    if module in ('tensorflow', 'orbax.export'):
+    if module == 'tensorflow':
       from hrseg_jax import console  # pylint: disable=g-import-not-at-top
       if console.import_tensorflow_quietly() is None:
-        raise ImportError('No module named tensorflow')
+        raise ImportError("No module named 'tensorflow'")
     return importlib.import_module(module)
   except ImportError as e:
     extra = EXTRAS.get(module, module)
