@@ -2,11 +2,15 @@
 
 Modules (each one concept):
 
+* :mod:`~hrseg_jax.eval.evaluator` -- evaluators built from ``config.eval``
+  (``from_config``; ``run(variables)``, ``report(metrics, step)``): the
+  test-time evaluation of ``--mode eval`` and the validation in training.
 * :mod:`~hrseg_jax.eval.metrics` -- confusion matrix, IoU metrics, clu metric.
 * :mod:`~hrseg_jax.eval.windows` -- multi-scale sizes and sliding-window plans.
 * :mod:`~hrseg_jax.eval.inference` -- jitted flip / sliding / multi-scale
   prediction with exp-logit fusion (the original's ``inference`` and
-  ``multi_scale_inference``).
+  ``multi_scale_inference``); the ``Predictor`` that ``hrseg_jax.Segmenter``
+  is built on.
 * :mod:`~hrseg_jax.eval.evaluate` -- the evaluation loop and ``metrics.json``.
 * :mod:`~hrseg_jax.eval.config` -- the ``eval`` config section.
 * :mod:`~hrseg_jax.eval.classes`, :mod:`~hrseg_jax.eval.palettes` -- class

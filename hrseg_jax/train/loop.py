@@ -44,7 +44,10 @@ from flax import traverse_util
 from hrseg_jax import console as console_lib
 from hrseg_jax import paths
 from hrseg_jax.models import registry
+from hrseg_jax.convert import mapping
+from hrseg_jax.data import pipeline
 from hrseg_jax.eval import evaluator as evaluator_lib
+from hrseg_jax.eval import files
 from hrseg_jax.train import faults as faults_lib
 from hrseg_jax.train import host_sync
 from hrseg_jax.train import optim, pretrained, progress as progress_lib, sharding, step as step_lib
@@ -181,7 +184,6 @@ def make_workdir(workdir) -> epath.Path:
 
 def check_data_order(saved: dict | None, current: dict, where) -> None:
   """Warns when a resumed run will not read the examples the saver would have."""
-  from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   if saved is None:
     return
   diffs = pipeline.data_order_differences(saved, current)
@@ -230,7 +232,6 @@ def load_init_weights(state: TrainState, path, model_cfg) -> TrainState:
   Leaves the conversion freshly initialised (a backbone file's head) keep
   this run's initialisation; every other leaf must exist with the same shape.
   """
-  from hrseg_jax.convert import mapping  # pylint: disable=g-import-not-at-top
   loaded, meta = pretrained.load_init_variables(path, model_cfg)
   fresh = set(meta.get('initialised', []))
   src = traverse_util.flatten_dict(loaded)
@@ -261,7 +262,6 @@ def _model_name(model_cfg: dict) -> str:
 
 def write_run_config(config, workdir: epath.Path) -> None:
   """``<workdir>/config.json``: this run's resolved config (atomic)."""
-  from hrseg_jax.eval import files  # pylint: disable=g-import-not-at-top
   text = config.to_json_best_effort(indent=2) if hasattr(config, 'to_json_best_effort') \
       else json.dumps(dict(config), indent=2, default=str)
   files.write_bytes_atomic(os.fspath(workdir / CONFIG_FILE), (text + '\n').encode())
@@ -310,7 +310,6 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   """:func:`_train` with its writers and console."""
   metric_writers = tb_writer.clu_metric_writers()
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
   if is_main:
     write_run_config(config, workdir)
