@@ -41,7 +41,7 @@ from hrseg_jax.train.state import TrainState
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Parameters do not depend on the input size: initialise on a small image.
-_INIT_SIZE = (64, 64)
+INIT_SIZE = (64, 64)
 _IGNORE_FRACTION = 0.1
 
 
@@ -76,7 +76,7 @@ def init_variables(bench_model: models_lib.BenchModel, seed: int):
   """
   model = registry.build_model(bench_model.config)
   keys = {'params': jax.random.PRNGKey(seed), 'dropout': jax.random.PRNGKey(seed + 1)}
-  x = jnp.zeros((1, *_INIT_SIZE, 3), jnp.float32)
+  x = jnp.zeros((1, *INIT_SIZE, 3), jnp.float32)
   return jax.jit(functools.partial(model.init, train=False))(keys, x)
 
 
@@ -129,15 +129,19 @@ def _profile(settings: Settings, name: str, step, carry):
 
 # ---- training ---------------------------------------------------------------
 
+def new_state(variables, tx) -> TrainState:
+  """A fresh TrainState holding copies of ``variables`` (traceable)."""
+  v = jax.tree_util.tree_map(jnp.copy, variables)
+  params = v['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    model_state={k: x for k, x in v.items() if k != 'params'},
+                    opt_state=tx.init(params), rng=jax.random.PRNGKey(1),
+                    skipped=jnp.zeros((), jnp.int32))
+
+
 def make_state(variables, tx, mesh):
   """A fresh TrainState (copies of ``variables``) with the loop's shardings."""
-  def make(v):
-    v = jax.tree_util.tree_map(jnp.copy, v)
-    params = v['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      model_state={k: x for k, x in v.items() if k != 'params'},
-                      opt_state=tx.init(params), rng=jax.random.PRNGKey(1),
-                      skipped=jnp.zeros((), jnp.int32))
+  make = functools.partial(new_state, tx=tx)
   abstract = jax.eval_shape(make, variables)
   shardings = sharding.state_shardings(abstract, mesh)
   return jax.jit(make, out_shardings=shardings)(variables), shardings
