@@ -25,6 +25,18 @@ def is_uri(path) -> bool:
   return '://' in os.fspath(path)
 
 
+def _file_mode() -> int:
+  """The mode ``open`` gives a new file under this process's umask (0644 under
+  the usual 022); temporary files are created private (0600) instead."""
+  try:
+    with open('/proc/self/status', encoding='ascii') as f:
+      umask = next(int(l.split()[1], 8) for l in f if l.startswith('Umask:'))
+  except (OSError, StopIteration, ValueError):
+    umask = os.umask(0o022)
+    os.umask(umask)
+  return 0o666 & ~umask
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
   """Writes ``data`` to ``path`` atomically, creating parent directories."""
   if is_uri(path):
@@ -37,6 +49,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
   try:
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
+    os.chmod(tmp, _file_mode())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -76,6 +89,7 @@ def write_files_atomic(files: Mapping[str, bytes]) -> None:
       temps.append((tmp, path))
       with os.fdopen(fd, 'wb') as f:
         f.write(data)
+      os.chmod(tmp, _file_mode())
     for tmp, path in temps:
       os.replace(tmp, path)
   except BaseException:
