@@ -48,7 +48,35 @@ flags.DEFINE_string('compilation_cache_dir', None, 'Folder of the compilation '
                     '~/.cache/hrseg_jax/xla).')
 flags.DEFINE_bool('verbose', False, 'Show the libraries\' log messages (TensorFlow, '
                   'Orbax, JAX) too; as does --verbosity=0 (absl).')
-config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Experiment config file.',
+DEFAULT_CONFIG = 'configs/demo.py'
+
+
+def _check_overridden_config(argv) -> None:
+  """One line, exit 2, for ``--config.X=...`` without a config file to apply it to.
+
+  ml_collections loads the config file as soon as the flag is defined when
+  the command line overrides its fields, and a missing file would end in a
+  traceback before any of this module's checks.
+  """
+  overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+  if not overrides:
+    return
+  filename, given = DEFAULT_CONFIG, False
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith('--config='):
+      filename, given = arg.split('=', 1)[1], True
+    elif arg == '--config' and i + 1 < len(argv):
+      filename, given = argv[i + 1], True
+  filename = filename.split(':')[0]
+  if not os.path.isfile(os.path.expanduser(filename)):
+    print(f'error: {overrides[0]} needs a config file, and {filename!r} '
+          f'({"given" if given else "the default --config"}) is not found: pass --config '
+          "with the path of one of the repository's configs/*.py files", file=sys.stderr)
+    sys.exit(2)
+
+
+_check_overridden_config(sys.argv)
+config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Experiment config file.',
                                 lock_config=True)
 
 

@@ -78,3 +78,20 @@ def test_missing_dataset_is_one_line_error(tmp_path):
   assert r.returncode == 2
   assert "no_such_field" in r.stderr.strip().splitlines()[-1]
   assert 'Traceback' not in r.stderr
+
+
+def test_config_override_without_a_config_file_is_one_line(tmp_path):
+  """``--config.X=...`` in a folder without ``configs/`` (the default
+  ``--config``), or with a ``--config`` that does not exist."""
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  for flags, named in ((['--mode', 'predict', '--checkpoint', 'c', '--input', 'x.png'],
+                        "'configs/demo.py' (the default --config)"),
+                       (['--config', 'nope.py'], "'nope.py' (given)")):
+    r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', *flags, '--workdir', 'w',
+                        '--config.eval.batch_size=2'],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f'error: --config.eval.batch_size needs a config file, and {named} is not found: '
+        "pass --config with the path of one of the repository's configs/*.py files"]
+    assert list(tmp_path.iterdir()) == []
