@@ -19,6 +19,7 @@ import argparse
 import functools
 import pathlib
 import sys
+import time
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
@@ -74,13 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     lowered = fn.lower(variables, images)
     model_flops = flops_lib.forward_flops(bench.config, h, w, args.batch)
   program = flops_lib.xla_cost(lowered)['xla_flops'] or 0.0
+  t0 = time.perf_counter()
   compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
   text = compiled.as_text()
   if args.hlo_out:
     pathlib.Path(args.hlo_out).write_text(text)
   xla = flops_lib.xla_cost(compiled)['xla_flops'] or 0.0
   total, rows = hlo_costs.breakdown(text, depth=args.depth, by=args.by)
-  print(f'{bench.label} {args.mode} {args.dtype}, batch {args.batch}, {h}x{w}')
+  print(f'{bench.label} {args.mode} {args.dtype}, batch {args.batch}, {h}x{w}; '
+        f'compiled in {compile_s:.1f} s')
   print(f'model GFLOP {model_flops / 1e9:.4g}  program GFLOP {program / 1e9:.4g} '
         f'({program / model_flops:.3f}x)  XLA GFLOP {xla / 1e9:.4g} '
         f'({xla / model_flops:.3f}x; this walk: {total / 1e9:.4g})')
