@@ -147,3 +147,20 @@ def test_batch_norm_training_costs_at_most_14_flops_per_element():
     return y, vjp(g)
 
   assert _xla_flops(forward_and_backward, x, s, x) <= 14 * x.size + 50 * s.size
+
+
+def test_resize_with_a_symbolic_size_equals_the_constant_taps():
+  """The taps computed in the graph (models exported with a free height and
+  width) equal the constant ones, both align_corners settings, up and down."""
+  rng = np.random.default_rng(0)
+  for h, w, oh, ow in ((8, 12, 32, 48), (32, 48, 8, 12), (7, 9, 13, 20), (16, 16, 16, 16)):
+    for align in (False, True):
+      x = jnp.asarray(rng.normal(size=(2, h, w, 3)), jnp.float32)
+      got = layers._resize_axis_symbolic(  # pylint: disable=protected-access
+          layers._resize_axis_symbolic(x, 1, oh, align), 2, ow, align)  # pylint: disable=protected-access
+      np.testing.assert_allclose(got, layers.resize_bilinear(x, (oh, ow), align),
+                                 rtol=0, atol=1e-5, err_msg=str((h, w, oh, ow, align)))
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape('2, 8*h, 8*w, 3'), jnp.float32)
+  out = jax.eval_shape(lambda x: layers.resize_bilinear(x, (x.shape[1] * 4, x.shape[2] * 4),
+                                                        False), spec)
+  assert str(out.shape) == '(2, 32*h, 32*w, 3)'

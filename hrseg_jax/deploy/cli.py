@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -31,9 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'), default=(512, 1024),
                  help='input height and width of the exported graph (default 512 1024)')
   p.add_argument('--dynamic-size', action='store_true',
-                 help='free height and width (multiples of 32) in StableHLO and ONNX '
-                 'exports, where the model traces with a symbolic size; --size is '
-                 'then the size of the check')
+                 help='free height and width (multiples of 32): StableHLO exports '
+                 '(ONNX where jax2onnx can express it); --size is then the size of '
+                 'the check')
   p.add_argument('--with-pre-post', action='store_true',
                  help='fold normalisation (uint8 RGB in) and upsample + argmax '
                  '(int32 class maps out) into the graph')
@@ -194,8 +195,20 @@ def export(args, log: Callable[[str], None] = print) -> int:
   tmp = _temp_path(output)
   t0 = time.perf_counter()
   try:
-    extra = _write(fmt, tmp, cfg, variables, graph.symbolic_image_shape(shape, dynamic),
-                   dtype, pre, post, args.opset)
+    try:
+      with warnings.catch_warnings():
+        if dynamic:   # jax2onnx's symbolic sizes warn about float64 dims
+          warnings.simplefilter('ignore', UserWarning)
+        extra = _write(fmt, tmp, cfg, variables, graph.symbolic_image_shape(shape, dynamic),
+                       dtype, pre, post, args.opset)
+    except (TypeError, ValueError, AttributeError) as e:
+      if not (dynamic and fmt == 'onnx'):
+        raise
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      raise ExportError(
+          f'--dynamic-size: jax2onnx cannot keep the height and width of this '
+          f'{cfg["arch"]} model free ({first}); export ONNX with a fixed --size H W, '
+          'or StableHLO with --dynamic-size') from None
     log(f'exported {fmt} in {time.perf_counter() - t0:.1f}s')
     if not args.no_verify:
       check = verify(fmt, tmp, cfg, variables, shape, dtype, pre, post)

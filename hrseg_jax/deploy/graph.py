@@ -37,7 +37,7 @@ def whole_frame_rows(x) -> np.ndarray:
   """
   if isinstance(x.shape[1], int):
     return np.arange(x.shape[1], dtype=np.int32)[None]
-  return jnp.arange(x.shape[1], dtype=jnp.int32)[None]  # symbolic height
+  return jnp.expand_dims(jnp.arange(x.shape[1], dtype=jnp.int32), 0)  # symbolic height
 
 
 def apply_fn(model_cfg: Mapping[str, Any], *, pre: bool, post: bool

@@ -259,14 +259,14 @@ def _transposed_taps(in_size: int, out_size: int, align_corners: bool):
 
 def _bcast(v, axis: int, ndim: int):
   shape = [1] * ndim
-  shape[axis] = -1
+  shape[axis] = v.shape[0]
   return v.reshape(shape)
 
 
-def _lerp(x, axis: int, i0, i1, w0, w1):
+def _lerp(x, axis: int, i0, i1, w0, w1, mode: str | None = 'clip'):
   acc = jnp.promote_types(x.dtype, jnp.float32)
-  a = jnp.take(x, i0, axis=axis, mode='clip').astype(acc)
-  b = jnp.take(x, i1, axis=axis, mode='clip').astype(acc)
+  a = jnp.take(x, i0, axis=axis, mode=mode).astype(acc)
+  b = jnp.take(x, i1, axis=axis, mode=mode).astype(acc)
   w0 = _bcast(jnp.asarray(w0, acc), axis, x.ndim)
   w1 = _bcast(jnp.asarray(w1, acc), axis, x.ndim)
   return (a * w0 + b * w1).astype(x.dtype)
@@ -300,6 +300,37 @@ def _resize_axis_bwd(axis, out_size, align_corners, in_size, g):
 _resize_axis.defvjp(_resize_axis_fwd, _resize_axis_bwd)
 
 
+def _is_constant(size) -> bool:
+  """Whether a size is a number (a symbolic size of ``jax.export`` is not)."""
+  try:
+    int(size)
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def _resize_axis_symbolic(x, axis: int, out_size, align_corners: bool):
+  """:func:`_resize_axis` for sizes known only when the graph runs (a model
+  exported with a free height and width): the same taps, computed in the
+  graph from the sizes (PyTorch's source-index rule) instead of as constants.
+  Equal sizes give the identity, as in PyTorch."""
+  in_size = x.shape[axis]
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  n_in = jnp.asarray(in_size, acc)
+  n_out = jnp.asarray(out_size, acc)
+  dst = jnp.arange(out_size, dtype=acc)
+  if align_corners:
+    src = dst * jnp.where(n_out > 1, (n_in - 1) / jnp.maximum(n_out - 1, 1), 0)
+  else:
+    src = jnp.maximum((dst + 0.5) * (n_in / n_out) - 0.5, 0)
+  i0 = jnp.minimum(jnp.floor(src), n_in - 1)
+  frac = src - i0
+  i0 = i0.astype(jnp.int32)
+  i1 = jnp.minimum(i0 + 1, jnp.asarray(in_size, jnp.int32) - 1)
+  # Indices in range: a plain take (ONNX converters map it to one Gather).
+  return _lerp(x, axis, i0, i1, 1 - frac, frac, mode=None)
+
+
 def resize_bilinear(x, size: Sequence[int], align_corners: bool,
                     precision=None):
   """Bilinear resize of an NHWC tensor to ``size`` (H, W), PyTorch semantics.
@@ -313,6 +344,10 @@ def resize_bilinear(x, size: Sequence[int], align_corners: bool,
   """
   del precision
   h, w = x.shape[1], x.shape[2]
+  if not all(map(_is_constant, (h, w, *size))):
+    with jax.named_scope('interpolate'):   # a symbolic size (jax.export)
+      y = _resize_axis_symbolic(x, 1, size[0], align_corners)
+      return _resize_axis_symbolic(y, 2, size[1], align_corners)
   oh, ow = int(size[0]), int(size[1])
   if (h, w) == (oh, ow):
     return x
