@@ -1,6 +1,5 @@
 """evaluate() end to end with a tiny random HRNet on in-memory examples."""
 import json
-import sys
 import types
 
 import jax
@@ -161,7 +160,6 @@ def test_num_examples_and_process_shards_add_up(model, monkeypatch):
 
 
 def test_default_source_is_the_data_pipeline(model, monkeypatch):
-  import hrseg_jax.data
   cfg, variables = model
   calls = []
 
@@ -170,8 +168,7 @@ def test_default_source_is_the_data_pipeline(model, monkeypatch):
     return make_examples()[:2]
   fake = types.ModuleType('hrseg_jax.data.pipeline')
   fake.eval_examples = eval_examples
-  monkeypatch.setitem(sys.modules, 'hrseg_jax.data.pipeline', fake)
-  monkeypatch.setattr(hrseg_jax.data, 'pipeline', fake, raising=False)
+  monkeypatch.setattr(evaluate_lib, 'pipeline', fake)
   eval_cfg = eval_config.default_eval_config()
   eval_cfg.split = 'testval'
   data_cfg = {'name': 'synthetic'}

@@ -32,7 +32,6 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from hrseg_jax.data.transforms import MEAN, STD
-from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval import windows
 from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
@@ -292,6 +291,8 @@ class Predictor:
                   eval_cfg: Mapping[str, Any] | None = None, *,
                   dtype=jnp.float32, devices=None) -> 'Predictor':
     """From a model config and an ``eval`` config section (or defaults)."""
+    # ml_collections only here: inference (and the benchmark) run without it.
+    from hrseg_jax.eval import config as eval_config  # pylint: disable=g-import-not-at-top
     cfg = registry.resolve(model_cfg)
     e = eval_config.predictor_kwargs(eval_cfg)
     apply_fn = cached_model_apply_fn(json.dumps(cfg, sort_keys=True),
