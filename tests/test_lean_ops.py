@@ -138,7 +138,10 @@ def test_batch_norm_matches_differentiating_the_plain_formula_in_float64():
       np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
 
 
-def test_batch_norm_training_costs_at_most_14_flops_per_element():
+def test_batch_norm_training_costs_at_most_19_flops_per_element():
+  """Forward and backward in PyTorch's closed form (centred first: a form
+  with fewer FLOPs, x*mul + (bias - mean*mul), lost enough float32 digits
+  for resumes on another device count to drift; tests/test_multihost.py)."""
   x = jnp.ones((2, 16, 32, 8), jnp.float32)
   s = jnp.ones((8,), jnp.float32)
 
@@ -146,7 +149,7 @@ def test_batch_norm_training_costs_at_most_14_flops_per_element():
     y, vjp = jax.vjp(lambda x, s, b: layers.batch_norm_train(x, s, b, 1e-5)[0], x, s, s)
     return y, vjp(g)
 
-  assert _xla_flops(forward_and_backward, x, s, x) <= 14 * x.size + 50 * s.size
+  assert _xla_flops(forward_and_backward, x, s, x) <= 19 * x.size + 50 * s.size
 
 
 def test_resize_with_a_symbolic_size_equals_the_constant_taps():

@@ -131,16 +131,10 @@ def _sum_leading(x):
 def batch_norm_train(x, scale, bias, epsilon):
   """Training-mode BN over all axes but the last: (y, batch mean, biased var).
 
-  Forward: two-pass statistics (mean, then the mean square of the centred
-  input ``xc``), and ``y = x * mul + (bias - mean * mul)`` with
-  ``mul = scale * inv``.  The backward pass is
-  PyTorch's closed form ``dx = scale*inv/n * (n*g - sum(g) - xhat*sum(g*xhat))``
-  with every per-channel factor folded first, so per element it is
-  ``g*k1 + xc*k2 + k3`` after the two reductions ``sum(g)`` and
-  ``sum(g*xc)``: cheaper and far more accurate in float32 than
-  differentiating the forward expression (whose mean/variance terms cancel).
-  The centred input is the saved residual, so the backward pass does not
-  centre again.
+  The backward pass is PyTorch's closed form
+  ``dx = scale*inv/n * (n*g - sum(g) - xhat*sum(g*xhat))``, which is both
+  cheaper and far more accurate in float32 than differentiating the forward
+  expression (whose mean/variance terms cancel).
   """
   return _bn_fwd(x, scale, bias, epsilon)[0]
 
@@ -149,28 +143,24 @@ def _bn_fwd(x, scale, bias, epsilon):
   n = np.prod(x.shape[:-1])
   xf = x.astype(_stat_dtype(x))
   mean = _sum_leading(xf) / n
-  xc = xf - mean
-  var = _sum_leading(jnp.square(xc)) / n  # two-pass: stable
+  var = _sum_leading(jnp.square(xf - mean)) / n  # two-pass: stable
   inv = jax.lax.rsqrt(var + epsilon)
-  mul = scale * inv
-  y = (xf * mul + (bias - mean * mul)).astype(x.dtype)
-  return (y, mean, var), (xc.astype(x.dtype), inv, scale)
+  y = ((xf - mean) * (scale * inv) + bias).astype(x.dtype)
+  return (y, mean, var), (x, mean, inv, scale)
 
 
 def _bn_bwd(epsilon, res, cts):
   del epsilon
-  xc, inv, scale = res
+  x, mean, inv, scale = res
   gy = cts[0]  # mean/var are only used under stop_gradient (running stats)
-  n = np.prod(xc.shape[:-1])
-  g = gy.astype(inv.dtype)
-  xcf = xc.astype(inv.dtype)
+  axes = tuple(range(x.ndim - 1))
+  n = np.prod([x.shape[a] for a in axes])
+  g = gy.astype(mean.dtype)
+  xhat = (x.astype(mean.dtype) - mean) * inv
   dbias = _sum_leading(g)
-  dscale = _sum_leading(g * xcf) * inv          # sum(g * xhat)
-  k1 = scale * inv
-  k2 = -k1 * inv * dscale / n                   # xhat * dscale = xc * inv * dscale
-  k3 = -k1 * dbias / n
-  dx = g * k1 + xcf * k2 + k3
-  return dx.astype(xc.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+  dscale = _sum_leading(g * xhat)
+  dx = (scale * inv / n) * (n * g - dbias - xhat * dscale)
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
 
 
 batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
