@@ -77,16 +77,6 @@ def _remove(path: str) -> None:
     os.unlink(path)
 
 
-def _readable(*paths: str) -> None:
-  """Files as the umask allows (temporary files are private, 0600): a model
-  server running as another user must be able to read the export."""
-  umask = os.umask(0)
-  os.umask(umask)
-  for path in paths:
-    if os.path.isfile(path):
-      os.chmod(path, 0o666 & ~umask)
-
-
 def _write(fmt: str, tmp: str, cfg, variables, shape, dtype, pre: bool, post: bool,
            opset: int) -> dict:
   """Writes the export to ``tmp``; returns card extras.
@@ -231,6 +221,5 @@ def export(args, log: Callable[[str], None] = print) -> int:
     _remove(tmp)
     raise
   files.write_json_atomic(card_file, card)
-  _readable(output, card_file)
   log(f'wrote {output} and {card_file}')
   return 0
