@@ -67,12 +67,6 @@ class CheckpointRestoreError(ValueError):
   """A checkpoint step cannot be restored for this run."""
 
 
-def _first_line(error: BaseException, limit: int = 300) -> str:
-  lines = str(error).strip().splitlines()
-  text = lines[0].strip() if lines else type(error).__name__
-  return text if len(text) <= limit else text[:limit] + ' …'
-
-
 def _plain_json(tree: Any) -> Any:
   return json.loads(json.dumps(tree))
 
@@ -199,7 +193,7 @@ class Checkpointer:
       saved = resolve(item['model']) if resolve else item['model']
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointRestoreError(f'cannot read the model config of checkpoint '
-                                   f'{where}: {_first_line(e)}') from e
+                                   f'{where}: {model_ckpt.first_line(e)}') from e
     diffs = _model_differences(_plain_json(saved), _plain_json(model_cfg))
     if diffs:
       raise CheckpointRestoreError(
@@ -219,7 +213,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointRestoreError(
           f'cannot restore checkpoint {self.directory / str(step)}: '
-          f'{_first_line(e)}') from e
+          f'{model_ckpt.first_line(e)}') from e
 
   def restore(self, abstract_state: TrainState,
               step: int | None = None) -> TrainState:
@@ -241,7 +235,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointRestoreError(
           f'cannot restore checkpoint {self.directory / str(step)}: '
-          f'{_first_line(e)}{self._earlier_hint(step)}') from e
+          f'{model_ckpt.first_line(e)}{self._earlier_hint(step)}') from e
     v, t = r[model_ckpt.VARIABLES], r[TRAIN]
     bad = _first_non_finite({'variables': v, 'opt_state': t['opt_state']})
     if bad:
@@ -287,7 +281,7 @@ class Checkpointer:
       manifest.write(os.fspath(where), step)
     except Exception as e:  # pylint: disable=broad-except  # Never kills training.
       logging.error('cannot write the manifest of checkpoint %s: %s', where,
-                    _first_line(e))
+                    model_ckpt.first_line(e))
 
   def _verify(self, step: int, only: str | None = None):
     """Checks a step against its manifest; CheckpointRestoreError if damaged."""
@@ -317,7 +311,7 @@ class Checkpointer:
     try:
       self.close()
     except Exception as e:  # pylint: disable=broad-except
-      logging.error('while stopping after an error: %s', _first_line(e))
+      logging.error('while stopping after an error: %s', model_ckpt.first_line(e))
 
   def _save_failed(self, step: int | None, error: Exception) -> CheckpointSaveError:
     """Removes the partial step and describes the failure in one line."""
@@ -332,7 +326,7 @@ class Checkpointer:
     steps = self.complete_steps()
     last = f'step {steps[-1]}' if steps else 'none'
     return CheckpointSaveError(
-        f'saving checkpoint {step} in {self.directory} failed: {_first_line(error)}; '
+        f'saving checkpoint {step} in {self.directory} failed: {model_ckpt.first_line(error)}; '
         f'last complete checkpoint: {last}')
 
   def _remove_partial_steps(self, quiet_s: float = 2.0, limit_s: float = 60.0):
