@@ -49,6 +49,7 @@ flags.DEFINE_string('compilation_cache_dir', None, 'Folder of the compilation '
 flags.DEFINE_bool('verbose', False, 'Show the libraries\' log messages (TensorFlow, '
                   'Orbax, JAX) too; as does --verbosity=0 (absl).')
 DEFAULT_CONFIG = 'configs/demo.py'
+EVAL_PROTOCOL = 'test'   # --mode eval's evaluator for eval.protocol=''
 
 
 def _check_overridden_config(argv) -> None:
@@ -198,6 +199,9 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   opts = predict_options(**(options or {}))
   if mode == 'predict' and not inputs:
     raise ValueError('--mode predict needs --input (image files, folders or list files)')
+  if mode == 'eval':   # a bad eval.protocol fails before the checkpoint loads
+    from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
+    evaluator.protocol_of(config, EVAL_PROTOCOL)
   dataset = checkpoint_info.check_dataset(opts['dataset'])
   path, step, described = checkpoint_info.select(checkpoint, workdir)
   model_cfg, variables, meta = checkpoints.load_model(path, step=step)
@@ -206,10 +210,7 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     print(f'{mode}: {described}', flush=True)
   compute = jnp.dtype(dtype)
   if mode == 'eval':
-    from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
-    return evaluator.from_config(
-        config, during_training=False, model_cfg=model_cfg,
-        out_dir=os.path.join(workdir, 'eval'), dtype=compute).run(variables)
+    return _evaluate(config, workdir, model_cfg, variables, compute)
   from hrseg_jax import predict  # pylint: disable=g-import-not-at-top
   if dataset is None:
     dataset = (config.data.name if config is not None
@@ -232,6 +233,22 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
                          list_root=paths.resolve(opts['list_root']), dtype=compute,
                          log=(lambda line: print(line, flush=True))
                          if main_process else None)
+
+
+def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:
+  """``--mode eval``: the evaluator of ``eval.protocol`` (default: test) on
+  the devices' mesh; the IoU table and ``<workdir>/eval/metrics.json``."""
+  from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  batches = sharding.batch_sharding(sharding.make_mesh(config.mesh.fsdp))
+  ev = evaluator.from_config(
+      config, default_protocol=EVAL_PROTOCOL, model_cfg=model_cfg,
+      to_global=lambda local: sharding.global_batch(local, batches), dtype=dtype,
+      out_dir=os.path.join(workdir, evaluator.EVAL_DIR),
+      log=lambda line: print(line, flush=True))
+  metrics = ev.run(variables)
+  ev.report(metrics)
+  return metrics
 
 
 def _flag_options() -> dict:

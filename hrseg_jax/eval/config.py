@@ -2,6 +2,12 @@
 
 Fields (tuples so ``--config.eval.X=...`` can override them):
 
+* ``protocol`` -- which evaluator runs (:mod:`hrseg_jax.eval.evaluator`),
+  in the training loop and in ``--mode eval`` alike: ``'validation'`` (the
+  training-time validation: batches at ``data.eval_size`` sharded over the
+  mesh, fast) or ``'test'`` (the original's ``testval``: every image at its
+  own size with the settings below).  ``''`` (default): validation inside
+  training, test in ``--mode eval``.
 * ``split`` -- dataset split to evaluate (``'val'``).
 * ``scales`` -- multi-scale factors; the exp-logits are summed (``(1.0,)``).
   The README's multi-scale numbers use ``(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``
@@ -61,6 +67,7 @@ def default_eval_config(dataset: str | None = None) -> ml_collections.ConfigDict
       or ``None`` gives generic whole-image settings.
   """
   c = ml_collections.ConfigDict()
+  c.protocol = ''
   c.split = 'val'
   c.scales = (1.0,)
   c.flip = False

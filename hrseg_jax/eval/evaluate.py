@@ -133,7 +133,7 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
              out_dir: str | None = None, dtype=jnp.float32,
              log: Callable[[str], None] = print,
              examples: Sequence[Mapping[str, Any]] | None = None,
-             progress_seconds: float = 10.0) -> dict[str, Any]:
+             progress_seconds: float = 10.0, report: bool = True) -> dict[str, Any]:
   """Evaluates a model on a dataset split; writes ``out_dir/metrics.json``.
 
   Args:
@@ -154,6 +154,9 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
     examples: the example sequence; default
       ``pipeline.eval_examples(data_cfg, split=eval_cfg.split)``.
     progress_seconds: interval of the progress lines.
+    report: log the IoU table and write ``metrics.json`` and
+      ``confusion.png``; ``False`` leaves that to the caller (the evaluator
+      of :mod:`hrseg_jax.eval.evaluator`; predictions are still written).
 
   Returns:
     The content of ``metrics.json``: ``miou``, ``pixel_acc``, ``mean_acc``,
@@ -220,9 +223,9 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
   result['confusion_matrix'] = cm.tolist()
   result['settings'] = settings_of(eval_cfg, data_cfg, cfg, dtype, n, skipped,
                                    crop_padding)
-  if main:
-    if skipped:
-      log(f'eval: {skipped} bad example(s) skipped (see the warnings above)')
+  if main and skipped:
+    log(f'eval: {skipped} bad example(s) skipped (see the warnings above)')
+  if main and report:
     log(metrics.format_iou_table(result, names))
     if out_dir is not None:
       files.write_json_atomic(os.path.join(out_dir, METRICS_FILE), result)

@@ -1,20 +1,29 @@
 """Evaluators: objects built from ``config.eval`` that evaluate model variables.
 
-Like big_vision's ``evaluators/common.py::from_config``: :func:`from_config`
-builds the evaluator of a config and every caller runs it the same way,
-``run(variables) -> metrics``, then ``report(metrics, step)``:
+Like big_vision's ``evaluators/common.py::from_config``: ``config.eval.protocol``
+names the evaluator, :func:`from_config` builds it, and its two callers, the
+training loop and ``--mode eval``, run it the same way: ``run(variables) ->
+metrics``, then ``report(metrics, step)``.
 
-* :class:`TestEvaluator` -- the original's ``testval`` protocol
+* ``'validation'`` -- :class:`ValidationEvaluator`, the original's
+  training-time validation: batches of ``data.eval_size`` sharded over the
+  mesh, one jitted forward and confusion matrix per batch (fast).
+* ``'test'`` -- :class:`TestEvaluator`, the original's ``testval`` protocol
   (:func:`hrseg_jax.eval.evaluate.evaluate`: every example at its own size,
-  multi-scale, flip, sliding windows); ``--mode eval`` runs it.
-* :class:`ValidationEvaluator` -- the validation inside training (the
-  original's training-time validation): batched examples of
-  ``data.eval_size`` sharded over the training mesh, one jitted forward and
-  confusion matrix per batch, and the training run's reports (console table,
-  TensorBoard scalars and images, ``<workdir>/eval/step_<N>/``).
+  multi-scale, flip, sliding windows, as ``config.eval`` says).
+* ``''`` (the default) -- the caller's ``default_protocol``: the training
+  loop validates, ``--mode eval`` tests.
 
-Both count pixels into one confusion matrix and compute the metrics with
-:mod:`hrseg_jax.eval.metrics`.
+Both count pixels into one confusion matrix, return the same metrics
+(``miou``, ``pixel_acc``, ``mean_acc``, ``iou``, ``confusion_matrix``,
+``class_names``, ``settings``) and report them the same way
+(:meth:`Evaluator.report`): the IoU table on the console, TensorBoard
+summaries when given a writer, ``metrics.json`` and ``confusion.png`` in the
+output folder (``<workdir>/eval/`` for ``--mode eval``,
+``<workdir>/eval/step_<N>/`` during training).
+
+A new evaluator is a subclass with a ``run`` and an entry in
+:data:`EVALUATORS`.
 """
 from __future__ import annotations
 
@@ -25,41 +34,234 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hrseg_jax.data import pipeline, sources
 from hrseg_jax.data.transforms import MEAN, STD
 from hrseg_jax.eval import classes, evaluate, files, palettes, visuals
+from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval.metrics import confusion_matrix, format_iou_table, iou_metrics
+from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
 
 EVAL_DIR = 'eval'
 NUM_OVERLAYS = 3
+SCALARS = ('miou', 'pixel_acc', 'mean_acc')
 
 
-class TestEvaluator:
-  """The original's test-time evaluation of a dataset split (``--mode eval``).
+class Evaluator:
+  """What every evaluator shares: its context, ``due`` and ``report``.
 
-  ``run`` writes ``out_dir/metrics.json`` and ``confusion.png`` (and, with
-  ``eval.save_predictions``, ``predictions/``) and logs progress and the IoU
-  table; ``report`` has nothing left to do.
+  Attributes:
+    protocol: the ``eval.protocol`` value that selects it.
+    every_steps: training: evaluate every that many steps and after the last
+      one (``eval.every_steps``; <= 0: never).
   """
+  protocol = ''
 
-  def __init__(self, model_cfg: Mapping[str, Any], data_cfg, eval_cfg, *,
-               out_dir: str | None, dtype=jnp.float32,
+  def __init__(self, config, *, model_cfg: Mapping[str, Any],
+               to_global: Callable[[dict], dict], dtype=jnp.float32,
+               out_dir: str | os.PathLike | None = None, writer=None,
                log: Callable[[str], None] = print):
-    self.model_cfg = model_cfg
-    self.data_cfg = data_cfg
-    self.eval_cfg = eval_cfg
-    self.out_dir = out_dir
+    """Builds the evaluator (nothing is compiled or read yet).
+
+    Args:
+      config: the run's config (``data``, ``eval``, ``loss.ignore_label``).
+      model_cfg: the model's config (resolved here).
+      to_global: per-process NumPy batch -> global arrays on the device mesh
+        (:func:`hrseg_jax.train.sharding.global_batch`).
+      dtype: the network's compute dtype.
+      out_dir: the evaluation folder (``<workdir>/eval``); ``None``: no files.
+      writer: a clu metric writer (TensorBoard), or ``None``.
+      log: receives the console lines (progress, the IoU table); only
+        process 0 calls it.
+    """
+    self.config = config
+    self.model_cfg = registry.resolve(model_cfg)
+    self.to_global = to_global
     self.dtype = dtype
-    self.log = log
+    self.out_dir = out_dir
+    self.writer = writer
+    self.is_main = jax.process_index() == 0
+    self.log = log if self.is_main else (lambda _: None)
+    self.every_steps = int(config.eval.get('every_steps', -1))
+    self.split = str(config.eval.get('split', 'val'))
+    self.num_classes = int(self.model_cfg['num_classes'])
+    self.names = classes.class_names(config.data.name, self.num_classes)
+    self.palette = palettes.get_palette(config.data.name)
+    self.ignore_label = int(config.loss.ignore_label)
+
+  def due(self, step: int, last: bool) -> bool:
+    """Whether to evaluate after ``step`` (``last``: the run's final step)."""
+    return self.every_steps > 0 and (step % self.every_steps == 0 or last)
+
+  def num_examples(self) -> int | None:
+    """Examples one evaluation reads (None: the split has no data)."""
+    raise NotImplementedError
 
   def run(self, variables) -> dict[str, Any]:
-    return evaluate.evaluate(self.model_cfg, variables, self.data_cfg, self.eval_cfg,
-                             out_dir=self.out_dir, dtype=self.dtype, log=self.log)
+    """The metrics of ``variables`` on the split (confusion matrix included)."""
+    raise NotImplementedError
 
-  def report(self, result: Mapping[str, Any], step: int | None = None) -> None:
-    """``run`` has logged and written everything already."""
+  def report(self, ev: Mapping[str, Any], step: int | None = None) -> None:
+    """An evaluation's IoU table, TensorBoard summaries and files.
+
+    The console gets the table (headed ``evaluation at step <step>:`` with
+    a step).  With a writer and a step: the scalars ``eval/miou``,
+    ``eval/pixel_acc``, ``eval/mean_acc`` and ``eval/iou/<class>``, the
+    images ``eval/confusion_matrix`` and, when ``ev`` has examples,
+    ``eval/overlays`` (image | ground truth | prediction).  Process 0 writes
+    ``metrics.json`` and ``confusion.png`` to ``out_dir`` (``step=None``) or
+    ``out_dir/step_<step>/``.
+    """
+    table = format_iou_table(ev, self.names)
+    self.log(table if step is None else f'evaluation at step {step}:\n{table}')
+    confusion = visuals.confusion_image(np.asarray(ev['confusion_matrix']), self.names)
+    if self.writer is not None and step is not None:
+      scalars = {f'eval/{k}': float(ev[k]) for k in SCALARS}
+      scalars.update({f'eval/iou/{n}': float(v) for n, v in zip(self.names, ev['iou'])})
+      self.writer.write_scalars(step, scalars)
+      images = {'eval/confusion_matrix': confusion[None]}
+      if len(ev.get('examples', {}).get('image', ())):
+        ex = ev['examples']
+        images['eval/overlays'] = visuals.overlay_strips(
+            ex['image'], ex['label'], ex['pred'], self.palette, self.ignore_label)
+      self.writer.write_images(step, images)
+    if self.is_main and self.out_dir is not None:
+      out = os.fspath(self.out_dir)
+      if step is not None:
+        out = os.path.join(out, f'step_{step}')
+      saved = {k: v for k, v in ev.items() if k != 'examples'}
+      saved['confusion_matrix'] = np.asarray(ev['confusion_matrix']).tolist()
+      saved['iou'] = [float(x) for x in ev['iou']]
+      files.write_json_atomic(os.path.join(out, evaluate.METRICS_FILE),
+                              json.loads(json.dumps(saved, default=float)))
+      files.write_bytes_atomic(os.path.join(out, visuals.CONFUSION_FILE),
+                               files.encode_png(confusion))
+
+  def _metrics(self, cm: np.ndarray, settings: dict) -> dict[str, Any]:
+    result = iou_metrics(cm)
+    result['confusion_matrix'] = np.asarray(cm, np.int64)
+    result['class_names'] = list(self.names)
+    result['settings'] = dict(settings, protocol=self.protocol)
+    return result
+
+
+class TestEvaluator(Evaluator):
+  """The original's ``testval`` protocol (:func:`~hrseg_jax.eval.evaluate.evaluate`).
+
+  Every example of ``eval.split`` at its own size, with ``eval.scales``,
+  ``eval.flip``, ``eval.mode`` (whole or sliding windows); progress lines on
+  the console; with ``eval.save_predictions`` each prediction in
+  ``out_dir/predictions/`` (during training: the latest evaluation's).
+  """
+  protocol = 'test'
+
+  def __init__(self, config, **context):
+    super().__init__(config, **context)
+    self.eval_cfg = eval_config.with_data_defaults(config.eval, config.data)
+    self.ignore_label = int(self.eval_cfg['ignore_label'])
+
+  def num_examples(self) -> int | None:
+    try:
+      n = len(sources.make_source(self.config.data, self.split))
+    except (OSError, ValueError):
+      return None
+    limit = int(self.eval_cfg.get('num_examples', -1))
+    return min(n, limit) if limit > 0 else n
+
+  def run(self, variables) -> dict[str, Any]:
+    out = evaluate.evaluate(
+        self.model_cfg, _process_local(variables), self.config.data, self.eval_cfg,
+        out_dir=None if self.out_dir is None else os.fspath(self.out_dir),
+        dtype=self.dtype, log=self.log, report=False)
+    return self._metrics(np.asarray(out['confusion_matrix'], np.int64), out['settings'])
+
+
+class ValidationEvaluator(Evaluator):
+  """The original's training-time validation: fast, batched, on the mesh.
+
+  Batches of ``eval.batch_size`` examples of ``eval.split`` resized to
+  ``data.eval_size`` (at most ``data.val_num_samples`` of them when that
+  is > 0), sharded over the mesh by ``to_global``; the logits are resized
+  to the labels at that size.  ``run`` keeps up to ``NUM_OVERLAYS`` of
+  the first batch's examples for the TensorBoard overlays.
+  """
+  protocol = 'validation'
+
+  def __init__(self, config, **context):
+    super().__init__(config, **context)
+    self.batch_size = max(int(config.eval.batch_size) // jax.process_count(), 1)
+    model = registry.build_model(self.model_cfg, self.dtype)
+    self._eval_fn = jax.jit(make_eval_step(
+        model, self.num_classes, self.ignore_label,
+        bool(self.model_cfg.get('align_corners', False))))
+
+  def num_examples(self) -> int | None:
+    try:
+      n = len(sources.make_source(self.config.data, self.split))
+    except (OSError, ValueError):
+      return None
+    limit = int(self.config.data.get('val_num_samples', 0))
+    return min(n, limit) if limit > 0 else n
+
+  def run(self, variables) -> dict[str, Any]:
+    cm = np.zeros((self.num_classes, self.num_classes), np.int64)
+    it = pipeline.make_eval_iterator(self.config.data, batch_size=self.batch_size,
+                                     shard_index=jax.process_index(),
+                                     shard_count=jax.process_count(), split=self.split)
+    examples, placed = None, False
+    for local in it:
+      batch = self.to_global(local)
+      if not placed:   # the variables join the batches' devices
+        variables, placed = _on_devices_of(variables, batch['image'].sharding), True
+      batch_cm, pred = self._eval_fn(variables, batch)
+      cm += np.asarray(jax.device_get(batch_cm), np.int64)
+      if examples is None and self.is_main:
+        examples = _first_local_examples(batch, pred, NUM_OVERLAYS)
+    result = self._metrics(cm, {
+        'dataset': self.config.data.name, 'split': self.split,
+        'num_examples': self.num_examples(),
+        'eval_size': list(self.config.data.eval_size),
+        'batch_size': int(self.config.eval.batch_size),
+        'ignore_label': self.ignore_label, 'dtype': jnp.dtype(self.dtype).name,
+        'process_count': jax.process_count(), 'model': dict(self.model_cfg)})
+    if examples is not None and len(examples['image']):
+      result['examples'] = examples
+    return result
+
+
+EVALUATORS = {e.protocol: e for e in (ValidationEvaluator, TestEvaluator)}
+
+
+def protocol_of(config, default_protocol: str) -> str:
+  """``config.eval.protocol``, or ``default_protocol`` when it is ``''``.
+
+  Raises:
+    ValueError: a name that is not in :data:`EVALUATORS` (one line naming
+      the field).
+  """
+  protocol = str(config.eval.get('protocol', '') or default_protocol)
+  if protocol not in EVALUATORS:
+    raise ValueError(f'eval.protocol={protocol!r}: expected one of '
+                     f"{', '.join(repr(p) for p in EVALUATORS)} (or '' for the "
+                     'default: validation in training, test in --mode eval)')
+  return protocol
+
+
+def from_config(config, *, default_protocol: str, **context) -> Evaluator:
+  """The evaluator that ``config.eval.protocol`` names.
+
+  Args:
+    config: the run's config (``model``, ``data``, ``eval``, ``loss``).
+    default_protocol: the caller's protocol for ``eval.protocol=''``
+      (training: ``'validation'``; ``--mode eval``: ``'test'``).
+    **context: where it runs, the same for every evaluator
+      (:class:`Evaluator`'s arguments: ``model_cfg``, ``to_global``,
+      ``dtype``, ``out_dir``, ``writer``, ``log``).
+  """
+  return EVALUATORS[protocol_of(config, default_protocol)](config, **context)
 
 
 def make_eval_step(model, num_classes: int, ignore_label: int, align_corners: bool):
@@ -75,6 +277,30 @@ def make_eval_step(model, num_classes: int, ignore_label: int, align_corners: bo
   return eval_step
 
 
+def _on_devices_of(variables, sharding: NamedSharding):
+  """``variables`` replicated on ``sharding``'s mesh unless already on its
+  devices (a loaded checkpoint sits on one device; a training state is
+  already on the mesh)."""
+  devices = sharding.device_set
+  replicated = NamedSharding(sharding.mesh, P())
+
+  def put(x):
+    if getattr(x, 'sharding', None) is not None and x.sharding.device_set == devices:
+      return x
+    return jax.device_put(x, replicated)
+  return jax.tree_util.tree_map(put, variables)
+
+
+def _process_local(variables):
+  """Arrays spread over several processes (a multi-host training state) as
+  full NumPy copies on each process; others as they are."""
+  def local(x):
+    if getattr(x, 'is_fully_addressable', True):
+      return x
+    return multihost_utils.process_allgather(x, tiled=True)
+  return jax.tree_util.tree_map(local, variables)
+
+
 def _first_local_examples(batch, pred, count: int) -> dict:
   """Up to ``count`` of this process's examples: image, label, prediction."""
 
@@ -85,129 +311,3 @@ def _first_local_examples(batch, pred, count: int) -> dict:
   return {'image': rgb,
           'label': local(batch['label'])[:count][keep],
           'pred': local(pred)[:count][keep]}
-
-
-def num_val_examples(data_cfg) -> int | None:
-  """Validation examples used by the evaluations (None: no labelled val split)."""
-  try:
-    n = len(sources.make_source(data_cfg, 'val'))
-  except (OSError, ValueError):
-    return None
-  limit = int(data_cfg.get('val_num_samples', 0))
-  return min(n, limit) if limit > 0 else n
-
-
-class ValidationEvaluator:
-  """The validation of a training run (``config.eval.every_steps``).
-
-  Attributes:
-    every_steps: evaluate every that many steps and after the last one
-      (<= 0: never).
-  """
-
-  def __init__(self, model, model_cfg: Mapping[str, Any], config, *,
-               to_global: Callable[[dict], dict], writer, console, workdir,
-               is_main: bool):
-    """Builds the evaluator.
-
-    Args:
-      model: the Flax module (the training run's compute dtype).
-      model_cfg: its resolved config.
-      config: the run's config (``data``, ``eval``, ``loss.ignore_label``).
-      to_global: per-process NumPy batch -> global arrays on the mesh.
-      writer: the run's metric writer (TensorBoard).
-      console: the run's console (``print``).
-      workdir: the run's workdir (``eval/step_<N>/``, process 0).
-      is_main: whether this is process 0 (pictures and files).
-    """
-    self.every_steps = int(config.eval.every_steps)
-    self.data_cfg = config.data
-    self.num_classes = int(model_cfg['num_classes'])
-    self.ignore_label = int(config.loss.ignore_label)
-    self.batch_size = max(config.eval.batch_size // jax.process_count(), 1)
-    self.names = classes.class_names(config.data.name, self.num_classes)
-    self.palette = palettes.get_palette(config.data.name)
-    self.to_global = to_global
-    self.writer = writer
-    self.console = console
-    self.workdir = workdir
-    self.is_main = is_main
-    self.num_examples = NUM_OVERLAYS if is_main else 0
-    self._eval_fn = jax.jit(make_eval_step(
-        model, self.num_classes, self.ignore_label,
-        bool(model_cfg.get('align_corners', False))))
-
-  def due(self, step: int, last: bool) -> bool:
-    """Whether to evaluate after ``step`` (``last``: the run's final step)."""
-    return self.every_steps > 0 and (step % self.every_steps == 0 or last)
-
-  def run(self, variables) -> dict[str, Any]:
-    """Metrics of the validation split (confusion matrix included).
-
-    On process 0, ``result['examples']`` holds up to ``NUM_OVERLAYS`` of the
-    first batch's examples (``image``, ``label``, ``pred``) for pictures.
-    """
-    cm = np.zeros((self.num_classes, self.num_classes), np.int64)
-    it = pipeline.make_eval_iterator(self.data_cfg, batch_size=self.batch_size,
-                                     shard_index=jax.process_index(),
-                                     shard_count=jax.process_count())
-    examples = None
-    for local in it:
-      batch = self.to_global(local)
-      batch_cm, pred = self._eval_fn(variables, batch)
-      cm += np.asarray(jax.device_get(batch_cm), np.int64)
-      if examples is None and self.num_examples > 0:
-        examples = _first_local_examples(batch, pred, self.num_examples)
-    result = iou_metrics(cm)
-    result['confusion_matrix'] = cm
-    if examples is not None:
-      result['examples'] = examples
-    return result
-
-  def report(self, ev: Mapping[str, Any], step: int) -> None:
-    """An evaluation's table, TensorBoard summaries and files.
-
-    Writes the scalars ``eval/miou``, ``eval/pixel_acc``, ``eval/mean_acc``
-    and ``eval/iou/<class>``, the images ``eval/overlays`` (image | ground
-    truth | prediction) and ``eval/confusion_matrix``, and (process 0)
-    ``<workdir>/eval/step_<step>/{metrics.json,confusion.png}``.
-    """
-    names = self.names
-    scalars = {f'eval/{k}': float(v) for k, v in ev.items() if np.isscalar(v)}
-    scalars.update({f'eval/iou/{n}': float(v) for n, v in zip(names, ev['iou'])})
-    self.writer.write_scalars(step, scalars)
-    confusion = visuals.confusion_image(ev['confusion_matrix'], names)
-    images = {'eval/confusion_matrix': confusion[None]}
-    if 'examples' in ev and len(ev['examples']['image']):
-      ex = ev['examples']
-      images['eval/overlays'] = visuals.overlay_strips(
-          ex['image'], ex['label'], ex['pred'], self.palette, self.ignore_label)
-    self.writer.write_images(step, images)
-    self.console.print(f'evaluation at step {step}:\n{format_iou_table(ev, names)}')
-    if self.is_main:
-      out = self.workdir / EVAL_DIR / f'step_{step}'
-      saved = {k: v for k, v in ev.items() if k != 'examples'}
-      saved['confusion_matrix'] = np.asarray(ev['confusion_matrix']).tolist()
-      saved['iou'] = [float(x) for x in ev['iou']]
-      saved['class_names'] = list(names)
-      files.write_json_atomic(os.fspath(out / 'metrics.json'),
-                              json.loads(json.dumps(saved, default=float)))
-      files.write_bytes_atomic(os.fspath(out / visuals.CONFUSION_FILE),
-                               files.encode_png(confusion))
-
-
-def from_config(config, *, during_training: bool, **kwargs):
-  """The evaluator of ``config.eval``.
-
-  Args:
-    config: the run's config (``model``, ``data``, ``eval``, ``loss``).
-    during_training: ``True``: the :class:`ValidationEvaluator` of a training
-      run (``kwargs``: its ``model``, ``model_cfg``, ``to_global``,
-      ``writer``, ``console``, ``workdir``, ``is_main``); ``False``: the
-      :class:`TestEvaluator` (``kwargs``: ``model_cfg``, ``out_dir``,
-      ``dtype``, ``log``).
-  """
-  if during_training:
-    return ValidationEvaluator(kwargs.pop('model'), kwargs.pop('model_cfg'),
-                               config, **kwargs)
-  return TestEvaluator(kwargs.pop('model_cfg'), config.data, config.eval, **kwargs)

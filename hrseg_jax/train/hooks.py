@@ -6,7 +6,8 @@ the steps each one asks for, calls:
 * :class:`ProgressHook` -- fetches the step metrics from the devices (only at
   log and checkpoint steps), appends the losses to ``losses.txt``, stops on a
   non-finite step, writes the ``train/*`` scalars and the console line;
-* an evaluator (:mod:`hrseg_jax.eval.evaluator`, ``due``/``run``/``report``);
+* the evaluator ``config.eval.protocol`` names (:mod:`hrseg_jax.eval.evaluator`:
+  ``due``/``run``/``report``; the batched validation unless it says ``'test'``);
 * :class:`CheckpointHook` -- saves the state, with the evaluation's mIoU;
 * the fault injection of the tests (:class:`hrseg_jax.train.faults.Faults`:
   ``on_batch``, ``on_step_end``; no-ops unless ``$HRSEG_FAULT`` is set).

@@ -64,6 +64,7 @@ TRANSFER_GUARDS = ('allow', 'disallow')
 LOSSES_FILE = 'losses.txt'
 CONFIG_FILE = 'config.json'
 LOG_FILE = 'log.txt'
+TRAINING_PROTOCOL = 'validation'   # evaluator of eval.protocol='' (eval/evaluator.py)
 
 
 class StopSignal:
@@ -282,6 +283,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       field, file or step).
   """
   check_train_config(config.train)
+  evaluator_lib.protocol_of(config, TRAINING_PROTOCOL)
   pretrained.check_init_from(config, workdir)  # the user's path in the message
   config = paths.resolve_config(config)
   faults = faults_lib.Faults.from_env()
@@ -358,13 +360,16 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
     raise
   start = int(jax.device_get(state.step))
   num_classes = model_cfg['num_classes']
+  evaluator = evaluator_lib.from_config(
+      config, default_protocol=TRAINING_PROTOCOL, model_cfg=model_cfg,
+      to_global=lambda local: sharding.global_batch(local, batch_sh), dtype=dtype,
+      out_dir=workdir / evaluator_lib.EVAL_DIR, writer=writer, log=console.print)
   console.print(progress_lib.startup_block(
       devices=jax.devices(), mesh_shape=dict(mesh.shape),
       process_count=jax.process_count(), global_batch=config.train.batch_size,
       local_batch=local_batch, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
       num_train=num_train,
-      num_val=(evaluator_lib.num_val_examples(config.data)
-               if config.eval.every_steps > 0 else None),
+      num_val=evaluator.num_examples() if evaluator.every_steps > 0 else None,
       model=(_model_name(model_cfg)
              + f', {num_classes} classes ({config.data.name}), {config.train.dtype}'),
       num_params=progress_lib.count_parameters(state.params),
@@ -385,11 +390,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
       donate_argnums=(0,))
 
-  # ---- Hooks: evaluation, progress, checkpoints, fault injection -----------
-  evaluator = evaluator_lib.from_config(
-      config, during_training=True, model=model, model_cfg=model_cfg,
-      to_global=lambda local: sharding.global_batch(local, batch_sh),
-      writer=writer, console=console, workdir=workdir, is_main=is_main)
+  # ---- Hooks: progress, checkpoints, fault injection (evaluator above) -----
   report = periodic_actions.ReportProgress(num_train_steps=num_steps,
                                            writer=writer, every_steps=config.train.log_every_steps)
   progress = ProgressHook(

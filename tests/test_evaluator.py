@@ -1,0 +1,123 @@
+"""config.eval.protocol: the training loop and --mode eval run either evaluator.
+
+The command lines run as a user types them, from a fresh folder with
+relative paths, on the demo config at tiny sizes (test_readme_commands'
+SMALL_DEMO flags).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import console_checks
+from hrseg_jax.eval import classes, evaluator
+from hrseg_jax.models import registry
+from hrseg_jax.train import sharding
+from test_readme_commands import REPO, SMALL_DEMO, run
+from train_util import tiny_config
+
+DEMO = ['python', '-m', 'hrseg_jax.main', '--config', 'configs/demo.py',
+        '--workdir', 'runs/demo']
+METRIC_KEYS = {'miou', 'pixel_acc', 'mean_acc', 'iou', 'confusion_matrix',
+               'class_names', 'settings'}
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A user's folder after training the demo with the test protocol."""
+  cwd = tmp_path_factory.mktemp('user')
+  shutil.copytree(REPO / 'configs', cwd / 'configs')
+  r = run(cwd, DEMO, *SMALL_DEMO, '--config.eval.every_steps=2',
+          '--config.eval.protocol=test')
+  return cwd, r
+
+
+def test_training_with_the_test_protocol(trained):
+  cwd, r = trained
+  names = classes.class_names('synthetic', 19)
+  console_checks.assert_training_console(r, steps=[1, 2, 3, 4], num_steps=4,
+                                         start='from scratch')
+  assert re.search(r'^eval 2/2 \(100%\) \| [\d.]+ img/s \| done in', r.stdout, re.M), r.stdout
+  assert r.stdout.count('evaluation at step ') == 2
+  console_checks.assert_eval_table(r.stdout, names)
+  assert re.search(r'final mIoU [\d.]+%', r.stdout)
+  workdir = cwd / 'runs/demo'
+  for step in (2, 4):
+    metrics = json.loads((workdir / f'eval/step_{step}/metrics.json').read_text())
+    assert set(metrics) == METRIC_KEYS
+    assert metrics['settings']['protocol'] == 'test'
+    assert metrics['settings']['num_examples'] == 2
+    assert np.sum(metrics['confusion_matrix']) > 0
+  tags = console_checks._tensorboard_tags(sorted(workdir.glob('events.out.tfevents.*')))  # pylint: disable=protected-access
+  if tags is not None:
+    assert {'eval/miou', 'eval/pixel_acc', 'eval/confusion_matrix',
+            *(f'eval/iou/{c}' for c in names if ' ' not in c)} <= tags
+
+
+def test_eval_mode_with_the_validation_protocol(trained):
+  cwd, _ = trained
+  r = run(cwd, DEMO, *SMALL_DEMO, '--mode', 'eval', '--config.eval.protocol=validation')
+  assert r.stdout.startswith('eval: best checkpoint (step '), r.stdout
+  assert 'evaluation at step' not in r.stdout and 'eval 2/2' not in r.stdout
+  console_checks.assert_eval_table(r.stdout, classes.class_names('synthetic', 19))
+  metrics = json.loads((cwd / 'runs/demo/eval/metrics.json').read_text())
+  assert set(metrics) == METRIC_KEYS
+  assert metrics['settings']['protocol'] == 'validation'
+  assert metrics['settings']['eval_size'] == [64, 128]
+  assert (cwd / 'runs/demo/eval/confusion.png').read_bytes()[:4] == b'\x89PNG'
+  # The checkpoint's own evaluation in training (test protocol; here the
+  # same images at the same size, one scale, no flip): the same matrix.
+  step = re.search(r'best checkpoint \(step (\d+)', r.stdout)[1]
+  during = json.loads((cwd / f'runs/demo/eval/step_{step}/metrics.json').read_text())
+  assert during['settings']['protocol'] == 'test'
+  assert during['confusion_matrix'] == metrics['confusion_matrix']
+
+
+def test_bad_protocol_is_one_line(tmp_path):
+  shutil.copytree(REPO / 'configs', tmp_path / 'configs')
+  for mode in ('train', 'eval'):
+    r = run(tmp_path, DEMO, '--mode', mode, '--config.eval.protocol=testval', expect=2)
+    assert r.stderr.strip().splitlines() == [
+        "error: eval.protocol='testval': expected one of 'validation', 'test' "
+        "(or '' for the default: validation in training, test in --mode eval)"], r.stderr
+  assert not (tmp_path / 'runs').exists()
+
+
+def test_both_protocols_count_the_same_pixels(tmp_path):
+  """Single scale, no flip, whole image, eval_size = the images' size: the
+  two protocols must give the same confusion matrix."""
+  config = tiny_config(num_classes=6)
+  config.data.num_val = 4
+  config.eval.batch_size = 2
+  model_cfg = registry.resolve(config.model)
+  model = registry.build_model(model_cfg)
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 64, 128, 3), np.float32),
+                         train=False)
+  # Weights off their initialisation, so the prediction varies per pixel (not
+  # so far that the test protocol's exp(logits) overflows).
+  leaves, tree = jax.tree_util.tree_flatten(variables['params'])
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  variables = dict(variables, params=jax.tree_util.tree_unflatten(tree, [
+      x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]))
+  batches = sharding.batch_sharding(sharding.make_mesh())
+  cms = {}
+  for protocol in evaluator.EVALUATORS:
+    config.eval.protocol = protocol
+    ev = evaluator.from_config(
+        config, default_protocol='validation', model_cfg=model_cfg,
+        to_global=lambda local: sharding.global_batch(local, batches),
+        out_dir=tmp_path / protocol, log=lambda _: None)
+    assert ev.protocol == protocol and ev.num_examples() == 4
+    metrics = ev.run(variables)
+    ev.report(metrics, step=7)
+    saved = json.loads((tmp_path / protocol / 'step_7/metrics.json').read_text())
+    assert set(saved) == METRIC_KEYS and saved['miou'] == pytest.approx(metrics['miou'])
+    cms[protocol] = metrics['confusion_matrix']
+  assert 0 < cms['test'].sum() <= 4 * 64 * 128   # void pixels not counted
+  assert np.count_nonzero(cms['test'].sum(0)) >= 2, cms['test']   # not one class
+  np.testing.assert_array_equal(cms['validation'], cms['test'])
