@@ -213,6 +213,15 @@ def test_eval_on_two_hosts_equals_eval_on_one(eight_devices, tmp_path):
   assert np.sum(want['confusion_matrix']) > 0
   assert got['confusion_matrix'] == want['confusion_matrix']
   assert got['miou'] == want['miou']
+  # The batched validation on the 2 x 4 mesh (the checkpoint's variables
+  # replicated onto it): here (eval_size = the images' size, one scale, no
+  # flip, whole image) it must count the same matrix.
+  launch(tmp_path, eight_devices, '--num_processes', '2', '--cpu_devices', '4',
+         overrides=['--mode', 'eval', '--config.eval.protocol=validation'])
+  got = json.loads((eight_devices / 'eval' / 'metrics.json').read_text())
+  assert got['settings']['protocol'] == 'validation'
+  assert got['settings']['process_count'] == 2
+  assert got['confusion_matrix'] == want['confusion_matrix']
 
 
 @pytest.mark.parametrize('before,after', [(4, 1), (1, 2), (2, 4)])
