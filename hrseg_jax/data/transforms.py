@@ -15,8 +15,7 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
+from hrseg_jax.data.imagenet_stats import MEAN, STD
 IGNORE = 255
 # Padding colour of the original's eval-time stride padding: the mean colour
 # (``tuple(x * 255 for x in mean)`` rounded by OpenCV), normalised ~ 0.

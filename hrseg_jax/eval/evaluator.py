@@ -38,7 +38,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hrseg_jax.data import pipeline, sources
-from hrseg_jax.data.transforms import MEAN, STD
+from hrseg_jax.data.imagenet_stats import MEAN, STD
 from hrseg_jax.eval import classes, evaluate, files, palettes, visuals
 from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval.metrics import confusion_matrix, format_iou_table, iou_metrics

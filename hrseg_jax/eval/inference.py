@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from hrseg_jax.data.transforms import MEAN, STD
+from hrseg_jax.data.imagenet_stats import MEAN, STD
 from hrseg_jax.eval import windows
 from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
