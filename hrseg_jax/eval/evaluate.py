@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
 import os
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -228,7 +229,20 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
   if main and report:
     log(metrics.format_iou_table(result, names))
     if out_dir is not None:
-      files.write_json_atomic(os.path.join(out_dir, METRICS_FILE), result)
-      files.write_bytes_atomic(os.path.join(out_dir, visuals.CONFUSION_FILE),
-                               files.encode_png(visuals.confusion_image(cm, names)))
+      write_metrics(out_dir, result, names)
   return result
+
+
+def write_metrics(out_dir: str, result: Mapping[str, Any], names: Sequence[str],
+                  confusion: np.ndarray | None = None) -> None:
+  """``out_dir/metrics.json`` (``result`` but its example pictures) and
+  ``out_dir/confusion.png`` (``confusion``, if already drawn)."""
+  cm = np.asarray(result['confusion_matrix'])
+  saved = {k: v for k, v in result.items() if k != 'examples'}
+  saved['confusion_matrix'] = cm.tolist()
+  files.write_json_atomic(os.path.join(out_dir, METRICS_FILE),
+                          json.loads(json.dumps(saved, default=float)))
+  if confusion is None:
+    confusion = visuals.confusion_image(cm, names)
+  files.write_bytes_atomic(os.path.join(out_dir, visuals.CONFUSION_FILE),
+                           files.encode_png(confusion))

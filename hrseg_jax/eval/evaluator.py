@@ -27,7 +27,6 @@ A new evaluator is a subclass with a ``run`` and an entry in
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Mapping
 
@@ -39,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hrseg_jax.data import pipeline, sources
 from hrseg_jax.data.imagenet_stats import MEAN, STD
-from hrseg_jax.eval import classes, evaluate, files, palettes, visuals
+from hrseg_jax.eval import classes, evaluate, palettes, visuals
 from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval.metrics import confusion_matrix, format_iou_table, iou_metrics
 from hrseg_jax.models import registry
@@ -100,6 +99,14 @@ class Evaluator:
     """Examples one evaluation reads (None: the split has no data)."""
     raise NotImplementedError
 
+  def _split_size(self, limit: int) -> int | None:
+    """Examples of ``eval.split``, at most ``limit`` when it is > 0."""
+    try:
+      n = len(sources.make_source(self.config.data, self.split))
+    except (OSError, ValueError):
+      return None
+    return min(n, limit) if limit > 0 else n
+
   def run(self, variables) -> dict[str, Any]:
     """The metrics of ``variables`` on the split (confusion matrix included)."""
     raise NotImplementedError
@@ -132,13 +139,7 @@ class Evaluator:
       out = os.fspath(self.out_dir)
       if step is not None:
         out = os.path.join(out, f'step_{step}')
-      saved = {k: v for k, v in ev.items() if k != 'examples'}
-      saved['confusion_matrix'] = np.asarray(ev['confusion_matrix']).tolist()
-      saved['iou'] = [float(x) for x in ev['iou']]
-      files.write_json_atomic(os.path.join(out, evaluate.METRICS_FILE),
-                              json.loads(json.dumps(saved, default=float)))
-      files.write_bytes_atomic(os.path.join(out, visuals.CONFUSION_FILE),
-                               files.encode_png(confusion))
+      evaluate.write_metrics(out, ev, self.names, confusion)
 
   def _metrics(self, cm: np.ndarray, settings: dict) -> dict[str, Any]:
     result = iou_metrics(cm)
@@ -164,12 +165,7 @@ class TestEvaluator(Evaluator):
     self.ignore_label = int(self.eval_cfg['ignore_label'])
 
   def num_examples(self) -> int | None:
-    try:
-      n = len(sources.make_source(self.config.data, self.split))
-    except (OSError, ValueError):
-      return None
-    limit = int(self.eval_cfg.get('num_examples', -1))
-    return min(n, limit) if limit > 0 else n
+    return self._split_size(limit=int(self.eval_cfg.get('num_examples', -1)))
 
   def run(self, variables) -> dict[str, Any]:
     out = evaluate.evaluate(
@@ -199,12 +195,7 @@ class ValidationEvaluator(Evaluator):
         bool(self.model_cfg.get('align_corners', False))))
 
   def num_examples(self) -> int | None:
-    try:
-      n = len(sources.make_source(self.config.data, self.split))
-    except (OSError, ValueError):
-      return None
-    limit = int(self.config.data.get('val_num_samples', 0))
-    return min(n, limit) if limit > 0 else n
+    return self._split_size(limit=int(self.config.data.get('val_num_samples', 0)))
 
   def run(self, variables) -> dict[str, Any]:
     cm = np.zeros((self.num_classes, self.num_classes), np.int64)
