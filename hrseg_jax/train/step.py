@@ -57,8 +57,3 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model, tx,
         skipped=state.skipped + (~finite).astype(jnp.int32))
   metrics = {'loss': loss, 'grad_norm': grad_norm, 'finite': finite}
   return new, metrics
-
-
-def eval_logits(variables, images, rows, *, model):
-  """Eval-mode forward; the last output (the prediction head) in float32."""
-  return model.apply(variables, images, train=False, rows=rows)[-1].astype(jnp.float32)
