@@ -16,6 +16,14 @@ import time
 _ORBAX_DIR = f'{os.sep}orbax{os.sep}'
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+  """An error's first line (its type's name if it has none), at most ``limit``
+  characters: for the commands' one-line error messages."""
+  lines = str(error).strip().splitlines()
+  text = lines[0].strip() if lines else type(error).__name__
+  return text if len(text) <= limit else text[:limit] + ' …'
+
+
 class _DropOrbaxChatter(logging.Filter):
   """Orbax logs through absl's logger; keep only its errors.
 

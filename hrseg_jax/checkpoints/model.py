@@ -63,19 +63,11 @@ def _numpy_tree(tree):
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def first_line(error: BaseException, limit: int = 300) -> str:
-  """An error's first line (its type's name if it has none), at most ``limit``
-  characters: for the one-line messages of both checkpoint modules."""
-  lines = str(error).strip().splitlines()
-  text = lines[0].strip() if lines else type(error).__name__
-  return text if len(text) <= limit else text[:limit] + ' …'
-
-
 def _check_json(tree: Mapping, what: str) -> None:
   try:
     json.dumps(tree, allow_nan=False)
   except (TypeError, ValueError) as e:
-    raise ValueError(f'{what} cannot be written as JSON: {first_line(e)}') from None
+    raise ValueError(f'{what} cannot be written as JSON: {console.first_line(e)}') from None
 
 
 def save_model(directory, variables: Mapping, model_cfg: Mapping,
@@ -145,7 +137,7 @@ def load_model_config(path) -> tuple[dict, dict]:
   except Exception as e:  # pylint: disable=broad-except
     raise manifest.CorruptCheckpointError(
         f'cannot read the model config of checkpoint {root / str(step)}: '
-        f'{first_line(e)}') from None
+        f'{console.first_line(e)}') from None
   return item[MODEL]['model'], item[MODEL].get('meta', {})
 
 
@@ -157,7 +149,7 @@ def _check_against_config(where, model_cfg: Mapping, variables: Mapping) -> None
     want = traverse_util.flatten_dict(dict(registry.abstract_variables(dict(model_cfg))))
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'{where}: its model config cannot be built: '
-                     f'{first_line(e)}') from None
+                     f'{console.first_line(e)}') from None
   got = traverse_util.flatten_dict(dict(variables))
   for key in sorted(set(want) | set(got)):
     name = '/'.join(map(str, key))
@@ -213,7 +205,7 @@ def load_model(path, *, step: int | None = None):
       }))
   except Exception as e:  # pylint: disable=broad-except
     raise manifest.CorruptCheckpointError(
-        f'cannot read checkpoint {step_dir}: {first_line(e)}') from None
+        f'cannot read checkpoint {step_dir}: {console.first_line(e)}') from None
   model_cfg, variables = item[MODEL]['model'], _numpy_tree(item[VARIABLES])
   if not verified:
     _check_against_config(step_dir, model_cfg, variables)

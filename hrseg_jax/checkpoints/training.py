@@ -193,7 +193,7 @@ class Checkpointer:
       saved = resolve(item['model']) if resolve else item['model']
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointRestoreError(f'cannot read the model config of checkpoint '
-                                   f'{where}: {model_ckpt.first_line(e)}') from e
+                                   f'{where}: {console.first_line(e)}') from e
     diffs = _model_differences(_plain_json(saved), _plain_json(model_cfg))
     if diffs:
       raise CheckpointRestoreError(
@@ -213,7 +213,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointRestoreError(
           f'cannot restore checkpoint {self.directory / str(step)}: '
-          f'{model_ckpt.first_line(e)}') from e
+          f'{console.first_line(e)}') from e
 
   def restore(self, abstract_state: TrainState,
               step: int | None = None) -> TrainState:
@@ -235,7 +235,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointRestoreError(
           f'cannot restore checkpoint {self.directory / str(step)}: '
-          f'{model_ckpt.first_line(e)}{self._earlier_hint(step)}') from e
+          f'{console.first_line(e)}{self._earlier_hint(step)}') from e
     v, t = r[model_ckpt.VARIABLES], r[TRAIN]
     bad = _first_non_finite({'variables': v, 'opt_state': t['opt_state']})
     if bad:
@@ -281,7 +281,7 @@ class Checkpointer:
       manifest.write(os.fspath(where), step)
     except Exception as e:  # pylint: disable=broad-except  # Never kills training.
       logging.error('cannot write the manifest of checkpoint %s: %s', where,
-                    model_ckpt.first_line(e))
+                    console.first_line(e))
 
   def _verify(self, step: int, only: str | None = None):
     """Checks a step against its manifest; CheckpointRestoreError if damaged."""
@@ -311,7 +311,7 @@ class Checkpointer:
     try:
       self.close()
     except Exception as e:  # pylint: disable=broad-except
-      logging.error('while stopping after an error: %s', model_ckpt.first_line(e))
+      logging.error('while stopping after an error: %s', console.first_line(e))
 
   def _save_failed(self, step: int | None, error: Exception) -> CheckpointSaveError:
     """Removes the partial step and describes the failure in one line."""
@@ -326,7 +326,7 @@ class Checkpointer:
     steps = self.complete_steps()
     last = f'step {steps[-1]}' if steps else 'none'
     return CheckpointSaveError(
-        f'saving checkpoint {step} in {self.directory} failed: {model_ckpt.first_line(error)}; '
+        f'saving checkpoint {step} in {self.directory} failed: {console.first_line(error)}; '
         f'last complete checkpoint: {last}')
 
   def _remove_partial_steps(self, quiet_s: float = 2.0, limit_s: float = 60.0):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from hrseg_jax import checkpoints, paths
+from hrseg_jax import checkpoints, console, paths
 from hrseg_jax import overwrite as overwrite_lib
 from hrseg_jax.checkpoints import info as checkpoint_info
 from hrseg_jax.convert import mapping
@@ -108,9 +108,8 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
       raise
     except Exception as e:  # pylint: disable=broad-except
       # Flax/JAX errors of an impossible configuration: one line, no traceback.
-      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
       raise ValueError(f'cannot build the model {cfg.get("arch")} '
-                       f'{cfg.get("variant", "")}: {first}') from None
+                       f'{cfg.get("variant", "")}: {console.first_line(e)}') from None
     skip = {k: v for k, v in state.items() if k.startswith(NON_SEG_PREFIXES)}
     if backbone_only:
       state = {k: v for k, v in state.items() if k not in skip}

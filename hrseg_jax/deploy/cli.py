@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from hrseg_jax import console
+
 FORMATS = ('pytorch', 'onnx', 'savedmodel', 'stablehlo')
 EXTENSIONS = {'.pth': 'pytorch', '.pt': 'pytorch', '.onnx': 'onnx',
               '.stablehlo': 'stablehlo', '.savedmodel': 'savedmodel'}
@@ -129,9 +131,8 @@ def verify(fmt: str, path: str, cfg, variables, shape, dtype, pre: bool,
   except ExportError:
     raise
   except Exception as e:  # a runtime that rejects the graph: report, write nothing
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise ExportError(f'{runtime.runtime_version(fmt)} cannot run the {fmt} export '
-                      f'({first}); nothing was written') from None
+                      f'({console.first_line(e)}); nothing was written') from None
   result = runtime.compare(reference, output)
   result['runtime'] = runtime.runtime_version(fmt)
   result['batch'] = int(x.shape[0])
@@ -194,11 +195,10 @@ def export(args, log: Callable[[str], None] = print) -> int:
     except (TypeError, ValueError, AttributeError) as e:
       if not (dynamic and fmt == 'onnx'):
         raise
-      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
       raise ExportError(
           f'--dynamic-size: jax2onnx cannot keep the height and width of this '
-          f'{cfg["arch"]} model free ({first}); export ONNX with a fixed --size H W, '
-          'or StableHLO with --dynamic-size') from None
+          f'{cfg["arch"]} model free ({console.first_line(e)}); export ONNX with a '
+          'fixed --size H W, or StableHLO with --dynamic-size') from None
     log(f'exported {fmt} in {time.perf_counter() - t0:.1f}s')
     if not args.no_verify:
       check = verify(fmt, tmp, cfg, variables, shape, dtype, pre, post)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hrseg_jax import console
 from hrseg_jax.inference import MEAN, STD
 from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
@@ -115,8 +116,7 @@ def dynamic_size_problem(model_cfg: Mapping[str, Any], variables: Mapping, *,
   try:
     jax.eval_shape(fn, spec)
   except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return f'{_where(e.__traceback__)} needs a constant size ({first})'
+    return f'{_where(e.__traceback__)} needs a constant size ({console.first_line(e)})'
   return None
 
 
