@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from hrseg_jax.eval import classes as class_lists
-from hrseg_jax.inference import MEAN, STD
+from hrseg_jax.data.imagenet_stats import MEAN, STD
 
 
 def card_path(output) -> str:

@@ -9,9 +9,9 @@ RGB uint8 and the ImageNet normalisation runs inside the graph; without it
 the input is the normalised float32 image.
 
 The batch size stays free.  The height and width are fixed at export time
-unless :func:`dynamic_size_problem` finds that the model traces with a
-symbolic height and width (multiples of 32); today's models do not: their
-bilinear resizes gather with indices computed from the traced size.  HANet
+unless the export asks for a free size (multiples of 32) and
+:func:`dynamic_size_problem` finds that the model traces with a symbolic
+height and width (bilinear resizes then compute their taps in the graph).  HANet
 models see every image as a whole frame (row ``i`` of the image is row ``i``
 of the frame), like ``Segmenter``.
 """
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hrseg_jax import console
-from hrseg_jax.inference import MEAN, STD
+from hrseg_jax.data.imagenet_stats import MEAN, STD
 from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
 
