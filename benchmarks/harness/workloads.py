@@ -131,12 +131,8 @@ def _profile(settings: Settings, name: str, step, carry):
 
 def new_state(variables, tx) -> TrainState:
   """A fresh TrainState holding copies of ``variables`` (traceable)."""
-  v = jax.tree_util.tree_map(jnp.copy, variables)
-  params = v['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    model_state={k: x for k, x in v.items() if k != 'params'},
-                    opt_state=tx.init(params), rng=jax.random.PRNGKey(1),
-                    skipped=jnp.zeros((), jnp.int32))
+  return TrainState.create(jax.tree_util.tree_map(jnp.copy, variables), tx,
+                           jax.random.PRNGKey(1))
 
 
 def make_state(variables, tx, mesh):

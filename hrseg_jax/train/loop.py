@@ -215,11 +215,7 @@ def init_state(model, tx, rng, image_shape, mesh) -> tuple[TrainState, Any]:
   def make():
     variables = model.init({'params': init_rng, 'dropout': init_rng},
                            jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    params = variables['params']
-    model_state = {k: v for k, v in variables.items() if k != 'params'}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      model_state=model_state, opt_state=tx.init(params),
-                      rng=state_rng, skipped=jnp.zeros((), jnp.int32))
+    return TrainState.create(variables, tx, state_rng)
 
   abstract = jax.eval_shape(make)
   shardings = sharding.state_shardings(abstract, mesh)

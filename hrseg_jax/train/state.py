@@ -16,6 +16,15 @@ class TrainState:
   rng: jnp.ndarray             # base key; step keys are fold_in(rng, step)
   skipped: jnp.ndarray         # int32: steps skipped for non-finite values
 
+  @classmethod
+  def create(cls, variables, tx, rng) -> 'TrainState':
+    """Step 0: ``variables`` split into parameters and model state, a fresh
+    optimizer state from ``tx``."""
+    params = variables['params']
+    return cls(step=jnp.zeros((), jnp.int32), params=params,
+               model_state={k: v for k, v in variables.items() if k != 'params'},
+               opt_state=tx.init(params), rng=rng, skipped=jnp.zeros((), jnp.int32))
+
   @property
   def variables(self):
     return {'params': self.params, **self.model_state}
