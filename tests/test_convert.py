@@ -168,6 +168,13 @@ def test_bad_inputs(tmp_path, capsys):
   err = _cli_error(capsys, [str(tmp_path / 'trunc.pth'), str(out)])
   assert 'trunc.pth' in err
   assert not out.exists()
+  # No such file, or a folder where the file should be.
+  err = _cli_error(capsys, [str(tmp_path / 'nothere.pth'), str(out)])
+  assert err == f'error: checkpoint not found: {tmp_path / "nothere.pth"}'
+  (tmp_path / 'folder.pth').mkdir()
+  err = _cli_error(capsys, [str(tmp_path / 'folder.pth'), str(out)])
+  assert 'folder.pth' in err and 'folder' in err
+  assert not out.exists()
   # Not a checkpoint at all.
   (tmp_path / 'notes.txt').write_text('hello\n')
   err = _cli_error(capsys, [str(tmp_path / 'notes.txt'), str(out)])

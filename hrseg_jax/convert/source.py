@@ -44,6 +44,9 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
       model cannot take (see :func:`pth.check_state_dict_dtypes`).
   """
   path = os.fspath(path)
+  if not os.path.isfile(path):
+    what = 'is a folder, not a file' if os.path.isdir(path) else 'not found'
+    raise ValueError(f'checkpoint {what}: {path}')
   obj = pth.load_pth(path)
   try:
     state = pth.state_dict_from_checkpoint(obj)
