@@ -52,6 +52,17 @@ DEFAULT_CONFIG = 'configs/demo.py'
 EVAL_PROTOCOL = 'test'   # --mode eval's evaluator for eval.protocol=''
 
 
+def _config_filename(argv) -> str:
+  """The ``--config`` file named on the command line (or the default)."""
+  filename = DEFAULT_CONFIG
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith('--config='):
+      filename = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      filename = argv[i + 1]
+  return filename
+
+
 def _check_overridden_config(argv) -> None:
   """One line, exit 2, for ``--config.X=...`` without a config file to apply it to.
 
@@ -62,12 +73,8 @@ def _check_overridden_config(argv) -> None:
   overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
   if not overrides:
     return
-  filename, given = DEFAULT_CONFIG, False
-  for i, arg in enumerate(argv[1:], start=1):
-    if arg.startswith('--config='):
-      filename, given = arg.split('=', 1)[1], True
-    elif arg == '--config' and i + 1 < len(argv):
-      filename, given = argv[i + 1], True
+  filename = _config_filename(argv)
+  given = any(a == '--config' or a.startswith('--config=') for a in argv[1:])
   filename = filename.split(':')[0]
   if not os.path.isfile(os.path.expanduser(filename)):
     print(f'error: {overrides[0]} needs a config file, and {filename!r} '
@@ -186,13 +193,7 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   inputs = [p if video.is_camera(p) else paths.resolve(p) for p in inputs]
   if mode == 'train':
     from hrseg_jax.train import loop  # pylint: disable=g-import-not-at-top
-    result = loop.train_and_evaluate(config, workdir)
-    if jax.process_index() == 0:
-      ev = result.get('eval')
-      print(f"trained {result['final_step']} steps in {result['seconds']:.0f} s; "
-            + (f"final mIoU {100 * ev['miou']:.2f}% (pixel acc "
-               f"{100 * ev['pixel_acc']:.2f}%)" if ev else 'no evaluation'))
-    return result
+    return loop.train_and_evaluate(config, workdir)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from hrseg_jax import checkpoints
   from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
@@ -327,6 +328,36 @@ def _missing_field(error: BaseException) -> tuple[str, str]:
   return first.strip('"\''), ' '.join(rest.split())
 
 
+def _similar_fields(argv, where: str, limit: int = 2) -> list[str]:
+  """Fields anywhere in the config whose path is like ``where``'s
+  (``config.train.eval_every_steps`` -> ``eval.every_steps``)."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
+  try:
+    config = load_config_file(os.path.expanduser(_config_filename(argv)))
+  except Exception:  # pylint: disable=broad-except
+    return []
+
+  def paths(node, prefix=''):
+    for key in node.keys():
+      value = node[key]
+      if hasattr(value, 'keys'):
+        yield from paths(value, f'{prefix}{key}.')
+      yield f'{prefix}{key}'
+
+  fields = list(paths(config))
+  asked = where.split('.', 1)[1] if where.startswith('config.') else where
+  flat = lambda p: p.replace('.', '_')  # noqa: E731
+  leaf = asked.rsplit('.', 1)[-1]
+  exact = [f for f in fields if flat(f) in (flat(asked), flat(leaf))
+           or flat(f).endswith('_' + flat(leaf))]
+  if exact:
+    return exact[:limit]
+  by_flat = {flat(f): f for f in fields}
+  return [by_flat[m] for m in difflib.get_close_matches(flat(asked), by_flat, n=limit,
+                                                         cutoff=0.75)]
+
+
 def _parse_flags(argv):
   """absl flag parsing with one-line errors for bad ``--config.*`` overrides."""
   try:
@@ -338,6 +369,9 @@ def _parse_flags(argv):
     field, hint = _missing_field(e)
     bad = [a for a in argv if a.startswith('--config.') and field in a.split('=')[0]]
     where = bad[0].split('=')[0][2:] if bad else field
+    close = _similar_fields(argv, where)
+    if close:
+      hint = 'did you mean ' + ' or '.join(f'--config.{c}' for c in close) + '?'
     print(f'error: unknown config field {where!r} (no field {field!r}'
           f'{"; " + hint if hint else ""})', file=sys.stderr)
   except (OSError, ValueError, TypeError) as e:

@@ -15,6 +15,7 @@ import concurrent.futures
 import math
 import os
 import pathlib
+import re
 import shutil
 
 import cv2
@@ -125,7 +126,9 @@ def test_preemption_and_kill_9_lose_nothing(tmp_path, reference, ledger):
   a = chain.run(fault='sigterm:3')
   _only_complete_steps(sigterm, a, chain.ckpt_dir, a.partial_after)
   assert a.result.returncode == 0, a.result.tail()
-  assert 'stopping at step 3 (checkpoint saved)' in a.result.stderr
+  assert 'SIGTERM: saving a checkpoint at the next step boundary' in a.result.stderr
+  assert (f'stopped by SIGTERM at step 3 of {fu.NUM_STEPS}, checkpoint saved'
+          in a.result.stdout), a.result.tail()
   assert a.complete_after[-1] == 3
   assert [s for s, _ in a.losses] == [1, 2, 3]
 
@@ -176,8 +179,8 @@ def test_sigterm_on_one_host_stops_every_host(tmp_path, ledger):
   stops = []
   for r in results:
     assert r.returncode == 0, r.tail()
-    stops += [int(l.split('stopping at step ')[1].split()[0])
-              for l in r.stderr.splitlines() if 'stopping at step ' in l]
+    stops += [int(m) for m in re.findall(r'at step (\d+) of \d+, checkpoint saved',
+                                         r.stdout)]
   assert len(stops) == 2 and stops[0] == stops[1], stops
   stop = stops[0]
   assert 3 <= stop < fu.NUM_STEPS
@@ -202,7 +205,8 @@ def test_ctrl_c_saves_and_a_second_ctrl_c_exits_at_once(tmp_path, reference, led
   _only_complete_steps(once, a, chain.ckpt_dir, a.partial_after)
   assert a.result.returncode == 0, a.result.tail()
   assert 'Ctrl-C: saving a checkpoint at the next step boundary' in a.result.stderr
-  assert 'stopping at step 3 (checkpoint saved)' in a.result.stderr
+  assert (f'stopped by Ctrl-C at step 3 of {fu.NUM_STEPS}, checkpoint saved'
+          in a.result.stdout), a.result.tail()
   assert a.complete_after[-1] == 3 and [s for s, _ in a.losses] == [1, 2, 3]
 
   twice = ledger.inject('Ctrl-C twice after step 5')
@@ -212,7 +216,7 @@ def test_ctrl_c_saves_and_a_second_ctrl_c_exits_at_once(tmp_path, reference, led
   _only_complete_steps(twice, b, chain.ckpt_dir)
   assert b.result.returncode == -2, b.result.tail()
   assert b.resumed_from == 3 and b.complete_after[-1] == 4
-  assert 'stopping at step' not in b.result.stderr
+  assert 'checkpoint saved' not in b.result.stdout
 
   c = chain.run()
   assert c.result.returncode == 0, c.result.tail()

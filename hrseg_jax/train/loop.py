@@ -32,6 +32,7 @@ import functools
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -91,6 +92,7 @@ class StopSignal:
 
   def __init__(self):
     self.requested = False
+    self.reason = None   # what asked to stop, for the run's last line
     self._old = {}
     self._service = False
 
@@ -104,15 +106,24 @@ class StopSignal:
         self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._terminate)
     return self
 
+  def _notice(self, text: str) -> None:
+    # os.write, not print or logging: a handler may interrupt a print.
+    if jax.process_index() == 0:
+      os.write(sys.stderr.fileno(), (text + '\n').encode())
+
   def _terminate(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning('signal %d: saving a checkpoint at the next step boundary', signum)
+    import signal  # pylint: disable=g-import-not-at-top
+    self.reason = signal.Signals(signum).name
+    self._notice(f'{self.reason}: saving a checkpoint at the next step boundary, '
+                 'then stopping')
     self.requested = True
 
   def _interrupt(self, signum, frame):  # pylint: disable=unused-argument
     import signal  # pylint: disable=g-import-not-at-top
     signal.signal(signal.SIGINT, signal.SIG_DFL)   # the next Ctrl-C exits at once
-    logging.warning('Ctrl-C: saving a checkpoint at the next step boundary, then '
-                    'stopping (press Ctrl-C again to exit at once, without saving)')
+    self.reason = 'Ctrl-C'
+    self._notice('Ctrl-C: saving a checkpoint at the next step boundary, then '
+                 'stopping (press Ctrl-C again to exit at once, without saving)')
     self.requested = True
     if self._service:
       os.kill(os.getpid(), signal.SIGTERM)   # JAX's preemption notice
@@ -138,8 +149,12 @@ class StopSignal:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     preempted = (multihost_utils.reached_preemption_sync_point(step)
                  if self._service else False)
+    if preempted and self.reason is None:
+      self.reason = 'a preemption notice (SIGTERM)'
     if sync:
       flags = multihost_utils.process_allgather(np.int32(self.requested))
+      if np.any(flags) and self.reason is None:
+        self.reason = "another process's stop signal"
       preempted = preempted or bool(np.any(flags))
     return preempted
 
@@ -409,7 +424,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   try:
     with metric_writers.ensure_flushes(writer):
       if start < num_steps and stop.should_stop(start):
-        logging.warning('stop requested before step %d: nothing new to save', start + 1)
+        console.log(f'stop requested before step {start + 1}: nothing new to save')
         result['preempted'] = True
         steps = range(0)
       for step in steps:
@@ -445,12 +460,11 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
             ev = evaluator.run(state.variables)
           evaluator.report(ev, step)
           result['eval'] = {k: v for k, v in ev.items() if k != 'examples'}
+          result['eval_step'] = step
         if save_now:
           saver.save(step, state, ev)
         progress.add_paused_time(time.perf_counter() - t_pause)
         if halt and not last:
-          logging.warning('stopping at step %d (checkpoint saved); rerun the same '
-                          'command to resume', step)
           result['preempted'] = True
           break
   except BaseException:
@@ -461,7 +475,35 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   result['seconds'] = time.time() - t0
   result['final_step'] = int(jax.device_get(state.step))
   result['losses_from_step'] = start + 1
-  console.log(f'run ended at step {result["final_step"]}/{num_steps} after '
-              f'{result["seconds"]:.0f} s' + (' (stopped early; rerun to resume)'
-                                             if result['preempted'] else ''))
+  result['stop_reason'] = stop.reason
+  line = summary_line(result)
+  if console.enabled:
+    console.print(line)
+  elif result['preempted']:   # each host's own log says where it stopped
+    print(f'process {jax.process_index()}: {line}', flush=True)
   return result
+
+
+def summary_line(result: dict) -> str:
+  """The run's last console line: what this run trained (not the global
+  step), whether it stopped early and why, the last evaluation."""
+  start, end, total = result['start_step'], result['final_step'], result['steps']
+  trained = end - start
+  what = f'trained {trained} step{"" if trained == 1 else "s"}'
+  if start and trained:
+    what += f' ({start + 1}-{end} of {total}, resumed from step {start})'
+  elif not trained:
+    what = f'trained no step (the run was at step {start} of {total})'
+  what += f' in {result["seconds"]:.0f} s'
+  ev = result.get('eval')
+  if result['preempted']:
+    why = result.get('stop_reason') or 'train.stop_at_step'
+    line = (f'stopped by {why} at step {end} of {total}, checkpoint saved; rerun '
+            f'the same command to resume. {what[0].upper()}{what[1:]}')
+    if ev:
+      line += (f'; mIoU {100 * ev["miou"]:.2f}% at step {result["eval_step"]}')
+    return line
+  if not ev:
+    return what + '; no evaluation'
+  return what + (f'; final mIoU {100 * ev["miou"]:.2f}% (pixel acc '
+                 f'{100 * ev["pixel_acc"]:.2f}%)')
