@@ -48,6 +48,10 @@ def main(argv=None) -> int:
     if os.path.lexists(output) and not args.overwrite:
       raise FileExistsError(f'output file exists: {args.output} (pass --overwrite '
                             'to replace it)')
+    blocker = paths.file_above(output)
+    if blocker:
+      raise NotADirectoryError(f'cannot create {output}: {blocker} is a file, not a '
+                               'folder; choose another output path')
     from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
     from hrseg_jax.convert import convert, pth  # pylint: disable=g-import-not-at-top
     source = paths.resolve(args.checkpoint)

@@ -13,6 +13,8 @@ from typing import Iterable
 
 from etils import epath
 
+from hrseg_jax import paths
+
 MODEL = 'model'
 # Entries of a checkpoint directory besides its step directories: Orbax's
 # unfinished saves and trash (see hrseg_jax.checkpoints.training).
@@ -46,7 +48,8 @@ def _inside(path: str, folder: str) -> bool:
 
 def check_replaceable(directory, *, overwrite: bool,
                       keep: Iterable = ()) -> None:
-  """Raises FileExistsError unless writing ``directory`` loses nothing.
+  """Raises FileExistsError unless writing ``directory`` loses nothing
+  (NotADirectoryError where a file lies in the way of creating it).
 
   A missing or empty directory may be written. An existing one is replaced
   only with ``overwrite`` and only if it is itself a checkpoint written by
@@ -55,6 +58,10 @@ def check_replaceable(directory, *, overwrite: bool,
   """
   directory = epath.Path(directory)
   if not directory.exists():
+    blocker = paths.file_above(directory)
+    if blocker:
+      raise NotADirectoryError(f'cannot create {directory}: {blocker} is a file, '
+                               'not a folder; choose another output directory')
     return
   if not directory.is_dir():
     raise FileExistsError(f'output path exists and is not a directory: {directory}')

@@ -36,6 +36,35 @@ def resolve(path):
   return absolute if isinstance(path, str) else type(path)(absolute)
 
 
+def file_above(path) -> str | None:
+  """The nearest existing folder-in-the-way above ``path`` that is a file.
+
+  ``x.pth/out`` cannot exist while ``x.pth`` is a regular file; naming that
+  file says why (instead of the system's "Not a directory").  ``None`` when
+  no ancestor is a file, and for URLs.
+  """
+  text = os.fspath(path)
+  if not text or is_url(text):
+    return None
+  parent = os.path.dirname(os.path.abspath(text))
+  while True:
+    if os.path.exists(parent):
+      return None if os.path.isdir(parent) else parent
+    up = os.path.dirname(parent)
+    if up == parent:
+      return None
+    parent = up
+
+
+def shown(path) -> str:
+  """``path`` relative to the working directory when it lies below it."""
+  text = os.fspath(path)
+  if is_url(text):
+    return text
+  rel = os.path.relpath(text)
+  return text if rel.startswith('..') else rel
+
+
 def resolve_all(paths: Iterable) -> list:
   return [resolve(p) for p in paths]
 

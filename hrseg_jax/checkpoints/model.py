@@ -36,16 +36,52 @@ from hrseg_jax.overwrite import check_replaceable
 VARIABLES = 'variables'
 MODEL = 'model'
 
+# File names and first bytes of PyTorch checkpoints (zip, or a legacy pickle).
+PTH_SUFFIXES = ('.pth', '.pt', '.pth.tar', '.tar', '.ckpt', '.bin')
+_PTH_MAGIC = (b'PK\x03\x04', b'\x80')
+
+
+def _looks_like_pth(path: epath.Path) -> bool:
+  if path.name.lower().endswith(PTH_SUFFIXES):
+    return True
+  try:
+    with path.open('rb') as f:
+      return f.read(4).startswith(_PTH_MAGIC)
+  except OSError:
+    return False
+
+
+def not_a_folder_message(path) -> str:
+  """What to do when a file is given where a checkpoint folder is expected."""
+  path = epath.Path(path)
+  head = f'{path} is a file, not a checkpoint folder'
+  if _looks_like_pth(path):
+    stem = path.name.split('.')[0] or 'model'
+    return (f'{head}; a PyTorch .pth must be converted first: python -m '
+            f'hrseg_jax.convert {paths.shown(path)} converted/{stem}')
+  return (f'{head}; pass a folder written by python -m hrseg_jax.convert or '
+          'a training --workdir')
+
+
 def find_checkpoint(path) -> tuple[epath.Path, int]:
   """Resolves a user path to (manager root, step).
 
   Accepts a converted checkpoint directory, a training workdir (its
   ``checkpoints/`` subdirectory is used, latest step), a manager root, or a
   single step directory inside one.
+
+  Raises:
+    FileNotFoundError: nothing at ``path`` (naming a file in the way, if
+      one is), or no checkpoint steps in the folder.
+    NotADirectoryError: ``path`` is a file (a ``.pth`` to convert first).
   """
   path = epath.Path(paths.resolve(os.fspath(path)))
   if not path.exists():
-    raise FileNotFoundError(f'checkpoint not found: {path}')
+    blocker = paths.file_above(path)
+    raise FileNotFoundError(f'checkpoint not found: {path}' + (
+        f' ({blocker} is a file, not a folder)' if blocker else ''))
+  if not path.is_dir():
+    raise NotADirectoryError(not_a_folder_message(path))
   if (path / 'checkpoints').is_dir():
     path = path / 'checkpoints'
   if (path / MODEL).is_dir() and path.name.isdigit():

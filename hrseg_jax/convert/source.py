@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from hrseg_jax import paths
 from hrseg_jax.convert import mapping, pth
 
 # Entries kept as metadata (``loss.*``: class weights) are small float lists.
@@ -45,8 +46,11 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    what = 'is a folder, not a file' if os.path.isdir(path) else 'not found'
-    raise ValueError(f'checkpoint {what}: {path}')
+    if os.path.isdir(path):
+      raise ValueError(f'checkpoint is a folder, not a file: {path}')
+    blocker = paths.file_above(path)
+    raise ValueError(f'checkpoint not found: {path}' + (
+        f' ({blocker} is a file, not a folder)' if blocker else ''))
   obj = pth.load_pth(path)
   try:
     state = pth.state_dict_from_checkpoint(obj)

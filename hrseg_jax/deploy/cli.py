@@ -155,6 +155,10 @@ def export(args, log: Callable[[str], None] = print) -> int:
       raise ExportError(f'output exists: {path} (pass --overwrite to replace it)')
   if os.path.isdir(output) and not os.path.isfile(os.path.join(output, 'saved_model.pb')):
     raise ExportError(f'output is a directory that is not a SavedModel: {output}')
+  blocker = paths.file_above(output)
+  if blocker:
+    raise ExportError(f'cannot create {output}: {blocker} is a file, not a folder; '
+                      'choose another output path')
   h, w = args.size
   if h < 1 or w < 1:
     raise ExportError(f'--size {h} {w}: height and width must be positive')

@@ -1,0 +1,91 @@
+"""Bad paths and flags as a new user types them, through the real command lines
+from a temporary folder with relative paths: one ``error:`` line, exit 2,
+nothing written."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from hrseg_jax import checkpoints
+from hrseg_jax import export as export_cli
+from hrseg_jax.convert import __main__ as convert_cli
+from hrseg_jax.convert import mapping, pth
+from hrseg_jax.models import registry
+from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _listing(folder: pathlib.Path) -> list[str]:
+  return sorted(str(p.relative_to(folder)) for p in folder.rglob('*'))
+
+
+def _one_error(capsys, main, argv) -> str:
+  code = main(argv)
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert len(err.splitlines()) == 1 and err.startswith('error: '), err
+  return err.strip()
+
+
+def _run_main(cwd, *args) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=f'{REPO}{os.pathsep}{REPO / "tests"}',
+             JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'hrseg_jax.main', *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.fixture
+def user_folder(tmp_path, monkeypatch):
+  """A folder with a tiny 5-class .pth, a text file and a converted checkpoint."""
+  monkeypatch.chdir(tmp_path)
+  cfg = registry.resolve(TINY_HRNET)
+  variables = tiny_hrnet_variables(cfg)
+  pth.save_pth(mapping.variables_to_torch(variables), tmp_path / 'tiny.pth')
+  (tmp_path / 'notes.txt').write_text('hello\n')
+  checkpoints.save_model(tmp_path / 'converted' / 'tiny', variables, cfg)
+  return tmp_path
+
+
+def test_a_file_given_as_checkpoint_folder(user_folder, capsys):
+  """export / deploy export of a .pth or another file: convert it first."""
+  before = _listing(user_folder)
+  real = os.path.realpath(user_folder)
+  err = _one_error(capsys, export_cli.main, ['tiny.pth', 'out.pth'])
+  assert err == (f'error: {real}/tiny.pth is a file, not a checkpoint folder; a PyTorch '
+                 '.pth must be converted first: python -m hrseg_jax.convert tiny.pth '
+                 'converted/tiny')
+  err = _one_error(capsys, export_cli.main, ['tiny.pth', 'out.stablehlo'])
+  assert err.startswith(f'error: {real}/tiny.pth is a file, not a checkpoint folder; '
+                        'a PyTorch .pth must be converted first')
+  err = _one_error(capsys, export_cli.main, ['notes.txt', 'out.pth'])
+  assert err == (f'error: {real}/notes.txt is a file, not a checkpoint folder; pass a '
+                 'folder written by python -m hrseg_jax.convert or a training --workdir')
+  # A path below a regular file: not found, and which file is in the way.
+  err = _one_error(capsys, export_cli.main, ['tiny.pth/out', 'out.pth'])
+  assert err == (f'error: checkpoint not found: {real}/tiny.pth/out ({real}/tiny.pth '
+                 'is a file, not a folder)')
+  err = _one_error(capsys, convert_cli.main, ['tiny.pth/out', 'out9'])
+  assert err == (f'error: checkpoint not found: {real}/tiny.pth/out ({real}/tiny.pth '
+                 'is a file, not a folder)')
+  assert _listing(user_folder) == before
+
+
+def test_an_output_below_a_file(user_folder, capsys):
+  before = _listing(user_folder)
+  real = os.path.realpath(user_folder)
+  err = _one_error(capsys, convert_cli.main, ['tiny.pth', 'notes.txt/a/b'])
+  assert err == (f'error: cannot create {real}/notes.txt/a/b: {real}/notes.txt is a file, '
+                 'not a folder; choose another output directory')
+  err = _one_error(capsys, export_cli.main, ['converted/tiny', 'notes.txt/x.pth'])
+  assert err == (f'error: cannot create {real}/notes.txt/x.pth: {real}/notes.txt is a '
+                 'file, not a folder; choose another output path')
+  err = _one_error(capsys, export_cli.main, ['converted/tiny', 'notes.txt/x.stablehlo'])
+  assert err == (f'error: cannot create notes.txt/x.stablehlo: {real}/notes.txt is a '
+                 'file, not a folder; choose another output path')
+  assert _listing(user_folder) == before
+
