@@ -80,6 +80,7 @@ class Segmenter:
                dtype=jnp.float32, meta: Mapping | None = None,
                dataset: str | None = None):
     self.config = registry.resolve(model_cfg)
+    checkpoint_info.check_dataset(dataset, self.config['num_classes'])
     self.meta = dict(meta or {})
     self.predictor = Predictor.from_config(
         self.config, jax.tree_util.tree_map(jnp.asarray, dict(variables)),

@@ -50,6 +50,15 @@ def test_dataset_of_and_check():
     checkpoint_info.check_dataset('kitti')
 
 
+def test_dataset_class_counts_match_the_class_names():
+  from hrseg_jax.eval import classes  # pylint: disable=g-import-not-at-top
+  for name, k in checkpoint_info.NUM_CLASSES.items():
+    assert classes.class_names(name, k) != classes.generic_names(k), name
+  assert set(checkpoint_info.DATASETS) == set(checkpoint_info.NUM_CLASSES) | {'synthetic'}
+  assert checkpoint_info.datasets_with(60) == ['pascal_ctx60', 'synthetic']
+  assert checkpoint_info.check_dataset('synthetic', 7) == 'synthetic'
+
+
 def test_convert_infers_the_dataset_from_the_class_count():
   from hrseg_jax.convert import convert  # pylint: disable=g-import-not-at-top
   assert [convert.dataset_for_num_classes(k) for k in (19, 20, 59, 60, 150, 171, 7)] == [
@@ -98,6 +107,11 @@ def test_convert_records_the_dataset(tmp_path):
   with pytest.raises(ValueError, match="--dataset 'kitti'"):
     convert.convert(tmp_path / 'm.pth', tmp_path / 'c', dataset='kitti', log=quiet)
   assert not (tmp_path / 'c').exists()
-  seg = Segmenter.from_checkpoint(tmp_path / 'a', dataset='lip')
-  assert seg.dataset == 'lip' and len(seg.class_names) == 19
-  assert seg.class_names[0] == 'class_0'   # LIP has 20 classes, not 19
+  # LIP has 20 classes, not 19: its names and colours would be wrong.
+  with pytest.raises(ValueError, match=r'--dataset lip has 20 classes, the model has 19 '
+                     r'\(datasets that fit: cityscapes, synthetic\)'):
+    Segmenter.from_checkpoint(tmp_path / 'a', dataset='lip')
+  with pytest.raises(ValueError, match='--dataset lip has 20 classes, the model has 19'):
+    convert.convert(tmp_path / 'm.pth', tmp_path / 'd', dataset='lip', log=quiet)
+  assert not (tmp_path / 'd').exists()
+  assert Segmenter.from_checkpoint(tmp_path / 'a', dataset='synthetic').dataset == 'synthetic'

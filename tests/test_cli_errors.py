@@ -89,3 +89,17 @@ def test_an_output_below_a_file(user_folder, capsys):
                  'file, not a folder; choose another output path')
   assert _listing(user_folder) == before
 
+
+def test_dataset_of_another_class_count(user_folder, capsys):
+  """--dataset lip (20 classes) on a 5-class model: names and colours would be wrong."""
+  before = _listing(user_folder)
+  real = os.path.realpath(user_folder)
+  err = _one_error(capsys, convert_cli.main, ['tiny.pth', 'out', '--dataset', 'lip'])
+  assert err == (f'error: {real}/tiny.pth: --dataset lip has 20 classes, the model has 5 '
+                 '(datasets that fit: synthetic)')
+  err = _one_error(capsys, export_cli.main, ['converted/tiny', 'out.stablehlo',
+                                            '--dataset', 'cityscapes'])
+  assert err == ('error: --dataset cityscapes has 19 classes, the model has 5 '
+                 '(datasets that fit: synthetic)')
+  assert _listing(user_folder) == before
+

@@ -21,16 +21,33 @@ from hrseg_jax import checkpoints
 # Dataset names of hrseg_jax.recipes (palettes, class names, eval presets).
 DATASETS = ('cityscapes', 'lip', 'pascal_ctx', 'pascal_ctx60', 'cocostuff',
             'ade20k', 'synthetic')
+# Their class counts (hrseg_jax.eval.classes); the synthetic scenes take any.
+NUM_CLASSES = {'cityscapes': 19, 'lip': 20, 'pascal_ctx': 59, 'pascal_ctx60': 60,
+               'cocostuff': 171, 'ade20k': 150}
 BEST, LATEST = 'best', 'latest'
 
 
-def check_dataset(name: str | None) -> str | None:
-  """``name`` if it is a known dataset (or empty/None); else ValueError."""
+def datasets_with(num_classes: int) -> list[str]:
+  """The datasets whose names and colours fit a ``num_classes`` model."""
+  return [d for d in DATASETS if NUM_CLASSES.get(d, num_classes) == num_classes]
+
+
+def check_dataset(name: str | None, num_classes: int | None = None) -> str | None:
+  """``name`` if it is a known dataset (or empty/None); else ValueError.
+
+  With ``num_classes`` (the model's), a dataset of another class count is an
+  error too: its class names and colours would be silently wrong.
+  """
   if not name:
     return None
   if name not in DATASETS:
     raise ValueError(f'--dataset {name!r}: unknown dataset; known: '
                      f'{", ".join(DATASETS)}')
+  expected = NUM_CLASSES.get(name)
+  if num_classes is not None and expected not in (None, int(num_classes)):
+    raise ValueError(f'--dataset {name} has {expected} classes, the model has '
+                     f'{num_classes} (datasets that fit: '
+                     f'{", ".join(datasets_with(int(num_classes)))})')
   return name
 
 

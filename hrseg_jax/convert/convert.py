@@ -18,8 +18,7 @@ from hrseg_jax.models import from_state_dict, registry
 
 # Class count of a released checkpoint -> its dataset (hrseg_jax.recipes
 # names); 60 = PASCAL-Context with background.
-DATASET_BY_NUM_CLASSES = {19: 'cityscapes', 20: 'lip', 59: 'pascal_ctx',
-                          60: 'pascal_ctx60', 150: 'ade20k', 171: 'cocostuff'}
+DATASET_BY_NUM_CLASSES = {k: d for d, k in checkpoint_info.NUM_CLASSES.items()}
 
 
 def dataset_for_num_classes(num_classes: int) -> str | None:
@@ -101,6 +100,7 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
         cfg['num_classes'] = num_classes
     if align_corners is not None:
       cfg['align_corners'] = bool(align_corners)
+    checkpoint_info.check_dataset(dataset, cfg['num_classes'])
     try:
       cfg = registry.resolve(cfg)
       abstract = registry.abstract_variables(cfg)

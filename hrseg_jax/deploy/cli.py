@@ -180,6 +180,8 @@ def export(args, log: Callable[[str], None] = print) -> int:
   cfg, variables, meta = checkpoints.load_model(paths.resolve(args.checkpoint),
                                                step=args.step)
   cfg = registry.resolve(cfg)
+  from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
+  checkpoint_info.check_dataset(args.dataset, cfg['num_classes'])
   from hrseg_jax.deploy import graph  # pylint: disable=g-import-not-at-top
   if dynamic:
     problem = graph.dynamic_size_problem(cfg, variables, pre=pre, post=post)
