@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
+from hrseg_jax import console
 from hrseg_jax.eval import files, palettes
 from hrseg_jax.inference import Segmenter
 from hrseg_jax.predict import IMAGE_EXTENSIONS, read_image
@@ -50,6 +51,21 @@ def _cv2():
   return cv2
 
 
+def _open_capture(source: str | int):
+  """(``cv2.VideoCapture``, whether it opened), without OpenCV's own lines.
+
+  OpenCV and FFmpeg print their diagnostics of a capture that does not open
+  (``[ WARN:0@1.2] ... can't open camera by index``, ``moov atom not
+  found``) from C++ straight to file descriptor 2, so it is pointed at
+  /dev/null while the capture opens; the caller reports the failure in one
+  line of its own.
+  """
+  cv2 = _cv2()
+  with console._stderr_to_devnull():  # pylint: disable=protected-access
+    cap = cv2.VideoCapture(source)
+    return cap, cap.isOpened()
+
+
 def open_frames(source: str) -> tuple[Iterator[np.ndarray], float, int | None]:
   """(RGB uint8 frames, frames per second, frame count or None) of a source."""
   cv2 = _cv2()
@@ -59,14 +75,14 @@ def open_frames(source: str) -> tuple[Iterator[np.ndarray], float, int | None]:
       raise ValueError(f'{source}: no {"/".join(IMAGE_EXTENSIONS)} frames found')
     return (read_image(os.path.join(source, n)) for n in names), 25.0, len(names)
   if is_camera(source):
-    cap = cv2.VideoCapture(int(source))
-    if not cap.isOpened():
+    cap, opened = _open_capture(int(source))
+    if not opened:
       raise OSError(f'camera {source}: OpenCV cannot open it (no camera here?)')
   else:
     if not os.path.isfile(source):
       raise FileNotFoundError(f'{source}: no such file')
-    cap = cv2.VideoCapture(source)
-    if not cap.isOpened():
+    cap, opened = _open_capture(source)
+    if not opened:
       raise ValueError(f'{source}: OpenCV cannot read this video')
   fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
   count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not source.isdigit() else None

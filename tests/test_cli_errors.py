@@ -12,6 +12,7 @@ import pytest
 
 from hrseg_jax import checkpoints
 from hrseg_jax import export as export_cli
+from hrseg_jax import video
 from hrseg_jax.convert import __main__ as convert_cli
 from hrseg_jax.convert import mapping, pth
 from hrseg_jax.models import registry
@@ -103,3 +104,31 @@ def test_dataset_of_another_class_count(user_folder, capsys):
                  '(datasets that fit: synthetic)')
   assert _listing(user_folder) == before
 
+
+def test_predict_pth_checkpoint_and_unreadable_video(user_folder):
+  """--mode predict: a .pth as --checkpoint; a text file named .mp4 (no
+  OpenCV/FFmpeg lines above ours)."""
+  (user_folder / 'photos').mkdir()
+  (user_folder / 'photos' / 'a.png').write_bytes(b'')
+  (user_folder / 'bad.mp4').write_text('not a video\n')
+  before = _listing(user_folder)
+  real = os.path.realpath(user_folder)
+  r = _run_main(user_folder, '--mode', 'predict', '--checkpoint', 'tiny.pth',
+                '--input', 'photos/a.png', '--workdir', 'runs/p')
+  assert r.returncode == 2
+  assert r.stderr == (f'error: {real}/tiny.pth is a file, not a checkpoint folder; a '
+                      'PyTorch .pth must be converted first: python -m hrseg_jax.convert '
+                      'tiny.pth converted/tiny\n')
+  r = _run_main(user_folder, '--mode', 'predict', '--checkpoint', 'converted/tiny',
+                '--input', 'bad.mp4', '--workdir', 'runs/v')
+  assert r.returncode == 2
+  assert r.stderr == f'error: {real}/bad.mp4: OpenCV cannot read this video\n'
+  assert _listing(user_folder) == before
+
+
+def test_no_camera_is_one_line_of_ours(capfd):
+  """OpenCV's own warnings of a camera that does not open stay off the console."""
+  with pytest.raises(OSError, match='camera 7: OpenCV cannot open it'):
+    video.open_frames('7')
+  captured = capfd.readouterr()
+  assert captured.err == '' and captured.out == ''
