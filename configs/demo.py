@@ -2,6 +2,13 @@
 street scenes, sized for a 2-core CPU (a few minutes). No dataset needed.
 
   python -m hrseg_jax.main --config configs/demo.py --workdir runs/demo
+
+A shorter run (fields as --config.SECTION.FIELD; the names below are the
+recipe's arguments, not field paths):
+
+  python -m hrseg_jax.main --config configs/demo.py --workdir runs/quick \
+      --config.train.num_steps=40 --config.eval.every_steps=20 \
+      --config.train.checkpoint_every_steps=20 --config.train.log_every_steps=10
 """
 from hrseg_jax import recipes
 

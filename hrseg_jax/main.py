@@ -1,7 +1,8 @@
 """python -m hrseg_jax.main --config configs/X.py --workdir DIR [--mode train|eval|predict]
 
-Kept thin on purpose: flags, multi-host start-up, then the library.
-Override any field with ``--config.a.b=value`` (after ``--config``).
+Trains (resuming from DIR's checkpoints), evaluates a checkpoint, or predicts
+class maps for images, videos or a camera. Override any field of the config
+with --config.a.b=value (after --config); see README.md.
 """
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ from hrseg_jax import compile_cache
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to run.')
-flags.DEFINE_string('checkpoint', None, 'eval/predict: a checkpoint directory, '
+flags.DEFINE_string('checkpoint', None, 'eval/predict: a checkpoint directory '
+                    '(converted, or a training workdir), '
                     "or 'best' (highest validation mIoU) / 'latest' of the "
-                    "workdir's checkpoints (default: best when kept, else latest).")
+                    "--workdir's checkpoints (default: best when kept, else latest).")
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                   'eval/predict: network compute dtype.')
 flags.DEFINE_multi_string('input', [], 'predict: image files, folders or list files; '
-                          'a video file or camera index (0) writes an overlay video.')
+                          'a video file or camera index (0) writes an overlay video')
 flags.DEFINE_bool('video', False, 'predict: treat a folder --input as the frames of '
                   'one clip (overlay video + class maps).')
 flags.DEFINE_string('list_root', None, "predict: folder that a list file's "
@@ -204,7 +206,17 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
     evaluator.protocol_of(config, EVAL_PROTOCOL)
   dataset = checkpoint_info.check_dataset(opts['dataset'])
-  path, step, described = checkpoint_info.select(checkpoint, workdir)
+  try:
+    path, step, described = checkpoint_info.select(checkpoint, workdir)
+  except FileNotFoundError as e:
+    if checkpoint:
+      raise
+    # No --checkpoint: the workdir's own checkpoints were looked for.
+    raise FileNotFoundError(
+        f'--mode {mode} without --checkpoint uses the checkpoints of --workdir, and '
+        f'{workdir} has none: pass --checkpoint (a converted checkpoint folder or '
+        'a training workdir)' + (', --workdir being where predictions go'
+                                 if mode == 'predict' else '')) from e
   model_cfg, variables, meta = checkpoints.load_model(path, step=step)
   main_process = jax.process_index() == 0
   if main_process:
@@ -239,16 +251,22 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
 def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:
   """``--mode eval``: the evaluator of ``eval.protocol`` (default: test) on
   the devices' mesh; the IoU table and ``<workdir>/eval/metrics.json``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
   from hrseg_jax.train import sharding  # pylint: disable=g-import-not-at-top
   batches = sharding.batch_sharding(sharding.make_mesh(config.mesh.fsdp))
+  main_process = jax.process_index() == 0
+  log = (lambda line: print(line, flush=True)) if main_process else (lambda _: None)
+  out_dir = os.path.join(workdir, evaluator.EVAL_DIR)
   ev = evaluator.from_config(
       config, default_protocol=EVAL_PROTOCOL, model_cfg=model_cfg,
       to_global=lambda local: sharding.global_batch(local, batches), dtype=dtype,
-      out_dir=os.path.join(workdir, evaluator.EVAL_DIR),
-      log=lambda line: print(line, flush=True))
+      out_dir=out_dir, log=log)
+  log(f'eval: {ev.protocol} protocol (eval.protocol), {jnp.dtype(dtype).name} compute')
   metrics = ev.run(variables)
   ev.report(metrics)
+  log(f'eval: wrote {os.path.join(out_dir, "metrics.json")} and confusion.png')
   return metrics
 
 
@@ -271,9 +289,13 @@ def _flag_options() -> dict:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    print(f'error: unexpected arguments {argv[1:]} (flags are --name=value; '
+          'see --help)', file=sys.stderr)
+    sys.exit(2)
   if not FLAGS.workdir:
-    raise app.UsageError('--workdir is required')
+    print('error: --workdir is required: the folder for checkpoints, logs and '
+          'results (see --help)', file=sys.stderr)
+    sys.exit(2)
   from hrseg_jax import console  # pylint: disable=g-import-not-at-top
   console.configure(verbose=FLAGS.verbose or (FLAGS['verbosity'].present
                                               and FLAGS.verbosity >= 0))

@@ -148,3 +148,22 @@ def test_overlay_strips():
   assert (out[:, 0, 5:10] == 100).all()                     # ignore: image shows
   assert (out[:, 1:, 5:10] == pal[0]).all()                 # ground truth colours
   assert (out[:, :, 10:] == pal[1]).all()                   # prediction colours
+
+
+def test_training_summary_line_counts_this_runs_steps():
+  from hrseg_jax.train.loop import summary_line  # pylint: disable=g-import-not-at-top
+  ev = {'miou': 0.5, 'pixel_acc': 0.9}
+  base = dict(steps=300, seconds=12.4, preempted=False, stop_reason=None)
+  assert summary_line(dict(base, start_step=0, final_step=300, eval=ev)) == (
+      'trained 300 steps in 12 s; final mIoU 50.00% (pixel acc 90.00%)')
+  assert summary_line(dict(base, start_step=100, final_step=300)) == (
+      'trained 200 steps (steps 101-300 of 300, resumed from step 100) in 12 s; '
+      'no evaluation')
+  assert summary_line(dict(base, start_step=300, final_step=300)).startswith(
+      'trained no step (the run was at step 300 of 300)')
+  stopped = dict(base, start_step=8, final_step=9, preempted=True, stop_reason='Ctrl-C',
+                 eval=ev, eval_step=4)
+  assert summary_line(stopped) == (
+      'stopped by Ctrl-C at step 9 of 300, checkpoint saved; rerun the same command '
+      'to resume. Trained 1 step (step 9 of 300, resumed from step 8) in 12 s; '
+      'mIoU 50.00% at step 4')

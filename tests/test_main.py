@@ -95,3 +95,36 @@ def test_config_override_without_a_config_file_is_one_line(tmp_path):
         f'error: --config.eval.batch_size needs a config file, and {named} is not found: '
         "pass --config with the path of one of the repository's configs/*.py files"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_usage_mistakes_are_one_line_errors(tmp_path):
+  """No --workdir, a stray argument, a config field under the wrong section,
+  and eval/predict without --checkpoint in a workdir that has none: one
+  ``error:`` line each, exit 2, nothing written (run from a user's folder
+  with relative paths)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  (tmp_path / 'configs').symlink_to(REPO / 'configs')
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'a.png')
+  cases = (
+      (['--config', 'configs/demo.py'], 'error: --workdir is required'),
+      (['--config', 'configs/demo.py', '--workdir', 'w', 'stray'],
+       "error: unexpected arguments ['stray']"),
+      (['--config', 'configs/demo.py', '--workdir', 'w',
+        '--config.train.eval_every_steps=10'],
+       "error: unknown config field 'config.train.eval_every_steps' (no field "
+       "'eval_every_steps'; did you mean --config.eval.every_steps?)"),
+      (['--config', 'configs/demo.py', '--workdir', 'runs/demo', '--mode', 'eval'],
+       '--mode eval without --checkpoint uses the checkpoints of --workdir, and '
+       f'{tmp_path}/runs/demo has none'),
+      (['--mode', 'predict', '--input', 'a.png', '--workdir', 'runs/out'],
+       '--mode predict without --checkpoint uses the checkpoints of --workdir, and '
+       f'{tmp_path}/runs/out has none'),
+  )
+  for flags, expected in cases:
+    r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', *flags], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, (flags, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), (flags, r.stderr)
+    assert expected in lines[0], (flags, lines[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.png', 'configs'], flags

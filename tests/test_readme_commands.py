@@ -206,7 +206,7 @@ def test_demo_training_killed_resumed_then_eval(folder):
                                          start='resumed from step 2')
   names = classes.class_names('synthetic', 19)
   console_checks.assert_eval_table(resumed.stdout, names)
-  assert 'trained 2 steps (3-4 of 4, resumed from step 2) in ' in resumed.stdout
+  assert 'trained 2 steps (steps 3-4 of 4, resumed from step 2) in ' in resumed.stdout
   assert 'final mIoU' in resumed.stdout
   assert sorted(p.name for p in (folder / 'runs/demo/checkpoints').iterdir()
                 if p.name.isdigit()) == ['2', '4']

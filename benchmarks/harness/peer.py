@@ -1,9 +1,9 @@
 """The rows to beat: the PyTorch peer and the functional-JAX floor.
 
-Read from ``$HRSEG_PEER`` or ``../shared/peer`` beside the repository (the
-JSON files described in its ``README.md``); where neither exists (the GPU
-machine receives only the repository) the same figures come from
-:data:`RAW`, a verbatim copy of those files as of 2026-11-24.  No JAX here.
+Read from ``--peer-dir``, ``$HRSEG_PEER`` or ``../shared/peer`` beside the
+repository (JSON files of the reference measurements); where none exists
+the same figures come from :data:`RAW`, a verbatim copy of those files as
+of 2026-11-24.  No JAX here.
 """
 from __future__ import annotations
 
@@ -149,6 +149,6 @@ def load(directory: pathlib.Path | None) -> dict[str, Any]:
   """
   raw, source = load_raw(directory)
   note = ('read from the peer JSON files' if source != 'constants' else
-          'peer JSON files not found ($HRSEG_PEER or ../shared/peer); figures '
-          'from the constants in benchmarks/harness/peer.py (copied 2026-11-24)')
+          'reference rows measured 2026-11-24, built into '
+          'benchmarks/harness/peer.py (--peer-dir or $HRSEG_PEER: newer JSON files)')
   return dict(source=source, note=note, rows=rows(raw))

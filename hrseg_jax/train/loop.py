@@ -491,7 +491,8 @@ def summary_line(result: dict) -> str:
   trained = end - start
   what = f'trained {trained} step{"" if trained == 1 else "s"}'
   if start and trained:
-    what += f' ({start + 1}-{end} of {total}, resumed from step {start})'
+    span = f'step {end}' if trained == 1 else f'steps {start + 1}-{end}'
+    what += f' ({span} of {total}, resumed from step {start})'
   elif not trained:
     what = f'trained no step (the run was at step {start} of {total})'
   what += f' in {result["seconds"]:.0f} s'
