@@ -218,6 +218,7 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
         'a training workdir)' + (', --workdir being where predictions go'
                                  if mode == 'predict' else '')) from e
   model_cfg, variables, meta = checkpoints.load_model(path, step=step)
+  dataset = checkpoint_info.check_dataset(dataset, model_cfg['num_classes'])
   main_process = jax.process_index() == 0
   if main_process:
     print(f'{mode}: {described}', flush=True)

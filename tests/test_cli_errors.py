@@ -123,6 +123,12 @@ def test_predict_pth_checkpoint_and_unreadable_video(user_folder):
                 '--input', 'bad.mp4', '--workdir', 'runs/v')
   assert r.returncode == 2
   assert r.stderr == f'error: {real}/bad.mp4: OpenCV cannot read this video\n'
+  # A palette of another class count than the model's.
+  r = _run_main(user_folder, '--mode', 'predict', '--checkpoint', 'converted/tiny',
+                '--input', 'bad.mp4', '--workdir', 'runs/v', '--dataset', 'lip')
+  assert r.returncode == 2
+  assert r.stderr == ('error: --dataset lip has 20 classes, the model has 5 '
+                      '(datasets that fit: synthetic)\n')
   assert _listing(user_folder) == before
 
 
