@@ -26,7 +26,8 @@ def main(argv=None) -> int:
   p.add_argument('output', help='file (or SavedModel directory) to write')
   p.add_argument('--prefix', default=None, help="key prefix ('' for a bare state "
                  "dict; default: the source layout, else 'model.')")
-  p.add_argument('--step', type=int, default=None)
+  p.add_argument('--step', type=int, default=None,
+                 help='step of a training workdir to export (default: its latest)')
   p.add_argument('--overwrite', action='store_true',
                  help='replace OUTPUT if it exists (a file, or a SavedModel directory; '
                  'never any other directory)')

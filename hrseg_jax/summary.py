@@ -1,11 +1,11 @@
 """python -m hrseg_jax.summary: parameters and FLOPs per model.
 
-FLOPs are counted from the traced program (no compilation, no memory): every
-convolution and every matrix product (attention) contributes 2 x
-multiply-adds; bilinear resizes are reported apart (they are written as small
-interpolation matmuls and are not model FLOPs).  The
-original's README quotes conv multiply-adds / 1024^3 as "GFLOPs" (696.2 for
-W48 at 1024x2048); both figures are printed.
+FLOPs are counted from the traced program of one eval-mode forward of one
+image (no compilation, no memory): every convolution and every matrix
+product (attention) contributes 2 x multiply-adds; bilinear resizes and
+elementwise work are not model FLOPs.  The original's README quotes conv
+multiply-adds / 1024^3 as "GFLOPs" (696.2 for W48 at 1024x2048); both
+figures are printed.
 """
 from __future__ import annotations
 
@@ -88,8 +88,10 @@ def main(argv=None) -> int:
   p.add_argument('--variant', action='append', default=[],
                  help='HRNet variant, e.g. w48, w18_small_v2 (repeatable)')
   p.add_argument('--ocr', action='store_true', help='with --variant: add the OCR head')
-  p.add_argument('--num-classes', type=int, default=19)
-  p.add_argument('--size', type=int, nargs=2, default=(1024, 2048), metavar=('H', 'W'))
+  p.add_argument('--num-classes', type=int, default=19,
+                 help='classes of the --variant models (default: 19)')
+  p.add_argument('--size', type=int, nargs=2, default=(1024, 2048), metavar=('H', 'W'),
+                 help='input image size (default: 1024 2048)')
   args = p.parse_args(argv)
   models = []
   try:
@@ -106,16 +108,16 @@ def main(argv=None) -> int:
       models.append(('w48+ocr', dict(arch='hrnet', variant='w48',
                                      num_classes=args.num_classes, ocr={})))
     h, w = args.size
-    print(f'{"model":28s} {"params":>12s} {"conv GMAC":>10s} {"matmul GMAC":>11s} '
-          f'{"TFLOP":>7s} {"README GFLOPs":>13s} {"resize GMAC":>11s}   @ {h}x{w}')
-    for name, cfg in models:
-      r = summary_row(cfg, h, w)
-      print(f'{name:28s} {r["params"]:>12,d} {r["conv_gmac"]:>10.1f} '
-            f'{r["matmul_gmac"]:>11.2f} {r["tflop"]:>7.3f} {r["readme_gflops"]:>13.1f}'
-            f' {r["interp_gmac"]:>11.1f}')
+    rows = [(name, summary_row(cfg, h, w)) for name, cfg in models]
   except (OSError, ValueError, KeyError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  print(f'one {h}x{w} image, eval-mode forward')
+  print(f'{"model":28s} {"params":>12s} {"conv GMAC":>10s} {"matmul GMAC":>11s} '
+        f'{"GFLOP":>9s} {"README GFLOPs":>13s}')
+  for name, r in rows:
+    print(f'{name:28s} {r["params"]:>12,d} {r["conv_gmac"]:>10.1f} '
+          f'{r["matmul_gmac"]:>11.2f} {1e3 * r["tflop"]:>9.1f} {r["readme_gflops"]:>13.1f}')
   return 0
 
 

@@ -20,8 +20,7 @@ from hrseg_jax.data import lists
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      description=__doc__.split('\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('dataset', choices=sorted(lists.LIST_FORMATS))
   parser.add_argument('--root', required=True,
                       help='dataset directory in the original layout')

@@ -11,22 +11,24 @@ Example:
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from hrseg_jax.data.synthetic import write_cityscapes_layout
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--root', required=True)
+  parser.add_argument('--root', required=True, help='folder to write (Cityscapes layout)')
   parser.add_argument('--list_dir', default='',
                       help='where the list files go (default: --root)')
-  parser.add_argument('--num_train', type=int, default=200)
-  parser.add_argument('--num_val', type=int, default=20)
-  parser.add_argument('--num_test', type=int, default=0)
-  parser.add_argument('--height', type=int, default=256)
-  parser.add_argument('--width', type=int, default=512)
-  parser.add_argument('--num_classes', type=int, default=19)
-  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--num_train', type=int, default=200, help='training images (200)')
+  parser.add_argument('--num_val', type=int, default=20, help='validation images (20)')
+  parser.add_argument('--num_test', type=int, default=0, help='test images (0)')
+  parser.add_argument('--height', type=int, default=256, help='image height (256)')
+  parser.add_argument('--width', type=int, default=512, help='image width (512)')
+  parser.add_argument('--num_classes', type=int, default=19,
+                      help='classes drawn, of the 19 Cityscapes train ids (19)')
+  parser.add_argument('--seed', type=int, default=0, help='random seed (0)')
   args = parser.parse_args(argv)
   written = write_cityscapes_layout(
       args.root, num_train=args.num_train, num_val=args.num_val,
@@ -36,15 +38,18 @@ def main(argv=None):
   for split, path in sorted(written.items()):
     print(f'{split:9s} {path}')
   h, w = args.height, args.width
-  print('\nUse with the cityscapes recipe, e.g. overrides:\n'
-        f'  config.data.root = {args.root!r}\n'
-        f'  config.data.train_list = {written.get("train", "")!r}\n'
-        f'  config.data.val_list = {written.get("val", "")!r}\n'
-        f'  config.data.base_size = {max(h, w)}\n'
-        f'  config.data.crop_size = ({h // 2}, {w // 2})\n'
-        f'  config.data.eval_size = ({h}, {w})\n'
-        f'  config.data.eval_base_size = {max(h, w)}\n'
-        f'  config.data.eval_crop_size = ({h}, {w})')
+  overrides = {
+      'data.root': args.root, 'data.train_list': written.get('train', ''),
+      'data.val_list': written.get('val', ''), 'data.base_size': max(h, w),
+      'data.crop_size': f'({h // 2}, {w // 2})', 'data.eval_size': f'({h}, {w})',
+      'data.eval_base_size': max(h, w), 'data.eval_crop_size': f'({h}, {w})',
+      'eval.base_size': max(h, w), 'eval.crop_size': f'({h}, {w})',
+      'train.init_from': ''}
+  flags = [f'--config.{k}={v}' for k, v in overrides.items()]
+  print('\nTrain on it with a Cityscapes config (from scratch), e.g.:\n  '
+        + shlex.join(['python', '-m', 'hrseg_jax.main', '--config',
+                      'configs/hrnet_w18_small_v1_cityscapes.py', '--workdir',
+                      'runs/synthetic_cs', *flags]))
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ def test_prepare_synthetic_then_make_lists(tmp_path, capsys):
                                  '--num_val', '2', '--height', '32',
                                  '--width', '64'])
   out = capsys.readouterr().out
-  assert 'config.data.crop_size = (16, 32)' in out
+  assert "'--config.data.crop_size=(16, 32)'" in out
   assert sorted(os.listdir(root)) == ['gtFine', 'leftImg8bit', 'train.lst',
                                       'trainval.lst', 'val.lst']
   list_dir = str(tmp_path / 'list')

@@ -42,7 +42,7 @@ FAULTS_PER_TEST = {
     'test_corrupt_latest_checkpoint_is_one_line': 1,
     'test_init_from_a_missing_checkpoint_is_one_line': 1,
 }
-FAULTS_IN_SUITE = 28
+FAULTS_IN_SUITE = 29
 
 
 @pytest.fixture
@@ -377,6 +377,8 @@ CONFIG_CASES = {
     'wrong type in the config file': ({'train__batch_size': 'eight'},
                                       "field 'batch_size'"),
     'unknown value': (['--config.train.nonfinite=ignore'], 'train.nonfinite='),
+    'loss chunks that do not divide the batch': (['--config.loss.num_chunks=3'],
+                                                 'loss.num_chunks=3 does not divide'),
 }
 
 

@@ -128,7 +128,9 @@ def test_released_checkpoint_commands_as_written(folder, monkeypatch):
   assert (folder / 'converted/w48_cs').is_dir()
 
   out = run(folder, command('--mode eval', 'converted/w48_cs'), *SMALL_EVAL).stdout
-  assert 'eval: checkpoint converted/w48_cs' in out
+  assert 'eval: checkpoint converted/w48_cs (converted weights, step 0)' in out
+  assert 'eval: test protocol (eval.protocol), float32 compute' in out
+  assert re.search(r'eval: wrote .*runs/w48_eval/eval/metrics.json and confusion.png', out)
   assert re.search(r'eval 2/2 \(100%\) \| [\d.]+ img/s \| done in', out), out
   console_checks.assert_eval_table(out, classes.class_names('cityscapes', 19))
   assert (folder / 'runs/w48_eval/eval/metrics.json').exists()
@@ -187,7 +189,7 @@ def test_summary_w48_as_written(tmp_path):
   out = run(tmp_path, command('hrseg_jax.summary', '--variant w48')).stdout
   row = [l for l in out.splitlines() if l.startswith('w48 ')]
   assert len(row) == 1 and '65,859,379' in row[0] and ' 747.5 ' in row[0], out
-  assert '@ 1024x2048' in out
+  assert out.startswith('one 1024x2048 image, eval-mode forward')
 
 
 def test_demo_training_killed_resumed_then_eval(folder):

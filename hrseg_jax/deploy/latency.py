@@ -34,8 +34,10 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('exports', nargs='+', help='files written by python -m hrseg_jax.export')
   p.add_argument('--checkpoint', help='also time the JAX model of this checkpoint')
-  p.add_argument('--repeats', type=int, default=10)
-  p.add_argument('--warmup', type=int, default=2)
+  p.add_argument('--repeats', type=int, default=10,
+                 help='timed calls per runtime; the median is reported (default: 10)')
+  p.add_argument('--warmup', type=int, default=2,
+                 help='untimed calls before them (default: 2)')
   args = p.parse_args(argv)
   from hrseg_jax import console  # pylint: disable=g-import-not-at-top
   console.configure()

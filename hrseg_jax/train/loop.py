@@ -185,6 +185,18 @@ def check_train_config(train_cfg) -> None:
       raise ValueError(f'train.{name}={value!r}: expected a positive integer')
 
 
+def check_loss_chunks(config) -> None:
+  """``loss.num_chunks`` must divide the batch (the loss is normalised per
+  chunk, like the original's per-GPU losses)."""
+  chunks = int((config.get('loss') or {}).get('num_chunks', 1) or 1)
+  batch = config.train.batch_size
+  if chunks > 1 and batch % chunks:
+    raise ValueError(
+        f'loss.num_chunks={chunks} does not divide train.batch_size={batch} (the loss '
+        'is averaged over that many equal parts of the batch, like the original\'s '
+        'per-GPU losses): pass --config.loss.num_chunks=1 or a divisor of the batch')
+
+
 def make_workdir(workdir) -> epath.Path:
   """Creates ``workdir`` and checks that files can be written in it."""
   workdir = epath.Path(workdir)
@@ -294,6 +306,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       field, file or step).
   """
   check_train_config(config.train)
+  check_loss_chunks(config)
   evaluator_lib.protocol_of(config, TRAINING_PROTOCOL)
   pretrained.check_init_from(config, workdir)  # the user's path in the message
   config = paths.resolve_config(config)
