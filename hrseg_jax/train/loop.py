@@ -398,7 +398,8 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
              + f', {num_classes} classes ({config.data.name}), {config.train.dtype}'),
       num_params=progress_lib.count_parameters(state.params),
       workdir=os.fspath(workdir), checkpoints=os.fspath(ckpt.directory),
-      start=how if start < num_steps else f'{how}; nothing left to train'))
+      start=(f'{how}; compiling the training step (the first step line includes it)'
+             if start < num_steps else f'{how}; nothing left to train')))
   # The example order is a function of the global step: any process count
   # continues with the batches an uninterrupted run reads next.
   train_iter = pipeline.make_train_iterator(
