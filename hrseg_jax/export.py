@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
     return 2
   n = len(obj.get('state_dict', obj))
-  print(f'wrote {args.output}: {n} tensors')
+  what = f'step {step} of {args.checkpoint}' if step else f'{args.checkpoint} (converted)'
+  print(f'wrote {args.output}: {n} tensors, PyTorch state dict of {what}')
   return 0
 
 

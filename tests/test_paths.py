@@ -76,7 +76,9 @@ def test_convert_export_and_load_with_relative_paths(golden, tmp_path, monkeypat
   assert (tmp_path / 'converted' / 'w18').is_dir()
   assert (home / 'converted' / 'w18').is_dir()
   r = _run(tmp_path, home, 'hrseg_jax.export', '~/converted/w18', 'exported/w18.pth')
-  assert 'exported/w18.pth' in r.stdout and (tmp_path / 'exported' / 'w18.pth').is_file()
+  assert r.stdout.startswith('wrote exported/w18.pth: ')
+  assert r.stdout.strip().endswith('PyTorch state dict of ~/converted/w18 (converted)')
+  assert (tmp_path / 'exported' / 'w18.pth').is_file()
   monkeypatch.chdir(tmp_path)
   seg = Segmenter.from_checkpoint('converted/w18')
   assert seg.num_classes == 19

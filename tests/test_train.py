@@ -77,6 +77,15 @@ def test_loss_decreases_and_resume_is_exact(tmp_path):
   second = loop.train_and_evaluate(c, str(tmp_path / 'split'))
   assert second['start_step'] == 3 and second['final_step'] == 8
   assert first['losses'] + second['losses'] == full['losses']
+  # A longer run in the same workdir: the start-up line says the schedule changed.
+  c.train.num_steps = 10
+  third = loop.train_and_evaluate(c, str(tmp_path / 'split'))
+  assert third['start_step'] == 8 and third['final_step'] == 10
+  log = (tmp_path / 'split' / 'log.txt').read_text()
+  assert 'stopped by train.stop_at_step at step 3 of 8, checkpoint saved' in log
+  assert 'trained 5 steps (steps 4-8 of 8, resumed from step 3)' in log
+  assert ('resumed from step 8 (' in log and 'the run length changed (train.num_steps '
+          '8 -> 10): the learning-rate schedule now ends at step 10' in log), log
 
 
 def test_steps_between_log_steps_never_wait_for_the_device(tmp_path, monkeypatch):

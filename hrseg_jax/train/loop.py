@@ -284,6 +284,21 @@ def _model_name(model_cfg: dict) -> str:
   return f'{model_cfg.get("arch", "model")} {model_cfg.get("variant", "")}{extras}'
 
 
+def _read_json(path: epath.Path) -> dict | None:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def schedule_length(config: dict | None) -> dict | None:
+  """The fields that set the learning-rate schedule's length."""
+  train = (config or {}).get('train')
+  if not isinstance(train, dict):
+    return None
+  return {k: train.get(k) for k in ('num_steps', 'num_epochs')}
+
+
 def write_run_config(config, workdir: epath.Path) -> None:
   """``<workdir>/config.json``: this run's resolved config (atomic)."""
   text = config.to_json_best_effort(indent=2) if hasattr(config, 'to_json_best_effort') \
@@ -337,6 +352,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   metric_writers = tb_writer.clu_metric_writers()
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
+  previous_length = schedule_length(_read_json(workdir / CONFIG_FILE))
   if is_main:
     write_run_config(config, workdir)
 
@@ -374,6 +390,12 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
                        ckpt.directory / str(ckpt.latest_step()))
       state = ckpt.restore(abstract_with_shardings(state, state_sh))
       how = f'resumed from step {int(state.step)} ({ckpt.directory / str(int(state.step))})'
+      length = schedule_length(config.to_dict())
+      if previous_length and previous_length != length:
+        how += ('; the run length changed (' + ', '.join(
+            f'train.{k} {previous_length[k]} -> {length[k]}' for k in length
+            if previous_length.get(k) != length[k])
+            + f'): the learning-rate schedule now ends at step {num_steps}')
     elif config.train.init_from:
       state = load_init_weights(state, config.train.init_from, model_cfg)
       how = f'initialised from {config.train.init_from}'
