@@ -266,7 +266,7 @@ def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:
   ev = evaluator.from_config(
       config, default_protocol=EVAL_PROTOCOL, model_cfg=model_cfg,
       to_global=lambda local: sharding.global_batch(local, batches), dtype=dtype,
-      out_dir=out_dir, log=log)
+      out_dir=out_dir, log=log, progress=True)
   log(f'eval: {ev.protocol} protocol (eval.protocol), {jnp.dtype(dtype).name} compute')
   metrics = ev.run(variables)
   ev.report(metrics)

@@ -63,7 +63,11 @@ def test_eval_mode_with_the_validation_protocol(trained):
   cwd, _ = trained
   r = run(cwd, DEMO, *SMALL_DEMO, '--mode', 'eval', '--config.eval.protocol=validation')
   assert r.stdout.startswith('eval: best checkpoint (step '), r.stdout
-  assert 'evaluation at step' not in r.stdout and 'eval 2/2' not in r.stdout
+  assert 'evaluation at step' not in r.stdout
+  assert 'eval: validation protocol (eval.protocol), float32 compute' in r.stdout
+  assert re.search(r'^eval 2/2 \(100%\) \| [\d.]+ img/s \| done in', r.stdout, re.M), r.stdout
+  assert re.search(r'^eval: wrote .*runs/demo/eval/metrics.json and confusion.png$',
+                   r.stdout, re.M), r.stdout
   console_checks.assert_eval_table(r.stdout, classes.class_names('synthetic', 19))
   metrics = json.loads((cwd / 'runs/demo/eval/metrics.json').read_text())
   assert set(metrics) == METRIC_KEYS

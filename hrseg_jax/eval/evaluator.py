@@ -43,6 +43,7 @@ from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval.metrics import confusion_matrix, format_iou_table, iou_metrics
 from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
+from hrseg_jax.progress import Progress
 
 EVAL_DIR = 'eval'
 NUM_OVERLAYS = 3
@@ -62,7 +63,7 @@ class Evaluator:
   def __init__(self, config, *, model_cfg: Mapping[str, Any],
                to_global: Callable[[dict], dict], dtype=jnp.float32,
                out_dir: str | os.PathLike | None = None, writer=None,
-               log: Callable[[str], None] = print):
+               log: Callable[[str], None] = print, progress: bool = False):
     """Builds the evaluator (nothing is compiled or read yet).
 
     Args:
@@ -75,6 +76,8 @@ class Evaluator:
       writer: a clu metric writer (TensorBoard), or ``None``.
       log: receives the console lines (progress, the IoU table); only
         process 0 calls it.
+      progress: the validation protocol's progress lines (``--mode eval``;
+        the test protocol always prints them).
     """
     self.config = config
     self.model_cfg = registry.resolve(model_cfg)
@@ -84,6 +87,7 @@ class Evaluator:
     self.writer = writer
     self.is_main = jax.process_index() == 0
     self.log = log if self.is_main else (lambda _: None)
+    self.progress = progress
     self.every_steps = int(config.eval.get('every_steps', -1))
     self.split = str(config.eval.get('split', 'val'))
     self.num_classes = int(self.model_cfg['num_classes'])
@@ -203,6 +207,9 @@ class ValidationEvaluator(Evaluator):
                                      shard_index=jax.process_index(),
                                      shard_count=jax.process_count(), split=self.split)
     examples, placed = None, False
+    total = self.num_examples() or 0
+    shown = Progress(total, 'eval') if self.progress and total else None
+    done = 0
     for local in it:
       batch = self.to_global(local)
       if not placed:   # the variables join the batches' devices
@@ -211,6 +218,10 @@ class ValidationEvaluator(Evaluator):
       cm += np.asarray(jax.device_get(batch_cm), np.int64)
       if examples is None and self.is_main:
         examples = _first_local_examples(batch, pred, NUM_OVERLAYS)
+      if shown is not None:
+        done = min(done + batch['image'].shape[0], total)
+        if shown.due(done):
+          self.log(shown.line(done))
     result = self._metrics(cm, {
         'dataset': self.config.data.name, 'split': self.split,
         'num_examples': self.num_examples(),
@@ -250,7 +261,7 @@ def from_config(config, *, default_protocol: str, **context) -> Evaluator:
       (training: ``'validation'``; ``--mode eval``: ``'test'``).
     **context: where it runs, the same for every evaluator
       (:class:`Evaluator`'s arguments: ``model_cfg``, ``to_global``,
-      ``dtype``, ``out_dir``, ``writer``, ``log``).
+      ``dtype``, ``out_dir``, ``writer``, ``log``, ``progress``).
   """
   return EVALUATORS[protocol_of(config, default_protocol)](config, **context)
 
