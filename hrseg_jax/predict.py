@@ -305,6 +305,8 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
       else:
         log(f'predict {len(results)} {name}')
   if log is not None:
-    log(f'predicted {len(results)} image(s) in '
-        f'{time.monotonic() - t0:.1f} s -> {out_dir}')
+    folders = sorted({os.path.relpath(f, out_dir).split(os.sep)[0]
+                      for r in results for f in r['files']})
+    log(f'predicted {len(results)} image(s) in {time.monotonic() - t0:.1f} s -> '
+        f'{out_dir} ({", ".join(f + "/" for f in folders)})')
   return results
