@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import types
 import subprocess
 import sys
 
@@ -310,3 +311,12 @@ def test_format_from_extension():
                     ('a.savedmodel/', 'savedmodel'), ('weights', 'pytorch')):
     assert cli.output_format(type('A', (), {'format': None, 'output': name})) == fmt
   assert graph.input_spec(4, 6, True) == ((4, 6, 3), np.uint8)
+
+
+def test_card_dataset_of_a_training_workdir():
+  """A training checkpoint records its dataset in its config (meta.config.data.name)."""
+  args = types.SimpleNamespace(dataset=None)
+  trained = {'config': {'data': {'name': 'synthetic'}}, 'eval': {}}
+  assert cli._dataset(args, {'num_classes': 19}, trained) == 'synthetic'
+  assert cli._dataset(args, {'num_classes': 19}, {}) == 'cityscapes'
+  assert cli._dataset(args, {'num_classes': 20}, {'dataset': 'lip'}) == 'lip'

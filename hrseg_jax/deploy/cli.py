@@ -61,8 +61,11 @@ def output_format(args) -> str:
 def _dataset(args, cfg, meta) -> str | None:
   if args.dataset:
     return args.dataset
-  if meta.get('dataset'):
-    return meta['dataset']
+  from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
+  # A training checkpoint records its config's dataset, a converted one its own.
+  recorded = checkpoint_info.dataset_of(meta)
+  if recorded:
+    return recorded
   return 'cityscapes' if int(cfg['num_classes']) == 19 else None
 
 

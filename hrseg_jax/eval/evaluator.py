@@ -43,6 +43,7 @@ from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval.metrics import confusion_matrix, format_iou_table, iou_metrics
 from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
+from hrseg_jax.train import sharding
 from hrseg_jax.progress import Progress
 
 EVAL_DIR = 'eval'
@@ -192,6 +193,8 @@ class ValidationEvaluator(Evaluator):
 
   def __init__(self, config, **context):
     super().__init__(config, **context)
+    # Checked here, at start-up, not at the first evaluation after training.
+    sharding.check_batch_size(int(config.eval.batch_size), None, 'eval.batch_size')
     self.batch_size = max(int(config.eval.batch_size) // jax.process_count(), 1)
     model = registry.build_model(self.model_cfg, self.dtype)
     self._eval_fn = jax.jit(make_eval_step(

@@ -47,10 +47,12 @@ def global_batch(local: dict, sharding: NamedSharding) -> dict:
           for k, v in local.items() if not isinstance(v, (str, bytes, list))}
 
 
-def check_batch_size(global_batch_size: int, mesh) -> int:
+def check_batch_size(global_batch_size: int, mesh, field: str = 'train.batch_size') -> int:
   """Returns the per-process batch; errors name the config field."""
-  n_dev = mesh.devices.size
+  n_dev = mesh.devices.size if mesh is not None else jax.device_count()
   if global_batch_size % n_dev:
-    raise ValueError(f'train.batch_size={global_batch_size} is not a multiple of '
-                     f'the {n_dev} devices')
+    up = -(-global_batch_size // n_dev) * n_dev
+    raise ValueError(f'{field}={global_batch_size} is not a multiple of the {n_dev} '
+                     f'devices (the batch is split evenly over them): pass '
+                     f'--config.{field}={up} or another multiple of {n_dev}')
   return global_batch_size // jax.process_count()
