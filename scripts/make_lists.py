@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import sys
 
 from hrseg_jax.data import lists
 
@@ -26,12 +27,17 @@ def main(argv=None):
                       help='dataset directory in the original layout')
   parser.add_argument('--out', required=True, help='directory for the lists')
   args = parser.parse_args(argv)
-  written = lists.make_lists(args.dataset, args.root, args.out)
+  try:
+    written = lists.make_lists(args.dataset, args.root, args.out)
+  except (OSError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   for split, path in sorted(written.items()):
     with open(path) as f:
       count = sum(1 for _ in f)
     print(f'{split:9s} {count:6d} lines  {path}')
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

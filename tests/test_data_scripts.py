@@ -40,6 +40,16 @@ def test_prepare_synthetic_then_make_lists(tmp_path, capsys):
   assert batch['label'].shape == (3, 16, 32)
 
 
+def test_make_lists_without_the_dataset_is_one_line(tmp_path, capsys):
+  code = _main('make_lists.py')(['lip', '--root', str(tmp_path / 'lip'),
+                                 '--out', str(tmp_path / 'list')])
+  err = capsys.readouterr().err
+  assert code == 2 and err.count('\n') == 1
+  assert err.startswith(f'error: {tmp_path / "lip"}: no lip images found; expected '
+                        'TrainVal_images/')
+  assert not (tmp_path / 'list').exists()
+
+
 def test_prepare_pascal_ctx(tmp_path, capsys):
   Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / 'a.jpg')
   (tmp_path / 'a.json').write_text(json.dumps({

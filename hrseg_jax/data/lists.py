@@ -32,7 +32,8 @@ def read_list(path: str) -> list[Entry]:
         lines = f.read().splitlines()
   except FileNotFoundError:
     raise DataError(path, 'list file not found (generate it with '
-                    'scripts/make_lists.py)') from None
+                    'scripts/make_lists.py; for PASCAL-Context with '
+                    'scripts/prepare_pascal_ctx.py)') from None
   entries = [tuple(line.split()) for line in lines if line.strip()]
   if not entries:
     raise DataError(path, 'list file is empty')
@@ -150,6 +151,19 @@ LIST_FORMATS = {
 }
 
 
+# What each scanner looks for under the dataset folder (for error messages).
+LAYOUTS = {
+    'cityscapes': 'leftImg8bit/{train,val,test}/<city>/*_leftImg8bit.png with '
+                  'gtFine/.../*_gtFine_labelIds.png',
+    'lip': 'TrainVal_images/{train,val}_images/*.jpg with '
+           'TrainVal_parsing_annotations/{train,val}_segmentations/*.png',
+    'ade20k': '{train,val}/image/* with {train,val}/label/*.png',
+    'cocostuff': '{train,val}/image/* with {train,val}/label/*.png',
+    'pascal_ctx': '{train,val}/image/* with {train,val}/label/*.png, as '
+                  'scripts/prepare_pascal_ctx.py writes them from VOC2010',
+}
+
+
 def make_lists(dataset: str, root: str, out_dir: str) -> dict[str, str]:
   """Scans ``root`` and writes the dataset's list files into ``out_dir``.
 
@@ -170,7 +184,7 @@ def make_lists(dataset: str, root: str, out_dir: str) -> dict[str, str]:
   scan, sep, names = LIST_FORMATS[dataset]
   lists = scan(root)
   if not lists:
-    raise DataError(root, f'no {dataset} images found in the expected layout')
+    raise DataError(root, f'no {dataset} images found; expected {LAYOUTS[dataset]}')
   written = {}
   for split, entries in lists.items():
     path = os.path.join(out_dir, names[split])
