@@ -133,6 +133,33 @@ def train_command(args, train_args: list[str]) -> list[str]:
   return _ssh(args, remote)
 
 
+LAUNCHER_FLAGS = ('--dry-run', '--dry_run', '--accelerator', '--zone', '--name',
+                  '--worker', '--spot', '--allow_local_workdir', '--project')
+
+
+def batch_size_of(train_args: list[str]) -> int | None:
+  """``train.batch_size`` of the training flags: the override, else the
+  config file's (None if neither can be read here)."""
+  config = None
+  for i, a in enumerate(train_args):
+    if a.startswith('--config.train.batch_size='):
+      try:
+        return int(a.split('=', 1)[1])
+      except ValueError:
+        return None
+    if a == '--config' and i + 1 < len(train_args):
+      config = train_args[i + 1]
+    elif a.startswith('--config='):
+      config = a.split('=', 1)[1]
+  if not config:
+    return None
+  try:
+    from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
+    return int(load_config_file(config).train.batch_size)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
 def workdir_of(train_args: list[str]) -> str | None:
   for i, a in enumerate(train_args):
     if a == '--workdir' and i + 1 < len(train_args):
@@ -177,6 +204,10 @@ def parse_args(argv: list[str]):
   except ValueError as e:
     parser.error(str(e))
   if args.step == 'train':
+    own_flags = [a for a in train_args if a.split('=')[0] in LAUNCHER_FLAGS]
+    if own_flags:
+      parser.error(f'{own_flags[0]} is a flag of this launcher: put it before "--" '
+                   '(the flags after it go to hrseg_jax.main)')
     workdir = workdir_of(train_args)
     if not workdir:
       parser.error('train: pass the training flags after "--", including '
@@ -185,6 +216,13 @@ def parse_args(argv: list[str]):
       parser.error(f'{args.accelerator} has {hosts} hosts: --workdir must be '
                    f'shared by all of them (gs://...), got {workdir!r} '
                    '(--allow_local_workdir if it is a shared mount)')
+    devices, _ = slice_topology(args.accelerator)
+    batch = batch_size_of(train_args)
+    if batch is not None and batch % devices:
+      up = -(-batch // devices) * devices
+      parser.error(f'train.batch_size={batch} is not a multiple of the {devices} '
+                   f'devices of {args.accelerator}: add --config.train.batch_size={up} '
+                   'after "--" (or another multiple)')
   elif train_args:
     parser.error(f'{args.step}: takes no training flags')
   return args, train_args

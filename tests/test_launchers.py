@@ -209,7 +209,25 @@ def test_tpu_multi_host_needs_a_shared_workdir():
   # One host (v4-8: 4 chips) may keep it local; a shared mount can be forced.
   assert tpu('train', '--accelerator', 'v4-8', train=local)
   assert tpu('train', '--accelerator', 'v4-32', '--allow_local_workdir',
-             train=local)
+             train=local + ['--config.train.batch_size=16'])
+
+
+def test_tpu_train_checks_the_batch_and_misplaced_flags():
+  """Before anything starts on the slice: a global batch the slice's devices
+  do not divide (the config's own, or the override), and a launcher flag
+  after "--" (it would reach hrseg_jax.main and the real gcloud would run)."""
+  flags = ['--config', 'configs/hrnet_w48_cityscapes.py', '--workdir', 'gs://b/r']
+  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'z',
+            '--accelerator', 'v4-32', '--dry-run', '--', *flags, ok=False)
+  assert ('train.batch_size=12 is not a multiple of the 16 devices of v4-32: add '
+          '--config.train.batch_size=16') in err
+  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'z',
+            '--accelerator', 'v4-16', '--dry-run', '--', *flags,
+            '--config.train.batch_size=12', ok=False)
+  assert 'train.batch_size=12 is not a multiple of the 8 devices of v4-16' in err
+  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'z',
+            '--accelerator', 'v4-8', '--', *flags, '--dry-run', ok=False)
+  assert '--dry-run is a flag of this launcher: put it before "--"' in err
 
 
 @pytest.mark.parametrize('accelerator,devices,hosts', [
