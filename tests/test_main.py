@@ -71,6 +71,17 @@ def test_missing_dataset_is_one_line_error(tmp_path):
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and 'train.lst' in last
   assert 'Traceback' not in r.stderr
+  assert not (tmp_path / 'w').exists()   # data is checked before the workdir is made
+  # An error after start-up ends the run's log.txt too (what a cluster user reads).
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--config',
+                      'configs/demo.py', '--workdir', str(tmp_path / 'few'),
+                      '--config.data.num_train=2', '--config.train.batch_size=4'],
+                     cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: 2 training examples are fewer than one global batch')
+  log = (tmp_path / 'few' / 'log.txt').read_text().strip().splitlines()
+  assert log[-1].endswith(last), log[-3:]
   r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--config',
                       'configs/demo.py', '--config.train.no_such_field=1',
                       '--workdir', str(tmp_path / 'w')],

@@ -325,6 +325,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   evaluator_lib.protocol_of(config, TRAINING_PROTOCOL)
   pretrained.check_init_from(config, workdir)  # the user's path in the message
   config = paths.resolve_config(config)
+  # Missing or unreadable data fails here, before the workdir is made.
+  pipeline.num_train_examples(config.data)
   faults = faults_lib.Faults.from_env()
   with StopSignal() as stop:
     return _train(config, make_workdir(paths.resolve(os.fspath(workdir))), stop, faults)
@@ -341,6 +343,9 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
   console = console_lib.Console(workdir / LOG_FILE, enabled=is_main)
   try:
     return _train_logged(config, workdir, stop, faults, writer, loss_log, console)
+  except Exception as e:
+    console.log(f'error: {console_lib.first_line(e)}')   # the console gets it from main
+    raise
   finally:
     console.close()
 
