@@ -2,8 +2,8 @@
 
 A log line reads::
 
-  step 1200/119548 (epoch 1.2) loss 0.412 lr 9.9e-3 grad 1.8 | 96.4 img/s,
-  0.124 s/step, data 2% | ETA 4h07m | mem 14.1 GiB
+  step 150/300 (epoch 4.7) loss 0.543 lr 2.7e-2 grad 1.38 | 19.9 img/s,
+  0.402 s/step, data 1% | ETA 1m00s [| mem N GiB]
 
 (one line on the console).  Speeds are measured on the host between two log
 steps, when the loop fetches the metrics anyway (no extra device sync);
@@ -130,7 +130,8 @@ def startup_block(*, devices: Sequence[Any], mesh_shape: Mapping[str, int],
       f'devices     {len(devices)} x {", ".join(kinds)} ({devices[0].platform}), '
       f'{process_count} process{"es" if process_count > 1 else ""}; mesh {mesh}',
       f'batch       {global_batch} global, {local_batch} per process',
-      f'steps       {num_steps:,} ({epochs:.1f} epochs of {steps_per_epoch:,} steps)',
+      f'steps       {num_steps:,} ({epochs:.1f} epochs of {steps_per_epoch:,} '
+      f'step{"" if steps_per_epoch == 1 else "s"})',
       f'data        {num_train:,} train{val} examples',
       f'model       {model}, {num_params:,} parameters',
       f'workdir     {workdir} (config.json, log.txt, TensorBoard events)',
