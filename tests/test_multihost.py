@@ -138,7 +138,8 @@ def test_eight_device_checkpoint_resumes_on_two_devices_with_fsdp(
     shutil.rmtree(work / 'checkpoints' / str(step))
   out = launch(tmp_path, work, '--cpu_devices', '2',
                overrides=['--config.mesh.fsdp=2'])
-  assert f'trained {STEPS} steps' in out
+  assert (f'trained {STEPS - 1} steps (steps 2-{STEPS} of {STEPS}, resumed from '
+          'step 1)') in out, out[-3000:]
   resumed = load_variables(work, STEPS)
   assert_same_variables(resumed, load_variables(eight_devices, STEPS), atol=2e-5,
                         previous=load_variables(eight_devices, STEPS - 1))
@@ -187,7 +188,8 @@ def test_preempted_on_two_hosts_resumes_on_one_and_on_four(eight_devices, tmp_pa
     shutil.copytree(work, resumed)
     out = launch(tmp_path, resumed, *args,
                  overrides=GUARDED + ['--config.train.log_every_steps=100'])
-    assert out.count(f'trained {STEPS} steps') == 1  # printed by process 0 only
+    # Printed by process 0 only.
+    assert out.count(f'of {STEPS}, resumed from step {stop}) in ') == 1, out[-3000:]
     got = read_losses(resumed)
     assert sorted(got) == list(range(1, STEPS + 1)), (name, got)
     np.testing.assert_allclose([got[s] for s in sorted(got)],
