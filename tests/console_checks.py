@@ -60,7 +60,8 @@ def assert_training_console(result, *, steps, num_steps: int, start: str) -> Non
 def assert_eval_table(stdout: str, class_names) -> None:
   """An IoU table naming the dataset's classes (not class_<i>)."""
   assert 'class_0' not in stdout
-  assert re.search(r'^mIoU [\d.]+ ', stdout, re.M), stdout
+  assert re.search(r'^mIoU [\d.]+%  pixel acc [\d.]+%  mean acc [\d.]+%$', stdout,
+                   re.M), stdout
   for name in class_names:
     assert re.search(rf'^\s*\d+\s+{re.escape(name)}\s+[\d.]+$', stdout, re.M), (name, stdout)
 

@@ -116,7 +116,7 @@ def test_format_iou_table():
   m = metrics.iou_metrics(EXPECTED_CM)
   table = metrics.format_iou_table(m, ['road', 'car', 'sky', 'tree'])
   assert 'road' in table and ' 50.00' in table
-  assert 'mIoU 25.00' in table and 'pixel acc 60.00' in table
+  assert 'mIoU 25.00%' in table and 'pixel acc 60.00%' in table
   with pytest.raises(ValueError):
     metrics.format_iou_table(m, ['road'])
 

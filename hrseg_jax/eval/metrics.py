@@ -120,12 +120,12 @@ def format_iou_table(metrics: Mapping[str, Any],
     raise ValueError(f'format_iou_table: {len(names)} class names for '
                      f'{len(iou)} classes')
   width = max([len('class')] + [len(n) for n in names])
-  lines = [f'{"id":>3}  {"class":<{width}}  {"IoU":>6}']
+  lines = [f'{"id":>3}  {"class":<{width}}  {"IoU %":>6}']
   lines += [f'{i:>3}  {n:<{width}}  {100 * v:6.2f}'
             for i, (n, v) in enumerate(zip(names, iou))]
-  lines.append(f'mIoU {100 * metrics["miou"]:.2f}  '
-               f'pixel acc {100 * metrics["pixel_acc"]:.2f}  '
-               f'mean acc {100 * metrics["mean_acc"]:.2f}')
+  lines.append(f'mIoU {100 * metrics["miou"]:.2f}%  '
+               f'pixel acc {100 * metrics["pixel_acc"]:.2f}%  '
+               f'mean acc {100 * metrics["mean_acc"]:.2f}%')
   return '\n'.join(lines)
 
 
