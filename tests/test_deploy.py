@@ -218,6 +218,9 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
   for size in ((64, 32), (32, 96)):
     rgb = np.random.default_rng(2).integers(0, 256, (2, *size, 3), dtype=np.uint8)
     np.testing.assert_array_equal(run(rgb), Segmenter(cfg, variables).predict(rgb))
+  with pytest.raises(ValueError, match=r'images of shape \[1, 100, 160, 3\] \(uint8\) do '
+                     r'not fit this export, which takes uint8\[b,32\*h,32\*w,3\]: '):
+    run(np.zeros((1, 100, 160, 3), np.uint8))
   # ONNX: jax2onnx cannot keep the size free through the upsampling's gathers:
   # one line saying so, nothing written.
   if importlib.util.find_spec('jax2onnx') and importlib.util.find_spec('onnxruntime'):

@@ -37,7 +37,14 @@ def load(path) -> Callable[[np.ndarray], np.ndarray]:
   call = jax.jit(exported.call)
 
   def run(images):
-    return np.asarray(call(np.asarray(images)))
+    x = np.asarray(images)
+    try:
+      return np.asarray(call(x))
+    except (ValueError, TypeError) as e:   # jax.export's shape check, multi-line
+      want = exported.in_avals[0].str_short()
+      raise ValueError(f'images of shape {list(x.shape)} ({x.dtype}) do not fit '
+                       f'this export, which takes {want}: '
+                       f'{" ".join(str(e).split())[:300]}') from None
 
   run.exported = exported
   return run
