@@ -180,6 +180,7 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
   assert card['output']['kind'] == 'class_map'
   assert card['classes'] == [f'class_{i}' for i in range(5)]  # LIP has 20
   assert len(card['checkpoint']['weights_sha256']) == 64
+  assert card['checkpoint']['step'] == 0   # a converted (not trained) checkpoint
   assert card['software']['jax'] and card['verification']['class_map_agreement'] == 1.0
   assert sorted(os.listdir(tmp_path / 'deploy')) == ['model.stablehlo',
                                                      'model.stablehlo.json']

@@ -43,6 +43,7 @@ def versions(*packages: str) -> dict[str, str]:
 def make_card(*, fmt: str, output: str, model_cfg: Mapping[str, Any],
               dataset: str | None, height: int | str, width: int | str, pre: bool,
               post: bool, checkpoint: str, variables: Mapping,
+              checkpoint_step: int | None = None,
               extra: Mapping[str, Any] | None = None,
               packages: tuple[str, ...] = ()) -> dict:
   """The card's content (see the README's Deploy section)."""
@@ -76,7 +77,8 @@ def make_card(*, fmt: str, output: str, model_cfg: Mapping[str, Any],
       'output': out,
       'mean': [round(float(v), 6) for v in MEAN], 'std': [round(float(v), 6) for v in STD],
       'normalization': 'x = (rgb / 255 - mean) / std',
-      'checkpoint': {'path': checkpoint, 'weights_sha256': weights_digest(variables)},
+      'checkpoint': {'path': checkpoint, 'step': checkpoint_step,
+                     'weights_sha256': weights_digest(variables)},
       'software': versions(*packages),
       **dict(extra or {}),
   }

@@ -180,8 +180,9 @@ def export(args, log: Callable[[str], None] = print) -> int:
   if args.with_pre_post and args.input_dtype == 'float32':
     raise ExportError('--with-pre-post takes uint8 images; drop --input-dtype float32')
   post = args.with_pre_post
-  cfg, variables, meta = checkpoints.load_model(paths.resolve(args.checkpoint),
-                                               step=args.step)
+  source = paths.resolve(args.checkpoint)
+  cfg, variables, meta = checkpoints.load_model(source, step=args.step)
+  step = checkpoints.find_checkpoint(source)[1] if args.step is None else args.step
   cfg = registry.resolve(cfg)
   from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
   checkpoint_info.check_dataset(args.dataset, cfg['num_classes'])
@@ -221,7 +222,7 @@ def export(args, log: Callable[[str], None] = print) -> int:
         fmt=fmt, output=output, model_cfg=cfg, dataset=_dataset(args, cfg, meta),
         height=graph.SYMBOLIC_SIZE[0] if dynamic else h,
         width=graph.SYMBOLIC_SIZE[1] if dynamic else w,
-        pre=pre, post=post, checkpoint=os.fspath(args.checkpoint),
+        pre=pre, post=post, checkpoint=os.fspath(args.checkpoint), checkpoint_step=step,
         variables=variables, extra=extra, packages=PACKAGES[fmt])
     if os.path.isdir(output):  # --overwrite of an earlier SavedModel
       shutil.rmtree(output)
