@@ -232,6 +232,7 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
                            'width of this hrnet model free ('), line
     assert line.endswith('export ONNX with a fixed --size H W, or StableHLO with '
                          '--dynamic-size'), line
+    assert 'SENTINEL' not in line, line
     assert not [n for n in os.listdir(tmp_path) if n.startswith('dyn.onnx')]
 
 

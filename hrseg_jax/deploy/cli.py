@@ -69,6 +69,11 @@ def _dataset(args, cfg, meta) -> str | None:
   return 'cityscapes' if int(cfg['num_classes']) == 19 else None
 
 
+def _readable(message: str) -> str:
+  """jax2onnx's message with its placeholder for a free dimension shown as '?'."""
+  return message.replace('JAX2ONNX_DYNAMIC_DIM_SENTINEL', '?')
+
+
 def _temp_path(output: str) -> str:
   parent = os.path.dirname(os.path.abspath(output))
   os.makedirs(parent, exist_ok=True)
@@ -207,7 +212,8 @@ def export(args, log: Callable[[str], None] = print) -> int:
         raise
       raise ExportError(
           f'--dynamic-size: jax2onnx cannot keep the height and width of this '
-          f'{cfg["arch"]} model free ({console.first_line(e)}); export ONNX with a '
+          f'{cfg["arch"]} model free ({_readable(console.first_line(e))}); export ONNX '
+          'with a '
           'fixed --size H W, or StableHLO with --dynamic-size') from None
     log(f'exported {fmt} in {time.perf_counter() - t0:.1f}s')
     if not args.no_verify:
