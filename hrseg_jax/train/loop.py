@@ -326,14 +326,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   pretrained.check_init_from(config, workdir)  # the user's path in the message
   config = paths.resolve_config(config)
   # Missing or unreadable data fails here, before the workdir is made.
-  pipeline.num_train_examples(config.data)
+  num_train = pipeline.num_train_examples(config.data)
   faults = faults_lib.Faults.from_env()
   with StopSignal() as stop:
-    return _train(config, make_workdir(paths.resolve(os.fspath(workdir))), stop, faults)
+    return _train(config, make_workdir(paths.resolve(os.fspath(workdir))), stop, faults,
+                  num_train)
 
 
 def _train(config, workdir: epath.Path, stop: StopSignal,
-           faults: faults_lib.Faults) -> dict:
+           faults: faults_lib.Faults, num_train: int) -> dict:
   """:func:`train_and_evaluate` once the workdir and the SIGTERM handler exist."""
   metric_writers = tb_writer.clu_metric_writers()  # TensorBoard without TensorFlow
   is_main = jax.process_index() == 0
@@ -342,7 +343,8 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
   loss_log = LossLog(workdir / LOSSES_FILE, enabled=is_main)
   console = console_lib.Console(workdir / LOG_FILE, enabled=is_main)
   try:
-    return _train_logged(config, workdir, stop, faults, writer, loss_log, console)
+    return _train_logged(config, workdir, stop, faults, num_train, writer, loss_log,
+                         console)
   except Exception as e:
     console.log(f'error: {console_lib.first_line(e)}')   # the console gets it from main
     raise
@@ -351,9 +353,10 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
 
 
 def _train_logged(config, workdir: epath.Path, stop: StopSignal,
-                  faults: faults_lib.Faults, writer, loss_log: LossLog,
+                  faults: faults_lib.Faults, num_train: int, writer, loss_log: LossLog,
                   console: console_lib.Console) -> dict:
-  """:func:`_train` with its writers and console."""
+  """:func:`_train` with its writers and console (``num_train``: the
+  training set's size)."""
   metric_writers = tb_writer.clu_metric_writers()
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
@@ -365,7 +368,6 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   mesh = sharding.make_mesh(config.mesh.fsdp)
   local_batch = sharding.check_batch_size(config.train.batch_size, mesh)
   batch_sh = sharding.batch_sharding(mesh)
-  num_train = pipeline.num_train_examples(config.data)
   steps_per_epoch, num_steps = total_steps(config, num_train)
 
   # ---- Model, optimizer and state ----------------------------------------
