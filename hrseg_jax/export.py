@@ -49,17 +49,14 @@ def main(argv=None) -> int:
     if os.path.lexists(output) and not args.overwrite:
       raise FileExistsError(f'output file exists: {args.output} (pass --overwrite '
                             'to replace it)')
-    blocker = paths.file_above(output)
-    if blocker:
-      raise NotADirectoryError(f'cannot create {output}: {blocker} is a file, not a '
-                               'folder; choose another output path')
+    paths.check_creatable(output, 'output path')
     from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
     from hrseg_jax.convert import convert, pth  # pylint: disable=g-import-not-at-top
     source = paths.resolve(args.checkpoint)
     _, variables, meta = checkpoints.load_model(source, step=args.step)
     # A training checkpoint's step is its number of training steps (a
     # converted one is step 0): BN's num_batches_tracked counts them.
-    step = checkpoints.find_checkpoint(source)[1] if args.step is None else args.step
+    step = checkpoints.resolve_step(source, args.step)
     obj = convert.to_state_dict(variables, meta, prefix=args.prefix, steps_trained=step)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     pth.save_pth(obj, output)

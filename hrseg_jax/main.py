@@ -221,7 +221,7 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   dataset = checkpoint_info.check_dataset(dataset, model_cfg['num_classes'])
   main_process = jax.process_index() == 0
   if checkpoint not in (None, '', 'best', 'latest'):   # a path: which step of it
-    shown = checkpoints.find_checkpoint(path)[1] if step is None else step
+    shown = checkpoints.resolve_step(path, step)
     described += f' (step {shown})' if shown else ' (converted weights, step 0)'
   if main_process:
     print(f'{mode}: {described}', flush=True)

@@ -58,10 +58,7 @@ def check_replaceable(directory, *, overwrite: bool,
   """
   directory = epath.Path(directory)
   if not directory.exists():
-    blocker = paths.file_above(directory)
-    if blocker:
-      raise NotADirectoryError(f'cannot create {directory}: {blocker} is a file, '
-                               'not a folder; choose another output directory')
+    paths.check_creatable(directory, 'output directory')
     return
   if not directory.is_dir():
     raise FileExistsError(f'output path exists and is not a directory: {directory}')

@@ -56,6 +56,22 @@ def file_above(path) -> str | None:
     parent = up
 
 
+def not_found(path, what: str = 'checkpoint') -> str:
+  """``WHAT not found: PATH``, naming the file in the way if one is."""
+  blocker = file_above(path)
+  return f'{what} not found: {path}' + (
+      f' ({blocker} is a file, not a folder)' if blocker else '')
+
+
+def check_creatable(path, what: str) -> None:
+  """NotADirectoryError, naming it, when a file lies where a folder above
+  ``path`` would have to be created."""
+  blocker = file_above(path)
+  if blocker:
+    raise NotADirectoryError(f'cannot create {path}: {blocker} is a file, not a '
+                             f'folder; choose another {what}')
+
+
 def shown(path) -> str:
   """``path`` relative to the working directory when it lies below it."""
   text = os.fspath(path)

@@ -77,9 +77,7 @@ def find_checkpoint(path) -> tuple[epath.Path, int]:
   """
   path = epath.Path(paths.resolve(os.fspath(path)))
   if not path.exists():
-    blocker = paths.file_above(path)
-    raise FileNotFoundError(f'checkpoint not found: {path}' + (
-        f' ({blocker} is a file, not a folder)' if blocker else ''))
+    raise FileNotFoundError(paths.not_found(path))
   if not path.is_dir():
     raise NotADirectoryError(not_a_folder_message(path))
   if (path / 'checkpoints').is_dir():
@@ -202,6 +200,12 @@ def _check_against_config(where, model_cfg: Mapping, variables: Mapping) -> None
     if value.dtype.kind == 'f' and not np.isfinite(value).all():
       raise ValueError(f'{where}: {"/".join(map(str, key))} holds non-finite '
                        'values (damaged checkpoint?)')
+
+
+def resolve_step(path, step: int | None = None) -> int:
+  """The step :func:`load_model` reads for ``step`` (None: the latest; 0 for
+  converted weights)."""
+  return find_checkpoint(path)[1] if step is None else step
 
 
 def load_model(path, *, step: int | None = None):

@@ -48,9 +48,7 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
   if not os.path.isfile(path):
     if os.path.isdir(path):
       raise ValueError(f'checkpoint is a folder, not a file: {path}')
-    blocker = paths.file_above(path)
-    raise ValueError(f'checkpoint not found: {path}' + (
-        f' ({blocker} is a file, not a folder)' if blocker else ''))
+    raise ValueError(paths.not_found(path))
   obj = pth.load_pth(path)
   try:
     state = pth.state_dict_from_checkpoint(obj)

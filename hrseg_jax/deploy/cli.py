@@ -163,10 +163,7 @@ def export(args, log: Callable[[str], None] = print) -> int:
       raise ExportError(f'output exists: {path} (pass --overwrite to replace it)')
   if os.path.isdir(output) and not os.path.isfile(os.path.join(output, 'saved_model.pb')):
     raise ExportError(f'output is a directory that is not a SavedModel: {output}')
-  blocker = paths.file_above(output)
-  if blocker:
-    raise ExportError(f'cannot create {output}: {blocker} is a file, not a folder; '
-                      'choose another output path')
+  paths.check_creatable(output, 'output path')
   h, w = args.size
   if h < 1 or w < 1:
     raise ExportError(f'--size {h} {w}: height and width must be positive')
@@ -187,7 +184,7 @@ def export(args, log: Callable[[str], None] = print) -> int:
   post = args.with_pre_post
   source = paths.resolve(args.checkpoint)
   cfg, variables, meta = checkpoints.load_model(source, step=args.step)
-  step = checkpoints.find_checkpoint(source)[1] if args.step is None else args.step
+  step = checkpoints.resolve_step(source, args.step)
   cfg = registry.resolve(cfg)
   from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
   checkpoint_info.check_dataset(args.dataset, cfg['num_classes'])
