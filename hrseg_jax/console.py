@@ -66,7 +66,7 @@ def quiet_orbax() -> None:
 
 
 @contextlib.contextmanager
-def _stderr_to_devnull():
+def stderr_to_devnull():
   """Silences file descriptor 2 (C++ logging of native libraries)."""
   sys.stderr.flush()
   saved = os.dup(2)
@@ -94,7 +94,7 @@ def import_tensorflow_quietly():
   if _verbose:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     return tf
-  with _stderr_to_devnull():
+  with stderr_to_devnull():
     try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
     except Exception as e:  # pylint: disable=broad-except

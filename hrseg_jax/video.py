@@ -61,7 +61,7 @@ def _open_capture(source: str | int):
   line of its own.
   """
   cv2 = _cv2()
-  with console._stderr_to_devnull():  # pylint: disable=protected-access
+  with console.stderr_to_devnull():
     cap = cv2.VideoCapture(source)
     return cap, cap.isOpened()
 

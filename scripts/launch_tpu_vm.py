@@ -133,10 +133,6 @@ def train_command(args, train_args: list[str]) -> list[str]:
   return _ssh(args, remote)
 
 
-LAUNCHER_FLAGS = ('--dry-run', '--dry_run', '--accelerator', '--zone', '--name',
-                  '--worker', '--spot', '--allow_local_workdir', '--project')
-
-
 def batch_size_of(train_args: list[str]) -> int | None:
   """``train.batch_size`` of the training flags: the override, else the
   config file's (None if neither can be read here)."""
@@ -204,7 +200,9 @@ def parse_args(argv: list[str]):
   except ValueError as e:
     parser.error(str(e))
   if args.step == 'train':
-    own_flags = [a for a in train_args if a.split('=')[0] in LAUNCHER_FLAGS]
+    launcher_flags = {o for a in parser._actions for o in a.option_strings  # pylint: disable=protected-access
+                      if o not in ('-h', '--help')}
+    own_flags = [a for a in train_args if a.split('=')[0] in launcher_flags]
     if own_flags:
       parser.error(f'{own_flags[0]} is a flag of this launcher: put it before "--" '
                    '(the flags after it go to hrseg_jax.main)')

@@ -152,15 +152,15 @@ LIST_FORMATS = {
 
 
 # What each scanner looks for under the dataset folder (for error messages).
+_PAIRED = '{train,val}/image/* with {train,val}/label/*.png'
 LAYOUTS = {
     'cityscapes': 'leftImg8bit/{train,val,test}/<city>/*_leftImg8bit.png with '
                   'gtFine/.../*_gtFine_labelIds.png',
     'lip': 'TrainVal_images/{train,val}_images/*.jpg with '
            'TrainVal_parsing_annotations/{train,val}_segmentations/*.png',
-    'ade20k': '{train,val}/image/* with {train,val}/label/*.png',
-    'cocostuff': '{train,val}/image/* with {train,val}/label/*.png',
-    'pascal_ctx': '{train,val}/image/* with {train,val}/label/*.png, as '
-                  'scripts/prepare_pascal_ctx.py writes them from VOC2010',
+    'ade20k': _PAIRED,
+    'cocostuff': _PAIRED,
+    'pascal_ctx': f'{_PAIRED}, as scripts/prepare_pascal_ctx.py writes them from VOC2010',
 }
 
 
