@@ -202,6 +202,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   opts = predict_options(**(options or {}))
   if mode == 'predict' and not inputs:
     raise ValueError('--mode predict needs --input (image files, folders or list files)')
+  if mode == 'predict':   # missing or empty inputs fail before the checkpoint loads
+    _check_inputs(inputs, opts)
   if mode == 'eval':   # a bad eval.protocol fails before the checkpoint loads
     from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
     evaluator.protocol_of(config, EVAL_PROTOCOL)
@@ -250,6 +252,22 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
                          list_root=paths.resolve(opts['list_root']), dtype=compute,
                          log=(lambda line: print(line, flush=True))
                          if main_process else None)
+
+
+def _check_inputs(inputs, opts) -> None:
+  """Raises the error :mod:`hrseg_jax.predict` would raise for ``inputs``
+  (a missing file, a folder without images, a bad list), or for a missing
+  video file, without reading any image."""
+  from hrseg_jax import paths, predict, video  # pylint: disable=g-import-not-at-top
+  if video.is_video_input(list(inputs), opts['video']):
+    source = os.fspath(inputs[0])
+    if not video.is_camera(source) and not os.path.exists(source):
+      raise FileNotFoundError(f'{source}: no such file or directory')
+    return
+  items = predict.resolve_inputs(list(inputs), paths.resolve(opts['list_root']))
+  if opts['cityscapes_test_format']:
+    predict.check_unique([os.path.basename(f.rel) for f in items], items,
+                         'test_results name')
 
 
 def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:

@@ -129,6 +129,17 @@ def test_predict_pth_checkpoint_and_unreadable_video(user_folder):
   assert r.returncode == 2
   assert r.stderr == ('error: --dataset lip has 20 classes, the model has 5 '
                       '(datasets that fit: synthetic)\n')
+  # Inputs are checked before any checkpoint is read (here: one that is not one).
+  r = _run_main(user_folder, '--mode', 'predict', '--checkpoint', 'tiny.pth',
+                '--input', 'photos/b.png', '--workdir', 'runs/p')
+  assert r.returncode == 2
+  assert r.stderr == f'error: {real}/photos/b.png: no such file or directory\n'
+  (user_folder / 'empty').mkdir()
+  before = _listing(user_folder)
+  r = _run_main(user_folder, '--mode', 'predict', '--checkpoint', 'tiny.pth',
+                '--input', 'empty', '--workdir', 'runs/p')
+  assert r.returncode == 2
+  assert r.stderr == f'error: {real}/empty: no .png/.jpg/.jpeg images found\n'
   assert _listing(user_folder) == before
 
 
