@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 
+from hrseg_jax.checkpoints import info as checkpoint_info
 from hrseg_jax.deploy import cli as deploy_cli
 
 
@@ -26,8 +27,9 @@ def main(argv=None) -> int:
   p.add_argument('output', help='file (or SavedModel directory) to write')
   p.add_argument('--prefix', default=None, help="key prefix ('' for a bare state "
                  "dict; default: the source layout, else 'model.')")
-  p.add_argument('--step', type=int, default=None,
-                 help='step of a training workdir to export (default: its latest)')
+  p.add_argument('--step', type=checkpoint_info.parse_step, default=None,
+                 help='step of a training workdir to export: a number, best (the '
+                 'highest validation mIoU) or latest (default)')
   p.add_argument('--overwrite', action='store_true',
                  help='replace OUTPUT if it exists (a file, or a SavedModel directory; '
                  'never any other directory)')
@@ -53,10 +55,11 @@ def main(argv=None) -> int:
     from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
     from hrseg_jax.convert import convert, pth  # pylint: disable=g-import-not-at-top
     source = paths.resolve(args.checkpoint)
-    _, variables, meta = checkpoints.load_model(source, step=args.step)
+    step = checkpoint_info.pick_step(source, args.step)
+    _, variables, meta = checkpoints.load_model(source, step=step)
     # A training checkpoint's step is its number of training steps (a
     # converted one is step 0): BN's num_batches_tracked counts them.
-    step = checkpoints.resolve_step(source, args.step)
+    step = checkpoints.resolve_step(source, step)
     obj = convert.to_state_dict(variables, meta, prefix=args.prefix, steps_trained=step)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     pth.save_pth(obj, output)

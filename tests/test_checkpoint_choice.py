@@ -115,3 +115,62 @@ def test_convert_records_the_dataset(tmp_path):
     convert.convert(tmp_path / 'm.pth', tmp_path / 'd', dataset='lip', log=quiet)
   assert not (tmp_path / 'd').exists()
   assert Segmenter.from_checkpoint(tmp_path / 'a', dataset='synthetic').dataset == 'synthetic'
+
+
+def test_step_spec_parsing():
+  assert [checkpoint_info.parse_step(t) for t in ('best', 'latest', '40')] == [
+      'best', 'latest', 40]
+  with pytest.raises(Exception, match="'last': expected a step number, best or latest"):
+    checkpoint_info.parse_step('last')
+  assert checkpoint_info.pick_step('anywhere', None) is None
+  assert checkpoint_info.pick_step('anywhere', 'latest') is None
+  assert checkpoint_info.pick_step('anywhere', 7) == 7
+
+
+def test_export_step_best_latest_and_number(tmp_path, monkeypatch, capsys):
+  """``python -m hrseg_jax.export WORKDIR OUT --step best|latest|N`` from the
+  workdir's folder, relative paths: the step named, and its weights."""
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import export as export_cli  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.convert import pth  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
+  from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
+  monkeypatch.chdir(tmp_path)
+  cfg = registry.resolve(TINY_HRNET)
+  variables = tiny_hrnet_variables(cfg)
+  # Three kept steps of one run: 10 (mIoU 50%), 20 (30%), 30 (no evaluation),
+  # each with its own weights (the head's bias holds the step number).
+  root = tmp_path / 'run' / 'checkpoints'
+  for step, miou in ((10, 0.5), (20, 0.3), (30, None)):
+    marked = dict(variables, params=dict(variables['params']))
+    head = dict(marked['params']['last_layer_3'])
+    head['bias'] = np.full_like(head['bias'], step)
+    marked['params']['last_layer_3'] = head
+    meta = {'eval': {'miou': miou}} if miou is not None else {}
+    saved = checkpoints.save_model(tmp_path / f'tmp{step}', marked, cfg, meta, step=step)
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(saved / str(step)), str(root / str(step)))
+
+  def exported(argv):
+    assert export_cli.main(argv) == 0, capsys.readouterr().err
+    line = capsys.readouterr().out.strip()
+    state = pth.state_dict_from_checkpoint(pth.load_pth(argv[1]))
+    bias = [v for k, v in state.items() if k.endswith('last_layer.3.bias')][0]
+    return int(np.asarray(bias)[0]), line
+
+  assert exported(['run', 'best.pth', '--step', 'best'])[0] == 10
+  assert exported(['run', 'latest.pth', '--step', 'latest'])[0] == 30
+  assert exported(['run', 'default.pth'])[0] == 30
+  bias, line = exported(['run', 'n.pth', '--step', '20'])
+  assert bias == 20 and line.startswith('wrote n.pth: ') and line.endswith(
+      'PyTorch state dict of step 20 of run')
+  # best where no step followed an evaluation: one line, exit 2, no file.
+  checkpoints.save_model(tmp_path / 'converted', variables, cfg)
+  code = export_cli.main(['converted', 'x.pth', '--step', 'best'])
+  err = capsys.readouterr().err
+  assert code == 2 and err.count('\n') == 1 and err.startswith('error: --step best: '), err
+  assert not (tmp_path / 'x.pth').exists()

@@ -4,12 +4,14 @@
   names and test-time presets): ``meta['dataset']`` (recorded by ``convert``),
   else the training config a training checkpoint holds
   (``meta['config']['data']['name']``), else ``None``.
-* :func:`select`: ``--checkpoint best|latest|PATH``.  Training saves the
+* :func:`select`: ``--checkpoint best|latest|PATH``; :func:`pick_step`:
+  ``export --step best|latest|N``.  Training saves the
   evaluation's mIoU with every checkpoint that follows an evaluation
   (``meta['eval']['miou']``); ``best`` is the kept step with the highest one.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from typing import Any, Mapping
@@ -113,3 +115,35 @@ def select(spec: str | None, workdir: str | os.PathLike | None, *,
           f'--checkpoint best: no checkpoint in {root} was saved after an '
           'evaluation (use latest, or a path)')
   return os.fspath(root), latest, f'latest checkpoint (step {latest}) in {root}'
+
+
+def parse_step(text: str) -> int | str:
+  """``--step``: a step number, ``best`` or ``latest`` (an argparse ``type``)."""
+  if text in (BEST, LATEST):
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f'{text!r}: expected a step number, best or latest') from None
+
+
+def pick_step(path, spec: int | str | None) -> int | None:
+  """The step of the checkpoint at ``path`` that ``spec`` names.
+
+  ``None`` or ``'latest'``: ``None`` (the latest); ``'best'``: the kept step
+  with the highest validation mIoU; a number: itself.
+
+  Raises:
+    FileNotFoundError: ``best`` where no kept step followed an evaluation.
+  """
+  if spec is None or spec == LATEST:
+    return None
+  if spec != BEST:
+    return int(spec)
+  mious = step_mious(path)
+  if not mious:
+    raise FileNotFoundError(
+        f'--step best: no checkpoint in {os.fspath(path)} was saved after an '
+        'evaluation (use --step latest or a step number)')
+  return max(mious, key=lambda s: (mious[s], s))

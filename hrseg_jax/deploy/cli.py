@@ -183,10 +183,11 @@ def export(args, log: Callable[[str], None] = print) -> int:
     raise ExportError('--with-pre-post takes uint8 images; drop --input-dtype float32')
   post = args.with_pre_post
   source = paths.resolve(args.checkpoint)
-  cfg, variables, meta = checkpoints.load_model(source, step=args.step)
-  step = checkpoints.resolve_step(source, args.step)
-  cfg = registry.resolve(cfg)
   from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
+  step = checkpoint_info.pick_step(source, args.step)
+  cfg, variables, meta = checkpoints.load_model(source, step=step)
+  step = checkpoints.resolve_step(source, step)
+  cfg = registry.resolve(cfg)
   checkpoint_info.check_dataset(args.dataset, cfg['num_classes'])
   from hrseg_jax.deploy import graph  # pylint: disable=g-import-not-at-top
   if dynamic:
