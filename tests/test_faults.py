@@ -426,10 +426,13 @@ def test_resuming_another_models_checkpoint_is_one_line(tmp_path, finished_workd
              finished_workdir, *FIVE_CLASSES)
   changed = before != fu.tree_digest(finished_workdir / CKPT)
   fault.measure(files_corrupted=int(changed))
-  fu.assert_one_line_error(
+  line = fu.assert_one_line_error(
       r, f'{finished_workdir / CKPT / "8"} is a checkpoint of another model',
       'model.num_classes: 6 in the checkpoint, 5 in the config')
   assert not changed
+  # An error after start-up ends the run's log.txt too (what a cluster user reads).
+  log = (finished_workdir / 'log.txt').read_text().strip().splitlines()
+  assert log[-1].endswith(line), log[-3:]
   fault.survive()
 
 

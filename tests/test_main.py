@@ -72,16 +72,6 @@ def test_missing_dataset_is_one_line_error(tmp_path):
   assert last.startswith('error: ') and 'train.lst' in last
   assert 'Traceback' not in r.stderr
   assert not (tmp_path / 'w').exists()   # data is checked before the workdir is made
-  # An error after start-up ends the run's log.txt too (what a cluster user reads).
-  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--config',
-                      'configs/demo.py', '--workdir', str(tmp_path / 'few'),
-                      '--config.data.num_train=2', '--config.train.batch_size=4'],
-                     cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-  assert r.returncode == 2, r.stderr
-  last = r.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: 2 training examples are fewer than one global batch')
-  log = (tmp_path / 'few' / 'log.txt').read_text().strip().splitlines()
-  assert log[-1].endswith(last), log[-3:]
   r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--config',
                       'configs/demo.py', '--config.train.no_such_field=1',
                       '--workdir', str(tmp_path / 'w')],
@@ -89,6 +79,63 @@ def test_missing_dataset_is_one_line_error(tmp_path):
   assert r.returncode == 2
   assert "no_such_field" in r.stderr.strip().splitlines()[-1]
   assert 'Traceback' not in r.stderr
+
+
+def _train(cwd, *flags, devices=1):
+  """``python -m hrseg_jax.main`` in ``cwd`` on ``devices`` CPU devices."""
+  env = dict(os.environ, PYTHONPATH=f'{REPO}{os.pathsep}{REPO / "tests"}',
+             JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  return subprocess.run([sys.executable, '-m', 'hrseg_jax.main', *flags], cwd=cwd,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_batch_size_mistakes_are_one_line_before_the_workdir(tmp_path):
+  """A training set smaller than one global batch, and batch sizes that do
+  not split over the devices (both fields in one line): exit 2, one
+  ``error:`` line, and no workdir made (run from a user's folder)."""
+  (tmp_path / 'configs').symlink_to(REPO / 'configs')
+  demo = ['--config', 'configs/demo.py', '--workdir', 'runs/demo']
+  cases = (
+      (1, ['--config.data.num_train=2', '--config.train.batch_size=4'],
+       'error: 2 training examples are fewer than one global batch (train.batch_size=4): '
+       'pass --config.train.batch_size=2 or use more training data'),
+      (3, ['--config.train.batch_size=8', '--config.eval.batch_size=8'],
+       'error: train.batch_size=8 and eval.batch_size=8 are not multiples of the 3 devices '
+       '(each batch is split evenly over them): pass --config.train.batch_size=9 '
+       '--config.eval.batch_size=9 or other multiples of 3'),
+      (3, ['--config.train.batch_size=9', '--config.eval.batch_size=8'],
+       'error: eval.batch_size=8 is not a multiple of the 3 devices (the batch is split '
+       'evenly over them): pass --config.eval.batch_size=9 or another multiple of 3'),
+  )
+  for devices, flags, expected in cases:
+    r = _train(tmp_path, *demo, *flags, devices=devices)
+    assert r.returncode == 2, (flags, r.stderr)
+    assert not (tmp_path / 'runs').exists(), (flags, r.stderr)
+    assert r.stderr.strip().splitlines() == [expected], flags
+
+
+def test_resume_with_another_example_order_warns_in_plain_words(tmp_path):
+  """Resuming with another seed (or global batch) changes which examples the
+  rest of the run reads: one ``warning:`` line on the console after the
+  start-up block, the same line in log.txt; no raw log record."""
+  (tmp_path / 'config.py').write_text(
+      'from train_util import tiny_config\n\n\ndef get_config():\n'
+      '  return tiny_config(num_steps=1)\n')
+  first = _train(tmp_path, '--config', 'config.py', '--workdir', 'runs/t')
+  assert first.returncode == 0, first.stderr[-3000:]
+  # The same length: nothing left to train, nothing to compile.
+  r = _train(tmp_path, '--config', 'config.py', '--workdir', 'runs/t', '--config.seed=305')
+  assert r.returncode == 0, r.stderr[-3000:]
+  expected = (f'warning: checkpoint {tmp_path}/runs/t/checkpoints/1 was trained with '
+              'another example order (seed 304 -> 305): from here on the run reads other '
+              'examples than the uninterrupted run would have')
+  lines = r.stdout.splitlines()
+  assert expected in lines, r.stdout
+  assert lines[lines.index(expected) - 1].startswith('start       resumed from step 1')
+  assert 'example order' not in r.stderr, r.stderr
+  log = (tmp_path / 'runs' / 't' / 'log.txt').read_text().splitlines()
+  assert [l.split('  ', 1)[1] for l in log if 'example order' in l] == [expected]
 
 
 def test_config_override_without_a_config_file_is_one_line(tmp_path):

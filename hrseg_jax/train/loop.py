@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import sys
 import time
@@ -197,6 +196,29 @@ def check_loss_chunks(config) -> None:
         'per-GPU losses): pass --config.loss.num_chunks=1 or a divisor of the batch')
 
 
+def check_batch_sizes(config) -> None:
+  """The global batches must split evenly over the devices: one error naming
+  ``train.batch_size`` and (with the validation evaluator) ``eval.batch_size``."""
+  sizes = {'train.batch_size': config.train.batch_size}
+  if (evaluator_lib.protocol_of(config, TRAINING_PROTOCOL)
+      == evaluator_lib.ValidationEvaluator.protocol):
+    sizes['eval.batch_size'] = int(config.eval.batch_size)
+  sharding.check_batch_sizes(sizes, jax.device_count())
+
+
+def check_num_train(num_train: int, global_batch: int) -> None:
+  """A training set must hold at least one global batch."""
+  if num_train >= global_batch:
+    return
+  n = jax.device_count()
+  fit = num_train // n * n   # the largest batch that fits and splits evenly
+  raise ValueError(
+      f'{num_train} training example{" is" if num_train == 1 else "s are"} fewer than '
+      f'one global batch (train.batch_size={global_batch}): '
+      + (f'pass --config.train.batch_size={fit} or ' if fit else '')
+      + 'use more training data')
+
+
 def make_workdir(workdir) -> epath.Path:
   """Creates ``workdir`` and checks that files can be written in it."""
   workdir = epath.Path(workdir)
@@ -210,15 +232,17 @@ def make_workdir(workdir) -> epath.Path:
   return workdir
 
 
-def check_data_order(saved: dict | None, current: dict, where) -> None:
-  """Warns when a resumed run will not read the examples the saver would have."""
+def check_data_order(saved: dict | None, current: dict, where) -> str | None:
+  """The warning for a resumed run that will not read the examples the saver
+  would have (None when it will)."""
   if saved is None:
-    return
+    return None
   diffs = pipeline.data_order_differences(saved, current)
-  if diffs:
-    logging.warning('checkpoint %s was trained with another example order (%s): '
-                    'from here on the run reads other examples than the '
-                    'uninterrupted run would have', where, ', '.join(diffs))
+  if not diffs:
+    return None
+  return (f'warning: checkpoint {where} was trained with another example order '
+          f'({", ".join(diffs)}): from here on the run reads other examples than '
+          'the uninterrupted run would have')
 
 
 def compute_dtype(name: str):
@@ -322,11 +346,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   check_train_config(config.train)
   check_loss_chunks(config)
-  evaluator_lib.protocol_of(config, TRAINING_PROTOCOL)
+  check_batch_sizes(config)
   pretrained.check_init_from(config, workdir)  # the user's path in the message
   config = paths.resolve_config(config)
-  # Missing or unreadable data fails here, before the workdir is made.
+  # Missing, unreadable or too little data fails here, before the workdir is made.
   num_train = pipeline.num_train_examples(config.data)
+  check_num_train(num_train, config.train.batch_size)
   faults = faults_lib.Faults.from_env()
   with StopSignal() as stop:
     return _train(config, make_workdir(paths.resolve(os.fspath(workdir))), stop, faults,
@@ -390,11 +415,12 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
                       async_save=config.train.async_checkpoints)
   if faults:
     faults.install(ckpt.directory)
+  order_warning = None
   try:
     if ckpt.latest_step() is not None:
       ckpt.check_model(model_cfg, resolve=registry.resolve)
-      check_data_order(ckpt.data_order(), data_order(0),
-                       ckpt.directory / str(ckpt.latest_step()))
+      order_warning = check_data_order(ckpt.data_order(), data_order(0),
+                                       ckpt.directory / str(ckpt.latest_step()))
       state = ckpt.restore(abstract_with_shardings(state, state_sh))
       how = f'resumed from step {int(state.step)} ({ckpt.directory / str(int(state.step))})'
       length = schedule_length(config.to_dict())
@@ -429,6 +455,8 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
       workdir=os.fspath(workdir), checkpoints=os.fspath(ckpt.directory),
       start=(f'{how}; compiling the training step (the first step line includes it)'
              if start < num_steps else f'{how}; nothing left to train')))
+  if order_warning:
+    console.print(order_warning)
   # The example order is a function of the global step: any process count
   # continues with the batches an uninterrupted run reads next.
   train_iter = pipeline.make_train_iterator(

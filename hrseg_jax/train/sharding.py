@@ -50,9 +50,21 @@ def global_batch(local: dict, sharding: NamedSharding) -> dict:
 def check_batch_size(global_batch_size: int, mesh, field: str = 'train.batch_size') -> int:
   """Returns the per-process batch; errors name the config field."""
   n_dev = mesh.devices.size if mesh is not None else jax.device_count()
-  if global_batch_size % n_dev:
-    up = -(-global_batch_size // n_dev) * n_dev
-    raise ValueError(f'{field}={global_batch_size} is not a multiple of the {n_dev} '
-                     f'devices (the batch is split evenly over them): pass '
-                     f'--config.{field}={up} or another multiple of {n_dev}')
+  check_batch_sizes({field: global_batch_size}, n_dev)
   return global_batch_size // jax.process_count()
+
+
+def check_batch_sizes(sizes: dict[str, int], num_devices: int) -> None:
+  """One error naming every field of ``sizes`` (``{'train.batch_size': 8}``)
+  that is not a multiple of ``num_devices``."""
+  bad = {f: int(v) for f, v in sizes.items() if int(v) % num_devices}
+  if not bad:
+    return
+  n = num_devices
+  fixes = ' '.join(f'--config.{f}={-(-v // n) * n}' for f, v in bad.items())
+  named = ' and '.join(f'{f}={v}' for f, v in bad.items())
+  if len(bad) == 1:
+    raise ValueError(f'{named} is not a multiple of the {n} devices (the batch is '
+                     f'split evenly over them): pass {fixes} or another multiple of {n}')
+  raise ValueError(f'{named} are not multiples of the {n} devices (each batch is '
+                   f'split evenly over them): pass {fixes} or other multiples of {n}')
