@@ -32,6 +32,7 @@ FAULTS_PER_TEST = {
     'test_preemption_and_kill_9_lose_nothing': 4,
     'test_sigterm_on_one_host_stops_every_host': 1,
     'test_ctrl_c_saves_and_a_second_ctrl_c_exits_at_once': 2,
+    'test_ctrl_c_between_log_steps_stops_at_the_next_step': 1,
     'test_nonfinite_loss_and_full_disk_lose_nothing': 3,
     'test_nonfinite_loss_skipped_and_counted': 1,
     'test_bad_data_is_one_line_naming_the_file': 1,
@@ -42,7 +43,7 @@ FAULTS_PER_TEST = {
     'test_corrupt_latest_checkpoint_is_one_line': 1,
     'test_init_from_a_missing_checkpoint_is_one_line': 1,
 }
-FAULTS_IN_SUITE = 29
+FAULTS_IN_SUITE = 30
 
 
 @pytest.fixture
@@ -222,6 +223,29 @@ def test_ctrl_c_saves_and_a_second_ctrl_c_exits_at_once(tmp_path, reference, led
   assert c.result.returncode == 0, c.result.tail()
   assert c.resumed_from == 4 and c.complete_after[-1] == fu.NUM_STEPS
   _finish_chain(chain, [once, twice], reference)
+
+
+def test_ctrl_c_between_log_steps_stops_at_the_next_step(tmp_path, ledger):
+  """Ctrl-C while the device trains step 2 of 8, with no log, checkpoint or
+  evaluation step before step 8: the run stops at the step queued behind it,
+  not after every step the host could dispatch ahead (here: all of them)."""
+  config = fu.write_config(tmp_path / 'config.py', train__log_every_steps=fu.NUM_STEPS,
+                           train__checkpoint_every_steps=fu.NUM_STEPS)
+  chain = fu.Chain(config, tmp_path / 'w')
+  fault = ledger.inject('Ctrl-C once the device has computed step 2')
+  a = chain.run(fault='sigint_computed:2')
+  _only_complete_steps(fault, a, chain.ckpt_dir, a.partial_after)
+  assert a.result.returncode == 0, a.result.tail()
+  stopped = re.search(rf'stopped by Ctrl-C at step (\d+) of {fu.NUM_STEPS}, checkpoint saved',
+                      a.result.stdout)
+  assert stopped, a.result.tail()
+  # Step 3 was queued when step 2 finished; step 4 at most if the signal
+  # reached the main thread only after it had dispatched the next step.
+  step = int(stopped[1])
+  assert step in (3, 4), a.result.tail()
+  assert a.complete_after == [step]
+  assert [s for s, _ in a.losses] == list(range(1, step + 1))   # resumes from there
+  fault.survive()
 
 
 # ---- 3. Numerics and the full disk ---------------------------------------------

@@ -10,6 +10,9 @@ kind written ``kind@P`` only acts in process P (``jax.process_index()``):
   runs the processes agree on a step >= N through JAX's preemption service:
   the process then pauses 5 s, time for the notice to reach the others).
 * ``sigint:N``: the same with SIGINT (Ctrl-C); ``sigint2:N`` sends two.
+* ``sigint_computed:N``: SIGINT from another thread once the device has
+  computed step N, however far the host has dispatched ahead by then (a
+  Ctrl-C at a moment the host does not choose).
 * ``kill:N``: SIGKILL once step N has been trained and logged, before its
   checkpoint (a crash between checkpoints).
 * ``kill_in_save:N``: SIGKILL inside Orbax's background commit of step N's
@@ -46,8 +49,8 @@ from typing import Any, Mapping
 import numpy as np
 
 ENV = 'HRSEG_FAULT'
-KINDS = ('sigterm', 'sigint', 'sigint2', 'kill', 'kill_in_save', 'kill_in_delete', 'nan', 'enospc',
-         'enospc_commit')
+KINDS = ('sigterm', 'sigint', 'sigint2', 'sigint_computed', 'kill', 'kill_in_save',
+         'kill_in_delete', 'nan', 'enospc', 'enospc_commit')
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'
 _COMMIT_FILE = 'commit_success.txt'
 
@@ -68,6 +71,13 @@ def _sigkill(what: str) -> None:
   for handler in logging.getLogger().handlers:
     handler.flush()
   os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _sigint_when_computed(step: int, outputs: Any) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(outputs)
+  logging.warning('fault: SIGINT once step %d is computed', step)
+  os.kill(os.getpid(), signal.SIGINT)
 
 
 def _enospc(path) -> OSError:
@@ -116,8 +126,12 @@ class Faults:
     logging.warning('fault: NaN input images at step %d', step)
     return {**batch, 'image': np.full_like(batch['image'], np.nan)}
 
-  def on_step_end(self, step: int) -> None:
-    """Runs after step ``step`` is trained and logged, before its checkpoint."""
+  def on_step_end(self, step: int, outputs: Any = None) -> None:
+    """Runs after step ``step`` is dispatched (and logged on a log step),
+    before its checkpoint; ``outputs``: the step's output arrays."""
+    if self._at('sigint_computed', step):
+      threading.Thread(target=_sigint_when_computed, args=(step, outputs),
+                       daemon=True).start()
     for kind, sig, count in (('sigterm', signal.SIGTERM, 1),
                              ('sigint', signal.SIGINT, 1),
                              ('sigint2', signal.SIGINT, 2)):

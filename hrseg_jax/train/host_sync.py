@@ -17,6 +17,11 @@ loop uses it with ``train.transfer_guard='disallow'``):
   ``broadcast_one_to_all``, ``sync_global_devices``).  (``np.asarray`` of a
   single-device array is a C++ fast path this check does not see.)
 
+The one wait allowed inside the block is :func:`wait_for_earlier_step`: the
+loop's bound on how far the host dispatches ahead of the device (it waits for
+the step before the one just dispatched, which the device is already running
+or has run, so the device never idles for it).
+
 Nothing is patched until the check is first used.
 """
 from __future__ import annotations
@@ -88,5 +93,23 @@ def no_host_waits(where: str, enabled: bool = True) -> Iterator[None]:
   try:
     with jax.transfer_guard_device_to_host('disallow'):
       yield
+  finally:
+    _LOCAL.where = previous
+
+
+def wait_for_earlier_step(outputs) -> None:
+  """Waits until ``outputs`` (an earlier step's arrays) are computed, without
+  copying them to the host; allowed within :func:`no_host_waits`.
+
+  The training loop calls it with the previous step's outputs right after
+  dispatching the next step: the host then stays at most one step ahead of
+  the device (the step running, one queued), so a stop signal takes effect
+  at the next step boundary rather than after every step already queued up
+  to the next log step, and the device still always has a step to run.
+  """
+  previous = getattr(_LOCAL, 'where', None)
+  _LOCAL.where = None
+  try:
+    jax.block_until_ready(outputs)
   finally:
     _LOCAL.where = previous

@@ -7,10 +7,13 @@ Reliability (tested by ``tests/test_faults.py``):
   same step on every process, see :class:`StopSignal`); the process exits
   normally and the same command resumes with the exact next batch, on any
   number of processes.  A second Ctrl-C exits at once.
-* Between log, checkpoint and evaluation steps nothing waits for the device
-  (no per-step collective or metric fetch), so the host keeps dispatching
-  ahead; ``train.transfer_guard='disallow'`` turns any wait for the device
-  in those steps into an error (:mod:`hrseg_jax.train.host_sync`).
+* Between log, checkpoint and evaluation steps nothing fetches from the
+  device (no per-step collective or metric fetch): the host dispatches one
+  step ahead (it waits for the previous step, not the one it dispatched, so
+  the device always has the next step queued; a stop signal then takes
+  effect at the next step); ``train.transfer_guard='disallow'`` turns any
+  other wait for the device in those steps into an error
+  (:mod:`hrseg_jax.train.host_sync`).
 * A crash loses only the steps after the last complete checkpoint, which the
   restarted run trains again with the same losses (see
   :mod:`hrseg_jax.checkpoints.training` for why no checkpoint is ever left
@@ -74,9 +77,11 @@ class StopSignal:
   checkpoint.
 
   One process: the signal handler sets a flag that the loop reads after
-  every step.  Several processes must agree on the step to save without a
-  collective every step (it would make the host wait for the device and
-  stall asynchronous dispatch), so:
+  every step; since the host runs at most one step ahead of the device
+  (:func:`host_sync.wait_for_earlier_step`), the run stops after the step
+  the device is running and the one queued behind it.  Several processes
+  must agree on the step to save without a collective every step (it would
+  make the host wait for the device and stall asynchronous dispatch), so:
 
   * with JAX's preemption service (``jax.distributed``, on by default),
     SIGTERM is left to JAX's own handler: the notice reaches every process
@@ -492,6 +497,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   guard = str(config.train.get('transfer_guard', 'allow'))
 
   steps = range(start + 1, num_steps + 1)
+  previous = None   # the previous step's metrics (host_sync.wait_for_earlier_step)
   try:
     with metric_writers.ensure_flushes(writer):
       if start < num_steps and stop.should_stop(start):
@@ -517,7 +523,13 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
           report(step)
           if log_now:
             progress.fetch()
-          faults.on_step_end(step)
+          faults.on_step_end(step, metrics)
+          # At most one step queued behind the running one: a stop signal
+          # then stops at the next step, not after all the steps dispatched
+          # ahead up to the next log step (StopSignal).
+          if previous is not None:
+            host_sync.wait_for_earlier_step(previous)
+          previous = metrics
           halt = step == stop_at or stop.should_stop(step, sync=sync)
         save_now = saver.periodic(step) or last or evaluate_now or halt
         if save_now and progress.has_pending:
