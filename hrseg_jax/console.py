@@ -57,6 +57,9 @@ def configure(verbose: bool = False) -> None:
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
   quiet_orbax()
+  # The ONNX writer's serialiser warns once per value it leaves untyped
+  # (hundreds of lines for Lite-HRNet); the export is checked anyway.
+  logging.getLogger('onnx_ir').setLevel(logging.ERROR)
 
 
 def quiet_orbax() -> None:

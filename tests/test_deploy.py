@@ -170,7 +170,7 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
   r = _cli('ckpt', 'deploy/model.stablehlo', '--size', '32', '48', '--with-pre-post',
            cwd=tmp_path)
   assert r.returncode == 0, r.stderr
-  assert 'class maps identical on 100.000% of pixels' in r.stdout
+  assert 'class maps identical on 100% of pixels' in r.stdout
   assert 'wrote deploy/model.stablehlo and deploy/model.stablehlo.json' in r.stdout
   card = json.loads((tmp_path / 'deploy' / 'model.stablehlo.json').read_text())
   assert card['format'] == 'stablehlo' and card['num_classes'] == 5
@@ -212,7 +212,7 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
   r = _cli('ckpt', 'dyn.stablehlo', '--size', '32', '64', '--dynamic-size',
            '--with-pre-post', cwd=tmp_path)
   assert r.returncode == 0, r.stderr
-  assert 'class maps identical on 100.000% of pixels' in r.stdout
+  assert 'class maps identical on 100% of pixels' in r.stdout
   card = json.loads((tmp_path / 'dyn.stablehlo.json').read_text())
   assert card['input']['shape'] == ['batch', '32*h', '32*w', 3], card['input']
   run = runtime.load('stablehlo', tmp_path / 'dyn.stablehlo')
@@ -325,3 +325,30 @@ def test_card_dataset_of_a_training_workdir():
   assert cli._dataset(args, {'num_classes': 19}, trained) == 'synthetic'
   assert cli._dataset(args, {'num_classes': 19}, {}) == 'cityscapes'
   assert cli._dataset(args, {'num_classes': 20}, {'dataset': 'lip'}) == 'lip'
+
+
+def test_check_batch_has_the_statistics_of_normalised_photographs():
+  """The export check's images, normalised, have mean 0 and spread ~1 per
+  channel (uniform 0..255 noise has mean 0.06..0.42 and spread 1.26..1.28)."""
+  rgb = cli.sample_input((64, 128, 3), np.uint8)
+  assert rgb.dtype == np.uint8 and rgb.shape == (2, 64, 128, 3)
+  x = cli.sample_input((64, 128, 3), np.float32)
+  np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0, atol=0.02)
+  np.testing.assert_allclose(x.std(axis=(0, 1, 2)), 1, atol=0.05)   # clipped to 0..255
+
+
+def test_compare_counts_differing_pixels_and_never_rounds_to_100():
+  ref = np.zeros((1, 1000, 1000), np.int32)
+  out = ref.copy()
+  out[0, 0, :4] = 1
+  result = runtime.compare(ref, out)
+  assert (result['differing_pixels'], result['pixels'], result['ok']) == (4, 10 ** 6, True)
+  assert runtime.describe(result) == (
+      'class maps identical on 99.9996% of pixels (4 of 1,000,000 differ)')
+  assert runtime.describe(runtime.compare(ref, ref)) == 'class maps identical on 100% of pixels'
+  logits = np.random.default_rng(0).normal(size=(1, 8, 8, 5))
+  result = runtime.compare(logits, logits * (1 + 1e-3))
+  assert not result['ok'] and runtime.describe(result).startswith('logits rel L2 1.00e-03, ')
+  result.update(runtime.float32_error(logits * (1 + 3e-2), logits))
+  assert runtime.describe(result).endswith(
+      '; JAX float32 logits are at rel L2 3.00e-02 from float64 on this batch')

@@ -41,40 +41,51 @@ def whole_frame_rows(x) -> np.ndarray:
   return jnp.expand_dims(jnp.arange(x.shape[1], dtype=jnp.int32), 0)  # symbolic height
 
 
-def apply_fn(model_cfg: Mapping[str, Any], *, pre: bool, post: bool
-             ) -> Callable[[Mapping, jax.Array], jax.Array]:
-  """Pure ``(variables, images) -> logits or class maps``."""
+UPSAMPLED_LOGITS = 'upsampled_logits'
+
+
+def apply_fn(model_cfg: Mapping[str, Any], *, pre: bool, post: bool | str,
+             dtype=jnp.float32) -> Callable[[Mapping, jax.Array], jax.Array]:
+  """Pure ``(variables, images) -> logits or class maps``.
+
+  ``post=UPSAMPLED_LOGITS``: the logits at the input size, before the
+  argmax.  ``dtype``: the computation's (float32 in every export; float64,
+  under ``jax.enable_x64``, for the export check's exact reference).
+  """
   cfg = registry.resolve(model_cfg)
-  model = registry.build_model(cfg)
+  model = registry.build_model(cfg, dtype)
   align_corners = bool(cfg.get('align_corners', False))
 
   def fn(variables, images):
-    x = images.astype(jnp.float32)
+    x = images.astype(dtype)
     if pre:
-      x = (x / 255.0 - MEAN) / STD
+      x = (x / 255.0 - np.asarray(MEAN, dtype)) / np.asarray(STD, dtype)
     out = model.apply(variables, x, train=False, rows=whole_frame_rows(x))[-1]
-    out = out.astype(jnp.float32)
+    out = out.astype(dtype)
     if not post:
       return out
     out = resize_bilinear(out, x.shape[1:3], align_corners)
+    if post == UPSAMPLED_LOGITS:
+      return out
     return jnp.argmax(out, axis=-1).astype(jnp.int32)
 
   return fn
 
 
-def float32_variables(variables: Mapping) -> dict:
-  """NumPy copies of the variables, floating ones as float32."""
+def float_variables(variables: Mapping, dtype=np.float32) -> dict:
+  """NumPy copies of the variables, floating ones as ``dtype``."""
   def conv(v):
     v = np.asarray(v)
-    return v.astype(np.float32) if v.dtype.kind == 'f' else v
+    return v.astype(dtype) if v.dtype.kind == 'f' else v
   return jax.tree_util.tree_map(conv, dict(variables))
 
 
 def serving_fn(model_cfg: Mapping[str, Any], variables: Mapping, *,
-               pre: bool, post: bool) -> Callable[[jax.Array], jax.Array]:
+               pre: bool, post: bool | str, dtype=jnp.float32
+               ) -> Callable[[jax.Array], jax.Array]:
   """Pure ``images -> logits or class maps`` with the weights as constants."""
-  fn = apply_fn(model_cfg, pre=pre, post=post)
-  variables = float32_variables(variables)
+  fn = apply_fn(model_cfg, pre=pre, post=post, dtype=dtype)
+  variables = float_variables(variables, dtype)
   return lambda images: fn(variables, images)
 
 

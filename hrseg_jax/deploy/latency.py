@@ -67,7 +67,7 @@ def main(argv=None) -> int:
       pre = card['input']['dtype'] == 'uint8'
       post = card['output']['kind'] == 'class_map'
       fn = jax.jit(graph.apply_fn(cfg, pre=pre, post=post))
-      v = jax.device_put(graph.float32_variables(variables))
+      v = jax.device_put(graph.float_variables(variables))
       x = cli.sample_input(shape, np.uint8 if pre else np.float32, batch=1)
       rows.append((f'jax {jax.__version__} ({jax.default_backend()})', 'JAX model',
                    median_ms(lambda a: fn(v, a), x, args.warmup, args.repeats)))

@@ -52,31 +52,72 @@ def runtime_version(fmt: str) -> str:
   return name
 
 
+# Agreement with JAX's float32 output on the check batch.
+MAX_REL_L2, MIN_AGREEMENT = 1e-4, 0.999
+
+
+def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+  a, b = a.astype(np.float64), b.astype(np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _labels(x: np.ndarray) -> np.ndarray:
+  return x if np.issubdtype(x.dtype, np.integer) else x.argmax(-1)
+
+
 def compare(reference: np.ndarray, output: np.ndarray) -> dict:
   """Agreement of an export's output with JAX's on the same input.
 
   Logits (float, ``[..., K]``): relative L2 error and argmax agreement over
-  pixels.  Class maps (integer): the fraction of identical pixels.
+  pixels.  Class maps (integer): the fraction of identical pixels, and how
+  many differ.
   """
   reference, output = np.asarray(reference), np.asarray(output)
   if reference.shape != output.shape:
     return {'shape': list(output.shape), 'expected_shape': list(reference.shape),
             'ok': False}
+  differing = int(np.sum(_labels(reference) != _labels(output)))
+  pixels = int(_labels(reference).size)
+  agree = 1.0 - differing / max(pixels, 1)
   if np.issubdtype(reference.dtype, np.integer):
-    same = float(np.mean(reference == output))
-    return {'class_map_agreement': same, 'ok': same >= 0.999}
-  ref64, out64 = reference.astype(np.float64), output.astype(np.float64)
-  rel = float(np.linalg.norm(out64 - ref64) / max(np.linalg.norm(ref64), 1e-30))
-  agree = float(np.mean(reference.argmax(-1) == output.argmax(-1)))
-  return {'rel_l2': rel, 'argmax_agreement': agree,
-          'ok': bool(rel <= 1e-4 and agree >= 0.999)}
+    return {'class_map_agreement': agree, 'differing_pixels': differing,
+            'pixels': pixels, 'ok': agree >= MIN_AGREEMENT}
+  rel = _rel_l2(output, reference)
+  return {'rel_l2': rel, 'argmax_agreement': agree, 'differing_pixels': differing,
+          'pixels': pixels, 'ok': bool(rel <= MAX_REL_L2 and agree >= MIN_AGREEMENT)}
+
+
+def float32_error(float32: np.ndarray, exact: np.ndarray) -> dict:
+  """How far JAX's own float32 logits are from the float64 ones (relative
+  L2): the rounding error any float32 runtime has on the check batch."""
+  return {'jax_float32_rel_l2': _rel_l2(np.asarray(float32), np.asarray(exact, np.float64))}
 
 
 def describe(result: dict) -> str:
   """One human-readable line of a :func:`compare` result."""
   if 'expected_shape' in result:
     return f'output shape {tuple(result["shape"])}, expected {tuple(result["expected_shape"])}'
+  differing = (f' ({result["differing_pixels"]:,} of {result["pixels"]:,} differ)'
+               if result.get('differing_pixels') else '')
   if 'class_map_agreement' in result:
-    return f'class maps identical on {100 * result["class_map_agreement"]:.3f}% of pixels'
-  return (f'logits rel L2 {result["rel_l2"]:.2e}, argmax agreement '
-          f'{100 * result["argmax_agreement"]:.3f}%')
+    text = (f'class maps identical on {_percent(result["class_map_agreement"])} of '
+            f'pixels{differing}')
+  else:
+    text = (f'logits rel L2 {result["rel_l2"]:.2e}, argmax agreement '
+            f'{_percent(result["argmax_agreement"])}{differing}')
+  if 'jax_float32_rel_l2' in result:
+    text += (f'; JAX float32 logits are at rel L2 {result["jax_float32_rel_l2"]:.2e} '
+             'from float64 on this batch')
+  return text
+
+
+def _percent(fraction: float) -> str:
+  """``100%`` only when exact: ``99.9996%`` rather than a rounded ``100.000%``."""
+  if fraction >= 1:
+    return '100%'
+  text = f'{100 * fraction:.3f}'
+  digits = 3
+  while float(text) >= 100 and digits < 9:
+    digits += 1
+    text = f'{100 * fraction:.{digits}f}'
+  return text + '%'

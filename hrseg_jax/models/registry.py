@@ -74,6 +74,15 @@ def resolve(model_cfg: Mapping[str, Any]) -> dict:
   raise ValueError(f'model config: unknown arch {arch!r} (hrnet, lite_hrnet)')
 
 
+def model_name(model_cfg: Mapping[str, Any]) -> str:
+  """``hrnet w48+OCR``, ``lite_hrnet 30+HANet (fork head)``: for console lines."""
+  extras = ''.join(f'+{k.upper() if k == "ocr" else "HANet"}'
+                   for k in ('ocr', 'hanet') if model_cfg.get(k))
+  head = model_cfg.get('head')
+  head = f' ({head} head)' if head and head != 'clean' else ''
+  return f'{model_cfg.get("arch", "model")} {model_cfg.get("variant", "")}{extras}{head}'
+
+
 def _tuples(x):
   if isinstance(x, list):
     return tuple(_tuples(v) for v in x)

@@ -307,12 +307,6 @@ def load_init_weights(state: TrainState, path, model_cfg) -> TrainState:
                        model_state={k: x for k, x in v.items() if k != 'params'})
 
 
-def _model_name(model_cfg: dict) -> str:
-  extras = ''.join(f'+{k.upper() if k == "ocr" else "HANet"}'
-                   for k in ('ocr', 'hanet') if model_cfg.get(k))
-  return f'{model_cfg.get("arch", "model")} {model_cfg.get("variant", "")}{extras}'
-
-
 def _read_json(path: epath.Path) -> dict | None:
   try:
     return json.loads(path.read_text())
@@ -454,7 +448,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
       local_batch=local_batch, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
       num_train=num_train,
       num_val=evaluator.num_examples() if evaluator.every_steps > 0 else None,
-      model=(_model_name(model_cfg)
+      model=(registry.model_name(model_cfg)
              + f', {num_classes} classes ({config.data.name}), {config.train.dtype}'),
       num_params=progress_lib.count_parameters(state.params),
       workdir=os.fspath(workdir), checkpoints=os.fspath(ckpt.directory),
