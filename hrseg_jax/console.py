@@ -14,6 +14,7 @@ import sys
 import time
 
 _ORBAX_DIR = f'{os.sep}orbax{os.sep}'
+_TRACKER_WARNINGS = 'ignore::UserWarning:multiprocessing.resource_tracker'
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:
@@ -60,6 +61,13 @@ def configure(verbose: bool = False) -> None:
   # The ONNX writer's serialiser warns once per value it leaves untyped
   # (hundreds of lines for Lite-HRNet); the export is checked anyway.
   logging.getLogger('onnx_ir').setLevel(logging.ERROR)
+  # Grain's worker processes hand batches over in shared memory; the blocks
+  # still buffered when a run ends are unlinked by multiprocessing's resource
+  # tracker, a process of its own that warns about each ("leaked
+  # shared_memory objects").  It inherits its warning filters from here.
+  given = os.environ.get('PYTHONWARNINGS', '')
+  if _TRACKER_WARNINGS not in given.split(','):
+    os.environ['PYTHONWARNINGS'] = ','.join(w for w in (given, _TRACKER_WARNINGS) if w)
 
 
 def quiet_orbax() -> None:

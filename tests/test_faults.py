@@ -508,3 +508,17 @@ def test_the_suite_injects_its_count_of_faults():
            'test_bad_config_is_one_line_naming_the_field': len(CONFIG_CASES)}
   total = sum(n * cases.get(name, 1) for name, n in FAULTS_PER_TEST.items())
   assert total == FAULTS_IN_SUITE
+
+
+def test_grain_worker_processes_end_quietly(tmp_path):
+  """A run reading files through Grain worker processes ends without the
+  multiprocessing resource tracker's "leaked shared_memory objects" lines
+  (batches still buffered in shared memory when the run ends)."""
+  root = tmp_path / 'data'
+  train_list = _write_dataset(root)
+  config = fu.write_config(
+      tmp_path / 'config.py', num_steps=2, data__source='files',
+      data__root=str(root), data__train_list=str(train_list), data__num_workers=2)
+  r = fu.run(config, tmp_path / 'w')
+  assert r.returncode == 0, r.tail()
+  assert 'resource_tracker' not in r.stderr and 'leaked' not in r.stderr, r.stderr[-2000:]

@@ -547,6 +547,11 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   except BaseException:
     ckpt.abandon()
     raise
+  finally:
+    # Grain's worker processes (data.num_workers) end now, not at exit.
+    close = getattr(train_iter, 'close', None)
+    if close is not None:
+      close()
   ckpt.close()
   result['losses'] = progress.history
   result['seconds'] = time.time() - t0
