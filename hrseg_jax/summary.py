@@ -112,10 +112,11 @@ def main(argv=None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(f'one {h}x{w} image, eval-mode forward')
-  print(f'{"model":28s} {"params":>12s} {"conv GMAC":>10s} {"matmul GMAC":>11s} '
+  width = max([28] + [len(name) for name, _ in rows])   # a config path may be long
+  print(f'{"model":{width}s} {"params":>12s} {"conv GMAC":>10s} {"matmul GMAC":>11s} '
         f'{"GFLOP":>9s} {"README GFLOPs":>13s}')
   for name, r in rows:
-    print(f'{name:28s} {r["params"]:>12,d} {r["conv_gmac"]:>10.1f} '
+    print(f'{name:{width}s} {r["params"]:>12,d} {r["conv_gmac"]:>10.1f} '
           f'{r["matmul_gmac"]:>11.2f} {r["gflop"]:>9.1f} {r["readme_gflops"]:>13.1f}')
   return 0
 

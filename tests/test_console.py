@@ -2,6 +2,7 @@
 class names, evaluation pictures (the command lines: tests/test_paths.py)."""
 import logging
 import os
+import pathlib
 import types
 
 import numpy as np
@@ -11,6 +12,8 @@ import console_checks
 from hrseg_jax import console
 from hrseg_jax.eval import classes, palettes, visuals
 from hrseg_jax.train import progress
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize('seconds, text', [
@@ -167,3 +170,16 @@ def test_training_summary_line_counts_this_runs_steps():
       'stopped by Ctrl-C at step 9 of 300, checkpoint saved; rerun the same command '
       'to resume. Trained 1 step (step 9 of 300, resumed from step 8) in 12 s; '
       'mIoU 50.00% at step 4')
+
+
+def test_summary_columns_stay_aligned_with_a_long_config_path(tmp_path, capsys):
+  from hrseg_jax import summary  # pylint: disable=g-import-not-at-top
+  long = tmp_path / 'a_config_file_with_a_rather_long_name_demo.py'
+  long.write_text((REPO / 'configs' / 'demo.py').read_text())
+  assert summary.main(['--config', str(long), '--variant', 'w18_small_v1',
+                       '--size', '64', '128']) == 0
+  header, *rows = capsys.readouterr().out.splitlines()[1:]
+  assert len(rows) == 2
+  end = header.index('params') + len('params')
+  for row in rows:   # the params column ends where its header does
+    assert row[end - 1].isdigit() and row[end] == ' ', (header, row)
