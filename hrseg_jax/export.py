@@ -16,8 +16,18 @@ import argparse
 import os
 import sys
 
-from hrseg_jax.checkpoints import info as checkpoint_info
 from hrseg_jax.deploy import cli as deploy_cli
+
+
+def parse_step(text: str) -> int | str:
+  """``--step``: a step number, ``best`` or ``latest`` (an argparse ``type``)."""
+  if text in ('best', 'latest'):
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f'{text!r}: expected a step number, best or latest') from None
 
 
 def main(argv=None) -> int:
@@ -27,7 +37,7 @@ def main(argv=None) -> int:
   p.add_argument('output', help='file (or SavedModel directory) to write')
   p.add_argument('--prefix', default=None, help="key prefix ('' for a bare state "
                  "dict; default: the source layout, else 'model.')")
-  p.add_argument('--step', type=checkpoint_info.parse_step, default=None,
+  p.add_argument('--step', type=parse_step, default=None,
                  help='step of a training workdir to export: a number, best (the '
                  'highest validation mIoU) or latest (default)')
   p.add_argument('--overwrite', action='store_true',
@@ -54,6 +64,7 @@ def main(argv=None) -> int:
     paths.check_creatable(output, 'output path')
     from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
     from hrseg_jax.convert import convert, pth  # pylint: disable=g-import-not-at-top
+    from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
     source = paths.resolve(args.checkpoint)
     step = checkpoint_info.pick_step(source, args.step)
     _, variables, meta = checkpoints.load_model(source, step=step)

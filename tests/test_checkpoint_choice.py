@@ -118,10 +118,11 @@ def test_convert_records_the_dataset(tmp_path):
 
 
 def test_step_spec_parsing():
-  assert [checkpoint_info.parse_step(t) for t in ('best', 'latest', '40')] == [
+  from hrseg_jax import export as export_cli  # pylint: disable=g-import-not-at-top
+  assert [export_cli.parse_step(t) for t in ('best', 'latest', '40')] == [
       'best', 'latest', 40]
   with pytest.raises(Exception, match="'last': expected a step number, best or latest"):
-    checkpoint_info.parse_step('last')
+    export_cli.parse_step('last')
   assert checkpoint_info.pick_step('anywhere', None) is None
   assert checkpoint_info.pick_step('anywhere', 'latest') is None
   assert checkpoint_info.pick_step('anywhere', 7) == 7

@@ -127,16 +127,14 @@ def test_both_protocols_count_the_same_pixels(tmp_path):
   np.testing.assert_array_equal(cms['validation'], cms['test'])
 
 
-def test_eval_batch_that_does_not_split_over_the_devices_fails_at_start(monkeypatch):
-  """eval.batch_size=2 on 4 devices: one line naming the field when the
-  evaluator is built (at start-up), not a sharding error after training."""
+def test_eval_batch_rounds_to_whole_images_per_device(monkeypatch):
+  """The validation batch is split over the devices: 1 or 2 on 4 devices is
+  4 (one image each, as the original's one per GPU), 6 is 4, 8 stays 8."""
   config = tiny_config(num_classes=6)
-  config.eval.batch_size = 2
   monkeypatch.setattr(jax, 'device_count', lambda: 4)
-  with pytest.raises(ValueError) as e:
-    evaluator.from_config(config, default_protocol='validation',
-                          model_cfg=registry.resolve(config.model),
-                          to_global=lambda local: local, log=lambda _: None)
-  assert str(e.value) == ('eval.batch_size=2 is not a multiple of the 4 devices (the '
-                          'batch is split evenly over them): pass '
-                          '--config.eval.batch_size=4 or another multiple of 4')
+  for asked, used in ((1, 4), (2, 4), (6, 4), (8, 8)):
+    config.eval.batch_size = asked
+    ev = evaluator.from_config(config, default_protocol='validation',
+                               model_cfg=registry.resolve(config.model),
+                               to_global=lambda local: local, log=lambda _: None)
+    assert (ev.global_batch, ev.batch_size) == (used, used), asked

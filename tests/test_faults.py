@@ -127,7 +127,8 @@ def test_preemption_and_kill_9_lose_nothing(tmp_path, reference, ledger):
   a = chain.run(fault='sigterm:3')
   _only_complete_steps(sigterm, a, chain.ckpt_dir, a.partial_after)
   assert a.result.returncode == 0, a.result.tail()
-  assert 'SIGTERM: saving a checkpoint at the next step boundary' in a.result.stderr
+  assert ('SIGTERM: saving a checkpoint after the steps already queued (two at most)'
+          in a.result.stderr)
   assert (f'stopped by SIGTERM at step 3 of {fu.NUM_STEPS}, checkpoint saved'
           in a.result.stdout), a.result.tail()
   assert a.complete_after[-1] == 3
@@ -205,7 +206,8 @@ def test_ctrl_c_saves_and_a_second_ctrl_c_exits_at_once(tmp_path, reference, led
   a = chain.run(fault='sigint:3')
   _only_complete_steps(once, a, chain.ckpt_dir, a.partial_after)
   assert a.result.returncode == 0, a.result.tail()
-  assert 'Ctrl-C: saving a checkpoint at the next step boundary' in a.result.stderr
+  assert ('Ctrl-C: saving a checkpoint after the steps already queued (two at most)'
+          in a.result.stderr)
   assert (f'stopped by Ctrl-C at step 3 of {fu.NUM_STEPS}, checkpoint saved'
           in a.result.stdout), a.result.tail()
   assert a.complete_after[-1] == 3 and [s for s, _ in a.losses] == [1, 2, 3]
@@ -239,10 +241,11 @@ def test_ctrl_c_between_log_steps_stops_at_the_next_step(tmp_path, ledger):
   stopped = re.search(rf'stopped by Ctrl-C at step (\d+) of {fu.NUM_STEPS}, checkpoint saved',
                       a.result.stdout)
   assert stopped, a.result.tail()
-  # Step 3 was queued when step 2 finished; step 4 at most if the signal
-  # reached the main thread only after it had dispatched the next step.
+  # The host runs at most two steps ahead (loop.QUEUED_STEPS): steps 3 and
+  # 4 may be dispatched when step 2 finishes, 5 at most if the signal reached
+  # the main thread only after it had dispatched the next step.
   step = int(stopped[1])
-  assert step in (3, 4), a.result.tail()
+  assert step in (3, 4, 5), a.result.tail()
   assert a.complete_after == [step]
   assert [s for s, _ in a.losses] == list(range(1, step + 1))   # resumes from there
   fault.survive()

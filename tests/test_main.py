@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from hrseg_jax import Segmenter, main, recipes
@@ -91,8 +92,8 @@ def _train(cwd, *flags, devices=1):
 
 
 def test_batch_size_mistakes_are_one_line_before_the_workdir(tmp_path):
-  """A training set smaller than one global batch, and batch sizes that do
-  not split over the devices (both fields in one line): exit 2, one
+  """A training set smaller than one global batch, and a training batch that
+  does not split over the devices: exit 2, one
   ``error:`` line, and no workdir made (run from a user's folder)."""
   (tmp_path / 'configs').symlink_to(REPO / 'configs')
   demo = ['--config', 'configs/demo.py', '--workdir', 'runs/demo']
@@ -101,12 +102,8 @@ def test_batch_size_mistakes_are_one_line_before_the_workdir(tmp_path):
        'error: 2 training examples are fewer than one global batch (train.batch_size=4): '
        'pass --config.train.batch_size=2 or use more training data'),
       (3, ['--config.train.batch_size=8', '--config.eval.batch_size=8'],
-       'error: train.batch_size=8 and eval.batch_size=8 are not multiples of the 3 devices '
-       '(each batch is split evenly over them): pass --config.train.batch_size=9 '
-       '--config.eval.batch_size=9 or other multiples of 3'),
-      (3, ['--config.train.batch_size=9', '--config.eval.batch_size=8'],
-       'error: eval.batch_size=8 is not a multiple of the 3 devices (the batch is split '
-       'evenly over them): pass --config.eval.batch_size=9 or another multiple of 3'),
+       'error: train.batch_size=8 is not a multiple of the 3 devices (the batch is split '
+       'evenly over them): pass --config.train.batch_size=9 or another multiple of 3'),
   )
   for devices, flags, expected in cases:
     r = _train(tmp_path, *demo, *flags, devices=devices)
@@ -186,3 +183,14 @@ def test_usage_mistakes_are_one_line_errors(tmp_path):
     assert len(lines) == 1 and lines[0].startswith('error: '), (flags, r.stderr)
     assert expected in lines[0], (flags, lines[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a.png', 'configs'], flags
+
+
+def test_too_little_data_suggests_a_batch_that_passes_every_check():
+  """The suggested train.batch_size also splits into the loss's chunks."""
+  from hrseg_jax.train import loop  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r'pass --config.train.batch_size=8 or use more'):
+    loop.check_num_train(10, 12, num_chunks=4)
+  with pytest.raises(ValueError, match=r'fewer than one global batch \(train.batch_size=12\): '
+                     r'use more training data$'):
+    loop.check_num_train(3, 12, num_chunks=4)
+  loop.check_num_train(12, 12, num_chunks=4)

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any, Mapping
@@ -115,17 +114,6 @@ def select(spec: str | None, workdir: str | os.PathLike | None, *,
           f'--checkpoint best: no checkpoint in {root} was saved after an '
           'evaluation (use latest, or a path)')
   return os.fspath(root), latest, f'latest checkpoint (step {latest}) in {root}'
-
-
-def parse_step(text: str) -> int | str:
-  """``--step``: a step number, ``best`` or ``latest`` (an argparse ``type``)."""
-  if text in (BEST, LATEST):
-    return text
-  try:
-    return int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-        f'{text!r}: expected a step number, best or latest') from None
 
 
 def pick_step(path, spec: int | str | None) -> int | None:

@@ -8,8 +8,8 @@ every worker: it pins JAX to the CPU (environment and, since JAX is already
 imported, its config), hides GPUs from TensorFlow and CUDA, and makes OpenCV
 single-threaded so that ``num_workers`` processes do not oversubscribe cores.
 Workers ignore SIGINT: a Ctrl-C in the terminal reaches the whole process
-group, and the training process, which stops at the next step boundary
-after a checkpoint, still needs their batches until then.
+group, and the training process, which stops within two steps after a
+checkpoint, still needs their batches until then.
 """
 from __future__ import annotations
 

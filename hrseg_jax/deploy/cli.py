@@ -156,7 +156,8 @@ def verify(fmt: str, path: str, cfg, variables, shape, dtype, pre: bool,
   if not result['ok'] and 'expected_shape' not in result:
     # Says whether the model itself amplifies float32 rounding on this batch.
     logits = graph.UPSAMPLED_LOGITS if post else False
-    float32 = np.asarray(jax.jit(graph.serving_fn(cfg, variables, pre=pre, post=logits))(x))
+    float32 = (np.asarray(jax.jit(graph.serving_fn(cfg, variables, pre=pre, post=logits))(x))
+               if post else reference)
     with jax.enable_x64(True):
       exact = np.asarray(jax.jit(graph.serving_fn(
           cfg, variables, pre=pre, post=logits, dtype=np.float64))(x))

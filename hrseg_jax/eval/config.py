@@ -24,7 +24,8 @@ Fields (tuples so ``--config.eval.X=...`` can override them):
   ``data.eval_base_size`` in :func:`evaluate`; otherwise (predict, or no data
   value) each image's own long side, so scale 1 keeps the size.
 * ``batch_size`` -- network inputs (images or windows) per forward call; also
-  used by the training loop's validation.
+  the training loop's validation batch, over all devices (rounded down to a
+  multiple of the device count, at least one image per device).
 * ``num_examples`` -- evaluate the first N examples (-1 = all).
 * ``save_predictions`` -- also write each prediction as a trainId PNG.
 * ``ignore_label`` -- ground-truth value excluded from the metrics;

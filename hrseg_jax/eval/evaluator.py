@@ -43,7 +43,6 @@ from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval.metrics import confusion_matrix, format_iou_table, iou_metrics
 from hrseg_jax.models import registry
 from hrseg_jax.models.layers import resize_bilinear
-from hrseg_jax.train import sharding
 from hrseg_jax.progress import Progress
 
 EVAL_DIR = 'eval'
@@ -183,7 +182,8 @@ class TestEvaluator(Evaluator):
 class ValidationEvaluator(Evaluator):
   """The original's training-time validation: fast, batched, on the mesh.
 
-  Batches of ``eval.batch_size`` examples of ``eval.split`` resized to
+  Batches of ``eval.batch_size`` examples (rounded down to a multiple of
+  the device count, at least one per device) of ``eval.split`` resized to
   ``data.eval_size`` (at most ``data.val_num_samples`` of them when that
   is > 0), sharded over the mesh by ``to_global``; the logits are resized
   to the labels at that size.  ``run`` keeps up to ``NUM_OVERLAYS`` of
@@ -193,9 +193,13 @@ class ValidationEvaluator(Evaluator):
 
   def __init__(self, config, **context):
     super().__init__(config, **context)
-    # Checked here, at start-up, not at the first evaluation after training.
-    sharding.check_batch_size(int(config.eval.batch_size), None, 'eval.batch_size')
-    self.batch_size = max(int(config.eval.batch_size) // jax.process_count(), 1)
+    # Each batch is split evenly over the devices (the split's last batch is
+    # padded with masked examples, so the metrics do not depend on it): a
+    # size that does not split is rounded down to one that does, at least
+    # one image per device (the original evaluates one image per GPU).
+    n = jax.device_count()
+    self.global_batch = max(int(config.eval.batch_size) // n, 1) * n
+    self.batch_size = self.global_batch // jax.process_count()
     model = registry.build_model(self.model_cfg, self.dtype)
     self._eval_fn = jax.jit(make_eval_step(
         model, self.num_classes, self.ignore_label,
@@ -229,7 +233,7 @@ class ValidationEvaluator(Evaluator):
         'dataset': self.config.data.name, 'split': self.split,
         'num_examples': self.num_examples(),
         'eval_size': list(self.config.data.eval_size),
-        'batch_size': int(self.config.eval.batch_size),
+        'batch_size': self.global_batch,
         'ignore_label': self.ignore_label, 'dtype': jnp.dtype(self.dtype).name,
         'process_count': jax.process_count(), 'model': dict(self.model_cfg)})
     if examples is not None and len(examples['image']):

@@ -47,7 +47,8 @@ class ObjectAttentionBlock(nn.Module):
     q = q.reshape(b, h * w, kc)
     k = k.reshape(b, -1, kc)
     v = v.reshape(b, -1, kc)
-    sim = jnp.einsum('bpc,bkc->bpk', q, k, preferred_element_type=jnp.float32)
+    sim = jnp.einsum('bpc,bkc->bpk', q, k,   # float32 at least (bf16 compute)
+                     preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
     sim = jax.nn.softmax(sim * (kc ** -0.5), axis=-1)
     ctx = jnp.einsum('bpk,bkc->bpc', sim.astype(self.dtype), v)
     ctx = ctx.reshape(b, h, w, kc)
@@ -81,7 +82,8 @@ def spatial_gather(feats, aux_logits):
   """
   b, h, w, c = feats.shape
   probs = jax.nn.softmax(
-      aux_logits.reshape(b, h * w, -1).astype(jnp.float32), axis=1)
+      aux_logits.reshape(b, h * w, -1).astype(
+          jnp.promote_types(aux_logits.dtype, jnp.float32)), axis=1)
   proxy = jnp.einsum('bpk,bpc->bkc', probs.astype(feats.dtype),
                      feats.reshape(b, h * w, c))
   return proxy[:, :, None, :]

@@ -19,8 +19,8 @@ loop uses it with ``train.transfer_guard='disallow'``):
 
 The one wait allowed inside the block is :func:`wait_for_earlier_step`: the
 loop's bound on how far the host dispatches ahead of the device (it waits for
-the step before the one just dispatched, which the device is already running
-or has run, so the device never idles for it).
+the step two before the one just dispatched, which the device has run or is
+running, with another step queued behind it).
 
 Nothing is patched until the check is first used.
 """
@@ -101,11 +101,11 @@ def wait_for_earlier_step(outputs) -> None:
   """Waits until ``outputs`` (an earlier step's arrays) are computed, without
   copying them to the host; allowed within :func:`no_host_waits`.
 
-  The training loop calls it with the previous step's outputs right after
-  dispatching the next step: the host then stays at most one step ahead of
-  the device (the step running, one queued), so a stop signal takes effect
-  at the next step boundary rather than after every step already queued up
-  to the next log step, and the device still always has a step to run.
+  The training loop calls it with the outputs of the step two before the
+  one it has just dispatched: the device then has one step queued behind
+  the running one while the host prepares the next, and a stop signal takes
+  effect within two steps rather than after every step already queued up to
+  the next log step.
   """
   previous = getattr(_LOCAL, 'where', None)
   _LOCAL.where = None

@@ -3,17 +3,17 @@
 Reliability (tested by ``tests/test_faults.py``):
 
 * SIGTERM or Ctrl-C (and, on multi-host runs, JAX's preemption sync point)
-  stops the run at the next step boundary with a checkpoint of that step (the
+  stops the run within two steps with a checkpoint of the step it stops at (the
   same step on every process, see :class:`StopSignal`); the process exits
   normally and the same command resumes with the exact next batch, on any
   number of processes.  A second Ctrl-C exits at once.
 * Between log, checkpoint and evaluation steps nothing fetches from the
-  device (no per-step collective or metric fetch): the host dispatches one
-  step ahead (it waits for the previous step, not the one it dispatched, so
-  the device always has the next step queued; a stop signal then takes
-  effect at the next step); ``train.transfer_guard='disallow'`` turns any
-  other wait for the device in those steps into an error
-  (:mod:`hrseg_jax.train.host_sync`).
+  device (no per-step collective or metric fetch): the host runs at most
+  ``QUEUED_STEPS`` steps ahead (after dispatching step N it waits for step
+  N-2, so one step stays queued behind the running one while the host
+  prepares the next; a stop signal then takes effect within two steps);
+  ``train.transfer_guard='disallow'`` turns any other wait for the device in
+  those steps into an error (:mod:`hrseg_jax.train.host_sync`).
 * A crash loses only the steps after the last complete checkpoint, which the
   restarted run trains again with the same losses (see
   :mod:`hrseg_jax.checkpoints.training` for why no checkpoint is ever left
@@ -31,8 +31,10 @@ evaluation, checkpoints and the fault injection of the tests
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -68,18 +70,21 @@ LOSSES_FILE = 'losses.txt'
 CONFIG_FILE = 'config.json'
 LOG_FILE = 'log.txt'
 TRAINING_PROTOCOL = 'validation'   # evaluator of eval.protocol='' (eval/evaluator.py)
+# Steps the host dispatches ahead of the one it waits for: one queued behind
+# the running step while the host reads the next batch.
+QUEUED_STEPS = 2
 
 
 class StopSignal:
-  """SIGTERM or Ctrl-C -> checkpoint at the next step boundary, then stop.
+  """SIGTERM or Ctrl-C -> checkpoint within two steps, then stop.
 
   A second Ctrl-C exits at once (the default SIGINT action), without a
   checkpoint.
 
   One process: the signal handler sets a flag that the loop reads after
-  every step; since the host runs at most one step ahead of the device
-  (:func:`host_sync.wait_for_earlier_step`), the run stops after the step
-  the device is running and the one queued behind it.  Several processes
+  every step; since the host runs at most ``QUEUED_STEPS`` steps ahead of
+  the device (:func:`host_sync.wait_for_earlier_step`), the run stops after
+  the step the device is running and the ones queued behind it.  Several processes
   must agree on the step to save without a collective every step (it would
   make the host wait for the device and stall asynchronous dispatch), so:
 
@@ -118,16 +123,17 @@ class StopSignal:
   def _terminate(self, signum, frame):  # pylint: disable=unused-argument
     import signal  # pylint: disable=g-import-not-at-top
     self.reason = signal.Signals(signum).name
-    self._notice(f'{self.reason}: saving a checkpoint at the next step boundary, '
-                 'then stopping')
+    self._notice(f'{self.reason}: saving a checkpoint after the steps already '
+                 'queued (two at most), then stopping')
     self.requested = True
 
   def _interrupt(self, signum, frame):  # pylint: disable=unused-argument
     import signal  # pylint: disable=g-import-not-at-top
     signal.signal(signal.SIGINT, signal.SIG_DFL)   # the next Ctrl-C exits at once
     self.reason = 'Ctrl-C'
-    self._notice('Ctrl-C: saving a checkpoint at the next step boundary, then '
-                 'stopping (press Ctrl-C again to exit at once, without saving)')
+    self._notice('Ctrl-C: saving a checkpoint after the steps already queued (two '
+                 'at most), then stopping (press Ctrl-C again to exit at once, '
+                 'without saving)')
     self.requested = True
     if self._service:
       os.kill(os.getpid(), signal.SIGTERM)   # JAX's preemption notice
@@ -202,21 +208,20 @@ def check_loss_chunks(config) -> None:
 
 
 def check_batch_sizes(config) -> None:
-  """The global batches must split evenly over the devices: one error naming
-  ``train.batch_size`` and (with the validation evaluator) ``eval.batch_size``."""
-  sizes = {'train.batch_size': config.train.batch_size}
-  if (evaluator_lib.protocol_of(config, TRAINING_PROTOCOL)
-      == evaluator_lib.ValidationEvaluator.protocol):
-    sizes['eval.batch_size'] = int(config.eval.batch_size)
-  sharding.check_batch_sizes(sizes, jax.device_count())
+  """The global training batch must split evenly over the devices (the
+  validation batch is rounded to whole images per device by the evaluator)."""
+  sharding.check_batch_sizes({'train.batch_size': config.train.batch_size},
+                             jax.device_count())
 
 
-def check_num_train(num_train: int, global_batch: int) -> None:
+def check_num_train(num_train: int, global_batch: int, num_chunks: int = 1) -> None:
   """A training set must hold at least one global batch."""
   if num_train >= global_batch:
     return
-  n = jax.device_count()
-  fit = num_train // n * n   # the largest batch that fits and splits evenly
+  # The largest batch that fits and splits evenly over the devices and the
+  # loss's chunks (check_loss_chunks).
+  n = math.lcm(jax.device_count(), max(int(num_chunks), 1))
+  fit = num_train // n * n
   raise ValueError(
       f'{num_train} training example{" is" if num_train == 1 else "s are"} fewer than '
       f'one global batch (train.batch_size={global_batch}): '
@@ -346,11 +351,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   check_train_config(config.train)
   check_loss_chunks(config)
   check_batch_sizes(config)
+  evaluator_lib.protocol_of(config, TRAINING_PROTOCOL)   # a bad eval.protocol, too
   pretrained.check_init_from(config, workdir)  # the user's path in the message
   config = paths.resolve_config(config)
   # Missing, unreadable or too little data fails here, before the workdir is made.
   num_train = pipeline.num_train_examples(config.data)
-  check_num_train(num_train, config.train.batch_size)
+  check_num_train(num_train, config.train.batch_size,
+                  (config.get('loss') or {}).get('num_chunks', 1) or 1)
   faults = faults_lib.Faults.from_env()
   with StopSignal() as stop:
     return _train(config, make_workdir(paths.resolve(os.fspath(workdir))), stop, faults,
@@ -491,7 +498,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   guard = str(config.train.get('transfer_guard', 'allow'))
 
   steps = range(start + 1, num_steps + 1)
-  previous = None   # the previous step's metrics (host_sync.wait_for_earlier_step)
+  in_flight = collections.deque()   # metrics of the steps not waited for yet
   try:
     with metric_writers.ensure_flushes(writer):
       if start < num_steps and stop.should_stop(start):
@@ -518,12 +525,12 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
           if log_now:
             progress.fetch()
           faults.on_step_end(step, metrics)
-          # At most one step queued behind the running one: a stop signal
-          # then stops at the next step, not after all the steps dispatched
-          # ahead up to the next log step (StopSignal).
-          if previous is not None:
-            host_sync.wait_for_earlier_step(previous)
-          previous = metrics
+          # At most QUEUED_STEPS steps ahead: a stop signal then stops within
+          # two steps, not after all the steps the host could dispatch ahead
+          # up to the next log step (StopSignal).
+          in_flight.append(metrics)
+          if len(in_flight) > QUEUED_STEPS:
+            host_sync.wait_for_earlier_step(in_flight.popleft())
           halt = step == stop_at or stop.should_stop(step, sync=sync)
         save_now = saver.periodic(step) or last or evaluate_now or halt
         if save_now and progress.has_pending:
@@ -548,10 +555,14 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
     ckpt.abandon()
     raise
   finally:
-    # Grain's worker processes (data.num_workers) end now, not at exit.
+    # Grain's worker processes (data.num_workers) end now, not at exit; a
+    # failure to close them must not hide the run's own error.
     close = getattr(train_iter, 'close', None)
     if close is not None:
-      close()
+      try:
+        close()
+      except Exception as e:  # pylint: disable=broad-except
+        console.print(f'warning: closing the input pipeline: {e}')
   ckpt.close()
   result['losses'] = progress.history
   result['seconds'] = time.time() - t0
