@@ -93,6 +93,9 @@ def test_orbax_records_are_dropped_unless_verbose():
     assert console._FILTER not in absl_logger.filters  # pylint: disable=protected-access
     console.configure(verbose=False)
     assert console._FILTER in absl_logger.filters  # pylint: disable=protected-access
+    # The ONNX serialiser's per-value warnings (hundreds for Lite-HRNet).
+    assert not logging.getLogger('onnx_ir.serde').isEnabledFor(logging.WARNING)
+    assert logging.getLogger('onnx_ir.serde').isEnabledFor(logging.ERROR)
   finally:
     console._verbose = False  # pylint: disable=protected-access
 

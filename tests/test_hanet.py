@@ -282,7 +282,9 @@ def test_hrnet_w32_hanet_converter_round_trip(tmp_path):
 
 def test_fork_lite_hrnet_hanet_parity(golden, tmp_path, x64, fast_compile):
   """The seed fork's Lite-HRNet-30 + 4 HANets via the converter and Segmenter."""
-  convert.convert(golden / f'{FORK_LITE}.pth', tmp_path / 'lite', log=lambda *_: None)
+  lines = []
+  convert.convert(golden / f'{FORK_LITE}.pth', tmp_path / 'lite', log=lines.append)
+  assert ': lite_hrnet 30+HANet (fork head), 19 classes, 1,779,020 parameters' in lines[0]
   seg = Segmenter.from_checkpoint(tmp_path / 'lite', dtype=jnp.float64)
   assert seg.config == registry.resolve(
       {'arch': 'lite_hrnet', 'variant': '30', 'num_classes': 19, 'head': 'fork',
