@@ -62,15 +62,12 @@ def main(argv=None) -> int:
       raise FileExistsError(f'output file exists: {args.output} (pass --overwrite '
                             'to replace it)')
     paths.check_creatable(output, 'output path')
-    from hrseg_jax import checkpoints  # pylint: disable=g-import-not-at-top
     from hrseg_jax.convert import convert, pth  # pylint: disable=g-import-not-at-top
     from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
-    source = paths.resolve(args.checkpoint)
-    step = checkpoint_info.pick_step(source, args.step)
-    _, variables, meta = checkpoints.load_model(source, step=step)
     # A training checkpoint's step is its number of training steps (a
     # converted one is step 0): BN's num_batches_tracked counts them.
-    step = checkpoints.resolve_step(source, step)
+    _, variables, meta, step = checkpoint_info.load_step(paths.resolve(args.checkpoint),
+                                                         args.step)
     obj = convert.to_state_dict(variables, meta, prefix=args.prefix, steps_trained=step)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     pth.save_pth(obj, output)

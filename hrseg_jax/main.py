@@ -264,10 +264,8 @@ def _check_inputs(inputs, opts) -> None:
     if not video.is_camera(source) and not os.path.exists(source):
       raise FileNotFoundError(f'{source}: no such file or directory')
     return
-  items = predict.resolve_inputs(list(inputs), paths.resolve(opts['list_root']))
-  if opts['cityscapes_test_format']:
-    predict.check_unique([os.path.basename(f.rel) for f in items], items,
-                         'test_results name')
+  predict.resolve_inputs(list(inputs), paths.resolve(opts['list_root']),
+                         cityscapes_test_format=opts['cityscapes_test_format'])
 
 
 def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:

@@ -102,12 +102,16 @@ def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
 
 
 def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
-                   list_root: str | None = None) -> list[ImageInput]:
+                   list_root: str | None = None, *,
+                   cityscapes_test_format: bool = False) -> list[ImageInput]:
   """Expands folders and list files into images; checks that all exist.
+
+  Reads no image: the command line calls it before loading a checkpoint.
 
   Raises:
     FileNotFoundError: a path (given or listed) does not exist.
-    ValueError: no images, or two inputs would write the same output file.
+    ValueError: no images, or two inputs would write the same output file
+      (with ``cityscapes_test_format``, also the same ``test_results`` file).
   """
   if isinstance(inputs, (str, os.PathLike)):
     inputs = [inputs]
@@ -125,6 +129,8 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
   if not found:
     raise ValueError('predict: no input images')
   check_unique([f.rel for f in found], found, 'output name')
+  if cityscapes_test_format:
+    check_unique([os.path.basename(f.rel) for f in found], found, 'test_results name')
   return found
 
 
@@ -277,10 +283,8 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
   index, count = shard if shard is not None else (jax.process_index(),
                                                   jax.process_count())
   if frames is None:
-    items = resolve_inputs(inputs, list_root)
-    if cityscapes_test_format:
-      check_unique([os.path.basename(f.rel) for f in items], items,
-                   'test_results name')
+    items = resolve_inputs(inputs, list_root,
+                           cityscapes_test_format=cityscapes_test_format)
     items = items[index::count]
     frames, num_frames = read_inputs(items), len(items)
   elif count > 1:

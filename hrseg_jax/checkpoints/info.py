@@ -106,7 +106,7 @@ def select(spec: str | None, workdir: str | os.PathLike | None, *,
   if spec == BEST:
     mious = step_mious(root)
     if mious:
-      step = max(mious, key=lambda s: (mious[s], s))
+      step = _best(mious)
       return os.fspath(root), step, (f'best checkpoint (step {step}, mIoU '
                                      f'{100 * mious[step]:.2f}%) in {root}')
     if explicit:
@@ -134,4 +134,17 @@ def pick_step(path, spec: int | str | None) -> int | None:
     raise FileNotFoundError(
         f'--step best: no checkpoint in {os.fspath(path)} was saved after an '
         'evaluation (use --step latest or a step number)')
+  return _best(mious)
+
+
+def load_step(path, spec: int | str | None) -> tuple[dict, dict, dict, int]:
+  """``load_model`` of the step ``spec`` names (:func:`pick_step`), and that
+  step's number (0: converted weights)."""
+  step = pick_step(path, spec)
+  cfg, variables, meta = checkpoints.load_model(path, step=step)
+  return cfg, variables, meta, checkpoints.resolve_step(path, step)
+
+
+def _best(mious: Mapping[int, float]) -> int:
+  """The step with the highest mIoU (the later one of equals)."""
   return max(mious, key=lambda s: (mious[s], s))

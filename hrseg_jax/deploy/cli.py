@@ -124,8 +124,8 @@ def sample_input(shape, dtype, batch: int = 2, seed: int = 0) -> np.ndarray:
 
   Each pixel is drawn so that the normalised image has mean 0 and standard
   deviation about 1 (clipped to 0..255) per channel, as photographs
-  normalised with the ImageNet
-  statistics have (and as models are trained on).  Uniform noise over
+  normalised with the ImageNet statistics have (and as models are trained
+  on).  Uniform noise over
   0..255 would not: its normalised mean and spread are off, which drives a
   network's activations far from their training range, where float32 runs
   of the same graph differ by percents, whatever the runtime.
@@ -169,7 +169,7 @@ def verify(fmt: str, path: str, cfg, variables, shape, dtype, pre: bool,
 
 def export(args, log: Callable[[str], None] = print) -> int:
   """Writes a non-PyTorch export (``args`` from :func:`add_arguments`)."""
-  from hrseg_jax import checkpoints, paths  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
   from hrseg_jax.deploy import card as cards  # pylint: disable=g-import-not-at-top
   from hrseg_jax.deploy.errors import ExportError  # pylint: disable=g-import-not-at-top
   from hrseg_jax.deploy import runtime  # pylint: disable=g-import-not-at-top
@@ -202,11 +202,9 @@ def export(args, log: Callable[[str], None] = print) -> int:
   if args.with_pre_post and args.input_dtype == 'float32':
     raise ExportError('--with-pre-post takes uint8 images; drop --input-dtype float32')
   post = args.with_pre_post
-  source = paths.resolve(args.checkpoint)
   from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
-  step = checkpoint_info.pick_step(source, args.step)
-  cfg, variables, meta = checkpoints.load_model(source, step=step)
-  step = checkpoints.resolve_step(source, step)
+  cfg, variables, meta, step = checkpoint_info.load_step(paths.resolve(args.checkpoint),
+                                                         args.step)
   cfg = registry.resolve(cfg)
   checkpoint_info.check_dataset(args.dataset, cfg['num_classes'])
   from hrseg_jax.deploy import graph  # pylint: disable=g-import-not-at-top
@@ -231,8 +229,7 @@ def export(args, log: Callable[[str], None] = print) -> int:
       raise ExportError(
           f'--dynamic-size: jax2onnx cannot keep the height and width of this '
           f'{cfg["arch"]} model free ({_readable(console.first_line(e))}); export ONNX '
-          'with a '
-          'fixed --size H W, or StableHLO with --dynamic-size') from None
+          'with a fixed --size H W, or StableHLO with --dynamic-size') from None
     log(f'exported {fmt} in {time.perf_counter() - t0:.1f}s')
     if not args.no_verify:
       check = verify(fmt, tmp, cfg, variables, shape, dtype, pre, post)

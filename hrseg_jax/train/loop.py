@@ -195,10 +195,15 @@ def check_train_config(train_cfg) -> None:
       raise ValueError(f'train.{name}={value!r}: expected a positive integer')
 
 
+def loss_chunks(config) -> int:
+  """``loss.num_chunks`` (1 when unset)."""
+  return int((config.get('loss') or {}).get('num_chunks', 1) or 1)
+
+
 def check_loss_chunks(config) -> None:
   """``loss.num_chunks`` must divide the batch (the loss is normalised per
   chunk, like the original's per-GPU losses)."""
-  chunks = int((config.get('loss') or {}).get('num_chunks', 1) or 1)
+  chunks = loss_chunks(config)
   batch = config.train.batch_size
   if chunks > 1 and batch % chunks:
     raise ValueError(
@@ -220,7 +225,7 @@ def check_num_train(num_train: int, global_batch: int, num_chunks: int = 1) -> N
     return
   # The largest batch that fits and splits evenly over the devices and the
   # loss's chunks (check_loss_chunks).
-  n = math.lcm(jax.device_count(), max(int(num_chunks), 1))
+  n = math.lcm(jax.device_count(), num_chunks)
   fit = num_train // n * n
   raise ValueError(
       f'{num_train} training example{" is" if num_train == 1 else "s are"} fewer than '
@@ -356,8 +361,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config = paths.resolve_config(config)
   # Missing, unreadable or too little data fails here, before the workdir is made.
   num_train = pipeline.num_train_examples(config.data)
-  check_num_train(num_train, config.train.batch_size,
-                  (config.get('loss') or {}).get('num_chunks', 1) or 1)
+  check_num_train(num_train, config.train.batch_size, loss_chunks(config))
   faults = faults_lib.Faults.from_env()
   with StopSignal() as stop:
     return _train(config, make_workdir(paths.resolve(os.fspath(workdir))), stop, faults,

@@ -47,10 +47,9 @@ def global_batch(local: dict, sharding: NamedSharding) -> dict:
           for k, v in local.items() if not isinstance(v, (str, bytes, list))}
 
 
-def check_batch_size(global_batch_size: int, mesh, field: str = 'train.batch_size') -> int:
+def check_batch_size(global_batch_size: int, mesh) -> int:
   """Returns the per-process batch; errors name the config field."""
-  n_dev = mesh.devices.size if mesh is not None else jax.device_count()
-  check_batch_sizes({field: global_batch_size}, n_dev)
+  check_batch_sizes({'train.batch_size': global_batch_size}, mesh.devices.size)
   return global_batch_size // jax.process_count()
 
 
