@@ -82,6 +82,7 @@ def assert_run_files(workdir: pathlib.Path, *, eval_steps, classes) -> None:
   tags = _tensorboard_tags(events)
   if tags is not None:
     expected = {'train/loss', 'train/lr', 'eval/miou', 'eval/overlays',
+                'train/images_per_sec', 'train/eta_seconds',
                 'eval/confusion_matrix', *(f'eval/iou/{c}' for c in classes)}
     assert expected <= tags, sorted(tags)
 

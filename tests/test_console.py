@@ -56,6 +56,33 @@ def test_progress_line_speeds_exclude_pauses():
   assert console_checks.STEP_LINE.match(line)['eta'] == '8m05s'
 
 
+def test_speeds_go_to_tensorboard_after_the_compiling_window():
+  from hrseg_jax.train import hooks  # pylint: disable=g-import-not-at-top
+  clock, written, printed = _Clock(), {}, []
+  writer = types.SimpleNamespace(
+      write_scalars=lambda step, scalars: written.__setitem__(step, dict(scalars)))
+  hook = hooks.ProgressHook(
+      log_every_steps=10, nonfinite='stop', loss_log=hooks.LossLog('unused', enabled=False),
+      writer=writer, console=types.SimpleNamespace(print=printed.append),
+      progress=progress.Progress(num_steps=40, steps_per_epoch=10, global_batch=4,
+                                 start_step=0, clock=clock),
+      lr_fn=lambda step: 0.01, checkpointer=None)
+  state = types.SimpleNamespace(skipped=0)
+  for step, seconds in ((10, 60.0), (20, 5.0)):
+    clock.now += seconds
+    for s in range(step - 9, step + 1):
+      hook.add(s, {'loss': np.float32(1.0), 'grad_norm': np.float32(2.0),
+                   'finite': np.bool_(True)})
+    hook.fetch()
+    hook.write(step, state)
+  assert 'train/images_per_sec' not in written[10]       # compilation inside
+  assert written[20]['train/images_per_sec'] == pytest.approx(8.0)
+  assert written[20]['train/seconds_per_step'] == pytest.approx(0.5)
+  assert written[20]['train/eta_seconds'] == pytest.approx(10.0)
+  assert written[20]['train/data_wait_share'] == 0.0
+  assert printed[1].endswith('8.0 img/s, 0.500 s/step, data 0% | ETA 10s'), printed
+
+
 def test_device_memory():
   def dev(stats):
     return types.SimpleNamespace(memory_stats=lambda: stats)

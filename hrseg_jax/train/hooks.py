@@ -123,13 +123,16 @@ class ProgressHook:
         'train/grad_norm': float(np.mean([m['grad_norm'] for m in window])),
         'train/lr': float(self.lr_fn(step - 1)),
         'train/skipped_steps': int(jax.device_get(state.skipped))}
+    speed = self.progress.window(step)
+    if not speed.includes_compilation:   # would drag the curves down
+      scalars.update(speed.scalars())
     self.writer.write_scalars(step, scalars)
     window.clear()
     self.console.print(self.progress.line(step, {
         'loss': scalars['train/loss'], 'lr': scalars['train/lr'],
         'grad_norm': scalars['train/grad_norm'],
         'skipped': scalars['train/skipped_steps']},
-        memory=progress_lib.device_memory(jax.local_devices())))
+        memory=progress_lib.device_memory(jax.local_devices()), window=speed))
 
 
 class CheckpointHook:

@@ -8,10 +8,13 @@ A log line reads::
 (one line on the console).  Speeds are measured on the host between two log
 steps, when the loop fetches the metrics anyway (no extra device sync);
 time spent evaluating and saving checkpoints is left out of them.  The
-first window after start-up includes compilation, and says so.
+first window after start-up includes compilation, and says so.  The same
+speeds go to TensorBoard (:meth:`Window.scalars`) from the second log step
+on.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Mapping, Sequence
@@ -49,6 +52,23 @@ def device_memory(devices: Sequence[Any]) -> int | None:
   return max(peaks) if peaks else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Window:
+  """Training speed between two log steps (evaluations and saves left out)."""
+  images_per_s: float
+  seconds_per_step: float
+  data_share: float           # of the time, spent waiting for input
+  eta_s: float                # to the last step, at this speed
+  includes_compilation: bool  # the first window after start-up
+
+  def scalars(self) -> dict[str, float]:
+    """TensorBoard's ``train/*`` speed scalars."""
+    return {'train/images_per_sec': self.images_per_s,
+            'train/seconds_per_step': self.seconds_per_step,
+            'train/data_wait_share': self.data_share,
+            'train/eta_seconds': self.eta_s}
+
+
 class Progress:
   """Measures the steps between two log lines and formats the line.
 
@@ -80,34 +100,43 @@ class Progress:
     """Time outside training (evaluation, checkpoint saves): not a speed."""
     self._paused += seconds
 
+  def window(self, step: int) -> Window:
+    """The speeds since the previous log step; starts the next window."""
+    now = self._clock()
+    steps = max(step - self._since_step, 1)
+    seconds = max(now - self._since - self._paused, 1e-9)
+    w = Window(images_per_s=steps * self.global_batch / seconds,
+               seconds_per_step=seconds / steps,
+               data_share=min(self._data / seconds, 1.0),
+               eta_s=(self.num_steps - step) * seconds / steps,
+               includes_compilation=self._first)
+    self._first = False
+    self._since_step, self._since = step, now
+    self._paused = self._data = 0.0
+    return w
+
   def line(self, step: int, metrics: Mapping[str, float],
-           memory: int | None = None) -> str:
-    """The log line of ``step``; starts the next window.
+           memory: int | None = None, window: Window | None = None) -> str:
+    """The log line of ``step``.
 
     Args:
       step: the step just trained (its metrics are on the host).
       metrics: ``loss``, ``lr`` and ``grad_norm`` (means over the window).
       memory: peak device bytes, or None if the backend does not say.
+      window: this step's :meth:`window`; measured here (and the next
+        window started) when not given.
     """
-    now = self._clock()
-    steps = max(step - self._since_step, 1)
-    seconds = max(now - self._since - self._paused, 1e-9)
-    per_step = seconds / steps
-    data_share = min(self._data / seconds, 1.0)
-    eta = (self.num_steps - step) * per_step
+    w = window if window is not None else self.window(step)
     text = (f'step {step}/{self.num_steps} (epoch {step / self.steps_per_epoch:.1f}) '
             f'loss {metrics["loss"]:.3f} lr {format_lr(metrics["lr"])} '
             f'grad {metrics["grad_norm"]:.2f} | '
-            f'{steps * self.global_batch / seconds:.1f} img/s, {per_step:.3f} s/step'
-            f'{" incl. compilation" if self._first else ""}, '
-            f'data {100 * data_share:.0f}% | ETA {format_duration(eta)}')
+            f'{w.images_per_s:.1f} img/s, {w.seconds_per_step:.3f} s/step'
+            f'{" incl. compilation" if w.includes_compilation else ""}, '
+            f'data {100 * w.data_share:.0f}% | ETA {format_duration(w.eta_s)}')
     if metrics.get('skipped'):
       text += f' | skipped {int(metrics["skipped"])}'
     if memory is not None:
       text += f' | mem {format_bytes(memory)}'
-    self._first = False
-    self._since_step, self._since = step, now
-    self._paused = self._data = 0.0
     return text
 
 
