@@ -23,6 +23,7 @@ if str(REPO) not in sys.path:   # benchmarks/ is not part of the package
 
 from benchmarks.harness import cli  # pylint: disable=wrong-import-position
 from benchmarks.harness import models as bench_models  # pylint: disable=wrong-import-position
+from benchmarks.harness import hlo_costs  # pylint: disable=wrong-import-position
 from benchmarks.harness import peer, report, schema  # pylint: disable=wrong-import-position
 
 GPU_RUN = REPO / 'benchmarks' / 'gpu_run.sh'
@@ -331,6 +332,14 @@ def test_gpu_run_rejects_unknown_entries(tmp_path):
   assert done.stderr.strip().splitlines() == [
       "error: --only: unknown entries ['w99']; known: ['w48_bf16', "
       "'lite30_hanet_bf16', 'ocr_w48_bf16', 'w32_hanet_bf16', 'w48_f32']"]
+
+
+def test_flop_breakdown_keys():
+  fwd = 'jit(train_step)/jvp(HRNet)/stage1_0/fuse_layers_1_0_0_3/conv_general_dilated'
+  assert hlo_costs.source_key(fwd) == 'fwd stage1_*/fuse_layers_1_0_0_*/conv_general_dilated'
+  bwd = 'jit(train_step)/transpose(jvp(HRNet))/stage1_0/bn/mul'
+  assert hlo_costs.source_key(bwd) == 'bwd stage1_*/bn/mul'
+  assert hlo_costs.source_key('') == '?'   # XLA's own code has no direction
 
 
 def test_flop_breakdown_accounts_for_xla_total_and_names_layers():

@@ -191,8 +191,11 @@ def source_key(op_name: str, depth: int = 2) -> str:
   """A short grouping key for an ``op_name``: direction, last module names, primitive.
 
   Numbered instances collapse (``layers_3`` -> ``layers_*``) so the same layer
-  of every block adds up.
+  of every block adds up.  Instructions without an ``op_name`` (code XLA
+  generated, mostly weight-gradient convolutions) have neither: ``?``.
   """
+  if not op_name.strip():
+    return '?'
   backward = 'transpose(' in op_name
   parts = [p for p in _NOISE.sub('', op_name).split('/') if p]
   parts = [re.sub(r'_\d+$', '_*', p) for p in parts]
