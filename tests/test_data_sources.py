@@ -348,10 +348,34 @@ def test_size_mismatch_and_bad_label_values(cityscapes):
 
 def test_pipeline_raises_by_default(cityscapes):
   cfg, paths = cityscapes
-  os.remove(paths[0][0])
+  os.remove(paths[2][0])
   it = pipeline.make_train_iterator(cfg, batch_size=4, seed=0)
   with pytest.raises(DataError, match='file not found'):
     next(it)
+
+
+def test_a_wrong_root_or_prefix_fails_before_any_reading(cityscapes):
+  """The first entry of a list and the root are checked when the source is
+  made (a wrong data.root or prefix fails at start-up, not at the first
+  batch); with skip_bad_examples only the root is."""
+  cfg, paths = cityscapes
+  root = cfg.root
+  cfg.root = root + '_x'
+  with pytest.raises(DataError, match='data.root folder not found') as info:
+    make_source(cfg, 'train')
+  assert info.value.path == root + '_x'
+  cfg.root, cfg.label_prefix = root, 'gtFine'
+  with pytest.raises(DataError, match=r'file not found: the first label of .*train.lst, '
+                     r"joined to data.root \+ data.label_prefix='gtFine'") as info:
+    make_source(cfg, 'train')
+  assert info.value.path == os.path.join(root, 'gtFine', os.path.relpath(paths[0][1], root))
+  cfg.label_prefix = ''
+  os.remove(paths[0][0])
+  with pytest.raises(DataError, match='file not found: the first image of') as info:
+    make_source(cfg, 'train')
+  assert info.value.path == paths[0][0]
+  cfg.skip_bad_examples = True
+  assert len(make_source(cfg, 'train')) == 4
 
 
 def test_skip_and_count(cityscapes, caplog):

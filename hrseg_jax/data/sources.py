@@ -42,6 +42,7 @@ class FileSource:
                label_map: LabelMap, *, image_prefix: str = '',
                label_prefix: str = ''):
     self._root = root
+    self._image_prefix, self._label_prefix = image_prefix, label_prefix
     self._label_map = label_map
     self._images = [os.path.join(root, image_prefix, e[0]) for e in entries]
     self.has_labels = len(entries[0]) > 1
@@ -52,6 +53,39 @@ class FileSource:
   def from_list(cls, list_path: str, root: str, label_map: LabelMap,
                 **kwargs) -> 'FileSource':
     return cls(lists.read_list(list_path), root, label_map, **kwargs)
+
+  def check_layout(self, list_path: str, *, first_entry: bool = True) -> None:
+    """Start-up checks of the list against the tree, before any reading.
+
+    Raises DataError for a ``root`` that is not a folder, for Cityscapes
+    trainId labels (``*_labelTrainIds.png``) read with the labelId map (every
+    trainId is also a labelId, so they would train on wrong classes without
+    a single invalid value) and, with ``first_entry``, for a first image or
+    label that is not there (a wrong root or prefix fails at once, not at
+    the first batch).  Local paths only; ``gs://`` roots are not stat-ed.
+    """
+    if self._labels and self._label_map.name == 'cityscapes':
+      trainids = [p for p in self._labels if p.endswith('_labelTrainIds.png')]
+      if trainids:
+        raise DataError(trainids[0], (
+            f'a trainId label (listed in {list_path}), but data.label_map='
+            "'cityscapes' maps the labelIds of *_gtFine_labelIds.png: list those "
+            '(scripts/make_lists.py does) or pass --config.data.label_map=identity'))
+    if decode.is_uri(self._root):
+      return
+    if not os.path.isdir(self._root or '.'):
+      raise DataError(self._root, f'data.root folder not found (the paths in '
+                      f'{list_path} are relative to it)')
+    if not first_entry:
+      return
+    firsts = [(self._images[0], 'image', self._image_prefix)]
+    if self._labels:
+      firsts.append((self._labels[0], 'label', self._label_prefix))
+    for path, kind, prefix in firsts:
+      if not os.path.isfile(path):
+        joined = 'data.root' + (f' + data.{kind}_prefix={prefix!r}' if prefix else '')
+        raise DataError(path, f'file not found: the first {kind} of {list_path}, '
+                        f'joined to {joined}')
 
   def __len__(self) -> int:
     return len(self._images)
@@ -121,6 +155,8 @@ def make_source(data_cfg, split: str):
   list_path = data_cfg[f'{split}_list']
   if not list_path:
     raise ValueError(f'data.{split}_list is not set for {data_cfg.name!r}')
-  return FileSource.from_list(
+  source = FileSource.from_list(
       list_path, data_cfg.root, label_map,
       image_prefix=data_cfg.image_prefix, label_prefix=data_cfg.label_prefix)
+  source.check_layout(list_path, first_entry=not data_cfg.skip_bad_examples)
+  return source

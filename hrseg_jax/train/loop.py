@@ -50,7 +50,8 @@ from hrseg_jax import console as console_lib
 from hrseg_jax import paths
 from hrseg_jax.models import registry
 from hrseg_jax.convert import mapping
-from hrseg_jax.data import pipeline
+from hrseg_jax.data import pipeline, sources
+from hrseg_jax.data.errors import DataError
 from hrseg_jax.eval import evaluator as evaluator_lib
 from hrseg_jax.eval import files
 from hrseg_jax.train import faults as faults_lib
@@ -234,6 +235,23 @@ def check_num_train(num_train: int, global_batch: int, num_chunks: int = 1) -> N
       + 'use more training data')
 
 
+def check_val_data(config) -> None:
+  """A run that validates (``eval.every_steps`` > 0) must be able to read its
+  validation split: a missing or empty list fails at start-up, not at the
+  first evaluation hours later."""
+  every = int(config.eval.get('every_steps', -1))
+  if every <= 0:
+    return
+  hint = (f'; validation every {every} steps (eval.every_steps) reads it, '
+          '--config.eval.every_steps=-1 trains without')
+  try:
+    sources.make_source(config.data, str(config.eval.get('split', 'val')))
+  except DataError as e:
+    raise DataError(e.path, e.reason + hint) from None
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{e}{hint}') from None
+
+
 def make_workdir(workdir) -> epath.Path:
   """Creates ``workdir`` and checks that files can be written in it."""
   workdir = epath.Path(workdir)
@@ -362,6 +380,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Missing, unreadable or too little data fails here, before the workdir is made.
   num_train = pipeline.num_train_examples(config.data)
   check_num_train(num_train, config.train.batch_size, loss_chunks(config))
+  check_val_data(config)
   faults = faults_lib.Faults.from_env()
   with StopSignal() as stop:
     return _train(config, make_workdir(paths.resolve(os.fspath(workdir))), stop, faults,

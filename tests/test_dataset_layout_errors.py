@@ -1,0 +1,92 @@
+"""Dataset mistakes a user makes with the original ``data/`` tree, through the
+training command from the user's folder with relative paths: one ``error:``
+line naming the field or file, exit 2, before the workdir is made (nothing
+compiled, nothing written)."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from hrseg_jax import main as main_lib
+from hrseg_jax import recipes
+from hrseg_jax.data import synthetic
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def user_folder(tmp_path, monkeypatch):
+  """data/cityscapes (labelIds) + data/list/cityscapes as the README makes them."""
+  monkeypatch.chdir(tmp_path)
+  synthetic.write_cityscapes_layout('data/cityscapes', num_train=2, num_val=1,
+                                    image_size=(16, 32),
+                                    list_dir='data/list/cityscapes')
+  return tmp_path
+
+
+def _config(**data):
+  config = recipes.recipe('cityscapes', 'w18_small_v1')
+  config.train.init_from = ''
+  config.train.batch_size = 2
+  config.loss.num_chunks = 1
+  config.data.update(crop_size=(8, 16), base_size=32, num_workers=0, **data)
+  return config
+
+
+def _train_error(config) -> str:
+  with pytest.raises((ValueError, OSError)) as info:
+    main_lib.run(config, 'runs/cs', 'train')
+  assert not os.path.exists('runs')
+  return str(info.value)
+
+
+def test_wrong_data_root_is_one_line_before_the_workdir(user_folder):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  (user_folder / 'configs').symlink_to(REPO / 'configs')
+  r = subprocess.run(
+      [sys.executable, '-m', 'hrseg_jax.main', '--config', 'configs/hrnet_w48_cityscapes.py',
+       '--workdir', 'runs/cs', '--config.train.init_from=', '--config.data.root=data/cityscape'],
+      cwd=user_folder, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.splitlines() == [
+      f'error: {os.path.realpath(user_folder)}/data/cityscape: data.root folder not found '
+      f'(the paths in {os.path.realpath(user_folder)}/data/list/cityscapes/train.lst are '
+      'relative to it)'], r.stderr
+  assert not (user_folder / 'runs').exists()
+
+
+def test_lists_that_do_not_match_the_tree(user_folder):
+  real = os.path.realpath(user_folder)
+  # LIP-style prefix on a tree whose list paths already start at the root.
+  err = _train_error(_config(image_prefix='leftImg8bit'))
+  assert err.startswith(f'{real}/data/cityscapes/leftImg8bit/leftImg8bit/train/')
+  assert err.endswith("file not found: the first image of "
+                      f"{real}/data/list/cityscapes/train.lst, joined to data.root + "
+                      "data.image_prefix='leftImg8bit'")
+  # trainId labels (mmsegmentation's *_labelTrainIds.png) read with the labelId map.
+  lst = pathlib.Path('data/list/cityscapes/train.lst')
+  lst.write_text(lst.read_text().replace('_labelIds.png', '_labelTrainIds.png'))
+  err = _train_error(_config())
+  assert err.endswith("_gtFine_labelTrainIds.png: a trainId label (listed in "
+                      f"{real}/data/list/cityscapes/train.lst), but data.label_map="
+                      "'cityscapes' maps the labelIds of *_gtFine_labelIds.png: list "
+                      "those (scripts/make_lists.py does) or pass "
+                      "--config.data.label_map=identity")
+
+
+def test_a_missing_validation_list_fails_at_start_up(user_folder):
+  """Not at the first evaluation, hours into training."""
+  real = os.path.realpath(user_folder)
+  config = _config(val_list='data/list/cityscape/val.lst')
+  assert _train_error(config) == (
+      f'{real}/data/list/cityscape/val.lst: list file not found (generate it with '
+      'scripts/make_lists.py; for PASCAL-Context with scripts/prepare_pascal_ctx.py); '
+      'validation every 2470 steps (eval.every_steps) reads it, '
+      '--config.eval.every_steps=-1 trains without')
+  config.data.val_list = ''
+  assert _train_error(config).startswith("data.val_list is not set for 'cityscapes'; "
+                                         'validation every 2470 steps')
