@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 
 from hrseg_jax.data import pascal_ctx
 
@@ -28,11 +29,18 @@ def main(argv=None):
   parser.add_argument('--list_dir', default='',
                       help='where the list files go (default: --out)')
   args = parser.parse_args(argv)
-  written = pascal_ctx.convert(args.json, args.images, args.out,
-                               args.list_dir or None)
+  try:
+    written = pascal_ctx.convert(args.json, args.images, args.out,
+                                 args.list_dir or None)
+  except (OSError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   for split, path in sorted(written.items()):
-    print(f'{split:9s} {path}')
+    with open(path) as f:
+      count = sum(1 for _ in f)
+    print(f'{split:9s} {count:6d} lines  {path}')
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -70,6 +70,50 @@ def test_prepare_pascal_ctx(tmp_path, capsys):
   np.testing.assert_array_equal(label, expected)
 
 
+def test_prepare_pascal_ctx_bad_input_is_one_line_and_writes_nothing(
+    tmp_path, capsys, monkeypatch):
+  """The documented command from the user's folder: a mistyped JSON or
+  image folder, an image missing from the folder (the first one is fine) and
+  a file that is not the annotation JSON each give one ``error:`` line, exit
+  2, and leave no output."""
+  monkeypatch.chdir(tmp_path)
+  voc = tmp_path / 'data' / 'pascal_ctx' / 'VOCdevkit' / 'VOC2010'
+  (voc / 'JPEGImages').mkdir(parents=True)
+  Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(voc / 'JPEGImages' / 'a.jpg')
+  rle = {'size': [4, 6], 'counts': [8, 16]}
+  images = [{'image_id': i, 'file_name': f'{n}.jpg', 'height': 4, 'width': 6,
+             'phase': 'train'} for i, n in enumerate('ab')]
+  (voc / 'trainval_merged.json').write_text(json.dumps({
+      'images': images, 'annos_segmentation': [
+          {'id': i, 'image_id': i, 'category_id': 458, 'segmentation': rle}
+          for i in range(2)]}))
+  (voc / 'notes.json').write_text('[1, 2]')
+  json_arg = 'data/pascal_ctx/VOCdevkit/VOC2010/trainval_merged.json'
+  images_arg = 'data/pascal_ctx/VOCdevkit/VOC2010/JPEGImages'
+  cases = (
+      ((json_arg.replace('merged', 'merge'), images_arg),
+       f'error: {json_arg.replace("merged", "merge")}: annotation file not found '
+       "(PASCAL-Context's trainval_merged.json)"),
+      ((json_arg, images_arg.replace('JPEG', 'JPG')),
+       f'error: {images_arg.replace("JPEG", "JPG")}: image folder not found '
+       '(VOCdevkit/VOC2010/JPEGImages)'),
+      ((json_arg, images_arg),
+       f'error: {images_arg}/b.jpg: image listed in {json_arg} not found'),
+      ((json_arg.replace('trainval_merged', 'notes'), images_arg),
+       f'error: {json_arg.replace("trainval_merged", "notes")}: not a Detail annotation '
+       "file: expected 'images' and 'annos_segmentation' lists (PASCAL-Context's "
+       'trainval_merged.json)'),
+  )
+  for (json_path, image_dir), expected in cases:
+    code = _main('prepare_pascal_ctx.py')([
+        '--json', json_path, '--images', image_dir, '--out', 'data/pascal_ctx',
+        '--list_dir', 'data/list/pascal_ctx'])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.splitlines() == [expected], captured.err
+    assert sorted(os.listdir('data/pascal_ctx')) == ['VOCdevkit']
+    assert not os.path.exists('data/list')
+
+
 def test_benchmark_input_runs(tmp_path, capsys):
   bench = os.path.join(os.path.dirname(SCRIPTS), 'benchmarks',
                        'benchmark_input.py')

@@ -46,8 +46,10 @@ def read_list(path: str) -> list[Entry]:
 def write_list(path: str, entries: list[Entry], sep: str = ' ') -> None:
   """Writes entries, one per line, columns joined by ``sep``."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w') as f:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
     f.writelines(sep.join(e) + '\n' for e in entries)
+  os.replace(tmp, path)
 
 
 def _rel_files(root: str, pattern: str) -> list[str]:

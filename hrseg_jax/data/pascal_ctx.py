@@ -59,13 +59,79 @@ def _place(src: str, dst: str) -> None:
   try:
     os.link(src, dst)
   except OSError:
-    shutil.copyfile(src, dst)
+    tmp = f'{dst}.tmp-{os.getpid()}'
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _write_png(path: str, mask: np.ndarray) -> None:
+  """Writes ``mask`` as ``path`` through a temporary file (never half a PNG)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}.png'
+  if not cv2.imwrite(tmp, mask):
+    raise OSError(f'{path}: could not write the label PNG')
+  os.replace(tmp, path)
+
+
+def load_annotations(json_path: str) -> dict:
+  """``trainval_merged.json``, checked to be a Detail annotation file."""
+  try:
+    with open(json_path) as f:
+      data = json.load(f)
+  except FileNotFoundError:
+    raise DataError(json_path, 'annotation file not found (PASCAL-Context\'s '
+                    'trainval_merged.json)') from None
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise DataError(json_path, f'not a JSON file ({e})') from None
+  if not (isinstance(data, dict) and isinstance(data.get('images'), list)
+          and isinstance(data.get('annos_segmentation'), list)):
+    raise DataError(json_path, "not a Detail annotation file: expected 'images' and "
+                    "'annos_segmentation' lists (PASCAL-Context's trainval_merged.json)")
+  return data
+
+
+def _plan(data: dict, json_path: str, image_dir: str, phases) -> list:
+  """(image record, its annotations, source path) of every image to convert,
+  after checking the records, the images and their masks (nothing written)."""
+  if not os.path.isdir(image_dir):
+    raise DataError(image_dir, 'image folder not found (VOCdevkit/VOC2010/JPEGImages)')
+  by_image = collections.defaultdict(list)
+  for i, ann in enumerate(data['annos_segmentation']):
+    if not isinstance(ann, dict) or 'image_id' not in ann:
+      raise DataError(json_path, f'annos_segmentation[{i}] has no image_id')
+    by_image[ann['image_id']].append(ann)
+  plan = []
+  for i, image in enumerate(data['images']):
+    if not isinstance(image, dict) or image.get('phase') not in phases:
+      continue
+    missing = [k for k in ('image_id', 'file_name', 'height', 'width') if k not in image]
+    if missing:
+      raise DataError(json_path, f'images[{i}] has no {", ".join(missing)}')
+    src = os.path.join(image_dir, image['file_name'])
+    if not os.path.isfile(src):
+      raise DataError(src, f'image listed in {json_path} not found')
+    anns = by_image[image['image_id']]
+    where = f'{json_path}: {image["file_name"]}'
+    try:
+      to_index(class_mask(image, anns), where)
+    except (KeyError, TypeError, ValueError) as e:
+      if isinstance(e, DataError):
+        raise
+      raise DataError(where, f'bad annotation ({type(e).__name__}: {e})') from None
+    plan.append((image, anns, src))
+  if not plan:
+    raise DataError(json_path, f'no images with phase in {tuple(phases)}')
+  return plan
 
 
 def convert(json_path: str, image_dir: str, out_root: str,
             list_dir: str | None = None,
             phases: tuple[str, ...] = ('train', 'val')) -> dict[str, str]:
   """Writes label PNGs, image links and list files for PASCAL-Context.
+
+  Every image, record and mask is checked before anything is written, and
+  each file is written through a temporary name, so bad input leaves
+  ``out_root`` as it was and an interrupted run leaves no half-written file.
 
   Args:
     json_path: ``trainval_merged.json`` (Detail format).
@@ -76,29 +142,17 @@ def convert(json_path: str, image_dir: str, out_root: str,
 
   Returns:
     {split: list file path}.
+
+  Raises:
+    DataError: a missing or malformed annotation file, a missing image, a
+      mask of the wrong size or a category outside the 60 classes.
   """
-  with open(json_path) as f:
-    data = json.load(f)
-  by_image = collections.defaultdict(list)
-  for ann in data['annos_segmentation']:
-    by_image[ann['image_id']].append(ann)
-  count = 0
-  for image in data['images']:
-    if image.get('phase') not in phases:
-      continue
+  data = load_annotations(json_path)
+  for image, anns, src in _plan(data, json_path, image_dir, phases):
     name = image['file_name']
-    where = f'{json_path}: {name}'
-    mask = to_index(class_mask(image, by_image[image['image_id']]), where)
+    mask = to_index(class_mask(image, anns), f'{json_path}: {name}')
     stem = os.path.splitext(name)[0]
     phase = image['phase']
-    src = os.path.join(image_dir, name)
-    if not os.path.isfile(src):
-      raise DataError(src, 'image listed in the annotation file not found')
     _place(src, os.path.join(out_root, phase, 'image', name))
-    label_path = os.path.join(out_root, phase, 'label', f'{stem}.png')
-    os.makedirs(os.path.dirname(label_path), exist_ok=True)
-    cv2.imwrite(label_path, mask)
-    count += 1
-  if not count:
-    raise DataError(json_path, f'no images with phase in {phases}')
+    _write_png(os.path.join(out_root, phase, 'label', f'{stem}.png'), mask)
   return lists.make_lists('pascal_ctx', out_root, list_dir or out_root)
