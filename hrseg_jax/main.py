@@ -284,6 +284,7 @@ def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:
       to_global=lambda local: sharding.global_batch(local, batches), dtype=dtype,
       out_dir=out_dir, log=log, progress=True)
   log(f'eval: {ev.protocol} protocol (eval.protocol), {jnp.dtype(dtype).name} compute')
+  log(f'eval: {ev.settings_line()}')
   metrics = ev.run(variables)
   ev.report(metrics)
   log(f'eval: wrote {os.path.join(out_dir, "metrics.json")} and confusion.png')

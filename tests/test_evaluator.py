@@ -65,6 +65,8 @@ def test_eval_mode_with_the_validation_protocol(trained):
   assert r.stdout.startswith('eval: best checkpoint (step '), r.stdout
   assert 'evaluation at step' not in r.stdout
   assert 'eval: validation protocol (eval.protocol), float32 compute' in r.stdout
+  assert re.search(r'^eval: 2 val images \(synthetic\) at data.eval_size 64x128, one scale, '
+                   r'no flip$', r.stdout, re.M), r.stdout
   assert re.search(r'^eval 2/2 \(100%\) \| [\d.]+ img/s \| done in', r.stdout, re.M), r.stdout
   assert re.search(r'^eval: wrote .*runs/demo/eval/metrics.json and confusion.png$',
                    r.stdout, re.M), r.stdout

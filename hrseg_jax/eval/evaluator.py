@@ -115,6 +115,21 @@ class Evaluator:
     """The metrics of ``variables`` on the split (confusion matrix included)."""
     raise NotImplementedError
 
+  def settings_line(self) -> str:
+    """What one evaluation reads and how it predicts, for the console."""
+    raise NotImplementedError
+
+  def _what(self) -> str:
+    """``N <split> images (<where from>)``."""
+    data = self.config.data
+    source = str(data.get('source', 'files'))
+    where = {'files': lambda: data.get(f'{self.split}_list', ''),
+             'tfds': lambda: f"{data.get('tfds_name', '')} "
+                             f"{data.get(f'tfds_{self.split}_split', '')}",
+             }.get(source, lambda: source)()
+    n = self.num_examples()
+    return f'{"?" if n is None else n} {self.split} images ({where})'
+
   def report(self, ev: Mapping[str, Any], step: int | None = None) -> None:
     """An evaluation's IoU table, TensorBoard summaries and files.
 
@@ -171,6 +186,10 @@ class TestEvaluator(Evaluator):
   def num_examples(self) -> int | None:
     return self._split_size(limit=int(self.eval_cfg.get('num_examples', -1)))
 
+  def settings_line(self) -> str:
+    from hrseg_jax.predict import describe_settings  # pylint: disable=g-import-not-at-top
+    return f'{self._what()}; {describe_settings(self.eval_cfg)}'
+
   def run(self, variables) -> dict[str, Any]:
     out = evaluate.evaluate(
         self.model_cfg, _process_local(variables), self.config.data, self.eval_cfg,
@@ -207,6 +226,10 @@ class ValidationEvaluator(Evaluator):
 
   def num_examples(self) -> int | None:
     return self._split_size(limit=int(self.config.data.get('val_num_samples', 0)))
+
+  def settings_line(self) -> str:
+    h, w = (int(v) for v in self.config.data.eval_size)
+    return f'{self._what()} at data.eval_size {h}x{w}, one scale, no flip'
 
   def run(self, variables) -> dict[str, Any]:
     cm = np.zeros((self.num_classes, self.num_classes), np.int64)
