@@ -67,6 +67,16 @@ def test_lists_that_do_not_match_the_tree(user_folder):
   assert err.endswith("file not found: the first image of "
                       f"{real}/data/list/cityscapes/train.lst, joined to data.root + "
                       "data.image_prefix='leftImg8bit'")
+  # The test list (images only) as the training or validation list.
+  test_list = pathlib.Path('data/list/cityscapes/test.lst')
+  first_image = pathlib.Path('data/list/cityscapes/train.lst').read_text().split()[0]
+  test_list.write_text(first_image + '\n')
+  for field in ('train_list', 'val_list'):
+    split = field.split('_')[0]
+    err = _train_error(_config(**{field: str(test_list)}))
+    assert err.startswith(f'{real}/data/list/cityscapes/test.lst: no labels (one column: '
+                          f'image paths only), but the {split} split needs "image label" '
+                          'lines; a test list is for --mode predict'), err
   # trainId labels (mmsegmentation's *_labelTrainIds.png) read with the labelId map.
   lst = pathlib.Path('data/list/cityscapes/train.lst')
   lst.write_text(lst.read_text().replace('_labelIds.png', '_labelTrainIds.png'))

@@ -45,9 +45,24 @@ MAX_CONSECUTIVE_BAD = 32
 _U32 = 2 ** 32
 
 
+def labelled_source(data_cfg, split: str):
+  """The source of ``split``; DataError (one line) if it has no labels.
+
+  A one-column list (Cityscapes' ``test.lst``) given as a train or
+  validation list fails here, naming it, instead of at the first batch.
+  """
+  source = sources.make_source(data_cfg, split)
+  if not source.has_labels:
+    where = (data_cfg.get(f'{split}_list', '') if data_cfg.source == 'files'
+             else f'{data_cfg.source} {split} split')
+    raise DataError(where, f'no labels (one column: image paths only), but the {split} '
+                    'split needs "image label" lines; a test list is for --mode predict')
+  return source
+
+
 def num_train_examples(data_cfg) -> int:
   """Number of training examples (the length of the train list / split)."""
-  return len(sources.make_source(data_cfg, 'train'))
+  return len(labelled_source(data_cfg, 'train'))
 
 
 class _TrainPlan:
@@ -152,7 +167,7 @@ def make_train_iterator(data_cfg, *, batch_size: int, seed: int,
     int32 [B, h, w]}`` (+ ``'rows': int32 [B, h]`` if data.with_rows), with
     (h, w) = data.crop_size.
   """
-  source = sources.make_source(data_cfg, 'train')
+  source = labelled_source(data_cfg, 'train')
   plan = _TrainPlan(len(source), int(batch_size), int(shard_index),
                     int(shard_count), int(seed))
   example = _TrainExample(

@@ -50,7 +50,7 @@ from hrseg_jax import console as console_lib
 from hrseg_jax import paths
 from hrseg_jax.models import registry
 from hrseg_jax.convert import mapping
-from hrseg_jax.data import pipeline, sources
+from hrseg_jax.data import pipeline
 from hrseg_jax.data.errors import DataError
 from hrseg_jax.eval import evaluator as evaluator_lib
 from hrseg_jax.eval import files
@@ -245,7 +245,7 @@ def check_val_data(config) -> None:
   hint = (f'; validation every {every} steps (eval.every_steps) reads it, '
           '--config.eval.every_steps=-1 trains without')
   try:
-    sources.make_source(config.data, str(config.eval.get('split', 'val')))
+    pipeline.labelled_source(config.data, str(config.eval.get('split', 'val')))
   except DataError as e:
     raise DataError(e.path, e.reason + hint) from None
   except (OSError, ValueError) as e:
