@@ -8,7 +8,9 @@ entry), under one overall time budget:
 2. Lite-HRNet-30 + HANet, bfloat16: train + infer (with a profile);
 3. HRNetV2-W48 + OCR, bfloat16: train;
 4. HRNet-W32 + HANet, bfloat16: train;
-5. HRNetV2-W48, float32: train.
+5. HRNetV2-W48, float32: train;
+6. Lite-HRNet-30 + HANet, bfloat16: train with XLA's own depthwise kernel
+   gradient (``--depthwise-grad xla``), against entry 2's shifted products.
 
 Every entry writes its JSON after every workload (``OUT/NN_name.json``), and
 after every entry the merged document ``OUT/gpu_run.json`` and the table
@@ -41,15 +43,19 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
   sys.path.insert(0, str(_REPO))
 
+from benchmarks.harness import cli  # pylint: disable=wrong-import-position  (no JAX)
+
 BENCHMARK = _REPO / 'benchmarks' / 'benchmark.py'
 
-# (name, model, dtype, modes, profile): most important first.
+# (name, model, dtype, modes, profile, depthwise kernel gradient): most
+# important first.  The last is an A/B of the depthwise kernel gradient.
 PLAN = (
-    ('w48_bf16', 'w48', 'bfloat16', 'train,infer', True),
-    ('lite30_hanet_bf16', 'lite30_hanet', 'bfloat16', 'train,infer', True),
-    ('ocr_w48_bf16', 'ocr_w48', 'bfloat16', 'train', False),
-    ('w32_hanet_bf16', 'w32_hanet', 'bfloat16', 'train', False),
-    ('w48_f32', 'w48', 'float32', 'train', False),
+    ('w48_bf16', 'w48', 'bfloat16', 'train,infer', True, 'shifted'),
+    ('lite30_hanet_bf16', 'lite30_hanet', 'bfloat16', 'train,infer', True, 'shifted'),
+    ('ocr_w48_bf16', 'ocr_w48', 'bfloat16', 'train', False, 'shifted'),
+    ('w32_hanet_bf16', 'w32_hanet', 'bfloat16', 'train', False, 'shifted'),
+    ('w48_f32', 'w48', 'float32', 'train', False, 'shifted'),
+    ('lite30_hanet_bf16_dwxla', 'lite30_hanet', 'bfloat16', 'train', False, 'xla'),
 )
 # --tiny: the same plan on tiny stand-ins (XLA:CPU compiles them in seconds).
 TINY_STAND_INS = dict(w48='tiny', lite30_hanet='tiny_hanet', ocr_w48='tiny_ocr',
@@ -78,12 +84,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _command(entry, out_dir: pathlib.Path, left: float, args) -> list[str]:
-  name, model, dtype, modes, profile = entry
+  name, model, dtype, modes, profile, depthwise_grad = entry
   if args.tiny:
     model = TINY_STAND_INS.get(model, model)
   cmd = [sys.executable, str(BENCHMARK), '--models', model, '--dtypes', dtype,
          '--modes', modes, '--time-budget', f'{max(left, 1.0):.0f}',
          '--out', str(out_dir / f'{name}.json'), *SHORT_TIMING]
+  if depthwise_grad != 'shifted':
+    cmd += ['--depthwise-grad', depthwise_grad]
   if args.tiny:
     cmd.append('--tiny')
   if profile and not args.no_profile:
@@ -110,9 +118,9 @@ def _run(cmd: list[str], log: pathlib.Path, deadline: float) -> str:
 
 
 def _skipped(entry, reason: str) -> list[dict]:
-  name, model, dtype, modes, _ = entry
-  return [dict(model=model, dtype=dtype, mode=m, status='skipped', reason=reason)
-          for m in modes.split(',')]
+  _, model, dtype, modes, _, depthwise_grad = entry
+  return [dict(model=model, dtype=dtype, mode=m, status='skipped', reason=reason,
+               impl=cli.impl_label(depthwise_grad)) for m in modes.split(',')]
 
 
 def _merge(out_dir: pathlib.Path, done: list[str], skipped: list[dict]) -> None:

@@ -215,7 +215,7 @@ def test_benchmark_imports_nothing_beyond_jax_flax_optax_orbax():
 
 def test_schema_rejects_bad_records():
   rec = {name: 1.0 for name in schema.RESULT_FIELDS['train']}
-  rec.update(model='w48', label='x', dtype='bfloat16', mode='train', status='ok',
+  rec.update(model='w48', label='x', dtype='bfloat16', mode='train', status='ok', impl='hrseg_jax',
              timings_ms=[1.0], checks={c: True for c in schema.CHECKS['train']})
   assert schema.check_result(rec, 0) == []
   assert schema.check_result(dict(rec, ms=float('nan')), 0)
@@ -232,6 +232,9 @@ def test_cli_defaults_and_errors():
   assert full.window == full.crop and full.modes == list(cli.MODES)
   tiny = cli.settings(cli.build_parser().parse_args(['--tiny', '--crop', '32x64']))
   assert tiny.crop == (32, 64) and tiny.window == (32, 64) and tiny.batch == 2
+  assert full.depthwise_grad == 'shifted' and cli.impl_label('shifted') == 'hrseg_jax'
+  ab = cli.settings(cli.build_parser().parse_args(['--depthwise-grad', 'xla']))
+  assert cli.impl_label(ab.depthwise_grad) == 'hrseg_jax (depthwise grad xla)'
   with pytest.raises(ValueError, match='unknown benchmark model'):
     cli.settings(cli.build_parser().parse_args(['--models', 'w99']))
   with pytest.raises(SystemExit):
@@ -322,7 +325,8 @@ def test_gpu_run_records_entries_past_the_budget_as_skipped(tmp_path):
   assert {r['status'] for r in doc['results']} == {'skipped'}
   assert [(r['model'], r['dtype'], r['mode']) for r in doc['results']][:2] == [
       ('w48', 'bfloat16', 'train'), ('w48', 'bfloat16', 'infer')]
-  assert len(doc['results']) == 7
+  assert len(doc['results']) == 8
+  assert doc['results'][-1]['impl'] == 'hrseg_jax (depthwise grad xla)'
   assert 'overall budget' in done.stdout
 
 
@@ -331,7 +335,8 @@ def test_gpu_run_rejects_unknown_entries(tmp_path):
   assert done.returncode == 2
   assert done.stderr.strip().splitlines() == [
       "error: --only: unknown entries ['w99']; known: ['w48_bf16', "
-      "'lite30_hanet_bf16', 'ocr_w48_bf16', 'w32_hanet_bf16', 'w48_f32']"]
+      "'lite30_hanet_bf16', 'ocr_w48_bf16', 'w32_hanet_bf16', 'w48_f32', "
+      "'lite30_hanet_bf16_dwxla']"]
 
 
 def test_flop_breakdown_keys():

@@ -84,6 +84,26 @@ def test_depthwise_conv_gradients_match_xla_and_stay_cheap(stride):
   assert kernel_grad <= 2 * fwd
 
 
+def test_depthwise_kernel_grad_is_chosen_by_the_environment(monkeypatch):
+  conv = layers.Conv(12, 3, groups=12)
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 9, 11, 12)), jnp.float32)
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  got = {}
+  for impl in ('shifted', 'xla'):
+    monkeypatch.setenv(layers.DEPTHWISE_KERNEL_GRAD_ENV, impl)
+    # A new function each time: a jitted one keeps its first trace.
+    grad = jax.grad(lambda v: jnp.sum(conv.apply(v, x) ** 2))
+    got[impl] = (grad(variables)['params']['kernel'], _xla_flops(grad, variables))
+  np.testing.assert_allclose(np.asarray(got['shifted'][0]), np.asarray(got['xla'][0]),
+                             rtol=1e-4, atol=1e-4)
+  # XLA:CPU expands its own grouped kernel gradient into a dense convolution.
+  assert got['xla'][1] > 2 * got['shifted'][1], got
+  monkeypatch.setenv(layers.DEPTHWISE_KERNEL_GRAD_ENV, 'fast')
+  with pytest.raises(ValueError, match=r"^\$HRSEG_DEPTHWISE_KERNEL_GRAD='fast': "
+                                       r"expected one of shifted, xla"):
+    grad(variables)
+
+
 def test_cross_entropy_matches_a_gather_and_has_no_scatter():
   rng = np.random.default_rng(2)
   logits = jnp.asarray(rng.normal(size=(2, 8, 8, 5)), jnp.float32)

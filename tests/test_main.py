@@ -82,11 +82,11 @@ def test_missing_dataset_is_one_line_error(tmp_path):
   assert 'Traceback' not in r.stderr
 
 
-def _train(cwd, *flags, devices=1):
+def _train(cwd, *flags, devices=1, **environ):
   """``python -m hrseg_jax.main`` in ``cwd`` on ``devices`` CPU devices."""
   env = dict(os.environ, PYTHONPATH=f'{REPO}{os.pathsep}{REPO / "tests"}',
              JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', **environ)
   return subprocess.run([sys.executable, '-m', 'hrseg_jax.main', *flags], cwd=cwd,
                         env=env, capture_output=True, text=True, timeout=300)
 
@@ -110,6 +110,16 @@ def test_batch_size_mistakes_are_one_line_before_the_workdir(tmp_path):
     assert r.returncode == 2, (flags, r.stderr)
     assert not (tmp_path / 'runs').exists(), (flags, r.stderr)
     assert r.stderr.strip().splitlines() == [expected], flags
+
+
+def test_a_bad_depthwise_kernel_grad_variable_is_one_line_before_the_workdir(tmp_path):
+  (tmp_path / 'configs').symlink_to(REPO / 'configs')
+  r = _train(tmp_path, '--config', 'configs/demo.py', '--workdir', 'runs/demo',
+             HRSEG_DEPTHWISE_KERNEL_GRAD='cudnn')
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.strip().splitlines() == [
+      "error: $HRSEG_DEPTHWISE_KERNEL_GRAD='cudnn': expected one of shifted, xla"]
+  assert not (tmp_path / 'runs').exists()
 
 
 def test_resume_with_another_example_order_warns_in_plain_words(tmp_path):

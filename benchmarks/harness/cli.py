@@ -17,6 +17,7 @@ DTYPES = ('float32', 'bfloat16')
 MODES = ('infer', 'sliding', 'train')   # the order each model runs them in
 PRECISIONS = ('default', 'high', 'highest')
 SLIDING_RULES = ('cityscapes', 'base')
+DEPTHWISE_GRADS = ('shifted', 'xla')   # hrseg_jax.models.layers.DEPTHWISE_KERNEL_GRADS
 # Dense bf16 matrix rate and device-to-device copy bandwidth measured on one
 # H200 SXM (769-798 TFLOP/s on random data, about 4.3 TB/s); for another
 # accelerator pass its own figures with --peak-tflops and --peak-tbps.
@@ -46,6 +47,7 @@ class Settings:
   latency_runs: int
   precision: str
   xla_flags: str
+  depthwise_grad: str
   peak_tflops: float
   peak_tbps: float
   tiny: bool
@@ -138,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
   a('--precision', choices=PRECISIONS, default='default',
     help='jax_default_matmul_precision (default = TF32 for float32 on GPUs)')
   a('--xla-flags', default='', help='appended to $XLA_FLAGS; recorded in the JSON')
+  a('--depthwise-grad', choices=DEPTHWISE_GRADS, default='shifted',
+    help="kernel gradient of depthwise convolutions (Lite-HRNet): 'shifted' "
+         "(k*k shifted products, the default) or 'xla' (XLA's own grouped "
+         "convolution); sets $HRSEG_DEPTHWISE_KERNEL_GRAD, names the rows")
   a('--peak-tflops', type=float, default=H200_BF16_TFLOPS,
     help='dense bf16 peak for the utilisation column (H200 measured: 790)')
   a('--peak-tbps', type=float, default=H200_HBM_TBPS,
@@ -168,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
   a('--seed', type=int, default=0)
   a('--child', default=None, help=argparse.SUPPRESS)
   return p
+
+
+def impl_label(depthwise_grad: str) -> str:
+  """The table's ``impl`` column: ``hrseg_jax``, naming a non-default variant."""
+  if depthwise_grad != DEPTHWISE_GRADS[0]:
+    return f'hrseg_jax (depthwise grad {depthwise_grad})'
+  return 'hrseg_jax'
 
 
 def _pick(value, full, tiny, is_tiny: bool):
@@ -208,6 +221,7 @@ def settings(args: argparse.Namespace) -> Settings:
       repeats=_pick(args.repeats, 5, 2, t),
       latency_runs=_pick(args.latency_runs, 20, 3, t),
       precision=args.precision, xla_flags=args.xla_flags,
+      depthwise_grad=args.depthwise_grad,
       peak_tflops=args.peak_tflops, peak_tbps=args.peak_tbps, tiny=t,
       isolate=bool(args.isolate), time_budget_s=float(args.time_budget_s),
       profile=args.profile, profile_steps=args.profile_steps,

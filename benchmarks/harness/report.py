@@ -32,17 +32,17 @@ def _model_label(key: str) -> str:
 
 
 def _ours(results: list[dict[str, Any]]) -> list[list[str]]:
-  groups: dict[tuple[int, str, str], dict[str, dict]] = {}
+  groups: dict[tuple[int, str, str, str], dict[str, dict]] = {}
   for r in results:
     if r.get('status') == 'ok':
-      key = (r.get('run', 0), r['model'], r['dtype'])
+      key = (r.get('run', 0), r['model'], r.get('impl', 'hrseg_jax'), r['dtype'])
       groups.setdefault(key, {})[r['mode']] = r
   rows = []
-  for (_, model, dtype), by_mode in groups.items():
+  for (_, model, impl, dtype), by_mode in groups.items():
     t, i, s = (by_mode.get(m, {}) for m in ('train', 'infer', 'sliding'))
     peak = t.get('peak_bytes_in_use')
     compile_s = f'{_f(t.get("compile_s"), 0)}/{_f(i.get("compile_s"), 0)}'
-    rows.append([_model_label(model), 'hrseg_jax', dtype,
+    rows.append([_model_label(model), impl, dtype,
                  _f(t.get('images_per_s')), _f(t.get('ms')),
                  _f(peak, 1, 1 / _GIB) if peak else '–', _pct(t.get('mfu')),
                  _f(i.get('ms')), _f(i.get('images_per_s')), _pct(i.get('mfu')),

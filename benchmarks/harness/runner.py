@@ -68,7 +68,9 @@ def _stub(key: str, dtype: str, mode: str, status: str, text: str) -> dict:
 
 def progress_line(rec: dict[str, Any]) -> str:
   """One line per finished workload."""
-  name = f'[{rec["model"]} {rec["dtype"]} {rec["mode"]}]'
+  impl = rec.get('impl', 'hrseg_jax')
+  variant = '' if impl == 'hrseg_jax' else ' ' + impl.replace('hrseg_jax ', '')
+  name = f'[{rec["model"]} {rec["dtype"]} {rec["mode"]}{variant}]'
   if rec['status'] != 'ok':
     return f'{name} {rec["status"]}: {rec.get("error") or rec.get("reason")}'
   peak = rec.get('peak_bytes_in_use')
@@ -82,8 +84,11 @@ def progress_line(rec: dict[str, Any]) -> str:
 # ---- in this process ----------------------------------------------------------
 
 def configure_jax(settings: Settings) -> None:
-  """Matmul precision and, for ``--tiny``, XLA's fast-compile mode."""
+  """Matmul precision, the depthwise kernel gradient and, for ``--tiny``,
+  XLA's fast-compile mode."""
   import jax  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.models import layers  # pylint: disable=g-import-not-at-top
+  os.environ[layers.DEPTHWISE_KERNEL_GRAD_ENV] = settings.depthwise_grad
   if settings.precision != 'default':
     jax.config.update('jax_default_matmul_precision', settings.precision)
   if settings.tiny:

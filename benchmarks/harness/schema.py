@@ -27,7 +27,7 @@ META_FIELDS = ('date', 'command', 'python', 'versions', 'cuda', 'nvidia_smi',
 
 COMMON = {
     'model': 'str', 'label': 'str', 'dtype': 'str', 'mode': 'str',
-    'status': 'str', 'batch': 'pos', 'height': 'pos', 'width': 'pos',
+    'status': 'str', 'impl': 'str', 'batch': 'pos', 'height': 'pos', 'width': 'pos',
     'params': 'pos', 'init_s': 'pos', 'lower_s': 'pos', 'compile_s': 'pos',
     'ms': 'pos',
     'ms_min': 'pos', 'ms_max': 'pos', 'timings_ms': 'list',

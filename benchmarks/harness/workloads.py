@@ -31,6 +31,7 @@ import numpy as np
 from benchmarks.harness import flops as flops_lib
 from benchmarks.harness import models as models_lib
 from benchmarks.harness import timing
+from benchmarks.harness import cli
 from benchmarks.harness.cli import Settings
 from hrseg_jax.eval import inference as eval_inference
 from hrseg_jax.eval import windows as windows_lib
@@ -94,7 +95,8 @@ def _record(bench_model, dtype: str, mode: str, *, batch: int, size,
   sec = stats['ms'] / 1e3
   cost = flops_lib.xla_cost(compiled.executable)
   rec = dict(model=bench_model.key, label=bench_model.label, dtype=dtype,
-             mode=mode, status='ok', batch=int(batch), height=int(size[0]),
+             mode=mode, status='ok', impl=cli.impl_label(settings.depthwise_grad),
+             batch=int(batch), height=int(size[0]),
              width=int(size[1]), params=params,
              lower_s=compiled.lower_s, compile_s=compiled.compile_s,
              **stats, timings_ms=[1e3 * s for s in seconds],

@@ -9,6 +9,7 @@ is ``stage2.0.fuse_layers.1.0.0.0.weight``.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -44,7 +45,8 @@ class Conv(nn.Module):
     cin = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init,
                         (k, k, cin // self.groups, self.features), jnp.float32)
-    if self.groups > 1 and self.groups == cin == self.features:
+    if (self.groups > 1 and self.groups == cin == self.features
+        and depthwise_kernel_grad() == 'shifted'):
       y = depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype),
                          self.stride, p)
     else:
@@ -55,6 +57,29 @@ class Conv(nn.Module):
       bias = self.param('bias', _uniform_init(bound), (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
     return y
+
+
+DEPTHWISE_KERNEL_GRAD_ENV = 'HRSEG_DEPTHWISE_KERNEL_GRAD'
+DEPTHWISE_KERNEL_GRADS = ('shifted', 'xla')
+
+
+def depthwise_kernel_grad() -> str:
+  """How depthwise convolutions compute their kernel gradient.
+
+  ``'shifted'`` (the default): :func:`depthwise_conv`'s k*k shifted
+  products.  ``'xla'``: XLA's own gradient of the grouped convolution (on
+  GPUs a grouped-convolution library call; XLA:CPU expands it into a dense
+  convolution).  Set by ``$HRSEG_DEPTHWISE_KERNEL_GRAD``, read when a model
+  is traced; forward values and gradients are the same either way.
+
+  Raises:
+    ValueError: the variable holds another value.
+  """
+  value = os.environ.get(DEPTHWISE_KERNEL_GRAD_ENV, '') or 'shifted'
+  if value not in DEPTHWISE_KERNEL_GRADS:
+    raise ValueError(f'${DEPTHWISE_KERNEL_GRAD_ENV}={value!r}: expected one of '
+                     f'{", ".join(DEPTHWISE_KERNEL_GRADS)}')
+  return value
 
 
 def _conv(x, kernel, stride: int, pad: int, groups: int):

@@ -48,7 +48,7 @@ from flax import traverse_util
 
 from hrseg_jax import console as console_lib
 from hrseg_jax import paths
-from hrseg_jax.models import registry
+from hrseg_jax.models import layers, registry
 from hrseg_jax.convert import mapping
 from hrseg_jax.data import pipeline
 from hrseg_jax.data.errors import DataError
@@ -374,6 +374,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   check_train_config(config.train)
   check_loss_chunks(config)
   check_batch_sizes(config)
+  layers.depthwise_kernel_grad()   # a bad $HRSEG_DEPTHWISE_KERNEL_GRAD
   evaluator_lib.protocol_of(config, TRAINING_PROTOCOL)   # a bad eval.protocol, too
   pretrained.check_init_from(config, workdir)  # the user's path in the message
   config = paths.resolve_config(config)
