@@ -12,9 +12,11 @@ entry), under one overall time budget:
 6. Lite-HRNet-30 + HANet, bfloat16: train with XLA's own depthwise kernel
    gradient (``--depthwise-grad xla``), against entry 2's shifted products.
 
-Every entry writes its JSON after every workload (``OUT/NN_name.json``), and
+Every entry writes its JSON after every workload (``OUT/<name>.json``), and
 after every entry the merged document ``OUT/gpu_run.json`` and the table
-``OUT/table.txt`` are rewritten.  An entry gets the time left as its
+``OUT/table.txt`` are rewritten.  At the end the profiles are packed into
+``OUT/profile.tgz`` and summarised in ``OUT/profile_summary.txt``
+(``benchmarks/profile_summary.py``: time per source operation).  An entry gets the time left as its
 ``--time-budget`` (workloads not yet started when it is spent are skipped and
 recorded so) and is stopped when the overall budget is spent (SIGTERM, then
 SIGKILL); entries not started are recorded as skipped.  The timing is short
@@ -183,11 +185,28 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     _tail(out_dir / f'{entry[0]}.log')
   _pack_profiles(out_dir)
+  _summarise_profiles(out_dir)
   table = out_dir / 'table.txt'
   if table.exists():
     print(table.read_text())
   print(f'wrote {out_dir / "gpu_run.json"} in {time.monotonic() - start:.0f} s')
   return 0
+
+
+def _summarise_profiles(out_dir: pathlib.Path) -> None:
+  """``profile_summary.txt``: where each profiled workload's time went."""
+  from benchmarks import profile_summary  # pylint: disable=g-import-not-at-top
+  prof = out_dir / 'profile'
+  parts = []
+  for folder in (profile_summary.workloads(prof) if prof.is_dir() else []):
+    try:
+      parts.append(profile_summary.summarise(folder))
+    except (OSError, ValueError) as e:
+      parts.append(f'{folder.name}: not summarised ({e})')
+  if parts:
+    path = out_dir / 'profile_summary.txt'
+    path.write_text('\n\n'.join(parts) + '\n')
+    print(f'wrote {path} (benchmarks/profile_summary.py)')
 
 
 def _tail(log: pathlib.Path) -> None:

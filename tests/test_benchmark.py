@@ -303,7 +303,7 @@ def _gpu_run(out, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_gpu_run_tiny_entry_writes_json_and_table(tmp_path):
   out = tmp_path / 'gpu'
-  done = _gpu_run(out, '--tiny', '--only', 'w48_bf16,w48_f32', '--no-profile',
+  done = _gpu_run(out, '--tiny', '--only', 'w48_bf16,w48_f32',
                   '--', f'--xla-flags={XLA_FLAG}')
   _ok(done)
   doc = json.loads((out / 'gpu_run.json').read_text())
@@ -316,6 +316,24 @@ def test_gpu_run_tiny_entry_writes_json_and_table(tmp_path):
   assert (out / 'w48_bf16.json').exists() and (out / 'w48_f32.log').exists()
   assert '| tiny HRNet (2 branches) | hrseg_jax | bfloat16 |' in (
       out / 'table.txt').read_text()
+  # The first entry is profiled; its summary names source operations.
+  assert (out / 'profile.tgz').exists()
+  summary = (out / 'profile_summary.txt').read_text()
+  assert summary.startswith('tiny_bfloat16_infer (jit_fn, 3 calls traced; operations from '
+                            'host threads'), summary[:300]
+  assert 'tiny_bfloat16_train (jit_train_step, 3 calls traced' in summary
+  per_call = re.findall(r'per call: ([\d.]+) ms in operations, busy ([\d.]+) ms of a '
+                        r'([\d.]+) ms span \(idle \d+%\), ([\d,]+) operations', summary)
+  assert len(per_call) == 2 and all(float(b) <= float(s) for _, b, s, _ in per_call)
+  assert re.search(r'^\| bwd \S+ +\| +[\d.]+ \| +[\d.]+% \|', summary, re.M), summary
+  again = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'profile_summary.py'),
+                          str(out / 'profile'), '--by', 'hlo', '--top', '3'],
+                         capture_output=True, text=True, check=False)
+  assert again.returncode == 0 and again.stdout.count('(jit_') == 2, again.stderr
+  missing = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'profile_summary.py'),
+                            str(out / 'w48_bf16.log')], capture_output=True, text=True,
+                           check=False)
+  assert missing.returncode == 2 and missing.stderr.count('\n') == 1, missing.stderr
 
 
 def test_gpu_run_records_entries_past_the_budget_as_skipped(tmp_path):
@@ -345,6 +363,8 @@ def test_flop_breakdown_keys():
   bwd = 'jit(train_step)/transpose(jvp(HRNet))/stage1_0/bn/mul'
   assert hlo_costs.source_key(bwd) == 'bwd stage1_*/bn/mul'
   assert hlo_costs.source_key('') == '?'   # XLA's own code has no direction
+  nested = 'jit(train_step)/jvp(jit(log_softmax))/exp'
+  assert hlo_costs.source_key(nested) == 'fwd exp'
 
 
 def test_flop_breakdown_accounts_for_xla_total_and_names_layers():

@@ -183,7 +183,7 @@ class Costs:
     return 2.0 * _numel(ins.shapes[0]) * k
 
 
-_NOISE = re.compile(r'jit\([^)]*\)/|jvp\(|transpose\(|\)|remat\(|checkpoint\(|'
+_NOISE = re.compile(r'jit\([^)]*\)+/|jvp\(|transpose\(|\)|remat\(|checkpoint\(|'
                     r'vmap\(|pjit\([^)]*\)/?|custom_vjp_call\[?[^/]*/?')
 
 

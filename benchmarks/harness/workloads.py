@@ -20,7 +20,9 @@ zeros.  Each ``run_*`` returns one result record (see
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -112,21 +114,33 @@ def _record(bench_model, dtype: str, mode: str, *, batch: int, size,
   return rec
 
 
-def _profile(settings: Settings, name: str, step, carry):
+def _profile(settings: Settings, name: str, step, carry, compiled: timing.Compiled):
   """Traces a few more calls into ``settings.profile/name`` if asked.
 
+  Beside the trace: ``program.hlo.txt``, the compiled program's optimised
+  HLO (whose instruction names the trace's ``hlo_op`` fields use, each with
+  its source ``op_name``), and ``profile.json`` (calls traced, HLO module).
   A profiler failure (no CUPTI, say) is reported and does not void the
   timings already taken.
   """
   if not settings.profile:
     return carry
+  folder = os.path.join(settings.profile, name)
   try:
-    with jax.profiler.trace(os.path.join(settings.profile, name)):
-      return timing.warm(step, carry, settings.profile_steps)
+    with jax.profiler.trace(folder):
+      carry = timing.warm(step, carry, settings.profile_steps)
   except Exception as e:  # pylint: disable=broad-except
     print(f'warning: profiling {name} failed: {type(e).__name__}: {e}',
           file=sys.stderr)
     return carry
+  text = compiled.executable.as_text()
+  with open(os.path.join(folder, 'program.hlo.txt'), 'w') as f:
+    f.write(text)
+  module = re.search(r'^HloModule\s+([\w.\-]+)', text, re.M)
+  with open(os.path.join(folder, 'profile.json'), 'w') as f:
+    json.dump({'calls': settings.profile_steps,
+               'hlo_module': module.group(1) if module else None}, f)
+  return carry
 
 
 # ---- training ---------------------------------------------------------------
@@ -177,7 +191,7 @@ def run_train(bench_model, dtype: str, variables, settings: Settings,
                     before, _first_stat(carry[0]))))
   carry, seconds = timing.rounds(step, carry, repeats=settings.repeats,
                                  steps=settings.steps)
-  carry = _profile(settings, f'{bench_model.key}_{dtype}_train', step, carry)
+  carry = _profile(settings, f'{bench_model.key}_{dtype}_train', step, carry, compiled)
   loss = float(jax.device_get(carry[1]['loss']))
   checks.update(loss=loss, loss_finite=bool(np.isfinite(loss)),
                 loss_chunks=loss_cfg['num_chunks'])
@@ -269,7 +283,7 @@ def _run_inference(bench_model, dtype: str, mode: str, fn, variables,
   latency = timing.latency(call, settings.latency_runs)
   _, pipelined = timing.rounds(step, None, repeats=settings.repeats,
                                steps=settings.steps)
-  _profile(settings, f'{bench_model.key}_{dtype}_{mode}', step, None)
+  _profile(settings, f'{bench_model.key}_{dtype}_{mode}', step, None, compiled)
   rec = _record(bench_model, dtype, mode, batch=b, size=settings.infer_size,
                 params=num_params(variables), compiled=compiled,
                 seconds=latency, model_flops=model_flops, settings=settings)
