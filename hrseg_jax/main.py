@@ -221,6 +221,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
                                  if mode == 'predict' else '')) from e
   model_cfg, variables, meta = checkpoints.load_model(path, step=step)
   dataset = checkpoint_info.check_dataset(dataset, model_cfg['num_classes'])
+  if mode == 'eval':
+    _check_eval_classes(config, int(model_cfg['num_classes']), described)
   main_process = jax.process_index() == 0
   if checkpoint not in (None, '', 'best', 'latest'):   # a path: which step of it
     shown = checkpoints.resolve_step(path, step)
@@ -266,6 +268,22 @@ def _check_inputs(inputs, opts) -> None:
     return
   predict.resolve_inputs(list(inputs), paths.resolve(opts['list_root']),
                          cityscapes_test_format=opts['cityscapes_test_format'])
+
+
+def _check_eval_classes(config, num_classes: int, described: str) -> None:
+  """The model must predict the classes the config's labels are mapped to
+  (a 60-class PASCAL-Context model on the 59-class labels would be scored
+  against classes shifted by one)."""
+  data_classes = int(config.data.num_classes)
+  if data_classes == num_classes:
+    return
+  from hrseg_jax.checkpoints import info  # pylint: disable=g-import-not-at-top
+  fits = [d for d in info.datasets_with(num_classes) if d != 'synthetic']
+  raise ValueError(
+      f'{described} has {num_classes} classes, the config\'s dataset '
+      f'{config.data.name} has {data_classes} (data.num_classes): evaluate it with the '
+      f'config of a {num_classes}-class dataset'
+      + (f' ({", ".join(fits)})' if fits else ''))
 
 
 def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:

@@ -105,6 +105,21 @@ def test_dataset_of_another_class_count(user_folder, capsys):
   assert _listing(user_folder) == before
 
 
+def test_eval_with_a_config_of_another_class_count(user_folder):
+  """--mode eval of a 5-class model with the Cityscapes config (19 classes):
+  its labels would be scored against the wrong classes."""
+  from hrseg_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import recipes  # pylint: disable=g-import-not-at-top
+  before = _listing(user_folder)
+  with pytest.raises(ValueError) as info:
+    main_lib.run(recipes.recipe('cityscapes', 'w18_small_v1'), 'runs/eval', 'eval',
+                 checkpoint='converted/tiny')
+  assert str(info.value) == (
+      'checkpoint converted/tiny has 5 classes, the config\'s dataset cityscapes has 19 '
+      '(data.num_classes): evaluate it with the config of a 5-class dataset')
+  assert _listing(user_folder) == before
+
+
 def test_predict_pth_checkpoint_and_unreadable_video(user_folder):
   """--mode predict: a .pth as --checkpoint; a text file named .mp4 (no
   OpenCV/FFmpeg lines above ours)."""
