@@ -100,3 +100,13 @@ def test_a_missing_validation_list_fails_at_start_up(user_folder):
   config.data.val_list = ''
   assert _train_error(config).startswith("data.val_list is not set for 'cityscapes'; "
                                          'validation every 2470 steps')
+
+
+def test_model_and_data_class_counts_must_agree(user_folder):
+  """--config.data.num_classes alone (e.g. PASCAL-Context 60 through the
+  59-class config) leaves the model at the recipe's count."""
+  config = _config(num_classes=18, label_map='identity')
+  assert _train_error(config) == (
+      "model.num_classes=19 but data.num_classes=18 (cityscapes, label map 'identity'): "
+      'the model must predict the classes the labels are mapped to; set both, or use the '
+      'config of the dataset you mean')

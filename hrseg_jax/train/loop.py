@@ -235,6 +235,17 @@ def check_num_train(num_train: int, global_batch: int, num_chunks: int = 1) -> N
       + 'use more training data')
 
 
+def check_num_classes(config) -> None:
+  """The model predicts the classes the labels are mapped to."""
+  model_k, data_k = config.model.get('num_classes'), config.data.get('num_classes')
+  if model_k is None or data_k is None or int(model_k) == int(data_k):
+    return
+  raise ValueError(f'model.num_classes={model_k} but data.num_classes={data_k} '
+                   f'({config.data.name}, label map {config.data.get("label_map")!r}): '
+                   'the model must predict the classes the labels are mapped to; set '
+                   'both, or use the config of the dataset you mean')
+
+
 def check_val_data(config) -> None:
   """A run that validates (``eval.every_steps`` > 0) must be able to read its
   validation split: a missing or empty list fails at start-up, not at the
@@ -372,6 +383,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       field, file or step).
   """
   check_train_config(config.train)
+  check_num_classes(config)
   check_loss_chunks(config)
   check_batch_sizes(config)
   layers.depthwise_kernel_grad()   # a bad $HRSEG_DEPTHWISE_KERNEL_GRAD
