@@ -312,6 +312,8 @@ def test_bad_files_raise_naming_the_file(cityscapes, which, how, match):
   with pytest.raises(DataError, match=match) as info:
     source[1]
   assert info.value.path == path and path in str(info.value)
+  if how == 'missing':   # which list names the file
+    assert str(info.value) == f'{path}: file not found (listed in {cfg.train_list})'
 
 
 def test_truncated_jpeg(tmp_path):

@@ -42,6 +42,7 @@ class FileSource:
                label_map: LabelMap, *, image_prefix: str = '',
                label_prefix: str = ''):
     self._root = root
+    self.list_path = ''   # the list file the entries come from (from_list)
     self._image_prefix, self._label_prefix = image_prefix, label_prefix
     self._label_map = label_map
     self._images = [os.path.join(root, image_prefix, e[0]) for e in entries]
@@ -52,7 +53,9 @@ class FileSource:
   @classmethod
   def from_list(cls, list_path: str, root: str, label_map: LabelMap,
                 **kwargs) -> 'FileSource':
-    return cls(lists.read_list(list_path), root, label_map, **kwargs)
+    source = cls(lists.read_list(list_path), root, label_map, **kwargs)
+    source.list_path = list_path
+    return source
 
   def check_layout(self, list_path: str, *, first_entry: bool = True) -> None:
     """Start-up checks of the list against the tree, before any reading.
@@ -100,14 +103,23 @@ class FileSource:
   def example_id(self, index: int) -> str:
     return os.path.splitext(os.path.basename(self._images[index]))[0]
 
+  def _read(self, read, path: str):
+    """``read(path)``; a missing file's error also names the list."""
+    try:
+      return read(path)
+    except DataError as e:
+      if self.list_path and e.reason == 'file not found':
+        raise DataError(e.path, f'file not found (listed in {self.list_path})') from None
+      raise
+
   def __getitem__(self, index: int) -> dict[str, Any]:
     index = int(index)
     image_path = self._images[index]
-    example = {'image': decode.read_image(image_path),
+    example = {'image': self._read(decode.read_image, image_path),
                'id': self.example_id(index)}
     if self.has_labels:
       label_path = self._labels[index]
-      raw = decode.read_label(label_path)
+      raw = self._read(decode.read_label, label_path)
       if raw.shape != example['image'].shape[:2]:
         raise DataError(
             f'{image_path} / {label_path}',
