@@ -88,6 +88,9 @@ def test_prepare_pascal_ctx_bad_input_is_one_line_and_writes_nothing(
           {'id': i, 'image_id': i, 'category_id': 458, 'segmentation': rle}
           for i in range(2)]}))
   (voc / 'notes.json').write_text('[1, 2]')
+  (voc / 'small.json').write_text(json.dumps({'images': images[:1], 'annos_segmentation': [
+      {'id': 0, 'image_id': 0, 'category_id': 458,
+       'segmentation': {'size': [2, 6], 'counts': [4, 8]}}]}))
   json_arg = 'data/pascal_ctx/VOCdevkit/VOC2010/trainval_merged.json'
   images_arg = 'data/pascal_ctx/VOCdevkit/VOC2010/JPEGImages'
   cases = (
@@ -104,6 +107,9 @@ def test_prepare_pascal_ctx_bad_input_is_one_line_and_writes_nothing(
        "file: expected 'images' and 'annos_segmentation' lists (PASCAL-Context's "
        'trainval_merged.json)'),
   )
+  cases += (((json_arg.replace('trainval_merged', 'small'), images_arg),
+             f'error: {json_arg.replace("trainval_merged", "small")}: a.jpg: mask (2, 6) '
+             '!= image (4, 6)'),)
   for (json_path, image_dir), expected in cases:
     code = _main('prepare_pascal_ctx.py')([
         '--json', json_path, '--images', image_dir, '--out', 'data/pascal_ctx',

@@ -114,9 +114,9 @@ def _plan(data: dict, json_path: str, image_dir: str, phases) -> list:
     where = f'{json_path}: {image["file_name"]}'
     try:
       to_index(class_mask(image, anns), where)
+    except DataError as e:
+      raise DataError(where, e.reason) from None
     except (KeyError, TypeError, ValueError) as e:
-      if isinstance(e, DataError):
-        raise
       raise DataError(where, f'bad annotation ({type(e).__name__}: {e})') from None
     plan.append((image, anns, src))
   if not plan:
