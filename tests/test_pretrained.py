@@ -56,6 +56,28 @@ def test_missing_pretrained_file_is_one_line_before_any_work(tmp_path):
   assert not (tmp_path / 'runs').exists()
 
 
+def test_missing_converted_init_from_names_the_pth_to_convert(tmp_path):
+  """The README's third training command (init_from a converted folder) with
+  no such folder: one line that says which .pth to convert into that folder,
+  not to put a file named like the folder there."""
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--config',
+                      str(REPO / 'configs/hrnet_w48_cityscapes.py'),
+                      '--workdir', 'runs/w48_cs', '--config.train.batch_size=16',
+                      '--config.train.init_from=converted/hrnetv2_w48_imagenet'],
+                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr
+  last = r.stderr.strip().splitlines()[-1]
+  where = tmp_path.resolve() / 'converted/hrnetv2_w48_imagenet'
+  assert last == (f'error: train.init_from={where}: no checkpoint there. Convert the '
+                  'weights to start from into it once (`python -m hrseg_jax.convert '
+                  f'hrnetv2_w48_imagenet_pretrained.pth {where} --num-classes 19`), or '
+                  'pass the .pth file itself (converted in memory). '
+                  "--config.train.init_from='' trains from scratch.")
+  assert not (tmp_path / 'runs').exists()
+
+
 def test_init_from_pth_is_converted_in_memory(tmp_path):
   """An ImageNet-style .pth (classification keys, no head) loads like its
   converted checkpoint would; the head keeps this run's initialisation and

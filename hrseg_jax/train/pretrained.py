@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from etils import epath
 
-from hrseg_jax import checkpoints
+from hrseg_jax import checkpoints, recipes
 from hrseg_jax.convert import convert
 
 PTH_SUFFIXES = ('.pth', '.pt', '.pth.tar')
@@ -37,20 +37,32 @@ def _has_checkpoints(workdir) -> bool:
 
 
 def missing_message(path: str, model_cfg: Mapping[str, Any] | None = None) -> str:
-  """The one-line explanation for an ``init_from`` file that is not there."""
+  """The one-line explanation for an ``init_from`` path that is not there.
+
+  A ``.pth`` path: put the file there (converted in memory) or convert it
+  once.  Any other path names a converted checkpoint folder: say which
+  ``.pth`` to convert into it (the recipe's backbone for this variant).
+  """
   name = os.path.basename(str(path).rstrip('/')) or str(path)
+  stem = os.path.splitext(name)[0]
   variant = (model_cfg or {}).get('variant', '')
-  what = (f'the ImageNet-pretrained HRNet-{variant.upper()} backbone'
-          if variant and is_pth(path) else 'the weights to start from')
   classes = (model_cfg or {}).get('num_classes')
-  convert = (f'python -m hrseg_jax.convert {name} converted/{os.path.splitext(name)[0]}'
-             + (f' --num-classes {classes}' if classes else ''))
+  num_classes = f' --num-classes {classes}' if classes else ''
+  scratch = "--config.train.init_from='' trains from scratch."
+  if not is_pth(path):
+    backbone = os.path.basename(recipes.PRETRAINED.get(variant, 'BACKBONE.pth'))
+    return (f'train.init_from={path}: no checkpoint there. Convert the '
+            f'weights to start from into it once (`python -m hrseg_jax.convert '
+            f'{backbone} {path}{num_classes}`), or pass the .pth file itself '
+            f'(converted in memory). {scratch}')
+  what = (f'the ImageNet-pretrained HRNet-{variant.upper()} backbone'
+          if variant else 'the weights to start from')
+  convert = f'python -m hrseg_jax.convert {name} converted/{stem}{num_classes}'
   return (f'train.init_from={path}: file not found. '
           f'Put {what} ({name}, from the HRNet-Image-Classification release) '
           'there; it is converted in memory, or convert it once with '
           f'`{convert}` and pass --config.train.init_from=converted/'
-          f"{os.path.splitext(name)[0]}. --config.train.init_from='' trains "
-          'from scratch.')
+          f'{stem}. {scratch}')
 
 
 def check_init_from(config, workdir) -> None:
