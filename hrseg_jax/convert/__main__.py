@@ -22,7 +22,7 @@ def main(argv=None) -> int:
   ac = p.add_mutually_exclusive_group()
   ac.add_argument('--align-corners', dest='align_corners', action='store_true',
                   default=None, help='bilinear align_corners=True (OCR, ADE20K, '
-                  'COCO-Stuff checkpoints; see the README model table)')
+                  'COCO-Stuff checkpoints; see the README table of released files)')
   ac.add_argument('--no-align-corners', dest='align_corners', action='store_false')
   p.add_argument('--inplace-abn', action='store_true', help='checkpoint trained with '
                  'InPlaceABN (*_torch04 files, master branch): BN scale = |w| + 1e-5')
