@@ -140,3 +140,28 @@ def test_eval_batch_rounds_to_whole_images_per_device(monkeypatch):
                                model_cfg=registry.resolve(config.model),
                                to_global=lambda local: local, log=lambda _: None)
     assert (ev.global_batch, ev.batch_size) == (used, used), asked
+
+
+def test_test_protocol_names_the_readme_settings_it_does_not_use():
+  """--mode eval prints what it evaluates; where the scales or flip are not
+  those of the original README's number, the line says how to get them."""
+  config = tiny_config(num_classes=6)
+  config.data.num_val = 2
+  config.data.readme_eval_scales = (0.5, 1.0)
+  config.data.readme_eval_flip = True
+  config.eval.protocol = 'test'
+
+  def line():
+    return evaluator.from_config(
+        config, default_protocol='test', model_cfg=registry.resolve(config.model),
+        to_global=lambda local: local, out_dir='unused', log=lambda _: None).settings_line()
+
+  assert line().endswith(
+      "scales 1, no flip (the original README's synthetic number uses scales 0.5,1, flip: "
+      "--config.eval.scales=0.5,1 --config.eval.flip=True)"), line()
+  config.eval.scales, config.eval.flip = (0.5, 1.0), True
+  assert line().endswith('scales 0.5,1, flip'), line()
+  config.data.readme_eval_scales, config.data.readme_eval_flip = (1.0,), False
+  assert line().endswith(
+      "(the original README's synthetic number uses scales 1, no flip: "
+      "--config.eval.scales=1, --config.eval.flip=False)"), line()

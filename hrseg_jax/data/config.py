@@ -54,7 +54,10 @@ Evaluation (``testval``/``val`` preprocessing of the original):
     multi-scale inference, and the short side for 'short_side_pad'.
   eval_stride: the padding multiple for 'short_side_pad' (8).
   eval_crop_size: ``TEST.IMAGE_SIZE`` (h, w), the sliding-window crop.
-  eval_scales, eval_flip: the README evaluation for this recipe.
+  readme_eval_scales, readme_eval_flip: the scales and flip of the
+    original README's number for this recipe.  Not read by the evaluation
+    (``eval.scales`` and ``eval.flip`` decide); ``--mode eval`` names them
+    when they differ.
   eval_crop_padding: whether the evaluator crops the stride padding from the
     prediction before resizing it to the label (PASCAL-Context, COCO-Stuff:
     True; ADE20K: False, a quirk of the original kept for parity).
@@ -110,8 +113,8 @@ def _common() -> dict:
       pre_resize='none',
       pre_resize_size=(0, 0),
       eval_stride=8,
-      eval_scales=(1.0,),
-      eval_flip=False,
+      readme_eval_scales=(1.0,),
+      readme_eval_flip=False,
       eval_crop_padding=True,
       val_num_samples=0,
       with_rows=False,
@@ -175,7 +178,7 @@ def _lip() -> dict:
       eval_size=(473, 473),
       eval_base_size=473,
       eval_crop_size=(473, 473),
-      eval_flip=True,
+      readme_eval_flip=True,
       val_num_samples=2000,
       tfds_name='hrseg_lip',
   )
@@ -236,10 +239,10 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
     recipe = _lip()
   elif name == 'pascal_ctx':
     recipe = _ocr_520('pascal_ctx', 'pascal_ctx', 59)
-    recipe.update(eval_scales=_README_MS_SCALES, eval_flip=True)
+    recipe.update(readme_eval_scales=_README_MS_SCALES, readme_eval_flip=True)
   elif name == 'pascal_ctx60':
     recipe = _ocr_520('pascal_ctx', 'pascal_ctx60', 60)
-    recipe.update(eval_scales=_README_MS_SCALES, eval_flip=True)
+    recipe.update(readme_eval_scales=_README_MS_SCALES, readme_eval_flip=True)
   elif name == 'cocostuff':
     # README also reports multi-scale + flip (scales 0.5 .. 2.0).
     recipe = _ocr_520('cocostuff', 'cocostuff', 171)

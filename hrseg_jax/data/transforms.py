@@ -230,7 +230,7 @@ def multi_scale_inputs(image: np.ndarray, base_size: int,
   Args:
     image: normalised float32 [H, W, 3] image.
     base_size: ``TEST.BASE_SIZE`` (``config.data.eval_base_size``).
-    scales: the scales, e.g. ``config.data.eval_scales``.
+    scales: the scales, e.g. ``config.eval.scales``.
     rows: optional row map of ``image``; resized along with it.
 
   Returns:

@@ -31,8 +31,9 @@ Fields (tuples so ``--config.eval.X=...`` can override them):
 * ``ignore_label`` -- ground-truth value excluded from the metrics;
   ``None``: ``data.ignore_label``, else 255.
 
-The data config's ``eval_scales``/``eval_flip`` (its README settings) are not
-read: ``scales`` and ``flip`` here decide.
+The data config's ``readme_eval_scales``/``readme_eval_flip`` (the settings
+of the original README's number) are not read: ``scales`` and ``flip`` here
+decide.
 
 :func:`default_eval_config` fills the original's test settings per dataset;
 single-scale, no flip unless changed.

@@ -188,7 +188,25 @@ class TestEvaluator(Evaluator):
 
   def settings_line(self) -> str:
     from hrseg_jax.predict import describe_settings  # pylint: disable=g-import-not-at-top
-    return f'{self._what()}; {describe_settings(self.eval_cfg)}'
+    return f'{self._what()}; {describe_settings(self.eval_cfg)}{self._readme_hint()}'
+
+  def _readme_hint(self) -> str:
+    """Where the scales or flip differ from the original README's number."""
+    data = self.config.data
+    scales = tuple(float(x) for x in data.get('readme_eval_scales', (1.0,)))
+    flip = bool(data.get('readme_eval_flip', False))
+    used = eval_config.predictor_kwargs(self.eval_cfg)
+    fixes = []
+    if tuple(float(x) for x in used['scales']) != scales:
+      fixes.append(f"--config.eval.scales={','.join(f'{x:g}' for x in scales)}"
+                   + (',' if len(scales) == 1 else ''))
+    if bool(used['flip']) != flip:
+      fixes.append(f'--config.eval.flip={flip}')
+    if not fixes:
+      return ''
+    return (f" (the original README's {data.get('name', 'dataset')} number uses scales "
+            f"{','.join(f'{x:g}' for x in scales)}, {'flip' if flip else 'no flip'}: "
+            f"{' '.join(fixes)})")
 
   def run(self, variables) -> dict[str, Any]:
     out = evaluate.evaluate(
