@@ -93,6 +93,8 @@ def test_tiny_run_records_the_run(tiny_run):
   assert {r['checks']['loss_chunks'] for r in train} == {1}   # batch 2
   assert all(r['windows'] == 4 for r in doc['results'] if r['mode'] == 'sliding')
   assert '| model | impl |' in stdout and 'hrseg_jax' in stdout
+  # The live header reads as --report's of the JSON (sizes as [64, 128]).
+  assert report.header(doc) in stdout, stdout[-3000:]
 
 
 @pytest.mark.slow

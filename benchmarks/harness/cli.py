@@ -66,7 +66,7 @@ class Settings:
   seed: int
 
   def to_dict(self) -> dict[str, Any]:
-    """Plain JSON data (tuples become lists)."""
+    """Plain data for JSON (which writes the tuples as lists)."""
     return dataclasses.asdict(self)
 
   @classmethod

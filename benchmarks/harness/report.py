@@ -76,6 +76,8 @@ def markdown(rows: list[list[str]]) -> str:
 def header(doc: dict[str, Any]) -> str:
   """Date, device, software and command of a benchmark document."""
   meta, s = doc.get('meta', {}), doc.get('settings', {})
+  # Sizes print as their JSON does ([512, 1024]), live or from --report.
+  s = {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}
   dev = meta.get('device') or {}
   v = meta.get('versions') or {}
   soft = ', '.join(f'{k} {v[k]}' for k in ('jax', 'jaxlib', 'flax', 'optax')
