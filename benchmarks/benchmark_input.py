@@ -127,7 +127,7 @@ def main(argv=None):
     if not os.path.exists(train_list):
       t = time.perf_counter()
       mb = write_pngs(root, args.num_images)
-      print(f'wrote {args.num_images} 2048x1024 PNG pairs ({mb:.2f} MB per '
+      print(f'wrote {args.num_images} 1024x2048 (HxW) PNG pairs ({mb:.2f} MB per '
             f'image) to {root} in {time.perf_counter() - t:.1f}s')
     cfg = default_data_config('cityscapes')
     cfg.root = root

@@ -127,7 +127,7 @@ def test_benchmark_input_runs(tmp_path, capsys):
   main(['--num_images', '1', '--batch_size', '1', '--batches', '1',
         '--warmup', '0', '--workers', '0', '--dir', str(tmp_path / 'bench')])
   out = capsys.readouterr().out
-  assert 'wrote 1 2048x1024 PNG pairs' in out
+  assert 'wrote 1 1024x2048 (HxW) PNG pairs' in out   # as crop (512, 1024)
   assert 'images per CPU-second' in out
   assert '0 workers (in-process)' in out   # 0 workers: no division by zero
 
