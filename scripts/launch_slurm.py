@@ -102,6 +102,8 @@ def parse_args(argv: list[str]):
                       help='sbatch script and job output go here')
   parser.add_argument('--dry-run', '--dry_run', dest='dry_run',
                       action='store_true', help='print, submit nothing')
+  # A bad flag is one line (the messages say what to do; --help shows the usage).
+  parser.error = lambda message: parser.exit(2, f'{parser.prog}: error: {message}\n')
   args = parser.parse_args(own)
   if not train_args:
     parser.error('training flags go after "--", e.g. -- --config '

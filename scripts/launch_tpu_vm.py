@@ -149,6 +149,8 @@ def batch_size_of(train_args: list[str]) -> int | None:
       config = a.split('=', 1)[1]
   if not config:
     return None
+  if str(REPO) not in sys.path[:1]:
+    sys.path.insert(0, str(REPO))   # the checkout this launcher deploys, installed or not
   try:
     from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
     return int(load_config_file(config).train.batch_size)
@@ -194,6 +196,8 @@ def parse_args(argv: list[str]):
                       'multi-host slice (e.g. an NFS mount on every worker)')
   parser.add_argument('--dry-run', '--dry_run', dest='dry_run',
                       action='store_true', help='print, run nothing')
+  # A bad flag is one line (the messages say what to do; --help shows the usage).
+  parser.error = lambda message: parser.exit(2, f'{parser.prog}: error: {message}\n')
   args = parser.parse_args(own)
   try:
     _, hosts = slice_topology(args.accelerator)

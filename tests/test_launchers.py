@@ -73,7 +73,8 @@ def test_local_one_process_per_gpu_and_one_process_for_all():
     (['--gpus_per_process', '1', '--cpu_devices', '2', '--', 'x'], 'not allowed'),
 ])
 def test_local_rejects(args, message):
-  assert message in run('launch_local.py', *args, ok=False)
+  err = run('launch_local.py', *args, ok=False)
+  assert message in err and len(err.strip().splitlines()) == 1, err   # no usage block
 
 
 # ---- launch_slurm.py ---------------------------------------------------------
@@ -221,6 +222,7 @@ def test_tpu_train_checks_the_batch_and_misplaced_flags():
             '--accelerator', 'v4-32', '--dry-run', '--', *flags, ok=False)
   assert ('train.batch_size=12 is not a multiple of the 16 devices of v4-32: add '
           '--config.train.batch_size=16') in err
+  assert len(err.strip().splitlines()) == 1, err   # the error line alone, no usage block
   err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'z',
             '--accelerator', 'v4-16', '--dry-run', '--', *flags,
             '--config.train.batch_size=12', ok=False)
@@ -228,6 +230,23 @@ def test_tpu_train_checks_the_batch_and_misplaced_flags():
   err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'z',
             '--accelerator', 'v4-8', '--', *flags, '--dry-run', ok=False)
   assert '--dry-run is a flag of this launcher: put it before "--"' in err
+
+
+def test_tpu_batch_check_reads_this_checkouts_config_when_not_installed(tmp_path):
+  """From a checkout where hrseg_jax is not importable (a laptop that only
+  drives the slice), the config's batch is still checked, not skipped."""
+  fake = tmp_path / 'site' / 'hrseg_jax'
+  fake.mkdir(parents=True)
+  (fake / '__init__.py').write_text("raise ImportError('hrseg_jax is not installed')\n")
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env['PYTHONPATH'] = str(tmp_path / 'site')
+  r = subprocess.run([sys.executable, str(REPO / 'scripts' / 'launch_tpu_vm.py'), 'train',
+                      '--name', 's', '--zone', 'z', '--accelerator', 'v4-32', '--dry-run',
+                      '--', '--config', 'configs/hrnet_w48_cityscapes.py', '--workdir',
+                      'gs://b/r'], capture_output=True, text=True, env=env, cwd=REPO,
+                     timeout=120)
+  assert r.returncode == 2, r.stdout + r.stderr
+  assert 'train.batch_size=12 is not a multiple of the 16 devices of v4-32' in r.stderr
 
 
 @pytest.mark.parametrize('accelerator,devices,hosts', [
