@@ -291,6 +291,7 @@ def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:
   the devices' mesh; the IoU table and ``<workdir>/eval/metrics.json``."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
   from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
   from hrseg_jax.train import sharding  # pylint: disable=g-import-not-at-top
   batches = sharding.batch_sharding(sharding.make_mesh(config.mesh.fsdp))
@@ -305,7 +306,7 @@ def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:
   log(f'eval: {ev.settings_line()}')
   metrics = ev.run(variables)
   ev.report(metrics)
-  log(f'eval: wrote {os.path.join(out_dir, "metrics.json")} and confusion.png')
+  log(f'eval: wrote {paths.shown(os.path.join(out_dir, "metrics.json"))} and confusion.png')
   return metrics
 
 

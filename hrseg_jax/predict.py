@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hrseg_jax import paths
 from hrseg_jax.data import decode, label_maps
 from hrseg_jax.data.transforms import normalize
 from hrseg_jax.eval import config as eval_config
@@ -213,12 +214,6 @@ def describe_settings(eval_cfg: Mapping[str, Any]) -> str:
           f', {"flip" if kw["flip"] else "no flip"}')
 
 
-def _display(path: str) -> str:
-  """``path`` relative to the working directory when it is below it."""
-  rel = os.path.relpath(path)
-  return path if rel.startswith('..') else rel
-
-
 def read_inputs(items: Iterable[ImageInput]
                 ) -> Iterator[tuple[ImageInput, np.ndarray]]:
   """(input, RGB uint8 image) per input, decoded lazily.
@@ -303,7 +298,7 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
     files.write_files_atomic(encoded)
     results.append({'input': item.path, 'files': sorted(encoded)})
     if log is not None:
-      name = f'{_display(item.path)} ({image.shape[0]}x{image.shape[1]})'
+      name = f'{paths.shown(item.path)} ({image.shape[0]}x{image.shape[1]})'
       if num_frames:
         log(progress.line(len(results), name))
       else:
@@ -312,5 +307,5 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
     folders = sorted({os.path.relpath(f, out_dir).split(os.sep)[0]
                       for r in results for f in r['files']})
     log(f'predicted {len(results)} image(s) in {time.monotonic() - t0:.1f} s -> '
-        f'{out_dir} ({", ".join(f + "/" for f in folders)})')
+        f'{paths.shown(out_dir)} ({", ".join(f + "/" for f in folders)})')
   return results

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from hrseg_jax import console
+from hrseg_jax import console, paths
 from hrseg_jax.eval import files, palettes
 from hrseg_jax.inference import Segmenter
 from hrseg_jax.predict import IMAGE_EXTENSIONS, read_image
@@ -113,11 +113,6 @@ def _batches(frames: Iterator[np.ndarray], size: int):
     yield batch
 
 
-def shown(path: str) -> str:
-  """``path`` relative to the working directory when it lies below it."""
-  rel = os.path.relpath(path) if os.path.isabs(path) else path
-  return path if rel.startswith('..') else rel
-
 
 def clip_name(source: str) -> str:
   if source.isdigit():
@@ -182,8 +177,8 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   summary = {'input': source, 'frames': done, 'video': video_path,
              'labels': os.path.join(dest, 'labels'), 'seconds': elapsed,
              'fps': done / elapsed, 'model_fps': done / max(model_seconds, 1e-9)}
-  log(f'wrote {shown(video_path)} and {done} class maps in '
-      f'{shown(os.path.join(dest, "labels"))}: '
+  log(f'wrote {paths.shown(video_path)} and {done} class maps in '
+      f'{paths.shown(os.path.join(dest, "labels"))}: '
       f'{summary["fps"]:.1f} frames/s overall, {summary["model_fps"]:.1f} frames/s '
       f'in the model (batch {batch_size}, first batch includes compilation)')
   return summary

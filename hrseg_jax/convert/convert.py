@@ -168,7 +168,7 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
       backbone_only=backbone_only, seed=seed, dataset=dataset, loaded=loaded)
   checkpoints.save_model(dst, variables, cfg, meta, overwrite=overwrite, keep=[src])
   n = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables['params']))
-  log(f'converted {src} -> {dst}: {registry.model_name(cfg)}, '
+  log(f'converted {paths.shown(src)} -> {paths.shown(dst)}: {registry.model_name(cfg)}, '
       f'{cfg["num_classes"]} classes, {n:,} parameters'
       + (f' ({meta["dataset"]})' if meta.get('dataset') else '')
       + (f'; freshly initialised: {len(report["initialised"])} tensors'

@@ -253,5 +253,5 @@ def export(args, log: Callable[[str], None] = print) -> int:
     _remove(tmp)
     raise
   files.write_json_atomic(card_file, card)
-  log(f'wrote {output} and {card_file}')
+  log(f'wrote {paths.shown(output)} and {paths.shown(card_file)}')
   return 0
