@@ -2,6 +2,7 @@
 symlinks, through the real command lines run from a temporary folder."""
 import json
 import os
+import re
 import pathlib
 import subprocess
 import sys
@@ -107,6 +108,9 @@ def test_train_and_eval_with_relative_workdir_and_data(tmp_path):
                                          start='from scratch')
   console_checks.assert_eval_table(r.stdout, ['road', 'sidewalk', 'bicycle'])
   console_checks.assert_run_files(workdir, eval_steps=[4], classes=['road', 'bicycle'])
+  # Below the working folder, paths are shown relative (runs -> storage).
+  assert re.search(r'^workdir     storage/x \(config.json', r.stdout, re.M), r.stdout
+  assert re.search(r'^checkpoints storage/x/checkpoints$', r.stdout, re.M), r.stdout
   config = json.loads((workdir / 'config.json').read_text())
   assert config['data']['root'] == os.path.realpath(tmp_path / 'data' / 'cityscapes')
   assert config['data']['val_list'] == os.path.realpath(home / 'lists' / 'val.lst')

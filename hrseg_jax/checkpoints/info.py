@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from etils import epath
 
-from hrseg_jax import checkpoints
+from hrseg_jax import checkpoints, paths
 
 # Dataset names of hrseg_jax.recipes (palettes, class names, eval presets).
 DATASETS = ('cityscapes', 'lip', 'pascal_ctx', 'pascal_ctx60', 'cocostuff',
@@ -108,12 +108,13 @@ def select(spec: str | None, workdir: str | os.PathLike | None, *,
     if mious:
       step = _best(mious)
       return os.fspath(root), step, (f'best checkpoint (step {step}, mIoU '
-                                     f'{100 * mious[step]:.2f}%) in {root}')
+                                     f'{100 * mious[step]:.2f}%) in {paths.shown(root)}')
     if explicit:
       raise FileNotFoundError(
           f'--checkpoint best: no checkpoint in {root} was saved after an '
           'evaluation (use latest, or a path)')
-  return os.fspath(root), latest, f'latest checkpoint (step {latest}) in {root}'
+  return os.fspath(root), latest, (f'latest checkpoint (step {latest}) in '
+                                   f'{paths.shown(root)}')
 
 
 def pick_step(path, spec: int | str | None) -> int | None:

@@ -494,7 +494,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
       model=(registry.model_name(model_cfg)
              + f', {num_classes} classes ({config.data.name}), {config.train.dtype}'),
       num_params=progress_lib.count_parameters(state.params),
-      workdir=os.fspath(workdir), checkpoints=os.fspath(ckpt.directory),
+      workdir=paths.shown(workdir), checkpoints=paths.shown(ckpt.directory),
       start=(f'{how}; compiling the training step (the first step line includes it)'
              if start < num_steps else f'{how}; nothing left to train')))
   if order_warning:
