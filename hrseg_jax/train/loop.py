@@ -216,8 +216,7 @@ def check_loss_chunks(config) -> None:
 def check_batch_sizes(config) -> None:
   """The global training batch must split evenly over the devices (the
   validation batch is rounded to whole images per device by the evaluator)."""
-  sharding.check_batch_sizes({'train.batch_size': config.train.batch_size},
-                             jax.device_count())
+  sharding.check_splits_over_devices(int(config.train.batch_size), jax.device_count())
 
 
 def check_num_train(num_train: int, global_batch: int, num_chunks: int = 1) -> None:

@@ -49,21 +49,16 @@ def global_batch(local: dict, sharding: NamedSharding) -> dict:
 
 def check_batch_size(global_batch_size: int, mesh) -> int:
   """Returns the per-process batch; errors name the config field."""
-  check_batch_sizes({'train.batch_size': global_batch_size}, mesh.devices.size)
+  check_splits_over_devices(global_batch_size, mesh.devices.size)
   return global_batch_size // jax.process_count()
 
 
-def check_batch_sizes(sizes: dict[str, int], num_devices: int) -> None:
-  """One error naming every field of ``sizes`` (``{'train.batch_size': 8}``)
-  that is not a multiple of ``num_devices``."""
-  bad = {f: int(v) for f, v in sizes.items() if int(v) % num_devices}
-  if not bad:
-    return
+def check_splits_over_devices(global_batch_size: int, num_devices: int) -> None:
+  """``train.batch_size`` must be a multiple of ``num_devices`` (one error
+  line naming the field and the next size that splits)."""
   n = num_devices
-  fixes = ' '.join(f'--config.{f}={-(-v // n) * n}' for f, v in bad.items())
-  named = ' and '.join(f'{f}={v}' for f, v in bad.items())
-  if len(bad) == 1:
-    raise ValueError(f'{named} is not a multiple of the {n} devices (the batch is '
-                     f'split evenly over them): pass {fixes} or another multiple of {n}')
-  raise ValueError(f'{named} are not multiples of the {n} devices (each batch is '
-                   f'split evenly over them): pass {fixes} or other multiples of {n}')
+  if global_batch_size % n:
+    raise ValueError(f'train.batch_size={global_batch_size} is not a multiple of the {n} '
+                     'devices (the batch is split evenly over them): pass '
+                     f'--config.train.batch_size={-(-global_batch_size // n) * n} or '
+                     f'another multiple of {n}')
