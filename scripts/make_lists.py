@@ -32,10 +32,7 @@ def main(argv=None):
   except (OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  for split, path in sorted(written.items()):
-    with open(path) as f:
-      count = sum(1 for _ in f)
-    print(f'{split:9s} {count:6d} lines  {path}')
+  print('\n'.join(lists.written_lines(written)))
   return 0
 
 

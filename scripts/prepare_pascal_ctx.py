@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hrseg_jax.data import pascal_ctx
+from hrseg_jax.data import lists, pascal_ctx
 
 
 def main(argv=None):
@@ -35,10 +35,7 @@ def main(argv=None):
   except (OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  for split, path in sorted(written.items()):
-    with open(path) as f:
-      count = sum(1 for _ in f)
-    print(f'{split:9s} {count:6d} lines  {path}')
+  print('\n'.join(lists.written_lines(written)))
   return 0
 
 

@@ -52,6 +52,17 @@ def write_list(path: str, entries: list[Entry], sep: str = ' ') -> None:
   os.replace(tmp, path)
 
 
+def written_lines(written: dict[str, str]) -> list[str]:
+  """``split  N lines  path`` per list file of ``{split: path}``, for the
+  console of the scripts that write them."""
+  out = []
+  for split, path in sorted(written.items()):
+    with open(path) as f:
+      count = sum(1 for _ in f)
+    out.append(f'{split:9s} {count:6d} lines  {path}')
+  return out
+
+
 def _rel_files(root: str, pattern: str) -> list[str]:
   paths = glob.glob(os.path.join(root, pattern))
   return sorted(os.path.relpath(p, root).replace(os.sep, '/') for p in paths)
