@@ -57,7 +57,7 @@ class FileSource:
     source.list_path = list_path
     return source
 
-  def check_layout(self, list_path: str, *, first_entry: bool = True) -> None:
+  def check_layout(self, *, first_entry: bool = True) -> None:
     """Start-up checks of the list against the tree, before any reading.
 
     Raises DataError for a ``root`` that is not a folder, for Cityscapes
@@ -67,6 +67,7 @@ class FileSource:
     label that is not there (a wrong root or prefix fails at once, not at
     the first batch).  Local paths only; ``gs://`` roots are not stat-ed.
     """
+    list_path = self.list_path
     if self._labels and self._label_map.name == 'cityscapes':
       trainids = [p for p in self._labels if p.endswith('_labelTrainIds.png')]
       if trainids:
@@ -170,5 +171,5 @@ def make_source(data_cfg, split: str):
   source = FileSource.from_list(
       list_path, data_cfg.root, label_map,
       image_prefix=data_cfg.image_prefix, label_prefix=data_cfg.label_prefix)
-  source.check_layout(list_path, first_entry=not data_cfg.skip_bad_examples)
+  source.check_layout(first_entry=not data_cfg.skip_bad_examples)
   return source
