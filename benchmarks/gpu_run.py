@@ -16,10 +16,11 @@ Every entry writes its JSON after every workload (``OUT/<name>.json``), and
 after every entry the merged document ``OUT/gpu_run.json`` and the table
 ``OUT/table.txt`` are rewritten.  At the end the profiles are packed into
 ``OUT/profile.tgz`` and summarised in ``OUT/profile_summary.txt``
-(``benchmarks/profile_summary.py``: time per source operation).  An entry gets the time left as its
-``--time-budget`` (workloads not yet started when it is spent are skipped and
-recorded so) and is stopped when the overall budget is spent (SIGTERM, then
-SIGKILL); entries not started are recorded as skipped.  The timing is short
+(``benchmarks/profile_summary.py``: time per source operation).  An entry
+gets the time left as its ``--time-budget`` (workloads not yet started
+when it is spent are skipped and recorded so) and is stopped when the
+overall budget is spent (SIGTERM, then SIGKILL); entries not started are
+recorded as skipped.  The timing is short
 (3 warm-up steps, 3 rounds of 5 steps) so that the whole plan, compilation
 included, fits in about 8 minutes on one H200.
 

@@ -113,7 +113,6 @@ def _batches(frames: Iterator[np.ndarray], size: int):
     yield batch
 
 
-
 def clip_name(source: str) -> str:
   if source.isdigit():
     return f'camera{source}'

@@ -78,8 +78,9 @@ def compare(reference: np.ndarray, output: np.ndarray) -> dict:
             'ok': False}
   integer = np.issubdtype(reference.dtype, np.integer)
   labels = output if integer else _labels(output)   # class maps: as they are
-  differing = int(np.sum(_labels(reference) != labels))
-  pixels = int(_labels(reference).size)
+  expected = _labels(reference)
+  differing = int(np.sum(expected != labels))
+  pixels = int(expected.size)
   agree = 1.0 - differing / max(pixels, 1)
   if integer:
     return {'class_map_agreement': agree, 'differing_pixels': differing,

@@ -196,17 +196,17 @@ class TestEvaluator(Evaluator):
     scales = tuple(float(x) for x in data.get('readme_eval_scales', (1.0,)))
     flip = bool(data.get('readme_eval_flip', False))
     used = eval_config.predictor_kwargs(self.eval_cfg)
+    text = ','.join(f'{x:g}' for x in scales)
     fixes = []
     if tuple(float(x) for x in used['scales']) != scales:
-      fixes.append(f"--config.eval.scales={','.join(f'{x:g}' for x in scales)}"
-                   + (',' if len(scales) == 1 else ''))
+      # A one-scale tuple needs its comma on the command line.
+      fixes.append(f'--config.eval.scales={text}' + (',' if len(scales) == 1 else ''))
     if bool(used['flip']) != flip:
       fixes.append(f'--config.eval.flip={flip}')
     if not fixes:
       return ''
     return (f" (the original README's {data.get('name', 'dataset')} number uses scales "
-            f"{','.join(f'{x:g}' for x in scales)}, {'flip' if flip else 'no flip'}: "
-            f"{' '.join(fixes)})")
+            f"{text}, {'flip' if flip else 'no flip'}: {' '.join(fixes)})")
 
   def run(self, variables) -> dict[str, Any]:
     out = evaluate.evaluate(
