@@ -36,6 +36,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from hrseg_jax import paths
 from hrseg_jax.data import pipeline, sources
 from hrseg_jax.data.imagenet_stats import MEAN, STD
 from hrseg_jax.eval import classes, evaluate, palettes, visuals
@@ -123,7 +124,7 @@ class Evaluator:
     """``N <split> images (<where from>)``."""
     data = self.config.data
     source = str(data.get('source', 'files'))
-    where = {'files': lambda: data.get(f'{self.split}_list', ''),
+    where = {'files': lambda: paths.shown(data.get(f'{self.split}_list', '')),
              'tfds': lambda: f"{data.get('tfds_name', '')} "
                              f"{data.get(f'tfds_{self.split}_split', '')}",
              }.get(source, lambda: source)()
