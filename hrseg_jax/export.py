@@ -47,7 +47,12 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   from hrseg_jax import console  # pylint: disable=g-import-not-at-top
   console.configure()
-  if deploy_cli.output_format(args) != 'pytorch':
+  try:
+    fmt = deploy_cli.output_format(args)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if fmt != 'pytorch':
     try:
       return deploy_cli.export(args)
     except (OSError, ValueError, KeyError) as e:

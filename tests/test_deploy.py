@@ -313,9 +313,27 @@ def test_missing_extra_stops_the_export_before_any_work(missing, output, extra, 
 
 def test_format_from_extension():
   for name, fmt in (('a.pth', 'pytorch'), ('a.onnx', 'onnx'), ('d/a.stablehlo', 'stablehlo'),
-                    ('a.savedmodel/', 'savedmodel'), ('weights', 'pytorch')):
-    assert cli.output_format(type('A', (), {'format': None, 'output': name})) == fmt
+                    ('a.savedmodel/', 'savedmodel'), ('weights', 'pytorch'),
+                    ('a.pth.tar', 'pytorch')):
+    assert cli.output_format(types.SimpleNamespace(format=None, output=name)) == fmt
+  assert cli.output_format(types.SimpleNamespace(format='onnx', output='a.bin')) == 'onnx'
   assert graph.input_spec(4, 6, True) == ((4, 6, 3), np.uint8)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['deploy/m.onx'], 'error: deploy/m.onx: the extension .onx names no export format; '
+     'use .pth, .onnx, .stablehlo or .savedmodel, or pass --format'),
+    (['deploy/m.onnx', '--format', 'stablehlo'],
+     'error: deploy/m.onnx: the extension .onnx says onnx, --format says stablehlo; '
+     'make them agree')], ids=['typo', 'contradiction'])
+def test_unknown_or_contradicted_extension_is_refused(args, message, tmp_path):
+  """A typo'd extension once wrote a PyTorch state dict under that name."""
+  cfg = registry.resolve(TINY_HRNET)
+  checkpoints.save_model(tmp_path / 'ckpt', tiny_hrnet_variables(cfg, seed=3), cfg, {})
+  r = _cli('ckpt', *args, cwd=tmp_path)
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines() == [message]
+  assert sorted(os.listdir(tmp_path)) == ['ckpt']
 
 
 def test_card_dataset_of_a_training_workdir():

@@ -19,7 +19,7 @@ import numpy as np
 from hrseg_jax import console
 
 FORMATS = ('pytorch', 'onnx', 'savedmodel', 'stablehlo')
-EXTENSIONS = {'.pth': 'pytorch', '.pt': 'pytorch', '.onnx': 'onnx',
+EXTENSIONS = {'.pth': 'pytorch', '.pt': 'pytorch', '.pth.tar': 'pytorch', '.onnx': 'onnx',
               '.stablehlo': 'stablehlo', '.savedmodel': 'savedmodel'}
 PACKAGES = {'onnx': ('jax2onnx', 'onnx', 'onnxruntime'),
             'savedmodel': ('orbax-export', 'tensorflow-cpu', 'tensorflow'),
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   """The deployment flags of ``python -m hrseg_jax.export``."""
   p.add_argument('--format', choices=FORMATS, default=None,
                  help='output format (default: from the extension: .pth, .onnx, '
-                 '.stablehlo, .savedmodel; otherwise pytorch)')
+                 '.stablehlo, .savedmodel; none: pytorch; another one is refused)')
   p.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'), default=(512, 1024),
                  help='input height and width of the exported graph (default 512 1024)')
   p.add_argument('--dynamic-size', action='store_true',
@@ -52,10 +52,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def output_format(args) -> str:
+  """``--format``, else the format of the output's extension (none: pytorch).
+
+  Raises:
+    ExportError: an extension that names no format (a typo such as
+      ``.onx`` would otherwise write a PyTorch state dict), or one that
+      names another format than ``--format``.
+  """
+  from hrseg_jax.deploy.errors import ExportError  # pylint: disable=g-import-not-at-top
+  name = os.fspath(args.output).rstrip('/\\')
+  ext = ('.pth.tar' if name.lower().endswith('.pth.tar')
+         else os.path.splitext(name)[1].lower())
+  implied = EXTENSIONS.get(ext, None if ext else 'pytorch')
   if args.format:
+    if ext in EXTENSIONS and implied != args.format:
+      raise ExportError(f'{name}: the extension {ext} says {implied}, --format says '
+                        f'{args.format}; make them agree')
     return args.format
-  ext = os.path.splitext(os.fspath(args.output).rstrip('/\\'))[1].lower()
-  return EXTENSIONS.get(ext, 'pytorch')
+  if implied is None:
+    raise ExportError(f'{name}: the extension {ext} names no export format; use '
+                      '.pth, .onnx, .stablehlo or .savedmodel, or pass --format')
+  return implied
 
 
 def _dataset(args, cfg, meta) -> str | None:
