@@ -370,3 +370,25 @@ def test_compare_counts_differing_pixels_and_never_rounds_to_100():
   result.update(runtime.float32_error(logits * (1 + 3e-2), logits))
   assert runtime.describe(result).endswith(
       '; JAX float32 logits are at rel L2 3.00e-02 from float64 on this batch')
+
+
+def test_latency_refuses_bad_arguments_in_one_line(tmp_path):
+  """Each names the file or flag (a missing export once named only its card;
+  --repeats 0 said 'no median for empty data')."""
+  (tmp_path / 'weights.pth').write_bytes(b'PK')
+  (tmp_path / 'm.onnx').write_bytes(b'')
+  (tmp_path / 'm.onnx.json').write_text('{"format": "onnx"')
+  for args, line in (
+      (['gone.stablehlo'], 'error: gone.stablehlo: no such file'),
+      (['weights.pth'], 'error: weights.pth: no card weights.pth.json beside it; pass '
+       'exports written by python -m hrseg_jax.export'),
+      (['m.onnx'], 'error: m.onnx.json: not a card written by python -m hrseg_jax.export '
+       '(JSONDecodeError: '),
+      (['m.onnx', '--repeats', '0'], 'error: --repeats 0: must be at least 1')):
+    r = subprocess.run([sys.executable, '-m', 'hrseg_jax.deploy.latency', *args],
+                       cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert r.returncode == 2, (args, r.stderr)
+    (got,) = r.stderr.strip().splitlines()
+    assert got.startswith(line), (args, got)
+    assert not r.stdout
+

@@ -29,6 +29,26 @@ def median_ms(fn, x, warmup: int, repeats: int) -> float:
   return 1000 * statistics.median(times)
 
 
+def read_card(path) -> dict:
+  """The JSON card beside the export ``path``; ValueError naming what is wrong."""
+  from hrseg_jax.deploy.card import card_path  # pylint: disable=g-import-not-at-top
+  card_file = card_path(path)
+  if not os.path.exists(path):
+    raise ValueError(f'{path}: no such file')
+  if not os.path.isfile(card_file):
+    raise ValueError(f'{path}: no card {card_file} beside it; pass exports written by '
+                     'python -m hrseg_jax.export')
+  try:
+    with open(card_file) as f:
+      card = json.load(f)
+    for key in ('format', 'input', 'output'):
+      card[key]  # pylint: disable=pointless-statement
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{card_file}: not a card written by python -m hrseg_jax.export '
+                     f'({type(e).__name__}: {e})') from None
+  return card
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m hrseg_jax.deploy.latency', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,15 +59,17 @@ def main(argv=None) -> int:
   p.add_argument('--warmup', type=int, default=2,
                  help='untimed calls before them (default: 2)')
   args = p.parse_args(argv)
+  for flag, value, least in (('--repeats', args.repeats, 1), ('--warmup', args.warmup, 0)):
+    if value < least:
+      print(f'error: {flag} {value}: must be at least {least}', file=sys.stderr)
+      return 2
   from hrseg_jax import console  # pylint: disable=g-import-not-at-top
   console.configure()
   from hrseg_jax.deploy import cli, runtime  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.deploy.card import card_path  # pylint: disable=g-import-not-at-top
   try:
     cards = []
     for path in args.exports:
-      with open(card_path(path)) as f:
-        cards.append(json.load(f))
+      cards.append(read_card(path))
     shape = tuple(cards[0]['input']['shape'][1:])
     rows = []
     for path, card in zip(args.exports, cards):
