@@ -222,6 +222,13 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
   with pytest.raises(ValueError, match=r'images of shape \[1, 100, 160, 3\] \(uint8\) do '
                      r'not fit this export, which takes uint8\[b,32\*h,32\*w,3\]: '):
     run(np.zeros((1, 100, 160, 3), np.uint8))
+  # Its latency, at a size of the user's choice (its card's height and width
+  # are symbols; reading them as numbers was a traceback).
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.deploy.latency', 'dyn.stablehlo',
+                      '--size', '64', '32', '--repeats', '1', '--warmup', '0'],
+                     cwd=tmp_path, capture_output=True, text=True, check=False)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.startswith('one 64x32 image, median of 1 runs:\n  stablehlo   jax '), r.stdout
   # ONNX: jax2onnx cannot keep the size free through the upsampling's gathers:
   # one line saying so, nothing written.
   if importlib.util.find_spec('jax2onnx') and importlib.util.find_spec('onnxruntime'):
@@ -392,3 +399,17 @@ def test_latency_refuses_bad_arguments_in_one_line(tmp_path):
     assert got.startswith(line), (args, got)
     assert not r.stdout
 
+
+def test_latency_image_size_of_fixed_and_free_size_exports():
+  from hrseg_jax.deploy import latency  # pylint: disable=g-import-not-at-top
+
+  def card(h, w):
+    return {'input': {'shape': ['batch', h, w, 3]}}
+  free, fixed, other = card('32*h', '32*w'), card(64, 96), card(32, 32)
+  assert latency.image_size(['a'], [free]) == (512, 1024)
+  assert latency.image_size(['a'], [free], (64, 32)) == (64, 32)
+  assert latency.image_size(['a', 'b'], [free, fixed]) == (64, 96)
+  with pytest.raises(ValueError, match=r'^c: takes 32x32 images, b 64x96; time them sep'):
+    latency.image_size(['a', 'b', 'c'], [free, fixed, other])
+  with pytest.raises(ValueError, match=r'^--size 32 32: b takes 64x96 images only$'):
+    latency.image_size(['a', 'b'], [free, fixed], (32, 32))

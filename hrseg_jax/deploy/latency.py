@@ -4,7 +4,8 @@ Median latency of one image through each export in its own runtime
 (StableHLO: JAX; ONNX: ONNX Runtime on CPU; SavedModel: TensorFlow), and,
 with ``--checkpoint``, through the JAX model itself (``Segmenter``: class
 maps, or logits when the exports output logits), on the same random image
-of the exports' input size (read from their JSON cards).
+of the exports' input size (read from their JSON cards; ``--size H W`` for
+exports with a free height and width).
 """
 from __future__ import annotations
 
@@ -49,6 +50,31 @@ def read_card(path) -> dict:
   return card
 
 
+def image_size(exports, cards, size=None) -> tuple[int, int]:
+  """(H, W) to time: ``size``, else that of the fixed-size exports, else 512x1024.
+
+  An export with a free height and width (``--dynamic-size``, its card's
+  shape has symbols such as ``32*h``) takes any size; the fixed-size ones
+  must all take the same.
+  """
+  fixed = None
+  for path, card in zip(exports, cards):
+    dims = tuple(card['input']['shape'][1:3])
+    if not all(isinstance(d, int) for d in dims):
+      continue
+    if fixed is None:
+      fixed = (path, dims)
+    elif dims != fixed[1]:
+      raise ValueError(f'{path}: takes {dims[0]}x{dims[1]} images, {fixed[0]} '
+                       f'{fixed[1][0]}x{fixed[1][1]}; time them separately')
+  if size is not None and fixed is not None and tuple(size) != fixed[1]:
+    raise ValueError(f'--size {size[0]} {size[1]}: {fixed[0]} takes '
+                     f'{fixed[1][0]}x{fixed[1][1]} images only')
+  if size is not None:
+    return tuple(size)
+  return fixed[1] if fixed else (512, 1024)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m hrseg_jax.deploy.latency', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,6 +84,9 @@ def main(argv=None) -> int:
                  help='timed calls per runtime; the median is reported (default: 10)')
   p.add_argument('--warmup', type=int, default=2,
                  help='untimed calls before them (default: 2)')
+  p.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'), default=None,
+                 help='image size for exports with a free height and width '
+                 "(--dynamic-size); default: the other exports' size, else 512 1024")
   args = p.parse_args(argv)
   for flag, value, least in (('--repeats', args.repeats, 1), ('--warmup', args.warmup, 0)):
     if value < least:
@@ -70,11 +99,9 @@ def main(argv=None) -> int:
     cards = []
     for path in args.exports:
       cards.append(read_card(path))
-    shape = tuple(cards[0]['input']['shape'][1:])
+    shape = (*image_size(args.exports, cards, args.size), 3)
     rows = []
     for path, card in zip(args.exports, cards):
-      if tuple(card['input']['shape'][1:]) != shape:
-        raise ValueError(f'{path}: input {card["input"]["shape"]} differs from the first export')
       dtype = np.uint8 if card['input']['dtype'] == 'uint8' else np.float32
       x = cli.sample_input(shape, dtype, batch=1)
       run = runtime.load(card['format'], os.fspath(path).rstrip('/'))
