@@ -24,8 +24,9 @@ With several processes each one gets ``HRSEG_COORDINATOR=localhost:PORT``,
 ``--gpus_per_process`` also ``JAX_LOCAL_DEVICE_IDS`` (read by
 ``jax.distributed.initialize``: the GPUs this process drives).  ``--dry-run``
 prints one shell line per process and starts nothing.  When any process
-fails the others are stopped; SIGTERM is forwarded to every process (the
-training loop then saves a checkpoint at the next step boundary and exits).
+fails the others are stopped; SIGTERM and Ctrl-C are forwarded to every
+process as SIGTERM (the training loop then saves a checkpoint at the next step
+boundary and exits; a second Ctrl-C stops them at once, without saving).
 """
 from __future__ import annotations
 
@@ -189,10 +190,20 @@ def main(argv=None) -> int:
         p.send_signal(signum)
   old = signal.signal(signal.SIGTERM, forward)
   try:
-    code = _wait_all(procs)
+    try:
+      code = _wait_all(procs)
+    except KeyboardInterrupt:
+      # Ctrl-C (a terminal sends it to the processes too): like SIGTERM, each
+      # saves a checkpoint and exits 0; a second Ctrl-C stops them at once.
+      forward(signal.SIGTERM, None)
+      code = _wait_all(procs)
   except KeyboardInterrupt:
-    _stop(procs)
-    code = 130
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.wait()
+    print('stopped by a second Ctrl-C, without saving a checkpoint', file=sys.stderr)
+    return 130
   finally:
     signal.signal(signal.SIGTERM, old)
     for f in files:

@@ -276,3 +276,56 @@ def test_tpu_topology(accelerator, devices, hosts):
 ])
 def test_distributed_mode(env, mode):
   assert distributed_mode(env) == mode
+
+
+FAKE_MAIN = '''#!{python}
+"""Stands in for `python -m hrseg_jax.main`: ready, then on Ctrl-C or
+SIGTERM it records the first signal, 'saves' for a moment (further signals
+only ask again) and exits 0, like the training loop."""
+import os, signal, sys, time
+out = os.path.join({folder!r}, 'process_' + os.environ['HRSEG_PROCESS_ID'])
+got = []
+def stop(signum, frame):
+  got.append(signal.Signals(signum).name)
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
+open(out + '.ready', 'w').close()
+while not got:
+  time.sleep(0.05)
+time.sleep(0.5)
+with open(out, 'w') as f:
+  f.write(' '.join(got))
+'''
+
+
+@pytest.mark.parametrize('to_group', [True, False], ids=['terminal', 'launcher_only'])
+def test_local_ctrl_c_saves_and_exits_0(tmp_path, to_group):
+  """Ctrl-C in a terminal (SIGINT to the launcher and its processes) or to
+  the launcher alone: every process is stopped the saving way, and the
+  launcher reports no failure when they exit 0."""
+  import signal
+  import time
+  fake = tmp_path / 'python'
+  fake.write_text(FAKE_MAIN.format(python=sys.executable, folder=str(tmp_path)))
+  fake.chmod(0o755)
+  launcher = subprocess.Popen(
+      [sys.executable, str(REPO / 'scripts' / 'launch_local.py'), '--num_processes',
+       '2', '--cpu_devices', '1', '--python', str(fake), '--', '--workdir', 'w'],
+      cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      start_new_session=True,   # its own process group, as a terminal job has
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  deadline = time.monotonic() + 60
+  while not all((tmp_path / f'process_{i}.ready').exists() for i in range(2)):
+    assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+    time.sleep(0.05)
+  time.sleep(0.3)   # the launcher is waiting for them
+  if to_group:
+    os.killpg(launcher.pid, signal.SIGINT)
+  else:
+    launcher.send_signal(signal.SIGINT)
+  out, err = launcher.communicate(timeout=60)
+  assert launcher.returncode == 0, out + err
+  assert 'error' not in err and 'Traceback' not in err, err
+  for i in range(2):
+    got = (tmp_path / f'process_{i}').read_text().split()
+    assert got[0] == ('SIGINT' if to_group else 'SIGTERM'), got
