@@ -134,12 +134,14 @@ def test_resume_with_another_example_order_warns_in_plain_words(tmp_path):
   # The same length: nothing left to train, nothing to compile.
   r = _train(tmp_path, '--config', 'config.py', '--workdir', 'runs/t', '--config.seed=305')
   assert r.returncode == 0, r.stderr[-3000:]
-  expected = (f'warning: checkpoint {tmp_path}/runs/t/checkpoints/1 was trained with '
+  expected = ('warning: checkpoint runs/t/checkpoints/1 was trained with '
               'another example order (seed 304 -> 305): from here on the run reads other '
               'examples than the uninterrupted run would have')
   lines = r.stdout.splitlines()
   assert expected in lines, r.stdout
-  assert lines[lines.index(expected) - 1].startswith('start       resumed from step 1')
+  # Paths as typed (relative), like the block's workdir and checkpoints lines.
+  assert lines[lines.index(expected) - 1] == (
+      'start       resumed from step 1 (runs/t/checkpoints/1); nothing left to train')
   assert 'example order' not in r.stderr, r.stderr
   log = (tmp_path / 'runs' / 't' / 'log.txt').read_text().splitlines()
   assert [l.split('  ', 1)[1] for l in log if 'example order' in l] == [expected]

@@ -460,10 +460,12 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   try:
     if ckpt.latest_step() is not None:
       ckpt.check_model(model_cfg, resolve=registry.resolve)
-      order_warning = check_data_order(ckpt.data_order(), data_order(0),
-                                       ckpt.directory / str(ckpt.latest_step()))
+      order_warning = check_data_order(
+          ckpt.data_order(), data_order(0),
+          paths.shown(ckpt.directory / str(ckpt.latest_step())))
       state = ckpt.restore(abstract_with_shardings(state, state_sh))
-      how = f'resumed from step {int(state.step)} ({ckpt.directory / str(int(state.step))})'
+      how = (f'resumed from step {int(state.step)} '
+             f'({paths.shown(ckpt.directory / str(int(state.step)))})')
       length = schedule_length(config.to_dict())
       if previous_length and previous_length != length:
         how += ('; the run length changed (' + ', '.join(
@@ -472,7 +474,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
             + f'): the learning-rate schedule now ends at step {num_steps}')
     elif config.train.init_from:
       state = load_init_weights(state, config.train.init_from, model_cfg)
-      how = f'initialised from {config.train.init_from}'
+      how = f'initialised from {paths.shown(config.train.init_from)}'
     else:
       how = 'from scratch (random initialisation)'
   except BaseException:
