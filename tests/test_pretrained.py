@@ -120,3 +120,21 @@ def test_check_init_from_skips_resumed_runs_and_empty(tmp_path):
     pretrained.check_init_from(c, tmp_path)
   (tmp_path / 'checkpoints' / '10').mkdir(parents=True)
   pretrained.check_init_from(c, tmp_path)  # resuming: init_from is not read
+
+
+def test_missing_init_from_of_a_model_without_released_backbone(tmp_path):
+  """The demo's custom HRNet (no ImageNet release) with a missing .pth: one
+  line that does not send the user to a release that has no such backbone."""
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--config',
+                      str(REPO / 'configs/demo.py'), '--workdir', 'runs/demo',
+                      '--config.train.init_from=weights/mine.pth'],
+                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1, r.stderr
+  where = tmp_path.resolve() / 'weights/mine.pth'
+  assert lines[0].startswith(f'error: train.init_from={where}: file not found. Put the '
+                             'weights to start from (mine.pth) there'), lines[0]
+  assert 'HRNet-Image-Classification' not in lines[0] and 'CUSTOM' not in lines[0]
+  assert not (tmp_path / 'runs').exists()

@@ -55,11 +55,13 @@ def missing_message(path: str, model_cfg: Mapping[str, Any] | None = None) -> st
             f'weights to start from into it once (`python -m hrseg_jax.convert '
             f'{backbone} {path}{num_classes}`), or pass the .pth file itself '
             f'(converted in memory). {scratch}')
-  what = (f'the ImageNet-pretrained HRNet-{variant.upper()} backbone'
-          if variant else 'the weights to start from')
+  # Only the variants of recipes.PRETRAINED have a released ImageNet backbone.
+  what = (f'the ImageNet-pretrained HRNet-{variant.upper()} backbone ({name}, from '
+          'the HRNet-Image-Classification release)' if variant in recipes.PRETRAINED
+          else f'the weights to start from ({name})')
   convert = f'python -m hrseg_jax.convert {name} converted/{stem}{num_classes}'
   return (f'train.init_from={path}: file not found. '
-          f'Put {what} ({name}, from the HRNet-Image-Classification release) '
+          f'Put {what} '
           'there; it is converted in memory, or convert it once with '
           f'`{convert}` and pass --config.train.init_from=converted/'
           f'{stem}. {scratch}')
