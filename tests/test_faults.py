@@ -428,7 +428,13 @@ def test_unwritable_workdir_is_one_line(tmp_path, ledger):
   blocker.write_text('not a directory')
   r = fu.run(fu.write_config(tmp_path / 'config.py'), blocker / 'w')
   fault.measure(files_corrupted=int(blocker.read_text() != 'not a directory'))
-  fu.assert_one_line_error(r, f'cannot write to --workdir {blocker / "w"}')
+  fu.assert_one_line_error(r, f'cannot write to --workdir {blocker / "w"}: {blocker} is '
+                           'a file, not a folder')
+  # --workdir naming the file itself.
+  r = fu.run(fu.write_config(tmp_path / 'config.py'), blocker)
+  fault.measure(files_corrupted=int(blocker.read_text() != 'not a directory'))
+  fu.assert_one_line_error(r, f'cannot write to --workdir {blocker}: {blocker} is a '
+                           'file, not a folder')
   fault.survive()
 
 

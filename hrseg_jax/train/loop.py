@@ -266,6 +266,14 @@ def make_workdir(workdir) -> epath.Path:
   """Creates ``workdir`` and checks that files can be written in it."""
   workdir = epath.Path(workdir)
   probe = workdir / f'.write-test-{os.getpid()}'
+  # A file where the folder (or a folder above it) would be: say so, not
+  # the system's "File exists" / "Not a directory".
+  text = os.fspath(workdir)
+  blocker = None if paths.is_url(text) else (
+      text if os.path.isfile(text) else paths.file_above(text))
+  if blocker:
+    raise NotADirectoryError(f'cannot write to --workdir {workdir}: {blocker} is a '
+                             'file, not a folder; choose another --workdir')
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe.write_text('')
