@@ -154,6 +154,9 @@ def test_savedmodel_bytes_signature(zoo):
   path, _ = zoo.export('savedmodel', 'hanet', True)
   rgb = np.random.default_rng(1).integers(0, 256, (2, *size, 3), dtype=np.uint8)
   encoded = [cv2.imencode('.png', im[..., ::-1])[1].tobytes() for im in rgb]
+  data = (path / 'saved_model.pb').read_bytes()   # no folder of the exporting machine
+  assert b'hrseg_jax/models/' in data
+  assert os.path.dirname(os.path.dirname(cli.__file__)).encode() not in data
   model = tf.saved_model.load(str(path))
   maps = model.signatures['predict_bytes'](images=tf.constant(encoded))['class_map']
   np.testing.assert_array_equal(maps.numpy(), Segmenter(cfg, variables).predict(rgb))
@@ -184,6 +187,10 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
   assert card['software']['jax'] and card['verification']['class_map_agreement'] == 1.0
   assert sorted(os.listdir(tmp_path / 'deploy')) == ['model.stablehlo',
                                                      'model.stablehlo.json']
+  # Source locations name the package's files, not the folder it is installed in.
+  data = (tmp_path / 'deploy' / 'model.stablehlo').read_bytes()
+  assert b'hrseg_jax/models/hrnet.py' in data
+  assert os.path.dirname(os.path.dirname(cli.__file__)).encode() not in data
   umask = os.umask(0)
   os.umask(umask)
   for name in ('model.stablehlo', 'model.stablehlo.json'):  # readable as the umask allows

@@ -7,6 +7,7 @@ it (and its JSON card) into place: a failed check leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import time
@@ -104,12 +105,37 @@ def _remove(path: str) -> None:
     os.unlink(path)
 
 
+# The lowered module's source locations name files from the package down
+# (hrseg_jax/models/hrnet.py), other files by name: an export carries no
+# folder of the machine that wrote it (its bytes then depend only on the
+# model and the software versions, not on where they are installed).
+SOURCE_PATH_PREFIX = r'^.*[/\\](?=hrseg_jax[/\\])|^.*[/\\]'
+
+
+@contextlib.contextmanager
+def _relative_source_paths():
+  import jax  # pylint: disable=g-import-not-at-top
+  name = 'jax_hlo_source_file_canonicalization_regex'
+  before = getattr(jax.config, name)
+  jax.config.update(name, SOURCE_PATH_PREFIX)
+  try:
+    yield
+  finally:
+    jax.config.update(name, before)
+
+
 def _write(fmt: str, tmp: str, cfg, variables, shape, dtype, pre: bool, post: bool,
            opset: int) -> dict:
   """Writes the export to ``tmp``; returns card extras.
 
   ``shape`` is (H, W, C), H and W symbolic strings for a dynamic size.
   """
+  with _relative_source_paths():
+    return _write_export(fmt, tmp, cfg, variables, shape, dtype, pre, post, opset)
+
+
+def _write_export(fmt: str, tmp: str, cfg, variables, shape, dtype, pre: bool, post: bool,
+                  opset: int) -> dict:
   from hrseg_jax.deploy import graph  # pylint: disable=g-import-not-at-top
   from hrseg_jax.eval import files  # pylint: disable=g-import-not-at-top
   if fmt == 'stablehlo':
