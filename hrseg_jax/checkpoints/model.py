@@ -226,7 +226,10 @@ def load_model(path, *, step: int | None = None):
   step = latest if step is None else step
   step_dir = root / str(step)
   if not (step_dir / MODEL).is_dir():
-    raise FileNotFoundError(f'{root}: no checkpoint step {step}')
+    kept = sorted(int(d.name) for d in root.iterdir()
+                  if d.name.isdigit() and (d / MODEL).is_dir())
+    raise FileNotFoundError(f'{root}: no checkpoint step {step} (steps kept: '
+                            f'{", ".join(map(str, kept)) or "none"})')
   verified = _verify(step_dir)
   try:
     # Restore onto this host's first device whatever topology saved it (a
