@@ -386,6 +386,17 @@ def test_compare_counts_differing_pixels_and_never_rounds_to_100():
       '; JAX float32 logits are at rel L2 3.00e-02 from float64 on this batch')
 
 
+def test_dynamic_size_savedmodel_points_to_stablehlo(tmp_path, monkeypatch, capsys):
+  """Not to ONNX, which cannot keep the size free through these models' upsampling."""
+  from hrseg_jax import export  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  assert export.main(['ckpt', 'm.savedmodel', '--dynamic-size']) == 2
+  assert capsys.readouterr().err == (
+      'error: --dynamic-size: SavedModel exports take a fixed --size H W; a StableHLO '
+      'export keeps the height and width free\n')
+  assert os.listdir(tmp_path) == []
+
+
 def test_latency_refuses_bad_arguments_in_one_line(tmp_path):
   """Each names the file or flag (a missing export once named only its card;
   --repeats 0 said 'no median for empty data')."""

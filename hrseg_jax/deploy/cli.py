@@ -232,8 +232,8 @@ def export(args, log: Callable[[str], None] = print) -> int:
     raise ExportError(f'--size {h} {w}: height and width must be positive')
   dynamic = bool(getattr(args, 'dynamic_size', False))
   if dynamic and fmt == 'savedmodel':
-    raise ExportError('--dynamic-size: SavedModel exports take a fixed --size H W '
-                      '(use StableHLO or ONNX)')
+    raise ExportError('--dynamic-size: SavedModel exports take a fixed --size H W; '
+                      'a StableHLO export keeps the height and width free')
   if dynamic and (h % 32 or w % 32):
     raise ExportError(f'--size {h} {w}: with --dynamic-size the check size must be '
                       'multiples of 32')
