@@ -177,6 +177,9 @@ def main(argv=None) -> int:
     return 0
   if args.log_dir:
     os.makedirs(args.log_dir, exist_ok=True)
+    shown = ' and '.join(logs) if len(logs) <= 2 else f'{logs[0]} … {logs[-1]}'
+    print(f'{len(logs)} process{"es" if len(logs) > 1 else ""}: output in {shown}',
+          flush=True)
   procs, files = [], []
   for env, log in zip(envs, logs):
     out = open(log, 'w') if log else None  # pylint: disable=consider-using-with

@@ -329,3 +329,20 @@ def test_local_ctrl_c_saves_and_exits_0(tmp_path, to_group):
   for i in range(2):
     got = (tmp_path / f'process_{i}').read_text().split()
     assert got[0] == ('SIGINT' if to_group else 'SIGTERM'), got
+
+
+def test_local_log_dir_says_where_the_output_goes(tmp_path):
+  """With --log_dir the terminal shows nothing of the processes: one line
+  says where their output is, and each file holds its process's output."""
+  fake = tmp_path / 'python'
+  fake.write_text(f'#!{sys.executable}\nimport os\nprint("hello from", '
+                  'os.environ["HRSEG_PROCESS_ID"])\n')
+  fake.chmod(0o755)
+  r = subprocess.run(
+      [sys.executable, str(REPO / 'scripts' / 'launch_local.py'), '--num_processes', '2',
+       '--cpu_devices', '1', '--log_dir', 'logs', '--python', str(fake), '--', 'x'],
+      cwd=tmp_path, capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0 and r.stderr == '', r.stdout + r.stderr
+  assert r.stdout == '2 processes: output in logs/process_0.log and logs/process_1.log\n'
+  for i in range(2):
+    assert (tmp_path / f'logs/process_{i}.log').read_text() == f'hello from {i}\n'
