@@ -244,7 +244,7 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   if video.is_video_input(list(inputs), opts['video']):
     return video.predict_video(
         model_cfg, variables, inputs[0], os.path.join(workdir, 'predictions'),
-        palette=dataset or '', dtype=compute,
+        palette=dataset or '', dtype=compute, eval_cfg=eval_cfg,
         batch_size=int(config.eval.batch_size) if config is not None else 8,
         log=(lambda line: print(line, flush=True)) if main_process else (lambda _: None))
   return predict.predict(model_cfg, variables, list(inputs),

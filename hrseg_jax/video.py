@@ -11,9 +11,12 @@ of ``.png``/``.jpg`` frames in name order).  Per clip ``<name>``::
   out_dir/<name>/labels/000000.png ... class ids per frame (uint8 grayscale)
 
 Frames are predicted in batches of ``batch_size`` (the last batch is padded,
-so the network compiles once) at their own size, single scale, like
-``Segmenter.predict``.  Progress and frames per second are reported.  The
-video is written to a temporary file and renamed when complete.
+so the network compiles once) with the test-time settings ``eval_cfg`` of
+``--mode predict`` (scales, flip, sliding windows, a config's base size),
+as an image would be; by default each frame whole at its own size, scale 1,
+no flip, like ``Segmenter.predict``.  Progress and frames per second are
+reported.  The video is written to a temporary file and renamed when
+complete.
 """
 from __future__ import annotations
 
@@ -24,9 +27,12 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 
 from hrseg_jax import console, paths
+from hrseg_jax.data.transforms import normalize
+from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval import files, palettes
+from hrseg_jax.eval.inference import Predictor
 from hrseg_jax.inference import Segmenter
-from hrseg_jax.predict import IMAGE_EXTENSIONS, read_image
+from hrseg_jax.predict import IMAGE_EXTENSIONS, predict_settings, read_image
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
 
@@ -119,10 +125,29 @@ def clip_name(source: str) -> str:
   return os.path.splitext(os.path.basename(os.path.normpath(source)))[0] or 'clip'
 
 
+def _batch_predictor(model_cfg, variables, eval_cfg, batch_size: int, dtype):
+  """RGB uint8 (B, H, W, 3) -> class maps (B, H, W) under the test-time settings."""
+  import jax  # pylint: disable=g-import-not-at-top
+  settings = dict(eval_cfg if eval_cfg is not None else predict_settings(),
+                  batch_size=batch_size)
+  kw = eval_config.predictor_kwargs(settings)
+  if (kw['mode'] == 'whole' and tuple(kw['scales']) == (1.0,) and not kw['flip']
+      and kw['base_size'] is None):   # one forward at the frame's size
+    return Segmenter(model_cfg, variables, dtype=dtype).predict
+  predictor = Predictor.from_config(model_cfg, variables, settings, dtype=dtype,
+                                    devices=jax.local_devices()[:1])
+  return lambda frames: predictor.predict(normalize(frames))
+
+
 def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
                   palette: str = 'cityscapes', batch_size: int = 8, alpha: float = 0.5,
-                  log: Callable[[str], None] = print, dtype=None) -> dict:
-  """Writes ``overlay.mp4`` and ``labels/*.png`` for ``source``; returns a summary."""
+                  log: Callable[[str], None] = print, dtype=None,
+                  eval_cfg: Mapping | None = None) -> dict:
+  """Writes ``overlay.mp4`` and ``labels/*.png`` for ``source``; returns a summary.
+
+  ``eval_cfg``: test-time settings (:func:`hrseg_jax.predict.predict_settings`,
+  the default, or a config's ``eval`` section); its batch size is ``batch_size``.
+  """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   cv2 = _cv2()
   source = os.fspath(source)
@@ -130,7 +155,8 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
     raise ValueError(f'batch size must be positive, got {batch_size}')
   pal = palettes.get_palette(palette)
   frames, fps, count = open_frames(source)
-  seg = Segmenter(model_cfg, variables, dtype=dtype or jnp.float32)
+  predict_batch = _batch_predictor(model_cfg, variables, eval_cfg, batch_size,
+                                   dtype or jnp.float32)
   dest = os.path.join(out_dir, clip_name(source))
   video_path = os.path.join(dest, 'overlay.mp4')
   os.makedirs(os.path.join(dest, 'labels'), exist_ok=True)
@@ -145,7 +171,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
         n = len(batch)
         x = np.stack(batch + [batch[-1]] * (batch_size - n))
         t = time.perf_counter()
-        maps = seg.predict(x)[:n]
+        maps = predict_batch(x)[:n]
         model_seconds += time.perf_counter() - t
         if writer is None:
           h, w = batch[0].shape[:2]

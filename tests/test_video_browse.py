@@ -49,10 +49,13 @@ def test_predict_video_file_and_frame_folder(tmp_path):
   config = os.path.join(REPO, 'configs', 'demo.py')
   base = [sys.executable, '-m', 'hrseg_jax.main', '--config', config, '--workdir', 'run',
           '--mode', 'predict', '--checkpoint', 'ckpt', '--config.eval.batch_size=2']
-  r = subprocess.run(base + ['--input', 'clip.mp4'], cwd=tmp_path, capture_output=True,
-                     text=True, check=False)
+  # Test-time settings: the config's (the demo's: long side 256) and flags.
+  tta = ['--scales=0.75,1', '--flip']
+  r = subprocess.run(base + ['--input', 'clip.mp4'] + tta, cwd=tmp_path,
+                     capture_output=True, text=True, check=False)
   assert r.returncode == 0, r.stderr
   out = r.stdout + r.stderr
+  assert 'whole image at long side 256, scales 0.75,1, flip' in out
   assert 'clip.mp4: frame 2/5' in out and 'clip.mp4: frame 5/5' in out
   assert 'frames/s' in out
   assert ('wrote run/predictions/clip/overlay.mp4 and 5 class maps in '
@@ -60,20 +63,33 @@ def test_predict_video_file_and_frame_folder(tmp_path):
   dest = tmp_path / 'run' / 'predictions' / 'clip'
   assert sorted(os.listdir(dest)) == ['labels', 'overlay.mp4']
   assert len(read_clip(dest / 'overlay.mp4')) == 5
-  # Class maps: the model's prediction of each decoded frame.
-  decoded = np.stack(read_clip(tmp_path / 'clip.mp4'))
-  expected = Segmenter(cfg, variables).predict(decoded)
+  # Class maps: those of the decoded frames predicted as images with the same
+  # settings (which the console names; frames once ignored them).  Likewise
+  # for a folder of frames with --video.
+  os.makedirs(tmp_path / 'decoded')
+  for i, f in enumerate(read_clip(tmp_path / 'clip.mp4')):
+    Image.fromarray(f).save(tmp_path / 'decoded' / f'{i:06d}.png')
+  for args in (['--input', 'frames', '--video'], ['--input', 'decoded', '--input', 'frames']):
+    r = subprocess.run(base + args + tta, cwd=tmp_path, capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+  preds = tmp_path / 'run' / 'predictions'
+  assert sorted(os.listdir(preds / 'frames' / 'labels')) == [f'{i:06d}.png' for i in range(5)]
   for i in range(5):
-    np.testing.assert_array_equal(np.asarray(Image.open(dest / 'labels' / f'{i:06d}.png')),
-                                  expected[i])
-  # A folder of frames with --video: same class maps as the PNG frames give.
-  r = subprocess.run(base + ['--input', 'frames', '--video'], cwd=tmp_path,
-                     capture_output=True, text=True, check=False)
-  assert r.returncode == 0, r.stderr
+    for video_map, image_map in ((f'clip/labels/{i:06d}.png', f'labels/{i:06d}.png'),
+                                 (f'frames/labels/{i:06d}.png', f'labels/{i:03d}.png')):
+      np.testing.assert_array_equal(np.asarray(Image.open(preds / video_map)),
+                                    np.asarray(Image.open(preds / image_map)))
+  # Without settings (no --config, no flags): one forward per frame at its
+  # own size, Segmenter.predict's class maps.
+  from hrseg_jax import video  # pylint: disable=g-import-not-at-top
+  video.predict_video(cfg, variables, str(tmp_path / 'frames'), str(tmp_path / 'plain'),
+                      batch_size=2, log=lambda _: None)
   expected = Segmenter(cfg, variables).predict(np.stack(frames))
-  labels = tmp_path / 'run' / 'predictions' / 'frames' / 'labels'
-  assert sorted(os.listdir(labels)) == [f'{i:06d}.png' for i in range(5)]
-  np.testing.assert_array_equal(np.asarray(Image.open(labels / '000004.png')), expected[4])
+  for i in range(5):
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / 'plain' / 'frames' / 'labels' / f'{i:06d}.png')),
+        expected[i])
   # A camera that is not there: one line, exit code 2.
   r = subprocess.run(base + ['--input', '7'], cwd=tmp_path, capture_output=True,
                      text=True, check=False)
