@@ -262,6 +262,9 @@ def _check_inputs(inputs, opts) -> None:
   video file, without reading any image."""
   from hrseg_jax import paths, predict, video  # pylint: disable=g-import-not-at-top
   if video.is_video_input(list(inputs), opts['video']):
+    if opts['cityscapes_test_format']:
+      raise ValueError('--cityscapes_test_format writes the test server\'s PNGs of '
+                       'images; a video has none (drop the flag)')
     source = os.fspath(inputs[0])
     if not video.is_camera(source) and not os.path.exists(source):
       raise FileNotFoundError(f'{source}: no such file or directory')

@@ -96,6 +96,14 @@ def test_predict_video_file_and_frame_folder(tmp_path):
   assert r.returncode == 2
   assert r.stderr.strip().splitlines()[-1] == (
       'error: camera 7: OpenCV cannot open it (no camera here?)')
+  # The test server's format is for images: one line, before any work.
+  r = subprocess.run(base + ['--input', 'clip.mp4', '--cityscapes_test_format',
+                             '--workdir', 'server'], cwd=tmp_path, capture_output=True,
+                     text=True, check=False)
+  assert r.returncode == 2 and not (tmp_path / 'server').exists()
+  assert r.stderr.strip().splitlines() == [
+      "error: --cityscapes_test_format writes the test server's PNGs of images; a video "
+      'has none (drop the flag)']
 
 
 def test_browse_synthetic_hanet_grid(tmp_path):
