@@ -200,6 +200,15 @@ def test_training_summary_line_counts_this_runs_steps():
       'stopped by Ctrl-C at step 9 of 300, checkpoint saved; rerun the same command '
       'to resume. Trained 1 step (step 9 of 300, resumed from step 8) in 12 s; '
       'mIoU 50.00% at step 4')
+  # Ctrl-C before the first step: no checkpoint written (none at all when
+  # the run had not started), so none is claimed.
+  early = dict(base, final_step=0, start_step=0, preempted=True, stop_reason='Ctrl-C')
+  assert summary_line(early) == (
+      'stopped by Ctrl-C before step 1 of 300: no step trained, nothing saved; '
+      'rerun the same command to start')
+  assert summary_line(dict(early, start_step=8, final_step=8)) == (
+      'stopped by Ctrl-C before step 9 of 300: no step trained, the checkpoint of '
+      'step 8 is kept; rerun the same command to resume')
 
 
 def test_summary_columns_stay_aligned_with_a_long_config_path(tmp_path, capsys):

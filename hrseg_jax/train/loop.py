@@ -547,7 +547,6 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   try:
     with metric_writers.ensure_flushes(writer):
       if start < num_steps and stop.should_stop(start):
-        console.log(f'stop requested before step {start + 1}: nothing new to save')
         result['preempted'] = True
         steps = range(0)
       for step in steps:
@@ -635,6 +634,11 @@ def summary_line(result: dict) -> str:
     what = f'trained no step (the run was at step {start} of {total})'
   what += f' in {result["seconds"]:.0f} s'
   ev = result.get('eval')
+  if result['preempted'] and not trained:   # stopped before its first step
+    why = result.get('stop_reason') or 'train.stop_at_step'
+    kept = (f'the checkpoint of step {start} is kept; rerun the same command to resume'
+            if start else 'nothing saved; rerun the same command to start')
+    return f'stopped by {why} before step {start + 1} of {total}: no step trained, {kept}'
   if result['preempted']:
     why = result.get('stop_reason') or 'train.stop_at_step'
     line = (f'stopped by {why} at step {end} of {total}, checkpoint saved; rerun '
