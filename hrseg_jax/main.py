@@ -445,7 +445,13 @@ def _parse_flags(argv):
 
 
 def entry():
-  app.run(main, flags_parser=_parse_flags)
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except KeyboardInterrupt:
+    # Ctrl-C where the training loop's own handler is not installed (start-up,
+    # --mode eval/predict): nothing to save, and no traceback.
+    print('stopped by Ctrl-C', file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == '__main__':

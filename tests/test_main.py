@@ -206,3 +206,34 @@ def test_too_little_data_suggests_a_batch_that_passes_every_check():
                      r'use more training data$'):
     loop.check_num_train(3, 12, num_chunks=4)
   loop.check_num_train(12, 12, num_chunks=4)
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line(tmp_path):
+  """Ctrl-C where the training loop's handler is not installed (here: predict
+  reading its --input list from a pipe that never delivers) exits 130 with
+  one line, no traceback."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  fifo = tmp_path / 'images.lst'
+  os.mkfifo(fifo)
+  p = subprocess.Popen(
+      [sys.executable, '-m', 'hrseg_jax.main', '--mode', 'predict', '--input',
+       'images.lst', '--workdir', 'runs/p', '--checkpoint', 'converted/x'],
+      cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)), text=True,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  while True:   # opening the pipe for writing succeeds once predict opened it
+    try:
+      writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+      break
+    except OSError:
+      assert p.poll() is None, p.communicate()
+      time.sleep(0.05)
+  try:
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+  finally:
+    os.close(writer)
+  assert p.returncode == 130, out + err
+  assert err == 'stopped by Ctrl-C\n' and out == '', out + err
+  assert not (tmp_path / 'runs').exists()
