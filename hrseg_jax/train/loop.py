@@ -435,8 +435,6 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
   previous_length = schedule_length(_read_json(workdir / CONFIG_FILE))
-  if is_main:
-    write_run_config(config, workdir)
 
   # ---- Mesh and input pipeline -------------------------------------------
   mesh = sharding.make_mesh(config.mesh.fsdp)
@@ -488,6 +486,8 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   except BaseException:
     ckpt.abandon()
     raise
+  if is_main:   # once the workdir's checkpoint (if any) fits this config
+    write_run_config(config, workdir)
   start = int(jax.device_get(state.step))
   num_classes = model_cfg['num_classes']
   evaluator = evaluator_lib.from_config(
