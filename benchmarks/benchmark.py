@@ -36,9 +36,28 @@ def _add_xla_flags(flags: str) -> None:
         f for f in (os.environ.get('XLA_FLAGS', ''), flags) if f)
 
 
+def _read_doc(path: str) -> dict:
+  """One earlier ``--out`` document; ValueError (one line) if it is not one."""
+  try:
+    doc = json.loads(pathlib.Path(path).read_text())
+  except OSError as e:
+    raise ValueError(f'--report {path}: {e.strerror or e}') from None
+  except (UnicodeDecodeError, json.JSONDecodeError):
+    raise ValueError(f'--report {path}: not JSON (give the --out file of '
+                     'an earlier run)') from None
+  if not isinstance(doc, dict) or not isinstance(doc.get('results'), list):
+    raise ValueError(f'--report {path}: not a benchmark result (no "results" '
+                     'list)')
+  return doc
+
+
 def _report(paths: list[str]) -> int:
+  try:
+    docs = [_read_doc(p) for p in paths]
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   from benchmarks.harness import report, runner  # pylint: disable=g-import-not-at-top
-  docs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
   runner.print_report(report.merge(docs))
   return 0
 

@@ -25,9 +25,12 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
   sys.path.insert(0, str(_REPO))
 
+from benchmarks.harness import cli  # pylint: disable=wrong-import-position  (no JAX)
+from benchmarks.harness import models as models_lib  # pylint: disable=wrong-import-position
+
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p = cli.Parser(description=__doc__.split('\n\n')[0])
   p.add_argument('--model', default='lite30_hanet')
   p.add_argument('--mode', choices=('train', 'infer'), default='train')
   p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
@@ -38,21 +41,25 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--top', type=int, default=40)
   p.add_argument('--hlo-out', help='also write the optimised HLO text here')
   args = p.parse_args(argv)
+  try:
+    bench = models_lib.get(args.model)
+    h, w = cli.parse_size(args.size)
+    if args.batch < 1:
+      raise ValueError(f'--batch must be >= 1; got {args.batch}')
+    if args.hlo_out:
+      cli.check_writable(args.hlo_out, '--hlo-out')
+  except (ValueError, argparse.ArgumentTypeError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from benchmarks.harness import cli, flops as flops_lib, hlo_costs  # pylint: disable=g-import-not-at-top
-  from benchmarks.harness import models as models_lib, workloads  # pylint: disable=g-import-not-at-top
+  from benchmarks.harness import flops as flops_lib, hlo_costs  # pylint: disable=g-import-not-at-top
+  from benchmarks.harness import workloads  # pylint: disable=g-import-not-at-top
   from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
   from hrseg_jax.train import optim, step as step_lib  # pylint: disable=g-import-not-at-top
 
-  try:
-    bench = models_lib.get(args.model)
-    h, w = cli.parse_size(args.size)
-  except (KeyError, ValueError, argparse.ArgumentTypeError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
   rng = np.random.default_rng(0)
   model = registry.build_model(bench.config, workloads.DTYPES[args.dtype])
   # Shapes only: nothing is initialised or run, only lowered and compiled.
@@ -80,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
   compile_s = time.perf_counter() - t0
   text = compiled.as_text()
   if args.hlo_out:
-    pathlib.Path(args.hlo_out).write_text(text)
+    out = pathlib.Path(args.hlo_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + '.tmp')
+    tmp.write_text(text)
+    tmp.replace(out)
   xla = flops_lib.xla_cost(compiled)['xla_flops'] or 0.0
   total, rows = hlo_costs.breakdown(text, depth=args.depth, by=args.by)
   print(f'{bench.label} {args.mode} {args.dtype}, batch {args.batch}, {h}x{w}; '

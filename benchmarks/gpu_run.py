@@ -69,7 +69,7 @@ _GRACE_S = 10.0
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = cli.Parser(
       prog='benchmarks/gpu_run.py',
       description=__doc__.split('\n', 1)[0])
   p.add_argument('--out', required=True, help='folder for the JSON, logs, table')

@@ -25,7 +25,6 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import gzip
 import json
@@ -155,7 +154,8 @@ def summarise(folder: pathlib.Path, top: int = 25, by: str = 'source',
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+  from benchmarks.harness import cli  # pylint: disable=g-import-not-at-top  (no JAX)
+  p = cli.Parser(description=__doc__.split('\n', 1)[0])
   p.add_argument('path', help="a workload's profile folder, or a folder above several")
   p.add_argument('--top', type=int, default=25)
   p.add_argument('--by', choices=('source', 'hlo'), default='source')

@@ -244,6 +244,30 @@ def test_cli_defaults_and_errors():
   assert _run('--models', 'w99').returncode == 2
 
 
+@pytest.mark.parametrize('script, args, message', [
+    ('benchmark.py', ['--crop', 'abc'], "error: argument --crop: expected HxW"),
+    ('benchmark.py', ['--report', 'missing.json'], 'error: --report missing.json: '),
+    ('benchmark.py', ['--report', 'notes.txt'], 'error: --report notes.txt: not JSON'),
+    ('benchmark.py', ['--tiny', '--out', 'notes.txt/b.json'],
+     'error: --out notes.txt/b.json: notes.txt is not a folder'),
+    ('benchmark.py', ['--tiny', '--profile', 'notes.txt'],
+     'error: --profile notes.txt: is a file, not a folder'),
+    ('flop_breakdown.py', ['--model', 'tiny', '--hlo-out', 'notes.txt/h.txt'],
+     'error: --hlo-out notes.txt/h.txt: notes.txt is not a folder'),
+    ('profile_summary.py', ['.', '--top', 'x'], 'error: argument --top: '),
+])
+def test_bad_arguments_are_one_line_exit_2_and_write_nothing(tmp_path, script, args,
+                                                             message):
+  """Run from a temporary folder with relative paths, as a user would."""
+  (tmp_path / 'notes.txt').write_text('not a benchmark result\n')
+  done = subprocess.run([sys.executable, str(REPO / 'benchmarks' / script), *args],
+                        cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode == 2, done.stderr
+  assert done.stderr.count('\n') == 1 and done.stderr.startswith(message), done.stderr
+  assert [p.name for p in tmp_path.iterdir()] == ['notes.txt']
+
+
 def test_report_table_lists_peer_rows_of_measured_models():
   rec = {'model': 'w48', 'dtype': 'bfloat16', 'mode': 'train', 'status': 'ok',
          'images_per_s': 100.0, 'ms': 120.0, 'mfu': 0.1, 'compile_s': 60.0,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import pathlib
+import tempfile
 from typing import Any, Sequence
 
 from benchmarks.harness import models
@@ -78,6 +80,39 @@ class Settings:
     return cls(**data)
 
 
+class Parser(argparse.ArgumentParser):
+  """argparse whose bad arguments are one line (``error: ...``), exit 2."""
+
+  def error(self, message: str):
+    self.exit(2, f'error: {message}\n')
+
+
+def check_writable(path: str, flag: str, folder: bool = False) -> None:
+  """Checks that ``path`` (a file, or a folder) can be written; creates nothing.
+
+  Missing folders on the way are fine (they are made when writing); the
+  nearest existing one must be a folder this process can write in.
+
+  Raises:
+    ValueError: one line naming ``flag`` and ``path``.
+  """
+  given = pathlib.Path(path)
+  if given.is_dir() and not folder:
+    raise ValueError(f'{flag} {path}: is a folder, not a file')
+  if given.exists() and not given.is_dir() and folder:
+    raise ValueError(f'{flag} {path}: is a file, not a folder')
+  existing = next(p for p in ([given] if folder else []) + list(given.parents)
+                  if p.exists() or p == pathlib.Path(p.anchor or '.'))
+  if not existing.is_dir():
+    raise ValueError(f'{flag} {path}: {existing} is not a folder')
+  try:
+    with tempfile.TemporaryFile(dir=existing.absolute()):
+      pass
+  except OSError as e:
+    raise ValueError(f'{flag} {path}: cannot write in {existing}: '
+                     f'{e.strerror or e}') from None
+
+
 def parse_size(text: str) -> tuple[int, int]:
   """``'512x1024'`` (or ``'512,1024'``) -> (512, 1024)."""
   parts = text.lower().replace(',', 'x').split('x')
@@ -109,7 +144,7 @@ def _ints(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
   """The argument parser (defaults of None are filled by :func:`settings`)."""
-  p = argparse.ArgumentParser(
+  p = Parser(
       prog='benchmarks/benchmark.py',
       description='Training and inference throughput of the HRNet family, '
                   'measured like the PyTorch reference runs (docs/performance.md).')
@@ -198,6 +233,10 @@ def _check(s: Settings) -> None:
       raise ValueError(f'--{name.replace("_", "-")} must be >= 1')
   if s.warmup < 1:
     raise ValueError('--warmup must be >= 1 (the first call may still compile)')
+  if s.out:
+    check_writable(s.out, '--out')
+  if s.profile:
+    check_writable(s.profile, '--profile', folder=True)
 
 
 def settings(args: argparse.Namespace) -> Settings:
