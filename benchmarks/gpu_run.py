@@ -19,8 +19,9 @@ after every entry the merged document ``OUT/gpu_run.json`` and the table
 (``benchmarks/profile_summary.py``: time per source operation).  An entry
 gets the time left as its ``--time-budget`` (workloads not yet started
 when it is spent are skipped and recorded so) and is stopped when the
-overall budget is spent (SIGTERM, then SIGKILL); entries not started are
-recorded as skipped.  The timing is short
+overall budget is spent (SIGTERM, then SIGKILL); its unfinished workloads
+and the entries not started are recorded as skipped, and the workloads of an
+entry that fails without writing them as errors.  The timing is short
 (3 warm-up steps, 3 rounds of 5 steps) so that the whole plan, compilation
 included, fits in about 8 minutes on one H200.
 
@@ -36,6 +37,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,6 +68,7 @@ TINY_STAND_INS = dict(w48='tiny', lite30_hanet='tiny_hanet', ocr_w48='tiny_ocr',
 SHORT_TIMING = ('--warmup', '3', '--repeats', '3', '--steps', '5',
                 '--latency-runs', '10')
 _GRACE_S = 10.0
+_SMI_QUERY = 'name,driver_version,memory.total,clocks.sm,clocks.max.sm'
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,10 +89,14 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+def _model(entry, args) -> str:
+  """The benchmark model an entry runs (its tiny stand-in with ``--tiny``)."""
+  return TINY_STAND_INS.get(entry[1], entry[1]) if args.tiny else entry[1]
+
+
 def _command(entry, out_dir: pathlib.Path, left: float, args) -> list[str]:
-  name, model, dtype, modes, profile, depthwise_grad = entry
-  if args.tiny:
-    model = TINY_STAND_INS.get(model, model)
+  name, _, dtype, modes, profile, depthwise_grad = entry
+  model = _model(entry, args)
   cmd = [sys.executable, str(BENCHMARK), '--models', model, '--dtypes', dtype,
          '--modes', modes, '--time-budget', f'{max(left, 1.0):.0f}',
          '--out', str(out_dir / f'{name}.json'), *SHORT_TIMING]
@@ -105,8 +112,9 @@ def _command(entry, out_dir: pathlib.Path, left: float, args) -> list[str]:
 def _run(cmd: list[str], log: pathlib.Path, deadline: float) -> str:
   """Runs ``cmd`` until it ends or ``deadline``; returns how it ended."""
   with open(log, 'w') as f:
+    # The caller's folder: relative paths (OUT, arguments after --) as typed.
     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                            cwd=_REPO, start_new_session=True)
+                            start_new_session=True)
     try:
       code = proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
       return f'exit {code}'
@@ -120,25 +128,44 @@ def _run(cmd: list[str], log: pathlib.Path, deadline: float) -> str:
       return 'stopped at the time budget'
 
 
-def _skipped(entry, reason: str) -> list[dict]:
-  _, model, dtype, modes, _, depthwise_grad = entry
-  return [dict(model=model, dtype=dtype, mode=m, status='skipped', reason=reason,
-               impl=cli.impl_label(depthwise_grad)) for m in modes.split(',')]
+def _unfinished(entry, args, status: str, text: str,
+                finished: frozenset = frozenset()) -> list[dict]:
+  """Records for the entry's workloads not in ``finished`` (modes)."""
+  _, _, dtype, modes, _, depthwise_grad = entry
+  field = 'error' if status == 'error' else 'reason'
+  return [{'model': _model(entry, args), 'dtype': dtype, 'mode': m,
+           'status': status, field: f'{text} (entry {entry[0]})',
+           'impl': cli.impl_label(depthwise_grad)}
+          for m in modes.split(',') if m not in finished]
 
 
-def _merge(out_dir: pathlib.Path, done: list[str], skipped: list[dict]) -> None:
+def _read_entry(out_dir: pathlib.Path, name: str) -> dict | None:
+  path = out_dir / f'{name}.json'
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):   # never written, or cut off by a kill
+    return None
+
+
+def _merge(out_dir: pathlib.Path, done: list[str], skipped: list[dict],
+           budget: float) -> None:
   """Rewrites ``gpu_run.json`` and ``table.txt`` from the entries so far."""
-  from benchmarks.harness import report, runner, schema  # pylint: disable=g-import-not-at-top
+  from benchmarks.harness import peer as peer_lib, report, runner, schema  # pylint: disable=g-import-not-at-top
   docs = []
   for name in done:
-    path = out_dir / f'{name}.json'
-    if path.exists():
-      docs.append(json.loads(path.read_text()))
+    doc = _read_entry(out_dir, name)
+    if doc is not None:
+      # An entry's own --time-budget is the time that was left to it; its
+      # skipped workloads ran out of the overall budget.
+      for r in doc.get('results', []):
+        if r.get('status') == 'skipped':
+          r['reason'] = f'overall budget of {budget:.0f} s spent (entry {name})'
+      docs.append(doc)
   if docs:
     merged = report.merge(docs)
   else:
     merged = dict(schema=schema.SCHEMA, meta={}, settings={}, results=[],
-                  peer=dict(rows=[], note='', source=None))
+                  peer=peer_lib.load(None))
   merged['results'] = list(merged['results']) + skipped
   runner.write(merged, str(out_dir / 'gpu_run.json'))
   tmp = out_dir / 'table.txt.tmp'
@@ -154,16 +181,45 @@ def _pack_profiles(out_dir: pathlib.Path) -> None:
       tar.add(prof, arcname='profile')
 
 
-def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  out_dir = pathlib.Path(args.out).resolve()
-  out_dir.mkdir(parents=True, exist_ok=True)
+def _check(args) -> set[str]:
+  """The ``--only`` entries; ValueError (one line) for any bad argument."""
   only = {n for n in args.only.split(',') if n}
   unknown = only - {e[0] for e in PLAN}
   if unknown:
-    print(f'error: --only: unknown entries {sorted(unknown)}; known: '
-          f'{[e[0] for e in PLAN]}', file=sys.stderr)
+    raise ValueError(f'--only: unknown entries {sorted(unknown)}; known: '
+                     f'{[e[0] for e in PLAN]}')
+  if args.budget <= 0:
+    raise ValueError(f'--budget must be > 0 seconds; got {args.budget:g}')
+  cli.check_writable(args.out, 'OUT', folder=True)
+  # The arguments after -- as benchmark.py will read them (it exits 2 itself
+  # with one line on a malformed one).
+  extra = cli.build_parser().parse_args(
+      list(args.extra) + (['--tiny'] if args.tiny else []))
+  cli.settings(extra)
+  return only
+
+
+def _record_gpu(out_dir: pathlib.Path) -> None:
+  """The GPUs and their clocks (``nvidia_smi.csv``), where nvidia-smi exists."""
+  if shutil.which('nvidia-smi') is None:
+    return
+  done = subprocess.run(['nvidia-smi', f'--query-gpu={_SMI_QUERY}', '--format=csv'],
+                        capture_output=True, text=True, check=False)
+  if done.returncode == 0:
+    print(done.stdout, end='', flush=True)
+    (out_dir / 'nvidia_smi.csv').write_text(done.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    only = _check(args)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
     return 2
+  out_dir = pathlib.Path(args.out)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  _record_gpu(out_dir)
   start = time.monotonic()
   deadline = start + args.budget
   done, skipped = [], []
@@ -172,15 +228,27 @@ def main(argv: list[str] | None = None) -> int:
       continue
     left = deadline - time.monotonic()
     if left < 5:
-      skipped += _skipped(entry, f'overall budget of {args.budget:.0f} s spent')
+      skipped += _unfinished(entry, args, 'skipped',
+                             f'overall budget of {args.budget:.0f} s spent')
       print(f'[{entry[0]}] skipped: overall budget spent', flush=True)
-      _merge(out_dir, done, skipped)
+      _merge(out_dir, done, skipped, args.budget)
       continue
     t0 = time.monotonic()
     ended = _run(_command(entry, out_dir, left, args),
                  out_dir / f'{entry[0]}.log', deadline)
     done.append(entry[0])
-    _merge(out_dir, done, skipped)
+    # Workloads a stopped or failed entry never recorded are recorded here.
+    finished = frozenset(r['mode'] for r in (_read_entry(out_dir, entry[0]) or {})
+                         .get('results', []))
+    if ended.startswith('stopped'):
+      skipped += _unfinished(entry, args, 'skipped',
+                             f'stopped at the overall budget of {args.budget:.0f} s',
+                             finished)
+    elif ended != 'exit 0':
+      skipped += _unfinished(entry, args, 'error',
+                             f'{ended}, see {out_dir / (entry[0] + ".log")}',
+                             finished)
+    _merge(out_dir, done, skipped, args.budget)
     print(f'[{entry[0]}] {ended} after {time.monotonic() - t0:.0f} s '
           f'(total {time.monotonic() - start:.0f} s of {args.budget:.0f})',
           flush=True)

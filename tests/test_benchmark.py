@@ -367,20 +367,44 @@ def test_gpu_run_records_entries_past_the_budget_as_skipped(tmp_path):
   _ok(done)
   doc = json.loads((tmp_path / 'gpu_run.json').read_text())
   assert {r['status'] for r in doc['results']} == {'skipped'}
+  # --tiny: the stand-ins the entries would have run, named by entry.
   assert [(r['model'], r['dtype'], r['mode']) for r in doc['results']][:2] == [
-      ('w48', 'bfloat16', 'train'), ('w48', 'bfloat16', 'infer')]
+      ('tiny', 'bfloat16', 'train'), ('tiny', 'bfloat16', 'infer')]
   assert len(doc['results']) == 8
   assert doc['results'][-1]['impl'] == 'hrseg_jax (depthwise grad xla)'
+  assert doc['results'][-1]['reason'] == (
+      'overall budget of 1 s spent (entry lite30_hanet_bf16_dwxla)')
   assert 'overall budget' in done.stdout
+  assert 'None' not in (tmp_path / 'table.txt').read_text()
 
 
-def test_gpu_run_rejects_unknown_entries(tmp_path):
-  done = _gpu_run(tmp_path, '--only', 'w99')
+def test_gpu_run_records_a_failed_entry(tmp_path):
+  """An entry that dies before writing its JSON is an error row, not nothing."""
+  done = _gpu_run(tmp_path / 'out', '--tiny', '--only', 'w48_f32',
+                  '--', '--xla-flags=--xla_no_such_flag')
+  _ok(done)
+  doc = json.loads((tmp_path / 'out' / 'gpu_run.json').read_text())
+  assert [(r['model'], r['mode'], r['status']) for r in doc['results']] == [
+      ('tiny', 'train', 'error')]
+  assert doc['results'][0]['error'].startswith('exit ')
+  assert 'w48_f32.log (entry w48_f32)' in doc['results'][0]['error']
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--only', 'w99'],
+     "error: --only: unknown entries ['w99']; known: ['w48_bf16', "
+     "'lite30_hanet_bf16', 'ocr_w48_bf16', 'w32_hanet_bf16', 'w48_f32', "
+     "'lite30_hanet_bf16_dwxla']"),
+    (['--budget', 'x'], "error: argument --budget: invalid float value: 'x'"),
+    (['--tiny', '--', '--models', 'w99'], "error: unknown benchmark model 'w99'"),
+    (['--', '--crop', '5'], 'error: argument --crop: expected HxW'),
+])
+def test_gpu_run_rejects_bad_arguments_before_creating_out(tmp_path, args, message):
+  done = _gpu_run(tmp_path / 'out', *args)
   assert done.returncode == 2
-  assert done.stderr.strip().splitlines() == [
-      "error: --only: unknown entries ['w99']; known: ['w48_bf16', "
-      "'lite30_hanet_bf16', 'ocr_w48_bf16', 'w32_hanet_bf16', 'w48_f32', "
-      "'lite30_hanet_bf16_dwxla']"]
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(message), done.stderr
+  assert not (tmp_path / 'out').exists()
 
 
 def test_flop_breakdown_keys():

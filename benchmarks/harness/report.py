@@ -76,6 +76,8 @@ def markdown(rows: list[list[str]]) -> str:
 def header(doc: dict[str, Any]) -> str:
   """Date, device, software and command of a benchmark document."""
   meta, s = doc.get('meta', {}), doc.get('settings', {})
+  if not meta.get('date'):   # no run got as far as its first workload
+    return 'no workload was measured'
   # Sizes print as their JSON does ([512, 1024]), live or from --report.
   s = {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}
   dev = meta.get('device') or {}
