@@ -278,6 +278,12 @@ def test_distributed_mode(env, mode):
   assert distributed_mode(env) == mode
 
 
+# Runs a command with Ctrl-C's default action, as in a terminal, even when
+# these tests run with SIGINT ignored (a background job).
+WITH_CTRL_C = [sys.executable, '-c', 'import os, signal, sys; '
+               'signal.signal(signal.SIGINT, signal.SIG_DFL); '
+               'os.execv(sys.argv[1], sys.argv[1:])']
+
 FAKE_MAIN = '''#!{python}
 """Stands in for `python -m hrseg_jax.main`: ready, then on Ctrl-C or
 SIGTERM it records the first signal, 'saves' for a moment (further signals
@@ -309,11 +315,11 @@ def test_local_ctrl_c_saves_and_exits_0(tmp_path, to_group):
   fake.write_text(FAKE_MAIN.format(python=sys.executable, folder=str(tmp_path)))
   fake.chmod(0o755)
   launcher = subprocess.Popen(
-      [sys.executable, str(REPO / 'scripts' / 'launch_local.py'), '--num_processes',
-       '2', '--cpu_devices', '1', '--python', str(fake), '--', '--workdir', 'w'],
+      [*WITH_CTRL_C, sys.executable, str(REPO / 'scripts' / 'launch_local.py'),
+       '--num_processes', '2', '--cpu_devices', '1', '--python', str(fake), '--',
+       '--workdir', 'w'],
       cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      start_new_session=True,   # its own process group, as a terminal job has
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+      start_new_session=True)   # its own process group, as a terminal job has
   deadline = time.monotonic() + 60
   while not all((tmp_path / f'process_{i}.ready').exists() for i in range(2)):
     assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()

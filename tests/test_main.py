@@ -226,12 +226,16 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(tmp_path):
   import time  # pylint: disable=g-import-not-at-top
   fifo = tmp_path / 'images.lst'
   os.mkfifo(fifo)
+  # SIGINT's default action (as in a terminal) even if these tests run with it
+  # ignored (a background job), which the command would inherit.
+  with_ctrl_c = [sys.executable, '-c', 'import os, signal, sys; '
+                 'signal.signal(signal.SIGINT, signal.SIG_DFL); '
+                 'os.execv(sys.argv[1], sys.argv[1:])']
   p = subprocess.Popen(
-      [sys.executable, '-m', 'hrseg_jax.main', '--mode', 'predict', '--input',
-       'images.lst', '--workdir', 'runs/p', '--checkpoint', 'converted/x'],
+      [*with_ctrl_c, sys.executable, '-m', 'hrseg_jax.main', '--mode', 'predict',
+       '--input', 'images.lst', '--workdir', 'runs/p', '--checkpoint', 'converted/x'],
       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)), text=True,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   while True:   # opening the pipe for writing succeeds once predict opened it
     try:
       writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
