@@ -146,7 +146,7 @@ def test_w48_flops_match_the_reference_count():
 
 
 def test_peer_constants_match_the_files():
-  directory = peer.default_dir(REPO)
+  directory = pathlib.Path(os.environ.get('HRSEG_PEER') or REPO.parent / 'shared' / 'peer')
   if not all((directory / name).is_file() for name in peer.RAW):
     pytest.skip(f'peer JSON files not at {directory}')
   raw, source = peer.load_raw(directory)
@@ -154,13 +154,22 @@ def test_peer_constants_match_the_files():
   assert raw == peer.RAW
 
 
-def test_peer_falls_back_to_constants(tmp_path):
-  section = peer.load(tmp_path)
+def test_peer_rows_are_built_in_unless_a_folder_is_named(tmp_path, monkeypatch):
+  section = peer.load(None)
   assert section['source'] == 'constants'
   assert 'built into benchmarks/harness/peer.py' in section['note']
   assert section['rows'] == peer.rows(peer.RAW)
   errors = schema.validate({'peer': section})
   assert not [e for e in errors if e.startswith('peer')], errors
+  monkeypatch.delenv('HRSEG_PEER', raising=False)
+  assert cli.settings(cli.build_parser().parse_args([])).peer_dir is None
+  # A folder named but lacking the files is an error, not the constants.
+  with pytest.raises(ValueError, match=f'peer folder {tmp_path}: torch_hrnet_h200_'):
+    cli.settings(cli.build_parser().parse_args(['--peer-dir', str(tmp_path)]))
+  for name, content in peer.RAW.items():
+    (tmp_path / name).write_text(json.dumps(content))
+  section = peer.load(tmp_path)
+  assert section['source'] == str(tmp_path) and section['rows'] == peer.rows(peer.RAW)
 
 
 def test_class_weights_match_the_recipe():

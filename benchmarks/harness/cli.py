@@ -14,6 +14,7 @@ import tempfile
 from typing import Any, Sequence
 
 from benchmarks.harness import models
+from benchmarks.harness import peer
 
 DTYPES = ('float32', 'bfloat16')
 MODES = ('infer', 'sliding', 'train')   # the order each model runs them in
@@ -202,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
   a('--input-size', type=parse_size, default=None,
     help='synthetic frame HxW (1024x2048; tiny 256x512)')
   a('--peer-dir', default=None,
-    help='folder of the peer JSON files ($HRSEG_PEER, ../shared/peer)')
+    help='folder of newer reference JSON files ($HRSEG_PEER; default: the '
+         'figures built into benchmarks/harness/peer.py)')
   a('--out', default=None, help='write the JSON here (after every workload)')
   a('--report', nargs='+', default=[], metavar='JSON',
     help='print the table of earlier JSON outputs (merged) and exit')
@@ -233,6 +235,8 @@ def _check(s: Settings) -> None:
       raise ValueError(f'--{name.replace("_", "-")} must be >= 1')
   if s.warmup < 1:
     raise ValueError('--warmup must be >= 1 (the first call may still compile)')
+  if s.peer_dir:
+    peer.load(pathlib.Path(s.peer_dir))
   if s.out:
     check_writable(s.out, '--out')
   if s.profile:
@@ -269,7 +273,7 @@ def settings(args: argparse.Namespace) -> Settings:
       input_images=_pick(args.input_images, 16, 4, t),
       input_batches=_pick(args.input_batches, 10, 3, t),
       input_size=_pick(args.input_size, (1024, 2048), (256, 512), t),
-      peer_dir=args.peer_dir, out=args.out, report=list(args.report),
+      peer_dir=args.peer_dir or os.environ.get('HRSEG_PEER') or None, out=args.out, report=list(args.report),
       seed=args.seed)
   _check(s)
   return s

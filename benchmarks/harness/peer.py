@@ -1,14 +1,12 @@
 """The rows to beat: the PyTorch peer and the functional-JAX floor.
 
-Read from ``--peer-dir``, ``$HRSEG_PEER`` or ``../shared/peer`` beside the
-repository (JSON files of the reference measurements); where none exists
-the same figures come from :data:`RAW`, a verbatim copy of those files as
-of 2026-11-24.  No JAX here.
+By default the figures come from :data:`RAW`, a verbatim copy of the JSON
+files of the reference measurements as of 2026-11-24; ``--peer-dir`` or
+``$HRSEG_PEER`` names a folder of newer files to read instead.  No JAX here.
 """
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Any
 
@@ -73,27 +71,32 @@ _FLOOR_PRECISION = {'bfloat16': 'bf16',
                     'float32': 'fp32 (JAX default: TF32 convolutions)'}
 
 
-def default_dir(repo_root: pathlib.Path) -> pathlib.Path:
-  """``$HRSEG_PEER`` if set, else ``<repo>/../shared/peer``."""
-  env = os.environ.get('HRSEG_PEER')
-  return pathlib.Path(env) if env else repo_root.parent / 'shared' / 'peer'
-
-
 def load_raw(directory: pathlib.Path | None) -> tuple[dict[str, Any], str]:
   """The three peer files' contents and where they came from.
 
   Args:
-    directory: the folder of the peer JSON files, or None.
+    directory: the folder of the peer JSON files, or None for :data:`RAW`.
 
   Returns:
-    ({file name: parsed JSON}, source), source being the folder or
-    ``'constants'`` when any file is missing there.
+    ({file name: parsed JSON}, source), source being the folder as given or
+    ``'constants'``.
+
+  Raises:
+    ValueError: one line naming a file of ``directory`` missing or not JSON.
   """
-  if directory is not None and all(
-      (directory / name).is_file() for name in RAW):
-    raw = {name: json.loads((directory / name).read_text()) for name in RAW}
-    return raw, str(directory)
-  return dict(RAW), 'constants'
+  if directory is None:
+    return dict(RAW), 'constants'
+  raw = {}
+  for name in RAW:
+    path = directory / name
+    try:
+      raw[name] = json.loads(path.read_text())
+    except OSError as e:
+      raise ValueError(f'peer folder {directory}: {name}: '
+                       f'{e.strerror or e}') from None
+    except ValueError:
+      raise ValueError(f'peer folder {directory}: {name}: not JSON') from None
+  return raw, str(directory)
 
 
 def _row(source: str, model: str, precision: str, mode: str, *,
@@ -148,7 +151,12 @@ def load(directory: pathlib.Path | None) -> dict[str, Any]:
     ``{'source': folder or 'constants', 'note': str, 'rows': [...]}``.
   """
   raw, source = load_raw(directory)
-  note = ('read from the peer JSON files' if source != 'constants' else
+  try:
+    table = rows(raw)
+  except (KeyError, TypeError, IndexError) as e:
+    raise ValueError(f'peer folder {directory}: not the reference files\' '
+                     f'layout ({type(e).__name__}: {e})') from None
+  note = (f'reference rows read from {source}' if source != 'constants' else
           'reference rows measured 2026-11-24, built into '
           'benchmarks/harness/peer.py (--peer-dir or $HRSEG_PEER: newer JSON files)')
-  return dict(source=source, note=note, rows=rows(raw))
+  return dict(source=source, note=note, rows=table)

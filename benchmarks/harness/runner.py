@@ -53,8 +53,7 @@ def write(doc: dict[str, Any], path: str | None) -> None:
 
 def new_doc(settings: Settings, meta: dict[str, Any]) -> dict[str, Any]:
   """An empty benchmark document with meta, settings and the peer rows."""
-  peer_dir = pathlib.Path(settings.peer_dir) if settings.peer_dir else (
-      peer_lib.default_dir(REPO_ROOT))
+  peer_dir = pathlib.Path(settings.peer_dir) if settings.peer_dir else None
   return dict(schema=schema.SCHEMA, meta=meta, settings=settings.to_dict(),
               results=[], peer=peer_lib.load(peer_dir),
               input_pipeline=dict(status='not_requested'))
