@@ -286,6 +286,9 @@ def test_report_table_lists_peer_rows_of_measured_models():
   text = report.table(doc)
   assert '| HRNetV2-W48 | hrseg_jax | bfloat16 | 100.0 | 120.0 | 16.0 | 10.0% |' in text
   assert 'PyTorch torch.compile' in text and 'JAX floor' in text
+  # The peer's inference was timed for latency only: no derived img/s.
+  assert ('| HRNetV2-W48 | PyTorch torch.compile | bf16 autocast, channels_last | 88.9 '
+          '| 135.0 | 16.2 | – | 22.1 | – | – | – | – |') in text
   assert 'Lite-HRNet' not in text
 
 
