@@ -136,6 +136,19 @@ def test_isolated_two_output_train_run_and_report(tmp_path):
   assert done.stdout.count('| tiny HRNet + OCR | hrseg_jax | float32 |') == 2
 
 
+def test_isolated_run_skips_against_the_whole_budget(tmp_path):
+  """Each child knows the run's budget and what the parent spent of it."""
+  out = tmp_path / 'iso.json'
+  done = _run('--tiny', '--isolate', '--models', 'tiny,tiny_hanet', '--dtypes', 'float32',
+              '--modes', 'infer', '--time-budget', '0.5', '--out', str(out))
+  assert done.returncode == 1, done.stderr[-2000:]   # not every workload ran
+  results = json.loads(out.read_text())['results']
+  skipped = [r['reason'] for r in results if r['status'] == 'skipped']
+  assert skipped and set(skipped) == {'time budget of 0.5 s spent'}, results
+  assert 'time budget of 0.5 s spent' in done.stdout
+  assert not re.search(r'time budget of (?!0\.5 s)', done.stdout), done.stdout
+
+
 def test_w48_flops_match_the_reference_count():
   """Same code path as the benchmark's MFU column; tracing only."""
   from benchmarks.harness import flops  # pylint: disable=g-import-not-at-top

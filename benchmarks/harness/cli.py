@@ -67,6 +67,8 @@ class Settings:
   out: str | None
   report: list[str]
   seed: int
+  # Seconds of the time budget a parent (--isolate) spent before this child.
+  budget_spent_s: float = 0.0
 
   def to_dict(self) -> dict[str, Any]:
     """Plain data for JSON (which writes the tuples as lists)."""

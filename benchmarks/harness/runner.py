@@ -96,7 +96,8 @@ def configure_jax(settings: Settings) -> None:
 
 def _over_budget(settings: Settings, start: float) -> bool:
   return (settings.time_budget_s > 0
-          and time.perf_counter() - start > settings.time_budget_s)
+          and settings.budget_spent_s + time.perf_counter() - start
+          > settings.time_budget_s)
 
 
 def _run_model(key: str, settings: Settings, doc: dict[str, Any],
@@ -117,7 +118,7 @@ def _run_model(key: str, settings: Settings, doc: dict[str, Any],
   for dtype, mode in todo:
     if _over_budget(settings, start):
       rec = _stub(key, dtype, mode, 'skipped',
-                  f'time budget of {settings.time_budget_s:.0f} s spent')
+                  f'time budget of {settings.time_budget_s:g} s spent')
     else:
       try:
         rec = workloads.RUNNERS[mode](bench_model, dtype, variables, settings, rng)
@@ -185,12 +186,12 @@ def run_isolated(settings: Settings, argv: list[str], script: str) -> dict[str, 
       left = (settings.time_budget_s - (time.perf_counter() - start)
               if settings.time_budget_s > 0 else None)
       if left is not None and left <= 0:
-        got = f'time budget of {settings.time_budget_s:.0f} s spent'
+        got = f'time budget of {settings.time_budget_s:g} s spent'
         doc['results'] += [_stub(key, dtype, m, 'skipped', got)
                            for m in settings.modes]
       else:
         sub = dataclasses.replace(settings, models=[key], dtypes=[dtype],
-                                  time_budget_s=left or 0.0)
+                                  budget_spent_s=time.perf_counter() - start)
         got = _child(sub, argv, script)
         if isinstance(got, str):
           doc['results'] += [_stub(key, dtype, m, 'error', got)
