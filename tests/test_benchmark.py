@@ -305,6 +305,26 @@ def test_report_table_lists_peer_rows_of_measured_models():
   assert 'Lite-HRNet' not in text
 
 
+def test_report_of_runs_measured_differently_tells_their_rows_apart():
+  """An A/B (--batch 24, --xla-flags) merged by --report: rows name their run."""
+  rec = {'model': 'w48', 'dtype': 'bfloat16', 'mode': 'train', 'status': 'ok',
+         'images_per_s': 100.0, 'ms': 120.0, 'mfu': 0.1, 'compile_s': 60.0}
+  def doc(batch, flags):
+    return {'meta': {'date': 'd', 'command': f'benchmark.py --batch {batch}',
+                     'xla_flags': flags},
+            'settings': {'batch': batch, 'crop': [512, 1024]},
+            'results': [rec], 'peer': peer.load(None)}
+  same = report.table(report.merge([doc(12, ''), doc(12, '')]))
+  assert '(run ' not in same and 'merged from: ' in same
+  text = report.table(report.merge([doc(12, ''), doc(24, '--xla_x=1')]))
+  assert '| HRNetV2-W48 | hrseg_jax (run 1) | bfloat16 |' in text
+  assert '| HRNetV2-W48 | hrseg_jax (run 2) | bfloat16 |' in text
+  lines = text.splitlines()
+  run2 = lines.index('run 2: benchmark.py --batch 24')
+  assert lines[run2 + 1].startswith('  XLA_FLAGS: --xla_x=1; matmul precision: None; '
+                                    'train: batch 24, crop [512, 1024];')
+
+
 @pytest.mark.parametrize('rule', ['base', 'cityscapes'])
 def test_fixed_shape_inference_matches_the_predictor(rule):
   """The benchmark's one-jit inference computes what evaluation computes."""

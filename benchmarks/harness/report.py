@@ -31,17 +31,20 @@ def _model_label(key: str) -> str:
     return key
 
 
-def _ours(results: list[dict[str, Any]]) -> list[list[str]]:
+def _ours(results: list[dict[str, Any]], label_runs: bool = False
+          ) -> list[list[str]]:
   groups: dict[tuple[int, str, str, str], dict[str, dict]] = {}
   for r in results:
     if r.get('status') == 'ok':
       key = (r.get('run', 0), r['model'], r.get('impl', 'hrseg_jax'), r['dtype'])
       groups.setdefault(key, {})[r['mode']] = r
   rows = []
-  for (_, model, impl, dtype), by_mode in groups.items():
+  for (run, model, impl, dtype), by_mode in groups.items():
     t, i, s = (by_mode.get(m, {}) for m in ('train', 'infer', 'sliding'))
     peak = t.get('peak_bytes_in_use')
     compile_s = f'{_f(t.get("compile_s"), 0)}/{_f(i.get("compile_s"), 0)}'
+    if label_runs:
+      impl = f'{impl} (run {run + 1})'
     rows.append([_model_label(model), impl, dtype,
                  _f(t.get('images_per_s')), _f(t.get('ms')),
                  _f(peak, 1, 1 / _GIB) if peak else '–', _pct(t.get('mfu')),
@@ -74,13 +77,32 @@ def markdown(rows: list[list[str]]) -> str:
   return '\n'.join(lines)
 
 
+def _flags_line(meta: dict[str, Any]) -> str:
+  return (f'XLA_FLAGS: {meta.get("xla_flags") or "(none)"}; matmul precision: '
+          f'{meta.get("matmul_precision")}')
+
+
+def _settings_line(s: dict[str, Any]) -> str:
+  # Sizes print as their JSON does ([512, 1024]), live or from --report.
+  s = {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}
+  return (f'train: batch {s.get("batch")}, crop {s.get("crop")}; inference: '
+          f'{s.get("infer_batch")} x {s.get("infer_size")}, sliding window '
+          f'{s.get("window")} ({s.get("sliding_rule")}); median of '
+          f'{s.get("repeats")} rounds x {s.get("steps")} steps, '
+          f'{s.get("latency_runs")} synchronised inference calls; MFU vs '
+          f'{s.get("peak_tflops")} TFLOP/s')
+
+
+def _runs_differ(doc: dict[str, Any]) -> bool:
+  """Whether the runs merged into ``doc`` were measured differently."""
+  return len(set(doc.get('run_settings') or [])) > 1
+
+
 def header(doc: dict[str, Any]) -> str:
   """Date, device, software and command of a benchmark document."""
   meta, s = doc.get('meta', {}), doc.get('settings', {})
   if not meta.get('date'):   # no run got as far as its first workload
     return 'no workload was measured'
-  # Sizes print as their JSON does ([512, 1024]), live or from --report.
-  s = {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}
   dev = meta.get('device') or {}
   v = meta.get('versions') or {}
   soft = ', '.join(f'{k} {v[k]}' for k in ('jax', 'jaxlib', 'flax', 'optax')
@@ -90,16 +112,15 @@ def header(doc: dict[str, Any]) -> str:
            f'device: {dev.get("kind")} x{dev.get("count")} ({dev.get("platform")})'
            + (f'; {meta["nvidia_smi"]}' if meta.get('nvidia_smi') else ''),
            f'software: python {meta.get("python")}, {soft}'
-           + (f'; CUDA {cuda}' if cuda else ''),
-           f'XLA_FLAGS: {meta.get("xla_flags") or "(none)"}; matmul precision: '
-           f'{meta.get("matmul_precision")}',
-           f'command: {meta.get("command")}',
-           f'train: batch {s.get("batch")}, crop {s.get("crop")}; inference: '
-           f'{s.get("infer_batch")} x {s.get("infer_size")}, sliding window '
-           f'{s.get("window")} ({s.get("sliding_rule")}); median of '
-           f'{s.get("repeats")} rounds x {s.get("steps")} steps, '
-           f'{s.get("latency_runs")} synchronised inference calls; MFU vs '
-           f'{s.get("peak_tflops")} TFLOP/s']
+           + (f'; CUDA {cuda}' if cuda else '')]
+  if _runs_differ(doc):
+    # Rows are marked (run N); each run's command and settings follow.
+    for n, (command, line) in enumerate(zip(doc['merged_from'],
+                                            doc['run_settings']), 1):
+      lines += [f'run {n}: {command}', f'  {line}']
+    return '\n'.join(lines)
+  lines += [_flags_line(meta), f'command: {meta.get("command")}',
+            _settings_line(s)]
   if doc.get('merged_from'):
     lines.append('merged from: ' + ' ; '.join(map(str, doc['merged_from'])))
   return '\n'.join(lines)
@@ -110,7 +131,8 @@ def table(doc: dict[str, Any]) -> str:
   results = doc.get('results', [])
   keys = {r['model'] for r in results}
   peer = doc.get('peer', {})
-  parts = [header(doc), '', markdown(_ours(results) + _peer(peer.get('rows', []), keys))]
+  parts = [header(doc), '', markdown(_ours(results, _runs_differ(doc))
+                                     + _peer(peer.get('rows', []), keys))]
   if not keys & {p['model'] for p in peer.get('rows', [])}:
     parts.append('(no peer rows for these models; every peer row is in the JSON)')
   parts.append(f'peer: {peer.get("note", "")}')
@@ -141,4 +163,7 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
   out['results'] = [dict(r, run=i) for i, d in enumerate(docs)
                     for r in d.get('results', [])]
   out['merged_from'] = [d.get('meta', {}).get('command') for d in docs]
+  out['run_settings'] = [
+      f'{_flags_line(d.get("meta", {}))}; {_settings_line(d.get("settings", {}))}'
+      for d in docs]
   return out
