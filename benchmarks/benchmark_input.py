@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import pathlib
 import shutil
+import sys
 import tempfile
 import time
 
@@ -32,6 +34,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+  sys.path.insert(0, str(_REPO))
+
+# pylint: disable=wrong-import-position
+from benchmarks.harness import cli
 from hrseg_jax.data import label_maps
 from hrseg_jax.data import lists
 from hrseg_jax.data import pipeline
@@ -108,18 +116,47 @@ def _per_worker(rate: float, workers: int) -> str:
   return f' ({rate / workers:.1f} per worker)' if workers > 0 else ''
 
 
+def _counts(text: str) -> list[int]:
+  """``--workers``: comma-separated worker counts, each >= 0."""
+  try:
+    counts = [int(t) for t in text.split(',') if t.strip()]
+  except ValueError:
+    counts = []
+  if not counts or min(counts) < 0:
+    raise argparse.ArgumentTypeError(
+        f'expected worker counts >= 0 such as 0,2; got {text!r}')
+  return counts
+
+
+def _check(args) -> None:
+  """One line (ValueError) for a bad argument, before any PNG is written."""
+  for name in ('num_images', 'batch_size', 'batches'):
+    if getattr(args, name) < 1:
+      raise ValueError(f'--{name} must be >= 1; got {getattr(args, name)}')
+  if args.warmup < 0:
+    raise ValueError(f'--warmup must be >= 0; got {args.warmup}')
+  if args.dir:
+    cli.check_writable(args.dir, '--dir', folder=True)
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = cli.Parser(description=__doc__.split('\n')[0])
   parser.add_argument('--num_images', type=int, default=16,
                       help='distinct PNG pairs written (cycled through)')
   parser.add_argument('--batch_size', type=int, default=4)
   parser.add_argument('--batches', type=int, default=20)
   parser.add_argument('--warmup', type=int, default=2)
-  parser.add_argument('--workers', default=f'1,{os.cpu_count()}',
-                      help='comma-separated worker counts to measure')
+  parser.add_argument('--workers', type=_counts, default=[1, os.cpu_count()],
+                      help='comma-separated worker counts to measure (0: in '
+                           'the main process)')
   parser.add_argument('--dir', default='',
                       help='reuse/keep this directory instead of a temp one')
   args = parser.parse_args(argv)
+  try:
+    _check(args)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
 
   root = args.dir or tempfile.mkdtemp(prefix='hrseg_bench_')
   try:
@@ -143,7 +180,7 @@ def main(argv=None):
     print(f'in-process, 1 thread : {wall:6.1f} images/s wall, {cpu:6.1f} '
           'images per CPU-second')
     cfg.read_threads = 1
-    for workers in (int(w) for w in args.workers.split(',') if w):
+    for workers in args.workers:
       cfg.num_workers = workers
       wall, cpu = measure(cfg, args.batch_size, args.batches, args.warmup)
       print(f'{_workers_label(workers):21s}: {wall:6.1f} images/s wall'
@@ -152,7 +189,8 @@ def main(argv=None):
   finally:
     if not args.dir:
       shutil.rmtree(root, ignore_errors=True)
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

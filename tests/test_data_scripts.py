@@ -5,6 +5,7 @@ import runpy
 
 import numpy as np
 from PIL import Image
+import pytest
 
 from hrseg_jax.data import pipeline
 from hrseg_jax.data.config import default_data_config
@@ -130,6 +131,24 @@ def test_benchmark_input_runs(tmp_path, capsys):
   assert 'wrote 1 1024x2048 (HxW) PNG pairs' in out   # as crop (512, 1024)
   assert 'images per CPU-second' in out
   assert '0 workers (in-process)' in out   # 0 workers: no division by zero
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--workers', 'a'], "error: argument --workers: expected worker counts >= 0 "
+                         "such as 0,2; got 'a'"),
+    (['--num_images', '0'], 'error: --num_images must be >= 1; got 0'),
+])
+def test_benchmark_input_rejects_bad_arguments_before_writing(tmp_path, capsys,
+                                                              args, expected):
+  bench = os.path.join(os.path.dirname(SCRIPTS), 'benchmarks',
+                       'benchmark_input.py')
+  main = runpy.run_path(bench, run_name='script')['main']
+  try:
+    code = main([*args, '--dir', str(tmp_path / 'bench')])
+  except SystemExit as e:   # argparse's own errors
+    code = e.code
+  assert code == 2 and capsys.readouterr().err.splitlines() == [expected]
+  assert not (tmp_path / 'bench').exists()
 
 
 def test_prepare_tfds(tmp_path, capsys):
