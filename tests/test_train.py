@@ -202,3 +202,15 @@ def test_init_from_converted_checkpoint(tmp_path):
     loop.load_init_weights(
         loop.init_state(registry.build_model(other), tx, jax.random.PRNGKey(1),
                         (64, 128, 3), mesh)[0], tmp_path / 'full', other)
+
+
+def test_sigterm_after_ctrl_c_keeps_the_ctrl_c(capfd):
+  """A terminal's Ctrl-C reaches a process that scripts/launch_local.py then
+  also sends SIGTERM: one notice, and the run's last line says Ctrl-C."""
+  import signal  # pylint: disable=g-import-not-at-top
+  with loop.StopSignal() as stop:
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.should_stop(1)
+  assert stop.reason == 'Ctrl-C'
+  assert capfd.readouterr().err.count('saving a checkpoint') == 1

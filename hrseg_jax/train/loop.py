@@ -123,6 +123,8 @@ class StopSignal:
 
   def _terminate(self, signum, frame):  # pylint: disable=unused-argument
     import signal  # pylint: disable=g-import-not-at-top
+    if self.requested:   # already stopping (Ctrl-C, then launch_local's SIGTERM)
+      return
     self.reason = signal.Signals(signum).name
     self._notice(f'{self.reason}: saving a checkpoint after the steps already '
                  'queued (two at most), then stopping')
