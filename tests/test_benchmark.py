@@ -321,8 +321,9 @@ def test_report_of_runs_measured_differently_tells_their_rows_apart():
   assert '| HRNetV2-W48 | hrseg_jax (run 2) | bfloat16 |' in text
   lines = text.splitlines()
   run2 = lines.index('run 2: benchmark.py --batch 24')
-  assert lines[run2 + 1].startswith('  XLA_FLAGS: --xla_x=1; matmul precision: None; '
-                                    'train: batch 24, crop [512, 1024];')
+  assert lines[run2 + 1].startswith(
+      '  XLA_FLAGS: --xla_x=1; matmul precision: default (float32 rows: TF32 on '
+      'NVIDIA GPUs); train: batch 24, crop [512, 1024];')
 
 
 @pytest.mark.parametrize('rule', ['base', 'cityscapes'])

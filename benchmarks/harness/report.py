@@ -78,8 +78,11 @@ def markdown(rows: list[list[str]]) -> str:
 
 
 def _flags_line(meta: dict[str, Any]) -> str:
+  precision = meta.get('matmul_precision')
+  if precision in (None, 'None'):   # jax_default_matmul_precision unset
+    precision = 'default (float32 rows: TF32 on NVIDIA GPUs)'
   return (f'XLA_FLAGS: {meta.get("xla_flags") or "(none)"}; matmul precision: '
-          f'{meta.get("matmul_precision")}')
+          f'{precision}')
 
 
 def _settings_line(s: dict[str, Any]) -> str:
