@@ -109,8 +109,42 @@ def _command(entry, out_dir: pathlib.Path, left: float, args) -> list[str]:
   return cmd + list(args.extra)
 
 
+class _Stopped(Exception):
+  """SIGTERM reached gpu_run (Ctrl-C arrives as KeyboardInterrupt)."""
+
+
+def _raise_stopped(signum, frame):  # pylint: disable=unused-argument
+  raise _Stopped()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+  """SIGTERM to the entry's process group, SIGKILL after a grace period.
+
+  Ctrl-C and SIGTERM are ignored meanwhile: a second one must not leave the
+  entry running on the accelerator without its parent.
+  """
+  previous = {s: signal.signal(s, signal.SIG_IGN)
+              for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    try:
+      os.killpg(proc.pid, signal.SIGTERM)
+      proc.wait(timeout=_GRACE_S)
+    except subprocess.TimeoutExpired:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+    except ProcessLookupError:   # it had just ended
+      proc.wait()
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
 def _run(cmd: list[str], log: pathlib.Path, deadline: float) -> str:
-  """Runs ``cmd`` until it ends or ``deadline``; returns how it ended."""
+  """Runs ``cmd`` until it ends or ``deadline``; returns how it ended.
+
+  Raises:
+    KeyboardInterrupt, _Stopped: after stopping the entry (Ctrl-C, SIGTERM).
+  """
   with open(log, 'w') as f:
     # The caller's folder: relative paths (OUT, arguments after --) as typed.
     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
@@ -119,13 +153,11 @@ def _run(cmd: list[str], log: pathlib.Path, deadline: float) -> str:
       code = proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
       return f'exit {code}'
     except subprocess.TimeoutExpired:
-      os.killpg(proc.pid, signal.SIGTERM)
-      try:
-        proc.wait(timeout=_GRACE_S)
-      except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+      _stop(proc)
       return 'stopped at the time budget'
+    except (KeyboardInterrupt, _Stopped):
+      _stop(proc)
+      raise
 
 
 def _unfinished(entry, args, status: str, text: str,
@@ -223,8 +255,14 @@ def main(argv: list[str] | None = None) -> int:
   start = time.monotonic()
   deadline = start + args.budget
   done, skipped = [], []
+  signal.signal(signal.SIGTERM, _raise_stopped)
+  stopped_by = None
   for entry in PLAN:
     if only and entry[0] not in only:
+      continue
+    if stopped_by:
+      skipped += _unfinished(entry, args, 'skipped',
+                             f'not started: stopped by {stopped_by}')
       continue
     left = deadline - time.monotonic()
     if left < 5:
@@ -234,13 +272,19 @@ def main(argv: list[str] | None = None) -> int:
       _merge(out_dir, done, skipped, args.budget)
       continue
     t0 = time.monotonic()
-    ended = _run(_command(entry, out_dir, left, args),
-                 out_dir / f'{entry[0]}.log', deadline)
+    try:
+      ended = _run(_command(entry, out_dir, left, args),
+                   out_dir / f'{entry[0]}.log', deadline)
+    except (KeyboardInterrupt, _Stopped) as e:
+      stopped_by = 'SIGTERM' if isinstance(e, _Stopped) else 'Ctrl-C'
+      ended = f'stopped by {stopped_by}'
     done.append(entry[0])
     # Workloads a stopped or failed entry never recorded are recorded here.
     finished = frozenset(r['mode'] for r in (_read_entry(out_dir, entry[0]) or {})
                          .get('results', []))
-    if ended.startswith('stopped'):
+    if stopped_by:
+      skipped += _unfinished(entry, args, 'skipped', ended, finished)
+    elif ended.startswith('stopped'):
       skipped += _unfinished(entry, args, 'skipped',
                              f'stopped at the overall budget of {args.budget:.0f} s',
                              finished)
@@ -253,12 +297,18 @@ def main(argv: list[str] | None = None) -> int:
           f'(total {time.monotonic() - start:.0f} s of {args.budget:.0f})',
           flush=True)
     _tail(out_dir / f'{entry[0]}.log')
+  if stopped_by:
+    _merge(out_dir, done, skipped, args.budget)   # with the entries not started
   _pack_profiles(out_dir)
   _summarise_profiles(out_dir)
   table = out_dir / 'table.txt'
   if table.exists():
     print(table.read_text())
   print(f'wrote {out_dir / "gpu_run.json"} in {time.monotonic() - start:.0f} s')
+  if stopped_by:
+    print(f'stopped by {stopped_by}: what was measured is in '
+          f'{out_dir / "gpu_run.json"}', file=sys.stderr)
+    return 130 if stopped_by == 'Ctrl-C' else 143
   return 0
 
 
@@ -286,4 +336,8 @@ def _tail(log: pathlib.Path) -> None:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except KeyboardInterrupt:   # between entries: no entry is running
+    print('stopped by Ctrl-C', file=sys.stderr)
+    sys.exit(130)

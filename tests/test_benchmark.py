@@ -436,6 +436,42 @@ def test_gpu_run_records_a_failed_entry(tmp_path):
   assert 'w48_f32.log (entry w48_f32)' in doc['results'][0]['error']
 
 
+def test_gpu_run_ctrl_c_stops_the_running_entry_and_records_the_rest(tmp_path):
+  """Ctrl-C: the entry (its own session) is stopped too, not left running."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  # SIGINT's default action (as in a terminal) even if these tests run with it
+  # ignored (a background job), which the command would inherit.
+  with_ctrl_c = [sys.executable, '-c', 'import os, signal, sys; '
+                 'signal.signal(signal.SIGINT, signal.SIG_DFL); '
+                 'os.execv(sys.argv[1], sys.argv[1:])']
+  p = subprocess.Popen([*with_ctrl_c, str(GPU_RUN), 'out', '--tiny', '--no-profile',
+                        '--only', 'w48_bf16,w48_f32'], cwd=tmp_path,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'), text=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  log = tmp_path / 'out' / 'w48_bf16.log'
+  while not log.exists():   # the first entry has started
+    assert p.poll() is None, p.communicate()
+    time.sleep(0.05)
+  p.send_signal(signal.SIGINT)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 130, out + err
+  assert err == 'stopped by Ctrl-C: what was measured is in out/gpu_run.json\n', err
+  assert '[w48_bf16] stopped by Ctrl-C after ' in out
+  running = []
+  for proc in pathlib.Path('/proc').iterdir():
+    try:
+      running.append((proc / 'cmdline').read_bytes())
+    except OSError:
+      continue
+  assert not [c for c in running if b'out/w48_bf16.json' in c]
+  doc = json.loads((tmp_path / 'out' / 'gpu_run.json').read_text())
+  reasons = {(r['dtype'], r['mode']): r.get('reason') for r in doc['results']
+             if r['status'] != 'ok'}
+  assert reasons[('float32', 'train')] == 'not started: stopped by Ctrl-C (entry w48_f32)'
+  assert reasons[('bfloat16', 'train')] == 'stopped by Ctrl-C (entry w48_bf16)'
+
+
 @pytest.mark.parametrize('args, message', [
     (['--only', 'w99'],
      "error: --only: unknown entries ['w99']; known: ['w48_bf16', "
