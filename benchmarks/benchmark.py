@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import sys
+import time
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
@@ -67,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
   args = cli.build_parser().parse_args(argv)
   if args.child:   # a child of --isolate: XLA_FLAGS already came with the env
     from benchmarks.harness import runner  # pylint: disable=g-import-not-at-top
-    return runner.child_main(args.child)
+    try:
+      return runner.child_main(args.child)
+    except KeyboardInterrupt:   # Ctrl-C reaches the parent too, which says so
+      return 130
   if args.report:
     return _report(args.report)
   try:
@@ -78,10 +82,22 @@ def main(argv: list[str] | None = None) -> int:
   _add_xla_flags(settings.xla_flags)
   from benchmarks.harness import runner  # pylint: disable=g-import-not-at-top
   command = ['benchmarks/benchmark.py'] + argv
-  if settings.isolate:
-    doc = runner.run_isolated(settings, command, str(pathlib.Path(__file__).resolve()))
-  else:
-    doc = runner.run_in_process(settings, command)
+  started = time.time()
+  try:
+    if settings.isolate:
+      doc = runner.run_isolated(settings, command,
+                                str(pathlib.Path(__file__).resolve()))
+    else:
+      doc = runner.run_in_process(settings, command)
+  except KeyboardInterrupt:
+    out = pathlib.Path(settings.out) if settings.out else None
+    kept = ''
+    if out is not None:   # rewritten after every workload (--isolate: (model, dtype))
+      kept = (f': the workloads finished are in {out}'
+              if out.exists() and out.stat().st_mtime >= started
+              else f': nothing recorded yet, {out} not written')
+    print(f'stopped by Ctrl-C{kept}', file=sys.stderr)
+    return 130
   print()
   runner.print_report(doc)
   return 0 if all(r.get('status') == 'ok' for r in doc['results']) else 1

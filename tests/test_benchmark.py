@@ -149,6 +149,28 @@ def test_isolated_run_skips_against_the_whole_budget(tmp_path):
   assert not re.search(r'time budget of (?!0\.5 s)', done.stdout), done.stdout
 
 
+def test_ctrl_c_is_one_line_and_keeps_the_finished_workloads(tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  with_ctrl_c = [sys.executable, '-c', 'import os, signal, sys; '
+                 'signal.signal(signal.SIGINT, signal.SIG_DFL); '
+                 'os.execv(sys.argv[1], sys.argv[1:])']
+  p = subprocess.Popen([*with_ctrl_c, sys.executable, str(SCRIPT), '--tiny', '--models',
+                        'tiny', '--dtypes', 'float32', '--modes', 'infer,train',
+                        '--out', 'b.json'], cwd=tmp_path,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'), text=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  while not (tmp_path / 'b.json').exists():   # inference done, train compiling
+    assert p.poll() is None, p.communicate()
+    time.sleep(0.05)
+  p.send_signal(signal.SIGINT)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 130, out + err
+  assert err == 'stopped by Ctrl-C: the workloads finished are in b.json\n', err
+  doc = json.loads((tmp_path / 'b.json').read_text())
+  assert [(r['mode'], r['status']) for r in doc['results']] == [('infer', 'ok')]
+
+
 def test_w48_flops_match_the_reference_count():
   """Same code path as the benchmark's MFU column; tracing only."""
   from benchmarks.harness import flops  # pylint: disable=g-import-not-at-top
