@@ -133,7 +133,8 @@ def test_isolated_two_output_train_run_and_report(tmp_path):
   assert [(r['model'], r['mode']) for r in doc['results']] == [('tiny_ocr', 'train')]
   done = _run('--report', str(out), str(out))
   _ok(done)
-  assert done.stdout.count('| tiny HRNet + OCR | hrseg_jax | float32 |') == 2
+  assert done.stdout.count('| tiny HRNet + OCR | hrseg_jax (run 1) | float32 |') == 1
+  assert done.stdout.count('| tiny HRNet + OCR | hrseg_jax (run 2) | float32 |') == 1
 
 
 def test_isolated_run_skips_against_the_whole_budget(tmp_path):
@@ -336,8 +337,13 @@ def test_report_of_runs_measured_differently_tells_their_rows_apart():
                      'xla_flags': flags},
             'settings': {'batch': batch, 'crop': [512, 1024]},
             'results': [rec], 'peer': peer.load(None)}
-  same = report.table(report.merge([doc(12, ''), doc(12, '')]))
+  same = report.table(report.merge([doc(12, ''), dict(doc(12, ''), results=[
+      dict(rec, model='w18')])]))
   assert '(run ' not in same and 'merged from: ' in same
+  # The same workload measured twice the same way: marked too.
+  again = report.table(report.merge([doc(12, ''), doc(12, '')]))
+  assert again.count('| HRNetV2-W48 | hrseg_jax (run ') == 2
+  assert 'merged from: (run 1) benchmark.py --batch 12 ; (run 2) ' in again
   text = report.table(report.merge([doc(12, ''), doc(24, '--xla_x=1')]))
   assert '| HRNetV2-W48 | hrseg_jax (run 1) | bfloat16 |' in text
   assert '| HRNetV2-W48 | hrseg_jax (run 2) | bfloat16 |' in text

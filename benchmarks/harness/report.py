@@ -101,6 +101,16 @@ def _runs_differ(doc: dict[str, Any]) -> bool:
   return len(set(doc.get('run_settings') or [])) > 1
 
 
+def _runs_repeat(doc: dict[str, Any]) -> bool:
+  """Whether two merged runs measured the same (model, impl, dtype)."""
+  runs: dict[tuple, set] = {}
+  for r in doc.get('results', []):
+    if r.get('status') == 'ok':
+      key = (r['model'], r.get('impl', 'hrseg_jax'), r['dtype'])
+      runs.setdefault(key, set()).add(r.get('run', 0))
+  return any(len(v) > 1 for v in runs.values())
+
+
 def header(doc: dict[str, Any]) -> str:
   """Date, device, software and command of a benchmark document."""
   meta, s = doc.get('meta', {}), doc.get('settings', {})
@@ -125,7 +135,10 @@ def header(doc: dict[str, Any]) -> str:
   lines += [_flags_line(meta), f'command: {meta.get("command")}',
             _settings_line(s)]
   if doc.get('merged_from'):
-    lines.append('merged from: ' + ' ; '.join(map(str, doc['merged_from'])))
+    commands = list(map(str, doc['merged_from']))
+    if _runs_repeat(doc):   # rows are marked (run N)
+      commands = [f'(run {n}) {c}' for n, c in enumerate(commands, 1)]
+    lines.append('merged from: ' + ' ; '.join(commands))
   return '\n'.join(lines)
 
 
@@ -134,7 +147,7 @@ def table(doc: dict[str, Any]) -> str:
   results = doc.get('results', [])
   keys = {r['model'] for r in results}
   peer = doc.get('peer', {})
-  parts = [header(doc), '', markdown(_ours(results, _runs_differ(doc))
+  parts = [header(doc), '', markdown(_ours(results, _runs_differ(doc) or _runs_repeat(doc))
                                      + _peer(peer.get('rows', []), keys))]
   if not keys & {p['model'] for p in peer.get('rows', [])}:
     parts.append('(no peer rows for these models; every peer row is in the JSON)')
