@@ -237,6 +237,9 @@ def _check(s: Settings) -> None:
       raise ValueError(f'--{name.replace("_", "-")} must be >= 1')
   if s.warmup < 1:
     raise ValueError('--warmup must be >= 1 (the first call may still compile)')
+  for name in ('peak_tflops', 'peak_tbps'):
+    if not getattr(s, name) > 0:
+      raise ValueError(f'--{name.replace("_", "-")} must be > 0; got {getattr(s, name):g}')
   if s.peer_dir:
     peer.load(pathlib.Path(s.peer_dir))
   if s.out:
