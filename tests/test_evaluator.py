@@ -47,12 +47,19 @@ def test_training_with_the_test_protocol(trained):
   console_checks.assert_eval_table(r.stdout, names)
   assert re.search(r'final mIoU [\d.]+%', r.stdout)
   workdir = cwd / 'runs/demo'
+  mious = {}
   for step in (2, 4):
     metrics = json.loads((workdir / f'eval/step_{step}/metrics.json').read_text())
     assert set(metrics) == METRIC_KEYS
     assert metrics['settings']['protocol'] == 'test'
     assert metrics['settings']['num_examples'] == 2
     assert np.sum(metrics['confusion_matrix']) > 0
+    mious[step] = metrics['miou']
+  # After each table, the best evaluation so far (the original's Best_mIoU).
+  best = [max((s for s in mious if s <= step), key=lambda s: (mious[s], s))
+          for step in (2, 4)]
+  assert re.findall(r'^best mIoU ([\d.]+)% at step (\d+)$', r.stdout, re.M) == [
+      (f'{100 * mious[s]:.2f}', str(s)) for s in best], r.stdout
   tags = console_checks._tensorboard_tags(sorted(workdir.glob('events.out.tfevents.*')))  # pylint: disable=protected-access
   if tags is not None:
     assert {'eval/miou', 'eval/pixel_acc', 'eval/confusion_matrix',
@@ -165,3 +172,14 @@ def test_test_protocol_names_the_readme_settings_it_does_not_use():
   assert line().endswith(
       "(the original README's synthetic number uses scales 1, no flip: "
       "--config.eval.scales=1, --config.eval.flip=False)"), line()
+
+
+def test_best_so_far_counts_earlier_runs_and_not_later_steps(tmp_path):
+  for step, miou in ((2, 0.30), (4, 0.50), (6, 0.50), (8, 0.40), (10, 0.90)):
+    (tmp_path / f'step_{step}').mkdir()
+    (tmp_path / f'step_{step}/metrics.json').write_text(json.dumps({'miou': miou}))
+  (tmp_path / 'step_12').mkdir()          # no metrics.json: not an evaluation
+  (tmp_path / 'metrics.json').write_text('{"miou": 1.0}')   # --mode eval's own
+  assert evaluator.best_so_far(tmp_path, 2) == (2, 0.30)
+  assert evaluator.best_so_far(tmp_path, 8) == (6, 0.50)   # equal: the later
+  assert evaluator.best_so_far(tmp_path, 12) == (10, 0.90)

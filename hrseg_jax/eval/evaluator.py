@@ -27,12 +27,14 @@ A new evaluator is a subclass with a ``run`` and an entry in
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -160,6 +162,9 @@ class Evaluator:
       if step is not None:
         out = os.path.join(out, f'step_{step}')
       evaluate.write_metrics(out, ev, self.names, confusion)
+      if step is not None:
+        best_step, best = best_so_far(self.out_dir, step)
+        self.log(f'best mIoU {100 * best:.2f}% at step {best_step}')
 
   def _metrics(self, cm: np.ndarray, settings: dict) -> dict[str, Any]:
     result = iou_metrics(cm)
@@ -167,6 +172,28 @@ class Evaluator:
     result['class_names'] = list(self.names)
     result['settings'] = dict(settings, protocol=self.protocol)
     return result
+
+
+def best_so_far(out_dir, step: int) -> tuple[int, float]:
+  """(step, mIoU) of the best evaluation of a training run up to ``step``.
+
+  Read from the ``step_<N>/metrics.json`` files every evaluation writes
+  under ``out_dir`` (``<workdir>/eval``), so a resumed run counts the
+  evaluations of the runs before it; steps after ``step`` (left by a longer
+  run in the same workdir) are not counted.  Of equal mIoUs, the later step.
+  """
+  root = epath.Path(out_dir)
+  found = {}
+  for p in root.glob('step_*'):
+    n = p.name[len('step_'):]
+    if not n.isdigit() or int(n) > step:
+      continue
+    try:
+      found[int(n)] = float(json.loads((p / evaluate.METRICS_FILE).read_text())['miou'])
+    except (OSError, ValueError, KeyError, TypeError):
+      continue   # a folder without (readable) metrics: not an evaluation
+  best = max(found, key=lambda s: (found[s], s))
+  return best, found[best]
 
 
 class TestEvaluator(Evaluator):
