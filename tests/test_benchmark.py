@@ -293,6 +293,7 @@ def test_cli_defaults_and_errors():
     ('benchmark.py', ['--crop', 'abc'], "error: argument --crop: expected HxW"),
     ('benchmark.py', ['--report', 'missing.json'], 'error: --report missing.json: '),
     ('benchmark.py', ['--tiny', '--peak-tflops', '0'], 'error: --peak-tflops must be > 0'),
+    ('benchmark.py', ['--tiny', '--time-budget', '-1'], 'error: --time-budget must be >= 0'),
     ('benchmark.py', ['--report', 'notes.txt'], 'error: --report notes.txt: not JSON'),
     ('benchmark.py', ['--tiny', '--out', 'notes.txt/b.json'],
      'error: --out notes.txt/b.json: notes.txt is not a folder'),

@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
   a('--isolate', action='store_true',
     help='one process per (model, dtype), so peak memory is per workload')
   a('--time-budget', type=float, default=0.0, dest='time_budget_s',
-    help='seconds; later workloads are skipped (and recorded so) after it')
+    help='seconds (0: none); later workloads are skipped (and recorded so) after it')
   a('--profile', default=None, metavar='DIR',
     help='jax.profiler trace of a few steps of every workload into DIR')
   a('--profile-steps', type=int, default=3)
@@ -237,6 +237,9 @@ def _check(s: Settings) -> None:
       raise ValueError(f'--{name.replace("_", "-")} must be >= 1')
   if s.warmup < 1:
     raise ValueError('--warmup must be >= 1 (the first call may still compile)')
+  if s.time_budget_s < 0:
+    raise ValueError(f'--time-budget must be >= 0 seconds (0: none); got '
+                     f'{s.time_budget_s:g}')
   for name in ('peak_tflops', 'peak_tbps'):
     if not getattr(s, name) > 0:
       raise ValueError(f'--{name.replace("_", "-")} must be > 0; got {getattr(s, name):g}')
