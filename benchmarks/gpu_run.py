@@ -68,6 +68,11 @@ TINY_STAND_INS = dict(w48='tiny', lite30_hanet='tiny_hanet', ocr_w48='tiny_ocr',
 SHORT_TIMING = ('--warmup', '3', '--repeats', '3', '--steps', '5',
                 '--latency-runs', '10')
 _GRACE_S = 10.0
+# benchmark.py options each entry's command sets (argparse dest -> flag).
+_SET_PER_ENTRY = {'models': '--models', 'dtypes': '--dtypes', 'modes': '--modes',
+                  'time_budget_s': '--time-budget', 'out': '--out',
+                  'profile': '--profile', 'report': '--report', 'tiny': '--tiny',
+                  'isolate': '--isolate', 'child': '--child'}
 _SMI_QUERY = 'name,driver_version,memory.total,clocks.sm,clocks.max.sm'
 
 
@@ -225,9 +230,14 @@ def _check(args) -> set[str]:
   cli.check_writable(args.out, 'OUT', folder=True)
   # The arguments after -- as benchmark.py will read them (it exits 2 itself
   # with one line on a malformed one).
-  extra = cli.build_parser().parse_args(
-      list(args.extra) + (['--tiny'] if args.tiny else []))
-  cli.settings(extra)
+  extra = cli.build_parser().parse_args(list(args.extra))
+  default = cli.build_parser().parse_args([])
+  for dest, flag in _SET_PER_ENTRY.items():
+    if getattr(extra, dest) != getattr(default, dest):
+      raise ValueError(f'{flag} after --: gpu_run sets it for each entry'
+                       + (' (use gpu_run.sh OUT --tiny)' if flag == '--tiny' else ''))
+  cli.settings(cli.build_parser().parse_args(
+      list(args.extra) + (['--tiny'] if args.tiny else [])))
   return only
 
 

@@ -508,8 +508,10 @@ def test_gpu_run_ctrl_c_stops_the_running_entry_and_records_the_rest(tmp_path):
      "'lite30_hanet_bf16', 'ocr_w48_bf16', 'w32_hanet_bf16', 'w48_f32', "
      "'lite30_hanet_bf16_dwxla']"),
     (['--budget', 'x'], "error: argument --budget: invalid float value: 'x'"),
-    (['--tiny', '--', '--models', 'w99'], "error: unknown benchmark model 'w99'"),
+    (['--tiny', '--', '--batch', '0'], 'error: --batch must be >= 1'),
     (['--', '--crop', '5'], 'error: argument --crop: expected HxW'),
+    (['--', '--out', 'x.json'], 'error: --out after --: gpu_run sets it for each entry'),
+    (['--', '--mod', 'train'], 'error: --modes after --: gpu_run sets it'),
 ])
 def test_gpu_run_rejects_bad_arguments_before_creating_out(tmp_path, args, message):
   done = _gpu_run(tmp_path / 'out', *args)
