@@ -511,7 +511,7 @@ def test_gpu_run_ctrl_c_stops_the_running_entry_and_records_the_rest(tmp_path):
     (['--tiny', '--', '--batch', '0'], 'error: --batch must be >= 1'),
     (['--', '--crop', '5'], 'error: argument --crop: expected HxW'),
     (['--', '--out', 'x.json'], 'error: --out after --: gpu_run sets it for each entry'),
-    (['--', '--mod', 'train'], 'error: --modes after --: gpu_run sets it'),
+    (['--', '--dtype', 'float32'], 'error: --dtypes after --: gpu_run sets it'),
 ])
 def test_gpu_run_rejects_bad_arguments_before_creating_out(tmp_path, args, message):
   done = _gpu_run(tmp_path / 'out', *args)
