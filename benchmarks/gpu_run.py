@@ -176,21 +176,27 @@ def _unfinished(entry, args, status: str, text: str,
           for m in modes.split(',') if m not in finished]
 
 
-def _read_entry(out_dir: pathlib.Path, name: str) -> dict | None:
+def _read_entry(out_dir: pathlib.Path, name: str, since: float) -> dict | None:
+  """An entry's JSON if this run wrote it (not one left in OUT by an earlier run)."""
   path = out_dir / f'{name}.json'
   try:
+    if path.stat().st_mtime < since - 2.0:   # 2 s for coarse file times
+      return None
     return json.loads(path.read_text())
   except (OSError, ValueError):   # never written, or cut off by a kill
     return None
 
 
-def _merge(out_dir: pathlib.Path, done: list[str], skipped: list[dict],
+def _merge(out_dir: pathlib.Path, done: dict[str, float], skipped: list[dict],
            budget: float) -> None:
-  """Rewrites ``gpu_run.json`` and ``table.txt`` from the entries so far."""
+  """Rewrites ``gpu_run.json`` and ``table.txt`` from the entries so far.
+
+  ``done``: the entries run, with the wall-clock time each started.
+  """
   from benchmarks.harness import peer as peer_lib, report, runner, schema  # pylint: disable=g-import-not-at-top
   docs = []
-  for name in done:
-    doc = _read_entry(out_dir, name)
+  for name, since in done.items():
+    doc = _read_entry(out_dir, name, since)
     if doc is not None:
       # An entry's own --time-budget is the time that was left to it; its
       # skipped workloads ran out of the overall budget.
@@ -264,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
   _record_gpu(out_dir)
   start = time.monotonic()
   deadline = start + args.budget
-  done, skipped = [], []
+  done, skipped = {}, []
   signal.signal(signal.SIGTERM, _raise_stopped)
   stopped_by = None
   for entry in PLAN:
@@ -281,17 +287,17 @@ def main(argv: list[str] | None = None) -> int:
       print(f'[{entry[0]}] skipped: overall budget spent', flush=True)
       _merge(out_dir, done, skipped, args.budget)
       continue
-    t0 = time.monotonic()
+    t0, started = time.monotonic(), time.time()
     try:
       ended = _run(_command(entry, out_dir, left, args),
                    out_dir / f'{entry[0]}.log', deadline)
     except (KeyboardInterrupt, _Stopped) as e:
       stopped_by = 'SIGTERM' if isinstance(e, _Stopped) else 'Ctrl-C'
       ended = f'stopped by {stopped_by}'
-    done.append(entry[0])
+    done[entry[0]] = started
     # Workloads a stopped or failed entry never recorded are recorded here.
-    finished = frozenset(r['mode'] for r in (_read_entry(out_dir, entry[0]) or {})
-                         .get('results', []))
+    doc = _read_entry(out_dir, entry[0], started) or {}
+    finished = frozenset(r['mode'] for r in doc.get('results', []))
     if stopped_by:
       skipped += _unfinished(entry, args, 'skipped', ended, finished)
     elif ended.startswith('stopped'):
