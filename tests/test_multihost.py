@@ -182,14 +182,18 @@ def test_preempted_on_two_hosts_resumes_on_one_and_on_four(eight_devices, tmp_pa
   assert order['step'] == stop and not (work / 'checkpoints' / str(stop) / 'data').exists()
   assert len(list(work.glob('events.out.tfevents.*'))) == 1
   want = read_losses(eight_devices)
-  for name, args in (('one_by_eight', ['--cpu_devices', '8']),
-                     ('four_by_two', ['--num_processes', '4', '--cpu_devices', '2'])):
+  for name, args, now in (
+      ('one_by_eight', ['--cpu_devices', '8'], '1 process, 8 devices'),
+      ('four_by_two', ['--num_processes', '4', '--cpu_devices', '2'], '4 processes, 8 devices')):
     resumed = tmp_path / name
     shutil.copytree(work, resumed)
     out = launch(tmp_path, resumed, *args,
                  overrides=GUARDED + ['--config.train.log_every_steps=100'])
     # Printed by process 0 only.
     assert out.count(f'of {STEPS}, resumed from step {stop}) in ') == 1, out[-3000:]
+    # The start-up block says the topology changed.
+    assert out.count(f'resumed from step {stop} (') == 1, out[-3000:]
+    assert out.count(f'; saved on 2 processes, 8 devices, now {now}') == 1, out[-3000:]
     got = read_losses(resumed)
     assert sorted(got) == list(range(1, STEPS + 1)), (name, got)
     np.testing.assert_allclose([got[s] for s in sorted(got)],

@@ -285,6 +285,25 @@ def make_workdir(workdir) -> epath.Path:
   return workdir
 
 
+def topology() -> dict[str, int]:
+  """The processes and devices this run trains on (saved with checkpoints)."""
+  return {'processes': jax.process_count(), 'devices': jax.device_count()}
+
+
+def topology_change(saved: dict | None, now: dict) -> str:
+  """``'; saved on 2 processes, 8 devices, now 1 process, 4 devices'``, or ''.
+
+  Empty when the topology is the same or the checkpoint predates the record.
+  The batch order and the global batch do not depend on it.
+  """
+  if not saved or dict(saved) == dict(now):
+    return ''
+  def text(t):
+    p, d = int(t['processes']), int(t['devices'])
+    return f'{p} process{"es" if p != 1 else ""}, {d} device{"s" if d != 1 else ""}'
+  return f'; saved on {text(saved)}, now {text(now)}'
+
+
 def check_data_order(saved: dict | None, current: dict, where) -> str | None:
   """The warning for a resumed run that will not read the examples the saver
   would have (None when it will)."""
@@ -467,13 +486,14 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   order_warning = None
   try:
     if ckpt.latest_step() is not None:
-      ckpt.check_model(model_cfg, resolve=registry.resolve)
+      saved_meta = ckpt.check_model(model_cfg, resolve=registry.resolve)
       order_warning = check_data_order(
           ckpt.data_order(), data_order(0),
           paths.shown(ckpt.directory / str(ckpt.latest_step())))
       state = ckpt.restore(abstract_with_shardings(state, state_sh))
       how = (f'resumed from step {int(state.step)} '
-             f'({paths.shown(ckpt.directory / str(int(state.step)))})')
+             f'({paths.shown(ckpt.directory / str(int(state.step)))})'
+             + topology_change(saved_meta.get('topology'), topology()))
       length = schedule_length(config.to_dict())
       if previous_length and previous_length != length:
         how += ('; the run length changed (' + ', '.join(
@@ -536,7 +556,8 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   saver = CheckpointHook(
       ckpt, every_steps=config.train.checkpoint_every_steps, model_cfg=model_cfg,
       data_order=data_order,
-      meta={'config': config.to_dict() if hasattr(config, 'to_dict') else {}})
+      meta={'config': config.to_dict() if hasattr(config, 'to_dict') else {},
+            'topology': topology()})
 
   # ---- Train loop ----------------------------------------------------------
   result = {'steps': num_steps, 'start_step': start, 'preempted': False}
