@@ -22,8 +22,8 @@ summaries when given a writer, ``metrics.json`` and ``confusion.png`` in the
 output folder (``<workdir>/eval/`` for ``--mode eval``,
 ``<workdir>/eval/step_<N>/`` during training).
 
-A new evaluator is a subclass with a ``run`` and an entry in
-:data:`EVALUATORS`.
+A new evaluator is a subclass with a ``protocol`` name, ``run``,
+``num_examples`` and ``settings_line``, and an entry in :data:`EVALUATORS`.
 """
 from __future__ import annotations
 
