@@ -1,7 +1,8 @@
 """What the commands print: our own lines, without the libraries' noise.
 
-:func:`configure` keeps TensorFlow (imported only as a TensorBoard writer),
-Orbax and JAX start-up messages off the console unless ``verbose``;
+:func:`configure` keeps TensorFlow (never needed, but imported by TFDS and
+etils' gfile when installed), Orbax and JAX start-up messages off the
+console unless ``verbose``;
 :class:`Console` prints a run's lines and appends them to its log file.
 """
 from __future__ import annotations

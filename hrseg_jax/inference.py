@@ -27,8 +27,9 @@ from hrseg_jax.eval.inference import Predictor
 from hrseg_jax.models import registry
 from hrseg_jax.predict import read_image
 
-# The ImageNet mean/std and the input normalisation of every path (training,
-# evaluation, prediction) are those of hrseg_jax.data.transforms.
+# The ImageNet mean/std (hrseg_jax.data.imagenet_stats) and the input
+# normalisation (hrseg_jax.data.transforms.normalize) of every path:
+# training, evaluation, prediction and the exports.
 __all__ = ['MEAN', 'STD', 'Segmenter', 'normalize', 'overlay']
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
-# TensorFlow (clu writers) is only a logging backend here: keep it quiet and
+# TensorFlow is not needed here (TensorBoard files go through tensorboardX),
+# but when installed TFDS and etils' gfile may import it: keep it quiet and
 # off the accelerators (hrseg_jax.console).
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 

@@ -316,8 +316,9 @@ def eval_examples(data_cfg, split: str = 'val') -> grain.MapDataset:
   **normalised** examples, preprocessed like the original's ``testval``:
   ``{'image': float32 [H, W, 3] (see data.eval_mode), 'label': int32 [H0, W0]
   at the original size (absent for test splits), 'id': str, 'pad': int32
-  (pad_h, pad_w)}`` (+ 'rows': int32 [H] if data.with_rows).  Feed
-  'image' to :func:`hrseg_jax.data.transforms.multi_scale_inputs`.  With
+  (pad_h, pad_w)}`` (+ 'rows': int32 [H] if data.with_rows): what
+  :func:`hrseg_jax.eval.evaluate.evaluate` reads (its multi-scale, flip and
+  sliding-window prediction is :mod:`hrseg_jax.eval.inference`).  With
   data.skip_bad_examples a bad example is None (MapDataset's "filtered").
   """
   source = sources.make_source(data_cfg, split)

@@ -1,4 +1,5 @@
-"""Pure train/eval step functions (jitted and sharded by the loop)."""
+"""The pure training step and its loss (jitted and sharded by the loop; the
+evaluation step is :func:`hrseg_jax.eval.evaluator.make_eval_step`)."""
 from __future__ import annotations
 
 import functools
