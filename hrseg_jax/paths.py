@@ -9,7 +9,6 @@ works with.  URLs such as ``gs://bucket/run`` are kept as they are.
 from __future__ import annotations
 
 import os
-from typing import Iterable
 
 # Config fields holding paths (``section.field``); '' means "not set".
 CONFIG_PATH_FIELDS = ('data.root', 'data.train_list', 'data.val_list',
@@ -79,10 +78,6 @@ def shown(path) -> str:
     return text
   rel = os.path.relpath(text)
   return text if rel.startswith('..') else rel
-
-
-def resolve_all(paths: Iterable) -> list:
-  return [resolve(p) for p in paths]
 
 
 def resolve_config(config):

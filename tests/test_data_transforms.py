@@ -67,14 +67,6 @@ def test_random_scale_values(factor, values):
   assert drawn == set(values)
 
 
-def test_rescale_applies_base_size_times_scale():
-  image = np.zeros((100, 200, 3), np.uint8)
-  out = T.rescale(T.Sample(image, np.zeros((100, 200), np.uint8),
-                           T.initial_rows(100)), 2048, 0.8)
-  assert out.image.shape == (819, 1638, 3) and out.label.shape == (819, 1638)
-  np.testing.assert_array_equal(out.rows, T.nearest_indices(100, 819))
-
-
 def test_pad_values():
   sample = T.Sample(np.full((3, 4, 3), 7, np.uint8),
                     np.full((3, 4), 2, np.uint8), T.initial_rows(3))
@@ -265,17 +257,3 @@ def test_test_transform_keeps_label_size():
   out = augment.FullEvalTransform(cs)(example)
   assert out['image'].shape == (30, 45, 3)
   np.testing.assert_array_equal(out['pad'], [0, 0])
-
-
-def test_multi_scale_inputs():
-  image = T.normalize(np.zeros((64, 128, 3), np.uint8))
-  outs = T.multi_scale_inputs(image, 128, (0.5, 1.0, 1.75),
-                              rows=T.initial_rows(64))
-  assert [o['image'].shape for o in outs] == [(32, 64, 3), (64, 128, 3),
-                                              (112, 224, 3)]
-  assert [o['scale'] for o in outs] == [0.5, 1.0, 1.75]
-  np.testing.assert_array_equal(outs[0]['rows'], np.arange(0, 64, 2))
-  np.testing.assert_allclose(outs[2]['image'],
-                             np.broadcast_to(image[0, 0], (112, 224, 3)),
-                             atol=1e-6)
-  assert outs[1]['image'] is image

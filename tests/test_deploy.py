@@ -331,7 +331,6 @@ def test_format_from_extension():
                     ('a.pth.tar', 'pytorch')):
     assert cli.output_format(types.SimpleNamespace(format=None, output=name)) == fmt
   assert cli.output_format(types.SimpleNamespace(format='onnx', output='a.bin')) == 'onnx'
-  assert graph.input_spec(4, 6, True) == ((4, 6, 3), np.uint8)
 
 
 @pytest.mark.parametrize('args,message', [

@@ -174,13 +174,6 @@ def check_structure(root: Any) -> None:
         stack[-1][2] = max(stack[-1][2], frame[2] + 1)
 
 
-class _Mark:
-  pass
-
-
-_MARK = _Mark()
-
-
 def _decode_utf8(data: bytes) -> str:
   return bytes(data).decode('utf-8', 'surrogatepass')
 

@@ -7,8 +7,9 @@ TensorFlow.  The modules:
 * :mod:`~hrseg_jax.data.pipeline` -- ``make_train_iterator``,
   ``make_eval_iterator``, ``eval_batch_ids``, ``eval_examples``,
   ``num_train_examples`` (imports Grain, which imports JAX).
-* :mod:`~hrseg_jax.data.transforms` -- ``normalize``, ``MEAN``, ``STD`` and
-  the resize/pad/crop/flip/multi-scale primitives.
+* :mod:`~hrseg_jax.data.transforms` -- ``normalize`` and the
+  resize/pad/crop/flip primitives; :mod:`~hrseg_jax.data.imagenet_stats` --
+  ``MEAN``, ``STD``.
 * :mod:`~hrseg_jax.data.sources`, :mod:`~hrseg_jax.data.tfds_source`,
   :mod:`~hrseg_jax.data.synthetic` -- random-access sources.
 * :mod:`~hrseg_jax.data.label_maps`, :mod:`~hrseg_jax.data.lists`,

@@ -88,12 +88,6 @@ def random_scale(rng: np.random.Generator, scale_factor: int) -> float:
   return 0.5 + int(rng.integers(0, scale_factor + 1)) / 10.0
 
 
-def rescale(sample: Sample, base_size: int, scale: float) -> Sample:
-  """Resizes so that the long side is ``int(base_size * scale + 0.5)``."""
-  h, w = sample.image.shape[:2]
-  return resize(sample, long_side_size(h, w, int(base_size * scale + 0.5)))
-
-
 def pad(sample: Sample, size: tuple[int, int],
         image_value: Sequence[int] = (0, 0, 0)) -> Sample:
   """Pads bottom/right up to ``size`` (no-op where already larger).
@@ -208,41 +202,3 @@ def resize_short_pad(sample: Sample, short: int, stride: int | None,
   ph, pw = -h % stride, -w % stride
   return pad(sample, (h + ph, w + pw), MEAN_PIXEL), (ph, pw)
 
-
-def resize_long_float(image: np.ndarray, long_size: int) -> np.ndarray:
-  """Eval-time resize of a (normalised, float) image: long side -> long_size."""
-  h, w = image.shape[:2]
-  nh, nw = long_side_size(h, w, long_size)
-  if (nh, nw) == (h, w):
-    return image
-  return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-
-
-def multi_scale_inputs(image: np.ndarray, base_size: int,
-                       scales: Sequence[float],
-                       rows: np.ndarray | None = None) -> list[dict]:
-  """The per-scale inputs of the original's multi-scale inference.
-
-  For each scale s the normalised float image is resized (bilinear, on the
-  float image as in the original) so that its long side is
-  ``int(base_size * s + 0.5)``.
-
-  Args:
-    image: normalised float32 [H, W, 3] image.
-    base_size: ``TEST.BASE_SIZE`` (``config.data.eval_base_size``).
-    scales: the scales, e.g. ``config.eval.scales``.
-    rows: optional row map of ``image``; resized along with it.
-
-  Returns:
-    One dict per scale: {'scale', 'image'} and 'rows' if rows was given.
-  """
-  out = []
-  h, w = image.shape[:2]
-  for s in scales:
-    nh, nw = long_side_size(h, w, int(base_size * s + 0.5))
-    entry = {'scale': float(s), 'image': resize_long_float(
-        image, int(base_size * s + 0.5))}
-    if rows is not None:
-      entry['rows'] = rows[nearest_indices(len(rows), nh)]
-    out.append(entry)
-  return out

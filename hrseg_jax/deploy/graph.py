@@ -129,8 +129,3 @@ def dynamic_size_problem(model_cfg: Mapping[str, Any], variables: Mapping, *,
   except Exception as e:  # pylint: disable=broad-except
     return f'{_where(e.__traceback__)} needs a constant size ({console.first_line(e)})'
   return None
-
-
-def input_spec(height: int, width: int, pre: bool) -> tuple[tuple[int, int, int], Any]:
-  """(H, W, 3) and dtype of one input image."""
-  return (height, width, 3), (np.uint8 if pre else np.float32)

@@ -372,14 +372,5 @@ def resize_bilinear(x, size: Sequence[int], align_corners: bool,
   return y
 
 
-def resize_nearest(x, size: Sequence[int]):
-  """PyTorch legacy 'nearest': source index floor(dst * in / out)."""
-  h, w = x.shape[1], x.shape[2]
-  oh, ow = int(size[0]), int(size[1])
-  ih = np.floor(np.arange(oh) * (h / oh)).astype(np.int32)
-  iw = np.floor(np.arange(ow) * (w / ow)).astype(np.int32)
-  return x[:, ih][:, :, iw]
-
-
 def norm(train: bool, dtype: Dtype, **kw):
   return functools.partial(BatchNorm, use_running_average=not train, dtype=dtype, **kw)
