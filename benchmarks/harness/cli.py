@@ -281,7 +281,7 @@ def settings(args: argparse.Namespace) -> Settings:
       input_images=_pick(args.input_images, 16, 4, t),
       input_batches=_pick(args.input_batches, 10, 3, t),
       input_size=_pick(args.input_size, (1024, 2048), (256, 512), t),
-      peer_dir=args.peer_dir or os.environ.get('HRSEG_PEER') or None, out=args.out, report=list(args.report),
-      seed=args.seed)
+      peer_dir=args.peer_dir or os.environ.get('HRSEG_PEER') or None, out=args.out,
+      report=list(args.report), seed=args.seed)
   _check(s)
   return s
