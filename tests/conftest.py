@@ -50,6 +50,17 @@ def golden() -> pathlib.Path:
   return golden_dir()
 
 
+@pytest.fixture
+def x64():
+  """Float64 JAX for the duration of one test."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_enable_x64', True)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_enable_x64', False)
+
+
 def pytest_configure(config):
   # XLA:CPU spends most test time compiling; its optimisation passes buy
   # little on tiny test shapes (same semantics, ~3x faster compiles).

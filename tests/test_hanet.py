@@ -57,27 +57,6 @@ def random_variables(shapes, seed: int = 0):
   return traverse_util.unflatten_dict(out)
 
 
-@pytest.fixture
-def x64():
-  """Float64 JAX for the duration of one test."""
-  jax.config.update('jax_enable_x64', True)
-  try:
-    yield
-  finally:
-    jax.config.update('jax_enable_x64', False)
-
-
-@pytest.fixture
-def fast_compile():
-  """Most XLA optimisations off (halves CPU compile time; same arithmetic)."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  try:
-    yield
-  finally:
-    jax.config.update('jax_disable_most_optimizations', previous)
-
-
 def load_fixture(golden, name: str, positions: str = 'rows'):
   """(HANet module, its variables, npz arrays, json meta) for one fixture."""
   meta = json.loads((golden / f'{name}.json').read_text())
@@ -168,7 +147,7 @@ def test_positions_change_the_output_and_none_is_the_fork_mode(golden):
                                   with_rows.apply(variables, x, out, whole_frame))
 
 
-def test_model_rows_reach_hanet(fast_compile):
+def test_model_rows_reach_hanet():
   """HRNetSeg passes ``rows`` to ``hanet3_0``: used with positions, else ignored."""
   cfg = dict(arch='hrnet', variant='custom', num_classes=3, stage1=[1, 8, 'BOTTLENECK'],
              stages=[[1, [1, 1], [4, 8]], [1, [1, 1, 1], [4, 8, 16]],
@@ -280,7 +259,7 @@ def test_hrnet_w32_hanet_converter_round_trip(tmp_path):
     np.testing.assert_array_equal(back[k], v, err_msg=k)
 
 
-def test_fork_lite_hrnet_hanet_parity(golden, tmp_path, x64, fast_compile):
+def test_fork_lite_hrnet_hanet_parity(golden, tmp_path, x64):
   """The seed fork's Lite-HRNet-30 + 4 HANets via the converter and Segmenter."""
   lines = []
   convert.convert(golden / f'{FORK_LITE}.pth', tmp_path / 'lite', log=lines.append)

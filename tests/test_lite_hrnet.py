@@ -30,28 +30,6 @@ def count(tree) -> int:
   return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
 
 
-@pytest.fixture
-def x64():
-  """Float64 JAX for the duration of one test."""
-  jax.config.update('jax_enable_x64', True)
-  try:
-    yield
-  finally:
-    jax.config.update('jax_enable_x64', False)
-
-
-@pytest.fixture
-def fast_compile():
-  """Most XLA optimisations off: halves the CPU compile time of these deep
-  graphs of small ops; the arithmetic is unchanged."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  try:
-    yield
-  finally:
-    jax.config.update('jax_disable_most_optimizations', previous)
-
-
 @functools.cache
 def backbone_shapes(variant: str):
   """Abstract variables of the backbone alone."""
@@ -68,7 +46,7 @@ def backbone_variables(state, variant: str, dtype=np.float64):
 
 
 @pytest.mark.parametrize('name', sorted(BACKBONES))
-def test_backbone_parity_float64(golden, x64, fast_compile, name):
+def test_backbone_parity_float64(golden, x64, name):
   state, layout = convert.load_state(golden / f'{name}.pth')
   assert layout['prefix'] == 'backbone.'
   variables = backbone_variables(state, BACKBONES[name])
@@ -111,7 +89,7 @@ def random_variables(shapes, seed: int = 0):
   return traverse_util.unflatten_dict(out)
 
 
-def test_odd_input_is_padded_and_cropped(fast_compile):
+def test_odd_input_is_padded_and_cropped():
   """203 x 317 (rejected by the official model) is padded, outputs cropped."""
   model = lite_hrnet.LiteHRNet('18')
   x = np.random.default_rng(1).normal(size=(1, 203, 317, 3)).astype(np.float32)
