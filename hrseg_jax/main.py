@@ -228,8 +228,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   if checkpoint not in (None, '', 'best', 'latest'):   # a path: which step of it
     shown = checkpoints.resolve_step(path, step)
     described += f' (step {shown})' if shown else ' (converted weights, step 0)'
-  if main_process:
-    print(f'{mode}: {described}', flush=True)
+  if main_process:   # what was loaded: the checkpoint's own model, whatever the config says
+    print(f'{mode}: {described}: {_model_line(model_cfg)}', flush=True)
   compute = jnp.dtype(dtype)
   if mode == 'eval':
     return _evaluate(config, workdir, model_cfg, variables, compute)
@@ -239,9 +239,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
                else checkpoint_info.dataset_of(meta))
   eval_cfg = _predict_eval_cfg(config, dataset, opts)
   if main_process:
-    print(f'predict: {model_cfg["num_classes"]} classes, palette '
-          f'{dataset or "generic (pass --dataset)"}; '
-          + predict.describe_settings(eval_cfg), flush=True)
+    print(f'predict: palette {dataset or "generic (pass --dataset)"}; '
+          + predict.describe_settings(eval_cfg) + f', {compute.name} compute', flush=True)
   if video.is_video_input(list(inputs), opts['video']):
     return video.predict_video(
         model_cfg, variables, inputs[0], os.path.join(workdir, 'predictions'),
@@ -255,6 +254,13 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
                          list_root=paths.resolve(opts['list_root']), dtype=compute,
                          log=(lambda line: print(line, flush=True))
                          if main_process else None)
+
+
+def _model_line(model_cfg) -> str:
+  """``hrnet w48+OCR, 19 classes, align_corners=True``: the loaded model."""
+  from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
+  return (f'{registry.model_name(model_cfg)}, {model_cfg["num_classes"]} classes'
+          + (', align_corners=True' if model_cfg.get('align_corners') else ''))
 
 
 def _check_inputs(inputs, opts) -> None:

@@ -170,6 +170,8 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
   n = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables['params']))
   log(f'converted {paths.shown(src)} -> {paths.shown(dst)}: {registry.model_name(cfg)}, '
       f'{cfg["num_classes"]} classes, {n:,} parameters'
+      + (', align_corners=True' if cfg.get('align_corners') else '')
+      + (', InPlaceABN scales' if inplace_abn else '')
       + (f' ({meta["dataset"]})' if meta.get('dataset') else '')
       + (f'; freshly initialised: {len(report["initialised"])} tensors'
          if report['initialised'] else '')
