@@ -1,0 +1,67 @@
+"""What --mode predict prints, from a user's folder with relative paths: the
+converted model and its settings; one line for an image it cannot decode."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from hrseg_jax.convert import __main__ as convert_cli
+from hrseg_jax.convert import mapping, pth
+from hrseg_jax.models import registry
+from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _predict(cwd, *args) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  env.pop('OPENCV_LOG_LEVEL', None)
+  return subprocess.run(
+      [sys.executable, '-m', 'hrseg_jax.main', '--mode', 'predict', *args],
+      cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_convert_and_predict_name_model_settings_and_dtype(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  cfg = registry.resolve(dict(TINY_HRNET, num_classes=19))
+  state = {'model.' + k: v
+           for k, v in mapping.variables_to_torch(tiny_hrnet_variables(cfg)).items()}
+  pth.save_pth(state, tmp_path / 'ocr_like.pth')
+  assert convert_cli.main(['ocr_like.pth', 'converted/cs', '--align-corners']) == 0
+  out = capsys.readouterr().out
+  assert out.startswith('converted ocr_like.pth -> converted/cs: hrnet custom, 19 classes, ')
+  assert ', align_corners=True (cityscapes)' in out, out
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)).save('photo.png')
+  r = _predict(tmp_path, '--checkpoint', 'converted/cs', '--input', 'photo.png',
+               '--workdir', 'runs/p', '--dtype', 'bfloat16')
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = r.stdout.splitlines()
+  assert lines[0] == ('predict: checkpoint converted/cs (converted weights, step 0): '
+                      'hrnet custom, 19 classes, align_corners=True'), r.stdout
+  assert lines[1] == ("predict: palette cityscapes; whole image at each image's own size, "
+                      'scales 1, no flip, bfloat16 compute'), r.stdout
+  assert (tmp_path / 'runs/p/predictions/labels/photo.png').exists()
+
+
+def test_truncated_png_is_one_line_without_opencv_warning(tmp_path):
+  """OpenCV's own "[ WARN:0@…] … PNG input buffer is incomplete" is noise."""
+  cfg = registry.resolve(TINY_HRNET)
+  pth.save_pth(mapping.variables_to_torch(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
+  assert convert_cli.main([str(tmp_path / 't.pth'), str(tmp_path / 'converted')]) == 0
+  (tmp_path / 'photos').mkdir()
+  Image.fromarray(np.zeros((32, 64, 3), np.uint8) + 90).save(tmp_path / 'whole.png')
+  data = (tmp_path / 'whole.png').read_bytes()
+  (tmp_path / 'photos/cut.png').write_bytes(data[:len(data) // 2])
+  r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
+               '--workdir', 'runs/p')
+  assert r.returncode == 2, r.stderr[-3000:]
+  real = os.path.realpath(tmp_path)
+  assert r.stderr == (f'error: {real}/photos/cut.png: cannot decode image (corrupt, '
+                      'truncated or not an image)\n'), r.stderr
+  assert not (tmp_path / 'runs/p/predictions/labels').exists()
