@@ -100,20 +100,24 @@ def stderr_to_devnull():
 
 
 def import_tensorflow_quietly():
-  """Imports TensorFlow (if installed) without its start-up lines.
+  """Imports TensorFlow (if installed) without its start-up lines, CPU only.
 
-  TensorFlow prints its oneDNN and CPU-feature notes from C++ before any
-  log level applies, so the import runs with stderr closed.  Python errors
-  of the import are not hidden: they are raised after stderr is restored.
-  Returns the module, or None when TensorFlow is not installed.
+  Only what needs TensorFlow calls this (TFDS sources, the SavedModel
+  export); nothing else imports it, so runs that do not need it do not pay
+  its import time.  TensorFlow prints its oneDNN and CPU-feature notes from
+  C++ before any log level applies, so the import runs with stderr closed.
+  Python errors of the import are not hidden: they are raised after stderr
+  is restored.  TensorFlow is then kept off the GPUs, which belong to JAX
+  (it would otherwise reserve their memory).  Returns the module, or None
+  when TensorFlow is not installed.
   """
   if 'tensorflow' in sys.modules:
-    return sys.modules['tensorflow']
+    return _cpu_only(sys.modules['tensorflow'])
   if importlib.util.find_spec('tensorflow') is None:
     return None
   if _verbose:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf
+    return _cpu_only(tf)
   with stderr_to_devnull():
     try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -123,6 +127,14 @@ def import_tensorflow_quietly():
       error = None
   if error is not None:
     raise error
+  return _cpu_only(tf)
+
+
+def _cpu_only(tf):
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except Exception:  # pylint: disable=broad-except
+    pass   # TensorFlow already set up its devices (someone used it first).
   return tf
 
 

@@ -136,16 +136,6 @@ def _maybe_initialize_distributed():
     jax.distributed.initialize()
 
 
-def _hide_gpus_from_tf():
-  try:
-    from hrseg_jax import console  # pylint: disable=g-import-not-at-top
-    tf = console.import_tensorflow_quietly()
-    if tf is not None:
-      tf.config.set_visible_devices([], 'GPU')
-  except Exception:  # pylint: disable=broad-except
-    pass
-
-
 def predict_options(**overrides) -> dict:
   """The predict flags' values (defaults), as :func:`run` takes them."""
   out = dict(dataset=None, cityscapes_test_format=False, sliding=False,
@@ -349,7 +339,6 @@ def main(argv):
   from hrseg_jax import console  # pylint: disable=g-import-not-at-top
   console.configure(verbose=FLAGS.verbose or (FLAGS['verbosity'].present
                                               and FLAGS.verbosity >= 0))
-  _hide_gpus_from_tf()
   try:
     compile_cache.configure(FLAGS.compilation_cache, FLAGS.compilation_cache_dir)
     _maybe_initialize_distributed()
@@ -358,12 +347,42 @@ def main(argv):
     if not without_config:
       _require_config_file()
     config = None if without_config else FLAGS.config
+    _prepare_tensorflow_if_used(config)
     run(config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint, FLAGS.input,
         dtype=FLAGS.dtype, options=_flag_options())
   except (OSError, ValueError, KeyError, RuntimeError) as e:
     msg = str(e).strip().replace('\n', ' ') or type(e).__name__
     print(f'error: {msg}', file=sys.stderr)
     sys.exit(2)
+
+
+def _prepare_tensorflow_if_used(config) -> None:
+  """Imports TensorFlow first, quietly and off the GPUs, if this run may use it.
+
+  It is not needed otherwise (its import takes seconds), but when installed
+  etils reads ``gs://`` paths through its gfile, and ``data.source='tfds'``
+  reads through TFDS: imported here, it prints nothing and leaves the GPUs'
+  memory to JAX (:func:`hrseg_jax.console.import_tensorflow_quietly`).
+  """
+  def strings(tree):
+    if isinstance(tree, dict):
+      for v in tree.values():
+        yield from strings(v)
+    elif isinstance(tree, (list, tuple)):
+      for v in tree:
+        yield from strings(v)
+    elif isinstance(tree, str):
+      yield tree
+  from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
+  values = [FLAGS.workdir, FLAGS.checkpoint or '', *(FLAGS.input or [])]
+  tree = config.to_dict() if config is not None else {}
+  if (any(paths.is_url(v) for v in [*values, *strings(tree)])
+      or tree.get('data', {}).get('source') == 'tfds'):
+    from hrseg_jax import console  # pylint: disable=g-import-not-at-top
+    try:
+      console.import_tensorflow_quietly()
+    except Exception:  # pylint: disable=broad-except
+      pass   # a broken TensorFlow: whatever needs it reports it
 
 
 def _require_config_file():

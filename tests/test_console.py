@@ -1,8 +1,11 @@
 """The training console's pieces: log line, start-up block, quiet logging,
 class names, evaluation pictures (the command lines: tests/test_paths.py)."""
+import importlib.util
 import logging
 import os
 import pathlib
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -222,3 +225,30 @@ def test_summary_columns_stay_aligned_with_a_long_config_path(tmp_path, capsys):
   end = header.index('params') + len('params')
   for row in rows:   # the params column ends where its header does
     assert row[end - 1].isdigit() and row[end] == ' ', (header, row)
+
+
+def test_tensorflow_is_kept_off_the_gpus(monkeypatch):
+  """Whatever imports TensorFlow through the console leaves the GPUs to JAX."""
+  calls = []
+  fake = types.SimpleNamespace(config=types.SimpleNamespace(
+      set_visible_devices=lambda devices, kind: calls.append((devices, kind))))
+  monkeypatch.setitem(sys.modules, 'tensorflow', fake)
+  assert console.import_tensorflow_quietly() is fake
+  assert calls == [([], 'GPU')]
+
+
+@pytest.mark.skipif(importlib.util.find_spec('tensorflow') is None,
+                    reason='TensorFlow is not installed')
+@pytest.mark.parametrize('workdir, imported', [('runs/x', False), ('gs://bucket/run', True)])
+def test_main_imports_tensorflow_only_when_a_run_may_use_it(workdir, imported):
+  """Its import takes seconds: only gs:// paths (etils reads them through its
+  gfile) and TFDS sources make python -m hrseg_jax.main import it first."""
+  code = ('import sys\n'
+          'from hrseg_jax import main\n'
+          f'main.FLAGS(["main", "--workdir", {workdir!r}])\n'
+          'main._prepare_tensorflow_if_used(None)\n'
+          'print("tensorflow" in sys.modules)\n')
+  r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                     timeout=300, check=True)
+  assert r.stdout.split() == [str(imported)], r.stdout + r.stderr
+  assert r.stderr == ''   # imported quietly

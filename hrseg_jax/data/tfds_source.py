@@ -19,7 +19,9 @@ from hrseg_jax.data.label_maps import LabelMap
 def open_data_source(name: str, split: str, data_dir: str | None,
                      skip_decoding: tuple[str, ...]):
   """Opens a prepared TFDS dataset as an ArrayRecord data source."""
+  from hrseg_jax import console  # pylint: disable=g-import-not-at-top
   try:
+    console.import_tensorflow_quietly()   # quiet, and off the GPUs
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ValueError("data.source='tfds' needs TensorFlow Datasets: "
