@@ -195,9 +195,12 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     raise ValueError('--mode predict needs --input (image files, folders or list files)')
   if mode == 'predict':   # missing or empty inputs fail before the checkpoint loads
     _check_inputs(inputs, opts)
-  if mode == 'eval':   # a bad eval.protocol fails before the checkpoint loads
+  if mode == 'eval':   # a bad eval.protocol or data fails before the checkpoint loads
+    from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
     evaluator.protocol_of(config, EVAL_PROTOCOL)
+    # A missing or unlabelled list, a wrong data.root, trainId labels.
+    pipeline.labelled_source(config.data, str(config.eval.get('split', 'val')))
   dataset = checkpoint_info.check_dataset(opts['dataset'])
   try:
     path, step, described = checkpoint_info.select(checkpoint, workdir)

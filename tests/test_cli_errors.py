@@ -158,6 +158,28 @@ def test_predict_pth_checkpoint_and_unreadable_video(user_folder):
   assert _listing(user_folder) == before
 
 
+def test_eval_data_checked_before_the_checkpoint(user_folder):
+  """--mode eval with a val list it cannot use: one line before anything is
+  loaded or printed (it printed the checkpoint, "eval: ? val images" and then
+  the error); here the checkpoint is not even one."""
+  real = os.path.realpath(user_folder)
+  config = str(REPO / 'configs/hrnet_w18_small_v2_cityscapes.py')
+  before = _listing(user_folder)
+  r = _run_main(user_folder, '--mode', 'eval', '--config', config, '--checkpoint', 'tiny.pth',
+                '--workdir', 'runs/e', '--config.data.val_list=nope.lst')
+  assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+  assert r.stderr == (f'error: {real}/nope.lst: list file not found (generate it with '
+                      'scripts/make_lists.py; for PASCAL-Context with '
+                      'scripts/prepare_pascal_ctx.py)\n')
+  (user_folder / 'test.lst').write_text('leftImg8bit/val/a.png\tgtFine/val/a.png\n')
+  r = _run_main(user_folder, '--mode', 'eval', '--config', config, '--checkpoint', 'tiny.pth',
+                '--workdir', 'runs/e', '--config.data.val_list=test.lst')
+  assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+  assert r.stderr == (f'error: {real}/data/cityscapes: data.root folder not found (the '
+                      f'paths in {real}/test.lst are relative to it)\n')
+  assert _listing(user_folder) == sorted(before + ['test.lst'])
+
+
 def test_no_camera_is_one_line_of_ours(capfd):
   """OpenCV's own warnings of a camera that does not open stay off the console."""
   with pytest.raises(OSError, match='camera 7: OpenCV cannot open it'):
