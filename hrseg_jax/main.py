@@ -6,6 +6,7 @@ with --config.a.b=value (after --config); see README.md.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -316,13 +317,17 @@ def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:
 def _flag_options() -> dict:
   def floats(values, name):
     try:
-      return tuple(float(v) for v in values)
+      out = tuple(float(v) for v in values)
     except ValueError as e:
       raise ValueError(f'--{name}={",".join(values)}: expected numbers') from e
+    # Named as typed (the checks of eval.scales / eval.crop_size name the config).
+    if not all(math.isfinite(v) and v > 0 for v in out):
+      raise ValueError(f'--{name}={",".join(values)}: expected positive numbers')
+    return out
   crop = None
   if FLAGS.crop_size:
     crop = tuple(int(v) for v in floats(FLAGS.crop_size, 'crop_size'))
-    if len(crop) != 2:
+    if len(crop) != 2 or min(crop) < 1:
       raise ValueError(f'--crop_size={",".join(FLAGS.crop_size)}: expected H,W')
   return predict_options(
       dataset=FLAGS.dataset, cityscapes_test_format=FLAGS.cityscapes_test_format,

@@ -180,6 +180,17 @@ def test_eval_data_checked_before_the_checkpoint(user_folder):
   assert _listing(user_folder) == sorted(before + ['test.lst'])
 
 
+def test_predict_scales_checked_as_typed(user_folder):
+  """--scales=0,1 was 'eval.scales must be positive', after the checkpoint
+  had loaded and its line was printed; now one line naming the flag."""
+  before = _listing(user_folder)
+  r = _run_main(user_folder, '--mode', 'predict', '--checkpoint', 'converted/tiny',
+                '--input', 'notes.txt', '--workdir', 'runs/p', '--scales=0,1')
+  assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+  assert r.stderr == 'error: --scales=0,1: expected positive numbers\n'
+  assert _listing(user_folder) == before
+
+
 def test_no_camera_is_one_line_of_ours(capfd):
   """OpenCV's own warnings of a camera that does not open stay off the console."""
   with pytest.raises(OSError, match='camera 7: OpenCV cannot open it'):
