@@ -11,9 +11,29 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import sys
 
 from hrseg_jax.data.synthetic import write_cityscapes_layout
+
+
+def _check_args(args) -> None:
+  """Bad numbers and a --root that is a file fail before anything is written."""
+  for name in ('num_train', 'num_val', 'num_test'):
+    if getattr(args, name) < 0:
+      raise ValueError(f'--{name} must be >= 0, got {getattr(args, name)}')
+  if not args.num_train + args.num_val + args.num_test:
+    raise ValueError('--num_train, --num_val and --num_test are all 0: nothing to write')
+  for name in ('height', 'width'):
+    if getattr(args, name) < 1:
+      raise ValueError(f'--{name} must be >= 1, got {getattr(args, name)}')
+  if not 1 <= args.num_classes <= 19:
+    raise ValueError(f'--num_classes must be 1..19 (the Cityscapes train ids), '
+                     f'got {args.num_classes}')
+  for flag, folder in (('--root', args.root), ('--list_dir', args.list_dir)):
+    if folder and os.path.exists(folder) and not os.path.isdir(folder):
+      raise ValueError(f'{flag} {folder} is a file, not a folder')
 
 
 def main(argv=None):
@@ -30,11 +50,16 @@ def main(argv=None):
                       help='classes drawn, of the 19 Cityscapes train ids (19)')
   parser.add_argument('--seed', type=int, default=0, help='random seed (0)')
   args = parser.parse_args(argv)
-  written = write_cityscapes_layout(
-      args.root, num_train=args.num_train, num_val=args.num_val,
-      num_test=args.num_test, image_size=(args.height, args.width),
-      num_classes=args.num_classes, seed=args.seed,
-      list_dir=args.list_dir or None)
+  try:
+    _check_args(args)
+    written = write_cityscapes_layout(
+        args.root, num_train=args.num_train, num_val=args.num_val,
+        num_test=args.num_test, image_size=(args.height, args.width),
+        num_classes=args.num_classes, seed=args.seed,
+        list_dir=args.list_dir or None)
+  except (OSError, ValueError) as e:
+    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
+    return 2
   for split, path in sorted(written.items()):
     print(f'{split:9s} {path}')
   h, w = args.height, args.width
@@ -50,7 +75,8 @@ def main(argv=None):
         + shlex.join(['python', '-m', 'hrseg_jax.main', '--config',
                       'configs/hrnet_w18_small_v1_cityscapes.py', '--workdir',
                       'runs/synthetic_cs', *flags]))
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

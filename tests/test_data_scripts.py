@@ -41,6 +41,26 @@ def test_prepare_synthetic_then_make_lists(tmp_path, capsys):
   assert batch['label'].shape == (3, 16, 32)
 
 
+@pytest.mark.parametrize('args,expected', [
+    (['--num_train', '0', '--num_val', '0'],
+     '--num_train, --num_val and --num_test are all 0: nothing to write'),
+    (['--height', '0'], '--height must be >= 1, got 0'),
+    (['--num_classes', '25'], '--num_classes must be 1..19 (the Cityscapes train ids), got 25'),
+])
+def test_prepare_synthetic_bad_arguments_are_one_line(tmp_path, capsys, args, expected):
+  """These were tracebacks (exit 1), --height 0 after making folders."""
+  code = _main('prepare_synthetic.py')(['--root', str(tmp_path / 'cs'), *args])
+  assert code == 2 and capsys.readouterr().err == f'error: {expected}\n'
+  assert not (tmp_path / 'cs').exists()
+
+
+def test_prepare_synthetic_root_that_is_a_file(tmp_path, capsys):
+  (tmp_path / 'cs').write_text('x')
+  code = _main('prepare_synthetic.py')(['--root', str(tmp_path / 'cs'), '--num_train', '1'])
+  assert code == 2
+  assert capsys.readouterr().err == f'error: --root {tmp_path / "cs"} is a file, not a folder\n'
+
+
 def test_make_lists_without_the_dataset_is_one_line(tmp_path, capsys):
   code = _main('make_lists.py')(['lip', '--root', str(tmp_path / 'lip'),
                                  '--out', str(tmp_path / 'list')])
