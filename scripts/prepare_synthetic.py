@@ -15,6 +15,7 @@ import os
 import shlex
 import sys
 
+from hrseg_jax.data import lists
 from hrseg_jax.data.synthetic import write_cityscapes_layout
 
 
@@ -60,9 +61,10 @@ def main(argv=None):
   except (OSError, ValueError) as e:
     print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
     return 2
-  for split, path in sorted(written.items()):
-    print(f'{split:9s} {path}')
   h, w = args.height, args.width
+  print(f'wrote {args.num_train} train, {args.num_val} val, {args.num_test} test '
+        f'images ({h}x{w}) under {args.root}')
+  print('\n'.join(lists.written_lines(written)))
   overrides = {
       'data.root': args.root, 'data.train_list': written.get('train', ''),
       'data.val_list': written.get('val', ''), 'data.base_size': max(h, w),

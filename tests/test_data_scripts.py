@@ -23,6 +23,8 @@ def test_prepare_synthetic_then_make_lists(tmp_path, capsys):
                                  '--num_val', '2', '--height', '32',
                                  '--width', '64'])
   out = capsys.readouterr().out
+  assert out.startswith(f'wrote 3 train, 2 val, 0 test images (32x64) under {root}\n'
+                        f'train          3 lines  {root}/train.lst\n'), out
   assert "'--config.data.crop_size=(16, 32)'" in out
   assert sorted(os.listdir(root)) == ['gtFine', 'leftImg8bit', 'train.lst',
                                       'trainval.lst', 'val.lst']
