@@ -110,6 +110,10 @@ def test_eval_with_a_config_of_another_class_count(user_folder):
   its labels would be scored against the wrong classes."""
   from hrseg_jax import main as main_lib  # pylint: disable=g-import-not-at-top
   from hrseg_jax import recipes  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  # The val list and tree are there (they are checked first).
+  synthetic.write_cityscapes_layout('data/cityscapes', num_train=0, num_val=1,
+                                    image_size=(16, 32), list_dir='data/list/cityscapes')
   before = _listing(user_folder)
   with pytest.raises(ValueError) as info:
     main_lib.run(recipes.recipe('cityscapes', 'w18_small_v1'), 'runs/eval', 'eval',
