@@ -224,6 +224,11 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     described += f' (step {shown})' if shown else ' (converted weights, step 0)'
   if main_process:   # what was loaded: the checkpoint's own model, whatever the config says
     print(f'{mode}: {described}: {_model_line(model_cfg)}', flush=True)
+    if meta.get('initialised'):   # convert of a backbone: the head is random
+      print(f'warning: {len(meta["initialised"])} tensors of this checkpoint (the '
+            'segmentation head) were freshly initialised by convert, not trained: '
+            f'its {"predictions" if mode == "predict" else "scores"} are those of an '
+            'untrained head; train from it (train.init_from) first', flush=True)
   compute = jnp.dtype(dtype)
   if mode == 'eval':
     return _evaluate(config, workdir, model_cfg, variables, compute)

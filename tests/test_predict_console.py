@@ -65,3 +65,22 @@ def test_truncated_png_is_one_line_without_opencv_warning(tmp_path):
   assert r.stderr == (f'error: {real}/photos/cut.png: cannot decode image (corrupt, '
                       'truncated or not an image)\n'), r.stderr
   assert not (tmp_path / 'runs/p/predictions/labels').exists()
+
+
+def test_converted_backbone_warns_that_its_head_is_untrained(tmp_path, monkeypatch, capsys):
+  """An ImageNet-style backbone converted with --num-classes gets a random
+  head: predicting with it says so (it printed nothing about it)."""
+  monkeypatch.chdir(tmp_path)
+  cfg = registry.resolve(TINY_HRNET)
+  state = {k: v for k, v in mapping.variables_to_torch(tiny_hrnet_variables(cfg)).items()
+           if not k.startswith('last_layer.')}
+  pth.save_pth(state, tmp_path / 'backbone.pth')
+  assert convert_cli.main(['backbone.pth', 'converted', '--num-classes', '5']) == 0
+  assert 'freshly initialised: ' in capsys.readouterr().out
+  Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photo.png')
+  r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photo.png',
+               '--workdir', 'runs/p')
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = r.stdout.splitlines()
+  assert lines[1].startswith('warning: ') and 'freshly initialised by convert, not trained' in (
+      lines[1]), r.stdout
