@@ -342,8 +342,12 @@ def _flag_options() -> dict:
 
 def main(argv):
   if len(argv) > 1:
+    # --input photos/*.png: the shell's second file onwards arrive here.
+    files = all(os.path.exists(a) for a in argv[1:])
     print(f'error: unexpected arguments {argv[1:]} (flags are --name=value; '
-          'see --help)', file=sys.stderr)
+          'see --help)' + ('; --input takes one path: repeat it (--input a.png '
+                           '--input b.png) or give the folder' if files else ''),
+          file=sys.stderr)
     sys.exit(2)
   if not FLAGS.workdir:
     print('error: --workdir is required: the folder for checkpoints, logs and '

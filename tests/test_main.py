@@ -186,6 +186,11 @@ def test_usage_mistakes_are_one_line_errors(tmp_path):
       (['--config', 'configs/demo.py'], 'error: --workdir is required'),
       (['--config', 'configs/demo.py', '--workdir', 'w', 'stray'],
        "error: unexpected arguments ['stray']"),
+      # A shell glob: the files after the first are not --input values.
+      (['--mode', 'predict', '--checkpoint', 'c', '--workdir', 'w', '--input', 'a.png',
+        'a.png'],
+       "error: unexpected arguments ['a.png'] (flags are --name=value; see --help); "
+       '--input takes one path: repeat it (--input a.png --input b.png) or give the folder'),
       (['--config', 'configs/demo.py', '--workdir', 'w',
         '--config.train.eval_every_steps=10'],
        "error: unknown config field 'config.train.eval_every_steps' (no field "
