@@ -351,9 +351,22 @@ def _tail(log: pathlib.Path) -> None:
       print('  ' + line, flush=True)
 
 
-if __name__ == '__main__':
+def entry(argv: list[str] | None = None) -> int:
+  """:func:`main`, and one line for Ctrl-C or SIGTERM between entries.
+
+  An entry stopped while it runs is handled in :func:`main`; a signal while
+  gpu_run itself merges, tails a log or summarises (no entry running) ends
+  here, exit 130 (Ctrl-C) or 143 (SIGTERM), without a traceback.
+  """
   try:
-    sys.exit(main())
-  except KeyboardInterrupt:   # between entries: no entry is running
+    return main(argv)
+  except KeyboardInterrupt:
     print('stopped by Ctrl-C', file=sys.stderr)
-    sys.exit(130)
+    return 130
+  except _Stopped:
+    print('stopped by SIGTERM', file=sys.stderr)
+    return 143
+
+
+if __name__ == '__main__':
+  sys.exit(entry())

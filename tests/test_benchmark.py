@@ -559,3 +559,26 @@ def test_flop_breakdown_accounts_for_xla_total_and_names_layers():
   bad = subprocess.run([sys.executable, str(script), '--model', 'nope'], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=120, check=False)
   assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_gpu_run_sigterm_between_entries_is_one_line(tmp_path, monkeypatch, capsys):
+  """SIGTERM while gpu_run itself works between entries (here: printing an
+  entry's log) is one line, exit 143, as during an entry; it was a traceback."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from benchmarks import gpu_run  # pylint: disable=g-import-not-at-top
+
+  def tail(log):
+    os.kill(os.getpid(), signal.SIGTERM)   # to gpu_run's own handler
+    time.sleep(60)   # interrupted by it at once
+    raise AssertionError(f'no SIGTERM handler stopped gpu_run at {log}')
+  monkeypatch.setattr(gpu_run, '_run', lambda cmd, log, deadline: 'exit 0')
+  monkeypatch.setattr(gpu_run, '_tail', tail)
+  monkeypatch.chdir(tmp_path)
+  before = signal.getsignal(signal.SIGTERM)
+  try:
+    code = gpu_run.entry(['--out', 'out', '--tiny', '--only', 'w48_f32'])
+  finally:
+    signal.signal(signal.SIGTERM, before)
+  assert code == 143
+  assert capsys.readouterr().err == 'stopped by SIGTERM\n'
