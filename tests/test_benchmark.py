@@ -494,10 +494,11 @@ def test_gpu_run_ctrl_c_stops_the_running_entry_and_records_the_rest(tmp_path):
   assert p.returncode == 130, out + err
   assert err == 'stopped by Ctrl-C: what was measured is in out/gpu_run.json\n', err
   assert '[w48_bf16] stopped by Ctrl-C after ' in out
-  running = []
+  running = []   # the entry's benchmark.py runs in this test's folder
   for proc in pathlib.Path('/proc').iterdir():
     try:
-      running.append((proc / 'cmdline').read_bytes())
+      if os.readlink(proc / 'cwd') == os.path.realpath(tmp_path):
+        running.append((proc / 'cmdline').read_bytes())
     except OSError:
       continue
   assert not [c for c in running if b'out/w48_bf16.json' in c]
