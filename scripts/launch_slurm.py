@@ -30,9 +30,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import shlex
 import subprocess
 import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path[:1]:
+  sys.path.insert(0, str(REPO))   # this checkout's hrseg_jax, installed or not
+from hrseg_jax import launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ENTRY = ('-m', 'hrseg_jax.main')
 
@@ -110,6 +116,14 @@ def parse_args(argv: list[str]):
                  'configs/hrnet_w48_cityscapes.py --workdir /shared/runs/x')
   if args.nodes < 1 or args.gpus_per_node < 1:
     parser.error('--nodes and --gpus_per_node must be >= 1')
+  # The job runs in this directory (sbatch's default): the config is read from here.
+  try:
+    config = launch_args.config_file(train_args, '.', f'in {os.getcwd()}, where the job runs')
+    launch_args.check_batch(launch_args.batch_size(train_args, config),
+                            args.nodes * args.gpus_per_node,
+                            f'{args.nodes} node(s) x {args.gpus_per_node} GPUs')
+  except ValueError as e:
+    parser.error(str(e))
   return args, train_args
 
 

@@ -53,6 +53,10 @@ VENV = '~/hrseg-venv'
 LOG_DIR = '~/hrseg_logs'
 # Runtime (software) versions by TPU generation, from the Cloud TPU docs
 # ("TPU software versions"); check `gcloud compute tpus tpu-vm versions list`.
+if str(REPO) not in sys.path[:1]:
+  sys.path.insert(0, str(REPO))   # the checkout this launcher deploys, installed or not
+from hrseg_jax import launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 RUNTIME = {'v2': 'tpu-ubuntu2204-base', 'v3': 'tpu-ubuntu2204-base',
            'v4': 'tpu-ubuntu2204-base', 'v5litepod': 'v2-alpha-tpuv5-lite',
            'v5p': 'v2-alpha-tpuv5', 'v6e': 'v2-alpha-tpuv6e'}
@@ -133,38 +137,19 @@ def train_command(args, train_args: list[str]) -> list[str]:
   return _ssh(args, remote)
 
 
-def batch_size_of(train_args: list[str]) -> int | None:
-  """``train.batch_size`` of the training flags: the override, else the
-  config file's (None if neither can be read here)."""
-  config = None
-  for i, a in enumerate(train_args):
-    if a.startswith('--config.train.batch_size='):
-      try:
-        return int(a.split('=', 1)[1])
-      except ValueError:
-        return None
-    if a == '--config' and i + 1 < len(train_args):
-      config = train_args[i + 1]
-    elif a.startswith('--config='):
-      config = a.split('=', 1)[1]
-  if not config:
-    return None
-  if str(REPO) not in sys.path[:1]:
-    sys.path.insert(0, str(REPO))   # the checkout this launcher deploys, installed or not
-  try:
-    from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
-    return int(load_config_file(config).train.batch_size)
-  except Exception:  # pylint: disable=broad-except
-    return None
-
-
-def workdir_of(train_args: list[str]) -> str | None:
-  for i, a in enumerate(train_args):
-    if a == '--workdir' and i + 1 < len(train_args):
-      return train_args[i + 1]
-    if a.startswith('--workdir='):
-      return a.split('=', 1)[1]
-  return None
+def remote_config(train_args: list[str]) -> str:
+  """The ``--config`` file as the workers open it: ``train`` runs in their
+  copy of this checkout, so a relative path inside what ``setup`` copies
+  (ValueError otherwise)."""
+  spec = launch_args.config_spec(train_args).partition(':')[0]
+  path = launch_args.config_file(
+      train_args, str(REPO), f'the workers run in the copy of {REPO} that setup makes')
+  rel = os.path.relpath(os.path.realpath(path), os.path.realpath(REPO))
+  if os.path.isabs(os.path.expanduser(spec)) or rel.split(os.sep)[0] not in PACKED:
+    raise ValueError(f'--config {spec}: the workers only have the copy of {REPO} '
+                     f'that setup makes ({", ".join(PACKED)}): give a path relative '
+                     'to it, e.g. configs/hrnet_w48_cityscapes.py')
+  return path
 
 
 def parse_args(argv: list[str]):
@@ -210,7 +195,7 @@ def parse_args(argv: list[str]):
     if own_flags:
       parser.error(f'{own_flags[0]} is a flag of this launcher: put it before "--" '
                    '(the flags after it go to hrseg_jax.main)')
-    workdir = workdir_of(train_args)
+    workdir = launch_args.flag_value(train_args, '--workdir')
     if not workdir:
       parser.error('train: pass the training flags after "--", including '
                    '--workdir (gs://BUCKET/... on a multi-host slice)')
@@ -219,12 +204,11 @@ def parse_args(argv: list[str]):
                    f'shared by all of them (gs://...), got {workdir!r} '
                    '(--allow_local_workdir if it is a shared mount)')
     devices, _ = slice_topology(args.accelerator)
-    batch = batch_size_of(train_args)
-    if batch is not None and batch % devices:
-      up = -(-batch // devices) * devices
-      parser.error(f'train.batch_size={batch} is not a multiple of the {devices} '
-                   f'devices of {args.accelerator}: add --config.train.batch_size={up} '
-                   'after "--" (or another multiple)')
+    try:
+      batch = launch_args.batch_size(train_args, remote_config(train_args))
+      launch_args.check_batch(batch, devices, args.accelerator)
+    except ValueError as e:
+      parser.error(str(e))
   elif train_args:
     parser.error(f'{args.step}: takes no training flags')
   return args, train_args

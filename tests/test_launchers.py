@@ -18,10 +18,10 @@ TRAIN = ['--config', 'configs/hrnet_w48_cityscapes.py', '--workdir',
          'gs://my-bucket/runs/w48 cs', '--config.train.batch_size=16']
 
 
-def run(script, *args, ok=True):
+def run(script, *args, ok=True, cwd=REPO):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   r = subprocess.run([sys.executable, str(REPO / 'scripts' / script), *args],
-                     capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+                     capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
   assert (r.returncode == 0) == ok, r.stdout + r.stderr
   return r.stdout if ok else r.stderr
 
@@ -101,10 +101,10 @@ def slurm_dry_run(*args):
 
 
 def test_slurm_one_process_per_node(tmp_path):
-  script, sbatch = slurm_dry_run('--nodes', '4', '--gpus_per_node', '8',
+  script, sbatch = slurm_dry_run('--nodes', '2', '--gpus_per_node', '8',
                                  '--partition', 'gpu', '--time', '2-00:00:00',
                                  '--setup', 'source ~/venv/bin/activate')
-  assert sbatch == {'job-name': 'hrseg', 'nodes': '4', 'ntasks-per-node': '1',
+  assert sbatch == {'job-name': 'hrseg', 'nodes': '2', 'ntasks-per-node': '1',
                     'gpus-per-node': '8', 'partition': 'gpu',
                     'time': '2-00:00:00', 'output': 'slurm_logs/%x-%j.out',
                     'signal': 'TERM@300'}
@@ -122,6 +122,23 @@ def test_slurm_one_process_per_gpu():
   assert (sbatch['account'], sbatch['cpus-per-task']) == ('lab', '12')
   assert sbatch['requeue'] == ''
   assert 'JAX_LOCAL_DEVICE_IDS' not in script  # JAX: GPU SLURM_LOCALID per task
+
+
+def test_slurm_checks_config_and_batch_before_submitting(tmp_path):
+  """The job runs in the submitting directory: a config not there, or a
+  global batch the job's GPUs do not divide, is one line and exit 2 before
+  anything is queued, and nothing is written."""
+  flags = ['--workdir', '/shared/r', '--config', 'configs/hrnet_w48_cityscapes.py']
+  err = run('launch_slurm.py', '--dry-run', '--', *flags, ok=False, cwd=tmp_path)
+  assert '--config configs/hrnet_w48_cityscapes.py: no such file (in ' in err, err
+  err = run('launch_slurm.py', '--nodes', '6', '--gpus_per_node', '8', '--', *flags,
+            '--config.train.batch_size=32', ok=False)
+  assert ('train.batch_size=32 is not a multiple of the 48 devices of 6 node(s) x 8 GPUs: '
+          'add --config.train.batch_size=48') in err
+  err = run('launch_slurm.py', '--nodes', '2', '--', *flags, ok=False)   # the config's 12
+  assert 'train.batch_size=12 is not a multiple of the 16 devices' in err
+  assert len(err.strip().splitlines()) == 1, err
+  assert not (REPO / 'slurm_logs').exists() and not os.listdir(tmp_path)
 
 
 def test_slurm_environment_as_jax_sees_it(monkeypatch):
@@ -204,7 +221,7 @@ def test_tpu_train_runs_the_same_command_on_every_worker():
 
 def test_tpu_multi_host_needs_a_shared_workdir():
   local = ['--config', 'configs/demo.py', '--workdir', '/tmp/run']
-  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'z',
+  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'us-central2-b',
             '--accelerator', 'v4-32', '--dry-run', '--', *local, ok=False)
   assert 'v4-32 has 4 hosts' in err and 'gs://' in err
   # One host (v4-8: 4 chips) may keep it local; a shared mount can be forced.
@@ -218,16 +235,16 @@ def test_tpu_train_checks_the_batch_and_misplaced_flags():
   do not divide (the config's own, or the override), and a launcher flag
   after "--" (it would reach hrseg_jax.main and the real gcloud would run)."""
   flags = ['--config', 'configs/hrnet_w48_cityscapes.py', '--workdir', 'gs://b/r']
-  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'z',
+  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'us-central2-b',
             '--accelerator', 'v4-32', '--dry-run', '--', *flags, ok=False)
   assert ('train.batch_size=12 is not a multiple of the 16 devices of v4-32: add '
           '--config.train.batch_size=16') in err
   assert len(err.strip().splitlines()) == 1, err   # the error line alone, no usage block
-  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'z',
+  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'us-central2-b',
             '--accelerator', 'v4-16', '--dry-run', '--', *flags,
             '--config.train.batch_size=12', ok=False)
   assert 'train.batch_size=12 is not a multiple of the 8 devices of v4-16' in err
-  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'z',
+  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'us-central2-b',
             '--accelerator', 'v4-8', '--', *flags, '--dry-run', ok=False)
   assert '--dry-run is a flag of this launcher: put it before "--"' in err
 
@@ -241,7 +258,7 @@ def test_tpu_batch_check_reads_this_checkouts_config_when_not_installed(tmp_path
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env['PYTHONPATH'] = str(tmp_path / 'site')
   r = subprocess.run([sys.executable, str(REPO / 'scripts' / 'launch_tpu_vm.py'), 'train',
-                      '--name', 's', '--zone', 'z', '--accelerator', 'v4-32', '--dry-run',
+                      '--name', 's', '--zone', 'us-central2-b', '--accelerator', 'v4-32', '--dry-run',
                       '--', '--config', 'configs/hrnet_w48_cityscapes.py', '--workdir',
                       'gs://b/r'], capture_output=True, text=True, env=env, cwd=REPO,
                      timeout=120)
@@ -249,9 +266,38 @@ def test_tpu_batch_check_reads_this_checkouts_config_when_not_installed(tmp_path
   assert 'train.batch_size=12 is not a multiple of the 16 devices of v4-32' in r.stderr
 
 
+def test_tpu_config_is_read_as_the_workers_see_it(tmp_path):
+  """The workers run in their copy of this checkout: from any directory a
+  relative --config names a file of the checkout (its batch is checked, not
+  skipped); a missing one, or one outside what setup copies, is refused."""
+  flags = ['--workdir', 'gs://b/r', '--config']
+  err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'us-central2-b',
+            '--accelerator', 'v5litepod-8', '--dry-run', '--', *flags,
+            'configs/hrnet_w48_cityscapes.py', ok=False, cwd=tmp_path)
+  assert 'train.batch_size=12 is not a multiple of the 8 devices of v5litepod-8' in err
+  (ssh,) = [shlex.split(line) for line in run(
+      'launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'us-central2-b',
+      '--accelerator', 'v5litepod-8', '--dry-run', '--', *flags,
+      'configs/hrnet_w48_cityscapes.py', '--config.train.batch_size=16',
+      cwd=tmp_path).splitlines()]
+  assert '--config configs/hrnet_w48_cityscapes.py' in remote_command(ssh)
+  (tmp_path / 'mine.py').write_text('raise SystemExit("never imported")\n')
+  for config, message in [
+      ('configs/hrnet_w48_cityscape.py', 'no such file'),
+      (str(tmp_path / 'mine.py'), 'the workers only have the copy of'),
+      (str(REPO / 'configs' / 'demo.py'), 'give a path relative to it')]:
+    err = run('launch_tpu_vm.py', 'train', '--name', 's', '--zone', 'us-central2-b',
+              '--accelerator', 'v4-8', '--dry-run', '--', *flags, config, ok=False,
+              cwd=tmp_path)
+    assert f'error: --config {config}: ' in err and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
+  assert os.listdir(tmp_path) == ['mine.py']
+
+
 @pytest.mark.parametrize('accelerator,devices,hosts', [
     ('v4-8', 4, 1), ('v4-32', 16, 4), ('v5p-16', 8, 2), ('v5litepod-8', 8, 1),
-    ('v5litepod-16', 16, 4), ('v6e-8', 8, 1), ('v3-8', 8, 1)])
+    ('v5litepod-16', 16, 4), ('v6e-8', 8, 1), ('v3-8', 8, 1), ('v5litepod-4', 4, 1),
+    ('v6e-1', 1, 1)])
 def test_tpu_topology(accelerator, devices, hosts):
   import runpy  # pylint: disable=g-import-not-at-top
   mod = runpy.run_path(str(REPO / 'scripts' / 'launch_tpu_vm.py'))

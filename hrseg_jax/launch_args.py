@@ -1,0 +1,75 @@
+"""What the cluster launchers (scripts/launch_*.py) check in the training flags.
+
+The flags after ``--`` go to ``python -m hrseg_jax.main`` unchanged, on
+machines the launcher cannot see.  Checked here, before a job is queued or
+a slice starts: the ``--config`` file exists where the remote side will
+look for it, and ``train.batch_size`` divides over the job's devices.
+Each check raises ``ValueError`` with a one-line message.
+"""
+from __future__ import annotations
+
+import os
+
+from hrseg_jax.config_utils import load_config_file
+
+DEFAULT_CONFIG = 'configs/demo.py'   # hrseg_jax.main's default --config
+
+
+def flag_value(train_args: list[str], name: str) -> str | None:
+  """The last value of ``--name V`` or ``--name=V`` (as absl reads it)."""
+  value = None
+  for i, a in enumerate(train_args):
+    if a == name and i + 1 < len(train_args):
+      value = train_args[i + 1]
+    elif a.startswith(name + '='):
+      value = a.split('=', 1)[1]
+  return value
+
+
+def config_spec(train_args: list[str]) -> str:
+  """The ``--config`` given (``path.py`` or ``path.py:arg``), or the default."""
+  return flag_value(train_args, '--config') or DEFAULT_CONFIG
+
+
+def config_file(train_args: list[str], base: str, where: str = '') -> str:
+  """The config file as the remote side opens it, relative paths taken
+  from ``base`` (its working directory, described by ``where`` in the
+  message); ValueError if it is not there."""
+  name = config_spec(train_args).partition(':')[0]
+  path = os.path.join(base, os.path.expanduser(name))
+  if not os.path.isfile(path):
+    raise ValueError(f'--config {name}: no such file ({where or base})')
+  return path
+
+
+def batch_size(train_args: list[str], path: str) -> int:
+  """``train.batch_size``: the ``--config.train.batch_size`` override, else
+  that of the config file at ``path``; ValueError if neither can be read."""
+  override = flag_value(train_args, '--config.train.batch_size')
+  if override is not None:
+    try:
+      return int(override)
+    except ValueError:
+      raise ValueError(f'--config.train.batch_size={override}: not an integer') from None
+  spec = config_spec(train_args)
+  arg = spec.partition(':')[2]
+  try:
+    config = load_config_file(f'{path}:{arg}' if arg else path)
+    return int(config.train.batch_size)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'--config {spec}: cannot read train.batch_size '
+                     f'({type(e).__name__}: {first_line(e)})') from None
+
+
+def first_line(error: Exception) -> str:
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else ''
+
+
+def check_batch(batch: int, devices: int, where: str) -> None:
+  """ValueError unless ``devices`` divide the global batch ``batch``."""
+  if batch % devices:
+    up = -(-batch // devices) * devices
+    raise ValueError(f'train.batch_size={batch} is not a multiple of the {devices} '
+                     f'devices of {where}: add --config.train.batch_size={up} '
+                     'after "--" (or another multiple)')
