@@ -75,6 +75,10 @@ def slice_topology(accelerator: str) -> tuple[int, int]:
     raise ValueError(f'unknown accelerator type {accelerator!r} (expected e.g. '
                      'v4-8, v5litepod-8, v5p-8, v6e-8)')
   gen, n = m.group(1), int(m.group(2))
+  if n % 8 and not (gen in ('v5litepod', 'v6e') and n in (1, 4)):
+    raise ValueError(f'unknown accelerator type {accelerator!r}: {gen} slices come in '
+                     f'multiples of 8{" (or 1, 4)" if gen in ("v5litepod", "v6e") else ""}'
+                     f', e.g. {gen}-8; see gcloud compute tpus accelerator-types list')
   if gen in ('v2', 'v3'):
     return n, max(n // 8, 1)
   if gen in ('v4', 'v5p'):
@@ -184,6 +188,9 @@ def parse_args(argv: list[str]):
   # A bad flag is one line (the messages say what to do; --help shows the usage).
   parser.error = lambda message: parser.exit(2, f'{parser.prog}: error: {message}\n')
   args = parser.parse_args(own)
+  if not re.fullmatch(r'[a-z]+-[a-z]+[0-9]+-[a-z]', args.zone):
+    parser.error(f'--zone {args.zone!r} is not a zone (e.g. us-central2-b, '
+                 'europe-west4-a; a region such as us-central2 is not enough)')
   try:
     _, hosts = slice_topology(args.accelerator)
   except ValueError as e:

@@ -294,6 +294,18 @@ def test_tpu_config_is_read_as_the_workers_see_it(tmp_path):
   assert os.listdir(tmp_path) == ['mine.py']
 
 
+@pytest.mark.parametrize('flags,message', [
+    (['--zone', 'us-central2'], "--zone 'us-central2' is not a zone"),
+    (['--zone', ''], "--zone '' is not a zone"),
+    (['--zone', 'us-central2-b', '--accelerator', 'v4-12'], "unknown accelerator type 'v4-12'"),
+    (['--zone', 'us-central2-b', '--accelerator', 'v5litepod-2'], "'v5litepod-2'"),
+    (['--zone', 'us-central2-b', '--accelerator', 'tpu-v4-8'], "'tpu-v4-8'"),
+])
+def test_tpu_rejects_bad_zone_and_accelerator(flags, message):
+  err = run('launch_tpu_vm.py', 'create', '--name', 's', *flags, '--dry-run', ok=False)
+  assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize('accelerator,devices,hosts', [
     ('v4-8', 4, 1), ('v4-32', 16, 4), ('v5p-16', 8, 2), ('v5litepod-8', 8, 1),
     ('v5litepod-16', 16, 4), ('v6e-8', 8, 1), ('v3-8', 8, 1), ('v5litepod-4', 4, 1),
