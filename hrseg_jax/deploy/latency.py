@@ -1,7 +1,8 @@
 """python -m hrseg_jax.deploy.latency EXPORT [EXPORT ...] [--checkpoint CKPT]
 
 Median latency of one image through each export in its own runtime
-(StableHLO: JAX; ONNX: ONNX Runtime on CPU; SavedModel: TensorFlow), and,
+(StableHLO: JAX; ONNX: ONNX Runtime on CPU; SavedModel: TensorFlow on CPU,
+which leaves the GPUs to JAX), and,
 with ``--checkpoint``, through the JAX model itself (``Segmenter``: class
 maps, or logits when the exports output logits), on the same random image
 of the exports' input size (read from their JSON cards; ``--size H W`` for

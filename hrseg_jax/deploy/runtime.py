@@ -4,7 +4,9 @@
 
 * ``stablehlo``: JAX alone (:func:`hrseg_jax.deploy.stablehlo.load`);
 * ``onnx``: ONNX Runtime on CPU;
-* ``savedmodel``: TensorFlow, the ``serving_default`` signature.
+* ``savedmodel``: TensorFlow on CPU (it leaves the GPUs to JAX:
+  :func:`hrseg_jax.console.import_tensorflow_quietly`), the
+  ``serving_default`` signature.
 """
 from __future__ import annotations
 
