@@ -258,8 +258,8 @@ def test_tpu_batch_check_reads_this_checkouts_config_when_not_installed(tmp_path
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env['PYTHONPATH'] = str(tmp_path / 'site')
   r = subprocess.run([sys.executable, str(REPO / 'scripts' / 'launch_tpu_vm.py'), 'train',
-                      '--name', 's', '--zone', 'us-central2-b', '--accelerator', 'v4-32', '--dry-run',
-                      '--', '--config', 'configs/hrnet_w48_cityscapes.py', '--workdir',
+                      '--name', 's', '--zone', 'us-central2-b', '--accelerator', 'v4-32',
+                      '--dry-run', '--', '--config', 'configs/hrnet_w48_cityscapes.py', '--workdir',
                       'gs://b/r'], capture_output=True, text=True, env=env, cwd=REPO,
                      timeout=120)
   assert r.returncode == 2, r.stdout + r.stderr
