@@ -51,12 +51,12 @@ PACKED = ('pyproject.toml', 'README.md', 'hrseg_jax', 'configs', 'scripts')
 REMOTE_DIR = '~/hrseg_jax'
 VENV = '~/hrseg-venv'
 LOG_DIR = '~/hrseg_logs'
-# Runtime (software) versions by TPU generation, from the Cloud TPU docs
-# ("TPU software versions"); check `gcloud compute tpus tpu-vm versions list`.
 if str(REPO) not in sys.path[:1]:
   sys.path.insert(0, str(REPO))   # the checkout this launcher deploys, installed or not
 from hrseg_jax import launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+# Runtime (software) versions by TPU generation, from the Cloud TPU docs
+# ("TPU software versions"); check `gcloud compute tpus tpu-vm versions list`.
 RUNTIME = {'v2': 'tpu-ubuntu2204-base', 'v3': 'tpu-ubuntu2204-base',
            'v4': 'tpu-ubuntu2204-base', 'v5litepod': 'v2-alpha-tpuv5-lite',
            'v5p': 'v2-alpha-tpuv5', 'v6e': 'v2-alpha-tpuv6e'}
