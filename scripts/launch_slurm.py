@@ -24,7 +24,9 @@ numbered ``SLURM_LOCALID``), so ``--per node`` exports
 all the node's GPUs (no ``--gpus-per-task``/``--gpu-bind``, which would
 renumber them).  Slurm sends SIGTERM ``--signal_s`` seconds before the time
 limit: the training loop saves a checkpoint at the next step boundary and
-exits; submitting the same script again (or ``--requeue``) resumes it.
+exits; submitting the same script again resumes it.  ``--requeue`` lets
+Slurm requeue the job after a node failure or a preemption (not at the time
+limit); the requeued run appends to the same output file.
 """
 from __future__ import annotations
 
@@ -59,8 +61,8 @@ def sbatch_script(args, train_args: list[str]) -> str:
       lines.append(f'#SBATCH --{flag}={value}')
   lines += [f'#SBATCH --output={os.path.join(args.log_dir, "%x-%j.out")}',
             f'#SBATCH --signal=TERM@{args.signal_s}']
-  if args.requeue:
-    lines.append('#SBATCH --requeue')
+  if args.requeue:   # the requeued run keeps the interrupted run's output
+    lines += ['#SBATCH --requeue', '#SBATCH --open-mode=append']
   lines += ['', 'set -eo pipefail']
   lines += args.setup
   lines += ['',
@@ -99,7 +101,9 @@ def parse_args(argv: list[str]):
   parser.add_argument('--cpus_per_task', type=int, default=0)
   parser.add_argument('--signal_s', type=int, default=300,
                       help='SIGTERM this long before the time limit')
-  parser.add_argument('--requeue', action='store_true')
+  parser.add_argument('--requeue', action='store_true',
+                      help='requeue after a node failure or preemption (not '
+                      'at the time limit: resubmit then)')
   parser.add_argument('--setup', action='append', default=[],
                       help='shell line run first on the batch node, e.g. '
                       '"module load cuda" (repeatable)')

@@ -120,7 +120,7 @@ def test_slurm_one_process_per_gpu():
                                  '--requeue', '--cpus_per_task', '12')
   assert (sbatch['ntasks-per-node'], sbatch['gpus-per-node']) == ('4', '4')
   assert (sbatch['account'], sbatch['cpus-per-task']) == ('lab', '12')
-  assert sbatch['requeue'] == ''
+  assert (sbatch['requeue'], sbatch['open-mode']) == ('', 'append')
   assert 'JAX_LOCAL_DEVICE_IDS' not in script  # JAX: GPU SLURM_LOCALID per task
 
 
