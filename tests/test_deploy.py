@@ -408,7 +408,9 @@ def test_latency_refuses_bad_arguments_in_one_line(tmp_path):
        'exports written by python -m hrseg_jax.export'),
       (['m.onnx'], 'error: m.onnx.json: not a card written by python -m hrseg_jax.export '
        '(JSONDecodeError: '),
-      (['m.onnx', '--repeats', '0'], 'error: --repeats 0: must be at least 1')):
+      (['m.onnx', '--repeats', '0'], 'error: --repeats 0: must be at least 1'),
+      (['m.onnx', '--size', '-64', '32'],
+       'error: --size -64 32: height and width must be positive')):
     r = subprocess.run([sys.executable, '-m', 'hrseg_jax.deploy.latency', *args],
                        cwd=tmp_path, capture_output=True, text=True, check=False)
     assert r.returncode == 2, (args, r.stderr)

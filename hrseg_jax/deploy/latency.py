@@ -93,6 +93,10 @@ def main(argv=None) -> int:
     if value < least:
       print(f'error: {flag} {value}: must be at least {least}', file=sys.stderr)
       return 2
+  if args.size is not None and min(args.size) < 1:
+    print(f'error: --size {args.size[0]} {args.size[1]}: height and width must be '
+          'positive', file=sys.stderr)
+    return 2
   from hrseg_jax import console  # pylint: disable=g-import-not-at-top
   console.configure()
   from hrseg_jax.deploy import cli, runtime  # pylint: disable=g-import-not-at-top
