@@ -4,7 +4,8 @@ The flags after ``--`` go to ``python -m hrseg_jax.main`` unchanged, on
 machines the launcher cannot see.  Checked here, before a job is queued or
 a slice starts: the ``--config`` file exists where the remote side will
 look for it, and ``train.batch_size`` divides over the job's devices.
-Each check raises ``ValueError`` with a one-line message.
+Each check raises ``ValueError`` with a one-line message; a config that
+cannot be evaluated by the launcher's Python is left to the job.
 """
 from __future__ import annotations
 
@@ -42,33 +43,27 @@ def config_file(train_args: list[str], base: str, where: str = '') -> str:
   return path
 
 
-def batch_size(train_args: list[str], path: str) -> int:
+def batch_size(train_args: list[str], path: str) -> int | None:
   """``train.batch_size``: the ``--config.train.batch_size`` override, else
-  that of the config file at ``path``; ValueError if neither can be read."""
+  that of the config file at ``path``; None when the config cannot be
+  evaluated here (the Python of the job may have what this one lacks)."""
   override = flag_value(train_args, '--config.train.batch_size')
   if override is not None:
     try:
       return int(override)
     except ValueError:
       raise ValueError(f'--config.train.batch_size={override}: not an integer') from None
-  spec = config_spec(train_args)
-  arg = spec.partition(':')[2]
+  arg = config_spec(train_args).partition(':')[2]
   try:
     config = load_config_file(f'{path}:{arg}' if arg else path)
     return int(config.train.batch_size)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f'--config {spec}: cannot read train.batch_size '
-                     f'({type(e).__name__}: {first_line(e)})') from None
+  except (Exception, SystemExit):  # pylint: disable=broad-except
+    return None
 
 
-def first_line(error: Exception) -> str:
-  lines = str(error).strip().splitlines()
-  return lines[0] if lines else ''
-
-
-def check_batch(batch: int, devices: int, where: str) -> None:
-  """ValueError unless ``devices`` divide the global batch ``batch``."""
-  if batch % devices:
+def check_batch(batch: int | None, devices: int, where: str) -> None:
+  """ValueError unless ``devices`` divide the global batch ``batch`` (None: unknown)."""
+  if batch is not None and batch % devices:
     up = -(-batch // devices) * devices
     raise ValueError(f'train.batch_size={batch} is not a multiple of the {devices} '
                      f'devices of {where}: add --config.train.batch_size={up} '
