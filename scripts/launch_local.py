@@ -32,12 +32,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path[:1]:
+  sys.path.insert(0, str(REPO))   # this checkout's hrseg_jax, installed or not
+from hrseg_jax import launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ENTRY = ('-m', 'hrseg_jax.main')
 
@@ -132,6 +138,17 @@ def parse_args(argv: list[str]):
   if args.num_processes > 1 and not (args.gpus_per_process or args.cpu_devices):
     parser.error('several processes on one host must split its devices: pass '
                  '--gpus_per_process K (GPUs) or --cpu_devices K (CPU)')
+  devices = args.num_processes * (args.gpus_per_process or args.cpu_devices)
+  named = launch_args.flag_value(train_args, '--config') or launch_args.flag_value(
+      train_args, '--config.train.batch_size')
+  if devices and named:   # else every process would print the same error
+    try:
+      config = launch_args.config_file(train_args, '.', f'in {os.getcwd()}')
+      launch_args.check_batch(launch_args.batch_size(train_args, config), devices,
+                              f'{args.num_processes} process(es) x '
+                              f'{args.gpus_per_process or args.cpu_devices} device(s)')
+    except ValueError as e:
+      parser.error(str(e))
   return args, train_args
 
 

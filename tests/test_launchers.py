@@ -71,6 +71,14 @@ def test_local_one_process_per_gpu_and_one_process_for_all():
     (['--num_processes', '2', '--', '--workdir', 'w'], 'must split its devices'),
     (['--dry-run'], 'training flags go after "--"'),
     (['--gpus_per_process', '1', '--cpu_devices', '2', '--', 'x'], 'not allowed'),
+    # Checked once here, not printed by every process.
+    (['--num_processes', '2', '--cpu_devices', '1', '--', '--config', 'configs/demo.py',
+      '--config.train.batch_size=3'],
+     'train.batch_size=3 is not a multiple of the 2 devices of 2 process(es) x 1 device(s)'),
+    (['--num_processes', '2', '--gpus_per_process', '4', '--', '--config',
+      'configs/hrnet_w48_cityscapes.py'], 'batch_size=12 is not a multiple of the 8 devices'),
+    (['--num_processes', '2', '--cpu_devices', '1', '--', '--config', 'configs/nope.py'],
+     '--config configs/nope.py: no such file'),
 ])
 def test_local_rejects(args, message):
   err = run('launch_local.py', *args, ok=False)
