@@ -25,6 +25,7 @@ from benchmarks.harness import cli  # pylint: disable=wrong-import-position
 from benchmarks.harness import models as bench_models  # pylint: disable=wrong-import-position
 from benchmarks.harness import hlo_costs  # pylint: disable=wrong-import-position
 from benchmarks.harness import peer, report, schema  # pylint: disable=wrong-import-position
+from ctrl_c_util import WITH_CTRL_C  # pylint: disable=wrong-import-position
 
 GPU_RUN = REPO / 'benchmarks' / 'gpu_run.sh'
 SCRIPT = REPO / 'benchmarks' / 'benchmark.py'
@@ -153,10 +154,7 @@ def test_isolated_run_skips_against_the_whole_budget(tmp_path):
 def test_ctrl_c_is_one_line_and_keeps_the_finished_workloads(tmp_path):
   import signal  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
-  with_ctrl_c = [sys.executable, '-c', 'import os, signal, sys; '
-                 'signal.signal(signal.SIGINT, signal.SIG_DFL); '
-                 'os.execv(sys.argv[1], sys.argv[1:])']
-  p = subprocess.Popen([*with_ctrl_c, sys.executable, str(SCRIPT), '--tiny', '--models',
+  p = subprocess.Popen([*WITH_CTRL_C, sys.executable, str(SCRIPT), '--tiny', '--models',
                         'tiny', '--dtypes', 'float32', '--modes', 'infer,train',
                         '--out', 'b.json'], cwd=tmp_path,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'), text=True,
@@ -476,12 +474,7 @@ def test_gpu_run_ctrl_c_stops_the_running_entry_and_records_the_rest(tmp_path):
   """Ctrl-C: the entry (its own session) is stopped too, not left running."""
   import signal  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
-  # SIGINT's default action (as in a terminal) even if these tests run with it
-  # ignored (a background job), which the command would inherit.
-  with_ctrl_c = [sys.executable, '-c', 'import os, signal, sys; '
-                 'signal.signal(signal.SIGINT, signal.SIG_DFL); '
-                 'os.execv(sys.argv[1], sys.argv[1:])']
-  p = subprocess.Popen([*with_ctrl_c, str(GPU_RUN), 'out', '--tiny', '--no-profile',
+  p = subprocess.Popen([*WITH_CTRL_C, str(GPU_RUN), 'out', '--tiny', '--no-profile',
                         '--only', 'w48_bf16,w48_f32'], cwd=tmp_path,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'), text=True,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from ctrl_c_util import WITH_CTRL_C
 from hrseg_jax.main import distributed_mode
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -343,12 +344,6 @@ def test_tpu_topology(accelerator, devices, hosts):
 def test_distributed_mode(env, mode):
   assert distributed_mode(env) == mode
 
-
-# Runs a command with Ctrl-C's default action, as in a terminal, even when
-# these tests run with SIGINT ignored (a background job).
-WITH_CTRL_C = [sys.executable, '-c', 'import os, signal, sys; '
-               'signal.signal(signal.SIGINT, signal.SIG_DFL); '
-               'os.execv(sys.argv[1], sys.argv[1:])']
 
 FAKE_MAIN = '''#!{python}
 """Stands in for `python -m hrseg_jax.main`: ready, then on Ctrl-C or

@@ -13,6 +13,7 @@ from hrseg_jax import Segmenter, main, recipes
 from hrseg_jax.config_utils import load_config_file
 from hrseg_jax.convert import convert
 from hrseg_jax.data import synthetic
+from ctrl_c_util import WITH_CTRL_C
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -231,13 +232,8 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(tmp_path):
   import time  # pylint: disable=g-import-not-at-top
   fifo = tmp_path / 'images.lst'
   os.mkfifo(fifo)
-  # SIGINT's default action (as in a terminal) even if these tests run with it
-  # ignored (a background job), which the command would inherit.
-  with_ctrl_c = [sys.executable, '-c', 'import os, signal, sys; '
-                 'signal.signal(signal.SIGINT, signal.SIG_DFL); '
-                 'os.execv(sys.argv[1], sys.argv[1:])']
   p = subprocess.Popen(
-      [*with_ctrl_c, sys.executable, '-m', 'hrseg_jax.main', '--mode', 'predict',
+      [*WITH_CTRL_C, sys.executable, '-m', 'hrseg_jax.main', '--mode', 'predict',
        '--input', 'images.lst', '--workdir', 'runs/p', '--checkpoint', 'converted/x'],
       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)), text=True,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
