@@ -478,8 +478,19 @@ def test_gpu_run_ctrl_c_stops_the_running_entry_and_records_the_rest(tmp_path):
                         '--only', 'w48_bf16,w48_f32'], cwd=tmp_path,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'), text=True,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  log = tmp_path / 'out' / 'w48_bf16.log'
-  while not log.exists():   # the first entry has started
+
+  def entry_processes() -> list[str]:
+    """The first entry's benchmark.py (it runs in this test's folder)."""
+    found = []
+    for proc in pathlib.Path('/proc').iterdir():
+      try:
+        if (os.readlink(proc / 'cwd') == os.path.realpath(tmp_path)
+            and b'out/w48_bf16.json' in (proc / 'cmdline').read_bytes()):
+          found.append(proc.name)
+      except OSError:
+        continue
+    return found
+  while not entry_processes():   # the first entry is running
     assert p.poll() is None, p.communicate()
     time.sleep(0.05)
   p.send_signal(signal.SIGINT)
@@ -487,14 +498,7 @@ def test_gpu_run_ctrl_c_stops_the_running_entry_and_records_the_rest(tmp_path):
   assert p.returncode == 130, out + err
   assert err == 'stopped by Ctrl-C: what was measured is in out/gpu_run.json\n', err
   assert '[w48_bf16] stopped by Ctrl-C after ' in out
-  running = []   # the entry's benchmark.py runs in this test's folder
-  for proc in pathlib.Path('/proc').iterdir():
-    try:
-      if os.readlink(proc / 'cwd') == os.path.realpath(tmp_path):
-        running.append((proc / 'cmdline').read_bytes())
-    except OSError:
-      continue
-  assert not [c for c in running if b'out/w48_bf16.json' in c]
+  assert not entry_processes()
   doc = json.loads((tmp_path / 'out' / 'gpu_run.json').read_text())
   reasons = {(r['dtype'], r['mode']): r.get('reason') for r in doc['results']
              if r['status'] != 'ok'}
