@@ -3,7 +3,8 @@
 The flags after ``--`` go to ``python -m hrseg_jax.main`` unchanged, on
 machines the launcher cannot see.  Checked here, before a job is queued or
 a slice starts: the ``--config`` file exists where the remote side will
-look for it, and ``train.batch_size`` divides over the job's devices.
+look for it, and, for training, ``train.batch_size`` divides over the job's
+devices.
 Each check raises ``ValueError`` with a one-line message; a config that
 cannot be evaluated by the launcher's Python is left to the job.
 """
@@ -25,6 +26,17 @@ def flag_value(train_args: list[str], name: str) -> str | None:
     elif a.startswith(name + '='):
       value = a.split('=', 1)[1]
   return value
+
+
+def mode(train_args: list[str]) -> str:
+  """``--mode``: train (the default), eval or predict."""
+  return flag_value(train_args, '--mode') or 'train'
+
+
+def reads_config(train_args: list[str]) -> bool:
+  """Whether the run reads a config file: training always (the default one
+  if none is named); eval and predict when ``--config`` is given."""
+  return mode(train_args) == 'train' or flag_value(train_args, '--config') is not None
 
 
 def config_spec(train_args: list[str]) -> str:

@@ -141,12 +141,13 @@ def parse_args(argv: list[str]):
   devices = args.num_processes * (args.gpus_per_process or args.cpu_devices)
   named = launch_args.flag_value(train_args, '--config') or launch_args.flag_value(
       train_args, '--config.train.batch_size')
-  if devices and named:   # else every process would print the same error
-    try:
+  if devices and named and launch_args.reads_config(train_args):
+    try:   # here once, else every process prints the same error
       config = launch_args.config_file(train_args, '.', f'in {os.getcwd()}')
-      launch_args.check_batch(launch_args.batch_size(train_args, config), devices,
-                              f'{args.num_processes} process(es) x '
-                              f'{args.gpus_per_process or args.cpu_devices} device(s)')
+      if launch_args.mode(train_args) == 'train':
+        launch_args.check_batch(launch_args.batch_size(train_args, config), devices,
+                                f'{args.num_processes} process(es) x '
+                                f'{args.gpus_per_process or args.cpu_devices} device(s)')
     except ValueError as e:
       parser.error(str(e))
   return args, train_args

@@ -122,10 +122,12 @@ def parse_args(argv: list[str]):
     parser.error('--nodes and --gpus_per_node must be >= 1')
   # The job runs in this directory (sbatch's default): the config is read from here.
   try:
-    config = launch_args.config_file(train_args, '.', f'in {os.getcwd()}, where the job runs')
-    launch_args.check_batch(launch_args.batch_size(train_args, config),
-                            args.nodes * args.gpus_per_node,
-                            f'{args.nodes} node(s) x {args.gpus_per_node} GPUs')
+    if launch_args.reads_config(train_args):
+      config = launch_args.config_file(train_args, '.', f'in {os.getcwd()}, where the job runs')
+      if launch_args.mode(train_args) == 'train':
+        launch_args.check_batch(launch_args.batch_size(train_args, config),
+                                args.nodes * args.gpus_per_node,
+                                f'{args.nodes} node(s) x {args.gpus_per_node} GPUs')
   except ValueError as e:
     parser.error(str(e))
   return args, train_args

@@ -212,8 +212,11 @@ def parse_args(argv: list[str]):
                    '(--allow_local_workdir if it is a shared mount)')
     devices, _ = slice_topology(args.accelerator)
     try:
-      batch = launch_args.batch_size(train_args, remote_config(train_args))
-      launch_args.check_batch(batch, devices, args.accelerator)
+      if launch_args.reads_config(train_args):
+        config = remote_config(train_args)
+        if launch_args.mode(train_args) == 'train':
+          launch_args.check_batch(launch_args.batch_size(train_args, config), devices,
+                                  args.accelerator)
     except ValueError as e:
       parser.error(str(e))
   elif train_args:

@@ -55,6 +55,15 @@ def test_local_four_processes_on_cpu():
     assert distributed_mode(env) == 'explicit'
 
 
+def test_local_checks_the_batch_for_training_only():
+  train = ['--config', 'configs/hrnet_w48_cityscapes.py', '--workdir', 'w']
+  run('launch_local.py', '--num_processes', '2', '--gpus_per_process', '4',
+      '--dry-run', '--', *train, ok=False)   # 12 over 8 GPUs
+  out = run('launch_local.py', '--num_processes', '2', '--gpus_per_process', '4',
+            '--dry-run', '--', *train, '--mode', 'eval')
+  assert len(out.splitlines()) == 2
+
+
 def test_local_one_process_per_gpu_and_one_process_for_all():
   out = run('launch_local.py', '--num_processes', '2', '--gpus_per_process',
             '4', '--port', '99', '--dry-run', '--', *TRAIN)
@@ -80,6 +89,8 @@ def test_local_one_process_per_gpu_and_one_process_for_all():
       'configs/hrnet_w48_cityscapes.py'], 'batch_size=12 is not a multiple of the 8 devices'),
     (['--num_processes', '2', '--cpu_devices', '1', '--', '--config', 'configs/nope.py'],
      '--config configs/nope.py: no such file'),
+    (['--num_processes', '2', '--cpu_devices', '1', '--', '--mode', 'eval', '--config',
+      'configs/nope.py'], '--config configs/nope.py: no such file'),
 ])
 def test_local_rejects(args, message):
   err = run('launch_local.py', *args, ok=False)
@@ -148,6 +159,10 @@ def test_slurm_checks_config_and_batch_before_submitting(tmp_path):
   assert 'train.batch_size=12 is not a multiple of the 16 devices' in err
   assert len(err.strip().splitlines()) == 1, err
   assert not (REPO / 'slurm_logs').exists() and not os.listdir(tmp_path)
+  # Evaluation splits no training batch; a checkpoint alone needs no config.
+  run('launch_slurm.py', '--nodes', '2', '--dry-run', '--', *flags, '--mode', 'eval')
+  run('launch_slurm.py', '--dry-run', '--', '--mode', 'predict', '--checkpoint', 'c',
+      '--workdir', 'w', '--input', 'x.png', cwd=tmp_path)
 
 
 def test_slurm_environment_as_jax_sees_it(monkeypatch):
