@@ -8,7 +8,8 @@ Examples:
   python scripts/launch_tpu_vm.py create --name hrseg --zone us-central2-b \\
       --accelerator v4-8
   python scripts/launch_tpu_vm.py setup --name hrseg --zone us-central2-b
-  python scripts/launch_tpu_vm.py train --name hrseg --zone us-central2-b -- \\
+  python scripts/launch_tpu_vm.py train --name hrseg --zone us-central2-b \\
+      --accelerator v4-8 -- \\
       --config configs/hrnet_w48_cityscapes.py --workdir gs://BUCKET/runs/w48 \\
       --config.data.root=gs://BUCKET/cityscapes
   python scripts/launch_tpu_vm.py logs --name hrseg --zone us-central2-b
@@ -169,8 +170,9 @@ def parse_args(argv: list[str]):
   parser.add_argument('--name', required=True, help='TPU VM name')
   parser.add_argument('--zone', required=True)
   parser.add_argument('--project', default='')
-  parser.add_argument('--accelerator', default='v4-8',
-                      help='e.g. v4-8, v4-32, v5litepod-8, v5p-8, v6e-8')
+  parser.add_argument('--accelerator', default='',
+                      help='create, train: the slice type, e.g. v4-8, v4-32, '
+                      'v5litepod-8, v5p-8, v6e-8 (train checks against it)')
   parser.add_argument('--version', default='',
                       help='TPU runtime version (default: by generation)')
   parser.add_argument('--spot', action='store_true')
@@ -191,8 +193,11 @@ def parse_args(argv: list[str]):
   if not re.fullmatch(r'[a-z]+-[a-z]+[0-9]+-[a-z]', args.zone):
     parser.error(f'--zone {args.zone!r} is not a zone (e.g. us-central2-b, '
                  'europe-west4-a; a region such as us-central2 is not enough)')
+  if args.step in ('create', 'train') and not args.accelerator:
+    parser.error(f'{args.step}: pass --accelerator, the slice type (e.g. v4-8, v4-32, '
+                 'v5litepod-8): train checks the workdir and batch against it')
   try:
-    _, hosts = slice_topology(args.accelerator)
+    _, hosts = slice_topology(args.accelerator) if args.accelerator else (0, 1)
   except ValueError as e:
     parser.error(str(e))
   if args.step == 'train':

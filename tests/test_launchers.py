@@ -319,6 +319,8 @@ def test_tpu_config_is_read_as_the_workers_see_it(tmp_path):
 
 
 @pytest.mark.parametrize('flags,message', [
+    # Not a silent v4-8: train checks the workdir and batch against the type.
+    (['--zone', 'us-central2-b'], 'create: pass --accelerator, the slice type'),
     (['--zone', 'us-central2'], "--zone 'us-central2' is not a zone"),
     (['--zone', ''], "--zone '' is not a zone"),
     (['--zone', 'us-central2-b', '--accelerator', 'v4-12'], "unknown accelerator type 'v4-12'"),
