@@ -34,6 +34,7 @@ import argparse
 import os
 import pathlib
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -143,6 +144,10 @@ def main(argv=None) -> int:
     print(script)
     print(' '.join(shlex.quote(a) for a in submit))
     return 0
+  if not shutil.which('sbatch'):
+    print('launch_slurm.py: error: sbatch is not on PATH: run this on the cluster '
+          '(a login node), or add --dry-run to print the script', file=sys.stderr)
+    return 2
   os.makedirs(args.log_dir, exist_ok=True)
   with open(path, 'w') as f:
     f.write(script)

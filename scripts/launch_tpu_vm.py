@@ -44,6 +44,7 @@ import os
 import pathlib
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -249,7 +250,13 @@ def main(argv=None) -> int:
     devices, hosts = slice_topology(args.accelerator)
     print(f'# {args.accelerator}: {devices} JAX devices on {hosts} '
           f'host{"s" if hosts > 1 else ""}', file=sys.stderr)
-  for cmd in commands(args, train_args):
+  cmds = commands(args, train_args)
+  missing = [c[0] for c in cmds if not shutil.which(c[0])]
+  if missing and not args.dry_run:
+    print(f'launch_tpu_vm.py: error: {missing[0]} is not on PATH (install the Google '
+          'Cloud CLI), or add --dry-run to print the commands', file=sys.stderr)
+    return 2
+  for cmd in cmds:
     print(' '.join(shlex.quote(a) for a in cmd), flush=True)
     if not args.dry_run:
       code = subprocess.call(cmd)

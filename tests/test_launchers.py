@@ -165,6 +165,20 @@ def test_slurm_checks_config_and_batch_before_submitting(tmp_path):
       '--workdir', 'w', '--input', 'x.png', cwd=tmp_path)
 
 
+def test_launchers_without_sbatch_or_gcloud(tmp_path):
+  """Not a traceback after writing the script: one line, exit 2, nothing written."""
+  (tmp_path / 'bin').mkdir()
+  env = {**os.environ, 'PATH': str(tmp_path / 'bin')}
+  for script, args in [
+      ('launch_slurm.py', ['--', '--mode', 'predict', '--checkpoint', 'c', '--workdir', 'w']),
+      ('launch_tpu_vm.py', ['delete', '--name', 's', '--zone', 'us-central2-b'])]:
+    r = subprocess.run([sys.executable, str(REPO / 'scripts' / script), *args],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stdout == '', r.stdout + r.stderr
+    assert r.stderr.count('\n') == 1 and 'is not on PATH' in r.stderr, r.stderr
+  assert os.listdir(tmp_path) == ['bin']
+
+
 def test_slurm_environment_as_jax_sees_it(monkeypatch):
   """What the sbatch script relies on: inside an srun step hrseg_jax.main
   initialises jax.distributed, and JAX's Slurm detection gives one GPU per
