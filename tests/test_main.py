@@ -29,6 +29,21 @@ def test_every_config_loads_and_resolves():
     assert len(c.loss.balance_weights) == registry.num_outputs(cfg), name
 
 
+def test_cityscapes_trainval_configs_name_the_readme_test_settings():
+  """The README's trainval numbers are multi-scale + flip on the test set;
+  the train -> val numbers single scale, no flip."""
+  ms = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+  for name in ('hrnet_w48_cityscapes_trainval.py',
+               'hrnet_ocr_w48_cityscapes_trainval.py'):
+    c = load_config_file(str(REPO / 'configs' / name))
+    assert tuple(c.data.readme_eval_scales) == ms, name
+    assert c.data.readme_eval_flip is True, name
+  for name in ('hrnet_w48_cityscapes.py', 'hrnet_ocr_w48_cityscapes.py'):
+    c = load_config_file(str(REPO / 'configs' / name))
+    assert tuple(c.data.readme_eval_scales) == (1.0,), name
+    assert c.data.readme_eval_flip is False, name
+
+
 def test_eval_mode_matches_segmenter_predict(golden, tmp_path):
   """The converted golden model through `--mode eval` predicts exactly what
   Segmenter.predict does on the same images."""
