@@ -38,10 +38,12 @@ def test_cityscapes_trainval_configs_name_the_readme_test_settings():
     c = load_config_file(str(REPO / 'configs' / name))
     assert tuple(c.data.readme_eval_scales) == ms, name
     assert c.data.readme_eval_flip is True, name
+    assert c.eval.every_steps == 10 * (3475 // 12), name   # 10 epochs
   for name in ('hrnet_w48_cityscapes.py', 'hrnet_ocr_w48_cityscapes.py'):
     c = load_config_file(str(REPO / 'configs' / name))
     assert tuple(c.data.readme_eval_scales) == (1.0,), name
     assert c.data.readme_eval_flip is False, name
+    assert c.eval.every_steps == 10 * (2975 // 12), name
 
 
 def test_eval_mode_matches_segmenter_predict(golden, tmp_path):
