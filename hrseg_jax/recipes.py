@@ -181,8 +181,12 @@ def lite_recipe(variant: str = '30', *, head: str = 'clean', hanet: bool = False
   ``fork=True``: the seed fork's ``seg_lite_hrnet_w32.yaml`` as trained by its
   ``tools/lite_train.py``: no ImageNet init, crop 512x1024, batch 8, SGD 0.01,
   wd 5e-4, poly 0.9, 484 epochs, Cityscapes class weights, align_corners
-  False, validation every 10 epochs.  Otherwise the Lite-HRNet paper's
-  Cityscapes recipe: batch 16, 160k iterations, same optimizer.
+  False, validation every 10 epochs.  Otherwise batch 16 and 160k
+  iterations with the same optimizer, the schedule of the mmsegmentation
+  reproduction of Lite-HRNet on Cityscapes (its minimum learning rate 1e-4
+  and photometric distortion are not used; the augmentation is HRNet's).
+  The Lite-HRNet paper's own segmentation schedule is not in its released
+  code.
   """
   c = base_config('cityscapes')
   c.model = ml_collections.ConfigDict(dict(
