@@ -400,6 +400,9 @@ def test_skip_and_count(cityscapes, caplog):
   mask = np.concatenate([b['mask'] for b in batches])
   np.testing.assert_array_equal(mask, [True, True, True, False, False, False])
   assert SKIPPED.count('val') == 1
+  SKIPPED.reset()   # counted under the split evaluated (eval.split)
+  list(pipeline.make_eval_iterator(cfg, batch_size=3, split='train'))
+  assert SKIPPED.count('train') == 1 and SKIPPED.count('val') == 0
   SKIPPED.reset()
   examples = pipeline.eval_examples(val_cfg)
   assert examples[3] is None and examples[2] is not None

@@ -228,9 +228,9 @@ class _EvalExample:
   """Shard position -> fixed-shape example with 'mask'."""
 
   def __init__(self, source, transform: augment.ValTransform,
-               plan: _EvalPlan, skip_bad: bool):
+               plan: _EvalPlan, skip_bad: bool, split: str):
     self.source, self.transform, self.plan = source, transform, plan
-    self.skip_bad = skip_bad
+    self.skip_bad, self.split = skip_bad, split
 
   def __call__(self, k: int) -> dict[str, Any]:
     index = self.plan.source_index(int(k))
@@ -240,7 +240,7 @@ class _EvalExample:
       except DataError as e:
         if not self.skip_bad:
           raise
-        SKIPPED.record('val', e)
+        SKIPPED.record(self.split, e)
       else:
         out = self.transform(example, np.random.default_rng([0, index]))
         out['mask'] = np.bool_(True)
@@ -275,7 +275,7 @@ def make_eval_iterator(data_cfg, *, batch_size: int, shard_index: int = 0,
   plan = _EvalPlan(n, int(batch_size), int(shard_index), int(shard_count))
   example = _EvalExample(
       source, augment.ValTransform(data_cfg, normalize=False), plan,
-      bool(data_cfg.skip_bad_examples))
+      bool(data_cfg.skip_bad_examples), split)
   ds = grain.MapDataset.range(plan.length).map(example).batch(
       int(batch_size), batch_fn=augment.collate)
   return _to_iter(ds, data_cfg)
