@@ -16,8 +16,8 @@ Orbax's own log records are filtered in one place,
 :func:`hrseg_jax.console.quiet_orbax`, which the modules here call.
 """
 from hrseg_jax.checkpoints.model import (MODEL, VARIABLES, find_checkpoint,
-                                         load_model, load_model_config, resolve_step,
-                                         save_model)
+                                         load_model, load_model_config, model_steps,
+                                         resolve_step, save_model)
 
 __all__ = ['MODEL', 'VARIABLES', 'find_checkpoint', 'load_model',
-           'load_model_config', 'resolve_step', 'save_model']
+           'load_model_config', 'model_steps', 'resolve_step', 'save_model']

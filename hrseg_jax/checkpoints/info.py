@@ -74,11 +74,10 @@ def step_mious(path) -> dict[int, float]:
   """{step: mIoU} of the steps under ``path`` saved after an evaluation."""
   root, _ = checkpoints.find_checkpoint(path)
   out = {}
-  for p in root.iterdir():
-    if p.name.isdigit() and (p / checkpoints.MODEL).is_dir():
-      miou = (_step_meta(root, int(p.name)).get('eval') or {}).get('miou')
-      if miou is not None:
-        out[int(p.name)] = float(miou)
+  for step in checkpoints.model_steps(root):
+    miou = (_step_meta(root, step).get('eval') or {}).get('miou')
+    if miou is not None:
+      out[step] = float(miou)
   return out
 
 

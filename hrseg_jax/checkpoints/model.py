@@ -63,6 +63,12 @@ def not_a_folder_message(path) -> str:
           'a training --workdir')
 
 
+def model_steps(root) -> list[int]:
+  """The steps under a manager root that hold a ``model`` item, ascending."""
+  return sorted(int(p.name) for p in epath.Path(root).iterdir()
+                if p.name.isdigit() and (p / MODEL).is_dir())
+
+
 def find_checkpoint(path) -> tuple[epath.Path, int]:
   """Resolves a user path to (manager root, step).
 
@@ -84,8 +90,7 @@ def find_checkpoint(path) -> tuple[epath.Path, int]:
     path = path / 'checkpoints'
   if (path / MODEL).is_dir() and path.name.isdigit():
     return path.parent, int(path.name)
-  steps = sorted(int(p.name) for p in path.iterdir()
-                 if p.name.isdigit() and (p / MODEL).is_dir())
+  steps = model_steps(path)
   if not steps:
     raise FileNotFoundError(
         f'{path}: no hrseg_jax checkpoint (expected step directories with '
@@ -226,8 +231,7 @@ def load_model(path, *, step: int | None = None):
   step = latest if step is None else step
   step_dir = root / str(step)
   if not (step_dir / MODEL).is_dir():
-    kept = sorted(int(d.name) for d in root.iterdir()
-                  if d.name.isdigit() and (d / MODEL).is_dir())
+    kept = model_steps(root)
     raise FileNotFoundError(f'{root}: no checkpoint step {step} (steps kept: '
                             f'{", ".join(map(str, kept)) or "none"})')
   verified = _verify(step_dir)
