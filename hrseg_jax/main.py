@@ -381,19 +381,13 @@ def _prepare_tensorflow_if_used(config) -> None:
   reads through TFDS: imported here, it prints nothing and leaves the GPUs'
   memory to JAX (:func:`hrseg_jax.console.import_tensorflow_quietly`).
   """
-  def strings(tree):
-    if isinstance(tree, dict):
-      for v in tree.values():
-        yield from strings(v)
-    elif isinstance(tree, (list, tuple)):
-      for v in tree:
-        yield from strings(v)
-    elif isinstance(tree, str):
-      yield tree
   from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
-  values = [FLAGS.workdir, FLAGS.checkpoint or '', *(FLAGS.input or [])]
   tree = config.to_dict() if config is not None else {}
-  if (any(paths.is_url(v) for v in [*values, *strings(tree)])
+  values = [FLAGS.workdir, FLAGS.checkpoint or '', *(FLAGS.input or [])]
+  for field in paths.CONFIG_PATH_FIELDS:   # the config's paths
+    section, name = field.split('.')
+    values.append(str(tree.get(section, {}).get(name) or ''))
+  if (any(paths.is_url(v) for v in values)
       or tree.get('data', {}).get('source') == 'tfds'):
     from hrseg_jax import console  # pylint: disable=g-import-not-at-top
     try:
