@@ -25,7 +25,7 @@ from benchmarks.harness import cli  # pylint: disable=wrong-import-position
 from benchmarks.harness import models as bench_models  # pylint: disable=wrong-import-position
 from benchmarks.harness import hlo_costs  # pylint: disable=wrong-import-position
 from benchmarks.harness import peer, report, schema  # pylint: disable=wrong-import-position
-from ctrl_c_util import WITH_CTRL_C  # pylint: disable=wrong-import-position
+from ctrl_c_util import WITH_CTRL_C, ctrl_c_when  # pylint: disable=wrong-import-position
 
 GPU_RUN = REPO / 'benchmarks' / 'gpu_run.sh'
 SCRIPT = REPO / 'benchmarks' / 'benchmark.py'
@@ -152,18 +152,13 @@ def test_isolated_run_skips_against_the_whole_budget(tmp_path):
 
 
 def test_ctrl_c_is_one_line_and_keeps_the_finished_workloads(tmp_path):
-  import signal  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
   p = subprocess.Popen([*WITH_CTRL_C, sys.executable, str(SCRIPT), '--tiny', '--models',
                         'tiny', '--dtypes', 'float32', '--modes', 'infer,train',
                         '--out', 'b.json'], cwd=tmp_path,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'), text=True,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  while not (tmp_path / 'b.json').exists():   # inference done, train compiling
-    assert p.poll() is None, p.communicate()
-    time.sleep(0.05)
-  p.send_signal(signal.SIGINT)
-  out, err = p.communicate(timeout=120)
+  # Once inference is done, while the train step compiles.
+  out, err = ctrl_c_when(p, (tmp_path / 'b.json').exists)
   assert p.returncode == 130, out + err
   assert err == 'stopped by Ctrl-C: the workloads finished are in b.json\n', err
   doc = json.loads((tmp_path / 'b.json').read_text())
@@ -472,8 +467,6 @@ def test_gpu_run_records_a_failed_entry(tmp_path):
 
 def test_gpu_run_ctrl_c_stops_the_running_entry_and_records_the_rest(tmp_path):
   """Ctrl-C: the entry (its own session) is stopped too, not left running."""
-  import signal  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
   p = subprocess.Popen([*WITH_CTRL_C, str(GPU_RUN), 'out', '--tiny', '--no-profile',
                         '--only', 'w48_bf16,w48_f32'], cwd=tmp_path,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'), text=True,
@@ -490,11 +483,7 @@ def test_gpu_run_ctrl_c_stops_the_running_entry_and_records_the_rest(tmp_path):
       except OSError:
         continue
     return found
-  while not entry_processes():   # the first entry is running
-    assert p.poll() is None, p.communicate()
-    time.sleep(0.05)
-  p.send_signal(signal.SIGINT)
-  out, err = p.communicate(timeout=120)
+  out, err = ctrl_c_when(p, entry_processes)   # once the first entry runs
   assert p.returncode == 130, out + err
   assert err == 'stopped by Ctrl-C: what was measured is in out/gpu_run.json\n', err
   assert '[w48_bf16] stopped by Ctrl-C after ' in out
