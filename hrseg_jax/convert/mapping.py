@@ -106,11 +106,12 @@ def torch_to_variables(state: Mapping[str, np.ndarray], abstract: Mapping,
     (flat dict path -> array or None, report dict with 'missing', 'skipped').
 
   Raises:
-    ConversionError listing missing/unexpected keys and shape mismatches.
+    ConversionError listing missing/unexpected keys, shape mismatches and
+    tensors holding NaN or infinite values (after the cast to the model's dtype).
   """
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   flat = traverse_util.flatten_dict(dict(abstract))
-  out, missing, bad_shape, used = {}, [], [], set()
+  out, missing, bad_shape, used, not_finite = {}, [], [], set(), []
   for path, spec in flat.items():
     key = flax_path_to_torch(path)
     leaf = path[-1]
@@ -127,11 +128,19 @@ def torch_to_variables(state: Mapping[str, np.ndarray], abstract: Mapping,
       continue
     if inplace_abn and leaf == 'scale':
       value = np.abs(value) + 1e-5
-    out[path] = value.astype(spec.dtype)
+    with np.errstate(over='ignore', invalid='ignore'):
+      value = value.astype(spec.dtype)
+    if value.dtype.kind == 'f' and not np.isfinite(value).all():
+      # NaN/inf in the file, or values beyond the model's dtype (float64 1e300).
+      not_finite.append(key)
+    out[path] = value
   ignorable = lambda k: k.endswith('num_batches_tracked') or k.startswith(NON_MODEL_PREFIXES)
   unexpected = sorted(k for k in state if k not in used and not ignorable(k))
   really_missing = [k for k in missing if not k.startswith(allow_missing)]
   problems = []
+  if not_finite:
+    problems.append(f'{len(not_finite)} tensor(s) with NaN or infinite values (or values '
+                    f"beyond float32's range): {_fmt(not_finite)}")
   if bad_shape:
     problems.append(f'{len(bad_shape)} shape mismatch(es): {_fmt(bad_shape, 8)}')
   if really_missing:

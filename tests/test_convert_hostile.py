@@ -1,0 +1,61 @@
+"""Hostile or damaged state dicts through ``python -m hrseg_jax.convert``.
+
+The files themselves are well-formed ``.pth`` archives (the loader's own
+defences are tested in ``test_pth_hostile.py``); what they hold is not a
+model a user should get: non-finite weights, tensors of the wrong rank,
+architectures that cannot be inferred. Each must end in one ``error:``
+line naming the file (and the key), exit code 2, nothing written.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hrseg_jax.convert import pth
+from test_convert import TINY, torch_state
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def tiny_state():
+  return torch_state(TINY)
+
+
+def convert_cli(folder: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+  """``python -m hrseg_jax.convert model.pth out`` run from ``folder``."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'hrseg_jax.convert', 'model.pth', 'out', *args],
+                        cwd=folder, env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+
+
+def refused(folder: pathlib.Path, state, *args: str) -> str:
+  """Writes ``state`` as model.pth, converts it; returns the one error line."""
+  pth.save_pth(state, folder / 'model.pth')
+  proc = convert_cli(folder, *args)
+  assert proc.returncode == 2, (proc.stdout, proc.stderr)
+  lines = proc.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
+  assert 'model.pth' in lines[0] and 'Traceback' not in proc.stderr, lines
+  assert sorted(p.name for p in folder.iterdir()) == ['model.pth']
+  return lines[0]
+
+
+def test_non_finite_weights_are_refused_naming_the_keys(tmp_path, tiny_state):
+  state = dict(tiny_state)
+  w = state['conv1.weight'].copy()
+  w[0, 0, 0, 0] = np.nan
+  state['conv1.weight'] = w
+  state['bn1.running_var'] = np.full_like(state['bn1.running_var'], np.inf)
+  # Finite in float64, infinite once cast to the model's float32.
+  state['last_layer.3.bias'] = np.full(state['last_layer.3.bias'].shape, 1e300)
+  line = refused(tmp_path, state)
+  assert '3 tensor(s) with NaN or infinite values' in line, line
+  for key in ('conv1.weight', 'bn1.running_var', 'last_layer.3.bias'):
+    assert key in line, line
