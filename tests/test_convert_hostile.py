@@ -59,3 +59,39 @@ def test_non_finite_weights_are_refused_naming_the_keys(tmp_path, tiny_state):
   assert '3 tensor(s) with NaN or infinite values' in line, line
   for key in ('conv1.weight', 'bn1.running_var', 'last_layer.3.bias'):
     assert key in line, line
+
+
+def test_a_tensor_of_the_wrong_rank_is_named_not_a_traceback(tmp_path, tiny_state):
+  state = dict(tiny_state, **{'layer1.0.conv1.weight': np.float32(0.5)})
+  line = refused(tmp_path, state)
+  assert 'layer1.0.conv1.weight has shape ()' in line, line
+
+
+LITE_KEYS = {'stem.conv1.conv.weight': np.zeros((4, 3, 3, 3), np.float32)}
+
+
+@pytest.mark.parametrize('extra,phrase', [
+    # An OCR head without its object-context block.
+    ({'conv3x3_ocr.0.weight': np.zeros((4, 60, 3, 3), np.float32)},
+     'ocr_distri_head.object_context_block.f_pixel.0.weight missing'),
+    ({'last_layer.3.weight': np.float32(1)}, 'last_layer.3.weight has shape ()'),
+    ({'stage2.0.branches.1.1.conv1.weight': np.zeros((8, 8, 3, 3), np.float32),
+      'stage2.0.branches.2.0.conv1.weight': np.zeros((8, 8, 3, 3), np.float32)},
+     'stage2.0.branches.1.0.conv1.weight missing'),
+    ({'hanet3_0.attention_first.0.weight': np.zeros((4,), np.float32)},
+     'hanet3_0.attention_first.0.weight has shape (4,)'),
+    ({**LITE_KEYS, 'cls_head.weight': np.float32(1)}, 'cls_head.weight has shape ()'),
+])
+def test_architecture_inference_names_the_key(tmp_path, tiny_state, capsys, monkeypatch,
+                                             extra, phrase):
+  from hrseg_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
+  state = dict(tiny_state, **extra)
+  if 'stage2.0.branches.2.0.conv1.weight' in extra:
+    del state['stage2.0.branches.1.0.conv1.weight']
+  pth.save_pth(state, tmp_path / 'model.pth')
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(['model.pth', 'out']) == 2
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and err.startswith('error: '), err
+  assert 'model.pth' in err and phrase in err, err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']

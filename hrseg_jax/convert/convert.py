@@ -93,7 +93,11 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
     if backbone_only is None:
       backbone_only = not from_state_dict.has_head(state)
     if model_cfg is None:
-      cfg = from_state_dict.infer_model_config(state, num_classes)
+      try:
+        cfg = from_state_dict.infer_model_config(state, num_classes)
+      except (KeyError, IndexError, TypeError) as e:  # Its own checks raise ValueError.
+        raise ValueError(f'cannot infer the architecture from its keys and shapes '
+                         f'({type(e).__name__}: {console.first_line(e)})') from None
     else:
       cfg = dict(model_cfg)
       if num_classes is not None:

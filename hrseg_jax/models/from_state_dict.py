@@ -9,6 +9,7 @@ import numpy as np
 
 from hrseg_jax.models import hanet, hrnet, lite_hrnet
 from hrseg_jax.models.heads import OCR_DEFAULTS
+from hrseg_jax.models.state_shapes import dim
 
 
 def _count(state, pattern: str) -> int:
@@ -22,7 +23,7 @@ def infer_hrnet(state: Mapping[str, np.ndarray], num_classes: int | None = None)
     raise ValueError('not an HRNet state dict: conv1.weight / layer1.0.conv1.weight missing')
   n1 = _count(state, r'layer1\.(\d+)\.conv1\.weight$')
   block1 = 'BOTTLENECK' if 'layer1.0.conv3.weight' in state else 'BASIC'
-  planes = int(state['layer1.0.conv1.weight'].shape[0])
+  planes = dim(state, 'layer1.0.conv1.weight')
   stages = []
   for s in (2, 3, 4):
     modules = _count(state, rf'stage{s}\.(\d+)\.branches\.0\.0\.conv1\.weight$')
@@ -33,7 +34,7 @@ def infer_hrnet(state: Mapping[str, np.ndarray], num_classes: int | None = None)
       branches = _count(state, rf'stage{s}\.{m}\.branches\.(\d+)\.0\.conv1\.weight$')
       blocks = tuple(_count(state, rf'stage{s}\.{m}\.branches\.{i}\.(\d+)\.conv1\.weight$')
                      for i in range(branches))
-      chans = tuple(int(state[f'stage{s}.{m}.branches.{i}.0.conv1.weight'].shape[0])
+      chans = tuple(dim(state, f'stage{s}.{m}.branches.{i}.0.conv1.weight')
                     for i in range(branches))
       layouts.add((blocks, chans))
     if len(layouts) != 1:
@@ -49,15 +50,14 @@ def infer_hrnet(state: Mapping[str, np.ndarray], num_classes: int | None = None)
       break
   head = None
   if 'last_layer.3.weight' in state:
-    head = state['last_layer.3.weight']
-    cfg['final_conv_kernel'] = int(head.shape[-1])
+    head = 'last_layer.3.weight'
+    cfg['final_conv_kernel'] = dim(state, head, -1)
   elif 'cls_head.weight' in state:
-    head = state['cls_head.weight']
+    head = 'cls_head.weight'
   if 'conv3x3_ocr.0.weight' in state:
     cfg['ocr'] = {
-        'mid_channels': int(state['conv3x3_ocr.0.weight'].shape[0]),
-        'key_channels': int(state[
-            'ocr_distri_head.object_context_block.f_pixel.0.weight'].shape[0]),
+        'mid_channels': dim(state, 'conv3x3_ocr.0.weight'),
+        'key_channels': dim(state, 'ocr_distri_head.object_context_block.f_pixel.0.weight'),
         'dropout': OCR_DEFAULTS['dropout']}
   else:
     cfg['ocr'] = None
@@ -66,7 +66,7 @@ def infer_hrnet(state: Mapping[str, np.ndarray], num_classes: int | None = None)
   else:
     cfg['hanet'] = None
   if head is not None:
-    k = int(head.shape[0])
+    k = dim(state, head)
     if num_classes is not None and num_classes != k:
       raise ValueError(f'--num-classes {num_classes} but the checkpoint head has {k} '
                        'classes (last_layer.3.weight / cls_head.weight)')

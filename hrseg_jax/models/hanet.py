@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hrseg_jax.models import layers
+from hrseg_jax.models.state_shapes import dim
 
 Dtype = Any
 
@@ -282,15 +283,15 @@ def infer_config(state: Mapping[str, np.ndarray], prefix: str) -> dict:
   Everything else takes the seed fork's values (mean pooling, dropout 0.1,
   position noise 0.5, no positions).
   """
-  first = state.get(prefix + 'attention_first.0.weight')
-  if first is None:
-    raise ValueError(f'no HANet at {prefix!r}: {prefix}attention_first.0.weight missing')
-  mid, in_channels = int(first.shape[0]), int(first.shape[1])
-  third = state.get(prefix + 'attention_third.0.weight')
-  last = third if third is not None else state[prefix + 'attention_second.0.weight']
+  first = prefix + 'attention_first.0.weight'
+  if first not in state:
+    raise ValueError(f'no HANet at {prefix!r}: {first} missing')
+  mid, in_channels = dim(state, first, 0), dim(state, first, 1)
+  third = prefix + 'attention_third.0.weight'
+  last = third if third in state else prefix + 'attention_second.0.weight'
   cfg = dict(DEFAULTS)
-  cfg['num_layers'] = 3 if third is not None else 2
-  cfg['kernel_size'] = int(last.shape[-1])
+  cfg['num_layers'] = 3 if third in state else 2
+  cfg['kernel_size'] = dim(state, last, -1)
   cfg['r_factor'] = _infer_r_factor(in_channels, mid)
   for injection, name in ((2, 'pos_emb1d_2nd'), (1, 'pos_emb1d_1st')):
     table = state.get(f'{prefix}{name}.pos_layer.weight')
@@ -300,14 +301,17 @@ def infer_config(state: Mapping[str, np.ndarray], prefix: str) -> dict:
     raise ValueError(f'HANet at {prefix!r} has no positional table '
                      '(pos_emb1d_1st / pos_emb1d_2nd)')
   cfg['pos_injection'] = injection
-  rows, dim = (int(s) for s in table.shape)
+  if np.ndim(table) != 2:
+    raise ValueError(f'{prefix}{name}.pos_layer.weight has shape {np.shape(table)}, '
+                     'not (rows, dim)')
+  rows, width = (int(n) for n in np.shape(table))
   rfactors = [r for r in (8, 4, 16, 2, 32, 1, 64, 128, *range(3, _POS_VALUES))
               if _POS_VALUES // r == rows - 1]
   if not rfactors:
     raise ValueError(f'{prefix}{name}.pos_layer.weight: {rows} rows is not '
                      f'{_POS_VALUES} // pos_rfactor + 1')
   cfg['pos_rfactor'] = rfactors[0]
-  sinusoid = np.allclose(np.asarray(table, np.float64), sinusoid_table(rows, dim),
+  sinusoid = np.allclose(np.asarray(table, np.float64), sinusoid_table(rows, width),
                          rtol=0, atol=1e-5)
   cfg['encoding'] = 'sinusoidal' if sinusoid else 'learned'
   return cfg

@@ -53,6 +53,7 @@ from hrseg_jax.models.hrnet import concat_branches
 from hrseg_jax.models.layers import Conv
 from hrseg_jax.models.lite_hrnet_blocks import (IterativeHead, LiteHRModule, Stem,
                                                 dw_separable)
+from hrseg_jax.models.state_shapes import dim
 
 Dtype = Any
 
@@ -224,11 +225,11 @@ def build(model_cfg: Mapping[str, Any], dtype=jnp.float32) -> LiteHRNetSeg:
 
 def _fork_head_classes(state: Mapping[str, np.ndarray]) -> int | None:
   """Classes of the fork's head: projects.3 changes the width, else None."""
-  pw = state.get('head_layer.projects.3.pointwise_conv.conv.weight')
-  dw = state.get('head_layer.projects.3.depthwise_conv.conv.weight')
-  if pw is None or dw is None or pw.shape[0] == dw.shape[0]:
+  pw = 'head_layer.projects.3.pointwise_conv.conv.weight'
+  dw = 'head_layer.projects.3.depthwise_conv.conv.weight'
+  if pw not in state or dw not in state or dim(state, pw) == dim(state, dw):
     return None
-  return int(pw.shape[0])
+  return dim(state, pw)
 
 
 def has_head(state: Mapping[str, np.ndarray]) -> bool:
@@ -243,10 +244,10 @@ def _infer_variant(state: Mapping[str, np.ndarray]) -> str:
     rx = re.compile(rf'stage{s}\.(\d+)\.')
     modules.append(len({m.group(1) for k in state if (m := rx.match(k))}))
   try:
-    channels = [int(state[f'head_layer.projects.{3 - b}.depthwise_conv.conv.weight'].shape[0])
+    channels = [dim(state, f'head_layer.projects.{3 - b}.depthwise_conv.conv.weight')
                 for b in range(4)]
-  except KeyError as e:
-    raise ValueError(f'not a Lite-HRNet state dict: {e} missing') from None
+  except ValueError as e:
+    raise ValueError(f'not a Lite-HRNet state dict: {e}') from None
   found = dict(module_type='NAIVE' if naive else 'LITE', num_modules=tuple(modules),
                channels=tuple(channels))
   for name, spec in VARIANTS.items():
@@ -273,7 +274,7 @@ def infer_config(state: Mapping[str, np.ndarray], num_classes: int | None = None
   ``head='fork'`` and its HANets.
   """
   if 'cls_head.weight' in state:
-    head, classes = 'clean', int(state['cls_head.weight'].shape[0])
+    head, classes = 'clean', dim(state, 'cls_head.weight')
   else:
     classes = _fork_head_classes(state)
     head = 'clean' if classes is None else 'fork'

@@ -1,0 +1,27 @@
+"""Reading sizes off a state dict's tensors for architecture inference.
+
+A checkpoint may lack a tensor the inference needs or hold one of another
+rank (a damaged or hostile file): :func:`dim` says so in one line naming the
+key, instead of a ``KeyError`` or ``IndexError``.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+
+def dim(state: Mapping[str, np.ndarray], key: str, axis: int = 0) -> int:
+  """Size of ``state[key]`` along ``axis``.
+
+  Raises:
+    ValueError: ``key`` is missing or its tensor has too few dimensions.
+  """
+  value = state.get(key)
+  if value is None:
+    raise ValueError(f'{key} missing')
+  shape = np.shape(value)
+  if not -len(shape) <= axis < len(shape):
+    raise ValueError(f'{key} has shape {tuple(shape)}: too few dimensions for '
+                     'an architecture to be read from it')
+  return int(shape[axis])
