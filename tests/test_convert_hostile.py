@@ -95,3 +95,12 @@ def test_architecture_inference_names_the_key(tmp_path, tiny_state, capsys, monk
   assert len(err.splitlines()) == 1 and err.startswith('error: '), err
   assert 'model.pth' in err and phrase in err, err
   assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']
+
+
+def test_a_huge_empty_head_is_a_shape_mismatch_without_allocating(tmp_path, tiny_state):
+  # 10**12 classes read off a zero-size tensor: the model's head would need
+  # terabytes; the error must not allocate it (nor print a MemoryError).
+  state = dict(tiny_state, **{'last_layer.3.weight': np.zeros((10**12, 0, 1, 1), np.float32)})
+  line = refused(tmp_path, state)
+  assert ('last_layer.3.weight: checkpoint (1000000000000, 0, 1, 1) vs model '
+          '(1000000000000, 60, 1, 1)') in line, line

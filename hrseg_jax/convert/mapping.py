@@ -59,6 +59,14 @@ def flax_to_torch_array(leaf: str, value: np.ndarray) -> np.ndarray:
   return value
 
 
+def flax_to_torch_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The shape :func:`flax_to_torch_array` gives, without an array."""
+  order = {4: (3, 2, 0, 1), 3: (2, 1, 0), 2: (1, 0)}.get(len(shape))
+  if leaf != 'kernel' or order is None:
+    return tuple(shape)
+  return tuple(shape[i] for i in order)
+
+
 def strip_prefixes(state: Mapping[str, Any]) -> tuple[dict, str]:
   """Removes wrapper prefixes shared by every model key.
 
@@ -123,8 +131,8 @@ def torch_to_variables(state: Mapping[str, np.ndarray], abstract: Mapping,
     value = np.asarray(state[key])
     value = torch_to_flax_array(leaf, value)
     if tuple(value.shape) != tuple(spec.shape):
-      bad_shape.append(f'{key}: checkpoint {tuple(flax_to_torch_array(leaf, value).shape)}'
-                       f' vs model {tuple(flax_to_torch_array(leaf, np.empty(spec.shape)).shape)}')
+      bad_shape.append(f'{key}: checkpoint {tuple(state[key].shape)}'
+                       f' vs model {flax_to_torch_shape(leaf, tuple(spec.shape))}')
       continue
     if inplace_abn and leaf == 'scale':
       value = np.abs(value) + 1e-5
