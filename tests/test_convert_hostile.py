@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from hrseg_jax.convert import pth
+from hrseg_jax.models import hanet
 from test_convert import TINY, torch_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -104,3 +105,36 @@ def test_a_huge_empty_head_is_a_shape_mismatch_without_allocating(tmp_path, tiny
   line = refused(tmp_path, state)
   assert ('last_layer.3.weight: checkpoint (1000000000000, 0, 1, 1) vs model '
           '(1000000000000, 60, 1, 1)') in line, line
+
+
+def test_absurd_module_counts_are_refused_before_any_search(tmp_path, tiny_state):
+  # 5,000 modules (one key each, aliases of one tiny tensor) once made the
+  # architecture search quadratic in the number of keys; HRNets have <= 4.
+  one = np.zeros((1, 1, 1, 1), np.float32)
+  state = dict(tiny_state, **{f'stage2.{m}.branches.0.0.conv1.weight': one
+                              for m in range(1, 5000)})
+  line = refused(tmp_path, state)
+  assert 'not an HRNet state dict: stage2 has 5000 modules (at most 64)' in line, line
+
+
+def test_hanet_r_factor_is_computed_not_searched():
+  """Same answers as the search over every r, but without the search: the
+  widths come from the file (a zero-size tensor can claim 10**9 channels)."""
+  def searched(in_channels, mid):
+    if mid > in_channels and mid % in_channels == 0:
+      return -(mid // in_channels)
+    for r in (64, 32, 16, 128, 8, 4, 2, 1, *range(3, 4 * in_channels + 1)):
+      if hanet.mid_channels(in_channels, r) == mid:
+        return r
+    return None
+
+  for in_channels in range(1, 70):
+    for mid in range(0, 3 * in_channels + 2):
+      try:
+        got = hanet._infer_r_factor(in_channels, mid)  # pylint: disable=protected-access
+      except ValueError:
+        got = None
+      assert got == searched(in_channels, mid), (in_channels, mid)
+  with pytest.raises(ValueError, match='no HANet r_factor maps 1000000 channels to 0'):
+    hanet._infer_r_factor(10**6, 0)  # pylint: disable=protected-access
+  assert hanet._infer_r_factor(10**6, 7) == 142858  # pylint: disable=protected-access

@@ -12,6 +12,18 @@ from hrseg_jax.models.heads import OCR_DEFAULTS
 from hrseg_jax.models.state_shapes import dim
 
 
+# Far more than any HRNet has (4 modules, 4 branches): a file claiming more
+# is refused before its keys are searched or a model is built for it.
+MAX_MODULES = 64
+MAX_BRANCHES = 16
+MAX_BLOCKS = 64
+
+
+def _check_at_most(n: int, limit: int, what: str, where: str) -> None:
+  if n > limit:
+    raise ValueError(f'not an HRNet state dict: {where} has {n} {what} (at most {limit})')
+
+
 def _count(state, pattern: str) -> int:
   rx = re.compile(pattern)
   return len({m.group(1) for k in state if (m := rx.match(k))})
@@ -22,18 +34,33 @@ def infer_hrnet(state: Mapping[str, np.ndarray], num_classes: int | None = None)
   if 'conv1.weight' not in state or 'layer1.0.conv1.weight' not in state:
     raise ValueError('not an HRNet state dict: conv1.weight / layer1.0.conv1.weight missing')
   n1 = _count(state, r'layer1\.(\d+)\.conv1\.weight$')
+  _check_at_most(n1, MAX_BLOCKS, 'blocks', 'layer1')
   block1 = 'BOTTLENECK' if 'layer1.0.conv3.weight' in state else 'BASIC'
   planes = dim(state, 'layer1.0.conv1.weight')
+  # One pass over the keys: stage -> module -> branch -> its blocks' indices.
+  rx = re.compile(r'stage([234])\.(\d+)\.branches\.(\d+)\.(\d+)\.conv1\.weight$')
+  found: dict = {}
+  for k in state:
+    if m := rx.match(k):
+      stage, module, branch, block = m.groups()
+      found.setdefault(stage, {}).setdefault(module, {}).setdefault(branch, set()).add(block)
   stages = []
   for s in (2, 3, 4):
-    modules = _count(state, rf'stage{s}\.(\d+)\.branches\.0\.0\.conv1\.weight$')
+    # Modules and branches count where their first block is (as in the model).
+    first = {m: [i for i, b in br.items() if '0' in b]
+             for m, br in found.get(str(s), {}).items()}
+    modules = sum('0' in branches for branches in first.values())
     if not modules:
       raise ValueError(f'not an HRNet state dict: stage{s} missing')
+    _check_at_most(modules, MAX_MODULES, 'modules', f'stage{s}')
     layouts = set()
     for m in range(modules):
-      branches = _count(state, rf'stage{s}\.{m}\.branches\.(\d+)\.0\.conv1\.weight$')
-      blocks = tuple(_count(state, rf'stage{s}\.{m}\.branches\.{i}\.(\d+)\.conv1\.weight$')
-                     for i in range(branches))
+      branches = len(first.get(str(m), ()))
+      _check_at_most(branches, MAX_BRANCHES, 'branches', f'stage{s}.{m}')
+      module_blocks = found[str(s)].get(str(m), {})
+      blocks = tuple(len(module_blocks.get(str(i), ())) for i in range(branches))
+      for i, n in enumerate(blocks):
+        _check_at_most(n, MAX_BLOCKS, 'blocks', f'stage{s}.{m}.branches.{i}')
       chans = tuple(dim(state, f'stage{s}.{m}.branches.{i}.0.conv1.weight')
                     for i in range(branches))
       layouts.add((blocks, chans))

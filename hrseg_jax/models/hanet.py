@@ -268,8 +268,15 @@ def _infer_r_factor(in_channels: int, mid: int) -> int:
   """An ``r_factor`` giving ``mid`` from ``in_channels`` (64 when possible)."""
   if mid > in_channels and mid % in_channels == 0:
     return -(mid // in_channels)
-  for r in (64, 32, 16, 128, 8, 4, 2, 1, *range(3, 4 * in_channels + 1)):
+  for r in (64, 32, 16, 128, 8, 4, 2, 1):
     if mid_channels(in_channels, r) == mid:
+      return r
+  # The smallest r >= 3 (up to 4 * in_channels) with ceil(C / r) == mid:
+  # ceil(C / r) falls as r grows, so only r = max(3, ceil(C / mid)) can be it
+  # (computed, not searched: the widths come from the file).
+  if mid > 0:
+    r = max(3, -(-in_channels // mid))
+    if r <= 4 * in_channels and mid_channels(in_channels, r) == mid:
       return r
   raise ValueError(f'no HANet r_factor maps {in_channels} channels to {mid}')
 
