@@ -18,6 +18,7 @@ import pytest
 
 from hrseg_jax.convert import pth
 from hrseg_jax.models import hanet
+import pth_payloads
 from test_convert import TINY, torch_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -138,3 +139,28 @@ def test_hanet_r_factor_is_computed_not_searched():
   with pytest.raises(ValueError, match='no HANet r_factor maps 1000000 channels to 0'):
     hanet._infer_r_factor(10**6, 0)  # pylint: disable=protected-access
   assert hanet._infer_r_factor(10**6, 7) == 142858  # pylint: disable=protected-access
+
+
+def test_keys_with_control_characters_never_reach_the_terminal(tmp_path, tiny_state):
+  state = dict(tiny_state, **{'x\x1b[2J\r\u202e.weight': np.zeros(2, np.float32)})
+  line = refused(tmp_path, state)
+  assert "state dict key 'x\\x1b[2J\\r\\u202e.weight' (14 characters) is not a parameter " \
+         'name' in line, line
+
+
+def test_a_huge_key_is_refused_before_prefix_stripping(tmp_path, tiny_state):
+  # Stripping 'module.' wrappers one at a time was quadratic in the key's length.
+  state = dict(tiny_state, **{'module.' * 20_000 + 'conv1.weight': np.zeros(2, np.float32)})
+  line = refused(tmp_path, state)
+  assert '(140,012 characters) is not a parameter name' in line, line
+  assert len(line) < 400, line
+
+
+def test_names_of_unknown_classes_are_escaped(tmp_path):
+  # A pickled object of class "\x1b[31mevil.Name" as the whole file.
+  pth_payloads.zip_pth(tmp_path / 'model.pth', b'\x80\x02c\x1b[31mevil\nName\r\n)R.')
+  proc = convert_cli(tmp_path)
+  assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
+  assert proc.stderr.startswith('error: ') and 'model.pth' in proc.stderr, proc.stderr
+  assert '\x1b' not in proc.stderr and '\r' not in proc.stderr, repr(proc.stderr)
+  assert '\\x1b[31mevil.Name\\r' in proc.stderr, proc.stderr

@@ -58,7 +58,9 @@ def main(argv=None) -> int:
                     overwrite=args.overwrite, seed=args.seed,
                     dataset=args.dataset, loaded=loaded)
   except (OSError, ValueError, KeyError) as e:
-    msg = str(e).replace('\n', ' ')
+    from hrseg_jax.convert.safe_pickle import printable  # pylint: disable=g-import-not-at-top
+    # Names read from the file never reach the terminal as control characters.
+    msg = printable(str(e).replace('\n', ' '))
     print(f'error: {msg}', file=sys.stderr)
     return 2
   return 0

@@ -355,6 +355,7 @@ class _Loader:
     if found is not None:
       return found
     if module.split('.')[0] == 'torch':
+      module, name = safe_pickle.printable(module[:200]), safe_pickle.printable(name[:200])
       if name in _STORAGE_DTYPES:
         return _TorchType(f'{module}.{name}', _STORAGE_DTYPES[name])
       if name == 'UntypedStorage':

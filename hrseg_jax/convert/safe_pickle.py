@@ -88,8 +88,18 @@ class Placeholder:
     return f'<Placeholder for {self.module}.{self.qualname}>'
 
 
+def printable(text: str) -> str:
+  """``text`` with control and other non-printable characters escaped
+  (``\\x1b``, ``\\r``, ``\\u202e``...): names read from a file, safe to show on
+  a terminal in a one-line message."""
+  if text.isprintable():
+    return text
+  return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @functools.lru_cache(maxsize=1024)
 def placeholder_class(module: str, qualname: str) -> type[Placeholder]:
+  module, qualname = printable(module), printable(qualname)
   return type(f'Placeholder[{module}.{qualname}]', (Placeholder,),
               {'module': module, 'qualname': qualname})
 

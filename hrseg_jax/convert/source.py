@@ -13,10 +13,22 @@ from typing import Any, Mapping
 import numpy as np
 
 from hrseg_jax import paths
-from hrseg_jax.convert import mapping, pth
+from hrseg_jax.convert import mapping, pth, safe_pickle
 
 # Entries kept as metadata (``loss.*``: class weights) are small float lists.
 MAX_EXTRA_ELEMENTS = 65536
+# State dict keys are module paths (``stage4.2.fuse_layers.3.0.2.1.weight``).
+MAX_KEY_LENGTH = 512
+
+
+def _check_keys(state: Mapping[str, Any], path: str) -> None:
+  """Refuses keys no module has: control characters, or absurdly long (they
+  would reach the console in messages, and wrapper stripping is quadratic in
+  a key's length)."""
+  for key in state:
+    if len(key) > MAX_KEY_LENGTH or not key.isprintable():
+      raise ValueError(f'{path}: state dict key {safe_pickle._short(key)} '  # pylint: disable=protected-access
+                       f'({len(key):,} characters) is not a parameter name')
 
 
 def _extras(state: Mapping[str, np.ndarray], path: str) -> dict[str, Any]:
@@ -54,6 +66,7 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
     state = pth.state_dict_from_checkpoint(obj)
   except ValueError as e:
     raise ValueError(f'{path}: {e}') from None
+  _check_keys(state, path)
   pth.check_state_dict_dtypes(state, path)
   wrapper = None
   if isinstance(obj, Mapping):
