@@ -130,6 +130,32 @@ def import_tensorflow_quietly():
   return _cpu_only(tf)
 
 
+def import_tensorflow_if_used(config, given_paths) -> None:
+  """Imports TensorFlow first, quietly and off the GPUs, if this run may use it.
+
+  It is not needed otherwise (its import takes seconds), but when installed
+  etils reads ``gs://`` paths through its gfile, and ``data.source='tfds'``
+  reads through TFDS: imported here, it prints nothing and leaves the GPUs'
+  memory to JAX (:func:`import_tensorflow_quietly`).
+
+  Args:
+    config: the run's config (``None``: predict without one).
+    given_paths: the paths of the command line (workdir, checkpoint, inputs).
+  """
+  from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
+  tree = config.to_dict() if config is not None else {}
+  values = [str(v) for v in given_paths]
+  for field in paths.CONFIG_PATH_FIELDS:   # the config's paths
+    section, name = field.split('.')
+    values.append(str(tree.get(section, {}).get(name) or ''))
+  if (any(paths.is_url(v) for v in values)
+      or tree.get('data', {}).get('source') == 'tfds'):
+    try:
+      import_tensorflow_quietly()
+    except Exception:  # pylint: disable=broad-except
+      pass   # a broken TensorFlow: whatever needs it reports it
+
+
 def _cpu_only(tf):
   try:
     tf.config.set_visible_devices([], 'GPU')

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import os
 
+from hrseg_jax.command_line import DEFAULT_CONFIG  # hrseg_jax.main's default --config
 from hrseg_jax.config_utils import load_config_file
-
-DEFAULT_CONFIG = 'configs/demo.py'   # hrseg_jax.main's default --config
 
 
 def flag_value(train_args: list[str], name: str) -> str | None:

@@ -108,7 +108,7 @@ def test_dataset_of_another_class_count(user_folder, capsys):
 def test_eval_with_a_config_of_another_class_count(user_folder):
   """--mode eval of a 5-class model with the Cityscapes config (19 classes):
   its labels would be scored against the wrong classes."""
-  from hrseg_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import modes  # pylint: disable=g-import-not-at-top
   from hrseg_jax import recipes  # pylint: disable=g-import-not-at-top
   from hrseg_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   # The val list and tree are there (they are checked first).
@@ -116,7 +116,7 @@ def test_eval_with_a_config_of_another_class_count(user_folder):
                                     image_size=(16, 32), list_dir='data/list/cityscapes')
   before = _listing(user_folder)
   with pytest.raises(ValueError) as info:
-    main_lib.run(recipes.recipe('cityscapes', 'w18_small_v1'), 'runs/eval', 'eval',
+    modes.run(recipes.recipe('cityscapes', 'w18_small_v1'), 'runs/eval', 'eval',
                  checkpoint='converted/tiny')
   assert str(info.value) == (
       'checkpoint converted/tiny has 5 classes, the config\'s dataset cityscapes has 19 '

@@ -244,9 +244,8 @@ def test_main_imports_tensorflow_only_when_a_run_may_use_it(workdir, imported):
   """Its import takes seconds: only gs:// paths (etils reads them through its
   gfile) and TFDS sources make python -m hrseg_jax.main import it first."""
   code = ('import sys\n'
-          'from hrseg_jax import main\n'
-          f'main.FLAGS(["main", "--workdir", {workdir!r}])\n'
-          'main._prepare_tensorflow_if_used(None)\n'
+          'from hrseg_jax import console\n'
+          f'console.import_tensorflow_if_used(None, [{workdir!r}])\n'
           'print("tensorflow" in sys.modules)\n')
   r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                      timeout=300, check=True)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from hrseg_jax import main as main_lib
+from hrseg_jax import modes
 from hrseg_jax import recipes
 from hrseg_jax.data import synthetic
 
@@ -39,7 +39,7 @@ def _config(**data):
 
 def _train_error(config) -> str:
   with pytest.raises((ValueError, OSError)) as info:
-    main_lib.run(config, 'runs/cs', 'train')
+    modes.run(config, 'runs/cs', 'train')
   assert not os.path.exists('runs')
   return str(info.value)
 

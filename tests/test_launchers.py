@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from ctrl_c_util import WITH_CTRL_C
-from hrseg_jax.main import distributed_mode
+from hrseg_jax.distributed import distributed_mode
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = ['--config', 'configs/hrnet_w48_cityscapes.py', '--workdir',

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hrseg_jax import Segmenter, main, recipes
+from hrseg_jax import Segmenter, modes, recipes
 from hrseg_jax.config_utils import load_config_file
 from hrseg_jax.convert import convert
 from hrseg_jax.data import synthetic
@@ -64,7 +64,7 @@ def test_eval_mode_matches_segmenter_predict(golden, tmp_path):
   c.eval.crop_size = (128, 256)
   c.eval.base_size = 256
   c.eval.save_predictions = True
-  result = main.run(c, str(tmp_path / 'work'), 'eval', checkpoint=str(ckpt))
+  result = modes.run(c, str(tmp_path / 'work'), 'eval', checkpoint=str(ckpt))
   assert 0.0 <= result['miou'] <= 1.0
   preds = sorted((tmp_path / 'work' / 'eval' / 'predictions').rglob('*.png'))
   assert len(preds) == 3

@@ -1,0 +1,134 @@
+"""The command line of ``python -m hrseg_jax.main``: its default config, and
+one-line errors (exit 2) for a bad one.
+
+A missing config file, an unknown ``--config.*`` field (with the fields it
+was probably meant to be) and absl's parse errors become one line on stderr
+instead of a traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+DEFAULT_CONFIG = 'configs/demo.py'
+
+
+def config_filename(argv) -> str:
+  """The ``--config`` file named on the command line (or the default)."""
+  filename = DEFAULT_CONFIG
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith('--config='):
+      filename = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      filename = argv[i + 1]
+  return filename
+
+
+def check_overridden_config(argv) -> None:
+  """One line, exit 2, for ``--config.X=...`` without a config file to apply it to.
+
+  ml_collections loads the config file as soon as the flag is defined when
+  the command line overrides its fields, and a missing file would end in a
+  traceback before any of this module's checks.
+  """
+  overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+  if not overrides:
+    return
+  filename = config_filename(argv)
+  given = any(a == '--config' or a.startswith('--config=') for a in argv[1:])
+  filename = filename.split(':')[0]
+  if not os.path.isfile(os.path.expanduser(filename)):
+    print(f'error: {overrides[0]} needs a config file, and {filename!r} '
+          f'({"given" if given else "the default --config"}) is not found: pass --config '
+          "with the path of one of the repository's configs/*.py files", file=sys.stderr)
+    sys.exit(2)
+
+
+
+def require_config_file():
+  """One line, exit 2, when the ``--config`` file (or its default) is missing."""
+  filename = config_flags.get_config_filename(FLAGS['config']).split(':')[0]
+  if not os.path.isfile(os.path.expanduser(filename)):
+    given = 'given' if FLAGS['config'].present else 'default'
+    print(f'error: config file {filename!r} ({given}) not found: pass --config with the '
+          'path of one of the repository\'s configs/*.py files', file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line(message) -> str:
+  """A message on one line; a traceback folded into it becomes its last line."""
+  text = str(message)
+  marker = 'Traceback (most recent call last):'
+  if marker in text:
+    head = text.split(marker)[0].strip()
+    last = text.strip().splitlines()[-1].strip()
+    text = f'{head} {last}' if head else last
+  return ' '.join(text.split())
+
+
+def missing_field(error: BaseException) -> tuple[str, str]:
+  """(field, suggestion) of ml_collections' error for a field it lacks.
+
+  Its KeyError (wrapped in an AttributeError for attribute access) reads
+  ``'name'`` or ``'name'\\nDid you mean "other" instead of "name"?``.
+  """
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  text = str(error.args[0]) if error.args else str(error)
+  first, _, rest = text.partition('\n')
+  return first.strip('"\''), ' '.join(rest.split())
+
+
+def similar_fields(argv, where: str, limit: int = 2) -> list[str]:
+  """Fields anywhere in the config whose path is like ``where``'s
+  (``config.train.eval_every_steps`` -> ``eval.every_steps``)."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
+  try:
+    config = load_config_file(os.path.expanduser(config_filename(argv)))
+  except Exception:  # pylint: disable=broad-except
+    return []
+
+  def paths(node, prefix=''):
+    for key in node.keys():
+      value = node[key]
+      if hasattr(value, 'keys'):
+        yield from paths(value, f'{prefix}{key}.')
+      yield f'{prefix}{key}'
+
+  fields = list(paths(config))
+  asked = where.split('.', 1)[1] if where.startswith('config.') else where
+  flat = lambda p: p.replace('.', '_')  # noqa: E731
+  leaf = asked.rsplit('.', 1)[-1]
+  exact = [f for f in fields if flat(f) in (flat(asked), flat(leaf))
+           or flat(f).endswith('_' + flat(leaf))]
+  if exact:
+    return exact[:limit]
+  by_flat = {flat(f): f for f in fields}
+  return [by_flat[m] for m in difflib.get_close_matches(flat(asked), by_flat, n=limit,
+                                                         cutoff=0.75)]
+
+
+def parse_flags(argv):
+  """absl flag parsing with one-line errors for bad ``--config.*`` overrides."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    # A config file that raises comes with its traceback in the message.
+    print(f'error: {one_line(e)}', file=sys.stderr)
+  except (AttributeError, KeyError) as e:
+    field, hint = missing_field(e)
+    bad = [a for a in argv if a.startswith('--config.') and field in a.split('=')[0]]
+    where = bad[0].split('=')[0][2:] if bad else field
+    close = similar_fields(argv, where)
+    if close:
+      hint = 'did you mean ' + ' or '.join(f'--config.{c}' for c in close) + '?'
+    print(f'error: unknown config field {where!r} (no field {field!r}'
+          f'{"; " + hint if hint else ""})', file=sys.stderr)
+  except (OSError, ValueError, TypeError) as e:
+    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
+  sys.exit(2)

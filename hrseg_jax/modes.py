@@ -1,0 +1,195 @@
+"""What each ``--mode`` of ``python -m hrseg_jax.main`` runs.
+
+:func:`run` takes the parsed command line (a config, a workdir, a mode and
+the eval/predict options) and calls the layer below: the training loop
+(``train/loop.py``), an evaluator (``eval/evaluator.py``) on a loaded
+checkpoint, or ``predict.py`` / ``video.py``. Inputs and settings are
+checked before a checkpoint is loaded, so a typo costs no loading time.
+"""
+from __future__ import annotations
+
+import os
+
+EVAL_PROTOCOL = 'test'   # --mode eval's evaluator for eval.protocol=''
+
+
+def predict_options(**overrides) -> dict:
+  """The predict flags' values (defaults), as :func:`run` takes them."""
+  out = dict(dataset=None, cityscapes_test_format=False, sliding=False,
+             crop_size=None, scales=(1.0,), flip=False, list_root=None, video=False)
+  out.update(overrides)
+  return out
+
+
+def _predict_eval_cfg(config, dataset, opts):
+  """Test-time settings: the config's eval section when a config was given
+  (flags override it), else from the checkpoint's dataset and the image."""
+  from hrseg_jax import predict  # pylint: disable=g-import-not-at-top
+  if config is None:
+    return predict.predict_settings(
+        dataset, sliding=opts['sliding'], crop_size=opts['crop_size'],
+        scales=opts['scales'], flip=opts['flip'])
+  cfg = config.eval.to_dict()
+  defaults = predict_options()
+  if opts['sliding']:
+    cfg['mode'] = 'sliding'
+  for key in ('crop_size', 'scales', 'flip'):
+    if opts[key] != defaults[key]:
+      cfg[key] = opts[key]
+  return cfg
+
+
+def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
+        dtype: str = 'float32', options: dict | None = None):
+  """Runs one mode.
+
+  Args:
+    config: the experiment config; ``None`` for predict without ``--config``
+      (settings from the checkpoint and each image).
+    workdir: checkpoints, eval results and predictions go here.
+    mode: 'train', 'eval' or 'predict'.
+    checkpoint: eval/predict: 'best', 'latest' or a path (default: best when
+      kept, else latest, of the workdir).
+    inputs: predict: image files, folders or list files.
+    dtype: eval/predict compute dtype name.
+    options: predict flags (:func:`predict_options`).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import paths, video  # pylint: disable=g-import-not-at-top
+  # Relative paths, ~ and symlinks become absolute here, once.
+  config = None if config is None else paths.resolve_config(config)
+  workdir = paths.resolve(workdir)
+  # A camera index (--input 0) stays as it is.
+  inputs = [p if video.is_camera(p) else paths.resolve(p) for p in inputs]
+  if mode == 'train':
+    from hrseg_jax.train import loop  # pylint: disable=g-import-not-at-top
+    return loop.train_and_evaluate(config, workdir)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import checkpoints
+  from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
+  opts = predict_options(**(options or {}))
+  if mode == 'predict' and not inputs:
+    raise ValueError('--mode predict needs --input (image files, folders or list files)')
+  if mode == 'predict':   # missing or empty inputs fail before the checkpoint loads
+    _check_inputs(inputs, opts)
+  if mode == 'eval':   # a bad eval.protocol or data fails before the checkpoint loads
+    from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
+    evaluator.protocol_of(config, EVAL_PROTOCOL)
+    # A missing or unlabelled list, a wrong data.root, trainId labels.
+    pipeline.labelled_source(config.data, str(config.eval.get('split', 'val')))
+  dataset = checkpoint_info.check_dataset(opts['dataset'])
+  try:
+    path, step, described = checkpoint_info.select(checkpoint, workdir)
+  except FileNotFoundError as e:
+    if checkpoint:
+      raise
+    # No --checkpoint: the workdir's own checkpoints were looked for.
+    raise FileNotFoundError(
+        f'--mode {mode} without --checkpoint uses the checkpoints of --workdir, and '
+        f'{workdir} has none: pass --checkpoint (a converted checkpoint folder or '
+        'a training workdir)' + (', --workdir being where predictions go'
+                                 if mode == 'predict' else '')) from e
+  model_cfg, variables, meta = checkpoints.load_model(path, step=step)
+  dataset = checkpoint_info.check_dataset(dataset, model_cfg['num_classes'])
+  if mode == 'eval':
+    _check_eval_classes(config, int(model_cfg['num_classes']), described)
+  main_process = jax.process_index() == 0
+  if checkpoint not in (None, '', 'best', 'latest'):   # a path: which step of it
+    shown = checkpoints.resolve_step(path, step)
+    described += f' (step {shown})' if shown else ' (converted weights, step 0)'
+  if main_process:   # what was loaded: the checkpoint's own model, whatever the config says
+    print(f'{mode}: {described}: {_model_line(model_cfg)}', flush=True)
+    if meta.get('initialised'):   # convert of a backbone: the head is random
+      print(f'warning: {len(meta["initialised"])} tensors of this checkpoint (the '
+            'segmentation head) were freshly initialised by convert, not trained: '
+            f'its {"predictions" if mode == "predict" else "scores"} are those of an '
+            'untrained head; train from it (train.init_from) first', flush=True)
+  compute = jnp.dtype(dtype)
+  if mode == 'eval':
+    return _evaluate(config, workdir, model_cfg, variables, compute)
+  from hrseg_jax import predict  # pylint: disable=g-import-not-at-top
+  if dataset is None:
+    dataset = (config.data.name if config is not None
+               else checkpoint_info.dataset_of(meta))
+  eval_cfg = _predict_eval_cfg(config, dataset, opts)
+  if main_process:
+    print(f'predict: palette {dataset or "generic (pass --dataset)"}; '
+          + predict.describe_settings(eval_cfg) + f', {compute.name} compute', flush=True)
+  if video.is_video_input(list(inputs), opts['video']):
+    return video.predict_video(
+        model_cfg, variables, inputs[0], os.path.join(workdir, 'predictions'),
+        palette=dataset or '', dtype=compute, eval_cfg=eval_cfg,
+        batch_size=int(config.eval.batch_size) if config is not None else 8,
+        log=(lambda line: print(line, flush=True)) if main_process else (lambda _: None))
+  return predict.predict(model_cfg, variables, list(inputs),
+                         os.path.join(workdir, 'predictions'),
+                         palette=dataset or '', eval_cfg=eval_cfg,
+                         cityscapes_test_format=opts['cityscapes_test_format'],
+                         list_root=paths.resolve(opts['list_root']), dtype=compute,
+                         log=(lambda line: print(line, flush=True))
+                         if main_process else None)
+
+
+def _model_line(model_cfg) -> str:
+  """``hrnet w48+OCR, 19 classes, align_corners=True``: the loaded model."""
+  from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
+  return (f'{registry.model_name(model_cfg)}, {model_cfg["num_classes"]} classes'
+          + (', align_corners=True' if model_cfg.get('align_corners') else ''))
+
+
+def _check_inputs(inputs, opts) -> None:
+  """Raises the error :mod:`hrseg_jax.predict` would raise for ``inputs``
+  (a missing file, a folder without images, a bad list), or for a missing
+  video file, without reading any image."""
+  from hrseg_jax import paths, predict, video  # pylint: disable=g-import-not-at-top
+  if video.is_video_input(list(inputs), opts['video']):
+    if opts['cityscapes_test_format']:
+      raise ValueError('--cityscapes_test_format writes the test server\'s PNGs of '
+                       'images; a video has none (drop the flag)')
+    source = os.fspath(inputs[0])
+    if not video.is_camera(source) and not os.path.exists(source):
+      raise FileNotFoundError(f'{source}: no such file or directory')
+    return
+  predict.resolve_inputs(list(inputs), paths.resolve(opts['list_root']),
+                         cityscapes_test_format=opts['cityscapes_test_format'])
+
+
+def _check_eval_classes(config, num_classes: int, described: str) -> None:
+  """The model must predict the classes the config's labels are mapped to
+  (a 60-class PASCAL-Context model on the 59-class labels would be scored
+  against classes shifted by one)."""
+  data_classes = int(config.data.num_classes)
+  if data_classes == num_classes:
+    return
+  from hrseg_jax.checkpoints import info  # pylint: disable=g-import-not-at-top
+  fits = [d for d in info.datasets_with(num_classes) if d != 'synthetic']
+  raise ValueError(
+      f'{described} has {num_classes} classes, the config\'s dataset '
+      f'{config.data.name} has {data_classes} (data.num_classes): evaluate it with the '
+      f'config of a {num_classes}-class dataset'
+      + (f' ({", ".join(fits)})' if fits else ''))
+
+
+def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:
+  """``--mode eval``: the evaluator of ``eval.protocol`` (default: test) on
+  the devices' mesh; the IoU table and ``<workdir>/eval/metrics.json``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  batches = sharding.batch_sharding(sharding.make_mesh(config.mesh.fsdp))
+  main_process = jax.process_index() == 0
+  log = (lambda line: print(line, flush=True)) if main_process else (lambda _: None)
+  out_dir = os.path.join(workdir, evaluator.EVAL_DIR)
+  ev = evaluator.from_config(
+      config, default_protocol=EVAL_PROTOCOL, model_cfg=model_cfg,
+      to_global=lambda local: sharding.global_batch(local, batches), dtype=dtype,
+      out_dir=out_dir, log=log, progress=True)
+  log(f'eval: {ev.protocol} protocol (eval.protocol), {jnp.dtype(dtype).name} compute')
+  log(f'eval: {ev.settings_line()}')
+  metrics = ev.run(variables)
+  ev.report(metrics)
+  log(f'eval: wrote {paths.shown(os.path.join(out_dir, "metrics.json"))} and confusion.png')
+  return metrics
