@@ -164,3 +164,18 @@ def test_names_of_unknown_classes_are_escaped(tmp_path):
   assert proc.stderr.startswith('error: ') and 'model.pth' in proc.stderr, proc.stderr
   assert '\x1b' not in proc.stderr and '\r' not in proc.stderr, repr(proc.stderr)
   assert '\\x1b[31mevil.Name\\r' in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize('key,shape', [('last_layer.3.weight', (0,)),
+                                       ('layer1.0.conv1.weight', (0, 64, 1, 1)),
+                                       ('stage3.0.branches.2.0.conv1.weight', (0, 16, 3, 3))])
+def test_a_width_of_zero_is_refused_naming_the_key(tmp_path, tiny_state, capsys, monkeypatch,
+                                                   key, shape):
+  from hrseg_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
+  pth.save_pth(dict(tiny_state, **{key: np.zeros(shape, np.float32)}), tmp_path / 'model.pth')
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(['model.pth', 'out']) == 2
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and 'model.pth' in err, err
+  assert f'{key} has shape {shape}: a model cannot have a width' in err, err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']
