@@ -159,7 +159,10 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
                                    dtype or jnp.float32)
   dest = os.path.join(out_dir, clip_name(source))
   video_path = os.path.join(dest, 'overlay.mp4')
-  os.makedirs(os.path.join(dest, 'labels'), exist_ok=True)
+  labels_dir = os.path.join(dest, 'labels')
+  # Folders made here are removed again if no frame gets written.
+  made = [d for d in (out_dir, dest, labels_dir) if not os.path.isdir(d)]
+  os.makedirs(labels_dir, exist_ok=True)
   tmp = os.path.join(dest, '.overlay.tmp.mp4')
   writer = None
   done, model_seconds, start = 0, 0.0, time.perf_counter()
@@ -181,7 +184,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
         for frame, class_map in zip(batch, maps):
           mixed = palettes.overlay(frame, palettes.colorize(class_map, pal), alpha)
           writer.write(np.ascontiguousarray(mixed[..., ::-1]))
-          files.write_bytes_atomic(os.path.join(dest, 'labels', f'{done:06d}.png'),
+          files.write_bytes_atomic(os.path.join(labels_dir, f'{done:06d}.png'),
                                    files.encode_png(class_map.astype(np.uint8)))
           done += 1
         elapsed = time.perf_counter() - start
@@ -198,12 +201,18 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
       writer.release()
     if os.path.exists(tmp):
       os.unlink(tmp)
+    if not done:
+      for d in reversed(made):
+        try:
+          os.rmdir(d)   # only when still empty
+        except OSError:
+          pass
   elapsed = time.perf_counter() - start
   summary = {'input': source, 'frames': done, 'video': video_path,
-             'labels': os.path.join(dest, 'labels'), 'seconds': elapsed,
+             'labels': labels_dir, 'seconds': elapsed,
              'fps': done / elapsed, 'model_fps': done / max(model_seconds, 1e-9)}
   log(f'wrote {paths.shown(video_path)} and {done} class maps in '
-      f'{paths.shown(os.path.join(dest, "labels"))}: '
+      f'{paths.shown(labels_dir)}: '
       f'{summary["fps"]:.1f} frames/s overall, {summary["model_fps"]:.1f} frames/s '
       f'in the model (batch {batch_size}, first batch includes compilation)')
   return summary

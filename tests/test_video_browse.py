@@ -126,3 +126,42 @@ def test_browse_synthetic_hanet_grid(tmp_path):
                      capture_output=True, text=True, check=False)
   assert r.returncode == 2 and r.stderr.strip() == 'error: --num 0: must be positive'
   assert not os.path.exists(tmp_path / 'g.png')
+
+
+def test_predict_video_leaves_no_empty_folders_when_mp4_cannot_be_written(
+    tmp_path, monkeypatch):
+  """An OpenCV without an mp4 writer: one error, and the clip's folders made
+  for it are gone again; a folder that was already there stays."""
+  from hrseg_jax import video  # pylint: disable=g-import-not-at-top
+
+  class NoWriter:
+    def __init__(self, *args):
+      del args
+
+    def isOpened(self):  # noqa: N802 (OpenCV's name)
+      return False
+
+    def release(self):
+      pass
+
+  monkeypatch.setattr(video, '_batch_predictor',
+                      lambda *a: lambda x: np.zeros(x.shape[:3], np.int32))
+  monkeypatch.setattr(cv2, 'VideoWriter', NoWriter)
+  frames = tmp_path / 'frames'
+  os.makedirs(frames)
+  for i in range(3):
+    Image.fromarray(np.full((8, 12, 3), 40 * i, np.uint8)).save(frames / f'{i}.png')
+  for out, kept in ((tmp_path / 'new', []), (tmp_path / 'old', ['frames'])):
+    for name in kept:
+      os.makedirs(out / name)
+    try:
+      video.predict_video({}, {}, str(frames), str(out), batch_size=2,
+                          log=lambda _: None)
+    except OSError as e:
+      assert str(e).endswith('overlay.mp4: OpenCV cannot write mp4 video here')
+    else:
+      raise AssertionError('no error')
+    assert out.exists() == bool(kept)
+    assert (sorted(os.listdir(out)) if kept else []) == kept
+    for name in kept:
+      assert os.listdir(out / name) == []
