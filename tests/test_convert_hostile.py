@@ -179,3 +179,22 @@ def test_a_width_of_zero_is_refused_naming_the_key(tmp_path, tiny_state, capsys,
   assert len(err.splitlines()) == 1 and 'model.pth' in err, err
   assert f'{key} has shape {shape}: a model cannot have a width' in err, err
   assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']
+
+
+@pytest.mark.parametrize('extras', [
+    {f'loss.w{i}': np.ones(30_000, np.float32) for i in range(3)},  # 90,000 elements
+    {f'loss.w{i}': np.ones(1, np.float32) for i in range(300)},
+])
+def test_entries_kept_as_metadata_are_bounded_together(tmp_path, tiny_state, capsys, monkeypatch,
+                                                      extras):
+  # Each loss.* entry alone is small, but all of them went into the
+  # checkpoint's JSON metadata (as Python floats: 8x their bytes in memory).
+  from hrseg_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
+  pth.save_pth(dict(tiny_state, **extras), tmp_path / 'model.pth')
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(['model.pth', 'out']) == 2
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and 'model.pth' in err, err
+  assert 'too much that is not model weights' in err, err
+  assert 'at most 256 entries of 65,536 elements together' in err, err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']

@@ -15,7 +15,9 @@ import numpy as np
 from hrseg_jax import paths
 from hrseg_jax.convert import mapping, pth, safe_pickle
 
-# Entries kept as metadata (``loss.*``: class weights) are small float lists.
+# Entries kept as metadata (``loss.*``: class weights) are small float lists:
+# at most this many entries and elements (all entries together).
+MAX_EXTRA_ENTRIES = 256
 MAX_EXTRA_ELEMENTS = 65536
 # State dict keys are module paths (``stage4.2.fuse_layers.3.0.2.1.weight``).
 MAX_KEY_LENGTH = 512
@@ -33,7 +35,7 @@ def _check_keys(state: Mapping[str, Any], path: str) -> None:
 
 def _extras(state: Mapping[str, np.ndarray], path: str) -> dict[str, Any]:
   """``loss.*`` entries as JSON-ready nested lists of finite floats."""
-  out = {}
+  out, total = {}, 0
   for key, value in state.items():
     if not key.startswith(mapping.NON_MODEL_PREFIXES):
       continue
@@ -41,6 +43,12 @@ def _extras(state: Mapping[str, np.ndarray], path: str) -> dict[str, Any]:
       raise ValueError(f'{path}: {key} has {value.size:,} elements; entries '
                        f'that are not model weights may hold at most '
                        f'{MAX_EXTRA_ELEMENTS:,}')
+    total += value.size
+    if total > MAX_EXTRA_ELEMENTS or len(out) == MAX_EXTRA_ENTRIES:
+      raise ValueError(f'{path}: too much that is not model weights ({key} and the '
+                       f'{", ".join(mapping.NON_MODEL_PREFIXES)}* entries before it): at '
+                       f'most {MAX_EXTRA_ENTRIES} entries of {MAX_EXTRA_ELEMENTS:,} '
+                       'elements together are kept')
     as_float = np.asarray(value, np.float64)
     if not np.isfinite(as_float).all():
       raise ValueError(f'{path}: {key} holds non-finite values')
