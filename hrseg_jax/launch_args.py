@@ -16,6 +16,14 @@ from hrseg_jax.command_line import DEFAULT_CONFIG  # hrseg_jax.main's default --
 from hrseg_jax.config_utils import load_config_file
 
 
+def split(argv: list[str]) -> tuple[list[str], list[str]]:
+  """(the launcher's own flags, the training flags): ``argv`` cut at ``--``."""
+  if '--' in argv:
+    cut = argv.index('--')
+    return argv[:cut], argv[cut + 1:]
+  return argv, []
+
+
 def flag_value(train_args: list[str], name: str) -> str | None:
   """The last value of ``--name V`` or ``--name=V`` (as absl reads it)."""
   value = None

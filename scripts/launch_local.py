@@ -103,11 +103,7 @@ def shell_line(env: dict[str, str], argv: list[str]) -> str:
 
 def parse_args(argv: list[str]):
   """Launcher flags before ``--``; training flags after it."""
-  if '--' in argv:
-    cut = argv.index('--')
-    own, train_args = argv[:cut], argv[cut + 1:]
-  else:
-    own, train_args = argv, []
+  own, train_args = launch_args.split(argv)
   parser = argparse.ArgumentParser(
       description=__doc__.split('\n')[0],
       usage='%(prog)s [options] -- --config CONFIG --workdir DIR [...]')

@@ -160,11 +160,7 @@ def remote_config(train_args: list[str]) -> str:
 
 def parse_args(argv: list[str]):
   """Launcher flags before ``--``; training flags after it (train only)."""
-  if '--' in argv:
-    cut = argv.index('--')
-    own, train_args = argv[:cut], argv[cut + 1:]
-  else:
-    own, train_args = argv, []
+  own, train_args = launch_args.split(argv)
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('step', choices=('create', 'setup', 'train', 'logs',
                                        'stop', 'delete'))
