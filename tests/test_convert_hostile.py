@@ -198,3 +198,17 @@ def test_entries_kept_as_metadata_are_bounded_together(tmp_path, tiny_state, cap
   assert 'too much that is not model weights' in err, err
   assert 'at most 256 entries of 65,536 elements together' in err, err
   assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']
+
+
+def test_counters_of_no_batch_norm_are_unexpected_keys(tmp_path, tiny_state, capsys,
+                                                       monkeypatch):
+  # They were ignored as BN counters and kept in the checkpoint's metadata.
+  from hrseg_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
+  junk = {f'junk{i}.num_batches_tracked': np.asarray(i, np.int64) for i in range(300)}
+  pth.save_pth(dict(tiny_state, **junk), tmp_path / 'model.pth')
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(['model.pth', 'out']) == 2
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and 'model.pth' in err, err
+  assert '300 unexpected key(s): junk0.num_batches_tracked, ' in err, err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']

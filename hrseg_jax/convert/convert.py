@@ -117,6 +117,10 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
     skip = {k: v for k, v in state.items() if k.startswith(NON_SEG_PREFIXES)}
     if backbone_only:
       state = {k: v for k, v in state.items() if k not in skip}
+    # The metadata keeps the counters of the BNs converted (others are skipped
+    # or refused as unexpected keys below).
+    layout = dict(layout, num_batches_tracked={
+        k: v for k, v in layout['num_batches_tracked'].items() if k in state})
     state = rename_keys(state, {v: k for k, v in TORCH_NAMES.items()})
     filled, report = mapping.torch_to_variables(
         state, abstract, inplace_abn=inplace_abn,

@@ -142,7 +142,10 @@ def torch_to_variables(state: Mapping[str, np.ndarray], abstract: Mapping,
       # NaN/inf in the file, or values beyond the model's dtype (float64 1e300).
       not_finite.append(key)
     out[path] = value
-  ignorable = lambda k: k.endswith('num_batches_tracked') or k.startswith(NON_MODEL_PREFIXES)
+  def ignorable(k):  # A used BN's counter, or what the metadata keeps (loss.*).
+    bn, dot, leaf = k.rpartition('.')
+    return ((leaf == 'num_batches_tracked' and f'{bn}{dot}running_var' in used)
+            or k.startswith(NON_MODEL_PREFIXES))
   unexpected = sorted(k for k in state if k not in used and not ignorable(k))
   really_missing = [k for k in missing if not k.startswith(allow_missing)]
   problems = []
