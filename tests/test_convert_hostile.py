@@ -212,3 +212,12 @@ def test_counters_of_no_batch_norm_are_unexpected_keys(tmp_path, tiny_state, cap
   assert len(err.splitlines()) == 1 and 'model.pth' in err, err
   assert '300 unexpected key(s): junk0.num_batches_tracked, ' in err, err
   assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']
+
+
+def test_lite_hrnet_infers_hanet_options_only_from_its_four_hanets():
+  # Thousands of hanetN prefixes (aliases of one large table) each ran the
+  # table comparison; hanet5 and up are not in the model (unexpected keys).
+  from hrseg_jax.models import lite_hrnet  # pylint: disable=g-import-not-at-top
+  assert lite_hrnet._infer_hanet({'hanet5.attention_first.0.weight': np.zeros((4, 4, 1))}) is None  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="no HANet at 'hanet2.'"):
+    lite_hrnet._infer_hanet({'hanet2.x': np.zeros(1), 'hanet12.x': np.zeros(1)})  # pylint: disable=protected-access

@@ -256,8 +256,14 @@ def _infer_variant(state: Mapping[str, np.ndarray]) -> str:
   raise ValueError(f'unknown Lite-HRNet layout {found}; known variants: {sorted(VARIANTS)}')
 
 
+# The HANets a Lite-HRNet can have (one per branch width): others in a file
+# are unexpected keys, never inferred from (each inference compares a table).
+HANET_NAMES = ('hanet1', 'hanet2', 'hanet3', 'hanet4')
+
+
 def _infer_hanet(state: Mapping[str, np.ndarray]) -> dict | None:
-  names = sorted({k.split('.')[0] for k in state if re.match(r'hanet\d+\.', k)})
+  names = sorted({k.split('.')[0] for k in state if k.startswith(HANET_NAMES)} &
+                 set(HANET_NAMES))
   if not names:
     return None
   configs = [hanet_lib.infer_config(state, f'{n}.') for n in names]
