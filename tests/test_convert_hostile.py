@@ -115,7 +115,26 @@ def test_absurd_module_counts_are_refused_before_any_search(tmp_path, tiny_state
   state = dict(tiny_state, **{f'stage2.{m}.branches.0.0.conv1.weight': one
                               for m in range(1, 5000)})
   line = refused(tmp_path, state)
-  assert 'not an HRNet state dict: stage2 has 5000 modules (at most 64)' in line, line
+  assert 'not an HRNet state dict: stage2 has 5000 modules (at most 8)' in line, line
+
+
+@pytest.mark.parametrize('keys,phrase', [
+    ([f'stage3.0.branches.{i}.0.conv1.weight' for i in range(3, 9)],
+     'stage3.0 has 9 branches (at most 8)'),
+    ([f'stage4.1.branches.2.{b}.conv1.weight' for b in range(1, 9)],
+     'stage4.1.branches.2 has 9 blocks (at most 8)'),
+    ([f'layer1.{b}.conv1.weight' for b in range(1, 9)], 'layer1 has 9 blocks (at most 8)'),
+])
+def test_absurd_layouts_are_refused_before_a_model_is_traced(tmp_path, tiny_state, capsys,
+                                                            monkeypatch, keys, phrase):
+  from hrseg_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
+  one = np.zeros((1, 1, 1, 1), np.float32)
+  pth.save_pth(dict(tiny_state, **{k: one for k in keys}), tmp_path / 'model.pth')
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(['model.pth', 'out']) == 2
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and 'model.pth' in err, err
+  assert f'not an HRNet state dict: {phrase}' in err, err
 
 
 def test_hanet_r_factor_is_computed_not_searched():

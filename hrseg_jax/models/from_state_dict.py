@@ -12,11 +12,13 @@ from hrseg_jax.models.heads import OCR_DEFAULTS
 from hrseg_jax.models.state_shapes import dim
 
 
-# Far more than any HRNet has (4 modules, 4 branches): a file claiming more
-# is refused before its keys are searched or a model is built for it.
-MAX_MODULES = 64
-MAX_BRANCHES = 16
-MAX_BLOCKS = 64
+# Twice what any HRNet has (4 modules, 4 branches, 4 blocks): a file claiming
+# more is refused before its keys are searched or a model is traced for it
+# (tracing comes before the file's tensors are checked against the model, and
+# 64 modules of 16 branches of 64 blocks would trace a million variables).
+MAX_MODULES = 8
+MAX_BRANCHES = 8
+MAX_BLOCKS = 8
 
 
 def _check_at_most(n: int, limit: int, what: str, where: str) -> None:
