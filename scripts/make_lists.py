@@ -10,6 +10,8 @@ Examples:
       --out data/list/cityscapes
   python scripts/make_lists.py lip --root data/lip --out data/list/lip
   python scripts/make_lists.py ade20k --root data/ade20k --out data/list/ade20k
+  (data/ade20k: {train,val}/{image,label}/ or ADEChallengeData2016 as
+  downloaded, images/{training,validation}/ + annotations/...)
 """
 from __future__ import annotations
 

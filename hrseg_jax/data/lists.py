@@ -115,6 +115,45 @@ def paired_lists(root: str) -> dict[str, list[Entry]]:
   return lists
 
 
+def _ade_download_lists(root: str) -> dict[str, list[Entry]]:
+  """ADEChallengeData2016 as downloaded (also mmsegmentation's layout):
+  ``images/{training,validation}/X.jpg`` with
+  ``annotations/{training,validation}/X.png``, under ``root`` or under
+  ``root/ADEChallengeData2016``."""
+  base = ''
+  if (not os.path.isdir(os.path.join(root, 'images'))
+      and os.path.isdir(os.path.join(root, 'ADEChallengeData2016', 'images'))):
+    base = 'ADEChallengeData2016/'
+  lists = {}
+  for split, folder in (('train', 'training'), ('val', 'validation')):
+    images = [p for p in _rel_files(root, f'{base}images/{folder}/*')
+              if p.lower().endswith(('.jpg', '.jpeg', '.png'))]
+    if not images:
+      continue
+    lists[split] = [
+        (im, _need(root, f'{base}annotations/{folder}/'
+                   f'{os.path.splitext(os.path.basename(im))[0]}.png', im))
+        for im in images]
+  return lists
+
+
+def ade20k_lists(root: str) -> dict[str, list[Entry]]:
+  """ADE20K: the ``{train,val}/{image,label}`` layout of :func:`paired_lists`,
+  else ADEChallengeData2016 as downloaded (``images/training`` ...).
+
+  Both have label PNGs with 0 = "other" (ignored) and 1..150 = the classes.
+  """
+  lists = paired_lists(root)
+  if lists:
+    return lists
+  lists = _ade_download_lists(root)
+  if 'val' in lists:
+    lists['testval'] = list(lists['val'])
+  if 'train' in lists and 'val' in lists:
+    lists['trainval'] = lists['train'] + lists['val']
+  return lists
+
+
 def lip_lists(root: str) -> dict[str, list[Entry]]:
   """LIP lists relative to ``TrainVal_images`` / ``..._parsing_annotations``.
 
@@ -152,7 +191,7 @@ LIST_FORMATS = {
     'lip': (lip_lists, ' ', {
         'train': 'trainList.txt', 'val': 'valList.txt',
         'testval': 'testvalList.txt'}),
-    'ade20k': (paired_lists, ' ', {
+    'ade20k': (ade20k_lists, ' ', {
         'train': 'train.lst', 'val': 'val.lst', 'testval': 'testval.lst',
         'trainval': 'trainval.lst'}),
     'cocostuff': (paired_lists, ' ', {
@@ -171,7 +210,8 @@ LAYOUTS = {
                   'gtFine/.../*_gtFine_labelIds.png',
     'lip': 'TrainVal_images/{train,val}_images/*.jpg with '
            'TrainVal_parsing_annotations/{train,val}_segmentations/*.png',
-    'ade20k': _PAIRED,
+    'ade20k': f'{_PAIRED}, or ADEChallengeData2016\'s images/{{training,validation}}/*.jpg '
+              'with annotations/{training,validation}/*.png',
     'cocostuff': _PAIRED,
     'pascal_ctx': f'{_PAIRED}, as scripts/prepare_pascal_ctx.py writes them from VOC2010',
 }
