@@ -2,9 +2,13 @@
 
 The files themselves are well-formed ``.pth`` archives (the loader's own
 defences are tested in ``test_pth_hostile.py``); what they hold is not a
-model a user should get: non-finite weights, tensors of the wrong rank,
-architectures that cannot be inferred. Each must end in one ``error:``
-line naming the file (and the key), exit code 2, nothing written.
+model a user should get: non-finite weights, tensors of the wrong rank or
+empty, architectures that cannot be inferred or are absurdly large, names
+with control characters, more metadata than a checkpoint carries. Each must
+end in one ``error:`` line naming the file (and the key), exit code 2,
+nothing written, and never run for long. Most cases call the command's
+``main`` in-process (the same code path, without a JAX start-up each); the
+user-visible ones run the real command line from the user's folder.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import sys
 import numpy as np
 import pytest
 
+from hrseg_jax.convert import __main__ as convert_main
 from hrseg_jax.convert import pth
 from hrseg_jax.models import hanet
 import pth_payloads
@@ -47,6 +52,18 @@ def refused(folder: pathlib.Path, state, *args: str) -> str:
   assert 'model.pth' in lines[0] and 'Traceback' not in proc.stderr, lines
   assert sorted(p.name for p in folder.iterdir()) == ['model.pth']
   return lines[0]
+
+
+def refused_in_process(folder: pathlib.Path, state, capsys, monkeypatch) -> str:
+  """As :func:`refused`, through the command's ``main`` in this process."""
+  pth.save_pth(state, folder / 'model.pth')
+  monkeypatch.chdir(folder)
+  assert convert_main.main(['model.pth', 'out']) == 2
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and err.startswith('error: '), err
+  assert 'model.pth' in err, err
+  assert sorted(p.name for p in folder.iterdir()) == ['model.pth']
+  return err.strip()
 
 
 def test_non_finite_weights_are_refused_naming_the_keys(tmp_path, tiny_state):
@@ -86,17 +103,11 @@ LITE_KEYS = {'stem.conv1.conv.weight': np.zeros((4, 3, 3, 3), np.float32)}
 ])
 def test_architecture_inference_names_the_key(tmp_path, tiny_state, capsys, monkeypatch,
                                              extra, phrase):
-  from hrseg_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
   state = dict(tiny_state, **extra)
   if 'stage2.0.branches.2.0.conv1.weight' in extra:
     del state['stage2.0.branches.1.0.conv1.weight']
-  pth.save_pth(state, tmp_path / 'model.pth')
-  monkeypatch.chdir(tmp_path)
-  assert cli.main(['model.pth', 'out']) == 2
-  err = capsys.readouterr().err
-  assert len(err.splitlines()) == 1 and err.startswith('error: '), err
-  assert 'model.pth' in err and phrase in err, err
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']
+  err = refused_in_process(tmp_path, state, capsys, monkeypatch)
+  assert phrase in err, err
 
 
 def test_a_huge_empty_head_is_a_shape_mismatch_without_allocating(tmp_path, tiny_state):
@@ -127,13 +138,9 @@ def test_absurd_module_counts_are_refused_before_any_search(tmp_path, tiny_state
 ])
 def test_absurd_layouts_are_refused_before_a_model_is_traced(tmp_path, tiny_state, capsys,
                                                             monkeypatch, keys, phrase):
-  from hrseg_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
   one = np.zeros((1, 1, 1, 1), np.float32)
-  pth.save_pth(dict(tiny_state, **{k: one for k in keys}), tmp_path / 'model.pth')
-  monkeypatch.chdir(tmp_path)
-  assert cli.main(['model.pth', 'out']) == 2
-  err = capsys.readouterr().err
-  assert len(err.splitlines()) == 1 and 'model.pth' in err, err
+  state = dict(tiny_state, **{k: one for k in keys})
+  err = refused_in_process(tmp_path, state, capsys, monkeypatch)
   assert f'not an HRNet state dict: {phrase}' in err, err
 
 
@@ -190,14 +197,9 @@ def test_names_of_unknown_classes_are_escaped(tmp_path):
                                        ('stage3.0.branches.2.0.conv1.weight', (0, 16, 3, 3))])
 def test_a_width_of_zero_is_refused_naming_the_key(tmp_path, tiny_state, capsys, monkeypatch,
                                                    key, shape):
-  from hrseg_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
-  pth.save_pth(dict(tiny_state, **{key: np.zeros(shape, np.float32)}), tmp_path / 'model.pth')
-  monkeypatch.chdir(tmp_path)
-  assert cli.main(['model.pth', 'out']) == 2
-  err = capsys.readouterr().err
-  assert len(err.splitlines()) == 1 and 'model.pth' in err, err
+  state = dict(tiny_state, **{key: np.zeros(shape, np.float32)})
+  err = refused_in_process(tmp_path, state, capsys, monkeypatch)
   assert f'{key} has shape {shape}: a model cannot have a width' in err, err
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']
 
 
 @pytest.mark.parametrize('extras', [
@@ -208,35 +210,24 @@ def test_entries_kept_as_metadata_are_bounded_together(tmp_path, tiny_state, cap
                                                       extras):
   # Each loss.* entry alone is small, but all of them went into the
   # checkpoint's JSON metadata (as Python floats: 8x their bytes in memory).
-  from hrseg_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
-  pth.save_pth(dict(tiny_state, **extras), tmp_path / 'model.pth')
-  monkeypatch.chdir(tmp_path)
-  assert cli.main(['model.pth', 'out']) == 2
-  err = capsys.readouterr().err
-  assert len(err.splitlines()) == 1 and 'model.pth' in err, err
+  err = refused_in_process(tmp_path, dict(tiny_state, **extras), capsys, monkeypatch)
   assert 'too much that is not model weights' in err, err
   assert 'at most 256 entries of 65,536 elements together' in err, err
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']
 
 
 def test_counters_of_no_batch_norm_are_unexpected_keys(tmp_path, tiny_state, capsys,
                                                        monkeypatch):
   # They were ignored as BN counters and kept in the checkpoint's metadata.
-  from hrseg_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
   junk = {f'junk{i}.num_batches_tracked': np.asarray(i, np.int64) for i in range(300)}
-  pth.save_pth(dict(tiny_state, **junk), tmp_path / 'model.pth')
-  monkeypatch.chdir(tmp_path)
-  assert cli.main(['model.pth', 'out']) == 2
-  err = capsys.readouterr().err
-  assert len(err.splitlines()) == 1 and 'model.pth' in err, err
+  err = refused_in_process(tmp_path, dict(tiny_state, **junk), capsys, monkeypatch)
   assert '300 unexpected key(s): junk0.num_batches_tracked, ' in err, err
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']
 
 
 def test_lite_hrnet_infers_hanet_options_only_from_its_four_hanets():
   # Thousands of hanetN prefixes (aliases of one large table) each ran the
   # table comparison; hanet5 and up are not in the model (unexpected keys).
   from hrseg_jax.models import lite_hrnet  # pylint: disable=g-import-not-at-top
-  assert lite_hrnet._infer_hanet({'hanet5.attention_first.0.weight': np.zeros((4, 4, 1))}) is None  # pylint: disable=protected-access
+  only_hanet5 = {'hanet5.attention_first.0.weight': np.zeros((4, 4, 1))}
+  assert lite_hrnet._infer_hanet(only_hanet5) is None  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="no HANet at 'hanet2.'"):
     lite_hrnet._infer_hanet({'hanet2.x': np.zeros(1), 'hanet12.x': np.zeros(1)})  # pylint: disable=protected-access
