@@ -64,3 +64,69 @@ def test_ade20k_as_downloaded(tmp_path, monkeypatch, folder):
   for split in ('train', 'val'):
     source = sources.make_source(data, split)
     assert _pixels(source) == [(0, 255), (1, 0), (150, 149)]
+
+
+def _train_cli(cwd, *overrides):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  if not (cwd / 'configs').exists():
+    (cwd / 'configs').symlink_to(REPO / 'configs')
+  return subprocess.run(
+      [sys.executable, '-m', 'hrseg_jax.main', '--config', 'configs/hrnet_w48_cocostuff.py',
+       '--workdir', 'runs/x', "--config.train.init_from=", *overrides],
+      cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize('mmseg', [False, True])
+def test_cocostuff164k_as_downloaded(tmp_path, monkeypatch, mmseg):
+  """COCO-Stuff-164k (images/train2017 + annotations/train2017 stuffthingmaps:
+  COCO id - 1, 255 = unlabeled; or mmsegmentation's *_labelTrainIds.png) was
+  refused by make_lists.py, and its labels, read with the 10k map, would have
+  trained on shifted classes (0 = person became ignore)."""
+  label = np.full((6, 8), 255, np.uint8)
+  label[:2], label[2:4], label[4:5] = 0, 12, 181   # person, stop sign, wood
+  trainids = label.copy()
+  trainids[:2], trainids[2:4], trainids[4:5] = 0, 11, 170
+  for split in ('train2017', 'val2017'):
+    _write(tmp_path / 'data/cocostuff' / 'images' / split / '000000000009.jpg',
+           np.full((6, 8, 3), 90, np.uint8))
+    _write(tmp_path / 'data/cocostuff' / 'annotations' / split / '000000000009.png', label)
+    if mmseg:
+      _write(tmp_path / 'data/cocostuff' / 'annotations' / split /
+             '000000000009_labelTrainIds.png', trainids)
+  r = _script(tmp_path, 'make_lists.py', 'cocostuff', '--root', 'data/cocostuff',
+              '--out', 'data/list/cocostuff')
+  assert r.returncode == 0, r.stderr
+  name = '000000000009_labelTrainIds.png' if mmseg else '000000000009.png'
+  assert (tmp_path / 'data/list/cocostuff/val.lst').read_text() == (
+      f'images/val2017/000000000009.jpg annotations/val2017/{name}\n')
+  label_map = 'identity' if mmseg else 'cocostuff164k'
+  r = _train_cli(tmp_path)
+  assert r.returncode == 2 and r.stdout == '' and r.stderr.count('\n') == 1, r.stderr
+  assert r.stderr.startswith(f'error: {tmp_path}/data/cocostuff/annotations/train2017/{name}: '
+                             'a label in '), r.stderr
+  assert r.stderr.endswith(f"data.label_map='cocostuff': pass "
+                           f'--config.data.label_map={label_map}\n'), r.stderr
+  assert not (tmp_path / 'runs').exists()
+  monkeypatch.chdir(tmp_path)
+  data = recipes.recipe('cocostuff', 'w18_small_v1').data
+  data.label_map = label_map
+  for split in ('train', 'val'):
+    source = sources.make_source(data, split)
+    raw_to_id = [(0, 0), (11, 11), (170, 170)] if mmseg else [(0, 0), (12, 11), (181, 170)]
+    assert _pixels(source) == [*raw_to_id, (255, 255)]
+
+
+def test_cocostuff10k_ids_map_like_the_original(tmp_path, monkeypatch):
+  """The original's COCO-Stuff-10k PNGs: COCO ids 1..182, 0 = unlabeled."""
+  label = np.zeros((6, 8), np.uint8)
+  label[:2], label[2:4], label[4:5] = 1, 13, 182   # person, stop sign, wood
+  for split in ('train', 'val'):
+    _write(tmp_path / 'data/cocostuff' / split / 'image' / 'COCO_train2014_000000000077.jpg',
+           np.full((6, 8, 3), 90, np.uint8))
+    _write(tmp_path / 'data/cocostuff' / split / 'label' / 'COCO_train2014_000000000077.png', label)
+  r = _script(tmp_path, 'make_lists.py', 'cocostuff', '--root', 'data/cocostuff',
+              '--out', 'data/list/cocostuff')
+  assert r.returncode == 0, r.stderr
+  monkeypatch.chdir(tmp_path)
+  source = sources.make_source(recipes.recipe('cocostuff', 'w18_small_v1').data, 'val')
+  assert _pixels(source) == [(0, 255), (1, 0), (13, 11), (182, 170)]

@@ -24,7 +24,8 @@ Dataset and source:
     image / label column; LIP's original lists are relative to
     ``TrainVal_images`` / ``TrainVal_parsing_annotations``.
   label_map: raw label value -> training id table, see
-    :func:`hrseg_jax.data.label_maps.get_label_map`.
+    :func:`hrseg_jax.data.label_maps.get_label_map` ('cocostuff164k' for
+    COCO-Stuff-164k's stuffthingmaps, 'identity' for trainId PNGs).
   num_classes: K (training ids 0..K-1).
   ignore_label: always 255 in batches (PASCAL-Context's original -1 and
     COCO-Stuff/ADE20K's uint8 wrap-around all become 255).

@@ -144,14 +144,24 @@ def cocostuff() -> LabelMap:
   return _from_dict('cocostuff', 171, table)
 
 
+def cocostuff164k() -> LabelMap:
+  """COCO-Stuff-164k's stuffthingmaps PNGs: value = COCO id - 1 (0 = person),
+  255 = unlabeled; the same 171 classes in the same order as 'cocostuff'."""
+  table = {raw - 1: (IGNORE if i == 0 else i - 1)
+           for i, raw in enumerate(COCOSTUFF_RAW_IDS) if raw > 0}
+  return _from_dict('cocostuff164k', 171, table)
+
+
 def get_label_map(name: str, num_classes: int | None = None) -> LabelMap:
   """Returns the label map called ``name``.
 
   Args:
     name: 'cityscapes', 'lip', 'pascal_ctx' (59 classes, background
-      ignored), 'pascal_ctx60' (background is class 0), 'cocostuff', 'ade20k'
-      or 'identity' (raw values are already training ids; synthetic data and
-      custom datasets).
+      ignored), 'pascal_ctx60' (background is class 0), 'cocostuff' (COCO
+      ids 1..182, 0 = unlabeled: COCO-Stuff-10k), 'cocostuff164k' (COCO
+      ids - 1, 255 = unlabeled: COCO-Stuff-164k's stuffthingmaps), 'ade20k'
+      or 'identity' (raw values are already training ids; synthetic data,
+      mmsegmentation's ``*_labelTrainIds.png`` and custom datasets).
     num_classes: required for 'identity'; checked against the others.
   """
   builders = {
@@ -160,6 +170,7 @@ def get_label_map(name: str, num_classes: int | None = None) -> LabelMap:
       'pascal_ctx': lambda: reduce_zero(59, 'pascal_ctx'),
       'pascal_ctx60': lambda: identity(60, name='pascal_ctx60'),
       'cocostuff': cocostuff,
+      'cocostuff164k': cocostuff164k,
       'ade20k': lambda: reduce_zero(150, 'ade20k'),
   }
   if name == 'identity':

@@ -154,6 +154,34 @@ def ade20k_lists(root: str) -> dict[str, list[Entry]]:
   return lists
 
 
+def cocostuff_lists(root: str) -> dict[str, list[Entry]]:
+  """COCO-Stuff: the ``{train,val}/{image,label}`` layout of
+  :func:`paired_lists` (COCO-Stuff-10k, labels = COCO ids, 0 = unlabeled),
+  else COCO-Stuff-164k as downloaded: ``images/{train2017,val2017}/X.jpg``
+  with ``annotations/{train2017,val2017}/X_labelTrainIds.png`` where
+  mmsegmentation made those, else ``X.png`` (stuffthingmaps_trainval2017).
+  """
+  lists = paired_lists(root)
+  if lists:
+    return lists
+  for split in ('train', 'val'):
+    images = _rel_files(root, f'images/{split}2017/*.jpg')
+    if not images:
+      continue
+    entries = []
+    for im in images:
+      stem = os.path.splitext(os.path.basename(im))[0]
+      trainids = f'annotations/{split}2017/{stem}_labelTrainIds.png'
+      entries.append((im, trainids if os.path.isfile(os.path.join(root, trainids))
+                      else _need(root, f'annotations/{split}2017/{stem}.png', im)))
+    lists[split] = entries
+  if 'val' in lists:
+    lists['testval'] = list(lists['val'])
+  if 'train' in lists and 'val' in lists:
+    lists['trainval'] = lists['train'] + lists['val']
+  return lists
+
+
 def lip_lists(root: str) -> dict[str, list[Entry]]:
   """LIP lists relative to ``TrainVal_images`` / ``..._parsing_annotations``.
 
@@ -194,7 +222,7 @@ LIST_FORMATS = {
     'ade20k': (ade20k_lists, ' ', {
         'train': 'train.lst', 'val': 'val.lst', 'testval': 'testval.lst',
         'trainval': 'trainval.lst'}),
-    'cocostuff': (paired_lists, ' ', {
+    'cocostuff': (cocostuff_lists, ' ', {
         'train': 'train.lst', 'val': 'val.lst', 'testval': 'testval.lst',
         'trainval': 'trainval.lst'}),
     'pascal_ctx': (paired_lists, ' ', {
@@ -212,7 +240,8 @@ LAYOUTS = {
            'TrainVal_parsing_annotations/{train,val}_segmentations/*.png',
     'ade20k': f'{_PAIRED}, or ADEChallengeData2016\'s images/{{training,validation}}/*.jpg '
               'with annotations/{training,validation}/*.png',
-    'cocostuff': _PAIRED,
+    'cocostuff': f'{_PAIRED}, or COCO-Stuff-164k\'s images/{{train2017,val2017}}/*.jpg '
+                 'with annotations/{train2017,val2017}/*.png',
     'pascal_ctx': f'{_PAIRED}, as scripts/prepare_pascal_ctx.py writes them from VOC2010',
 }
 

@@ -75,6 +75,7 @@ class FileSource:
             f'a trainId label (listed in {list_path}), but data.label_map='
             "'cityscapes' maps the labelIds of *_gtFine_labelIds.png: list those "
             '(scripts/make_lists.py does) or pass --config.data.label_map=identity'))
+    self._check_cocostuff_labels()
     if decode.is_uri(self._root):
       return
     if not os.path.isdir(self._root or '.'):
@@ -90,6 +91,25 @@ class FileSource:
         joined = 'data.root' + (f' + data.{kind}_prefix={prefix!r}' if prefix else '')
         raise DataError(path, f'file not found: the first {kind} of {list_path}, '
                         f'joined to {joined}')
+
+  def _check_cocostuff_labels(self) -> None:
+    """COCO-Stuff's label conventions share their values, so a list read with
+    the wrong map would train on shifted classes without one invalid value:
+    refused at start-up, with the map the files take."""
+    name = self._label_map.name
+    if not self._labels or name not in ('cocostuff', 'cocostuff164k'):
+      return
+    for path in self._labels:
+      if path.endswith('_labelTrainIds.png'):
+        kind, fix = "mmsegmentation's trainIds (0..170)", 'identity'
+      elif (os.path.basename(os.path.dirname(path)) in ('train2017', 'val2017')
+            and os.path.basename(os.path.dirname(os.path.dirname(path))) == 'annotations'):
+        kind, fix = "COCO-Stuff-164k's stuffthingmaps (COCO id - 1, 255 = unlabeled)", 'cocostuff164k'
+      else:
+        continue
+      if fix != name:
+        raise DataError(path, f'a label in {kind}, listed in {self.list_path}, but '
+                        f'data.label_map={name!r}: pass --config.data.label_map={fix}')
 
   def __len__(self) -> int:
     return len(self._images)
