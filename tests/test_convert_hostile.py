@@ -231,3 +231,15 @@ def test_lite_hrnet_infers_hanet_options_only_from_its_four_hanets():
   assert lite_hrnet._infer_hanet(only_hanet5) is None  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="no HANet at 'hanet2.'"):
     lite_hrnet._infer_hanet({'hanet2.x': np.zeros(1), 'hanet12.x': np.zeros(1)})  # pylint: disable=protected-access
+
+
+def test_two_keys_for_one_tensor_are_refused_not_one_dropped(tmp_path, tiny_state, capsys,
+                                                             monkeypatch):
+  # Stripping mmpose's backbone. prefix (and the HANet renaming, below) kept
+  # the later of two keys that end up with the same name, silently.
+  state = dict(tiny_state, **{'backbone.conv1.weight': np.ones((64, 3, 3, 3), np.float32)})
+  err = refused_in_process(tmp_path, state, capsys, monkeypatch)
+  assert 'the state dict holds both backbone.conv1.weight and conv1.weight' in err, err
+  from hrseg_jax.convert import convert  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='holds hanet3.0.x under two names'):
+    convert.rename_keys({'hanet3_0.x': 1, 'hanet3.0.x': 2}, {'hanet3_0.': 'hanet3.0.'})

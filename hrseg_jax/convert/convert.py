@@ -38,13 +38,23 @@ TORCH_NAMES = {'hanet3.0.': 'hanet3_0.'}
 
 
 def rename_keys(state: Mapping[str, Any], table: Mapping[str, str]) -> dict:
-  """Replaces the key prefixes ``table`` maps (first match wins)."""
+  """Replaces the key prefixes ``table`` maps (first match wins).
+
+  Raises:
+    ValueError: two keys get the same name (``hanet3_0.x`` and ``hanet3.0.x``).
+  """
   def fix(key):
     for old, new in table.items():
       if key.startswith(old):
         return new + key[len(old):]
     return key
-  return {fix(k): v for k, v in state.items()}
+  out = {}
+  for key, value in state.items():
+    new = fix(key)
+    if new in out:
+      raise ValueError(f'the state dict holds {new} under two names')
+    out[new] = value
+  return out
 
 
 def init_leaves(model_cfg: Mapping[str, Any], paths, seed: int = 0) -> dict:

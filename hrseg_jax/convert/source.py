@@ -85,7 +85,13 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
   state, prefix = mapping.strip_prefixes(state)
   for p in ('backbone.',):  # mmpose: keep the backbone, skip the pose head
     if any(k.startswith(p) for k in state):
-      state = {k[len(p):] if k.startswith(p) else k: v for k, v in state.items()}
+      stripped = {}
+      for k, v in state.items():
+        short = k[len(p):] if k.startswith(p) else k
+        if short in stripped:  # Never keep one of two silently.
+          raise ValueError(f'{path}: the state dict holds both {p}{short} and {short}')
+        stripped[short] = v
+      state = stripped
       prefix += p
   tracked = {}
   for k, v in state.items():
