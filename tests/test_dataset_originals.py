@@ -130,3 +130,46 @@ def test_cocostuff10k_ids_map_like_the_original(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   source = sources.make_source(recipes.recipe('cocostuff', 'w18_small_v1').data, 'val')
   assert _pixels(source) == [(0, 255), (1, 0), (13, 11), (182, 170)]
+
+
+@pytest.mark.parametrize('root', ['data/pascal_ctx', 'data/pascal_ctx/VOCdevkit/VOC2010'])
+def test_pascal_ctx_as_mmsegmentation_converts_it(tmp_path, monkeypatch, root):
+  """mmsegmentation's PASCAL-Context (VOC2010 JPEGImages + SegmentationClassContext
+  PNGs, 0 = background, split files in ImageSets/SegmentationContext) was
+  refused by make_lists.py; 59 classes ignore the background, 60 keep it."""
+  voc = tmp_path / 'data/pascal_ctx/VOCdevkit/VOC2010'
+  label = np.zeros((6, 8), np.uint8)
+  label[:2], label[2:4] = 1, 59   # aeroplane, wood
+  for split, stems in (('train', ['2008_000002', '2008_000007']), ('val', ['2008_000003'])):
+    for stem in stems:
+      _write(voc / 'JPEGImages' / f'{stem}.jpg', np.full((6, 8, 3), 90, np.uint8))
+      _write(voc / 'SegmentationClassContext' / f'{stem}.png', label)
+    os.makedirs(voc / 'ImageSets/SegmentationContext', exist_ok=True)
+    (voc / 'ImageSets/SegmentationContext' / f'{split}.txt').write_text('\n'.join(stems) + '\n')
+  _write(voc / 'JPEGImages' / '2007_000027.jpg', np.full((6, 8, 3), 90, np.uint8))  # not in a split
+  r = _script(tmp_path, 'make_lists.py', 'pascal_ctx', '--root', root,
+              '--out', 'data/list/pascal_ctx')
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.splitlines()[1] == 'train          2 lines  data/list/pascal_ctx/train.lst'
+  base = 'VOCdevkit/VOC2010/' if root == 'data/pascal_ctx' else ''
+  assert (tmp_path / 'data/list/pascal_ctx/val.lst').read_text() == (
+      f'{base}JPEGImages/2008_000003.jpg {base}SegmentationClassContext/2008_000003.png\n')
+  monkeypatch.chdir(tmp_path)
+  for name, expected in (('pascal_ctx', [(0, 255), (1, 0), (59, 58)]),
+                         ('pascal_ctx60', [(0, 0), (1, 1), (59, 59)])):
+    data = recipes.recipe(name, 'w18_small_v1').data
+    data.root = root
+    assert _pixels(sources.make_source(data, 'val')) == expected
+
+
+def test_pascal_ctx_split_file_naming_a_missing_image_is_one_line(tmp_path):
+  voc = tmp_path / 'data/pascal_ctx/VOCdevkit/VOC2010'
+  os.makedirs(voc / 'ImageSets/SegmentationContext')
+  (voc / 'ImageSets/SegmentationContext/train.txt').write_text('2008_000002\n')
+  r = _script(tmp_path, 'make_lists.py', 'pascal_ctx', '--root', 'data/pascal_ctx',
+              '--out', 'data/list/pascal_ctx')
+  assert r.returncode == 2 and r.stdout == ''
+  assert r.stderr == ('error: data/pascal_ctx/VOCdevkit/VOC2010/JPEGImages/2008_000002.jpg: '
+                      'image listed in data/pascal_ctx/VOCdevkit/VOC2010/ImageSets/'
+                      'SegmentationContext/train.txt not found\n')
+  assert not (tmp_path / 'data/list').exists()

@@ -182,6 +182,43 @@ def cocostuff_lists(root: str) -> dict[str, list[Entry]]:
   return lists
 
 
+def pascal_ctx_lists(root: str) -> dict[str, list[Entry]]:
+  """PASCAL-Context: the ``{train,val}/{image,label}`` layout that
+  scripts/prepare_pascal_ctx.py writes, else mmsegmentation's:
+  ``JPEGImages/X.jpg`` with ``SegmentationClassContext/X.png`` (the same
+  values: 0 = background, 1..59) for the names in
+  ``ImageSets/SegmentationContext/{train,val}.txt``, under ``root`` or
+  ``root/VOCdevkit/VOC2010``.
+  """
+  lists = paired_lists(root)
+  if lists:
+    return lists
+  for base in ('', 'VOCdevkit/VOC2010/'):
+    split_dir = os.path.join(root, base, 'ImageSets', 'SegmentationContext')
+    if os.path.isdir(split_dir):
+      break
+  else:
+    return {}
+  for split in ('train', 'val'):
+    names_file = os.path.join(split_dir, f'{split}.txt')
+    if not os.path.isfile(names_file):
+      continue
+    with open(names_file) as f:
+      stems = sorted({line.split()[0] for line in f if line.strip()})
+    entries = []
+    for stem in stems:
+      image = f'{base}JPEGImages/{stem}.jpg'
+      if not os.path.isfile(os.path.join(root, image)):
+        raise DataError(os.path.join(root, image), f'image listed in {names_file} not found')
+      entries.append((image, _need(root, f'{base}SegmentationClassContext/{stem}.png', image)))
+    lists[split] = entries
+  if 'val' in lists:
+    lists['testval'] = list(lists['val'])
+  if 'train' in lists and 'val' in lists:
+    lists['trainval'] = lists['train'] + lists['val']
+  return lists
+
+
 def lip_lists(root: str) -> dict[str, list[Entry]]:
   """LIP lists relative to ``TrainVal_images`` / ``..._parsing_annotations``.
 
@@ -225,7 +262,7 @@ LIST_FORMATS = {
     'cocostuff': (cocostuff_lists, ' ', {
         'train': 'train.lst', 'val': 'val.lst', 'testval': 'testval.lst',
         'trainval': 'trainval.lst'}),
-    'pascal_ctx': (paired_lists, ' ', {
+    'pascal_ctx': (pascal_ctx_lists, ' ', {
         'train': 'train.lst', 'val': 'val.lst', 'testval': 'testval.lst',
         'trainval': 'trainval.lst'}),
 }
@@ -242,7 +279,9 @@ LAYOUTS = {
               'with annotations/{training,validation}/*.png',
     'cocostuff': f'{_PAIRED}, or COCO-Stuff-164k\'s images/{{train2017,val2017}}/*.jpg '
                  'with annotations/{train2017,val2017}/*.png',
-    'pascal_ctx': f'{_PAIRED}, as scripts/prepare_pascal_ctx.py writes them from VOC2010',
+    'pascal_ctx': f'{_PAIRED}, as scripts/prepare_pascal_ctx.py writes them from VOC2010, '
+                  'or [VOCdevkit/VOC2010/]ImageSets/SegmentationContext/{train,val}.txt with '
+                  'JPEGImages/ and SegmentationClassContext/ (mmsegmentation)',
 }
 
 
