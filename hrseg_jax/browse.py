@@ -1,4 +1,4 @@
-"""python -m hrseg_jax.browse --config configs/X.py [--split S] [--num 8] --out grid.png
+"""python -m hrseg_jax.browse --config configs/X.py [--split S] [--num 8] --out grid.png [--config.a.b=V ...]
 
 Draws what the model will be trained and evaluated on, as one picture: for
 each sample the image as the network sees it (after the training
@@ -9,6 +9,8 @@ positions (``data.with_rows``) a strip left of each image shows the frame
 row of every image row (dark = top of the frame, light = bottom, red =
 padding).  Check a dataset's layout, label mapping and augmentation before a
 long run; it works on the built-in synthetic data out of the box.
+``--config.a.b=V`` overrides a field as in training (e.g. the
+``--config.data.root``, lists or ``label_map`` a training run is given).
 """
 from __future__ import annotations
 
@@ -142,7 +144,10 @@ def main(argv=None) -> int:
   p.add_argument('--num', type=int, default=8, help='samples per split (default 8)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', required=True, help='PNG file to write')
-  args = p.parse_args(argv)
+  args, overrides = p.parse_known_args(argv)
+  unknown = [a for a in overrides if not a.startswith('--config.')]
+  if unknown:
+    p.error(f'unrecognized arguments: {" ".join(unknown)}')
   try:
     if args.num < 1:
       raise ValueError(f'--num {args.num}: must be positive')
@@ -150,7 +155,7 @@ def main(argv=None) -> int:
       raise ValueError(f'--out {args.out}: must be a .png file')
     from hrseg_jax import config_utils  # pylint: disable=g-import-not-at-top
     from hrseg_jax.eval import files  # pylint: disable=g-import-not-at-top
-    config = config_utils.load_config_file(args.config)
+    config = config_utils.load_config_with_overrides(args.config, overrides)
     splits = ['train', 'val'] if args.split == 'both' else [args.split]
     picture = browse(config, splits, args.num, args.seed)
     files.write_bytes_atomic(args.out, files.encode_png(picture))

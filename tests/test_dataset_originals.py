@@ -173,3 +173,41 @@ def test_pascal_ctx_split_file_naming_a_missing_image_is_one_line(tmp_path):
                       'image listed in data/pascal_ctx/VOCdevkit/VOC2010/ImageSets/'
                       'SegmentationContext/train.txt not found\n')
   assert not (tmp_path / 'data/list').exists()
+
+
+def _browse(cwd, *args):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  if not (cwd / 'configs').exists():
+    (cwd / 'configs').symlink_to(REPO / 'configs')
+  return subprocess.run([sys.executable, '-m', 'hrseg_jax.browse', *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_browse_takes_the_overrides_training_takes(tmp_path):
+  """browse refused --config.* ('unrecognized arguments'), so a dataset
+  anywhere but the config's data.root could not be looked at."""
+  label = np.ones((24, 32), np.uint8)
+  for split, name in (('training', 'ADE_train_00000001'), ('validation', 'ADE_val_00000001')):
+    _write(tmp_path / 'ADEChallengeData2016/images' / split / f'{name}.jpg',
+           np.full((24, 32, 3), 90, np.uint8))
+    _write(tmp_path / 'ADEChallengeData2016/annotations' / split / f'{name}.png', label)
+  assert _script(tmp_path, 'make_lists.py', 'ade20k', '--root', 'ADEChallengeData2016',
+                 '--out', 'lists').returncode == 0
+  common = ['--config', 'configs/hrnet_w48_ade20k.py', '--num', '1', '--out', 'grid.png',
+            '--config.data.root=ADEChallengeData2016']
+  r = _browse(tmp_path, *common, '--config.data.train_list=lists/train.lst',
+              '--config.data.val_list=lists/val.lst', '--config.data.num_workers=0',
+              '--config.data.crop_size=(16,16)', '--config.data.base_size=32',
+              '--config.data.eval_size=(16,16)', '--config.data.eval_base_size=16')
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.startswith('wrote grid.png: ') and r.stdout.endswith(
+      ', 1 samples of train and val\n') and (tmp_path / 'grid.png').is_file()
+  r = _browse(tmp_path, *common[:-1], '--config.data.train_list=lists/train.lst')
+  assert r.returncode == 2 and r.stderr.startswith(   # the config's own data.root
+      'error: data/ade20k: data.root folder not found'), r.stderr
+  r = _browse(tmp_path, *common, '--config.data.rot=x')
+  assert r.returncode == 2 and r.stderr == (
+      "error: unknown config field 'config.data.rot' (no field 'rot'; "
+      'Did you mean "root" instead of "rot"?)\n')
+  r = _browse(tmp_path, *common, '--bogus')
+  assert r.returncode == 2 and r.stderr.endswith('error: unrecognized arguments: --bogus\n')
