@@ -113,22 +113,33 @@ def similar_fields(argv, where: str, limit: int = 2) -> list[str]:
                                                          cutoff=0.75)]
 
 
-def parse_flags(argv):
-  """absl flag parsing with one-line errors for bad ``--config.*`` overrides."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
+# What parsing ``--config FILE --config.a.b=V`` raises for a bad override or file.
+FLAG_ERRORS = (flags.Error, AttributeError, KeyError, OSError, ValueError, TypeError)
+
+
+def flag_error(error: BaseException, argv) -> str:
+  """The one line for ``error`` (one of :data:`FLAG_ERRORS`), raised by absl
+  while parsing ``argv``: an unknown field is named with the fields of the
+  config it was probably meant to be."""
+  if isinstance(error, flags.Error):
     # A config file that raises comes with its traceback in the message.
-    print(f'error: {one_line(e)}', file=sys.stderr)
-  except (AttributeError, KeyError) as e:
-    field, hint = missing_field(e)
+    return one_line(error)
+  if isinstance(error, (AttributeError, KeyError)):
+    field, hint = missing_field(error)
     bad = [a for a in argv if a.startswith('--config.') and field in a.split('=')[0]]
     where = bad[0].split('=')[0][2:] if bad else field
     close = similar_fields(argv, where)
     if close:
       hint = 'did you mean ' + ' or '.join(f'--config.{c}' for c in close) + '?'
-    print(f'error: unknown config field {where!r} (no field {field!r}'
-          f'{"; " + hint if hint else ""})', file=sys.stderr)
-  except (OSError, ValueError, TypeError) as e:
-    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
+    return (f'unknown config field {where!r} (no field {field!r}'
+            f'{"; " + hint if hint else ""})')
+  return str(error).replace('\n', ' ')
+
+
+def parse_flags(argv):
+  """absl flag parsing with one-line errors for bad ``--config.*`` overrides."""
+  try:
+    return FLAGS(argv)
+  except FLAG_ERRORS as e:
+    print(f'error: {flag_error(e, argv)}', file=sys.stderr)
   sys.exit(2)

@@ -3,8 +3,9 @@
 The flags after ``--`` go to ``python -m hrseg_jax.main`` unchanged, on
 machines the launcher cannot see.  Checked here, before a job is queued or
 a slice starts: the ``--config`` file exists where the remote side will
-look for it, and, for training, ``train.batch_size`` divides over the job's
-devices.
+look for it, its ``--config.a.b=V`` overrides name fields it has with values
+they take (else every process would print the same error), and, for
+training, ``train.batch_size`` divides over the job's devices.
 Each check raises ``ValueError`` with a one-line message; a config that
 cannot be evaluated by the launcher's Python is left to the job.
 """
@@ -12,6 +13,10 @@ from __future__ import annotations
 
 import os
 
+from absl import flags
+from ml_collections import config_flags
+
+from hrseg_jax import command_line
 from hrseg_jax.command_line import DEFAULT_CONFIG  # hrseg_jax.main's default --config
 from hrseg_jax.config_utils import load_config_file
 
@@ -60,6 +65,40 @@ def config_file(train_args: list[str], base: str, where: str = '') -> str:
   if not os.path.isfile(path):
     raise ValueError(f'--config {name}: no such file ({where or base})')
   return path
+
+
+def config_overrides(train_args: list[str]) -> list[str]:
+  """The ``--config.a.b=V`` and ``--config.a.b V`` flags of ``train_args``."""
+  out = []
+  for i, a in enumerate(train_args):
+    if a.startswith('--config.'):
+      out.append(a)
+      if ('=' not in a and i + 1 < len(train_args)
+          and not train_args[i + 1].startswith('--')):
+        out.append(train_args[i + 1])
+  return out
+
+
+def check_overrides(train_args: list[str], path: str) -> None:
+  """ValueError, in the line ``hrseg_jax.main`` would print, when an override
+  names a field the config at ``path`` lacks or gives a value it does not
+  take; nothing when the config cannot be evaluated here (left to the job)."""
+  overrides = config_overrides(train_args)
+  if not overrides:
+    return
+  arg = config_spec(train_args).partition(':')[2]
+  spec = f'{path}:{arg}' if arg else path
+  try:
+    load_config_file(spec)
+  except (Exception, SystemExit):  # pylint: disable=broad-except
+    return
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', spec, flag_values=values, lock_config=True)
+  argv = ['hrseg_jax.main', f'--config={spec}', *overrides]
+  try:
+    values(argv)
+  except command_line.FLAG_ERRORS as e:
+    raise ValueError(command_line.flag_error(e, argv)) from None
 
 
 def batch_size(train_args: list[str], path: str) -> int | None:

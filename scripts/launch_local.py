@@ -140,6 +140,7 @@ def parse_args(argv: list[str]):
   if devices and named and launch_args.reads_config(train_args):
     try:   # here once, else every process prints the same error
       config = launch_args.config_file(train_args, '.', f'in {os.getcwd()}')
+      launch_args.check_overrides(train_args, config)
       if launch_args.mode(train_args) == 'train':
         launch_args.check_batch(launch_args.batch_size(train_args, config), devices,
                                 f'{args.num_processes} process(es) x '

@@ -121,6 +121,7 @@ def parse_args(argv: list[str]):
   try:
     if launch_args.reads_config(train_args):
       config = launch_args.config_file(train_args, '.', f'in {os.getcwd()}, where the job runs')
+      launch_args.check_overrides(train_args, config)
       if launch_args.mode(train_args) == 'train':
         launch_args.check_batch(launch_args.batch_size(train_args, config),
                                 args.nodes * args.gpus_per_node,

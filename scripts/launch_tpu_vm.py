@@ -216,6 +216,7 @@ def parse_args(argv: list[str]):
     try:
       if launch_args.reads_config(train_args):
         config = remote_config(train_args)
+        launch_args.check_overrides(train_args, config)
         if launch_args.mode(train_args) == 'train':
           launch_args.check_batch(launch_args.batch_size(train_args, config), devices,
                                   args.accelerator)

@@ -97,6 +97,49 @@ def test_local_rejects(args, message):
   assert message in err and len(err.strip().splitlines()) == 1, err   # no usage block
 
 
+BAD_OVERRIDES = [
+    (['--config.train.num_step=3'],
+     "unknown config field 'config.train.num_step' (no field 'num_step'; "
+     'did you mean --config.train.num_steps or --config.train.num_epochs?)'),
+    (['--config.trian.num_steps', '3'],
+     "unknown config field 'config.trian.num_steps' (no field 'trian'; "
+     'did you mean --config.train.num_steps?)'),
+    (['--config.train.num_steps=abc'],
+     "flag --config.train.num_steps=abc: invalid literal for int() with base 10: 'abc'"),
+]
+
+
+@pytest.mark.parametrize('override, message', BAD_OVERRIDES)
+def test_local_bad_config_override_is_one_line_before_any_process(tmp_path, override,
+                                                                  message):
+  """A misspelt field or a bad value after "--" is the line hrseg_jax.main
+  prints, once, exit 2, before any process starts (not once per process,
+  then 'a process exited'); run for real from a user's folder."""
+  (tmp_path / 'configs').symlink_to(REPO / 'configs')
+  err = run('launch_local.py', '--num_processes', '2', '--cpu_devices', '2', '--',
+            '--config', 'configs/demo.py', '--workdir', 'runs/x', *override,
+            ok=False, cwd=tmp_path)
+  assert err.strip().splitlines() == [f'launch_local.py: error: {message}'], err
+  assert [p.name for p in tmp_path.iterdir()] == ['configs']
+  run('launch_local.py', '--num_processes', '2', '--cpu_devices', '2', '--dry-run', '--',
+      '--config', 'configs/demo.py', '--workdir', 'runs/x', '--config.train.num_steps',
+      '3', cwd=tmp_path)   # a good override in its two-word form passes
+
+
+@pytest.mark.parametrize('launcher', [
+    ['launch_slurm.py', '--dry-run'],
+    ['launch_tpu_vm.py', 'train', '--name', 'n', '--zone', 'us-central2-b',
+     '--accelerator', 'v4-8', '--dry-run']])
+def test_cluster_launchers_check_config_overrides(tmp_path, launcher):
+  """Slurm and TPU: a bad override is refused before the job is queued."""
+  (tmp_path / 'configs').symlink_to(REPO / 'configs')
+  override, message = BAD_OVERRIDES[0]
+  err = run(*launcher, '--', '--config', 'configs/demo.py', '--workdir', 'gs://b/r',
+            *override, ok=False, cwd=tmp_path)
+  assert err.strip().splitlines() == [f'{launcher[0]}: error: {message}'], err
+  assert [p.name for p in tmp_path.iterdir()] == ['configs']
+
+
 # ---- launch_slurm.py ---------------------------------------------------------
 
 def slurm_dry_run(*args):
