@@ -57,6 +57,10 @@ def main(argv=None) -> int:
                     inplace_abn=args.inplace_abn, backbone_only=args.backbone_only,
                     overwrite=args.overwrite, seed=args.seed,
                     dataset=args.dataset, loaded=loaded)
+    from hrseg_jax.convert import released  # pylint: disable=g-import-not-at-top
+    warning = released.option_warning(src, args.align_corners, args.inplace_abn)
+    if warning:
+      print(warning, file=sys.stderr)
   except (OSError, ValueError, KeyError) as e:
     from hrseg_jax.convert.safe_pickle import printable  # pylint: disable=g-import-not-at-top
     # Names read from the file never reach the terminal as control characters.
