@@ -67,7 +67,7 @@ def main(argv=None) -> int:
       raise FileExistsError(f'output file exists: {args.output} (pass --overwrite '
                             'to replace it)')
     paths.check_creatable(output, 'output path')
-    from hrseg_jax.convert import convert, pth  # pylint: disable=g-import-not-at-top
+    from hrseg_jax.convert import convert, pth_write  # pylint: disable=g-import-not-at-top
     from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
     # A training checkpoint's step is its number of training steps (a
     # converted one is step 0): BN's num_batches_tracked counts them.
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
                                                          args.step)
     obj = convert.to_state_dict(variables, meta, prefix=args.prefix, steps_trained=step)
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    pth.save_pth(obj, output)
+    pth_write.save_pth(obj, output)
   except (OSError, ValueError, KeyError, TypeError) as e:
     print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
     return 2

@@ -95,11 +95,11 @@ def test_convert_records_the_dataset(tmp_path):
   """19 classes -> cityscapes; --dataset overrides; an unknown name is an
   error before anything is written."""
   from hrseg_jax import Segmenter, checkpoints  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.convert import convert, mapping, pth  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.convert import convert, mapping, pth_write  # pylint: disable=g-import-not-at-top
   from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
   from test_eval_inference import TINY_HRNET, tiny_hrnet_variables  # pylint: disable=g-import-not-at-top
   cfg = registry.resolve(dict(TINY_HRNET, num_classes=19))
-  pth.save_pth(mapping.variables_to_torch(tiny_hrnet_variables(cfg)), tmp_path / 'm.pth')
+  pth_write.save_pth(mapping.variables_to_torch(tiny_hrnet_variables(cfg)), tmp_path / 'm.pth')
   quiet = lambda *_: None  # pylint: disable=unnecessary-lambda-assignment
   assert convert.convert(tmp_path / 'm.pth', tmp_path / 'a', log=quiet)['dataset'] == 'cityscapes'
   convert.convert(tmp_path / 'm.pth', tmp_path / 'b', dataset='synthetic', log=quiet)

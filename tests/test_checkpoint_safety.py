@@ -18,7 +18,7 @@ import pth_payloads as P
 from hrseg_jax import checkpoints, overwrite
 from hrseg_jax.checkpoints import manifest
 from hrseg_jax import export as export_cli
-from hrseg_jax.convert import __main__ as convert_cli
+from hrseg_jax.convert import __main__ as convert_cli, pth_write
 from hrseg_jax.convert import pth
 from test_convert import TINY, torch_state
 
@@ -47,7 +47,7 @@ def _no_hidden_leftovers(folder: pathlib.Path):
 def fixture_converted(tmp_path_factory):
   """A tiny converted checkpoint (``ckpt``) and its source (``tiny.pth``)."""
   root = tmp_path_factory.mktemp('converted')
-  pth.save_pth(torch_state(TINY), root / 'tiny.pth')
+  pth_write.save_pth(torch_state(TINY), root / 'tiny.pth')
   cwd = os.getcwd()
   os.chdir(root)
   try:
@@ -134,7 +134,7 @@ def _bad_state_files(folder: pathlib.Path) -> dict[str, tuple[pathlib.Path, tupl
   cases = {}
 
   def save(name, obj, *phrases):
-    pth.save_pth(obj, folder / name)
+    pth_write.save_pth(obj, folder / name)
     cases[name] = (folder / name, phrases)
 
   nbt = [k for k in state if k.endswith('num_batches_tracked')][0]
@@ -168,7 +168,7 @@ def test_bad_files_and_options_are_one_line_and_write_nothing(tmp_path, monkeypa
   for name, (path, phrases) in cases.items():
     code = convert_cli.main([path.name, 'out'])
     _one_line_error(capsys, code, name, *phrases)
-  pth.save_pth(torch_state(TINY), tmp_path / 'good.pth')
+  pth_write.save_pth(torch_state(TINY), tmp_path / 'good.pth')
   for value in ('-3', '0'):
     code = convert_cli.main(['good.pth', 'out', '--num-classes', value])
     _one_line_error(capsys, code, '--num-classes', value)
@@ -178,7 +178,7 @@ def test_bad_files_and_options_are_one_line_and_write_nothing(tmp_path, monkeypa
 def test_loss_entries_are_kept_as_plain_floats(user_dir, capsys):
   state = torch_state(TINY)
   state['loss.criterion.weight'] = np.array([0.5, 2.0, 1.0], np.float16)
-  pth.save_pth({'state_dict': collections.OrderedDict(state)}, 'w.pth')
+  pth_write.save_pth({'state_dict': collections.OrderedDict(state)}, 'w.pth')
   assert convert_cli.main(['w.pth', 'out']) == 0, capsys.readouterr().err
   meta = checkpoints.load_model('out')[2]
   assert meta['torch_layout']['extras'] == {'loss.criterion.weight': [0.5, 2.0, 1.0]}

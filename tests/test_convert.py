@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hrseg_jax import checkpoints
-from hrseg_jax.convert import __main__ as convert_cli
+from hrseg_jax.convert import __main__ as convert_cli, pth_write
 from hrseg_jax.convert import convert, mapping, pth
 from hrseg_jax import export as export_cli
 from hrseg_jax.models import registry
@@ -80,7 +80,7 @@ def test_layouts_infer_and_round_trip(tmp_path, layout, ocr):
       'dataparallel': {'module.' + k: v for k, v in state.items()},
   }[layout]
   src = tmp_path / 'in.pth'
-  pth.save_pth(obj, src)
+  pth_write.save_pth(obj, src)
   _convert(src, tmp_path / 'ckpt', align_corners=True)
   model_cfg, variables, _ = checkpoints.load_model(tmp_path / 'ckpt')
   assert model_cfg['stages'] == TINY['stages'] and model_cfg['stage1'] == TINY['stage1']
@@ -111,7 +111,7 @@ def test_imagenet_backbone(tmp_path):
   backbone = {k: v for k, v in state.items() if not k.startswith('last_layer')}
   backbone['incre_modules.0.0.conv1.weight'] = np.zeros((2, 4, 1, 1), np.float32)
   backbone['classifier.weight'] = np.zeros((1000, 2048), np.float32)
-  pth.save_pth(backbone, tmp_path / 'imagenet.pth')
+  pth_write.save_pth(backbone, tmp_path / 'imagenet.pth')
   with pytest.raises(ValueError, match='num-classes'):
     _convert(tmp_path / 'imagenet.pth', tmp_path / 'x')
   assert not (tmp_path / 'x').exists()
@@ -129,7 +129,7 @@ def test_imagenet_backbone(tmp_path):
 def test_inplace_abn_scale(tmp_path):
   state = torch_state(TINY)
   state['bn1.weight'] = -np.abs(state['bn1.weight'])
-  pth.save_pth(state, tmp_path / 'abn.pth')
+  pth_write.save_pth(state, tmp_path / 'abn.pth')
   _convert(tmp_path / 'abn.pth', tmp_path / 'ckpt', inplace_abn=True)
   scale = _variables(tmp_path / 'ckpt')['params']['bn1']['scale']
   np.testing.assert_allclose(scale, np.abs(state['bn1.weight']) + 1e-5, rtol=0, atol=1e-7)
@@ -146,7 +146,7 @@ def _cli_error(capsys, argv):
 def test_bad_inputs(tmp_path, capsys):
   state = torch_state(TINY)
   good = tmp_path / 'good.pth'
-  pth.save_pth(state, good)
+  pth_write.save_pth(state, good)
   out = tmp_path / 'out'
   # A checkpoint of another width against an explicit config.
   other = tmp_path / 'other.py'
@@ -182,7 +182,7 @@ def test_bad_inputs(tmp_path, capsys):
   # Missing keys (a pruned checkpoint).
   pruned = dict(state)
   del pruned['stage3.0.branches.1.0.conv2.weight']
-  pth.save_pth(pruned, tmp_path / 'pruned.pth')
+  pth_write.save_pth(pruned, tmp_path / 'pruned.pth')
   cfg_file = tmp_path / 'tiny.py'
   cfg_file.write_text('import ml_collections\n'
                       'def get_config():\n'
@@ -193,7 +193,7 @@ def test_bad_inputs(tmp_path, capsys):
   assert 'missing' in err and 'stage3.0.branches.1.0.conv2.weight' in err
   # Unexpected keys.
   extra = dict(state, **{'stage9.0.weight': np.zeros(3, np.float32)})
-  pth.save_pth(extra, tmp_path / 'extra.pth')
+  pth_write.save_pth(extra, tmp_path / 'extra.pth')
   err = _cli_error(capsys, [str(tmp_path / 'extra.pth'), str(out)])
   assert 'unexpected' in err and 'stage9.0.weight' in err
   assert not out.exists()

@@ -20,8 +20,7 @@ import sys
 import numpy as np
 import pytest
 
-from hrseg_jax.convert import __main__ as convert_main
-from hrseg_jax.convert import pth
+from hrseg_jax.convert import __main__ as convert_main, pth_write
 from hrseg_jax.models import hanet
 import pth_payloads
 from test_convert import TINY, torch_state
@@ -44,7 +43,7 @@ def convert_cli(folder: pathlib.Path, *args: str) -> subprocess.CompletedProcess
 
 def refused(folder: pathlib.Path, state, *args: str) -> str:
   """Writes ``state`` as model.pth, converts it; returns the one error line."""
-  pth.save_pth(state, folder / 'model.pth')
+  pth_write.save_pth(state, folder / 'model.pth')
   proc = convert_cli(folder, *args)
   assert proc.returncode == 2, (proc.stdout, proc.stderr)
   lines = proc.stderr.splitlines()
@@ -56,7 +55,7 @@ def refused(folder: pathlib.Path, state, *args: str) -> str:
 
 def refused_in_process(folder: pathlib.Path, state, capsys, monkeypatch) -> str:
   """As :func:`refused`, through the command's ``main`` in this process."""
-  pth.save_pth(state, folder / 'model.pth')
+  pth_write.save_pth(state, folder / 'model.pth')
   monkeypatch.chdir(folder)
   assert convert_main.main(['model.pth', 'out']) == 2
   err = capsys.readouterr().err

@@ -16,7 +16,7 @@ import pytest
 from flax import traverse_util
 
 from hrseg_jax import Segmenter, checkpoints
-from hrseg_jax.convert import convert, mapping, pth
+from hrseg_jax.convert import convert, mapping, pth_write
 from hrseg_jax.models import hanet, registry
 
 FIXTURES = ('hanet_best_hanet0', 'hanet_best_hanet3', 'hanet_maxpool_pos1_hanet1',
@@ -241,7 +241,7 @@ def test_hrnet_w32_hanet_converter_round_trip(tmp_path):
           7, np.int64)
   obj['loss.criterion.weight'] = np.linspace(0.8, 1.2, 19, dtype=np.float32)
   assert 'model.hanet3_0.attention_third.0.weight' in obj
-  pth.save_pth(obj, tmp_path / 'fork_w32_hanet.pth')
+  pth_write.save_pth(obj, tmp_path / 'fork_w32_hanet.pth')
   meta = convert.convert(tmp_path / 'fork_w32_hanet.pth', tmp_path / 'ckpt',
                          log=lambda *_: None)
   assert not meta['backbone_only'] and not meta['initialised']

@@ -16,7 +16,7 @@ import pytest
 from flax import traverse_util
 
 from hrseg_jax import checkpoints
-from hrseg_jax.convert import convert, mapping, pth
+from hrseg_jax.convert import convert, mapping, pth, pth_write
 from hrseg_jax.models import lite_hrnet, registry
 
 BACKBONES = {'litehrnet_18': '18', 'litehrnet_30': '30', 'naive_litehrnet_18': 'naive_18'}
@@ -117,7 +117,7 @@ def test_mmpose_backbone_converts_to_clean_head(golden, tmp_path):
   obj['state_dict']['keypoint_head.final_layer.weight'] = np.ones((17, 40, 1, 1), np.float32)
   obj['state_dict']['keypoint_head.final_layer.bias'] = np.zeros((17,), np.float32)
   src = tmp_path / 'mmpose.pth'
-  pth.save_pth(obj, src)
+  pth_write.save_pth(obj, src)
   with pytest.raises(ValueError, match='num-classes'):
     convert.convert(src, tmp_path / 'no_classes', log=lambda *_: None)
   meta = convert.convert(src, tmp_path / 'seg', num_classes=19, log=lambda *_: None)

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 from PIL import Image
 
-from hrseg_jax.convert import __main__ as convert_cli
-from hrseg_jax.convert import mapping, pth
+from hrseg_jax.convert import __main__ as convert_cli, pth_write
+from hrseg_jax.convert import mapping
 from hrseg_jax.models import registry
 from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
 
@@ -31,7 +31,7 @@ def test_convert_and_predict_name_model_settings_and_dtype(tmp_path, monkeypatch
   cfg = registry.resolve(dict(TINY_HRNET, num_classes=19))
   state = {'model.' + k: v
            for k, v in mapping.variables_to_torch(tiny_hrnet_variables(cfg)).items()}
-  pth.save_pth(state, tmp_path / 'ocr_like.pth')
+  pth_write.save_pth(state, tmp_path / 'ocr_like.pth')
   assert convert_cli.main(['ocr_like.pth', 'converted/cs', '--align-corners']) == 0
   out = capsys.readouterr().out
   assert out.startswith('converted ocr_like.pth -> converted/cs: hrnet custom, 19 classes, ')
@@ -52,7 +52,7 @@ def test_convert_and_predict_name_model_settings_and_dtype(tmp_path, monkeypatch
 def test_truncated_png_is_one_line_without_opencv_warning(tmp_path):
   """OpenCV's own "[ WARN:0@…] … PNG input buffer is incomplete" is noise."""
   cfg = registry.resolve(TINY_HRNET)
-  pth.save_pth(mapping.variables_to_torch(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
+  pth_write.save_pth(mapping.variables_to_torch(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
   assert convert_cli.main([str(tmp_path / 't.pth'), str(tmp_path / 'converted')]) == 0
   (tmp_path / 'photos').mkdir()
   Image.fromarray(np.zeros((32, 64, 3), np.uint8) + 90).save(tmp_path / 'whole.png')
@@ -74,7 +74,7 @@ def test_converted_backbone_warns_that_its_head_is_untrained(tmp_path, monkeypat
   cfg = registry.resolve(TINY_HRNET)
   state = {k: v for k, v in mapping.variables_to_torch(tiny_hrnet_variables(cfg)).items()
            if not k.startswith('last_layer.')}
-  pth.save_pth(state, tmp_path / 'backbone.pth')
+  pth_write.save_pth(state, tmp_path / 'backbone.pth')
   assert convert_cli.main(['backbone.pth', 'converted', '--num-classes', '5']) == 0
   assert 'freshly initialised: ' in capsys.readouterr().out
   Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photo.png')

@@ -12,7 +12,7 @@ from flax import traverse_util
 
 from hrseg_jax import recipes
 from hrseg_jax.config_utils import load_config_file
-from hrseg_jax.convert import mapping, pth
+from hrseg_jax.convert import mapping, pth_write
 from hrseg_jax.models import registry
 from hrseg_jax.train import loop, optim, pretrained, sharding
 from train_util import tiny_config
@@ -91,7 +91,7 @@ def test_init_from_pth_is_converted_in_memory(tmp_path):
                 if not k.startswith('last_layer')}
   state_dict['classifier.weight'] = np.zeros((1000, 32), np.float32)
   state_dict['incre_modules.0.0.conv1.weight'] = np.zeros((8, 4, 1, 1), np.float32)
-  pth.save_pth(state_dict, tmp_path / 'imagenet.pth')
+  pth_write.save_pth(state_dict, tmp_path / 'imagenet.pth')
   before = sorted(os.listdir(tmp_path))
   model = registry.build_model(cfg)
   tx, _ = optim.make_optimizer(c.train, 10)

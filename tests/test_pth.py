@@ -18,7 +18,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from hrseg_jax.convert import pth
+from hrseg_jax.convert import pth, pth_write
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'pth'
 BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
@@ -289,7 +289,7 @@ def _tricky_arrays(legacy=False):
 def test_round_trip_is_bit_identical(tmp_path, legacy):
   arrays = _tricky_arrays(legacy)
   path = tmp_path / 'sd.pth'
-  (pth.save_pth_legacy if legacy else pth.save_pth)(arrays, path)
+  (pth_write.save_pth_legacy if legacy else pth_write.save_pth)(arrays, path)
   got = pth.load_pth(path)
   assert isinstance(got, collections.OrderedDict)
   _assert_state_dict(got, arrays)
@@ -306,7 +306,7 @@ def test_round_trip_of_a_training_checkpoint(tmp_path, legacy):
                'nested': {'empty_list': [], 'empty_tuple': (), 'empty': {}}},
   }
   path = tmp_path / 'ckpt.pth'
-  (pth.save_pth_legacy if legacy else pth.save_pth)(ckpt, path)
+  (pth_write.save_pth_legacy if legacy else pth_write.save_pth)(ckpt, path)
   got = pth.load_pth(path)
   assert {k: v for k, v in got.items() if k != 'state_dict'} == {
       k: v for k, v in ckpt.items() if k != 'state_dict'}
@@ -315,7 +315,7 @@ def test_round_trip_of_a_training_checkpoint(tmp_path, legacy):
 
 def test_saved_zip_layout(tmp_path):
   path = tmp_path / 'my_model.pth'
-  pth.save_pth({'a': np.ones(3, np.float32), 'b': np.zeros(1, np.int64)}, path)
+  pth_write.save_pth({'a': np.ones(3, np.float32), 'b': np.zeros(1, np.int64)}, path)
   with open(path, 'rb') as f, zipfile.ZipFile(f) as zf:
     assert zf.namelist() == ['my_model/data.pkl', 'my_model/byteorder',
                              'my_model/data/0', 'my_model/data/1',
@@ -330,8 +330,8 @@ def test_saved_zip_layout(tmp_path):
 
 def test_save_overwrites_and_leaves_no_temporary_files(tmp_path):
   path = tmp_path / 'x.pth'
-  pth.save_pth({'a': np.zeros(2)}, path)
-  pth.save_pth({'b': np.ones(3)}, path)
+  pth_write.save_pth({'a': np.zeros(2)}, path)
+  pth_write.save_pth({'b': np.ones(3)}, path)
   assert list(pth.load_pth(path)) == ['b']
   assert os.listdir(tmp_path) == ['x.pth']
 
@@ -343,31 +343,31 @@ def test_save_overwrites_and_leaves_no_temporary_files(tmp_path):
 def test_save_refuses_unsupported_values_and_writes_nothing(tmp_path, bad):
   path = tmp_path / 'x.pth'
   with pytest.raises(TypeError):
-    pth.save_pth(bad, path)
+    pth_write.save_pth(bad, path)
   with pytest.raises(TypeError):
-    pth.save_pth_legacy(bad, path)
+    pth_write.save_pth_legacy(bad, path)
   assert not os.listdir(tmp_path)
 
 
 def test_legacy_save_refuses_dtypes_without_a_storage_class(tmp_path):
   with pytest.raises(TypeError, match='legacy'):
-    pth.save_pth_legacy({'a': np.zeros(2, np.uint16)}, tmp_path / 'x.pth')
+    pth_write.save_pth_legacy({'a': np.zeros(2, np.uint16)}, tmp_path / 'x.pth')
   assert not os.listdir(tmp_path)
 
 
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
   path = tmp_path / 'x.pth'
-  pth.save_pth({'old': np.zeros(2)}, path)
+  pth_write.save_pth({'old': np.zeros(2)}, path)
   old = path.read_bytes()
 
   def disk_full(arr):
     raise OSError('disk full')
 
-  monkeypatch.setattr(pth, '_array_bytes', disk_full)
+  monkeypatch.setattr(pth_write, '_array_bytes', disk_full)
   with pytest.raises(OSError, match='disk full'):
-    pth.save_pth({'new': np.ones(2)}, path)
+    pth_write.save_pth({'new': np.ones(2)}, path)
   with pytest.raises(OSError, match='disk full'):
-    pth.save_pth({'new': np.ones(2)}, tmp_path / 'y.pth')
+    pth_write.save_pth({'new': np.ones(2)}, tmp_path / 'y.pth')
   assert path.read_bytes() == old
   assert os.listdir(tmp_path) == ['x.pth']
 
@@ -483,15 +483,15 @@ def _rezip(src, dst, transform):
 @pytest.fixture(name='zip_file')
 def fixture_zip_file(tmp_path):
   path = tmp_path / 'good.pth'
-  pth.save_pth({'w': np.arange(40, dtype=np.float32), 'n': np.array(3)}, path)
+  pth_write.save_pth({'w': np.arange(40, dtype=np.float32), 'n': np.array(3)}, path)
   return path
 
 
 @pytest.fixture(name='legacy_file')
 def fixture_legacy_file(tmp_path):
   path = tmp_path / 'good_legacy.pth'
-  pth.save_pth_legacy({'w': np.arange(40, dtype=np.float32),
-                       'n': np.array(3)}, path)
+  pth_write.save_pth_legacy({'w': np.arange(40, dtype=np.float32),
+                             'n': np.array(3)}, path)
   return path
 
 
@@ -657,7 +657,7 @@ _TORCH_SCRIPT = textwrap.dedent('''
 def test_round_trip_through_real_torch(tmp_path):
   arrays = _tricky_arrays()
   ours = tmp_path / 'ours.pth'
-  pth.save_pth({'state_dict': arrays, 'epoch': 1}, ours)
+  pth_write.save_pth({'state_dict': arrays, 'epoch': 1}, ours)
   ref = {k: np.asarray(v).astype(_native(np.asarray(v).dtype))
          for k, v in arrays.items()}
   ref = {k: v.view(np.uint8) if v.dtype.type in (ml_dtypes.bfloat16,

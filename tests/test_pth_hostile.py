@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import pth_payloads as P
-from hrseg_jax.convert import pth, safe_pickle
+from hrseg_jax.convert import pth, pth_write, safe_pickle
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -193,7 +193,7 @@ def test_legacy_storage_list_and_counts_are_checked(tmp_path):
 def test_every_float_dtype_round_trips(tmp_path, dtype):
   value = np.array([[1, 2, 0.5], [-3, 4, 0.25]], dtype)
   path = tmp_path / 'f.pth'
-  pth.save_pth({'w': value, 't': value.T}, path)
+  pth_write.save_pth({'w': value, 't': value.T}, path)
   got = pth.load_pth(path)
   for key, want in (('w', value), ('t', value.T)):
     assert got[key].dtype == np.dtype(dtype)
