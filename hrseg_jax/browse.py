@@ -1,4 +1,5 @@
-"""python -m hrseg_jax.browse --config configs/X.py [--split S] [--num 8] --out grid.png [--config.a.b=V ...]
+"""python -m hrseg_jax.browse --config configs/X.py [--split S] [--num 8] --out grid.png
+    [--config.a.b=V ...]
 
 Draws what the model will be trained and evaluated on, as one picture: for
 each sample the image as the network sees it (after the training

@@ -104,7 +104,8 @@ class FileSource:
         kind, fix = "mmsegmentation's trainIds (0..170)", 'identity'
       elif (os.path.basename(os.path.dirname(path)) in ('train2017', 'val2017')
             and os.path.basename(os.path.dirname(os.path.dirname(path))) == 'annotations'):
-        kind, fix = "COCO-Stuff-164k's stuffthingmaps (COCO id - 1, 255 = unlabeled)", 'cocostuff164k'
+        kind = "COCO-Stuff-164k's stuffthingmaps (COCO id - 1, 255 = unlabeled)"
+        fix = 'cocostuff164k'
       else:
         continue
       if fix != name:
