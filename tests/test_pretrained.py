@@ -2,6 +2,7 @@
 is converted in memory; a missing file stops the run with one line."""
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -138,3 +139,30 @@ def test_missing_init_from_of_a_model_without_released_backbone(tmp_path):
                              'weights to start from (mine.pth) there'), lines[0]
   assert 'HRNet-Image-Classification' not in lines[0] and 'CUSTOM' not in lines[0]
   assert not (tmp_path / 'runs').exists()
+
+
+def test_init_from_that_does_not_fit_is_one_line_before_the_workdir(golden, tmp_path):
+  """The demo config started from a W18-Small-v2 checkpoint (a .pth, then
+  the same converted): one line naming train.init_from, exit 2, and no
+  workdir (it used to be made, with log.txt, events and checkpoints/,
+  before the weights were compared with the model)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  (tmp_path / 'configs').symlink_to(REPO / 'configs')
+  shutil.copy(golden / 'hrnet_w18_small_v2_cityscapes.pth', tmp_path / 'w18s.pth')
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.convert', 'w18s.pth',
+                      'converted/w18s'], cwd=tmp_path, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  for init_from, says in (('w18s.pth', 'cannot use it for model custom'),
+                          ('converted/w18s', 'does not fit model custom')):
+    r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--config',
+                        'configs/demo.py', '--workdir', 'runs/demo',
+                        f'--config.train.init_from={init_from}'],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith(f'error: train.init_from={tmp_path.resolve() / init_from}: '
+                               f'{says}'), lines[0]
+    assert '(270,) vs (120,)' in lines[0] or '(270,) vs model (120,)' in lines[0], lines[0]
+    assert not (tmp_path / 'runs').exists(), init_from

@@ -345,33 +345,67 @@ def init_state(model, tx, rng, image_shape, mesh) -> tuple[TrainState, Any]:
   return jax.jit(make, out_shardings=shardings)(), shardings
 
 
-def load_init_weights(state: TrainState, path, model_cfg) -> TrainState:
+def init_weight_problems(loaded: tuple[dict, dict], variables) -> list[str]:
+  """What keeps ``loaded`` (:func:`pretrained.load_init_variables`) from
+  initialising a model with ``variables`` (arrays or their shapes): its
+  missing leaves and those of another shape, freshly converted ones apart."""
+  src = traverse_util.flatten_dict(loaded[0])
+  fresh = set(loaded[1].get('initialised', []))
+  problems = []
+  for k, v in traverse_util.flatten_dict(variables).items():
+    if mapping.flax_path_to_torch(k) in fresh:
+      continue
+    if k not in src:
+      problems.append(f'missing {"/".join(k)}')
+    elif tuple(src[k].shape) != tuple(v.shape):
+      problems.append(f'{"/".join(k)}: {tuple(src[k].shape)} vs {tuple(v.shape)}')
+  return problems
+
+
+def check_init_weights(loaded: tuple[dict, dict], path, model_cfg, variables) -> None:
+  """ValueError (one line naming ``train.init_from``) unless ``loaded`` fits."""
+  problems = init_weight_problems(loaded, variables)
+  if problems:
+    raise ValueError(f'train.init_from={path}: does not fit model {model_cfg.get("variant", "")}: '
+                     + '; '.join(problems[:8]) + (' …' if len(problems) > 8 else ''))
+
+
+def load_init_weights(state: TrainState, path, model_cfg,
+                      loaded: tuple[dict, dict] | None = None) -> TrainState:
   """Initialises from a ``.pth`` (converted in memory) or a converted
-  checkpoint (full model or ImageNet backbone; :mod:`.pretrained`).
+  checkpoint (full model or ImageNet backbone; :mod:`.pretrained`);
+  ``loaded``: what :func:`pretrained.load_init_variables` returned for it,
+  if read already.
 
   Leaves the conversion freshly initialised (a backbone file's head) keep
   this run's initialisation; every other leaf must exist with the same shape.
   """
-  loaded, meta = pretrained.load_init_variables(path, model_cfg)
-  fresh = set(meta.get('initialised', []))
-  src = traverse_util.flatten_dict(loaded)
-  ours = traverse_util.flatten_dict(state.variables)
-  out, problems = {}, []
-  for k, v in ours.items():
-    if mapping.flax_path_to_torch(k) in fresh:
-      out[k] = v
-    elif k not in src:
-      problems.append(f'missing {"/".join(k)}')
-    elif tuple(src[k].shape) != tuple(v.shape):
-      problems.append(f'{"/".join(k)}: {tuple(src[k].shape)} vs {tuple(v.shape)}')
-    else:
-      out[k] = jax.device_put(np.asarray(src[k], v.dtype), v.sharding)
-  if problems:
-    raise ValueError(f'train.init_from={path}: does not fit model {model_cfg.get("variant", "")}: '
-                     + '; '.join(problems[:8]) + (' …' if len(problems) > 8 else ''))
+  if loaded is None:
+    loaded = pretrained.load_init_variables(path, model_cfg)
+  check_init_weights(loaded, path, model_cfg, state.variables)
+  fresh = set(loaded[1].get('initialised', []))
+  src = traverse_util.flatten_dict(loaded[0])
+  out = {}
+  for k, v in traverse_util.flatten_dict(state.variables).items():
+    out[k] = (v if mapping.flax_path_to_torch(k) in fresh
+              else jax.device_put(np.asarray(src[k], v.dtype), v.sharding))
   v = traverse_util.unflatten_dict(out)
   return state.replace(params=v['params'],
                        model_state={k: x for k, x in v.items() if k != 'params'})
+
+
+def read_init_weights(config, workdir) -> tuple[dict, dict] | None:
+  """``train.init_from``'s weights, checked against the model before the
+  workdir is made (a file that does not fit leaves nothing behind); None
+  without ``init_from`` or when ``workdir`` has checkpoints to resume."""
+  path = config.train.init_from
+  if not path or pretrained.has_checkpoints(workdir):
+    return None
+  model_cfg = registry.resolve(config.model)
+  loaded = pretrained.load_init_variables(path, model_cfg)
+  check_init_weights(loaded, path, model_cfg, registry.abstract_variables(
+      model_cfg, tuple(config.data.crop_size)))
+  return loaded
 
 
 def _read_json(path: epath.Path) -> dict | None:
@@ -422,15 +456,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   num_train = pipeline.num_train_examples(config.data)
   check_num_train(num_train, config.train.batch_size, loss_chunks(config))
   check_val_data(config)
+  init = read_init_weights(config, workdir)   # a file that does not fit, too
   faults = faults_lib.Faults.from_env()
   with StopSignal() as stop:
     return _train(config, make_workdir(paths.resolve(os.fspath(workdir))), stop, faults,
-                  num_train)
+                  num_train, init)
 
 
 def _train(config, workdir: epath.Path, stop: StopSignal,
-           faults: faults_lib.Faults, num_train: int) -> dict:
-  """:func:`train_and_evaluate` once the workdir and the SIGTERM handler exist."""
+           faults: faults_lib.Faults, num_train: int, init=None) -> dict:
+  """:func:`train_and_evaluate` once the workdir and the SIGTERM handler exist
+  (``init``: :func:`read_init_weights`)."""
   metric_writers = tb_writer.clu_metric_writers()  # TensorBoard without TensorFlow
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
@@ -439,7 +475,7 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
   console = console_lib.Console(workdir / LOG_FILE, enabled=is_main)
   try:
     return _train_logged(config, workdir, stop, faults, num_train, writer, loss_log,
-                         console)
+                         console, init)
   except Exception as e:
     console.log(f'error: {console_lib.first_line(e)}')   # the console gets it from main
     raise
@@ -449,9 +485,9 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
 
 def _train_logged(config, workdir: epath.Path, stop: StopSignal,
                   faults: faults_lib.Faults, num_train: int, writer, loss_log: LossLog,
-                  console: console_lib.Console) -> dict:
+                  console: console_lib.Console, init=None) -> dict:
   """:func:`_train` with its writers and console (``num_train``: the
-  training set's size)."""
+  training set's size; ``init``: :func:`read_init_weights`)."""
   metric_writers = tb_writer.clu_metric_writers()
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
@@ -501,7 +537,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
             if previous_length.get(k) != length[k])
             + f'): the learning-rate schedule now ends at step {num_steps}')
     elif config.train.init_from:
-      state = load_init_weights(state, config.train.init_from, model_cfg)
+      state = load_init_weights(state, config.train.init_from, model_cfg, init)
       how = f'initialised from {paths.shown(config.train.init_from)}'
     else:
       how = 'from scratch (random initialisation)'

@@ -28,7 +28,8 @@ def is_pth(path: str) -> bool:
   return str(path).lower().endswith(PTH_SUFFIXES)
 
 
-def _has_checkpoints(workdir) -> bool:
+def has_checkpoints(workdir) -> bool:
+  """Whether ``workdir/checkpoints`` holds a step (a run there resumes)."""
   directory = epath.Path(workdir) / 'checkpoints'
   try:
     return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
@@ -74,7 +75,7 @@ def check_init_from(config, workdir) -> None:
   its own weights and never reads ``init_from``.
   """
   path = str(config.train.get('init_from', '') or '')
-  if not path or path.startswith('gs://') or _has_checkpoints(workdir):
+  if not path or path.startswith('gs://') or has_checkpoints(workdir):
     return
   if not os.path.exists(os.path.expanduser(path)):
     model = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
