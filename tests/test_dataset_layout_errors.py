@@ -110,3 +110,24 @@ def test_model_and_data_class_counts_must_agree(user_folder):
       "model.num_classes=19 but data.num_classes=18 (cityscapes, label map 'identity'): "
       'the model must predict the classes the labels are mapped to; set both, or use the '
       'config of the dataset you mean')
+
+
+def test_a_size_given_twice_is_one_line_before_the_workdir(user_folder):
+  """absl concatenates a tuple override given twice ((32,64) then (16,16) became
+  (32, 64, 16, 16)); that ended in 'too many values to unpack' at the first
+  validation, and three numbers in a JAX traceback after the workdir was made."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  (user_folder / 'configs').symlink_to(REPO / 'configs')
+  base = [sys.executable, '-m', 'hrseg_jax.main', '--config', 'configs/hrnet_w48_cityscapes.py',
+          '--workdir', 'runs/cs', '--config.train.init_from=']
+  for overrides, shown in (
+      (['--config.data.crop_size=(32,64)', '--config.data.crop_size=(16,16)'],
+       'crop_size=(32, 64, 16, 16)'),
+      (['--config.data.eval_size=(64,128,3)'], 'eval_size=(64, 128, 3)')):
+    r = subprocess.run(base + overrides, cwd=user_folder, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout == '', r.stderr
+    name = shown.split('=')[0]
+    assert r.stderr == (f'error: data.{shown}: expected (height, width), two positive '
+                        f'integers, e.g. --config.data.{name}=(512,1024) given once\n')
+    assert not (user_folder / 'runs').exists()

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from hrseg_jax.data import config as data_config
 from hrseg_jax.data import transforms as T
 from hrseg_jax.data.label_maps import get_label_map
 
 
-def _hw(value) -> tuple[int, int]:
-  h, w = (int(v) for v in value)
-  return h, w
+def _hw(data_cfg, name: str) -> tuple[int, int]:
+  return data_config.size_field(data_cfg, name)
 
 
 def _output(sample: T.Sample, with_rows: bool, normalize: bool = True
@@ -66,7 +66,7 @@ class TrainTransform:
 
   def __init__(self, data_cfg, normalize: bool = True):
     self.normalize = normalize
-    self.crop_size = _hw(data_cfg.crop_size)
+    self.crop_size = _hw(data_cfg, 'crop_size')
     self.base_size = int(data_cfg.base_size)
     self.scale_factor = int(data_cfg.scale_factor)
     self.multi_scale = bool(data_cfg.multi_scale)
@@ -74,7 +74,7 @@ class TrainTransform:
     self.pre_resize = data_cfg.pre_resize
     if self.pre_resize not in ('none', 'fixed', 'short_side'):
       raise ValueError(f'unknown data.pre_resize {self.pre_resize!r}')
-    self.pre_resize_size = _hw(data_cfg.pre_resize_size)
+    self.pre_resize_size = _hw(data_cfg, 'pre_resize_size')
     self.with_rows = bool(data_cfg.with_rows)
     label_map = get_label_map(data_cfg.label_map, data_cfg.num_classes)
     self.flip_lut = label_map.flip_lut if label_map.flip_pairs else None
@@ -108,7 +108,7 @@ class ValTransform:
     self.mode = data_cfg.eval_mode
     if self.mode not in ('full', 'fixed', 'short_side_pad'):
       raise ValueError(f'unknown data.eval_mode {self.mode!r}')
-    self.size = _hw(data_cfg.eval_size)
+    self.size = _hw(data_cfg, 'eval_size')
     self.base_size = int(data_cfg.eval_base_size)
     self.stride = int(data_cfg.eval_stride)
     self.with_rows = bool(data_cfg.with_rows)
@@ -149,7 +149,7 @@ class FullEvalTransform:
 
   def __init__(self, data_cfg):
     self.mode = data_cfg.eval_mode
-    self.size = _hw(data_cfg.eval_size)
+    self.size = _hw(data_cfg, 'eval_size')
     self.base_size = int(data_cfg.eval_base_size)
     self.stride = int(data_cfg.eval_stride)
     self.with_rows = bool(data_cfg.with_rows)

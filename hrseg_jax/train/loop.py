@@ -50,6 +50,7 @@ from hrseg_jax import console as console_lib
 from hrseg_jax import paths
 from hrseg_jax.models import layers, registry
 from hrseg_jax.convert import mapping
+from hrseg_jax.data import config as data_config
 from hrseg_jax.data import pipeline
 from hrseg_jax.data.errors import DataError
 from hrseg_jax.eval import evaluator as evaluator_lib
@@ -446,6 +447,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   check_train_config(config.train)
   check_num_classes(config)
+  data_config.check_sizes(config.data)
   check_loss_chunks(config)
   check_batch_sizes(config)
   layers.depthwise_kernel_grad()   # a bad $HRSEG_DEPTHWISE_KERNEL_GRAD
