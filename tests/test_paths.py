@@ -111,6 +111,9 @@ def test_train_and_eval_with_relative_workdir_and_data(tmp_path):
   # Below the working folder, paths are shown relative (runs -> storage).
   assert re.search(r'^workdir     storage/x \(config.json', r.stdout, re.M), r.stdout
   assert re.search(r'^checkpoints storage/x/checkpoints$', r.stdout, re.M), r.stdout
+  # How many examples, and from which lists and folder.
+  assert re.search(r'^data        8 train, 4 val examples \(data/cityscapes/train.lst, '
+                   r'home/lists/val.lst; data.root data/cityscapes\)$', r.stdout, re.M), r.stdout
   config = json.loads((workdir / 'config.json').read_text())
   assert config['data']['root'] == os.path.realpath(tmp_path / 'data' / 'cityscapes')
   assert config['data']['val_list'] == os.path.realpath(home / 'lists' / 'val.lst')

@@ -565,7 +565,8 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
       num_params=progress_lib.count_parameters(state.params),
       workdir=paths.shown(workdir), checkpoints=paths.shown(ckpt.directory),
       start=(f'{how}; compiling the training step (the first step line includes it)'
-             if start < num_steps else f'{how}; nothing left to train')))
+             if start < num_steps else f'{how}; nothing left to train'),
+      data_from=progress_lib.data_origin(config.data, evaluator.every_steps > 0)))
   if order_warning:
     console.print(order_warning)
   # The example order is a function of the global step: any process count

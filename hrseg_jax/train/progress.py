@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Mapping, Sequence
 
@@ -149,8 +150,10 @@ def startup_block(*, devices: Sequence[Any], mesh_shape: Mapping[str, int],
                   process_count: int, global_batch: int, local_batch: int,
                   num_steps: int, steps_per_epoch: int, num_train: int,
                   num_val: int | None, model: str, num_params: int,
-                  workdir: str, checkpoints: str, start: str) -> str:
-  """The lines printed once before training starts."""
+                  workdir: str, checkpoints: str, start: str,
+                  data_from: str = '') -> str:
+  """The lines printed once before training starts (``data_from``: where
+  the examples come from, see :func:`data_origin`)."""
   kinds = sorted({getattr(d, 'device_kind', d.platform) for d in devices})
   mesh = ' x '.join(f'{k} {v}' for k, v in mesh_shape.items())
   epochs = num_steps / max(steps_per_epoch, 1)
@@ -161,9 +164,27 @@ def startup_block(*, devices: Sequence[Any], mesh_shape: Mapping[str, int],
       f'batch       {global_batch} global, {local_batch} per process',
       f'steps       {num_steps:,} ({epochs:.1f} epochs of {steps_per_epoch:,} '
       f'step{"" if steps_per_epoch == 1 else "s"})',
-      f'data        {num_train:,} train{val} examples',
+      f'data        {num_train:,} train{val} examples{" " + data_from if data_from else ""}',
       f'model       {model}, {num_params:,} parameters',
       f'workdir     {workdir} (config.json, log.txt, TensorBoard events)',
       f'checkpoints {checkpoints}',
       f'start       {start}',
   ])
+
+
+def data_origin(data_cfg, with_val: bool) -> str:
+  """``(data/list/x/train.lst, val.lst; data.root data/x)``: the lists and
+  folder of file data, the TFDS name or 'synthetic', for the data line."""
+  from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
+  source = data_cfg.get('source', 'files')
+  if source == 'synthetic':
+    return '(synthetic scenes)'
+  if source == 'tfds':
+    return f'(TFDS {data_cfg.tfds_name})'
+  train = paths.shown(data_cfg.train_list)
+  lists = train
+  if with_val and data_cfg.get('val_list'):
+    val = paths.shown(data_cfg.val_list)
+    same_dir = os.path.dirname(val) == os.path.dirname(train)
+    lists += ', ' + (os.path.basename(val) if same_dir else val)
+  return f'({lists}; data.root {paths.shown(data_cfg.root or ".")})'
