@@ -1,5 +1,6 @@
-"""convert warns when a released checkpoint (README table) is converted
-without the align_corners / InPlaceABN settings it was trained with."""
+"""convert gives a released checkpoint (README table), named as released, the
+align_corners / InPlaceABN settings it was trained with, unless told
+otherwise (and then warns)."""
 import os
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import sys
 
 import pytest
 
+from hrseg_jax import checkpoints
 from hrseg_jax.convert import released
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,40 +20,61 @@ def convert(cwd, *args):
                         text=True, timeout=300)
 
 
-def test_released_file_without_its_options_warns_and_with_them_does_not(golden, tmp_path):
+def test_released_file_gets_its_own_settings_unless_told_otherwise(golden, tmp_path):
   """Run as a user runs it: the downloaded file in the current folder,
   relative paths. (The fixture's weights stand in for the released file's.)"""
   shutil.copy(golden / 'hrnet_w18_small_v2_cityscapes.pth',
               tmp_path / 'hrnet_ocr_cs_8162_torch11.pth')
   r = convert(tmp_path, 'hrnet_ocr_cs_8162_torch11.pth', 'converted/ocr_cs')
-  assert r.returncode == 0, r.stderr
-  assert r.stderr.strip().splitlines() == [
-      'warning: hrnet_ocr_cs_8162_torch11.pth is a released checkpoint trained with '
-      'align_corners=True, standard BatchNorm: convert it again with --align-corners '
-      '--overwrite, or its predictions will be off'], r.stderr
-  assert r.stdout.startswith('converted hrnet_ocr_cs_8162_torch11.pth -> converted/ocr_cs')
+  assert r.returncode == 0 and r.stderr == '', r.stderr
+  lines = r.stdout.strip().splitlines()
+  assert lines[0] == ('hrnet_ocr_cs_8162_torch11.pth: a released checkpoint: converting '
+                      'with align_corners=True, as it was trained')
+  assert lines[1].startswith('converted hrnet_ocr_cs_8162_torch11.pth -> converted/ocr_cs')
+  assert 'align_corners=True' in lines[1]
+  model_cfg, _, meta = checkpoints.load_model(tmp_path / 'converted' / 'ocr_cs')
+  assert model_cfg['align_corners'] is True and meta['inplace_abn'] is False
+  # The option as the README writes it: nothing more to say.
   r = convert(tmp_path, 'hrnet_ocr_cs_8162_torch11.pth', 'converted/ocr_cs',
               '--align-corners', '--overwrite')
   assert r.returncode == 0 and r.stderr == '', r.stderr
-  assert 'align_corners=True' in r.stdout
+  assert r.stdout.startswith('converted ') and 'align_corners=True' in r.stdout
+  # Against the table: done as asked, with a warning.
+  r = convert(tmp_path, 'hrnet_ocr_cs_8162_torch11.pth', 'converted/plain',
+              '--no-align-corners')
+  assert r.returncode == 0, r.stderr
+  assert r.stderr.strip().splitlines() == [
+      'warning: hrnet_ocr_cs_8162_torch11.pth is a released checkpoint trained with '
+      'align_corners=True, standard BatchNorm: converted with --no-align-corners as '
+      'asked, its predictions will be off (drop the option to use its own settings)']
+  model_cfg, _, _ = checkpoints.load_model(tmp_path / 'converted' / 'plain')
+  assert not model_cfg.get('align_corners')
 
 
-@pytest.mark.parametrize('name, align_corners, inplace_abn, expected', [
-    ('hrnet_ade20k_4312_torch04.pth', None, False,
-     'with --align-corners --inplace-abn --overwrite'),
-    ('hrnet_lip_5583_torch04.pth', True, False,
-     'without --align-corners and with --inplace-abn --overwrite'),
-    ('hrnet_cs_8090_torch11.pth', None, True, 'without --inplace-abn and with --overwrite'),
+@pytest.mark.parametrize('name, given, expected, note, against', [
+    ('hrnet_ade20k_4312_torch04.pth', (None, None), (True, True),
+     'align_corners=True, InPlaceABN', None),
+    ('hrnet_lip_5583_torch04.pth', (True, None), (True, True), 'InPlaceABN',
+     '--align-corners'),
+    ('hrnet_cs_8090_torch11.pth', (None, True), (False, True), None, '--inplace-abn'),
+    ('hrnet_cs_8090_torch11.pth', (None, None), (False, False), None, None),
+    ('my_model.pth', (None, None), (None, False), None, None),
+    ('my_model.pth', (False, True), (False, True), None, None),
 ])
-def test_the_warning_names_what_to_add_and_drop(name, align_corners, inplace_abn,
-                                                 expected):
-  line = released.option_warning(f'downloads/{name}', align_corners, inplace_abn)
-  assert line.startswith(f'warning: {name} is a released checkpoint trained with ')
-  assert f'convert it again {expected}, or its predictions will be off' in line
+def test_options_of_released_and_other_files(name, given, expected, note, against):
+  align_corners, inplace_abn, note_line, warning = released.options(
+      f'downloads/{name}', *given)
+  assert (align_corners, inplace_abn) == expected
+  assert note_line == (None if note is None else
+                       f'{name}: a released checkpoint: converting with {note}, as it '
+                       'was trained')
+  if against is None:
+    assert warning is None
+  else:
+    assert warning.startswith(f'warning: {name} is a released checkpoint trained with ')
+    assert f'converted with {against} as asked' in warning
 
 
-def test_matching_options_and_other_files_give_no_warning():
+def test_options_as_trained_give_no_lines():
   for name, (align_corners, inplace_abn) in released.RELEASED.items():
-    assert released.option_warning(name, align_corners, inplace_abn) is None
-  assert released.option_warning('hrnet_cs_8090_torch11.pth', None, False) is None
-  assert released.option_warning('my_model.pth', None, False) is None
+    assert released.options(name, align_corners, inplace_abn)[2:] == (None, None)

@@ -22,10 +22,14 @@ def main(argv=None) -> int:
   ac = p.add_mutually_exclusive_group()
   ac.add_argument('--align-corners', dest='align_corners', action='store_true',
                   default=None, help='bilinear align_corners=True (OCR, ADE20K, '
-                  'COCO-Stuff checkpoints; see the README table of released files)')
+                  'COCO-Stuff checkpoints; the released files of the README table '
+                  'get their own settings by name unless these options are given)')
   ac.add_argument('--no-align-corners', dest='align_corners', action='store_false')
-  p.add_argument('--inplace-abn', action='store_true', help='checkpoint trained with '
-                 'InPlaceABN (*_torch04 files, master branch): BN scale = |w| + 1e-5')
+  abn = p.add_mutually_exclusive_group()
+  abn.add_argument('--inplace-abn', dest='inplace_abn', action='store_true', default=None,
+                   help='checkpoint trained with InPlaceABN (*_torch04 files, master '
+                   'branch): BN scale = |w| + 1e-5')
+  abn.add_argument('--no-inplace-abn', dest='inplace_abn', action='store_false')
   p.add_argument('--backbone-only', action='store_true', default=None,
                  help='treat the file as a pretrained backbone: skip (and list) keys '
                  'the segmentation model lacks, initialise the head (auto-detected)')
@@ -52,14 +56,17 @@ def main(argv=None) -> int:
     if args.config:
       from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
       model_cfg = load_config_file(args.config).model.to_dict()
+    from hrseg_jax.convert import released  # pylint: disable=g-import-not-at-top
+    align_corners, inplace_abn, note, warning = released.options(
+        src, args.align_corners, args.inplace_abn)
+    if note:
+      print(note, flush=True)
     convert.convert(src, dst, model_cfg=model_cfg,
-                    num_classes=args.num_classes, align_corners=args.align_corners,
-                    inplace_abn=args.inplace_abn, backbone_only=args.backbone_only,
+                    num_classes=args.num_classes, align_corners=align_corners,
+                    inplace_abn=inplace_abn, backbone_only=args.backbone_only,
                     overwrite=args.overwrite, seed=args.seed,
                     dataset=args.dataset, loaded=loaded)
-    from hrseg_jax.convert import released  # pylint: disable=g-import-not-at-top
-    warning = released.option_warning(src, args.align_corners, args.inplace_abn)
-    if warning:
+    if warning:   # last, where it is seen
       print(warning, file=sys.stderr)
   except (OSError, ValueError, KeyError) as e:
     from hrseg_jax.convert.safe_pickle import printable  # pylint: disable=g-import-not-at-top

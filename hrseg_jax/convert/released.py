@@ -2,8 +2,8 @@
 with that their files do not record: bilinear ``align_corners`` and
 InPlaceABN's BN scale (README, "Using the official checkpoints").
 
-``python -m hrseg_jax.convert`` warns when a file of this table, named as
-released, is converted with other options.
+``python -m hrseg_jax.convert`` converts a file of this table, named as
+released, with its own settings unless told otherwise (and then warns).
 """
 from __future__ import annotations
 
@@ -25,24 +25,38 @@ RELEASED = {
 }
 
 
-def option_warning(path: str, align_corners: bool | None, inplace_abn: bool) -> str | None:
-  """The warning for converting the released file ``path`` with options
-  other than its own (``align_corners`` None: not given, i.e. False); None
-  when they match or the file is not one of :data:`RELEASED`."""
+def _bn(inplace_abn: bool) -> str:
+  return 'InPlaceABN' if inplace_abn else 'standard BatchNorm'
+
+
+def options(path: str, align_corners: bool | None, inplace_abn: bool | None
+            ) -> tuple[bool | None, bool, str | None, str | None]:
+  """(align_corners, inplace_abn, note, warning) to convert ``path`` with.
+
+  For a file of :data:`RELEASED`, named as released, an option not given
+  (None) takes the value the file was trained with, which ``note`` names
+  where it differs from the plain default; an
+  option given against it is kept, and ``warning`` says so. For other files
+  the options are as given (None: ``align_corners`` from the model's
+  default, standard BatchNorm) and both lines are None.
+  """
   name = os.path.basename(os.fspath(path))
   if name not in RELEASED:
-    return None
+    return align_corners, bool(inplace_abn), None, None
   want_align, want_abn = RELEASED[name]
-  add, drop = [], []
-  if bool(align_corners) != want_align:
-    (add if want_align else drop).append('--align-corners')
-  if bool(inplace_abn) != want_abn:
-    (add if want_abn else drop).append('--inplace-abn')
-  if not add + drop:
-    return None
-  trained = (f'align_corners={want_align}, '
-             + ('InPlaceABN' if want_abn else 'standard BatchNorm'))
-  again = ' '.join((['without', *drop, 'and'] if drop else [])
-                   + ['with', *add, '--overwrite'])
-  return (f'warning: {name} is a released checkpoint trained with {trained}: '
-          f'convert it again {again}, or its predictions will be off')
+  # What it takes from the table that plain defaults would have missed.
+  filled = (['align_corners=True'] if align_corners is None and want_align else []) + (
+      ['InPlaceABN'] if inplace_abn is None and want_abn else [])
+  note = (f'{name}: a released checkpoint: converting with {", ".join(filled)}, as '
+          'it was trained' if filled else None)
+  against = []
+  if align_corners is not None and align_corners != want_align:
+    against.append('--align-corners' if align_corners else '--no-align-corners')
+  if inplace_abn is not None and inplace_abn != want_abn:
+    against.append('--inplace-abn' if inplace_abn else '--no-inplace-abn')
+  warning = (f'warning: {name} is a released checkpoint trained with '
+             f'align_corners={want_align}, {_bn(want_abn)}: converted with '
+             f'{" ".join(against)} as asked, its predictions will be off (drop the '
+             'option to use its own settings)' if against else None)
+  return (want_align if align_corners is None else align_corners,
+          want_abn if inplace_abn is None else inplace_abn, note, warning)
