@@ -211,3 +211,65 @@ def test_browse_takes_the_overrides_training_takes(tmp_path):
       'Did you mean "root" instead of "rot"?)\n')
   r = _browse(tmp_path, *common, '--bogus')
   assert r.returncode == 2 and r.stderr.endswith('error: unrecognized arguments: --bogus\n')
+
+
+def _cocostuff10k_download(tmp_path):
+  import scipy.io  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'data/cocostuff-10k-v1.1'
+  labels = np.zeros((6, 8), np.uint16)
+  labels[:2], labels[2:4], labels[4:5] = 1, 13, 182   # person, stop sign, wood
+  for list_name, names in (('train.txt', ['COCO_train2014_000000000077',
+                                          'COCO_train2014_000000000078']),
+                           ('test.txt', ['COCO_train2014_000000000080'])):
+    for name in names:
+      _write(root / 'images' / f'{name}.jpg', np.full((6, 8, 3), 90, np.uint8))
+      os.makedirs(root / 'annotations', exist_ok=True)
+      scipy.io.savemat(root / 'annotations' / f'{name}.mat', {'S': labels})
+    os.makedirs(root / 'imageLists', exist_ok=True)
+    (root / 'imageLists' / list_name).write_text('\n'.join(names) + '\n')
+  return root
+
+
+def test_cocostuff10k_as_downloaded(tmp_path, monkeypatch):
+  """COCO-Stuff-10k's download (.mat annotations, imageLists/) had no
+  documented way into the {train,val}/{image,label} layout the original reads."""
+  _cocostuff10k_download(tmp_path)
+  r = _script(tmp_path, 'make_lists.py', 'cocostuff', '--root', 'data/cocostuff-10k-v1.1',
+              '--out', 'data/list/cocostuff')
+  assert r.returncode == 2 and r.stderr.count('\n') == 1
+  assert r.stderr.endswith('run scripts/prepare_cocostuff10k.py instead)\n'), r.stderr
+  r = _script(tmp_path, 'prepare_cocostuff10k.py', '--root', 'data/cocostuff-10k-v1.1',
+              '--out', 'data/cocostuff', '--list_dir', 'data/list/cocostuff')
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.splitlines() == [
+      'wrote 3 label PNGs from data/cocostuff-10k-v1.1 under data/cocostuff/{train,val}/label',
+      'testval        1 lines  data/list/cocostuff/testval.lst',
+      'train          2 lines  data/list/cocostuff/train.lst',
+      'trainval       3 lines  data/list/cocostuff/trainval.lst',
+      'val            1 lines  data/list/cocostuff/val.lst']
+  assert (tmp_path / 'data/list/cocostuff/val.lst').read_text() == (
+      'val/image/COCO_train2014_000000000080.jpg val/label/COCO_train2014_000000000080.png\n')
+  monkeypatch.chdir(tmp_path)
+  data = recipes.recipe('cocostuff', 'w18_small_v1').data
+  for split in ('train', 'val'):
+    assert _pixels(sources.make_source(data, split)) == [(0, 255), (1, 0), (13, 11), (182, 170)]
+
+
+def test_cocostuff10k_bad_download_is_one_line_and_writes_nothing(tmp_path):
+  root = _cocostuff10k_download(tmp_path)
+  (root / 'annotations/COCO_train2014_000000000080.mat').write_bytes(b'not a mat file')
+  r = _script(tmp_path, 'prepare_cocostuff10k.py', '--root', 'data/cocostuff-10k-v1.1',
+              '--out', 'data/cocostuff')
+  assert r.returncode == 2 and r.stdout == '' and r.stderr.count('\n') == 1, r.stderr
+  assert r.stderr.startswith('error: data/cocostuff-10k-v1.1/annotations/'
+                             'COCO_train2014_000000000080.mat: not a COCO-Stuff-10k '
+                             'annotation file'), r.stderr
+  assert not (tmp_path / 'data/cocostuff').exists()
+  (root / 'annotations/COCO_train2014_000000000080.mat').unlink()
+  r = _script(tmp_path, 'prepare_cocostuff10k.py', '--root', 'data/cocostuff-10k-v1.1',
+              '--out', 'data/cocostuff')
+  assert r.returncode == 2 and r.stderr == (
+      'error: data/cocostuff-10k-v1.1/annotations/COCO_train2014_000000000080.mat: '
+      'annotation of COCO_train2014_000000000080 (listed in '
+      'data/cocostuff-10k-v1.1/imageLists/test.txt) not found\n')
+  assert not (tmp_path / 'data/cocostuff').exists()

@@ -278,7 +278,8 @@ LAYOUTS = {
     'ade20k': f'{_PAIRED}, or ADEChallengeData2016\'s images/{{training,validation}}/*.jpg '
               'with annotations/{training,validation}/*.png',
     'cocostuff': f'{_PAIRED}, or COCO-Stuff-164k\'s images/{{train2017,val2017}}/*.jpg '
-                 'with annotations/{train2017,val2017}/*.png',
+                 'with annotations/{train2017,val2017}/*.png (COCO-Stuff-10k as downloaded, '
+                 'with .mat annotations: run scripts/prepare_cocostuff10k.py instead)',
     'pascal_ctx': f'{_PAIRED}, as scripts/prepare_pascal_ctx.py writes them from VOC2010, '
                   'or [VOCdevkit/VOC2010/]ImageSets/SegmentationContext/{train,val}.txt with '
                   'JPEGImages/ and SegmentationClassContext/ (mmsegmentation)',
