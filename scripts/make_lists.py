@@ -34,6 +34,7 @@ def main(argv=None):
   except (OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  print(lists.found_line(args.root, written))
   print('\n'.join(lists.written_lines(written)))
   return 0
 

@@ -35,6 +35,8 @@ def main(argv=None):
   except (OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  labels = sum(len(lists.read_list(written[k])) for k in ('train', 'val') if k in written)
+  print(f'wrote {labels} label PNGs from {args.json} under {args.out}/{{train,val}}/label')
   print('\n'.join(lists.written_lines(written)))
   return 0
 

@@ -50,7 +50,10 @@ def test_ade20k_as_downloaded(tmp_path, monkeypatch, folder):
   r = _script(tmp_path, 'make_lists.py', 'ade20k', '--root', 'data/ade20k',
               '--out', 'data/list/ade20k')
   assert r.returncode == 0, r.stderr
+  first = folder[len('data/ade20k/'):] + '/' if folder != 'data/ade20k' else ''
   assert r.stdout.splitlines() == [
+      f'found 2 train, 1 val images under data/ade20k (first: {first}images/training/'
+      'ADE_train_00000001.jpg)',
       'testval        1 lines  data/list/ade20k/testval.lst',
       'train          2 lines  data/list/ade20k/train.lst',
       'trainval       3 lines  data/list/ade20k/trainval.lst',
@@ -150,7 +153,8 @@ def test_pascal_ctx_as_mmsegmentation_converts_it(tmp_path, monkeypatch, root):
   r = _script(tmp_path, 'make_lists.py', 'pascal_ctx', '--root', root,
               '--out', 'data/list/pascal_ctx')
   assert r.returncode == 0, r.stderr
-  assert r.stdout.splitlines()[1] == 'train          2 lines  data/list/pascal_ctx/train.lst'
+  assert r.stdout.splitlines()[0].startswith(f'found 2 train, 1 val images under {root} ')
+  assert r.stdout.splitlines()[2] == 'train          2 lines  data/list/pascal_ctx/train.lst'
   base = 'VOCdevkit/VOC2010/' if root == 'data/pascal_ctx' else ''
   assert (tmp_path / 'data/list/pascal_ctx/val.lst').read_text() == (
       f'{base}JPEGImages/2008_000003.jpg {base}SegmentationClassContext/2008_000003.png\n')

@@ -63,6 +63,18 @@ def written_lines(written: dict[str, str]) -> list[str]:
   return out
 
 
+def found_line(root: str, written: dict[str, str]) -> str:
+  """``found 4 train, 2 val images under ROOT (first: PATH)`` for the
+  lists of ``{split: path}`` just written from ``root``."""
+  counts, first = [], None
+  for split in ('train', 'val', 'test'):
+    if split in written:
+      entries = read_list(written[split])
+      counts.append(f'{len(entries)} {split}')
+      first = first or entries[0][0]
+  return f'found {", ".join(counts)} images under {root} (first: {first})'
+
+
 def _rel_files(root: str, pattern: str) -> list[str]:
   paths = glob.glob(os.path.join(root, pattern))
   return sorted(os.path.relpath(p, root).replace(os.sep, '/') for p in paths)
