@@ -154,9 +154,9 @@ def main(argv=None) -> int:
       raise ValueError(f'--num {args.num}: must be positive')
     if not args.out.lower().endswith('.png'):
       raise ValueError(f'--out {args.out}: must be a .png file')
-    from hrseg_jax import config_utils  # pylint: disable=g-import-not-at-top
+    from hrseg_jax import command_line  # pylint: disable=g-import-not-at-top
     from hrseg_jax.eval import files  # pylint: disable=g-import-not-at-top
-    config = config_utils.load_config_with_overrides(args.config, overrides)
+    config = command_line.load_config_with_overrides(args.config, overrides)
     splits = ['train', 'val'] if args.split == 'both' else [args.split]
     picture = browse(config, splits, args.num, args.seed)
     files.write_bytes_atomic(args.out, files.encode_png(picture))

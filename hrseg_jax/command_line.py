@@ -13,6 +13,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from hrseg_jax.config_utils import load_config_file
+
 FLAGS = flags.FLAGS
 DEFAULT_CONFIG = 'configs/demo.py'
 
@@ -87,7 +89,6 @@ def similar_fields(argv, where: str, limit: int = 2) -> list[str]:
   """Fields anywhere in the config whose path is like ``where``'s
   (``config.train.eval_every_steps`` -> ``eval.every_steps``)."""
   import difflib  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
   try:
     config = load_config_file(os.path.expanduser(config_filename(argv)))
   except Exception:  # pylint: disable=broad-except
@@ -111,6 +112,35 @@ def similar_fields(argv, where: str, limit: int = 2) -> list[str]:
   by_flat = {flat(f): f for f in fields}
   return [by_flat[m] for m in difflib.get_close_matches(flat(asked), by_flat, n=limit,
                                                          cutoff=0.75)]
+
+
+def load_config_with_overrides(spec: str, overrides) -> object:
+  """``load_config_file(spec)`` with ``--config.a.b=value`` arguments applied
+  as ``python -m hrseg_jax.main`` applies them (for ``python -m hrseg_jax.browse``).
+
+  Raises:
+    ValueError: one line naming the override that is not a field or whose
+      value does not parse.
+  """
+  overrides = list(overrides)
+  config = load_config_file(spec)
+  if not overrides:
+    return config
+  argv = ['prog', '--config', spec, *overrides]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, flag_values=values, sys_argv=argv)
+  try:
+    values(argv)
+  except flags.Error as e:
+    raise ValueError(one_line(e)) from None
+  except (AttributeError, KeyError) as e:
+    field, hint = missing_field(e)
+    bad = [a.split('=')[0] for a in overrides if field in a.split('=')[0]]
+    raise ValueError(f'unknown config field {(bad[0][2:] if bad else field)!r} '
+                     f'(no field {field!r}{"; " + hint if hint else ""})') from None
+  except TypeError as e:
+    raise ValueError(one_line(e)) from None
+  return values.config
 
 
 # What parsing ``--config FILE --config.a.b=V`` raises for a bad override or file.
