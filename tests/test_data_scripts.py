@@ -181,12 +181,18 @@ def test_prepare_tfds(tmp_path, capsys):
                                  '--num_val', '1', '--height', '16',
                                  '--width', '32'])
   data_dir = str(tmp_path / 'tfds')
-  _main('prepare_tfds.py')(['--dataset', 'cityscapes', '--root', root,
-                            '--train_list', os.path.join(root, 'train.lst'),
-                            '--val_list', os.path.join(root, 'val.lst'),
-                            '--data_dir', data_dir])
+  code = _main('prepare_tfds.py')(['--dataset', 'cityscapes', '--root', root,
+                                   '--train_list', os.path.join(root, 'train.lst'),
+                                   '--val_list', os.path.join(root, 'val.lst'),
+                                   '--data_dir', data_dir])
   out = capsys.readouterr().out
-  assert "tfds_name = 'hrseg_cityscapes'" in out
+  assert code == 0
+  # The flags to pass, as the command line takes them.
+  assert out.endswith(
+      'read it with: --config.data.source=tfds --config.data.tfds_name=hrseg_cityscapes '
+      f'--config.data.tfds_data_dir={data_dir} --config.data.tfds_val_split=val '
+      '--config.data.tfds_image_key=image --config.data.tfds_label_key=label '
+      '--config.data.tfds_id_key=id\n'), out
   cfg = default_data_config('cityscapes')
   cfg.update(source='tfds', tfds_name='hrseg_cityscapes',
              tfds_data_dir=data_dir, tfds_val_split='val',

@@ -277,3 +277,23 @@ def test_cocostuff10k_bad_download_is_one_line_and_writes_nothing(tmp_path):
       'annotation of COCO_train2014_000000000080 (listed in '
       'data/cocostuff-10k-v1.1/imageLists/test.txt) not found\n')
   assert not (tmp_path / 'data/cocostuff').exists()
+
+
+def test_prepare_tfds_with_a_wrong_root_is_one_line_and_makes_nothing(tmp_path):
+  """A wrong --root was a DataError traceback (exit 1) under TFDS's progress
+  bars, after TFDS had made data_dir/hrseg_ade20k/incomplete.* folders."""
+  label = np.ones((6, 8), np.uint8)
+  _write(tmp_path / 'data/ade20k/images/training/ADE_train_00000001.jpg',
+         np.full((6, 8, 3), 90, np.uint8))
+  _write(tmp_path / 'data/ade20k/annotations/training/ADE_train_00000001.png', label)
+  assert _script(tmp_path, 'make_lists.py', 'ade20k', '--root', 'data/ade20k',
+                 '--out', 'data/list/ade20k').returncode == 0
+  for root, expected in (
+      ('data/ade', 'error: data/ade: dataset folder not found (--root; the list paths are '
+                   'relative to it)\n'),
+      ('data', 'error: data/images/training/ADE_train_00000001.jpg: file not found: the first '
+               'train entry of data/list/ade20k/train.lst, joined to --root\n')):
+    r = _script(tmp_path, 'prepare_tfds.py', '--dataset', 'ade20k', '--root', root,
+                '--train_list', 'data/list/ade20k/train.lst', '--data_dir', 'tfds')
+    assert (r.returncode, r.stdout, r.stderr) == (2, '', expected)
+    assert not (tmp_path / 'tfds').exists()
