@@ -1,4 +1,4 @@
-"""Read PyTorch ``.pth`` checkpoints without PyTorch (writing: :mod:`pth_write`).
+"""Read PyTorch ``.pth`` checkpoints without PyTorch (writing: :mod:`hrseg_jax.convert.pth_write`).
 
 Two on-disk formats written by ``torch.save`` are understood:
 

@@ -14,6 +14,12 @@ TensorFlow.  The modules:
   :mod:`~hrseg_jax.data.synthetic` -- random-access sources.
 * :mod:`~hrseg_jax.data.label_maps`, :mod:`~hrseg_jax.data.lists`,
   :mod:`~hrseg_jax.data.errors` -- label maps, list files, DataError.
+* :mod:`~hrseg_jax.data.augment`, :mod:`~hrseg_jax.data.decode`,
+  :mod:`~hrseg_jax.data.workers` -- per-example transforms of the recipes,
+  image/label decoding, Grain worker start-up.
+* :mod:`~hrseg_jax.data.pascal_ctx`, :mod:`~hrseg_jax.data.cocostuff10k`
+  (with :mod:`~hrseg_jax.data.rle`), :mod:`~hrseg_jax.data.tfds_builder` --
+  dataset preparation for ``scripts/prepare_*.py``.
 """
 
 _LAZY = {

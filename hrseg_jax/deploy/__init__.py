@@ -7,4 +7,8 @@
 * :mod:`~hrseg_jax.deploy.runtime`: runs a written export (JAX, ONNX Runtime,
   TensorFlow) for parity checks and latency numbers.
 * :mod:`~hrseg_jax.deploy.card`: the JSON card written beside every export.
+* :mod:`~hrseg_jax.deploy.cli`: ``export``'s options, the check and the
+  atomic write; :mod:`~hrseg_jax.deploy.errors`: ``ExportError`` and
+  the missing extras as one line naming the install.
+* :mod:`~hrseg_jax.deploy.latency`: ``python -m hrseg_jax.deploy.latency``.
 """

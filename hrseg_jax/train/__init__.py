@@ -1,0 +1,2 @@
+"""Training: the loop (:mod:`~hrseg_jax.train.loop`), its state, step,
+optimizer, losses, shardings and hooks."""
