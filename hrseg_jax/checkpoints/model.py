@@ -8,7 +8,7 @@ steps hold at least two items:
 * ``model``: JSON ``{'model': <model config>, 'meta': {...}}``,
 
 so :func:`load_model` rebuilds the network without any other file.  Training
-checkpoints add ``train_state`` and ``data`` items (see
+checkpoints add ``train`` and ``data_order`` items (see
 :mod:`hrseg_jax.checkpoints.training`).
 
 Each step also holds an integrity manifest (:mod:`hrseg_jax.checkpoints.manifest`: file

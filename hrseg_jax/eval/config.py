@@ -19,10 +19,12 @@ Fields (tuples so ``--config.eval.X=...`` can override them):
   whole image for scales <= 1) or ``'base'`` (stride 2/3 crop, padded
   windows; LIP, PASCAL-Context, COCO-Stuff, ADE20K).
 * ``crop_size`` -- (h, w) sliding-window size (the yaml's ``TEST.IMAGE_SIZE``
-  reversed).  ``None``: ``data.eval_crop_size`` in :func:`evaluate`.
+  reversed).  ``None``: ``data.eval_crop_size`` when evaluating
+  (:func:`with_data_defaults`).
 * ``base_size`` -- long side at scale 1 (``TEST.BASE_SIZE``).  ``None``:
-  ``data.eval_base_size`` in :func:`evaluate`; otherwise (predict, or no data
-  value) each image's own long side, so scale 1 keeps the size.
+  ``data.eval_base_size`` when evaluating (:func:`with_data_defaults`);
+  otherwise (predict, or no data value) each image's own long side, so
+  scale 1 keeps the size.
 * ``batch_size`` -- network inputs (images or windows) per forward call; also
   the training loop's validation batch, over all devices (rounded down to a
   multiple of the device count, at least one image per device).
