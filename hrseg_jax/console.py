@@ -103,8 +103,9 @@ def import_tensorflow_quietly():
   """Imports TensorFlow (if installed) without its start-up lines, CPU only.
 
   Only what needs TensorFlow calls this (TFDS sources, the SavedModel
-  export); nothing else imports it, so runs that do not need it do not pay
-  its import time.  TensorFlow prints its oneDNN and CPU-feature notes from
+  export, and :func:`import_tensorflow_if_used` for a run that may read
+  through it); nothing else imports it, so runs that do not need it do not
+  pay its import time.  TensorFlow prints its oneDNN and CPU-feature notes from
   C++ before any log level applies, so the import runs with stderr closed.
   Python errors of the import are not hidden: they are raised after stderr
   is restored.  TensorFlow is then kept off the GPUs, which belong to JAX

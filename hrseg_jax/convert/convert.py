@@ -13,7 +13,7 @@ from hrseg_jax import checkpoints, console, paths
 from hrseg_jax import overwrite as overwrite_lib
 from hrseg_jax.checkpoints import info as checkpoint_info
 from hrseg_jax.convert import mapping
-from hrseg_jax.convert.source import load_state  # pylint: disable=unused-import
+from hrseg_jax.convert.source import load_state
 from hrseg_jax.models import from_state_dict, registry
 
 # Class count of a released checkpoint -> its dataset (hrseg_jax.recipes
