@@ -3,7 +3,10 @@ one-line errors (exit 2) for a bad one.
 
 A missing config file, an unknown ``--config.*`` field (with the fields it
 was probably meant to be) and absl's parse errors become one line on stderr
-instead of a traceback.
+instead of a traceback.  ``python -m hrseg_jax.browse``
+(:func:`load_config_with_overrides`) and the cluster launchers
+(:mod:`hrseg_jax.launch_args`) apply and check ``--config.a.b=V`` overrides
+the same way.
 """
 from __future__ import annotations
 
