@@ -22,7 +22,8 @@ from hrseg_jax.data import cocostuff10k, lists
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--root', required=True,
-                      help='the unpacked cocostuff-10k-v1.1 folder (images/, annotations/, imageLists/)')
+                      help='the unpacked cocostuff-10k-v1.1 folder '
+                           '(images/, annotations/, imageLists/)')
   parser.add_argument('--out', required=True, help='output dataset root (data/cocostuff)')
   parser.add_argument('--list_dir', default='',
                       help='where the list files go (default: --out)')

@@ -86,7 +86,7 @@ def main(argv=None):
   except (OSError, ValueError) as e:
     print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
     return 2
-  flags = [f'--config.data.source=tfds', f'--config.data.tfds_name={name}',
+  flags = ['--config.data.source=tfds', f'--config.data.tfds_name={name}',
            f'--config.data.tfds_data_dir={args.data_dir}']
   for field, value in (('tfds_train_split', 'train'), ('tfds_val_split', 'val'),
                        ('tfds_image_key', 'image'), ('tfds_label_key', 'label'),

@@ -85,7 +85,8 @@ def test_prepare_pascal_ctx(tmp_path, capsys):
   _main('prepare_pascal_ctx.py')(['--json', str(tmp_path / 'a.json'),
                                   '--images', str(tmp_path), '--out', out])
   printed = capsys.readouterr().out.splitlines()
-  assert printed[0] == f'wrote 1 label PNGs from {tmp_path / "a.json"} under {out}/{{train,val}}/label'
+  assert printed[0] == (f'wrote 1 label PNGs from {tmp_path / "a.json"} under '
+                        f'{out}/{{train,val}}/label')
   assert printed[-1] == f'val            1 lines  {out}/val.lst'
   label = np.asarray(Image.open(os.path.join(out, 'val', 'label', 'a.png')))
   # '8`0' is pycocotools' compressed RLE of counts [8, 16]: 8 pixels (two

@@ -61,7 +61,8 @@ def _plan(root: str) -> list[tuple[str, str, str, str]]:
   return plan
 
 
-def convert(root: str, out_root: str, list_dir: str | None = None) -> tuple[int, dict[str, str]]:
+def convert(root: str, out_root: str,
+            list_dir: str | None = None) -> tuple[int, dict[str, str]]:
   """Writes ``out_root/{train,val}/{image,label}`` and the list files.
 
   Every file is checked (and every annotation read, then read again to be
