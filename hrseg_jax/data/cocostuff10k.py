@@ -66,8 +66,9 @@ def convert(root: str, out_root: str,
   """Writes ``out_root/{train,val}/{image,label}`` and the list files.
 
   Every file is checked (and every annotation read, then read again to be
-  written, so that memory holds one at a time) before anything is written; label PNGs are written through temporary names and images are
-  hard-linked (copied where links fail).
+  written, so that memory holds one at a time) before anything is written;
+  label PNGs are written through temporary names and images are hard-linked
+  (copied where links fail).
 
   Returns:
     (number of images, {split: list file path}).
