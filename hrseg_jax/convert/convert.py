@@ -26,8 +26,6 @@ def dataset_for_num_classes(num_classes: int) -> str | None:
   return DATASET_BY_NUM_CLASSES.get(int(num_classes))
 
 
-# First-level Flax module names that an ImageNet/mmpose backbone file lacks.
-HEAD_MODULES = registry.HEAD_PREFIXES
 # Keys of classification / pose checkpoints that a segmentation model skips.
 NON_SEG_PREFIXES = ('incre_modules.', 'downsamp_modules.', 'final_layer.',
                     'classifier.', 'keypoint_head.', 'fc.')
@@ -134,7 +132,7 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
     state = rename_keys(state, {v: k for k, v in TORCH_NAMES.items()})
     filled, report = mapping.torch_to_variables(
         state, abstract, inplace_abn=inplace_abn,
-        allow_missing=HEAD_MODULES if backbone_only else (),
+        allow_missing=registry.HEAD_PREFIXES if backbone_only else (),
         allow_unexpected=False)
   except ValueError as e:  # Name the file, as every error of the command line does.
     if str(e).startswith(os.fspath(src)):
