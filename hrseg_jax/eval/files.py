@@ -1,4 +1,5 @@
-"""Atomic file writing and PNG encoding for evaluation outputs.
+"""Atomic file writing and PNG encoding: the outputs of evaluation, and also
+of prediction, training (``config.json``), ``browse`` and the deployment exports.
 
 Paths are local paths or URIs (``gs://bucket/...``) written through
 ``etils.epath``.  A local file is written to a hidden temporary file in the
