@@ -109,7 +109,7 @@ def main(argv):
     console.import_tensorflow_if_used(
         config, [FLAGS.workdir, FLAGS.checkpoint or '', *(FLAGS.input or [])])
     modes.run(config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint, FLAGS.input,
-        dtype=FLAGS.dtype, options=_flag_options())
+              dtype=FLAGS.dtype, options=_flag_options())
   except (OSError, ValueError, KeyError, RuntimeError) as e:
     msg = str(e).strip().replace('\n', ' ') or type(e).__name__
     print(f'error: {msg}', file=sys.stderr)

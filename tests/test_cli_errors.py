@@ -117,7 +117,7 @@ def test_eval_with_a_config_of_another_class_count(user_folder):
   before = _listing(user_folder)
   with pytest.raises(ValueError) as info:
     modes.run(recipes.recipe('cityscapes', 'w18_small_v1'), 'runs/eval', 'eval',
-                 checkpoint='converted/tiny')
+              checkpoint='converted/tiny')
   assert str(info.value) == (
       'checkpoint converted/tiny has 5 classes, the config\'s dataset cityscapes has 19 '
       '(data.num_classes): evaluate it with the config of a 5-class dataset')

@@ -1,5 +1,6 @@
 """The launchers' --dry-run output, their argument checks, and how
-``hrseg_jax.main`` decides to call ``jax.distributed.initialize``.
+``python -m hrseg_jax.main`` decides to call ``jax.distributed.initialize``
+(``hrseg_jax.distributed``).
 
 (``tests/test_multihost.py`` runs scripts/launch_local.py for real.)
 """
