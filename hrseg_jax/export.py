@@ -1,9 +1,10 @@
-"""python -m hrseg_jax.export ORBAX_DIR OUT [--format pytorch|onnx|savedmodel|stablehlo]
+"""python -m hrseg_jax.export CKPT OUT [--format pytorch|onnx|savedmodel|stablehlo]
 
 Writes a PyTorch state dict that the official code loads (``tools/test.py``
 and ``init_weights``), in the layout the weights originally came in (or the
 released checkpoints' ``model.``-prefixed layout for trained weights).
-No PyTorch needed.
+No PyTorch needed.  CKPT is a converted checkpoint or a training workdir
+(its latest step, or ``--step best|N``).
 
 ``--format onnx|savedmodel|stablehlo`` (or the extension ``.onnx``,
 ``.savedmodel``, ``.stablehlo``) writes a deployment export instead, checked
