@@ -21,7 +21,8 @@ import numpy as np
 
 from hrseg_jax import checkpoints
 from hrseg_jax.checkpoints import info as checkpoint_info
-from hrseg_jax.data.transforms import MEAN, STD, normalize
+from hrseg_jax.data.imagenet_stats import MEAN, STD
+from hrseg_jax.data.transforms import normalize
 from hrseg_jax.eval import classes, palettes
 from hrseg_jax.eval.inference import Predictor
 from hrseg_jax.models import registry
