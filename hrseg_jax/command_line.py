@@ -143,6 +143,7 @@ def load_config_with_overrides(spec: str, overrides) -> object:
                      f'(no field {field!r}{"; " + hint if hint else ""})') from None
   except TypeError as e:
     raise ValueError(one_line(e)) from None
+  check_repeated_overrides(values.config, argv)
   return values.config
 
 
@@ -169,10 +170,37 @@ def flag_error(error: BaseException, argv) -> str:
   return str(error).replace('\n', ' ')
 
 
+def check_repeated_overrides(config, argv) -> None:
+  """ValueError for a list or tuple field given whole more than once: absl
+  joins the values (``--config.data.crop_size=(32,64)`` twice gives
+  ``(32, 64, 32, 64)``) where a scalar's last value wins.  One element per
+  flag is the repeated-flag form of a tuple and is left alone."""
+  given = [a[len('--config.'):].partition('=') for a in argv[1:] if a.startswith('--config.')]
+  names = [name for name, _, _ in given]
+  for name in dict.fromkeys(n for n in names if names.count(n) > 1):
+    # One element per flag (--config.eval.scales=0.5 --config.eval.scales=1)
+    # is ml_collections' repeated-flag form of a tuple: left alone.
+    if not any(',' in text for n, _, text in given if n == name):
+      continue
+    value = config
+    try:
+      for part in name.split('.'):
+        value = value[part]
+    except (KeyError, TypeError, AttributeError):
+      continue
+    if isinstance(value, (tuple, list)):
+      raise ValueError(f'--config.{name} is given {names.count(name)} times, and absl joins '
+                       f'the values into {tuple(value)!r}: give the tuple once, or one '
+                       'element per flag')
+
+
 def parse_flags(argv):
   """absl flag parsing with one-line errors for bad ``--config.*`` overrides."""
   try:
-    return FLAGS(argv)
+    rest = FLAGS(argv)
+    if 'config' in FLAGS and FLAGS['config'].present:
+      check_repeated_overrides(FLAGS.config, argv)
+    return rest
   except FLAG_ERRORS as e:
     print(f'error: {flag_error(e, argv)}', file=sys.stderr)
   sys.exit(2)

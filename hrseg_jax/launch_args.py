@@ -97,6 +97,7 @@ def check_overrides(train_args: list[str], path: str) -> None:
   argv = ['hrseg_jax.main', f'--config={spec}', *overrides]
   try:
     values(argv)
+    command_line.check_repeated_overrides(values.config, argv)
   except command_line.FLAG_ERRORS as e:
     raise ValueError(command_line.flag_error(e, argv)) from None
 

@@ -120,14 +120,28 @@ def test_a_size_given_twice_is_one_line_before_the_workdir(user_folder):
   (user_folder / 'configs').symlink_to(REPO / 'configs')
   base = [sys.executable, '-m', 'hrseg_jax.main', '--config', 'configs/hrnet_w48_cityscapes.py',
           '--workdir', 'runs/cs', '--config.train.init_from=']
-  for overrides, shown in (
-      (['--config.data.crop_size=(32,64)', '--config.data.crop_size=(16,16)'],
-       'crop_size=(32, 64, 16, 16)'),
-      (['--config.data.eval_size=(64,128,3)'], 'eval_size=(64, 128, 3)')):
-    r = subprocess.run(base + overrides, cwd=user_folder, env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 2 and r.stdout == '', r.stderr
-    name = shown.split('=')[0]
-    assert r.stderr == (f'error: data.{shown}: expected (height, width), two positive '
-                        f'integers, e.g. --config.data.{name}=(512,1024) given once\n')
-    assert not (user_folder / 'runs').exists()
+  twice = ['--config.data.crop_size=(32,64)', '--config.data.crop_size=(16,16)']
+  r = subprocess.run(base + twice, cwd=user_folder, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 2 and r.stdout == '', r.stderr
+  assert r.stderr == ('error: --config.data.crop_size is given 2 times, and absl joins the '
+                      'values into (32, 64, 16, 16): give the tuple once, or one element '
+                      'per flag\n')
+  r = subprocess.run(base + ['--config.data.eval_size=(64,128,3)'], cwd=user_folder,
+                     env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stdout == '', r.stderr
+  assert r.stderr == ('error: data.eval_size=(64, 128, 3): expected (height, width), two '
+                      'positive integers, e.g. --config.data.eval_size=(512,1024) given once\n')
+  assert not (user_folder / 'runs').exists()
+  # One element per flag is ml_collections' repeated-flag tuple (browse: same parser).
+  r = subprocess.run(
+      [sys.executable, '-m', 'hrseg_jax.browse', '--config', 'configs/hrnet_w48_cityscapes.py',
+       '--out', 'grid.png', '--num', '1', '--split', 'train', '--config.data.num_workers=0',
+       '--config.data.crop_size=8', '--config.data.crop_size=16', '--config.data.base_size=32'],
+      cwd=user_folder, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0 and r.stderr == '', r.stderr
+  r = subprocess.run(
+      [sys.executable, '-m', 'hrseg_jax.browse', '--config', 'configs/hrnet_w48_cityscapes.py',
+       '--out', 'grid.png', *twice], cwd=user_folder, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert r.returncode == 2 and 'is given 2 times' in r.stderr, r.stderr
