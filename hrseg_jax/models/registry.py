@@ -53,7 +53,9 @@ def resolve(model_cfg: Mapping[str, Any]) -> dict:
     if unknown:
       raise ValueError(f'model config: unknown field(s) {unknown} for arch hrnet')
     variant = cfg.setdefault('variant', 'w48')
-    if 'stages' not in cfg or 'stage1' not in cfg:
+    if 'stages' in cfg and 'stage1' in cfg:
+      _check_named_layout(variant, cfg['stage1'], cfg['stages'])
+    else:
       if variant not in hrnet.VARIANTS:
         raise ValueError(f'model config: unknown HRNet variant {variant!r}; '
                          f'known: {sorted(hrnet.VARIANTS)}')
@@ -72,6 +74,23 @@ def resolve(model_cfg: Mapping[str, Any]) -> dict:
   if arch == 'lite_hrnet':
     return lite_hrnet.resolve(cfg)
   raise ValueError(f'model config: unknown arch {arch!r} (hrnet, lite_hrnet)')
+
+
+def _check_named_layout(variant: str, stage1, stages) -> None:
+  """An explicit ``stage1``/``stages`` layout is ``variant='custom'``'s or
+  that of the variant named (``--config.model.variant=w18`` on a config with
+  an explicit layout would otherwise train that layout under W18's name)."""
+  if variant == 'custom':
+    return
+  spec = hrnet.VARIANTS.get(variant)
+  if spec is None:
+    raise ValueError(f'model config: unknown HRNet variant {variant!r}; known: '
+                     f'{sorted(hrnet.VARIANTS)}, or \'custom\' with model.stage1 and '
+                     'model.stages')
+  if _plain(stage1) != _plain(spec['stage1']) or _plain(stages) != _plain(spec['stages']):
+    raise ValueError(f'model.variant={variant!r} names another layout than the '
+                     "config's model.stage1/model.stages: start from a config of "
+                     f"{variant}, or keep model.variant='custom' for this layout")
 
 
 def model_name(model_cfg: Mapping[str, Any]) -> str:

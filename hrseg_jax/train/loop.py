@@ -450,6 +450,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data_config.check_sizes(config.data)
   check_loss_chunks(config)
   check_batch_sizes(config)
+  registry.resolve(config.model)   # a bad model config, before the workdir is made
+  sharding.make_mesh(config.mesh.fsdp)   # a mesh.fsdp the devices do not divide
   layers.depthwise_kernel_grad()   # a bad $HRSEG_DEPTHWISE_KERNEL_GRAD
   evaluator_lib.protocol_of(config, TRAINING_PROTOCOL)   # a bad eval.protocol, too
   pretrained.check_init_from(config, workdir)  # the user's path in the message
