@@ -25,6 +25,7 @@ import os
 import sys
 
 from hrseg_jax.data import lists
+from hrseg_jax.data import sources
 from hrseg_jax.data.errors import DataError
 from hrseg_jax.data.config import DATASETS, default_data_config
 from hrseg_jax.data.label_maps import get_label_map
@@ -44,6 +45,22 @@ def _check_first_entries(root: str, splits: dict[str, str], cfg) -> None:
       if not os.path.isfile(path):
         raise DataError(path, f'file not found: the first {split} entry of {list_path}, '
                         'joined to --root' + (f' and {prefix!r}' if prefix else ''))
+
+
+def _check_label_kind(root: str, splits: dict[str, str], map_name: str,
+                      num_classes: int) -> None:
+  """COCO-Stuff label files of another convention than ``map_name`` (see
+  hrseg_jax.data.sources) fail here, naming the --label_map to pass."""
+  label_map = get_label_map(map_name, num_classes if map_name == 'identity' else None)
+  for list_path in splits.values():
+    if not list_path:
+      continue
+    source = sources.FileSource.from_list(list_path, root, label_map)
+    try:
+      source.check_label_kind()
+    except DataError as e:
+      raise DataError(e.path, e.reason.replace('--config.data.label_map=', '--label_map ')
+                      .replace('data.label_map=', '--label_map ')) from None
 
 
 def main(argv=None):
@@ -72,6 +89,7 @@ def main(argv=None):
         'pascal_ctx60' if map_name == 'pascal_ctx' else map_name,
         cfg.num_classes if map_name == 'identity' else None)
     _check_first_entries(args.root or cfg.root, splits, cfg)
+    _check_label_kind(args.root or cfg.root, splits, map_name, cfg.num_classes)
     from hrseg_jax.data.tfds_builder import write_tfds_dataset  # pylint: disable=g-import-not-at-top
     path = write_tfds_dataset(
         name, args.root or cfg.root, {s: p for s, p in splits.items() if p},

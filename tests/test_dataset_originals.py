@@ -297,3 +297,23 @@ def test_prepare_tfds_with_a_wrong_root_is_one_line_and_makes_nothing(tmp_path):
                 '--train_list', 'data/list/ade20k/train.lst', '--data_dir', 'tfds')
     assert (r.returncode, r.stdout, r.stderr) == (2, '', expected)
     assert not (tmp_path / 'tfds').exists()
+
+
+def test_prepare_tfds_of_cocostuff164k_names_its_label_map(tmp_path):
+  """Without --label_map, COCO-Stuff-164k failed on the first undefined value
+  after TFDS had made its folders (or, without one, was stored unchecked)."""
+  label = np.zeros((6, 8), np.uint8)
+  for split in ('train2017', 'val2017'):
+    _write(tmp_path / 'data/cocostuff/images' / split / '000000000009.jpg',
+           np.full((6, 8, 3), 90, np.uint8))
+    _write(tmp_path / 'data/cocostuff/annotations' / split / '000000000009.png', label)
+  assert _script(tmp_path, 'make_lists.py', 'cocostuff', '--root', 'data/cocostuff',
+                 '--out', 'data/list/cocostuff').returncode == 0
+  r = _script(tmp_path, 'prepare_tfds.py', '--dataset', 'cocostuff', '--data_dir', 'tfds')
+  assert (r.returncode, r.stdout) == (2, ''), r.stderr
+  assert r.stderr == (
+      'error: data/cocostuff/annotations/train2017/000000000009.png: a label in '
+      "COCO-Stuff-164k's stuffthingmaps (COCO id - 1, 255 = unlabeled), listed in "
+      "data/list/cocostuff/train.lst, but --label_map 'cocostuff': pass --label_map "
+      'cocostuff164k\n')
+  assert not (tmp_path / 'tfds').exists()

@@ -75,7 +75,7 @@ class FileSource:
             f'a trainId label (listed in {list_path}), but data.label_map='
             "'cityscapes' maps the labelIds of *_gtFine_labelIds.png: list those "
             '(scripts/make_lists.py does) or pass --config.data.label_map=identity'))
-    self._check_cocostuff_labels()
+    self.check_label_kind()
     if decode.is_uri(self._root):
       return
     if not os.path.isdir(self._root or '.'):
@@ -92,7 +92,7 @@ class FileSource:
         raise DataError(path, f'file not found: the first {kind} of {list_path}, '
                         f'joined to {joined}')
 
-  def _check_cocostuff_labels(self) -> None:
+  def check_label_kind(self) -> None:
     """COCO-Stuff's label conventions share their values, so a list read with
     the wrong map would train on shifted classes without one invalid value:
     refused at start-up, with the map the files take."""
