@@ -80,9 +80,13 @@ def main(argv=None) -> int:
   except (OSError, ValueError, KeyError, TypeError) as e:
     print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
     return 2
-  n = len(obj.get('state_dict', obj))
+  # The source file's wrapper ({'state_dict': ...}, {'model': ...}) if it had one.
+  wrapper = next(iter(obj)) if len(obj) == 1 and isinstance(next(iter(obj.values())),
+                                                            dict) else None
+  n = len(obj[wrapper]) if wrapper else len(obj)
   what = f'step {step} of {args.checkpoint}' if step else f'{args.checkpoint} (converted)'
-  print(f'wrote {args.output}: {n} tensors, PyTorch state dict of {what}')
+  print(f'wrote {args.output}: {n:,} tensors, PyTorch state dict'
+        + (f' under {wrapper!r}' if wrapper else '') + f' of {what}')
   return 0
 
 

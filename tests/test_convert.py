@@ -66,9 +66,10 @@ def test_parameter_counts(variant, ocr, classes, expected):
   assert sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(a['params'])) == expected
 
 
-@pytest.mark.parametrize('layout', ['plain', 'released', 'training', 'dataparallel'])
+@pytest.mark.parametrize('layout', ['plain', 'released', 'training', 'dataparallel',
+                                    'model_wrapper'])
 @pytest.mark.parametrize('ocr', [False, True])
-def test_layouts_infer_and_round_trip(tmp_path, layout, ocr):
+def test_layouts_infer_and_round_trip(tmp_path, capsys, layout, ocr):
   cfg = dict(TINY, ocr={'mid_channels': 12, 'key_channels': 6} if ocr else None)
   state = torch_state(cfg)
   obj = {
@@ -78,6 +79,7 @@ def test_layouts_infer_and_round_trip(tmp_path, layout, ocr):
       'training': {'state_dict': {'model.' + k: v for k, v in state.items()},
                    'epoch': 3, 'best_mIoU': 0.5},
       'dataparallel': {'module.' + k: v for k, v in state.items()},
+      'model_wrapper': {'model': state},
   }[layout]
   src = tmp_path / 'in.pth'
   pth_write.save_pth(obj, src)
@@ -92,11 +94,18 @@ def test_layouts_infer_and_round_trip(tmp_path, layout, ocr):
   for k, v in back.items():
     np.testing.assert_array_equal(v, state[k], err_msg=k)
   # .pth -> Orbax -> .pth: identical tensors in the identical layout.
+  capsys.readouterr()
   assert export_cli.main([str(tmp_path / 'ckpt'), str(tmp_path / 'out.pth')]) == 0
   again = pth.load_pth(tmp_path / 'out.pth')
-  flat = lambda o: o['state_dict'] if 'state_dict' in o else o
+  wrapper = {'training': 'state_dict', 'model_wrapper': 'model'}.get(layout)
+  flat = lambda o: o[wrapper] if wrapper else o  # noqa: E731
   assert_same_tensors(flat(again), flat({k: v for k, v in obj.items()
                                          if k not in ('epoch', 'best_mIoU')}))
+  # The summary line counts the tensors, inside the wrapper if any.
+  under = f' under {wrapper!r}' if wrapper else ''
+  assert capsys.readouterr().out.strip() == (
+      f'wrote {tmp_path / "out.pth"}: {len(flat(again)):,} tensors, PyTorch state '
+      f'dict{under} of {tmp_path / "ckpt"} (converted)')
 
 
 def test_golden_round_trip(golden, tmp_path):
