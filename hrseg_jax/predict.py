@@ -47,7 +47,8 @@ from hrseg_jax import paths
 from hrseg_jax.data import decode, label_maps
 from hrseg_jax.data.transforms import normalize
 from hrseg_jax.eval import config as eval_config
-from hrseg_jax.eval import files, palettes
+from hrseg_jax import files
+from hrseg_jax.eval import palettes
 from hrseg_jax.eval.inference import Predictor
 from hrseg_jax.models import registry
 from hrseg_jax.progress import Progress

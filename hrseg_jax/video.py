@@ -29,7 +29,8 @@ import numpy as np
 from hrseg_jax import console, paths
 from hrseg_jax.data.transforms import normalize
 from hrseg_jax.eval import config as eval_config
-from hrseg_jax.eval import files, palettes
+from hrseg_jax import files
+from hrseg_jax.eval import palettes
 from hrseg_jax.eval.inference import Predictor
 from hrseg_jax.inference import Segmenter
 from hrseg_jax.predict import IMAGE_EXTENSIONS, predict_settings, read_image

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from hrseg_jax.eval import files
+from hrseg_jax import files
 
 
 @pytest.fixture(params=[0o022, 0o077])

@@ -137,7 +137,7 @@ def _write(fmt: str, tmp: str, cfg, variables, shape, dtype, pre: bool, post: bo
 def _write_export(fmt: str, tmp: str, cfg, variables, shape, dtype, pre: bool, post: bool,
                   opset: int) -> dict:
   from hrseg_jax.deploy import graph  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.eval import files  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import files  # pylint: disable=g-import-not-at-top
   if fmt == 'stablehlo':
     from hrseg_jax.deploy import stablehlo  # pylint: disable=g-import-not-at-top
     fn = graph.serving_fn(cfg, variables, pre=pre, post=post)
@@ -216,7 +216,7 @@ def export(args, log: Callable[[str], None] = print) -> int:
   from hrseg_jax.deploy import card as cards  # pylint: disable=g-import-not-at-top
   from hrseg_jax.deploy.errors import ExportError  # pylint: disable=g-import-not-at-top
   from hrseg_jax.deploy import runtime  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.eval import files  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import files  # pylint: disable=g-import-not-at-top
   from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
   fmt = output_format(args)
   output = os.fspath(args.output).rstrip('/\\')

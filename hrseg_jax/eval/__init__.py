@@ -16,7 +16,5 @@ Modules (each one concept):
 * :mod:`~hrseg_jax.eval.config` -- the ``eval`` config section.
 * :mod:`~hrseg_jax.eval.classes`, :mod:`~hrseg_jax.eval.palettes` -- class
   names and colour palettes per dataset.
-* :mod:`~hrseg_jax.eval.files` -- atomic file writing and PNG encoding (the
-  other commands' outputs use it too).
 * :mod:`~hrseg_jax.eval.multihost` -- summing integer arrays across processes.
 """

@@ -35,7 +35,8 @@ import numpy as np
 
 from hrseg_jax.data import pipeline
 from hrseg_jax.data.transforms import normalize
-from hrseg_jax.eval import classes, files, metrics, multihost, visuals
+from hrseg_jax import files
+from hrseg_jax.eval import classes, metrics, multihost, visuals
 from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval.inference import Predictor, label_prediction
 from hrseg_jax.models import registry

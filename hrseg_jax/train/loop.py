@@ -54,7 +54,7 @@ from hrseg_jax.data import config as data_config
 from hrseg_jax.data import pipeline
 from hrseg_jax.data.errors import DataError
 from hrseg_jax.eval import evaluator as evaluator_lib
-from hrseg_jax.eval import files
+from hrseg_jax import files
 from hrseg_jax.train import faults as faults_lib
 from hrseg_jax.train import host_sync
 from hrseg_jax.train import optim, pretrained, progress as progress_lib, sharding, step as step_lib

@@ -1,5 +1,6 @@
-"""Atomic file writing and PNG encoding: the outputs of evaluation, and also
-of prediction, training (``config.json``), ``browse`` and the deployment exports.
+"""Atomic file writing and PNG encoding, for every command's outputs:
+evaluation, prediction, training (``config.json``), ``browse`` and the
+deployment exports.
 
 Paths are local paths or URIs (``gs://bucket/...``) written through
 ``etils.epath``.  A local file is written to a hidden temporary file in the
