@@ -45,3 +45,21 @@ def test_a_named_variant_with_its_own_layout_spelt_out_resolves():
                                 stages=[list(s) for s in spec['stages']]))
     assert registry.resolve(cfg) == cfg
     assert registry.resolve(dict(variant=name, num_classes=19)) == cfg
+
+
+@pytest.mark.parametrize('override, message', [
+    # All three used to train (momentum 1.5 diverges; 0 accumulation steps ran as 1).
+    ('--config.train.momentum=1.5', 'error: train.momentum=1.5: expected a number >= 0 and < 1'),
+    ('--config.train.base_lr=-0.01', 'error: train.base_lr=-0.01: expected a number >= 0'),
+    ('--config.train.grad_accum_steps=0',
+     'error: train.grad_accum_steps=0: expected a positive integer'),
+])
+def test_bad_optimizer_values_are_one_line_before_the_workdir(tmp_path, override, message):
+  test_bad_model_or_mesh_is_one_line_before_the_workdir(tmp_path, override, message)
+
+
+def test_every_config_passes_the_training_checks():
+  from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.train import loop  # pylint: disable=g-import-not-at-top
+  for path in sorted((REPO / 'configs').glob('*.py')):
+    loop.check_train_config(load_config_file(str(path)).train)

@@ -197,6 +197,21 @@ def check_train_config(train_cfg) -> None:
     value = train_cfg[name]
     if not isinstance(value, int) or value < 1:
       raise ValueError(f'train.{name}={value!r}: expected a positive integer')
+  if not isinstance(train_cfg.get('grad_accum_steps', 1), int) or \
+      train_cfg.get('grad_accum_steps', 1) < 1:
+    raise ValueError(f'train.grad_accum_steps={train_cfg.grad_accum_steps!r}: expected a '
+                     'positive integer')
+  warmup = train_cfg.get('warmup_steps', 0)
+  if not isinstance(warmup, int) or warmup < 0:
+    raise ValueError(f'train.warmup_steps={warmup!r}: expected an integer >= 0')
+  # The original's SGD refuses negative ones; momentum 1 or more never forgets.
+  for name, high in (('base_lr', math.inf), ('weight_decay', math.inf),
+                     ('poly_power', math.inf), ('momentum', 1.0)):
+    value = train_cfg.get(name, 0.0)
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+        or not 0 <= value < high):
+      raise ValueError(f'train.{name}={value!r}: expected a number >= 0'
+                       + (f' and < {high:g}' if high < math.inf else ''))
 
 
 def loss_chunks(config) -> int:
