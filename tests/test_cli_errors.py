@@ -14,7 +14,7 @@ from hrseg_jax import checkpoints
 from hrseg_jax import export as export_cli
 from hrseg_jax import video
 from hrseg_jax.convert import __main__ as convert_cli, pth_write
-from hrseg_jax.convert import mapping
+from hrseg_jax.convert import convert
 from hrseg_jax.models import registry
 from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
 
@@ -46,7 +46,7 @@ def user_folder(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   cfg = registry.resolve(TINY_HRNET)
   variables = tiny_hrnet_variables(cfg)
-  pth_write.save_pth(mapping.variables_to_torch(variables), tmp_path / 'tiny.pth')
+  pth_write.save_pth(convert.to_state_dict(variables), tmp_path / 'tiny.pth')
   (tmp_path / 'notes.txt').write_text('hello\n')
   checkpoints.save_model(tmp_path / 'converted' / 'tiny', variables, cfg)
   return tmp_path

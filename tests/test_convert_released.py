@@ -1,15 +1,17 @@
 """convert gives a released checkpoint (README table), named as released, the
 align_corners / InPlaceABN settings it was trained with, unless told
-otherwise (and then warns)."""
+otherwise (and then warns); a file saved by InPlaceABN (no
+num_batches_tracked buffers) gets its BN scale whatever its name."""
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from hrseg_jax import checkpoints
-from hrseg_jax.convert import released
+from hrseg_jax.convert import mapping, pth, pth_write, released
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,7 +60,7 @@ def test_released_file_gets_its_own_settings_unless_told_otherwise(golden, tmp_p
      '--align-corners'),
     ('hrnet_cs_8090_torch11.pth', (None, True), (False, True), None, '--inplace-abn'),
     ('hrnet_cs_8090_torch11.pth', (None, None), (False, False), None, None),
-    ('my_model.pth', (None, None), (None, False), None, None),
+    ('my_model.pth', (None, None), (None, None), None, None),
     ('my_model.pth', (False, True), (False, True), None, None),
 ])
 def test_options_of_released_and_other_files(name, given, expected, note, against):
@@ -78,3 +80,35 @@ def test_options_of_released_and_other_files(name, given, expected, note, agains
 def test_options_as_trained_give_no_lines():
   for name, (align_corners, inplace_abn) in released.RELEASED.items():
     assert released.options(name, align_corners, inplace_abn)[2:] == (None, None)
+
+
+def test_file_without_bn_counters_converts_with_inplace_abn_scales(golden, tmp_path):
+  """The master branch's checkpoints (InPlaceABNSync, PyTorch 0.4.1) have BN
+  statistics but no num_batches_tracked; their names do not say which
+  branch (BN) they come from."""
+  state = pth.state_dict_from_checkpoint(
+      pth.load_pth(golden / 'hrnet_w18_small_v2_cityscapes.pth'))
+  name = 'hrnet_w48_cityscapes_cls19_1024x2048_trainset.pth'
+  pth_write.save_pth({k: v for k, v in state.items()
+                      if not k.endswith('num_batches_tracked')}, tmp_path / name)
+  r = convert(tmp_path, name, 'converted/abn')
+  assert r.returncode == 0 and r.stderr == '', r.stderr
+  lines = r.stdout.strip().splitlines()
+  assert lines[0] == (
+      f'{name}: no num_batches_tracked buffers, as saved by InPlaceABN (PyTorch 0.4: '
+      'master-branch and *_torch04 checkpoints): converting with its BN scale |w| + '
+      '1e-5 (--no-inplace-abn if it was trained with standard BatchNorm)')
+  assert lines[1].startswith(f'converted {name} -> converted/abn') and 'InPlaceABN' in lines[1]
+  r = convert(tmp_path, name, 'converted/std', '--no-inplace-abn')
+  assert r.returncode == 0 and r.stderr == '' and r.stdout.startswith('converted '), r.stdout
+  scales = {}
+  for folder in ('abn', 'std'):
+    _, variables, meta = checkpoints.load_model(tmp_path / 'converted' / folder)
+    assert meta['inplace_abn'] is (folder == 'abn')
+    scales[folder] = mapping.variables_to_torch(variables)['bn1.weight']
+  w = state['model.bn1.weight']
+  np.testing.assert_array_equal(scales['std'], w)
+  np.testing.assert_allclose(scales['abn'], np.abs(w) + 1e-5, rtol=1e-7)
+  # With its counters (as every file saved by nn.BatchNorm2d): standard BN, no line.
+  r = convert(tmp_path, str(golden / 'hrnet_w18_small_v2_cityscapes.pth'), 'converted/g')
+  assert r.returncode == 0 and r.stdout.startswith('converted ') and 'InPlaceABN' not in r.stdout

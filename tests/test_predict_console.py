@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from hrseg_jax.convert import __main__ as convert_cli, pth_write
-from hrseg_jax.convert import mapping
+from hrseg_jax.convert import convert
 from hrseg_jax.models import registry
 from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
 
@@ -29,9 +29,9 @@ def _predict(cwd, *args) -> subprocess.CompletedProcess:
 def test_convert_and_predict_name_model_settings_and_dtype(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   cfg = registry.resolve(dict(TINY_HRNET, num_classes=19))
-  state = {'model.' + k: v
-           for k, v in mapping.variables_to_torch(tiny_hrnet_variables(cfg)).items()}
-  pth_write.save_pth(state, tmp_path / 'ocr_like.pth')
+  # As PyTorch saves it (model. prefix, num_batches_tracked).
+  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)),
+                     tmp_path / 'ocr_like.pth')
   assert convert_cli.main(['ocr_like.pth', 'converted/cs', '--align-corners']) == 0
   out = capsys.readouterr().out
   assert out.startswith('converted ocr_like.pth -> converted/cs: hrnet custom, 19 classes, ')
@@ -52,7 +52,7 @@ def test_convert_and_predict_name_model_settings_and_dtype(tmp_path, monkeypatch
 def test_truncated_png_is_one_line_without_opencv_warning(tmp_path):
   """OpenCV's own "[ WARN:0@…] … PNG input buffer is incomplete" is noise."""
   cfg = registry.resolve(TINY_HRNET)
-  pth_write.save_pth(mapping.variables_to_torch(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
+  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
   assert convert_cli.main([str(tmp_path / 't.pth'), str(tmp_path / 'converted')]) == 0
   (tmp_path / 'photos').mkdir()
   Image.fromarray(np.zeros((32, 64, 3), np.uint8) + 90).save(tmp_path / 'whole.png')
@@ -72,7 +72,8 @@ def test_converted_backbone_warns_that_its_head_is_untrained(tmp_path, monkeypat
   head: predicting with it says so (it printed nothing about it)."""
   monkeypatch.chdir(tmp_path)
   cfg = registry.resolve(TINY_HRNET)
-  state = {k: v for k, v in mapping.variables_to_torch(tiny_hrnet_variables(cfg)).items()
+  state = {k: v for k, v in convert.to_state_dict(tiny_hrnet_variables(cfg),
+                                                  prefix='').items()
            if not k.startswith('last_layer.')}
   pth_write.save_pth(state, tmp_path / 'backbone.pth')
   assert convert_cli.main(['backbone.pth', 'converted', '--num-classes', '5']) == 0

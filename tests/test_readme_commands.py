@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 import console_checks
-from hrseg_jax.convert import mapping, pth, pth_write
+from hrseg_jax.convert import convert, pth, pth_write
 from hrseg_jax.data import synthetic
 from hrseg_jax.eval import classes
 from hrseg_jax.models import registry
@@ -88,8 +88,7 @@ def run(cwd, argv, *extra, env=None, expect=0, quiet=True):
 
 def write_tiny_pth(path, cfg, seed):
   variables = tiny_hrnet_variables(registry.resolve(cfg), seed=seed)
-  state = {'model.' + k: v for k, v in mapping.variables_to_torch(variables).items()}
-  pth_write.save_pth(state, path)
+  pth_write.save_pth(convert.to_state_dict(variables), path)  # as PyTorch saves it
 
 
 @pytest.fixture(scope='module')

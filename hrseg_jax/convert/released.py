@@ -30,19 +30,18 @@ def _bn(inplace_abn: bool) -> str:
 
 
 def options(path: str, align_corners: bool | None, inplace_abn: bool | None
-            ) -> tuple[bool | None, bool, str | None, str | None]:
+            ) -> tuple[bool | None, bool | None, str | None, str | None]:
   """(align_corners, inplace_abn, note, warning) to convert ``path`` with.
 
   For a file of :data:`RELEASED`, named as released, an option not given
   (None) takes the value the file was trained with, which ``note`` names
   where it differs from the plain default; an
   option given against it is kept, and ``warning`` says so. For other files
-  the options are as given (None: ``align_corners`` from the model's
-  default, standard BatchNorm) and both lines are None.
+  the options are returned as given (None: not given) and both lines are None.
   """
   name = os.path.basename(os.fspath(path))
   if name not in RELEASED:
-    return align_corners, bool(inplace_abn), None, None
+    return align_corners, inplace_abn, None, None
   want_align, want_abn = RELEASED[name]
   # What it takes from the table that plain defaults would have missed.
   filled = (['align_corners=True'] if align_corners is None and want_align else []) + (

@@ -106,3 +106,12 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
       'extras': _extras(state, path),
   }
   return state, layout
+
+
+def saved_by_inplace_abn(state: Mapping[str, Any], layout: Mapping) -> bool:
+  """Whether the file's BN layers look saved by InPlaceABN: BN statistics
+  but not one ``num_batches_tracked`` buffer, which every ``nn.BatchNorm2d``
+  since PyTorch 0.4.1 saves and InPlaceABNSync does not (the master branch's
+  and the ``*_torch04`` checkpoints, whose BN scale is ``|w| + 1e-5``)."""
+  return (not layout.get('num_batches_tracked')
+          and any(k.endswith('.running_var') for k in state))
