@@ -120,6 +120,12 @@ def paired_lists(root: str) -> dict[str, list[Entry]]:
         (im, _need(root, f'{split}/label/'
                    f'{os.path.splitext(os.path.basename(im))[0]}.png', im))
         for im in images]
+  return _with_testval_trainval(lists)
+
+
+def _with_testval_trainval(lists: dict[str, list[Entry]]) -> dict[str, list[Entry]]:
+  """Adds the original repository's derived lists to ``{train, val}``:
+  testval = val, trainval = train + val (where both exist)."""
   if 'val' in lists:
     lists['testval'] = list(lists['val'])
   if 'train' in lists and 'val' in lists:
@@ -159,11 +165,7 @@ def ade20k_lists(root: str) -> dict[str, list[Entry]]:
   if lists:
     return lists
   lists = _ade_download_lists(root)
-  if 'val' in lists:
-    lists['testval'] = list(lists['val'])
-  if 'train' in lists and 'val' in lists:
-    lists['trainval'] = lists['train'] + lists['val']
-  return lists
+  return _with_testval_trainval(lists)
 
 
 def cocostuff_lists(root: str) -> dict[str, list[Entry]]:
@@ -187,11 +189,7 @@ def cocostuff_lists(root: str) -> dict[str, list[Entry]]:
       entries.append((im, trainids if os.path.isfile(os.path.join(root, trainids))
                       else _need(root, f'annotations/{split}2017/{stem}.png', im)))
     lists[split] = entries
-  if 'val' in lists:
-    lists['testval'] = list(lists['val'])
-  if 'train' in lists and 'val' in lists:
-    lists['trainval'] = lists['train'] + lists['val']
-  return lists
+  return _with_testval_trainval(lists)
 
 
 def pascal_ctx_lists(root: str) -> dict[str, list[Entry]]:
@@ -224,11 +222,7 @@ def pascal_ctx_lists(root: str) -> dict[str, list[Entry]]:
         raise DataError(os.path.join(root, image), f'image listed in {names_file} not found')
       entries.append((image, _need(root, f'{base}SegmentationClassContext/{stem}.png', image)))
     lists[split] = entries
-  if 'val' in lists:
-    lists['testval'] = list(lists['val'])
-  if 'train' in lists and 'val' in lists:
-    lists['trainval'] = lists['train'] + lists['val']
-  return lists
+  return _with_testval_trainval(lists)
 
 
 def lip_lists(root: str) -> dict[str, list[Entry]]:
