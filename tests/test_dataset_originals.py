@@ -317,3 +317,20 @@ def test_prepare_tfds_of_cocostuff164k_names_its_label_map(tmp_path):
       "data/list/cocostuff/train.lst, but --label_map 'cocostuff': pass --label_map "
       'cocostuff164k\n')
   assert not (tmp_path / 'tfds').exists()
+
+
+def test_pascal_ctx_empty_split_file_writes_no_empty_list(tmp_path):
+  """An empty ImageSets/SegmentationContext/val.txt lists nothing: the train
+  lists are written and reported, with no empty val.lst (which make_lists
+  then failed to count: a DataError traceback, exit 1, after writing)."""
+  voc = tmp_path / 'data/pascal_ctx/VOCdevkit/VOC2010'
+  _write(voc / 'JPEGImages/2008_000002.jpg', np.full((6, 8, 3), 90, np.uint8))
+  _write(voc / 'SegmentationClassContext/2008_000002.png', np.ones((6, 8), np.uint8))
+  os.makedirs(voc / 'ImageSets/SegmentationContext')
+  (voc / 'ImageSets/SegmentationContext/train.txt').write_text('2008_000002\n')
+  (voc / 'ImageSets/SegmentationContext/val.txt').write_text('\n')
+  r = _script(tmp_path, 'make_lists.py', 'pascal_ctx', '--root', 'data/pascal_ctx',
+              '--out', 'data/list/pascal_ctx')
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.splitlines()[0].startswith('found 1 train images under data/pascal_ctx ')
+  assert sorted(os.listdir(tmp_path / 'data/list/pascal_ctx')) == ['train.lst']

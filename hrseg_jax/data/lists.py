@@ -215,6 +215,8 @@ def pascal_ctx_lists(root: str) -> dict[str, list[Entry]]:
       continue
     with open(names_file) as f:
       stems = sorted({line.split()[0] for line in f if line.strip()})
+    if not stems:   # an empty split file lists nothing (no empty .lst)
+      continue
     entries = []
     for stem in stems:
       image = f'{base}JPEGImages/{stem}.jpg'
