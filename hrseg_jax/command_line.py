@@ -198,7 +198,8 @@ def parse_flags(argv):
   """absl flag parsing with one-line errors for bad ``--config.*`` overrides."""
   try:
     rest = FLAGS(argv)
-    if 'config' in FLAGS and FLAGS['config'].present:
+    # Overrides apply to the default config too (--config not given).
+    if 'config' in FLAGS and any(a.startswith('--config.') for a in argv[1:]):
       check_repeated_overrides(FLAGS.config, argv)
     return rest
   except FLAG_ERRORS as e:

@@ -145,3 +145,19 @@ def test_a_size_given_twice_is_one_line_before_the_workdir(user_folder):
        '--out', 'grid.png', *twice], cwd=user_folder, env=env, capture_output=True, text=True,
       timeout=300)
   assert r.returncode == 2 and 'is given 2 times' in r.stderr, r.stderr
+
+
+def test_a_tuple_given_twice_to_the_default_config_is_one_line(user_folder):
+  """Without --config (configs/demo.py by default), a tuple override given
+  twice was joined silently: eval.scales=(0.5,1.0) then (1.5,2.0) trained and
+  evaluated at four scales."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  (user_folder / 'configs').symlink_to(REPO / 'configs')
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--workdir', 'runs/demo',
+                      '--config.eval.scales=(0.5,1.0)', '--config.eval.scales=(1.5,2.0)'],
+                     cwd=user_folder, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stdout == '', r.stderr
+  assert r.stderr == ('error: --config.eval.scales is given 2 times, and absl joins the '
+                      'values into (0.5, 1.0, 1.5, 2.0): give the tuple once, or one element '
+                      'per flag\n')
+  assert not (user_folder / 'runs').exists()
