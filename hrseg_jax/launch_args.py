@@ -93,9 +93,12 @@ def check_overrides(train_args: list[str], path: str) -> None:
   except (Exception, SystemExit):  # pylint: disable=broad-except
     return
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', spec, flag_values=values, lock_config=True)
   argv = ['hrseg_jax.main', f'--config={spec}', *overrides]
   try:
+    # sys_argv: not the launcher's own command line (ml_collections reads its
+    # --config.* flags when the flag is defined).
+    config_flags.DEFINE_config_file('config', spec, flag_values=values, lock_config=True,
+                                    sys_argv=argv)
     values(argv)
     command_line.check_repeated_overrides(values.config, argv)
   except command_line.FLAG_ERRORS as e:

@@ -135,8 +135,9 @@ def parse_args(argv: list[str]):
     parser.error('several processes on one host must split its devices: pass '
                  '--gpus_per_process K (GPUs) or --cpu_devices K (CPU)')
   devices = args.num_processes * (args.gpus_per_process or args.cpu_devices)
-  named = launch_args.flag_value(train_args, '--config') or launch_args.flag_value(
-      train_args, '--config.train.batch_size')
+  # --config.a.b=V overrides apply to the default --config too.
+  named = (launch_args.flag_value(train_args, '--config')
+           or launch_args.config_overrides(train_args))
   if devices and named and launch_args.reads_config(train_args):
     try:   # here once, else every process prints the same error
       config = launch_args.config_file(train_args, '.', f'in {os.getcwd()}')

@@ -128,6 +128,21 @@ def test_local_bad_config_override_is_one_line_before_any_process(tmp_path, over
 
 
 @pytest.mark.parametrize('launcher', [
+    ['launch_local.py', '--num_processes', '2', '--cpu_devices', '2', '--dry-run'],
+    ['launch_slurm.py', '--dry-run']])
+def test_launchers_check_overrides_of_the_default_config(tmp_path, launcher):
+  """Without --config (configs/demo.py by default) a bad override went to
+  launch_local's processes unchecked (each printed it, then 'a process
+  exited'), and launch_slurm ended in a traceback."""
+  (tmp_path / 'configs').symlink_to(REPO / 'configs')
+  message = BAD_OVERRIDES[0][1]
+  err = run(*launcher, '--', '--workdir', 'runs/x', '--config.train.num_step=3', ok=False,
+            cwd=tmp_path)
+  assert err.strip().splitlines() == [f'{launcher[0]}: error: {message}'], err
+  assert [p.name for p in tmp_path.iterdir()] == ['configs']
+
+
+@pytest.mark.parametrize('launcher', [
     ['launch_slurm.py', '--dry-run'],
     ['launch_tpu_vm.py', 'train', '--name', 'n', '--zone', 'us-central2-b',
      '--accelerator', 'v4-8', '--dry-run']])
