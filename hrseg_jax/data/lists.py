@@ -112,15 +112,20 @@ def paired_lists(root: str) -> dict[str, list[Entry]]:
   """
   lists = {}
   for split in ('train', 'val'):
-    images = [p for p in _rel_files(root, f'{split}/image/*')
-              if p.lower().endswith(('.jpg', '.jpeg', '.png'))]
-    if not images:
-      continue
-    lists[split] = [
-        (im, _need(root, f'{split}/label/'
-                   f'{os.path.splitext(os.path.basename(im))[0]}.png', im))
-        for im in images]
+    entries = _pairs(root, f'{split}/image', f'{split}/label')
+    if entries:
+      lists[split] = entries
   return _with_testval_trainval(lists)
+
+
+def _pairs(root: str, image_dir: str, label_dir: str) -> list[Entry]:
+  """(image, label) of every image in ``image_dir`` (.jpg/.jpeg/.png), its
+  label ``label_dir/<stem>.png`` (DataError if missing); paths relative to
+  ``root``."""
+  images = [p for p in _rel_files(root, f'{image_dir}/*')
+            if p.lower().endswith(('.jpg', '.jpeg', '.png'))]
+  return [(im, _need(root, f'{label_dir}/{os.path.splitext(os.path.basename(im))[0]}.png',
+                     im)) for im in images]
 
 
 def _with_testval_trainval(lists: dict[str, list[Entry]]) -> dict[str, list[Entry]]:
@@ -144,14 +149,9 @@ def _ade_download_lists(root: str) -> dict[str, list[Entry]]:
     base = 'ADEChallengeData2016/'
   lists = {}
   for split, folder in (('train', 'training'), ('val', 'validation')):
-    images = [p for p in _rel_files(root, f'{base}images/{folder}/*')
-              if p.lower().endswith(('.jpg', '.jpeg', '.png'))]
-    if not images:
-      continue
-    lists[split] = [
-        (im, _need(root, f'{base}annotations/{folder}/'
-                   f'{os.path.splitext(os.path.basename(im))[0]}.png', im))
-        for im in images]
+    entries = _pairs(root, f'{base}images/{folder}', f'{base}annotations/{folder}')
+    if entries:
+      lists[split] = entries
   return lists
 
 
