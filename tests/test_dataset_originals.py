@@ -279,6 +279,22 @@ def test_cocostuff10k_bad_download_is_one_line_and_writes_nothing(tmp_path):
   assert not (tmp_path / 'data/cocostuff').exists()
 
 
+@pytest.mark.parametrize('values, dtype', [([['ab', 'cd']], '<U2'), ([[1.5, 2.0]], 'float64')])
+def test_cocostuff10k_annotation_not_of_integers_is_one_line(tmp_path, values, dtype):
+  """'S' of text was a UFuncTypeError traceback; of fractions, truncated
+  silently into other classes."""
+  import scipy.io  # pylint: disable=g-import-not-at-top
+  root = _cocostuff10k_download(tmp_path)
+  mat = root / 'annotations/COCO_train2014_000000000080.mat'
+  scipy.io.savemat(mat, {'S': np.array(values)})
+  r = _script(tmp_path, 'prepare_cocostuff10k.py', '--root', 'data/cocostuff-10k-v1.1',
+              '--out', 'data/cocostuff')
+  assert r.returncode == 2 and r.stdout == '', r.stderr
+  assert r.stderr == ('error: data/cocostuff-10k-v1.1/annotations/COCO_train2014_000000000080'
+                      f".mat: 'S' holds {dtype} values, not the integer COCO ids 0..182\n")
+  assert not (tmp_path / 'data/cocostuff').exists()
+
+
 def test_prepare_tfds_with_a_wrong_root_is_one_line_and_makes_nothing(tmp_path):
   """A wrong --root was a DataError traceback (exit 1) under TFDS's progress
   bars, after TFDS had made data_dir/hrseg_ade20k/incomplete.* folders."""

@@ -34,6 +34,10 @@ def read_mat_labels(path: str) -> np.ndarray:
   labels = mat.get('S')
   if labels is None or np.ndim(labels) != 2:
     raise DataError(path, "no 2-D 'S' label array (COCO-Stuff-10k annotations)")
+  labels = np.asarray(labels)
+  if labels.dtype.kind not in 'uif' or (
+      labels.dtype.kind == 'f' and not np.array_equal(labels, np.round(labels))):
+    raise DataError(path, f"'S' holds {labels.dtype} values, not the integer COCO ids 0..182")
   if labels.size and (labels.min() < 0 or labels.max() > 182):
     raise DataError(path, f"'S' values {int(labels.min())}..{int(labels.max())} outside "
                     'the COCO ids 0..182')
