@@ -146,7 +146,10 @@ def main(argv=None) -> int:
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', required=True, help='PNG file to write')
   args, overrides = p.parse_known_args(argv)
-  unknown = [a for a in overrides if not a.startswith('--config.')]
+  # --config.a.b=V, or --config.a.b V as absl (and training) also takes it.
+  unknown = [a for i, a in enumerate(overrides) if not a.startswith('--config.') and not (
+      i and overrides[i - 1].startswith('--config.') and '=' not in overrides[i - 1]
+      and not a.startswith('-'))]
   if unknown:
     p.error(f'unrecognized arguments: {" ".join(unknown)}')
   try:

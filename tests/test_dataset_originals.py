@@ -213,6 +213,9 @@ def test_browse_takes_the_overrides_training_takes(tmp_path):
   assert r.returncode == 2 and r.stderr == (
       "error: unknown config field 'config.data.rot' (no field 'rot'; "
       'Did you mean "root" instead of "rot"?)\n')
+  r = _browse(tmp_path, *common, '--config.data.rot', 'x')   # two words, as training takes
+  assert r.returncode == 2 and r.stderr.startswith(
+      "error: unknown config field 'config.data.rot'"), r.stderr
   r = _browse(tmp_path, *common, '--bogus')
   assert r.returncode == 2 and r.stderr.endswith('error: unrecognized arguments: --bogus\n')
 
