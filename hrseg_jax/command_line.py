@@ -175,7 +175,14 @@ def check_repeated_overrides(config, argv) -> None:
   joins the values (``--config.data.crop_size=(32,64)`` twice gives
   ``(32, 64, 32, 64)``) where a scalar's last value wins.  One element per
   flag is the repeated-flag form of a tuple and is left alone."""
-  given = [a[len('--config.'):].partition('=') for a in argv[1:] if a.startswith('--config.')]
+  args = list(argv[1:])
+  given = []
+  for i, a in enumerate(args):
+    if a.startswith('--config.'):
+      name, eq, text = a[len('--config.'):].partition('=')
+      if not eq and i + 1 < len(args):   # the two-word form: --config.a.b V
+        text = args[i + 1]
+      given.append((name, eq, text))
   names = [name for name, _, _ in given]
   for name in dict.fromkeys(n for n in names if names.count(n) > 1):
     # One element per flag (--config.eval.scales=0.5 --config.eval.scales=1)

@@ -133,6 +133,10 @@ def test_a_size_given_twice_is_one_line_before_the_workdir(user_folder):
   assert r.stderr == ('error: data.eval_size=(64, 128, 3): expected (height, width), two '
                       'positive integers, e.g. --config.data.eval_size=(512,1024) given once\n')
   assert not (user_folder / 'runs').exists()
+  r = subprocess.run(base + ['--config.data.crop_size', '(32,64)', '--config.data.crop_size',
+                             '(16,16)'], cwd=user_folder, env=env, capture_output=True,
+                     text=True, timeout=300)   # the two-word form
+  assert r.returncode == 2 and 'is given 2 times' in r.stderr, r.stderr
   # One element per flag is ml_collections' repeated-flag tuple (browse: same parser).
   r = subprocess.run(
       [sys.executable, '-m', 'hrseg_jax.browse', '--config', 'configs/hrnet_w48_cityscapes.py',
