@@ -103,6 +103,11 @@ def main(argv):
     distributed.maybe_initialize()
     # predict without --config: settings from the checkpoint and the images.
     without_config = FLAGS.mode == 'predict' and not FLAGS['config'].present
+    overrides = [a.split('=')[0] for a in sys.argv[1:] if a.startswith('--config.')]
+    if without_config and overrides:   # they would change a config nobody reads
+      raise ValueError(f'{overrides[0]} needs --config: predict without --config takes '
+                       'its settings from the checkpoint and the images (--scales, '
+                       '--flip, --sliding and --crop_size change them)')
     if not without_config:
       command_line.require_config_file()
     config = None if without_config else FLAGS.config

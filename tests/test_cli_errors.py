@@ -4,6 +4,7 @@ nothing written."""
 from __future__ import annotations
 
 import os
+import shutil
 import pathlib
 import subprocess
 import sys
@@ -192,6 +193,22 @@ def test_predict_scales_checked_as_typed(user_folder):
                 '--input', 'notes.txt', '--workdir', 'runs/p', '--scales=0,1')
   assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
   assert r.stderr == 'error: --scales=0,1: expected positive numbers\n'
+  assert _listing(user_folder) == before
+
+
+def test_predict_without_config_refuses_config_overrides(user_folder):
+  """--mode predict without --config reads no config: a --config.* override
+  (here of the default config, found in the working folder) changed
+  nothing, silently."""
+  (user_folder / 'configs').mkdir()
+  shutil.copy(REPO / 'configs' / 'demo.py', user_folder / 'configs' / 'demo.py')
+  before = _listing(user_folder)
+  r = _run_main(user_folder, '--mode', 'predict', '--checkpoint', 'converted/tiny',
+                '--input', 'notes.txt', '--workdir', 'runs/p', '--config.eval.flip=True')
+  assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+  assert r.stderr == ('error: --config.eval.flip needs --config: predict without --config '
+                      'takes its settings from the checkpoint and the images (--scales, '
+                      '--flip, --sliding and --crop_size change them)\n')
   assert _listing(user_folder) == before
 
 
