@@ -485,7 +485,14 @@ def test_local_ctrl_c_saves_and_exits_0(tmp_path, to_group):
   assert 'error' not in err and 'Traceback' not in err, err
   for i in range(2):
     got = (tmp_path / f'process_{i}').read_text().split()
-    assert got[0] == ('SIGINT' if to_group else 'SIGTERM'), got
+    # A terminal's SIGINT reaches each process itself, beside the launcher's
+    # SIGTERM (which comes first is the scheduler's choice; the training loop
+    # saves once either way); Ctrl-C to the launcher alone reaches them as
+    # SIGTERM only.
+    if to_group:
+      assert 'SIGINT' in got and set(got) <= {'SIGINT', 'SIGTERM'}, got
+    else:
+      assert set(got) == {'SIGTERM'}, got
 
 
 def test_local_log_dir_says_where_the_output_goes(tmp_path):
