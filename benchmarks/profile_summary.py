@@ -1,9 +1,10 @@
 """Where a profiled workload's time goes: per source operation, per call.
 
 ``benchmark.py --profile DIR`` (and ``gpu_run.sh``, for its first two
-entries) traces a few calls of every workload into ``DIR/<workload>/``,
-beside the compiled program (``program.hlo.txt``) and ``profile.json``.
-This reads such a folder, or every workload below a parent folder, and
+entries) traces a few calls of every workload into a run folder of its own,
+``DIR/<workload>/plugins/profile/<time>/``, beside the compiled program
+(``program.hlo.txt``); ``DIR/<workload>/profile.json`` names the newest run
+(earlier runs' traces stay beside it).  This reads such a folder, or every workload below a parent folder, and
 prints for each:
 
 * where the op events come from: the device's ``XLA Ops`` line on a GPU or
@@ -49,11 +50,25 @@ def workloads(path: pathlib.Path) -> list[pathlib.Path]:
   return sorted(p.parent for p in path.rglob('profile.json'))
 
 
-def load_events(folder: pathlib.Path) -> list[dict[str, Any]]:
-  """The trace events of the newest trace below ``folder``."""
-  traces = sorted(folder.glob('plugins/profile/*/*.trace.json.gz'))
-  if not traces:
+def trace_folder(folder: pathlib.Path, meta: dict[str, Any]) -> pathlib.Path:
+  """The run folder of the trace ``profile.json`` names (else the newest).
+
+  ``benchmark.py --profile`` records the run it traced: a folder profiled
+  again holds every earlier run's trace too.
+  """
+  if meta.get('trace'):
+    return folder / meta['trace']
+  runs = sorted(p.parent for p in folder.glob('plugins/profile/*/*.trace.json.gz'))
+  if not runs:
     raise ValueError(f'{folder}: no plugins/profile/*/*.trace.json.gz')
+  return runs[-1]
+
+
+def load_events(run: pathlib.Path) -> list[dict[str, Any]]:
+  """The trace events of the trace in the run folder ``run``."""
+  traces = sorted(run.glob('*.trace.json.gz'))
+  if not traces:
+    raise ValueError(f'{run}: no *.trace.json.gz')
   with gzip.open(traces[-1], 'rt') as f:
     return json.load(f).get('traceEvents', [])
 
@@ -114,10 +129,13 @@ def summarise(folder: pathlib.Path, top: int = 25, by: str = 'source',
   meta = json.loads((folder / 'profile.json').read_text())
   calls = max(int(meta.get('calls') or 1), 1)
   module = meta.get('hlo_module')
-  ops, where = op_events(load_events(folder), module)
+  run = trace_folder(folder, meta)
+  ops, where = op_events(load_events(run), module)
   if not ops:
-    return f'{folder.name}: no operation events of {module} in the trace'
-  hlo = folder / 'program.hlo.txt'
+    return f'{folder.name}: no operation events of {module} in the trace {run}'
+  hlo = run / 'program.hlo.txt'
+  if not hlo.is_file():   # written before traces had their own HLO
+    hlo = folder / 'program.hlo.txt'
   names = source_names(hlo.read_text()) if hlo.is_file() else {}
   groups: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
   for e in ops:
@@ -135,7 +153,7 @@ def summarise(folder: pathlib.Path, top: int = 25, by: str = 'source',
   ms = lambda us: us / 1e3 / calls
   lines = [
       f'{folder.name} ({module}, {calls} call{"s" if calls > 1 else ""} traced; '
-      f'operations from {where})',
+      f'operations from {where}; trace {run.name})',
       f'per call: {ms(total):.2f} ms in operations, busy {ms(busy):.2f} ms of a '
       f'{ms(span):.2f} ms span (idle {100 * (1 - busy / span) if span else 0:.0f}%), '
       f'{len(ops) / calls:,.0f} operations',

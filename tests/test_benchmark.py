@@ -308,6 +308,42 @@ def test_bad_arguments_are_one_line_exit_2_and_write_nothing(tmp_path, script, a
   assert [p.name for p in tmp_path.iterdir()] == ['notes.txt']
 
 
+def test_profile_into_a_folder_of_earlier_traces_names_the_new_one(tmp_path):
+  """--profile DIR again: a new run folder, named on the console; old ones kept."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  workload = tmp_path / 'prof' / 'tiny_float32_infer'
+  old = workload / 'plugins' / 'profile' / '2099_01_01_00_00_00'   # a clock ahead
+  old.mkdir(parents=True)
+  with gzip.open(old / 'vm.trace.json.gz', 'wt') as f:
+    json.dump({'traceEvents': []}, f)
+  (old / 'program.hlo.txt').write_text('HloModule earlier\n')
+  (workload / 'profile.json').write_text('{"calls": 3, "hlo_module": "earlier"}')
+  before = {p: p.read_bytes() for p in old.iterdir()}
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
+  done = subprocess.run([sys.executable, str(SCRIPT), '--tiny', '--modes', 'infer',
+                         '--dtypes', 'float32', '--profile', 'prof'], cwd=tmp_path,
+                        env=env, capture_output=True, text=True, timeout=600,
+                        check=False)
+  _ok(done)
+  line = re.search(r'^profile tiny_float32_infer: 3 calls traced into (\S+) \(1 earlier '
+                   r'trace beside it kept\)$', done.stdout, re.M)
+  assert line, done.stdout
+  run = tmp_path / line.group(1)
+  assert line.group(1).startswith('prof/tiny_float32_infer/plugins/profile/')
+  assert run != old and list(run.glob('*.trace.json.gz'))
+  assert (run / 'program.hlo.txt').read_text().startswith('HloModule jit_')
+  assert {p: p.read_bytes() for p in old.iterdir()} == before
+  meta = json.loads((workload / 'profile.json').read_text())
+  assert workload / meta['trace'] == run
+  summary = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'profile_summary.py'),
+                            'prof'], cwd=tmp_path, capture_output=True, text=True,
+                           check=False)
+  assert summary.returncode == 0, summary.stderr
+  assert summary.stdout.startswith(f'tiny_float32_infer (jit_fn, 3 calls traced; '
+                                   f'operations from host threads'), summary.stdout
+  assert f'; trace {run.name})' in summary.stdout.splitlines()[0]
+
+
 def test_report_table_lists_peer_rows_of_measured_models():
   rec = {'model': 'w48', 'dtype': 'bfloat16', 'mode': 'train', 'status': 'ok',
          'images_per_s': 100.0, 'ms': 120.0, 'mfu': 0.1, 'compile_s': 60.0,

@@ -117,15 +117,21 @@ def _record(bench_model, dtype: str, mode: str, *, batch: int, size,
 def _profile(settings: Settings, name: str, step, carry, compiled: timing.Compiled):
   """Traces a few more calls into ``settings.profile/name`` if asked.
 
-  Beside the trace: ``program.hlo.txt``, the compiled program's optimised
-  HLO (whose instruction names the trace's ``hlo_op`` fields use, each with
-  its source ``op_name``), and ``profile.json`` (calls traced, HLO module).
-  A profiler failure (no CUPTI, say) is reported and does not void the
-  timings already taken.
+  ``jax.profiler`` writes each trace into its own run folder,
+  ``plugins/profile/<time>/`` (TensorBoard lists each one); traces of
+  earlier runs in the same folder are kept.  Beside this run's trace:
+  ``program.hlo.txt``, the compiled program's optimised HLO (whose
+  instruction names the trace's ``hlo_op`` fields use, each with its source
+  ``op_name``).  ``profile.json`` in ``settings.profile/name`` names the
+  newest run's trace folder (``trace``), the calls traced and the HLO
+  module.  The console names the new trace folder.  A profiler failure
+  (no CUPTI, say) is reported and does not void the timings already taken.
   """
   if not settings.profile:
     return carry
   folder = os.path.join(settings.profile, name)
+  runs = os.path.join(folder, 'plugins', 'profile')
+  before = set(os.listdir(runs)) if os.path.isdir(runs) else set()
   try:
     with jax.profiler.trace(folder):
       carry = timing.warm(step, carry, settings.profile_steps)
@@ -133,13 +139,20 @@ def _profile(settings: Settings, name: str, step, carry, compiled: timing.Compil
     print(f'warning: profiling {name} failed: {type(e).__name__}: {e}',
           file=sys.stderr)
     return carry
+  new = sorted(set(os.listdir(runs)) - before) if os.path.isdir(runs) else []
+  trace = os.path.join('plugins', 'profile', new[-1]) if new else None
+  run_dir = os.path.join(folder, trace) if trace else folder
   text = compiled.executable.as_text()
-  with open(os.path.join(folder, 'program.hlo.txt'), 'w') as f:
+  with open(os.path.join(run_dir, 'program.hlo.txt'), 'w') as f:
     f.write(text)
   module = re.search(r'^HloModule\s+([\w.\-]+)', text, re.M)
   with open(os.path.join(folder, 'profile.json'), 'w') as f:
-    json.dump({'calls': settings.profile_steps,
+    json.dump({'calls': settings.profile_steps, 'trace': trace,
                'hlo_module': module.group(1) if module else None}, f)
+  kept = len(before - set(new))
+  print(f'profile {name}: {settings.profile_steps} calls traced into {run_dir}'
+        + (f' ({kept} earlier trace{"s" if kept > 1 else ""} beside it kept)'
+           if kept else ''), flush=True)
   return carry
 
 
