@@ -16,7 +16,8 @@ so the network compiles once) with the test-time settings ``eval_cfg`` of
 as an image would be; by default each frame whole at its own size, scale 1,
 no flip, like ``Segmenter.predict``.  Progress and frames per second are
 reported.  The video is written to a temporary file and renamed when
-complete.
+complete; a clip that fails (an unreadable frame, frames of another size, an
+unwritable mp4) leaves none of the folders and class maps it made.
 """
 from __future__ import annotations
 
@@ -107,17 +108,30 @@ def open_frames(source: str) -> tuple[Iterator[np.ndarray], float, int | None]:
   return frames(), float(fps if fps > 0 else 25.0), (count or None)
 
 
-def _batches(frames: Iterator[np.ndarray], size: int):
-  batch = []
-  for f in frames:
-    if batch and f.shape != batch[0].shape:
-      raise ValueError(f'frame size changed from {batch[0].shape[:2]} to {f.shape[:2]}')
+def _batches(frames: Iterator[np.ndarray], size: int, name: str):
+  """Lists of ``size`` frames (the last may be shorter), all of one size: the
+  video's (a frame of another size would be dropped by OpenCV's writer)."""
+  batch, first = [], None
+  for i, f in enumerate(frames):
+    first = f.shape if first is None else first
+    if f.shape != first:
+      raise ValueError(f'{name}: frame {i} is {f.shape[0]}x{f.shape[1]}, the frames '
+                       f'before it {first[0]}x{first[1]}: a video has one frame size')
     batch.append(f)
     if len(batch) == size:
       yield batch
       batch = []
   if batch:
     yield batch
+
+
+def _missing_folders(path: str) -> list[str]:
+  """``path`` and those of its parents that do not exist yet, deepest first."""
+  missing, path = [], os.path.abspath(path)
+  while not os.path.isdir(path) and os.path.dirname(path) != path:
+    missing.append(path)
+    path = os.path.dirname(path)
+  return missing
 
 
 def clip_name(source: str) -> str:
@@ -161,17 +175,18 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   dest = os.path.join(out_dir, clip_name(source))
   video_path = os.path.join(dest, 'overlay.mp4')
   labels_dir = os.path.join(dest, 'labels')
-  # Folders made here are removed again if no frame gets written.
-  made = [d for d in (out_dir, dest, labels_dir) if not os.path.isdir(d)]
+  # What is made here (folders, parents of out_dir included, and class maps)
+  # is removed again when the clip fails; what was there before stays.
+  made = _missing_folders(labels_dir)
   os.makedirs(labels_dir, exist_ok=True)
   tmp = os.path.join(dest, '.overlay.tmp.mp4')
-  writer = None
+  writer, new_maps, complete = None, [], False
   done, model_seconds, start = 0, 0.0, time.perf_counter()
   total = f'/{count}' if count else ''
   name = source if source.isdigit() else os.path.basename(os.path.normpath(source))
   try:
     try:
-      for batch in _batches(frames, batch_size):
+      for batch in _batches(frames, batch_size, name):
         n = len(batch)
         x = np.stack(batch + [batch[-1]] * (batch_size - n))
         t = time.perf_counter()
@@ -185,8 +200,10 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
         for frame, class_map in zip(batch, maps):
           mixed = palettes.overlay(frame, palettes.colorize(class_map, pal), alpha)
           writer.write(np.ascontiguousarray(mixed[..., ::-1]))
-          files.write_bytes_atomic(os.path.join(labels_dir, f'{done:06d}.png'),
-                                   files.encode_png(class_map.astype(np.uint8)))
+          map_path = os.path.join(labels_dir, f'{done:06d}.png')
+          if not os.path.exists(map_path):
+            new_maps.append(map_path)
+          files.write_bytes_atomic(map_path, files.encode_png(class_map.astype(np.uint8)))
           done += 1
         elapsed = time.perf_counter() - start
         log(f'{name}: frame {done}{total}, {done / elapsed:.1f} frames/s')
@@ -197,13 +214,17 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
     writer.release()
     writer = None
     os.replace(tmp, video_path)
+    complete = True
   finally:
     if writer is not None:
       writer.release()
     if os.path.exists(tmp):
       os.unlink(tmp)
-    if not done:
-      for d in reversed(made):
+    if not complete:
+      for path in new_maps:
+        if os.path.exists(path):
+          os.unlink(path)
+      for d in made:
         try:
           os.rmdir(d)   # only when still empty
         except OSError:

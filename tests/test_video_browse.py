@@ -165,3 +165,52 @@ def test_predict_video_leaves_no_empty_folders_when_mp4_cannot_be_written(
     assert (sorted(os.listdir(out)) if kept else []) == kept
     for name in kept:
       assert os.listdir(out / name) == []
+
+
+def _frames_of_two_sizes(folder, heights=(16, 16, 20)):
+  os.makedirs(folder)
+  for i, h in enumerate(heights):
+    Image.fromarray(np.full((h, 24, 3), 40 * i, np.uint8)).save(folder / f'{i}.png')
+
+
+def test_failed_video_leaves_no_new_parent_folders(tmp_path):
+  """--workdir new/run (neither exists) and a frame of another size: one line,
+  exit 2, and no folder of new/run/predictions/frames/labels is left."""
+  cfg = registry.resolve(TINY_HRNET)
+  checkpoints.save_model(tmp_path / 'ckpt', tiny_hrnet_variables(cfg, seed=1), cfg)
+  _frames_of_two_sizes(tmp_path / 'frames')
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--workdir', 'new/run',
+                      '--mode', 'predict', '--checkpoint', 'ckpt', '--input', 'frames',
+                      '--video'], cwd=tmp_path, capture_output=True, text=True,
+                     check=False)
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.strip().splitlines()[-1] == (
+      'error: frames: frame 2 is 20x24, the frames before it 16x24: a video has one '
+      'frame size')
+  assert sorted(os.listdir(tmp_path)) == ['ckpt', 'frames']
+
+
+def test_video_failing_after_some_frames_removes_only_what_it_made(tmp_path, monkeypatch):
+  """Frames of another size in a later batch (OpenCV's writer would drop them
+  silently): an error, and the class maps and folders written before it are
+  gone, while the folders and files that were there before stay."""
+  from hrseg_jax import video  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(video, '_batch_predictor',
+                      lambda *a: lambda x: np.zeros(x.shape[:3], np.int32))
+  _frames_of_two_sizes(tmp_path / 'frames', (16, 16, 16, 20))
+  old = tmp_path / 'old'
+  os.makedirs(old / 'frames' / 'labels')
+  (old / 'notes.txt').write_text('mine')
+  (old / 'frames' / 'labels' / 'mine.png').write_bytes(b'x')
+  for out in (tmp_path / 'new' / 'deeper', old):
+    try:
+      video.predict_video({}, {}, str(tmp_path / 'frames'), str(out), batch_size=2,
+                          log=lambda _: None)
+    except ValueError as e:
+      assert str(e) == ('frames: frame 3 is 20x24, the frames before it 16x24: a video '
+                        'has one frame size')
+    else:
+      raise AssertionError('no error')
+  assert not (tmp_path / 'new').exists()
+  assert sorted(str(p.relative_to(old)) for p in old.rglob('*')) == [
+      'frames', 'frames/labels', 'frames/labels/mine.png', 'notes.txt']
