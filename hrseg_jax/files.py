@@ -39,6 +39,29 @@ def _file_mode() -> int:
   return 0o666 & ~umask
 
 
+def missing_folders(path) -> list[str]:
+  """``path`` and those of its parents that do not exist yet, deepest first:
+  the folders to remove again (:func:`remove_empty_folders`) when what is
+  being made in ``path`` fails.  A URI has none (an object store has no
+  folders)."""
+  if is_uri(path):
+    return []
+  missing, path = [], os.path.abspath(path)
+  while not os.path.isdir(path) and os.path.dirname(path) != path:
+    missing.append(path)
+    path = os.path.dirname(path)
+  return missing
+
+
+def remove_empty_folders(folders) -> None:
+  """Removes each of ``folders`` that is empty, deepest first; keeps the rest."""
+  for folder in sorted(set(folders), key=lambda f: -f.count(os.sep)):
+    try:
+      os.rmdir(folder)
+    except OSError:
+      pass
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
   """Writes ``data`` to ``path`` atomically, creating parent directories."""
   if is_uri(path):

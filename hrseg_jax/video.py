@@ -125,15 +125,6 @@ def _batches(frames: Iterator[np.ndarray], size: int, name: str):
     yield batch
 
 
-def _missing_folders(path: str) -> list[str]:
-  """``path`` and those of its parents that do not exist yet, deepest first."""
-  missing, path = [], os.path.abspath(path)
-  while not os.path.isdir(path) and os.path.dirname(path) != path:
-    missing.append(path)
-    path = os.path.dirname(path)
-  return missing
-
-
 def clip_name(source: str) -> str:
   if source.isdigit():
     return f'camera{source}'
@@ -177,7 +168,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   labels_dir = os.path.join(dest, 'labels')
   # What is made here (folders, parents of out_dir included, and class maps)
   # is removed again when the clip fails; what was there before stays.
-  made = _missing_folders(labels_dir)
+  made = files.missing_folders(labels_dir)
   os.makedirs(labels_dir, exist_ok=True)
   tmp = os.path.join(dest, '.overlay.tmp.mp4')
   writer, new_maps, complete = None, [], False
@@ -224,11 +215,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
       for path in new_maps:
         if os.path.exists(path):
           os.unlink(path)
-      for d in made:
-        try:
-          os.rmdir(d)   # only when still empty
-        except OSError:
-          pass
+      files.remove_empty_folders(made)
   elapsed = time.perf_counter() - start
   summary = {'input': source, 'frames': done, 'video': video_path,
              'labels': labels_dir, 'seconds': elapsed,

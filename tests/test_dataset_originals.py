@@ -318,6 +318,26 @@ def test_prepare_tfds_with_a_wrong_root_is_one_line_and_makes_nothing(tmp_path):
     assert not (tmp_path / 'tfds').exists()
 
 
+def test_prepare_tfds_failing_mid_way_leaves_no_folders_it_made(tmp_path):
+  """An unreadable second image: one error naming it, and none of the folders
+  TFDS made (data_dir, data_dir/<name>, data_dir/downloads/extracted) is
+  left; a data_dir that was there keeps what it held."""
+  assert _script(tmp_path, 'prepare_synthetic.py', '--root', 'cs', '--num_train', '3',
+                 '--num_val', '1', '--height', '16', '--width', '32').returncode == 0
+  bad = 'cs/' + (tmp_path / 'cs/train.lst').read_text().splitlines()[1].split()[0]
+  (tmp_path / bad).write_bytes(b'not an image')
+  os.makedirs(tmp_path / 'shared/other_dataset')
+  for data_dir in ('tfds/new', 'shared'):
+    r = _script(tmp_path, 'prepare_tfds.py', '--dataset', 'cityscapes', '--root', 'cs',
+                '--train_list', 'cs/train.lst', '--val_list', 'cs/val.lst',
+                '--data_dir', data_dir)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-1].endswith(
+        f'error: {bad}: cannot decode image (corrupt, truncated or not an image)')
+  assert sorted(os.listdir(tmp_path)) == ['cs', 'shared']
+  assert os.listdir(tmp_path / 'shared') == ['other_dataset']
+
+
 def test_prepare_tfds_of_cocostuff164k_names_its_label_map(tmp_path):
   """Without --label_map, COCO-Stuff-164k failed on the first undefined value
   after TFDS had made its folders (or, without one, was stored unchecked)."""

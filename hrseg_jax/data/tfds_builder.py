@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
+from hrseg_jax import files
 from hrseg_jax.data import decode
 from hrseg_jax.data import lists
 from hrseg_jax.data.errors import DataError
@@ -117,9 +118,21 @@ def write_tfds_dataset(name: str, root: str, split_lists: dict[str, str],
 
   cls = types.new_class(f'Builder_{name}', (tfds.core.GeneratorBasedBuilder,),
                         {'skip_registration': True}, body)
-  builder = cls(data_dir=data_dir)
-  builder.download_and_prepare(
-      file_format='array_record',
-      download_config=tfds.download.DownloadConfig(
-          download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  # TFDS makes data_dir/<name> and data_dir/downloads/extracted (and
+  # data_dir's missing parents) before the first example; it removes its own
+  # incomplete.* folder when one fails, these folders are removed here then
+  # (the empty download folders after success too: nothing is downloaded).
+  made_for_name = files.missing_folders(os.path.join(data_dir, name))
+  made_for_downloads = files.missing_folders(
+      os.path.join(data_dir, 'downloads', 'extracted'))
+  try:
+    builder = cls(data_dir=data_dir)
+    builder.download_and_prepare(
+        file_format='array_record',
+        download_config=tfds.download.DownloadConfig(
+            download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  except BaseException:
+    files.remove_empty_folders(made_for_downloads + made_for_name)
+    raise
+  files.remove_empty_folders(made_for_downloads)
   return str(builder.data_dir)
