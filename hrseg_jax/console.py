@@ -56,14 +56,15 @@ def configure(verbose: bool = False) -> None:
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('GRPC_VERBOSITY', 'ERROR')
-  # OpenCV warns on stderr about each file it cannot decode ("[ WARN:0@2.9]
-  # ... PNG input buffer is incomplete") before our own one-line error naming
-  # the file.  The variable reaches processes started later (data workers);
-  # a cv2 imported already (by a config file) is told directly.
-  os.environ.setdefault('OPENCV_LOG_LEVEL', 'ERROR')
+  # OpenCV logs on stderr about each file it cannot decode ("[ WARN:0@2.9]
+  # ... PNG input buffer is incomplete", "[ERROR:0@1.9] ... readHeader IHDR
+  # chunk shall be first") before our own one-line error naming the file.
+  # The variable reaches processes started later (data workers); a cv2
+  # imported already (by a config file) is told directly.
+  os.environ.setdefault('OPENCV_LOG_LEVEL', 'FATAL')
   cv2 = sys.modules.get('cv2')
-  if cv2 is not None and os.environ['OPENCV_LOG_LEVEL'] == 'ERROR':
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+  if cv2 is not None and os.environ['OPENCV_LOG_LEVEL'] == 'FATAL':
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_FATAL)
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
   quiet_orbax()

@@ -67,6 +67,24 @@ def test_truncated_png_is_one_line_without_opencv_warning(tmp_path):
   assert not (tmp_path / 'runs/p/predictions/labels').exists()
 
 
+def test_png_with_a_broken_header_is_one_line_without_opencv_error(tmp_path):
+  """A .png whose header is not a PNG's: OpenCV logs '[ERROR:0@…] … readHeader
+  IHDR chunk shall be first' (an ERROR, not a WARN), which reached the console
+  before the one-line error naming the file."""
+  cfg = registry.resolve(TINY_HRNET)
+  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
+  assert convert_cli.main([str(tmp_path / 't.pth'), str(tmp_path / 'converted')]) == 0
+  (tmp_path / 'photos').mkdir()
+  (tmp_path / 'photos/bad.png').write_bytes(b'\x89PNG\r\n\x1a\nnot a png at all')
+  r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
+               '--workdir', 'runs/p')
+  assert r.returncode == 2, r.stderr[-3000:]
+  real = os.path.realpath(tmp_path)
+  assert r.stderr == (f'error: {real}/photos/bad.png: cannot decode image (corrupt, '
+                      'truncated or not an image)\n'), r.stderr
+  assert not (tmp_path / 'runs/p/predictions').exists()
+
+
 def test_converted_backbone_warns_that_its_head_is_untrained(tmp_path, monkeypatch, capsys):
   """An ImageNet-style backbone converted with --num-classes gets a random
   head: predicting with it says so (it printed nothing about it)."""
