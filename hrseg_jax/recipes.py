@@ -15,6 +15,9 @@ Config layout::
                         grad_accum_steps, dtype, log_every_steps,
                         checkpoint_every_steps, keep_checkpoints, keep_best,
                         async_checkpoints, init_from (see PRETRAINED),
+                        init_from_inplace_abn (None: as convert chooses, a
+                        .pth saved by InPlaceABN gets its BN scale; True or
+                        False: that),
                         nonfinite ('stop'|'skip'),
                         stop_at_step (save and stop there, as on preemption),
                         transfer_guard ('allow'; 'disallow' raises if a step
@@ -129,8 +132,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
       nonbackbone_keywords=('last_layer',) if r.nonbackbone_lr else (),
       nonbackbone_mult=10.0, grad_accum_steps=1, dtype='bfloat16',
       log_every_steps=50, checkpoint_every_steps=1000, keep_checkpoints=3,
-      keep_best=True, async_checkpoints=True, init_from='', nonfinite='stop',
-      stop_at_step=-1, transfer_guard='allow'))
+      keep_best=True, async_checkpoints=True, init_from='',
+      init_from_inplace_abn=ml_collections.config_dict.placeholder(bool),
+      nonfinite='stop', stop_at_step=-1, transfer_guard='allow'))
   c.loss = ml_collections.ConfigDict(dict(
       ignore_label=255,
       class_weights=None if r.class_weights is None else list(r.class_weights),

@@ -144,6 +144,32 @@ def test_inplace_abn_scale(tmp_path):
   np.testing.assert_allclose(scale, np.abs(state['bn1.weight']) + 1e-5, rtol=0, atol=1e-7)
 
 
+def test_convert_variables_gives_a_file_saved_by_inplace_abn_its_scale(tmp_path):
+  """As the command line does: a segmentation .pth without num_batches_tracked
+  (InPlaceABN, PyTorch 0.4) gets |w| + 1e-5 and a line naming the override."""
+  state = {k: v for k, v in torch_state(TINY).items()
+           if not k.endswith('num_batches_tracked')}
+  state['bn1.weight'] = -np.abs(state['bn1.weight'])
+  pth_write.save_pth(state, tmp_path / 'master.pth')
+  lines = []
+  _, v, meta, _ = convert.convert_variables(tmp_path / 'master.pth', log=lines.append)
+  assert lines == [
+      'master.pth: no num_batches_tracked buffers, as saved by InPlaceABN (PyTorch 0.4: '
+      'master-branch and *_torch04 checkpoints): converting with its BN scale |w| + 1e-5 '
+      '(inplace_abn=False if it was trained with standard BatchNorm)']
+  assert meta['inplace_abn'] is True
+  np.testing.assert_allclose(v['params']['bn1']['scale'], np.abs(state['bn1.weight']) + 1e-5,
+                             rtol=0, atol=1e-7)
+  lines.clear()
+  _, v, meta, _ = convert.convert_variables(tmp_path / 'master.pth', inplace_abn=False,
+                                            log=lines.append)
+  assert lines == [] and meta['inplace_abn'] is False
+  np.testing.assert_array_equal(v['params']['bn1']['scale'], state['bn1.weight'])
+  pth_write.save_pth(torch_state(TINY), tmp_path / 'bn.pth')   # with its counters
+  _, _, meta, _ = convert.convert_variables(tmp_path / 'bn.pth', log=lines.append)
+  assert lines == [] and meta['inplace_abn'] is False
+
+
 def _cli_error(capsys, argv):
   code = convert_cli.main(argv)
   err = capsys.readouterr().err.strip()

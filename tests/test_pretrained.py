@@ -13,7 +13,7 @@ from flax import traverse_util
 
 from hrseg_jax import recipes
 from hrseg_jax.config_utils import load_config_file
-from hrseg_jax.convert import mapping, pth_write
+from hrseg_jax.convert import convert, mapping, pth_write
 from hrseg_jax.models import registry
 from hrseg_jax.train import loop, optim, pretrained, sharding
 from train_util import tiny_config
@@ -166,3 +166,55 @@ def test_init_from_that_does_not_fit_is_one_line_before_the_workdir(golden, tmp_
                                f'{says}'), lines[0]
     assert '(270,) vs (120,)' in lines[0] or '(270,) vs model (120,)' in lines[0], lines[0]
     assert not (tmp_path / 'runs').exists(), init_from
+
+
+def _pth_saved_by_inplace_abn(c, path):
+  """A random full model of ``c`` as a .pth without num_batches_tracked."""
+  rng = np.random.default_rng(0)
+  src = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape).astype(np.float32),
+                               registry.abstract_variables(registry.resolve(c.model)))
+  state_dict = {k: v for k, v in convert.to_state_dict(src).items()
+                if not k.endswith('num_batches_tracked')}
+  pth_write.save_pth(state_dict, path)
+  return state_dict['model.bn1.weight']
+
+
+def test_init_from_pth_saved_by_inplace_abn_converts_as_convert_does(tmp_path, capsys):
+  """A .pth without num_batches_tracked: InPlaceABN's scale |w| + 1e-5 and
+  convert's line; train.init_from_inplace_abn=False keeps the file's weights."""
+  c = tiny_config()
+  w = _pth_saved_by_inplace_abn(c, tmp_path / 'master.pth')
+  c.train.init_from = str(tmp_path / 'master.pth')
+  variables, meta = loop.read_init_weights(c, tmp_path / 'run')
+  assert capsys.readouterr().out == (
+      'master.pth: no num_batches_tracked buffers, as saved by InPlaceABN (PyTorch 0.4: '
+      'master-branch and *_torch04 checkpoints): converting with its BN scale |w| + 1e-5 '
+      '(--config.train.init_from_inplace_abn=False if it was trained with standard '
+      'BatchNorm)\n')
+  assert meta['inplace_abn'] is True
+  np.testing.assert_allclose(variables['params']['bn1']['scale'], np.abs(w) + 1e-5,
+                             rtol=0, atol=1e-7)
+  c.train.init_from_inplace_abn = False
+  variables, meta = loop.read_init_weights(c, tmp_path / 'run')
+  assert capsys.readouterr().out == '' and meta['inplace_abn'] is False
+  np.testing.assert_array_equal(variables['params']['bn1']['scale'], w)
+
+
+def test_init_from_inplace_abn_on_the_command_line(tmp_path):
+  """The line and the override as a user meets them (a .pth of another width:
+  the run then stops with one error, before any training)."""
+  c = tiny_config()
+  _pth_saved_by_inplace_abn(c, tmp_path / 'master.pth')
+  base = [sys.executable, '-m', 'hrseg_jax.main', '--config', str(REPO / 'configs/demo.py'),
+          '--workdir', 'run', '--config.train.init_from=master.pth']
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  for extra, line in (([], True), (['--config.train.init_from_inplace_abn=False'], False)):
+    r = subprocess.run(base + extra, cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith('error: train.init_from=') and 'master.pth: cannot use it' in (
+        r.stderr), r.stderr
+    assert ('master.pth: no num_batches_tracked buffers, as saved by InPlaceABN' in
+            r.stdout) is line, r.stdout
+    assert '(--config.train.init_from_inplace_abn=False if' in r.stdout or not line
+    assert sorted(os.listdir(tmp_path)) == ['master.pth']

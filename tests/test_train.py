@@ -167,7 +167,7 @@ def test_init_from_converted_checkpoint(tmp_path):
   ImageNet-style backbone keeps this run's freshly initialised head."""
   import jax  # pylint: disable=g-import-not-at-top
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.convert import convert, mapping, pth_write  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.convert import convert, pth_write  # pylint: disable=g-import-not-at-top
   from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
   from hrseg_jax.train import optim, sharding  # pylint: disable=g-import-not-at-top
   c = tiny_config()
@@ -175,10 +175,10 @@ def test_init_from_converted_checkpoint(tmp_path):
   rng = np.random.default_rng(0)
   src = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape).astype(np.float32),
                                registry.abstract_variables(cfg))
-  state_dict = mapping.variables_to_torch(src)
+  state_dict = convert.to_state_dict(src)   # as PyTorch saves it (BN counters)
   pth_write.save_pth(state_dict, tmp_path / 'full.pth')
-  pth_write.save_pth({k: v for k, v in state_dict.items() if not k.startswith('last_layer')},
-                     tmp_path / 'backbone.pth')
+  pth_write.save_pth({k: v for k, v in state_dict.items()
+                      if not k.startswith('model.last_layer')}, tmp_path / 'backbone.pth')
   convert.convert(tmp_path / 'full.pth', tmp_path / 'full', log=lambda *_: None)
   convert.convert(tmp_path / 'backbone.pth', tmp_path / 'backbone', num_classes=6,
                   log=lambda *_: None)

@@ -10,24 +10,6 @@ import argparse
 import sys
 
 
-def _inplace_abn_of(src: str, loaded, backbone_only: bool | None) -> bool:
-  """Neither --inplace-abn nor --no-inplace-abn given: a segmentation model
-  whose file has BN statistics but no ``num_batches_tracked`` buffers was
-  saved by InPlaceABN (PyTorch 0.4), and converts with its BN scale."""
-  import os  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.convert import source  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.models import from_state_dict  # pylint: disable=g-import-not-at-top
-  state, layout = loaded
-  if (backbone_only or not source.saved_by_inplace_abn(state, layout)
-      or not from_state_dict.has_head(state)):
-    return False
-  print(f'{os.path.basename(src)}: no num_batches_tracked buffers, as saved by InPlaceABN '
-        '(PyTorch 0.4: master-branch and *_torch04 checkpoints): converting with its BN '
-        'scale |w| + 1e-5 (--no-inplace-abn if it was trained with standard BatchNorm)',
-        flush=True)
-  return True
-
-
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m hrseg_jax.convert', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,15 +59,16 @@ def main(argv=None) -> int:
     from hrseg_jax.convert import released  # pylint: disable=g-import-not-at-top
     align_corners, inplace_abn, note, warning = released.options(
         src, args.align_corners, args.inplace_abn)
-    if inplace_abn is None:
-      inplace_abn = _inplace_abn_of(src, loaded, args.backbone_only)
     if note:
       print(note, flush=True)
+    # Not given: a file saved by InPlaceABN (no num_batches_tracked) gets its scale.
     convert.convert(src, dst, model_cfg=model_cfg,
                     num_classes=args.num_classes, align_corners=align_corners,
                     inplace_abn=inplace_abn, backbone_only=args.backbone_only,
                     overwrite=args.overwrite, seed=args.seed,
-                    dataset=args.dataset, loaded=loaded)
+                    dataset=args.dataset, loaded=loaded,
+                    log=lambda line: print(line, flush=True),
+                    inplace_abn_override='--no-inplace-abn')
     if warning:   # last, where it is seen
       print(warning, file=sys.stderr)
   except (OSError, ValueError, KeyError) as e:

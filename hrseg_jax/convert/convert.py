@@ -12,7 +12,7 @@ from flax import traverse_util
 from hrseg_jax import checkpoints, console, paths
 from hrseg_jax import overwrite as overwrite_lib
 from hrseg_jax.checkpoints import info as checkpoint_info
-from hrseg_jax.convert import mapping
+from hrseg_jax.convert import mapping, released, source
 from hrseg_jax.convert.source import load_state
 from hrseg_jax.models import from_state_dict, registry
 
@@ -55,6 +55,37 @@ def rename_keys(state: Mapping[str, Any], table: Mapping[str, str]) -> dict:
   return out
 
 
+def resolve_inplace_abn(src, loaded: tuple[dict, dict], inplace_abn: bool | None,
+                        backbone_only: bool | None, *, log=print,
+                        override: str = 'inplace_abn=False') -> bool:
+  """Whether ``src`` converts with InPlaceABN's BN scale ``|w| + 1e-5``.
+
+  ``inplace_abn`` given: that.  Else a released file (named as released,
+  :mod:`.released`) is converted as it was trained, and a segmentation model
+  whose file has BN statistics but no ``num_batches_tracked`` buffers was
+  saved by InPlaceABN (PyTorch 0.4: the master branch's and the ``*_torch04``
+  checkpoints); ``log`` gets a line saying so, naming ``override``, the
+  option that converts it with standard BatchNorm instead (the command
+  line's ``--no-inplace-abn``, training's
+  ``--config.train.init_from_inplace_abn=False``).
+  """
+  if inplace_abn is not None:
+    return bool(inplace_abn)
+  name = os.path.basename(os.fspath(src))
+  if name in released.RELEASED:
+    if released.RELEASED[name][1]:
+      log(f'{name}: a released checkpoint: converting with InPlaceABN, as it was trained')
+    return released.RELEASED[name][1]
+  state, layout = loaded
+  if (backbone_only or not source.saved_by_inplace_abn(state, layout)
+      or not from_state_dict.has_head(state)):
+    return False
+  log(f'{name}: no num_batches_tracked buffers, as saved by InPlaceABN '
+      '(PyTorch 0.4: master-branch and *_torch04 checkpoints): converting with its BN '
+      f'scale |w| + 1e-5 ({override} if it was trained with standard BatchNorm)')
+  return True
+
+
 def init_leaves(model_cfg: Mapping[str, Any], paths, seed: int = 0) -> dict:
   """Fresh values of the variables at ``paths`` (flat tuples) only.
 
@@ -75,14 +106,20 @@ def init_leaves(model_cfg: Mapping[str, Any], paths, seed: int = 0) -> dict:
 def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
                       num_classes: int | None = None,
                       align_corners: bool | None = None,
-                      inplace_abn: bool = False,
+                      inplace_abn: bool | None = None,
                       backbone_only: bool | None = None, seed: int = 0,
                       dataset: str | None = None,
-                      loaded: tuple[dict, dict] | None = None
+                      loaded: tuple[dict, dict] | None = None, log=print,
+                      inplace_abn_override: str = 'inplace_abn=False'
                       ) -> tuple[dict, dict, dict, dict]:
   """Reads and converts ``src`` (.pth) in memory; writes nothing.
 
   Args:
+    inplace_abn: BN scale ``|w| + 1e-5`` (True), the file's BN weights
+      (False), or, None, as ``python -m hrseg_jax.convert`` chooses
+      (:func:`resolve_inplace_abn`: a released file's own, else InPlaceABN's
+      for a file saved without ``num_batches_tracked`` buffers, with a line
+      to ``log`` naming ``inplace_abn_override``).
     loaded: what :func:`load_state` returned for ``src``, if the caller has
       read it already.
 
@@ -100,6 +137,8 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
   try:
     if backbone_only is None:
       backbone_only = not from_state_dict.has_head(state)
+    inplace_abn = resolve_inplace_abn(src, (state, layout), inplace_abn, backbone_only,
+                                      log=log, override=inplace_abn_override)
     if model_cfg is None:
       try:
         cfg = from_state_dict.infer_model_config(state, num_classes)
@@ -162,9 +201,10 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
 
 def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
             num_classes: int | None = None, align_corners: bool | None = None,
-            inplace_abn: bool = False, backbone_only: bool | None = None,
+            inplace_abn: bool | None = None, backbone_only: bool | None = None,
             overwrite: bool = False, seed: int = 0, dataset: str | None = None,
-            log=print, loaded: tuple[dict, dict] | None = None) -> dict:
+            log=print, loaded: tuple[dict, dict] | None = None,
+            inplace_abn_override: str = 'inplace_abn=False') -> dict:
   """Converts ``src`` (.pth) to an Orbax checkpoint in ``dst``; returns meta.
 
   The checkpoint's ``meta['dataset']`` (palette and class names for
@@ -175,19 +215,21 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
   only a checkpoint written by this package, never a folder holding ``src``
   (see :func:`overwrite.check_replaceable`). ``loaded``: what
   :func:`load_state` returned for ``src``, if the caller has read it already.
+  ``inplace_abn``: see :func:`convert_variables`.
   """
   src, dst = paths.resolve(os.fspath(src)), paths.resolve(os.fspath(dst))
   overwrite_lib.check_replaceable(dst, overwrite=overwrite, keep=[src])
   cfg, variables, meta, report = convert_variables(
       src, model_cfg=model_cfg, num_classes=num_classes,
       align_corners=align_corners, inplace_abn=inplace_abn,
-      backbone_only=backbone_only, seed=seed, dataset=dataset, loaded=loaded)
+      backbone_only=backbone_only, seed=seed, dataset=dataset, loaded=loaded,
+      log=log, inplace_abn_override=inplace_abn_override)
   checkpoints.save_model(dst, variables, cfg, meta, overwrite=overwrite, keep=[src])
   n = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables['params']))
   log(f'converted {paths.shown(src)} -> {paths.shown(dst)}: {registry.model_name(cfg)}, '
       f'{cfg["num_classes"]} classes, {n:,} parameters'
       + (', align_corners=True' if cfg.get('align_corners') else '')
-      + (', InPlaceABN scales' if inplace_abn else '')
+      + (', InPlaceABN scales' if meta['inplace_abn'] else '')
       + (f' ({meta["dataset"]})' if meta.get('dataset') else '')
       + (f'; freshly initialised: {len(report["initialised"])} tensors'
          if report['initialised'] else '')

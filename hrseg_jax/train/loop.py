@@ -418,7 +418,10 @@ def read_init_weights(config, workdir) -> tuple[dict, dict] | None:
   if not path or pretrained.has_checkpoints(workdir):
     return None
   model_cfg = registry.resolve(config.model)
-  loaded = pretrained.load_init_variables(path, model_cfg)
+  loaded = pretrained.load_init_variables(
+      path, model_cfg, inplace_abn=config.train.get('init_from_inplace_abn'),
+      log=((lambda line: print(line, flush=True)) if jax.process_index() == 0
+           else (lambda _: None)))
   check_init_weights(loaded, path, model_cfg, registry.abstract_variables(
       model_cfg, tuple(config.data.crop_size)))
   return loaded

@@ -82,8 +82,14 @@ def check_init_from(config, workdir) -> None:
     raise ValueError(missing_message(path, model))
 
 
-def load_init_variables(path, model_cfg: Mapping[str, Any]) -> tuple[dict, dict]:
+def load_init_variables(path, model_cfg: Mapping[str, Any], *,
+                        inplace_abn: bool | None = None, log=print) -> tuple[dict, dict]:
   """(variables, meta) to start ``model_cfg`` from; a ``.pth`` in memory.
+
+  A ``.pth`` converts as ``python -m hrseg_jax.convert`` converts it:
+  ``inplace_abn`` (``train.init_from_inplace_abn``) None gives a file saved
+  by InPlaceABN (no ``num_batches_tracked`` buffers) its BN scale, with a
+  line to ``log``; True or False forces it.
 
   ``meta['initialised']`` lists the PyTorch keys the file lacked (a
   backbone's head); the caller keeps its own initialisation for those.
@@ -96,7 +102,9 @@ def load_init_variables(path, model_cfg: Mapping[str, Any]) -> tuple[dict, dict]
   local = os.path.expanduser(path)
   if is_pth(path) and os.path.isfile(local):
     try:
-      _, variables, meta, _ = convert.convert_variables(local, model_cfg=dict(model_cfg))
+      _, variables, meta, _ = convert.convert_variables(
+          local, model_cfg=dict(model_cfg), inplace_abn=inplace_abn, log=log,
+          inplace_abn_override='--config.train.init_from_inplace_abn=False')
     except (OSError, ValueError, KeyError) as e:
       raise ValueError(f'train.init_from={path}: cannot use it for model '
                        f'{model_cfg.get("variant", "")}: '
