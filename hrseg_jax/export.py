@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     if os.path.lexists(output) and not args.overwrite:
       raise FileExistsError(f'output file exists: {args.output} (pass --overwrite '
                             'to replace it)')
-    paths.check_creatable(output, 'output path')
+    paths.check_writable(args.output, 'output path')
     from hrseg_jax.convert import convert, pth_write  # pylint: disable=g-import-not-at-top
     from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
     # A training checkpoint's step is its number of training steps (a

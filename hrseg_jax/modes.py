@@ -71,7 +71,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   if mode == 'predict' and not inputs:
     raise ValueError('--mode predict needs --input (image files, folders or list files)')
   if mode == 'predict':   # missing or empty inputs fail before the checkpoint loads
-    _check_inputs(inputs, opts)
+    _check_inputs(inputs, opts)   # and so does a --workdir that cannot be written
+    paths.check_writable(os.path.join(paths.shown(workdir), 'predictions'), '--workdir')
   if mode == 'eval':   # a bad eval.protocol or data fails before the checkpoint loads
     from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top

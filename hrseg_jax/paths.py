@@ -9,6 +9,7 @@ works with.  URLs such as ``gs://bucket/run`` are kept as they are.
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Config fields holding paths (``section.field``); '' means "not set".
 CONFIG_PATH_FIELDS = ('data.root', 'data.train_list', 'data.val_list',
@@ -69,6 +70,33 @@ def check_creatable(path, what: str) -> None:
   if blocker:
     raise NotADirectoryError(f'cannot create {path}: {blocker} is a file, not a '
                              f'folder; choose another {what}')
+
+
+def check_writable(path, what: str) -> None:
+  """Raises an OSError naming ``path`` when it cannot be written: a file in
+  the way above it (:func:`check_creatable`), or a nearest existing folder
+  that takes no new file (permissions, a read-only file system).
+
+  Commands call it before their work, so that an output they cannot write
+  fails at once, in words about the user's path rather than about a
+  temporary file of their own.  The probe file is removed; no folder is
+  created.  URLs are not checked.
+  """
+  check_creatable(path, what)
+  text = os.fspath(path)
+  if not text or is_url(text):
+    return
+  folder = os.path.dirname(os.path.abspath(text))
+  while not os.path.isdir(folder):
+    folder = os.path.dirname(folder)
+  try:
+    fd, probe = tempfile.mkstemp(dir=folder, prefix='.write-check-')
+  except OSError as e:
+    reason = e.strerror or type(e).__name__
+    raise PermissionError(f'cannot write {text}: {shown(folder)} is not writable '
+                          f'({reason.lower()}); choose another {what}') from None
+  os.close(fd)
+  os.unlink(probe)
 
 
 def shown(path) -> str:

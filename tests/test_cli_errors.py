@@ -84,8 +84,8 @@ def test_an_output_below_a_file(user_folder, capsys):
   assert err == (f'error: cannot create {real}/notes.txt/a/b: {real}/notes.txt is a file, '
                  'not a folder; choose another output directory')
   err = _one_error(capsys, export_cli.main, ['converted/tiny', 'notes.txt/x.pth'])
-  assert err == (f'error: cannot create {real}/notes.txt/x.pth: {real}/notes.txt is a '
-                 'file, not a folder; choose another output path')
+  assert err == (f'error: cannot create notes.txt/x.pth: {real}/notes.txt is a '
+                 'file, not a folder; choose another output path')   # as typed, like .stablehlo
   err = _one_error(capsys, export_cli.main, ['converted/tiny', 'notes.txt/x.stablehlo'])
   assert err == (f'error: cannot create notes.txt/x.stablehlo: {real}/notes.txt is a '
                  'file, not a folder; choose another output path')

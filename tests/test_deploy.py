@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pathlib
 import types
 import subprocess
 import sys
@@ -347,6 +348,36 @@ def test_unknown_or_contradicted_extension_is_refused(args, message, tmp_path):
   assert r.returncode == 2
   assert r.stderr.strip().splitlines() == [message]
   assert sorted(os.listdir(tmp_path)) == ['ckpt']
+
+
+def unwritable_folder(tmp_path):
+  """A folder that takes no new file: read-only for a user; /proc for root
+  (which writes in read-only folders)."""
+  folder = tmp_path / 'readonly'
+  folder.mkdir()
+  folder.chmod(0o555)
+  if not os.access(folder, os.W_OK):
+    return folder
+  if not os.path.isdir('/proc'):
+    pytest.skip('running as root without /proc: no folder it cannot write')
+  return pathlib.Path('/proc')
+
+
+@pytest.mark.parametrize('output', ['deploy/m.stablehlo', 'm.pth'])
+def test_unwritable_output_is_one_line_naming_it_before_any_work(output, tmp_path):
+  """It was found after the export's work, in words about a temporary file
+  ('[Errno 13] Permission denied: '/x/.tmp-k7kb.m.stablehlo.tmp-58d0'')."""
+  cfg = registry.resolve(TINY_HRNET)
+  checkpoints.save_model(tmp_path / 'ckpt', tiny_hrnet_variables(cfg, seed=3), cfg, {})
+  folder = unwritable_folder(tmp_path)
+  shown = 'readonly' if folder.parent == tmp_path else str(folder)
+  target = os.path.join(shown, output)
+  r = _cli('ckpt', target, '--size', '32', '48', cwd=tmp_path)
+  assert r.returncode == 2, r.stderr
+  (line,) = r.stderr.strip().splitlines()
+  assert line.startswith(f'error: cannot write {target}: {shown} is not writable ('), line
+  assert line.endswith('); choose another output path'), line
+  assert r.stdout == ''   # nothing exported, nothing checked
 
 
 def test_card_dataset_of_a_training_workdir():

@@ -13,6 +13,7 @@ from PIL import Image
 from hrseg_jax.convert import __main__ as convert_cli, pth_write
 from hrseg_jax.convert import convert
 from hrseg_jax.models import registry
+from test_deploy import unwritable_folder
 from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -83,6 +84,32 @@ def test_png_with_a_broken_header_is_one_line_without_opencv_error(tmp_path):
   assert r.stderr == (f'error: {real}/photos/bad.png: cannot decode image (corrupt, '
                       'truncated or not an image)\n'), r.stderr
   assert not (tmp_path / 'runs/p/predictions').exists()
+
+
+def test_unwritable_workdir_is_one_line_before_the_checkpoint_loads(tmp_path):
+  """It failed after loading the checkpoint, as '[Errno 1] Operation not
+  permitted: '/x/runs'' or '[Errno 20] Not a directory: '/abs/notes.txt/p''."""
+  cfg = registry.resolve(TINY_HRNET)
+  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
+  assert convert_cli.main([str(tmp_path / 't.pth'), str(tmp_path / 'converted')]) == 0
+  Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photo.png')
+  folder = unwritable_folder(tmp_path)
+  shown = 'readonly' if folder.parent == tmp_path else str(folder)
+  r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photo.png',
+               '--workdir', f'{shown}/runs/p')
+  assert r.returncode == 2, r.stderr[-3000:]
+  (line,) = r.stderr.strip().splitlines()
+  assert line.startswith(f'error: cannot write {shown}/runs/p/predictions: {shown} is not '
+                         'writable ('), line
+  assert line.endswith('); choose another --workdir'), line
+  assert r.stdout == ''   # before 'predict: checkpoint converted ...'
+  (tmp_path / 'notes.txt').write_text('a file where a folder would go')
+  r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photo.png',
+               '--workdir', 'notes.txt/p')
+  assert r.returncode == 2 and r.stdout == '', r.stderr[-3000:]
+  assert r.stderr == (f'error: cannot create notes.txt/p/predictions: '
+                      f'{os.path.realpath(tmp_path)}/notes.txt is a file, not a folder; '
+                      'choose another --workdir\n'), r.stderr
 
 
 def test_converted_backbone_warns_that_its_head_is_untrained(tmp_path, monkeypatch, capsys):

@@ -226,7 +226,7 @@ def export(args, log: Callable[[str], None] = print) -> int:
       raise ExportError(f'output exists: {path} (pass --overwrite to replace it)')
   if os.path.isdir(output) and not os.path.isfile(os.path.join(output, 'saved_model.pb')):
     raise ExportError(f'output is a directory that is not a SavedModel: {output}')
-  paths.check_creatable(output, 'output path')
+  paths.check_writable(output, 'output path')
   h, w = args.size
   if h < 1 or w < 1:
     raise ExportError(f'--size {h} {w}: height and width must be positive')
