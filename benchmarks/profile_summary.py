@@ -4,8 +4,8 @@
 entries) traces a few calls of every workload into a run folder of its own,
 ``DIR/<workload>/plugins/profile/<time>/``, beside the compiled program
 (``program.hlo.txt``); ``DIR/<workload>/profile.json`` names the newest run
-(earlier runs' traces stay beside it).  This reads such a folder, or every workload below a parent folder, and
-prints for each:
+(earlier runs' traces stay beside it).  This reads such a folder, or every
+workload below a parent folder, and prints for each:
 
 * where the op events come from: the device's ``XLA Ops`` line on a GPU or
   TPU (one event per HLO operation, its kernels merged), the device's

@@ -339,8 +339,8 @@ def test_profile_into_a_folder_of_earlier_traces_names_the_new_one(tmp_path):
                             'prof'], cwd=tmp_path, capture_output=True, text=True,
                            check=False)
   assert summary.returncode == 0, summary.stderr
-  assert summary.stdout.startswith(f'tiny_float32_infer (jit_fn, 3 calls traced; '
-                                   f'operations from host threads'), summary.stdout
+  assert summary.stdout.startswith('tiny_float32_infer (jit_fn, 3 calls traced; '
+                                   'operations from host threads'), summary.stdout
   assert f'; trace {run.name})' in summary.stdout.splitlines()[0]
 
 
