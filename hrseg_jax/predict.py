@@ -3,11 +3,12 @@
 >>> predict(model_cfg, variables, 'photos/', 'out/', palette='cityscapes')
 
 Inputs are a folder (searched recursively for ``*.png``, ``*.jpg``,
-``*.jpeg``), a list file (``.txt``/``.lst``: the first whitespace-separated
-column of each line is an image path, relative to ``list_root`` or the list
-file's folder -- the original's list format), explicit image paths, or a list
-mixing these.  Per image (``<rel>`` = the path relative to its folder or list
-root, without extension; the file name for explicit paths)::
+``*.jpeg``; its other files are named in one line and left out), a list
+file (``.txt``/``.lst``: the first whitespace-separated column of each line
+is an image path, relative to ``list_root`` or the list file's folder -- the
+original's list format), explicit image paths, or a list mixing these.  Per
+image (``<rel>`` = the path relative to its folder or list root, without
+extension; the file name for explicit paths)::
 
   out_dir/labels/<rel>.png       class ids (trainIds), uint8 grayscale
   out_dir/color/<rel>.png        colourised with the dataset palette (RGB)
@@ -77,8 +78,34 @@ def _from_folder(folder: str) -> list[ImageInput]:
         path = os.path.join(root, name)
         found.append(ImageInput(path, _strip_ext(os.path.relpath(path, folder))))
   if not found:
-    raise ValueError(f'{folder}: no {"/".join(IMAGE_EXTENSIONS)} images found')
+    others = other_files(folder)
+    raise ValueError(f'{folder}: no {"/".join(IMAGE_EXTENSIONS)} images found' + (
+        f' (it holds {len(others)} other file(s): {", ".join(others[:5])}'
+        + (', …' if len(others) > 5 else '') + ')' if others else ''))
   return found
+
+
+def other_files(folder: str) -> list[str]:
+  """The files below ``folder`` that a folder input leaves out (not
+  ``IMAGE_EXTENSIONS``; hidden files such as ``.DS_Store`` not counted),
+  relative to it, in the order of :func:`_from_folder`."""
+  out = []
+  for root, dirs, names in os.walk(folder):
+    dirs.sort()
+    out += [os.path.relpath(os.path.join(root, n), folder) for n in sorted(names)
+            if not n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith('.')]
+  return out
+
+
+def left_out_line(folder: str, limit: int = 5) -> str | None:
+  """One console line naming the files of ``folder`` that are not predicted."""
+  others = other_files(folder)
+  if not others:
+    return None
+  names = ', '.join(others[:limit]) + (f', … ({len(others) - limit} more)'
+                                       if len(others) > limit else '')
+  return (f'predict: left out {len(others)} file(s) in {paths.shown(folder)}{os.sep} that '
+          f'are not {"/".join(IMAGE_EXTENSIONS)} images: {names}')
 
 
 def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
@@ -281,6 +308,11 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
   if frames is None:
     items = resolve_inputs(inputs, list_root,
                            cityscapes_test_format=cityscapes_test_format)
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
+    for folder in (g for g in given if log is not None and os.path.isdir(g)):
+      line = left_out_line(os.fspath(folder))   # a .bmp, a README: said, not silent
+      if line:
+        log(line)
     items = items[index::count]
     frames, num_frames = read_inputs(items), len(items)
   elif count > 1:

@@ -112,6 +112,32 @@ def test_unwritable_workdir_is_one_line_before_the_checkpoint_loads(tmp_path):
                       'choose another --workdir\n'), r.stderr
 
 
+def test_a_folders_other_files_are_named_not_silently_left_out(tmp_path):
+  """A .bmp or a README in the photo folder was skipped without a word
+  ('predicted 1 image(s)' of a folder of three files)."""
+  cfg = registry.resolve(TINY_HRNET)
+  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
+  assert convert_cli.main([str(tmp_path / 't.pth'), str(tmp_path / 'converted')]) == 0
+  (tmp_path / 'photos/sub').mkdir(parents=True)
+  Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photos/a.png')
+  Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photos/sub/b.bmp')
+  (tmp_path / 'photos/notes.txt').write_text('where the photos come from')
+  (tmp_path / 'photos/.DS_Store').write_bytes(b'\0')
+  r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
+               '--workdir', 'runs/p')
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = r.stdout.splitlines()
+  assert lines[2] == ('predict: left out 2 file(s) in photos/ that are not .png/.jpg/.jpeg '
+                      'images: notes.txt, sub/b.bmp'), r.stdout
+  assert lines[3].startswith('predict 1/1 (100%) photos/a.png (32x64)'), r.stdout
+  (tmp_path / 'photos/a.png').unlink()
+  r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
+               '--workdir', 'runs/p')
+  assert r.returncode == 2 and r.stdout == '', r.stderr[-3000:]
+  assert r.stderr == (f'error: {os.path.realpath(tmp_path)}/photos: no .png/.jpg/.jpeg images '
+                      'found (it holds 2 other file(s): notes.txt, sub/b.bmp)\n'), r.stderr
+
+
 def test_converted_backbone_warns_that_its_head_is_untrained(tmp_path, monkeypatch, capsys):
   """An ImageNet-style backbone converted with --num-classes gets a random
   head: predicting with it says so (it printed nothing about it)."""
