@@ -174,6 +174,7 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
   r = _cli('ckpt', 'deploy/model.stablehlo', '--size', '32', '48', '--with-pre-post',
            cwd=tmp_path)
   assert r.returncode == 0, r.stderr
+  assert r.stdout.startswith('exported stablehlo of ckpt (converted weights) in '), r.stdout
   assert 'class maps identical on 100% of pixels' in r.stdout
   assert 'wrote deploy/model.stablehlo and deploy/model.stablehlo.json' in r.stdout
   card = json.loads((tmp_path / 'deploy' / 'model.stablehlo.json').read_text())

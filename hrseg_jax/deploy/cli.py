@@ -273,7 +273,9 @@ def export(args, log: Callable[[str], None] = print) -> int:
           f'--dynamic-size: jax2onnx cannot keep the height and width of this '
           f'{cfg["arch"]} model free ({_readable(console.first_line(e))}); export ONNX '
           'with a fixed --size H W, or StableHLO with --dynamic-size') from None
-    log(f'exported {fmt} in {time.perf_counter() - t0:.1f}s')
+    # Which weights: a workdir's latest step unless --step (predict takes its best).
+    source = f'{args.checkpoint} ' + (f'(step {step})' if step else '(converted weights)')
+    log(f'exported {fmt} of {source} in {time.perf_counter() - t0:.1f}s')
     if not args.no_verify:
       check = verify(fmt, tmp, cfg, variables, shape, dtype, pre, post)
       log(f'checked with {check["runtime"]} against JAX (batch {check["batch"]}): '
