@@ -9,7 +9,8 @@ import re
 STEP_LINE = re.compile(
     r'^step (?P<step>\d+)/(?P<total>\d+) \(epoch [\d.]+\) loss (?P<loss>[\d.]+|nan) '
     r'lr (?P<lr>[\d.]+e-?\d+|0) grad (?:[\d.]+|nan) \| (?P<ips>[\d.]+) img/s, '
-    r'[\d.]+ s/step( incl\. compilation)?, data \d+% \| ETA (?P<eta>\S+)')
+    r'(?P<sps>[\d.]+) s/step(?P<compiling> incl\. compilation)?, data \d+% \| '
+    r'ETA (?P<eta>\S+)')
 STARTUP_KEYS = ('devices', 'batch', 'steps', 'data', 'model', 'workdir',
                 'checkpoints', 'start')
 # Lines of library logging: absl's "I1130 08:00:00.1 123 file.py:1]" format,
@@ -55,6 +56,25 @@ def assert_training_console(result, *, steps, num_steps: int, start: str) -> Non
     assert float(m['ips']) > 0 and m['eta'] != '?'
   per_step = [l for l in lines if l.startswith('step ')]
   assert len(per_step) == len(steps), result.stdout   # one line per log step
+
+
+def duration_seconds(text: str) -> int:
+  """``6m20s``, ``41s``, ``1h02m``, ``2d03h`` (progress.format_duration) in seconds."""
+  units = {'d': 86400, 'h': 3600, 'm': 60, 's': 1}
+  parts = re.findall(r'(\d+)([dhms])', text)
+  assert parts and ''.join(a + b for a, b in parts) == text, text
+  return sum(int(n) * units[u] for n, u in parts)
+
+
+def assert_eta_leaves_out_compilation(stdout: str) -> None:
+  """The first step line's ETA is not its compilation-inflated s/step times
+  the remaining steps (a resumed run said ETA 5m27s with 46 s to go)."""
+  for m in step_lines(stdout).values():
+    if not m['compiling']:
+      continue
+    inflated = (int(m['total']) - int(m['step'])) * float(m['sps'])
+    if inflated >= 4:   # well above format_duration's rounding to seconds
+      assert duration_seconds(m['eta']) < inflated / 2, (m.group(0), stdout)
 
 
 def assert_eval_table(stdout: str, class_names) -> None:

@@ -59,6 +59,21 @@ def test_progress_line_speeds_exclude_pauses():
   assert console_checks.STEP_LINE.match(line)['eta'] == '8m05s'
 
 
+def test_first_eta_leaves_out_compilation():
+  """A resumed run's first line: 2 steps after a 40 s compilation.  Its
+  speeds say they include compilation; its ETA is the steps' own speed
+  (was 38 steps x 20.5 s/step = 13 min for 38 s of training)."""
+  clock = _Clock()
+  p = progress.Progress(num_steps=40, steps_per_epoch=32, global_batch=8,
+                        start_step=0, clock=clock)
+  p.add_compile_time(40.0)
+  clock.now += 41.0
+  first = p.line(2, {'loss': 0.5, 'lr': 1e-2, 'grad_norm': 2.0})
+  assert first.endswith('20.500 s/step incl. compilation, data 0% | ETA 19s'), first
+  clock.now += 2.0                          # the next window has no compilation
+  assert p.line(4, {'loss': 0.5, 'lr': 1e-2, 'grad_norm': 2.0}).endswith('| ETA 36s')
+
+
 def test_speeds_go_to_tensorboard_after_the_compiling_window():
   from hrseg_jax.train import hooks  # pylint: disable=g-import-not-at-top
   clock, written, printed = _Clock(), {}, []

@@ -205,11 +205,13 @@ def test_demo_training_killed_resumed_then_eval(folder):
   killed = run(folder, train, *SMALL_DEMO, env={'HRSEG_FAULT': 'kill:3'}, expect=-9,
                quiet=False)
   assert console_checks.step_lines(killed.stdout).keys() >= {1, 2}, killed.stdout
+  console_checks.assert_eta_leaves_out_compilation(killed.stdout)
   assert (folder / 'runs/demo/checkpoints/2').is_dir()
   assert not (folder / 'runs/demo/checkpoints/4').exists()
   resumed = run(folder, train, *SMALL_DEMO)
   console_checks.assert_training_console(resumed, steps=[3, 4], num_steps=4,
                                          start='resumed from step 2')
+  console_checks.assert_eta_leaves_out_compilation(resumed.stdout)
   names = classes.class_names('synthetic', 19)
   console_checks.assert_eval_table(resumed.stdout, names)
   assert 'trained 2 steps (steps 3-4 of 4, resumed from step 2) in ' in resumed.stdout

@@ -645,7 +645,10 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
             local = next(train_iter)
           progress.add_data_time(time.perf_counter() - t_data)
           batch = sharding.global_batch(faults.on_batch(step, local), batch_sh)
+          t_call = time.perf_counter()
           state, metrics = train_fn(state, batch)
+          if step == start + 1:   # traced and compiled before dispatching
+            progress.add_compile_time(time.perf_counter() - t_call)
           progress.add(step, metrics)
           report(step)
           if log_now:

@@ -8,7 +8,10 @@ A log line reads::
 (one line on the console).  Speeds are measured on the host between two log
 steps, when the loop fetches the metrics anyway (no extra device sync);
 time spent evaluating and saving checkpoints is left out of them.  The
-first window after start-up includes compilation, and says so.  The same
+first window after start-up includes compilation, and says so; its ETA
+leaves compilation out (the time of the first training call, which traces
+and compiles before it dispatches), so a resumed run's first line does not
+spread one compilation over every remaining step.  The same
 speeds go to TensorBoard (:meth:`Window.scalars`) from the second log step
 on.
 """
@@ -92,6 +95,11 @@ class Progress:
     self._since = clock()
     self._paused = 0.0
     self._data = 0.0
+    self._compile = 0.0
+
+  def add_compile_time(self, seconds: float) -> None:
+    """Host time of the first training call (tracing and compilation)."""
+    self._compile += seconds
 
   def add_data_time(self, seconds: float) -> None:
     """Time the loop waited for the input pipeline."""
@@ -106,14 +114,15 @@ class Progress:
     now = self._clock()
     steps = max(step - self._since_step, 1)
     seconds = max(now - self._since - self._paused, 1e-9)
+    training = max(seconds - self._compile, 1e-9)   # the steps alone
     w = Window(images_per_s=steps * self.global_batch / seconds,
                seconds_per_step=seconds / steps,
                data_share=min(self._data / seconds, 1.0),
-               eta_s=(self.num_steps - step) * seconds / steps,
+               eta_s=(self.num_steps - step) * training / steps,
                includes_compilation=self._first)
     self._first = False
     self._since_step, self._since = step, now
-    self._paused = self._data = 0.0
+    self._paused = self._data = self._compile = 0.0
     return w
 
   def line(self, step: int, metrics: Mapping[str, float],
