@@ -342,3 +342,11 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
     log(f'predicted {len(results)} image(s) in {time.monotonic() - t0:.1f} s -> '
         f'{paths.shown(out_dir)} ({", ".join(f + "/" for f in folders)})')
   return results
+
+
+if __name__ == '__main__':   # a library module: it ran nothing and exited 0
+  import sys  # pylint: disable=g-import-not-at-top
+  print('error: images are predicted by python -m hrseg_jax.main --mode predict '
+        '--checkpoint CKPT --input PHOTOS --workdir DIR (--help for the options)',
+        file=sys.stderr)
+  sys.exit(2)

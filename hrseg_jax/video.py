@@ -225,3 +225,11 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
       f'{summary["fps"]:.1f} frames/s overall, {summary["model_fps"]:.1f} frames/s '
       f'in the model (batch {batch_size}, first batch includes compilation)')
   return summary
+
+
+if __name__ == '__main__':   # a library module: it ran nothing and exited 0
+  import sys  # pylint: disable=g-import-not-at-top
+  print('error: videos are predicted by python -m hrseg_jax.main --mode predict '
+        '--checkpoint CKPT --input CLIP.mp4 --workdir DIR (--help for the options)',
+        file=sys.stderr)
+  sys.exit(2)

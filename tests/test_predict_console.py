@@ -156,3 +156,15 @@ def test_converted_backbone_warns_that_its_head_is_untrained(tmp_path, monkeypat
   lines = r.stdout.splitlines()
   assert lines[1].startswith('warning: ') and 'freshly initialised by convert, not trained' in (
       lines[1]), r.stdout
+
+
+def test_predict_and_video_modules_point_to_the_command(tmp_path):
+  """python -m hrseg_jax.predict photos/ ran nothing and exited 0."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  for module, what in (('predict', 'images'), ('video', 'videos')):
+    r = subprocess.run([sys.executable, '-m', f'hrseg_jax.{module}', 'photos'], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 2 and r.stdout == '', r.stderr[-3000:]
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f'error: {what} are predicted by python -m hrseg_jax.main '
+                           '--mode predict --checkpoint CKPT --input '), line
