@@ -63,7 +63,16 @@ def _make_writer_class() -> type:
 
     def __init__(self, logdir):
       super().__init__()
-      self._writer = tensorboardX.SummaryWriter(logdir=os.fspath(logdir))
+      self._logdir = os.fspath(logdir)
+      self._file = None
+
+    @property
+    def _writer(self):
+      """The event file, made at the first write: a run refused at start-up
+      (another model's checkpoint, a failed rendezvous) leaves none behind."""
+      if self._file is None:
+        self._file = tensorboardX.SummaryWriter(logdir=self._logdir)
+      return self._file
 
     def write_summaries(self, step: int, values: Mapping[str, Any],
                         metadata: Mapping[str, Any] | None = None):
@@ -109,9 +118,11 @@ def _make_writer_class() -> type:
         self._writer.file_writer.add_summary(s)
 
     def flush(self):
-      self._writer.flush()
+      if self._file is not None:
+        self._file.flush()
 
     def close(self):
-      self._writer.close()
+      if self._file is not None:
+        self._file.close()
 
   return TensorBoardXWriter
