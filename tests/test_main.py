@@ -166,13 +166,17 @@ def test_resume_with_another_example_order_warns_in_plain_words(tmp_path):
   # Another model: refused in one line, and config.json still describes the
   # run the checkpoints belong to.
   saved = (tmp_path / 'runs' / 't' / 'config.json').read_text()
+  events = sorted((tmp_path / 'runs' / 't').glob('events.out.tfevents.*'))
   r = _train(tmp_path, '--config', 'config.py', '--workdir', 'runs/t',
              '--config.model.final_conv_kernel=3')
   assert r.returncode == 2, r.stderr[-3000:]
-  assert r.stderr.strip().splitlines()[-1].endswith(
-      'is a checkpoint of another model (model.final_conv_kernel: 1 in the checkpoint, '
-      '3 in the config); use a new --workdir for this config'), r.stderr[-3000:]
+  assert r.stderr.strip().splitlines()[-1] == (
+      'error: runs/t/checkpoints/1 is a checkpoint of another model '
+      '(model.final_conv_kernel: 1 in the checkpoint, 3 in the config); use a new '
+      '--workdir for this config'), r.stderr[-3000:]
   assert (tmp_path / 'runs' / 't' / 'config.json').read_text() == saved
+  # No empty TensorBoard event file per refused attempt.
+  assert sorted((tmp_path / 'runs' / 't').glob('events.out.tfevents.*')) == events
 
 
 def test_config_override_without_a_config_file_is_one_line(tmp_path):

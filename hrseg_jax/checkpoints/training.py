@@ -185,7 +185,7 @@ class Checkpointer:
       The step's ``meta`` (``{'config': the training config}``).
     """
     step = self.manager.latest_step() if step is None else step
-    where = self.directory / str(step)
+    where = paths.shown(self.directory / str(step))   # as the user typed the workdir
     self._verify(step, only=model_ckpt.MODEL)
     try:
       item = self.manager.restore(step, args=ocp.args.Composite(
