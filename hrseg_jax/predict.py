@@ -40,12 +40,14 @@ import os
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hrseg_jax import paths
 from hrseg_jax.data import decode, label_maps
+from hrseg_jax.data.errors import DataError
 from hrseg_jax.data.transforms import normalize
 from hrseg_jax.eval import config as eval_config
 from hrseg_jax import files
@@ -130,6 +132,18 @@ def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
   return out
 
 
+def _check_image_file(path: str) -> None:
+  """DataError naming ``path`` unless its first bytes are an image format that
+  OpenCV reads: a wrong file given as ``--input`` fails before the checkpoint
+  loads and before the other inputs' files are written."""
+  if os.path.getsize(path) == 0:
+    raise DataError(path, 'empty file')
+  if not cv2.haveImageReader(path):
+    raise DataError(path, 'not an image (OpenCV finds no image format in it); '
+                           '--input takes images, folders of .png/.jpg/.jpeg images, '
+                           '.txt/.lst lists of them and videos')
+
+
 def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                    list_root: str | None = None, *,
                    cityscapes_test_format: bool = False) -> list[ImageInput]:
@@ -154,6 +168,7 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     elif path.lower().endswith(LIST_EXTENSIONS):
       found += _from_list(path, list_root)
     else:
+      _check_image_file(path)
       found.append(ImageInput(path, _strip_ext(os.path.basename(path))))
   if not found:
     raise ValueError('predict: no input images')

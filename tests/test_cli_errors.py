@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+from PIL import Image
 import pytest
 
 from hrseg_jax import checkpoints
@@ -129,7 +130,7 @@ def test_predict_pth_checkpoint_and_unreadable_video(user_folder):
   """--mode predict: a .pth as --checkpoint; a text file named .mp4 (no
   OpenCV/FFmpeg lines above ours)."""
   (user_folder / 'photos').mkdir()
-  (user_folder / 'photos' / 'a.png').write_bytes(b'')
+  Image.new('RGB', (8, 8)).save(user_folder / 'photos' / 'a.png')   # (an empty one: refused first)
   (user_folder / 'bad.mp4').write_text('not a video\n')
   before = _listing(user_folder)
   real = os.path.realpath(user_folder)

@@ -138,6 +138,24 @@ def test_a_folders_other_files_are_named_not_silently_left_out(tmp_path):
                       'found (it holds 2 other file(s): notes.txt, sub/b.bmp)\n'), r.stderr
 
 
+def test_an_input_that_is_not_an_image_fails_before_any_prediction(tmp_path):
+  """--input photo.png --input notes.md predicted and wrote photo.png, then
+  stopped at notes.md after the checkpoint had loaded."""
+  cfg = registry.resolve(TINY_HRNET)
+  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
+  assert convert_cli.main([str(tmp_path / 't.pth'), str(tmp_path / 'converted')]) == 0
+  Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photo.png')
+  (tmp_path / 'notes.md').write_text('# not a photo')
+  r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photo.png',
+               '--input', 'notes.md', '--workdir', 'runs/p')
+  assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
+  real = os.path.realpath(tmp_path)
+  assert r.stderr == (f'error: {real}/notes.md: not an image (OpenCV finds no image format '
+                      'in it); --input takes images, folders of .png/.jpg/.jpeg images, '
+                      '.txt/.lst lists of them and videos\n'), r.stderr
+  assert not (tmp_path / 'runs').exists()
+
+
 def test_converted_backbone_warns_that_its_head_is_untrained(tmp_path, monkeypatch, capsys):
   """An ImageNet-style backbone converted with --num-classes gets a random
   head: predicting with it says so (it printed nothing about it)."""
