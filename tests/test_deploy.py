@@ -434,7 +434,23 @@ def test_latency_refuses_bad_arguments_in_one_line(tmp_path):
   (tmp_path / 'weights.pth').write_bytes(b'PK')
   (tmp_path / 'm.onnx').write_bytes(b'')
   (tmp_path / 'm.onnx.json').write_text('{"format": "onnx"')
+  # A damaged copy (cut short) with its card: a traceback of the runtime's
+  # parser (struct.error, InvalidProtobuf).
+  card = {'input': {'shape': ['batch', 32, 48, 3], 'dtype': 'uint8'},
+          'output': {'kind': 'class_map'}}
+  (tmp_path / 'cut.stablehlo').write_bytes(b'\x10\x00\x00\x00' * 8)
+  (tmp_path / 'cut.stablehlo.json').write_text(json.dumps(dict(card, format='stablehlo')))
+  (tmp_path / 'cut.onnx').write_bytes(b'\x08\x09\x12\xff\xff')
+  (tmp_path / 'cut.onnx.json').write_text(json.dumps(dict(card, format='onnx')))
+  damaged = [
+      (['cut.stablehlo'], 'error: cut.stablehlo: not a StableHLO export of python -m '
+       'hrseg_jax.export, or a damaged copy of one ('),
+      # The checkpoint is read before any export is timed.
+      (['cut.stablehlo', '--checkpoint', 'nope'], 'error: checkpoint not found: ')]
+  if importlib.util.find_spec('onnxruntime'):
+    damaged.append((['cut.onnx'], 'error: cut.onnx: onnxruntime '))
   for args, line in (
+      *damaged,
       (['gone.stablehlo'], 'error: gone.stablehlo: no such file'),
       (['weights.pth'], 'error: weights.pth: no card weights.pth.json beside it; pass '
        'exports written by python -m hrseg_jax.export'),

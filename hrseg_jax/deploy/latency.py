@@ -76,6 +76,26 @@ def image_size(exports, cards, size=None) -> tuple[int, int]:
   return fixed[1] if fixed else (512, 1024)
 
 
+def load_export(fmt: str, path: str):
+  """``runtime.load``, with a file its runtime cannot read (damaged, truncated,
+  of another format) as a ValueError naming it instead of the runtime's
+  traceback."""
+  from hrseg_jax import console  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.deploy import runtime  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.deploy.errors import ExportError  # pylint: disable=g-import-not-at-top
+  try:
+    return runtime.load(fmt, path)
+  except ExportError:   # a missing runtime: the pip install to run
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    reason = console.first_line(e, limit=200)
+    if isinstance(e, ValueError) and reason.startswith(f'{path}: '):
+      raise   # the StableHLO loader's own line
+    raise ValueError(f'{path}: {runtime.runtime_version(fmt)} cannot load this {fmt} '
+                     f'export ({reason}); a damaged or incomplete copy? export it again '
+                     'with python -m hrseg_jax.export') from None
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m hrseg_jax.deploy.latency', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,18 +125,20 @@ def main(argv=None) -> int:
     for path in args.exports:
       cards.append(read_card(path))
     shape = (*image_size(args.exports, cards, args.size), 3)
+    if args.checkpoint:   # a wrong one fails before the exports are timed
+      from hrseg_jax import checkpoints, paths  # pylint: disable=g-import-not-at-top
+      cfg, variables, _ = checkpoints.load_model(paths.resolve(args.checkpoint))
+    runs = [load_export(card['format'], os.fspath(path).rstrip('/'))
+            for path, card in zip(args.exports, cards)]
     rows = []
-    for path, card in zip(args.exports, cards):
+    for run, card in zip(runs, cards):
       dtype = np.uint8 if card['input']['dtype'] == 'uint8' else np.float32
       x = cli.sample_input(shape, dtype, batch=1)
-      run = runtime.load(card['format'], os.fspath(path).rstrip('/'))
       rows.append((runtime.runtime_version(card['format']), card['format'],
                    median_ms(run, x, args.warmup, args.repeats)))
     if args.checkpoint:
       import jax  # pylint: disable=g-import-not-at-top
-      from hrseg_jax import checkpoints, paths  # pylint: disable=g-import-not-at-top
       from hrseg_jax.deploy import graph  # pylint: disable=g-import-not-at-top
-      cfg, variables, _ = checkpoints.load_model(paths.resolve(args.checkpoint))
       card = cards[0]
       pre = card['input']['dtype'] == 'uint8'
       post = card['output']['kind'] == 'class_map'

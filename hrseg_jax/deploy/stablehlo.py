@@ -33,7 +33,12 @@ def export_bytes(fn: Callable, image_shape, dtype, platforms=('cpu', 'cuda')) ->
 def load(path) -> Callable[[np.ndarray], np.ndarray]:
   """A function ``images -> outputs`` from a file written by the exporter."""
   with open(path, 'rb') as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
+    data = f.read()
+  try:
+    exported = jax.export.deserialize(bytearray(data))
+  except Exception as e:  # pylint: disable=broad-except  (flatbuffer parsing: any error)
+    raise ValueError(f'{path}: not a StableHLO export of python -m hrseg_jax.export, or '
+                     f'a damaged copy of one ({" ".join(str(e).split())[:200]})') from None
   call = jax.jit(exported.call)
 
   def run(images):
