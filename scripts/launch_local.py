@@ -25,8 +25,9 @@ With several processes each one gets ``HRSEG_COORDINATOR=localhost:PORT``,
 ``jax.distributed.initialize``: the GPUs this process drives).  ``--dry-run``
 prints one shell line per process and starts nothing.  When any process
 fails the others are stopped; SIGTERM and Ctrl-C are forwarded to every
-process as SIGTERM (the training loop then saves a checkpoint at the next step
-boundary and exits; a second Ctrl-C stops them at once, without saving).
+process as SIGTERM (the training loop then saves a checkpoint once the steps
+already queued, two at most, have run and exits; a second Ctrl-C stops them
+at once, without saving).
 """
 from __future__ import annotations
 

@@ -23,10 +23,11 @@ numbered ``SLURM_LOCALID``), so ``--per node`` exports
 ``JAX_LOCAL_DEVICE_IDS=0,...,G-1``; with ``--per gpu`` every task must see
 all the node's GPUs (no ``--gpus-per-task``/``--gpu-bind``, which would
 renumber them).  Slurm sends SIGTERM ``--signal_s`` seconds before the time
-limit: the training loop saves a checkpoint at the next step boundary and
-exits; submitting the same script again resumes it.  ``--requeue`` lets
-Slurm requeue the job after a node failure or a preemption (not at the time
-limit); the requeued run appends to the same output file.
+limit: the training loop saves a checkpoint once the steps already queued
+(two at most) have run and exits; submitting the same script again resumes
+it.  ``--requeue`` lets Slurm requeue the job after a node failure or a
+preemption (not at the time limit); the requeued run appends to the same
+output file.
 """
 from __future__ import annotations
 

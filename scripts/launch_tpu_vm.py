@@ -32,7 +32,7 @@ Steps:
           multi-host slice.
   logs    follows ``train.log`` of one worker (``--worker``, default 0).
   stop    SIGTERM to the training on every worker: the loop saves a
-          checkpoint at the next step boundary and exits; ``train`` again
+          checkpoint within two steps and exits; ``train`` again
           resumes it.
   delete  the TPU VM (the bucket is kept).
 """
