@@ -161,6 +161,14 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
     raise ValueError(f'batch size must be positive, got {batch_size}')
   pal = palettes.get_palette(palette)
   frames, fps, count = open_frames(source)
+  if os.path.isdir(source):   # a README, a .bmp among the frames: said, not silent
+    others = [n for n in sorted(os.listdir(source)) if not n.startswith('.')
+              and not n.lower().endswith(IMAGE_EXTENSIONS)
+              and os.path.isfile(os.path.join(source, n))]
+    if others:
+      log(f'{paths.shown(source)}{os.sep}: left out {len(others)} file(s) that are not '
+          f'{"/".join(IMAGE_EXTENSIONS)} frames: {", ".join(others[:5])}'
+          + (f', … ({len(others) - 5} more)' if len(others) > 5 else ''))
   predict_batch = _batch_predictor(model_cfg, variables, eval_cfg, batch_size,
                                    dtype or jnp.float32)
   dest = os.path.join(out_dir, clip_name(source))

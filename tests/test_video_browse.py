@@ -69,10 +69,15 @@ def test_predict_video_file_and_frame_folder(tmp_path):
   os.makedirs(tmp_path / 'decoded')
   for i, f in enumerate(read_clip(tmp_path / 'clip.mp4')):
     Image.fromarray(f).save(tmp_path / 'decoded' / f'{i:06d}.png')
+  (tmp_path / 'frames' / 'notes.txt').write_text('where the frames come from')
   for args in (['--input', 'frames', '--video'], ['--input', 'decoded', '--input', 'frames']):
     r = subprocess.run(base + args + tta, cwd=tmp_path, capture_output=True, text=True,
                        check=False)
     assert r.returncode == 0, r.stderr
+    # Named, not skipped silently.
+    assert ('frames/: left out 1 file(s) that are not .png/.jpg/.jpeg frames: notes.txt'
+            if '--video' in args else 'predict: left out 1 file(s) in frames/ that are not '
+            '.png/.jpg/.jpeg images: notes.txt') in r.stdout.splitlines(), r.stdout
   preds = tmp_path / 'run' / 'predictions'
   assert sorted(os.listdir(preds / 'frames' / 'labels')) == [f'{i:06d}.png' for i in range(5)]
   for i in range(5):
