@@ -78,6 +78,7 @@ def _from_folder(folder: str) -> list[ImageInput]:
     for name in sorted(names):
       if name.lower().endswith(IMAGE_EXTENSIONS):
         path = os.path.join(root, name)
+        _check_image_file(path)
         found.append(ImageInput(path, _strip_ext(os.path.relpath(path, folder))))
   if not found:
     others = other_files(folder)
@@ -124,6 +125,7 @@ def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
         raise FileNotFoundError(
             f'{path}: image not found (listed in {list_path}; entries are '
             f'relative to {root or "."}, --list_root to change it)')
+      _check_image_file(path, f' (listed in {list_path})')
       rel = _strip_ext(os.path.basename(entry) if os.path.isabs(entry)
                        else os.path.normpath(entry))
       out.append(ImageInput(path, rel))
@@ -132,29 +134,35 @@ def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
   return out
 
 
-def _check_image_file(path: str) -> None:
+EXPLICIT = ('; --input takes images, folders of .png/.jpg/.jpeg images, .txt/.lst '
+            'lists of them and videos')
+
+
+def _check_image_file(path: str, where: str = '') -> None:
   """DataError naming ``path`` unless its first bytes are an image format that
-  OpenCV reads: a wrong file given as ``--input`` fails before the checkpoint
-  loads and before the other inputs' files are written."""
+  OpenCV reads: a wrong file among the inputs (given, listed or in a folder)
+  fails before the checkpoint loads and before the other inputs' files are
+  written.  ``where``: the end of the message (where the file came from)."""
   if os.path.getsize(path) == 0:
-    raise DataError(path, 'empty file')
+    raise DataError(path, 'empty file' + where)
   if not cv2.haveImageReader(path):
-    raise DataError(path, 'not an image (OpenCV finds no image format in it); '
-                           '--input takes images, folders of .png/.jpg/.jpeg images, '
-                           '.txt/.lst lists of them and videos')
+    raise DataError(path, 'not an image (OpenCV finds no image format in it)' + where)
 
 
 def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                    list_root: str | None = None, *,
                    cityscapes_test_format: bool = False) -> list[ImageInput]:
-  """Expands folders and list files into images; checks that all exist.
+  """Expands folders and list files into images; checks that all exist and
+  start like an image file.
 
-  Reads no image: the command line calls it before loading a checkpoint.
+  Decodes no image (it reads the first bytes of each): the command line calls
+  it before loading a checkpoint.
 
   Raises:
     FileNotFoundError: a path (given or listed) does not exist.
-    ValueError: no images, or two inputs would write the same output file
-      (with ``cityscapes_test_format``, also the same ``test_results`` file).
+    ValueError: no images, an empty file or one of no image format
+      (``DataError``), or two inputs would write the same output file (with
+      ``cityscapes_test_format``, also the same ``test_results`` file).
   """
   if isinstance(inputs, (str, os.PathLike)):
     inputs = [inputs]
@@ -168,7 +176,7 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     elif path.lower().endswith(LIST_EXTENSIONS):
       found += _from_list(path, list_root)
     else:
-      _check_image_file(path)
+      _check_image_file(path, EXPLICIT)
       found.append(ImageInput(path, _strip_ext(os.path.basename(path))))
   if not found:
     raise ValueError('predict: no input images')

@@ -153,6 +153,16 @@ def test_an_input_that_is_not_an_image_fails_before_any_prediction(tmp_path):
   assert r.stderr == (f'error: {real}/notes.md: not an image (OpenCV finds no image format '
                       'in it); --input takes images, folders of .png/.jpg/.jpeg images, '
                       '.txt/.lst lists of them and videos\n'), r.stderr
+  # In a folder or a list (a.png was predicted and written, then it stopped at b.png).
+  (tmp_path / 'photos').mkdir()
+  (tmp_path / 'photo.png').rename(tmp_path / 'photos/a.png')
+  (tmp_path / 'photos/b.png').write_text('a text file named .png')
+  (tmp_path / 'photos.lst').write_text('photos/a.png\nphotos/b.png\n')
+  for given, where in (('photos', ''), ('photos.lst', f' (listed in {real}/photos.lst)')):
+    r = _predict(tmp_path, '--checkpoint', 'converted', '--input', given, '--workdir', 'runs/p')
+    assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
+    assert r.stderr == (f'error: {real}/photos/b.png: not an image (OpenCV finds no image '
+                        f'format in it){where}\n'), r.stderr
   assert not (tmp_path / 'runs').exists()
 
 
