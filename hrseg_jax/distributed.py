@@ -6,6 +6,9 @@ docs/distributed.md.
 from __future__ import annotations
 
 import os
+import sys
+
+_joined = False   # this process called jax.distributed.initialize
 
 
 def distributed_mode(env) -> str | None:
@@ -51,3 +54,21 @@ def maybe_initialize():
         process_id=int(env['HRSEG_PROCESS_ID']))
   elif mode == 'auto':
     jax.distributed.initialize()
+  global _joined
+  _joined = mode in ('explicit', 'auto') and jax.process_count() > 1
+
+
+def exit_after_error(code: int) -> None:
+  """Exits with ``code`` once the error line is printed.
+
+  In a multi-process run it exits at once: ``jax.distributed``'s exit
+  handler waits, up to 5 minutes, until every process reaches it, and a
+  process that failed alone (a collective that timed out on it) would wait
+  there for peers blocked in a collective that waits for it.  The launcher
+  or the cluster then stops the others.
+  """
+  if _joined:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)

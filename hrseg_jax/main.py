@@ -118,7 +118,7 @@ def main(argv):
   except (OSError, ValueError, KeyError, RuntimeError) as e:
     msg = str(e).strip().replace('\n', ' ') or type(e).__name__
     print(f'error: {msg}', file=sys.stderr)
-    sys.exit(2)
+    distributed.exit_after_error(2)   # not held by jax.distributed's exit barrier
 
 
 def entry():

@@ -510,3 +510,46 @@ def test_local_log_dir_says_where_the_output_goes(tmp_path):
   assert r.stdout == '2 processes: output in logs/process_0.log and logs/process_1.log\n'
   for i in range(2):
     assert (tmp_path / f'logs/process_{i}.log').read_text() == f'hello from {i}\n'
+
+
+STUCK_PEER = '''#!{python}
+"""Process 0 runs the real `python -m hrseg_jax.main ...`; process 1 joins
+the run and then waits, as a peer blocked in a collective that waits for
+process 0 does (a Gloo rendezvous that timed out on process 0 only)."""
+import os, signal, sys, time
+if os.environ['HRSEG_PROCESS_ID'] == '0':
+  os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+sys.path.insert(0, {repo!r})
+from hrseg_jax import distributed
+distributed.maybe_initialize()
+time.sleep(600)
+'''
+
+
+def test_local_process_failing_alone_ends_the_run(tmp_path):
+  """A process that fails alone prints its error and exits at once, not
+  after jax.distributed's exit barrier has waited (up to 5 minutes) for a
+  peer that waits for it; the launcher then stops the peer and exits 2."""
+  fake = tmp_path / 'python'
+  fake.write_text(STUCK_PEER.format(python=sys.executable, repo=str(REPO)))
+  fake.chmod(0o755)
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  # An error the training command finds after joining the run (the launcher
+  # checks only the batch against the devices).
+  launcher = subprocess.Popen(
+      [sys.executable, str(REPO / 'scripts' / 'launch_local.py'), '--num_processes', '2',
+       '--cpu_devices', '1', '--python', str(fake), '--', '--config', 'configs/demo.py',
+       '--workdir', str(tmp_path / 'w'), '--config.loss.num_chunks=3'],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+      start_new_session=True)
+  try:
+    _, err = launcher.communicate(timeout=150)   # held by the barrier: 300 s
+  except subprocess.TimeoutExpired:
+    os.killpg(launcher.pid, 9)
+    raise
+  assert launcher.returncode == 2, err
+  errors = [l for l in err.splitlines() if l.startswith('error: ')]
+  assert errors[0].startswith('error: loss.num_chunks=3 does not divide train.batch_size=8'), err
+  assert errors[1:] == ['error: a process exited with status 2'], err
+  assert 'Traceback' not in err, err
