@@ -122,12 +122,12 @@ class Segmenter:
     images = _as_image(images)
     if images.dtype != np.uint8:
       raise ValueError(f'predict expects uint8 RGB images, got {images.dtype}')
+    if images.ndim not in (3, 4) or images.shape[-1] != 3:   # the shape as given
+      raise ValueError(f'predict expects RGB images (B, H, W, 3) or (H, W, 3), '
+                       f'got shape {images.shape}')
     single = images.ndim == 3
     if single:
       images = images[None]
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f'predict expects RGB images (B, H, W, 3) or (H, W, 3), '
-                       f'got shape {images.shape}')
     out = np.asarray(self.predictor.class_map(images))
     return out[0] if single else out
 

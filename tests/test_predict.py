@@ -1,5 +1,6 @@
 """predict(): inputs, written files (dtypes, values, palettes), bad input."""
 import os
+import re
 
 import cv2
 import numpy as np
@@ -145,3 +146,12 @@ def test_bad_settings(model, tmp_path):
   twins = [write_image(tmp_path / d / 'same.png', 8) for d in ('p', 'q')]
   with pytest.raises(ValueError, match='same output name'):
     predict_lib.resolve_inputs([str(t) for t in twins])
+
+
+def test_segmenter_names_the_shape_it_was_given(model):
+  """An RGBA (H, W, 4) array was reported as 'got shape (1, H, W, 4)'."""
+  seg = Segmenter(*model)
+  for shape in ((8, 12, 4), (8, 12), (2, 8, 12, 1)):
+    with pytest.raises(ValueError, match=re.escape(f'(B, H, W, 3) or (H, W, 3), got shape '
+                                                   f'{shape}')):
+      seg.predict(np.zeros(shape, np.uint8))
