@@ -8,6 +8,8 @@ Signatures (every one has a free batch dimension):
 * ``predict_bytes`` (with ``--with-pre-post`` only): ``images`` a string
   vector of encoded PNG/JPEG/BMP/GIF images -> ``class_map`` int32 [B, H, W].
   Images of another size are bilinearly resized to the exported size first.
+  TensorFlow's decoder leaves a JPEG's EXIF orientation unapplied (OpenCV,
+  which ``--mode predict`` decodes with, rotates such photos upright).
 
 The weights are TF variables of the SavedModel; the network itself is the
 StableHLO of the JAX function, embedded by jax2tf (native serialization).
