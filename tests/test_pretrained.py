@@ -218,3 +218,34 @@ def test_init_from_inplace_abn_on_the_command_line(tmp_path):
             r.stdout) is line, r.stdout
     assert '(--config.train.init_from_inplace_abn=False if' in r.stdout or not line
     assert sorted(os.listdir(tmp_path)) == ['master.pth']
+
+
+def test_backbone_init_from_start_line_says_what_is_fresh_and_unused(tmp_path):
+  """An ImageNet-style .pth given to train.init_from: the start-up line says
+  the head is freshly initialised and which of the file's keys went unused
+  (as `convert` does), not only 'initialised from'."""
+  model_cfg = registry.resolve(load_config_file(str(REPO / 'configs/demo.py')).model)
+  rng = np.random.default_rng(0)
+  src = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape).astype(np.float32),
+                               registry.abstract_variables(model_cfg))
+  state_dict = {k: v for k, v in mapping.variables_to_torch(src).items()
+                if not k.startswith('last_layer')}
+  state_dict['classifier.weight'] = np.zeros((1000, 32), np.float32)
+  state_dict['incre_modules.0.0.conv1.weight'] = np.zeros((8, 4, 1, 1), np.float32)
+  (tmp_path / 'pretrained_models').mkdir()
+  pth_write.save_pth(state_dict, tmp_path / 'pretrained_models/imagenet.pth')
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  r = subprocess.run(
+      [sys.executable, '-m', 'hrseg_jax.main', '--config', str(REPO / 'configs/demo.py'),
+       '--workdir', 'runs/demo', '--config.train.init_from=pretrained_models/imagenet.pth',
+       '--config.train.num_steps=1', '--config.eval.every_steps=0',
+       '--config.train.batch_size=2', '--config.data.num_train=2',
+       '--config.data.image_size=(32, 64)', '--config.data.crop_size=(32, 64)',
+       '--config.data.base_size=64'],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  start = [l for l in r.stdout.splitlines() if l.startswith('start ')]
+  assert start == [
+      'start       initialised from pretrained_models/imagenet.pth, a backbone: last_layer '
+      '(8 tensors) freshly initialised, 2 keys of the .pth not used (classifier, '
+      'incre_modules); compiling the training step (the first step line includes it)'], r.stdout

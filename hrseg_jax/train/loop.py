@@ -560,7 +560,8 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
             + f'): the learning-rate schedule now ends at step {num_steps}')
     elif config.train.init_from:
       state = load_init_weights(state, config.train.init_from, model_cfg, init)
-      how = f'initialised from {paths.shown(config.train.init_from)}'
+      how = (f'initialised from {paths.shown(config.train.init_from)}'
+             + (pretrained.start_note(init[1]) if init else ''))
     else:
       how = 'from scratch (random initialisation)'
   except BaseException:

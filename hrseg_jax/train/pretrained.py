@@ -82,6 +82,25 @@ def check_init_from(config, workdir) -> None:
     raise ValueError(missing_message(path, model))
 
 
+def start_note(meta: Mapping[str, Any]) -> str:
+  """What the start-up line adds after ``initialised from PATH``, from the
+  ``meta`` of :func:`load_init_variables`: for a backbone (an ImageNet file),
+  the head it lacked, freshly initialised, and the keys of the ``.pth`` that
+  were not used, by module; '' for a full model."""
+  def modules(keys):
+    return ', '.join(sorted({k.split('.')[0] for k in keys}))
+  fresh = list(meta.get('initialised') or [])
+  unused = list(meta.get('skipped') or [])
+  notes = []
+  if fresh:
+    notes.append(f'{modules(fresh)} ({len(fresh)} tensors) freshly initialised')
+  if unused:
+    notes.append(f'{len(unused)} keys of the .pth not used ({modules(unused)})')
+  if not notes:
+    return ''
+  return (', a backbone: ' if meta.get('backbone_only') else ': ') + ', '.join(notes)
+
+
 def load_init_variables(path, model_cfg: Mapping[str, Any], *,
                         inplace_abn: bool | None = None, log=print) -> tuple[dict, dict]:
   """(variables, meta) to start ``model_cfg`` from; a ``.pth`` in memory.
