@@ -181,6 +181,7 @@ def test_prepare_tfds(tmp_path, capsys):
   _main('prepare_synthetic.py')(['--root', root, '--num_train', '2',
                                  '--num_val', '1', '--height', '16',
                                  '--width', '32'])
+  capsys.readouterr()
   data_dir = str(tmp_path / 'tfds')
   code = _main('prepare_tfds.py')(['--dataset', 'cityscapes', '--root', root,
                                    '--train_list', os.path.join(root, 'train.lst'),
@@ -188,8 +189,10 @@ def test_prepare_tfds(tmp_path, capsys):
                                    '--data_dir', data_dir])
   out = capsys.readouterr().out
   assert code == 0
-  # The flags to pass, as the command line takes them.
-  assert out.endswith(
+  # What was written and the flags to pass, as the command line takes them;
+  # not TFDS's 'Downloading and preparing dataset Unknown size ...' lines.
+  assert out == (
+      f'wrote {data_dir}/hrseg_cityscapes/1.0.0\n'
       'read it with: --config.data.source=tfds --config.data.tfds_name=hrseg_cityscapes '
       f'--config.data.tfds_data_dir={data_dir} --config.data.tfds_val_split=val '
       '--config.data.tfds_image_key=image --config.data.tfds_label_key=label '
@@ -200,3 +203,16 @@ def test_prepare_tfds(tmp_path, capsys):
              tfds_image_key='image', tfds_label_key='label', tfds_id_key='id')
   assert pipeline.num_train_examples(cfg) == 2
   assert len(pipeline.eval_examples(cfg)) == 1
+  # Run again (say, after the lists changed): TFDS would silently keep the
+  # old dataset while the script said 'wrote'; now one error line.
+  before = sorted(str(p) for p in (tmp_path / 'tfds').rglob('*'))
+  code = _main('prepare_tfds.py')(['--dataset', 'cityscapes', '--root', root,
+                                   '--train_list', os.path.join(root, 'val.lst'),
+                                   '--val_list', os.path.join(root, 'val.lst'),
+                                   '--data_dir', data_dir])
+  out, err = capsys.readouterr()
+  assert code == 2 and out == '', out
+  assert err == (f'error: {data_dir}/hrseg_cityscapes/1.0.0 already holds a TFDS dataset '
+                 '(kept; nothing written): remove it, or write to another name or '
+                 'data_dir\n'), err
+  assert sorted(str(p) for p in (tmp_path / 'tfds').rglob('*')) == before

@@ -14,6 +14,8 @@ through it); reading does not.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import types
 
@@ -81,6 +83,11 @@ def write_tfds_dataset(name: str, root: str, split_lists: dict[str, str],
   Returns:
     The directory of the written dataset version.
   """
+  target = os.path.join(data_dir, name, version)
+  if os.path.isdir(target) and os.listdir(target):
+    # TFDS would reuse it silently: the lists' current contents would not be written.
+    raise ValueError(f'{target} already holds a TFDS dataset (kept; nothing written): '
+                     'remove it, or write to another name or data_dir')
   split_entries = {s: lists.read_list(p) for s, p in split_lists.items()}
   for split, entries in split_entries.items():
     if len(entries[0]) < 2:
@@ -127,10 +134,14 @@ def write_tfds_dataset(name: str, root: str, split_lists: dict[str, str],
       os.path.join(data_dir, 'downloads', 'extracted'))
   try:
     builder = cls(data_dir=data_dir)
-    builder.download_and_prepare(
-        file_format='array_record',
-        download_config=tfds.download.DownloadConfig(
-            download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    # TFDS prints 'Downloading and preparing dataset Unknown size ...' and
+    # '... downloaded and prepared' to stdout: nothing is downloaded here, and
+    # the caller says what was written.  Its progress bars (stderr) stay.
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(
+          file_format='array_record',
+          download_config=tfds.download.DownloadConfig(
+              download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
   except BaseException:
     files.remove_empty_folders(made_for_downloads + made_for_name)
     raise
