@@ -58,6 +58,16 @@ def maybe_initialize():
   _joined = mode in ('explicit', 'auto') and jax.process_count() > 1
 
 
+def error_prefix() -> str:
+  """``'process N: '`` on the processes other than 0 of a multi-process run
+  (their lines share the launcher's terminal), else ``''``."""
+  if not _joined:
+    return ''
+  import jax  # pylint: disable=g-import-not-at-top
+  index = jax.process_index()
+  return f'process {index}: ' if index else ''
+
+
 def exit_after_error(code: int) -> None:
   """Exits with ``code`` once the error line is printed.
 

@@ -117,7 +117,7 @@ def main(argv):
               dtype=FLAGS.dtype, options=_flag_options())
   except (OSError, ValueError, KeyError, RuntimeError) as e:
     msg = str(e).strip().replace('\n', ' ') or type(e).__name__
-    print(f'error: {msg}', file=sys.stderr)
+    print(f'{distributed.error_prefix()}error: {msg}', file=sys.stderr)
     distributed.exit_after_error(2)   # not held by jax.distributed's exit barrier
 
 

@@ -553,3 +553,20 @@ def test_local_process_failing_alone_ends_the_run(tmp_path):
   assert errors[0].startswith('error: loss.num_chunks=3 does not divide train.batch_size=8'), err
   assert errors[1:] == ['error: a process exited with status 2'], err
   assert 'Traceback' not in err, err
+
+
+def test_local_same_error_on_every_process_names_the_others(tmp_path):
+  """An error every process meets: process 0 prints it, the others each
+  print it once more after 'process N: ', and the launcher exits 2."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  r = subprocess.run(
+      [sys.executable, str(REPO / 'scripts' / 'launch_local.py'), '--num_processes', '2',
+       '--cpu_devices', '1', '--', '--config', 'configs/demo.py',
+       '--workdir', str(tmp_path / 'w'), '--config.loss.num_chunks=3'],
+      capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+  assert r.returncode == 2, r.stdout + r.stderr
+  lines = sorted(l for l in r.stderr.splitlines() if 'loss.num_chunks=3 does not divide' in l)
+  assert len(lines) == 2 and lines[0].startswith('error: loss.num_chunks=3 '), r.stderr
+  assert lines[1] == 'process 1: ' + lines[0], r.stderr
+  assert r.stderr.splitlines()[-1] == 'error: a process exited with status 2', r.stderr
+  assert 'Traceback' not in r.stderr and not (tmp_path / 'w').exists(), r.stderr
