@@ -143,7 +143,14 @@ def _check_image_file(path: str, where: str = '') -> None:
   OpenCV reads: a wrong file among the inputs (given, listed or in a folder)
   fails before the checkpoint loads and before the other inputs' files are
   written.  ``where``: the end of the message (where the file came from)."""
-  if os.path.getsize(path) == 0:
+  try:
+    with open(path, 'rb') as f:
+      empty = not f.read(1)
+  except FileNotFoundError:   # os.walk lists a link to a missing file
+    raise DataError(path, 'file not found (a link to a missing file?)' + where) from None
+  except OSError as e:
+    raise DataError(path, f'cannot read file ({e.strerror or e})' + where) from None
+  if empty:
     raise DataError(path, 'empty file' + where)
   if not cv2.haveImageReader(path):
     raise DataError(path, 'not an image (OpenCV finds no image format in it)' + where)

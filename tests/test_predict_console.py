@@ -163,6 +163,13 @@ def test_an_input_that_is_not_an_image_fails_before_any_prediction(tmp_path):
     assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
     assert r.stderr == (f'error: {real}/photos/b.png: not an image (OpenCV finds no image '
                         f'format in it){where}\n'), r.stderr
+  # A link to a missing file ('[Errno 2] No such file or directory: ...').
+  (tmp_path / 'photos/b.png').unlink()
+  (tmp_path / 'photos/b.png').symlink_to(tmp_path / 'gone.png')
+  r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos', '--workdir', 'runs/p')
+  assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
+  assert r.stderr == (f'error: {real}/photos/b.png: file not found (a link to a missing '
+                      'file?)\n'), r.stderr
   assert not (tmp_path / 'runs').exists()
 
 
