@@ -241,7 +241,7 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
   # ONNX: jax2onnx cannot keep the size free through the upsampling's gathers:
   # one line saying so, nothing written.
   if importlib.util.find_spec('jax2onnx') and importlib.util.find_spec('onnxruntime'):
-    r = _cli('ckpt', 'dyn.onnx', '--size', '32', '64', '--dynamic-size', cwd=tmp_path)
+    r = _cli('ckpt', 'new/dyn.onnx', '--size', '32', '64', '--dynamic-size', cwd=tmp_path)
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith('error: --dynamic-size: jax2onnx cannot keep the height and '
@@ -249,7 +249,7 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
     assert line.endswith('export ONNX with a fixed --size H W, or StableHLO with '
                          '--dynamic-size'), line
     assert 'SENTINEL' not in line, line
-    assert not [n for n in os.listdir(tmp_path) if n.startswith('dyn.onnx')]
+    assert not (tmp_path / 'new').exists()   # nor the folder made for it
 
 
 @pytest.mark.parametrize('fmt', ['stablehlo', 'onnx'])
@@ -340,7 +340,11 @@ def test_format_from_extension():
      'use .pth, .onnx, .stablehlo or .savedmodel, or pass --format'),
     (['deploy/m.onnx', '--format', 'stablehlo'],
      'error: deploy/m.onnx: the extension .onnx says onnx, --format says stablehlo; '
-     'make them agree')], ids=['typo', 'contradiction'])
+     'make them agree'),
+    # Refused after the checkpoint had loaded, leaving an empty deploy/ behind.
+    (['deploy/m.onnx', '--opset', '13'],
+     'error: --opset 13: ONNX exports need opset 17 or newer')],
+    ids=['typo', 'contradiction', 'old opset'])
 def test_unknown_or_contradicted_extension_is_refused(args, message, tmp_path):
   """A typo'd extension once wrote a PyTorch state dict under that name."""
   cfg = registry.resolve(TINY_HRNET)

@@ -237,6 +237,8 @@ def export(args, log: Callable[[str], None] = print) -> int:
   if dynamic and (h % 32 or w % 32):
     raise ExportError(f'--size {h} {w}: with --dynamic-size the check size must be '
                       'multiples of 32')
+  if fmt == 'onnx' and args.opset < 17:   # before the checkpoint loads
+    raise ExportError(f'--opset {args.opset}: ONNX exports need opset 17 or newer')
   from hrseg_jax.deploy.errors import FORMAT_MODULES, require  # pylint: disable=g-import-not-at-top
   for module in FORMAT_MODULES[fmt]:  # before any work: a missing extra is one line
     if module != 'onnxruntime' or not args.no_verify:
@@ -257,6 +259,8 @@ def export(args, log: Callable[[str], None] = print) -> int:
       raise ExportError(f'--dynamic-size: this {cfg["arch"]} model cannot take a free '
                         f'height and width: {problem}; export a fixed --size H W instead')
   shape, dtype = (h, w, 3), (np.uint8 if pre else np.float32)
+  # The folders made for the output go again if the export fails.
+  made = files.missing_folders(os.path.dirname(os.path.abspath(output)))
   tmp = _temp_path(output)
   t0 = time.perf_counter()
   try:
@@ -296,6 +300,7 @@ def export(args, log: Callable[[str], None] = print) -> int:
     os.replace(tmp, output)
   except BaseException:
     _remove(tmp)
+    files.remove_empty_folders(made)
     raise
   files.write_json_atomic(card_file, card)
   log(f'wrote {paths.shown(output)} and {paths.shown(card_file)}')
