@@ -98,7 +98,14 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   main_process = jax.process_index() == 0
   if checkpoint not in (None, '', 'best', 'latest'):   # a path: which step of it
     shown = checkpoints.resolve_step(path, step)
-    described += f' (step {shown})' if shown else ' (converted weights, step 0)'
+    root, _ = checkpoints.find_checkpoint(path)
+    if not shown:
+      described += ' (converted weights, step 0)'
+    elif step is None and os.fspath(root / str(shown)) != paths.resolve(os.fspath(path)):
+      # A training workdir (or its checkpoints/): not its best step, say so.
+      described += f' (its latest step, {shown})'
+    else:
+      described += f' (step {shown})'
   if main_process:   # what was loaded: the checkpoint's own model, whatever the config says
     print(f'{mode}: {described}: {_model_line(model_cfg)}', flush=True)
     if meta.get('initialised'):   # convert of a backbone: the head is random

@@ -91,6 +91,21 @@ def test_eval_mode_with_the_validation_protocol(trained):
   assert during['confusion_matrix'] == metrics['confusion_matrix']
 
 
+def test_checkpoint_path_of_a_training_workdir_says_which_step(trained):
+  """--checkpoint runs/demo (a path, not 'best') reads the latest step: the
+  first line says so, where it used to say only '(step 4)' as for a step
+  folder, leaving a user to guess whether the best step was taken."""
+  cwd, _ = trained
+  for path, says in (('runs/demo', '(its latest step, 4)'),
+                     ('runs/demo/checkpoints', '(its latest step, 4)'),
+                     ('runs/demo/checkpoints/2', '(step 2)')):
+    r = run(cwd, ['python', '-m', 'hrseg_jax.main', '--config', 'configs/demo.py',
+                  '--workdir', 'runs/eval', '--mode', 'eval', '--checkpoint', path],
+            *SMALL_DEMO, '--config.eval.protocol=validation')
+    first = r.stdout.splitlines()[0]
+    assert first == f'eval: checkpoint {path} {says}: hrnet custom, 19 classes', r.stdout
+
+
 def test_bad_protocol_is_one_line(tmp_path):
   shutil.copytree(REPO / 'configs', tmp_path / 'configs')
   for mode in ('train', 'eval'):
