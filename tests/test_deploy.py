@@ -211,6 +211,14 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
   assert r.returncode == 0, r.stderr
   np.testing.assert_array_equal(np.load(tmp_path / 'y.npy'),
                                 Segmenter(cfg, variables).predict(rgb))
+  # Unchecked: said on the console and in the card (it said nothing).
+  r = _cli('ckpt', 'unchecked.stablehlo', '--size', '32', '48', '--no-verify', cwd=tmp_path)
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.splitlines()
+  assert lines[1:] == ['not checked against the JAX model (--no-verify)',
+                       'wrote unchecked.stablehlo and unchecked.stablehlo.json'], r.stdout
+  card = json.loads((tmp_path / 'unchecked.stablehlo.json').read_text())
+  assert card['verification'] is None
   # An existing output is refused, with one line and exit code 2.
   r = _cli('ckpt', 'deploy/model.stablehlo', '--size', '32', '48', cwd=tmp_path)
   assert r.returncode == 2

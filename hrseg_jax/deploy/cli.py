@@ -289,6 +289,9 @@ def export(args, log: Callable[[str], None] = print) -> int:
                           f'({runtime.describe(check)}); nothing was written '
                           '(--no-verify writes it unchecked)')
       extra['verification'] = check
+    else:   # said on the console and in the card (verification: null)
+      log('not checked against the JAX model (--no-verify)')
+      extra['verification'] = None
     card = cards.make_card(
         fmt=fmt, output=output, model_cfg=cfg, dataset=_dataset(args, cfg, meta),
         height=graph.SYMBOLIC_SIZE[0] if dynamic else h,
