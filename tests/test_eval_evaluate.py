@@ -251,5 +251,5 @@ def test_bfloat16_compute_and_progress_lines(model):
                               log=lambda _: None, examples=examples,
                               dtype=jax.numpy.bfloat16)
   assert r32['settings']['dtype'] == 'float32' and r16['settings']['dtype'] == 'bfloat16'
-  assert lines[0].startswith('eval 1/2 (50%) | ') and 'ETA' in lines[0]
+  assert lines[0].startswith('eval 1/2 (50%) | ') and lines[0].endswith(' incl. start-up')
   assert lines[1].startswith('eval 2/2 (100%) | ') and 'done in' in lines[1]
