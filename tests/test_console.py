@@ -122,6 +122,22 @@ def test_startup_block():
   assert '2,975 train, 500 val' in text and '65,859,379 parameters' in text
 
 
+def test_data_line_names_where_tfds_data_comes_from(tmp_path, monkeypatch):
+  """The data line names a TFDS dataset's splits and data_dir, as it names
+  the lists and data.root of files (it gave only the TFDS name)."""
+  from hrseg_jax.data.config import default_data_config  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  cfg = default_data_config('cityscapes')
+  cfg.update(source='tfds', tfds_name='hrseg_cityscapes', tfds_data_dir='data/tfds',
+             tfds_val_split='val')
+  assert progress.data_origin(cfg, True) == (
+      '(TFDS hrseg_cityscapes train, val; data_dir data/tfds)')
+  assert progress.data_origin(cfg, False) == '(TFDS hrseg_cityscapes train; data_dir data/tfds)'
+  cfg.tfds_data_dir = ''
+  assert progress.data_origin(cfg, False) == (
+      "(TFDS hrseg_cityscapes train; data_dir TFDS's default)")
+
+
 def test_orbax_records_are_dropped_unless_verbose():
   def record(path, level):
     return logging.LogRecord('absl', level, path, 1, 'msg', None, None)

@@ -189,7 +189,10 @@ def data_origin(data_cfg, with_val: bool) -> str:
   if source == 'synthetic':
     return '(synthetic scenes)'
   if source == 'tfds':
-    return f'(TFDS {data_cfg.tfds_name})'
+    splits = data_cfg.tfds_train_split + (f', {data_cfg.tfds_val_split}' if with_val else '')
+    where = (paths.shown(data_cfg.tfds_data_dir) if data_cfg.get('tfds_data_dir')
+             else "TFDS's default")
+    return f'(TFDS {data_cfg.tfds_name} {splits}; data_dir {where})'
   train = paths.shown(data_cfg.train_list)
   lists = train
   if with_val and data_cfg.get('val_list'):
