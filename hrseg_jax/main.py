@@ -114,7 +114,8 @@ def main(argv):
     console.import_tensorflow_if_used(
         config, [FLAGS.workdir, FLAGS.checkpoint or '', *(FLAGS.input or [])])
     modes.run(config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint, FLAGS.input,
-              dtype=FLAGS.dtype, options=_flag_options())
+              dtype=FLAGS.dtype, options=_flag_options(),
+              config_given=FLAGS['config'].present)
   except (OSError, ValueError, KeyError, RuntimeError) as e:
     msg = str(e).strip().replace('\n', ' ') or type(e).__name__
     print(f'{distributed.error_prefix()}error: {msg}', file=sys.stderr)

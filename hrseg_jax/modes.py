@@ -40,7 +40,8 @@ def _predict_eval_cfg(config, dataset, opts):
 
 
 def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
-        dtype: str = 'float32', options: dict | None = None):
+        dtype: str = 'float32', options: dict | None = None,
+        config_given: bool = True):
   """Runs one mode.
 
   Args:
@@ -53,6 +54,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     inputs: predict: image files, folders or list files.
     dtype: eval/predict compute dtype name.
     options: predict flags (:func:`predict_options`).
+    config_given: False when ``config`` is the default one (no ``--config``):
+      eval then refuses a checkpoint of another dataset than the config's.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from hrseg_jax import paths, video  # pylint: disable=g-import-not-at-top
@@ -91,6 +94,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
         f'{workdir} has none: pass --checkpoint (a converted checkpoint folder or '
         'a training workdir)' + (', --workdir being where predictions go'
                                  if mode == 'predict' else '')) from e
+  if mode == 'eval' and not config_given:
+    _check_default_config_dataset(config, checkpoints.load_model_config(path)[1], described)
   model_cfg, variables, meta = checkpoints.load_model(path, step=step)
   dataset = checkpoint_info.check_dataset(dataset, model_cfg['num_classes'])
   if mode == 'eval':
@@ -161,6 +166,23 @@ def _check_inputs(inputs, opts) -> None:
     return
   predict.resolve_inputs(list(inputs), paths.resolve(opts['list_root']),
                          cityscapes_test_format=opts['cityscapes_test_format'])
+
+
+def _check_default_config_dataset(config, meta, described: str) -> None:
+  """``--mode eval`` without ``--config`` reads the default config's data
+  (the demo's synthetic scenes): a checkpoint of another dataset would be
+  scored on those, not on its own dataset."""
+  from hrseg_jax import command_line  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.checkpoints import info  # pylint: disable=g-import-not-at-top
+  trained_on = info.dataset_of(meta)
+  if not trained_on or trained_on == config.data.name:
+    return
+  raise ValueError(
+      f'{described} is a {trained_on} model, and --mode eval without --config '
+      f'evaluates on the data of the default config ({command_line.DEFAULT_CONFIG}: '
+      f'{config.data.name}): pass --config with a {trained_on} config, e.g. '
+      f'--config configs/hrnet_w48_{trained_on}.py (the model is the checkpoint\'s '
+      'whatever the config)')
 
 
 def _check_eval_classes(config, num_classes: int, described: str) -> None:

@@ -219,3 +219,24 @@ def test_no_camera_is_one_line_of_ours(capfd):
     video.open_frames('7')
   captured = capfd.readouterr()
   assert captured.err == '' and captured.out == ''
+
+
+def test_eval_without_config_refuses_a_checkpoint_of_another_dataset(user_folder):
+  """`--mode eval --checkpoint converted/cs` without --config scored a
+  Cityscapes model on the default config's synthetic scenes and wrote their
+  mIoU as its result; now one line naming the config to pass."""
+  (user_folder / 'configs').symlink_to(REPO / 'configs')
+  cfg = registry.resolve(dict(TINY_HRNET, num_classes=19))
+  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)), user_folder / 'cs.pth')
+  convert.convert('cs.pth', 'converted/cs', log=lambda *_: None)   # records cityscapes
+  before = _listing(user_folder)
+  r = _run_main(user_folder, '--mode', 'eval', '--checkpoint', 'converted/cs',
+                '--workdir', 'runs/e')
+  assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+  assert r.stderr == (
+      'error: checkpoint converted/cs is a cityscapes model, and --mode eval without '
+      '--config evaluates on the data of the default config (configs/demo.py: '
+      'synthetic): pass --config with a cityscapes config, e.g. --config '
+      "configs/hrnet_w48_cityscapes.py (the model is the checkpoint's whatever the "
+      'config)\n')
+  assert _listing(user_folder) == before
