@@ -91,6 +91,18 @@ def test_eval_mode_with_the_validation_protocol(trained):
   assert during['confusion_matrix'] == metrics['confusion_matrix']
 
 
+def test_rerun_of_a_finished_run_says_its_best_miou(trained):
+  """The same command again after the run finished: nothing to train, and
+  the last line gives the run's best evaluation (it said 'no evaluation')."""
+  cwd, r = trained
+  best = re.findall(r'^best mIoU ([\d.]+)% at step (\d+)$', r.stdout, re.M)[-1]
+  again = run(cwd, DEMO, *SMALL_DEMO, '--config.eval.every_steps=2',
+              '--config.eval.protocol=test')
+  last = again.stdout.strip().splitlines()[-1]
+  assert re.fullmatch(r'trained no step \(the run was at step 4 of 4\) in \d+ s; its best '
+                      rf'mIoU was {best[0]}% at step {best[1]}', last), again.stdout
+
+
 def test_checkpoint_path_of_a_training_workdir_says_which_step(trained):
   """--checkpoint runs/demo (a path, not 'best') reads the latest step: the
   first line says so, where it used to say only '(step 4)' as for a step

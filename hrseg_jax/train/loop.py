@@ -699,6 +699,12 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   result['final_step'] = int(jax.device_get(state.step))
   result['losses_from_step'] = start + 1
   result['stop_reason'] = stop.reason
+  if start >= num_steps:   # a finished run, rerun: what its evaluations gave
+    try:
+      result['best_eval'] = evaluator_lib.best_so_far(
+          workdir / evaluator_lib.EVAL_DIR, start)
+    except ValueError:   # never evaluated
+      pass
   line = summary_line(result)
   if console.enabled:
     console.print(line)
@@ -732,6 +738,9 @@ def summary_line(result: dict) -> str:
     if ev:
       line += (f'; mIoU {100 * ev["miou"]:.2f}% at step {result["eval_step"]}')
     return line
+  if not ev and not trained and result.get('best_eval'):
+    best_step, best = result['best_eval']
+    return what + f'; its best mIoU was {100 * best:.2f}% at step {best_step}'
   if not ev:
     return what + '; no evaluation'
   return what + (f'; final mIoU {100 * ev["miou"]:.2f}% (pixel acc '
