@@ -119,8 +119,10 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
             f'its {"predictions" if mode == "predict" else "scores"} are those of an '
             'untrained head; train from it (train.init_from) first', flush=True)
   compute = jnp.dtype(dtype)
-  if mode == 'eval':
-    return _evaluate(config, workdir, model_cfg, variables, compute)
+  if mode == 'eval':   # metrics.json says which weights it scored
+    evaluated = {'checkpoint': paths.resolve(os.fspath(path)),
+                 'checkpoint_step': checkpoints.resolve_step(path, step) or 0}
+    return _evaluate(config, workdir, model_cfg, variables, compute, evaluated)
   from hrseg_jax import predict  # pylint: disable=g-import-not-at-top
   if dataset is None:
     dataset = (config.data.name if config is not None
@@ -201,9 +203,10 @@ def _check_eval_classes(config, num_classes: int, described: str) -> None:
       + (f' ({", ".join(fits)})' if fits else ''))
 
 
-def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:
+def _evaluate(config, workdir: str, model_cfg, variables, dtype, evaluated) -> dict:
   """``--mode eval``: the evaluator of ``eval.protocol`` (default: test) on
-  the devices' mesh; the IoU table and ``<workdir>/eval/metrics.json``."""
+  the devices' mesh; the IoU table and ``<workdir>/eval/metrics.json``
+  (``evaluated``, the checkpoint and its step, added to its settings)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
@@ -220,6 +223,7 @@ def _evaluate(config, workdir: str, model_cfg, variables, dtype) -> dict:
   log(f'eval: {ev.protocol} protocol (eval.protocol), {jnp.dtype(dtype).name} compute')
   log(f'eval: {ev.settings_line()}')
   metrics = ev.run(variables)
+  metrics['settings'] = dict(metrics['settings'], **evaluated)
   ev.report(metrics)
   log(f'eval: wrote {paths.shown(os.path.join(out_dir, "metrics.json"))} and confusion.png')
   return metrics
