@@ -216,7 +216,26 @@ class TestEvaluator(Evaluator):
 
   def settings_line(self) -> str:
     from hrseg_jax.predict import describe_settings  # pylint: disable=g-import-not-at-top
-    return f'{self._what()}; {describe_settings(self.eval_cfg)}{self._readme_hint()}'
+    used = eval_config.predictor_kwargs(self.eval_cfg)
+    pairs = ', '.join(f'{a}-{b}' for a, b in used['flip_pairs'])
+    swapped = f' (left/right classes swapped: {pairs})' if used['flip'] and pairs else ''
+    return (f'{self._what()}{self._preprocessing()}; {describe_settings(self.eval_cfg)}'
+            f'{swapped}{self._readme_hint()}')
+
+  def _preprocessing(self) -> str:
+    """How each image is resized before inference (``data.eval_mode``), as
+    the original's ``testval`` does; the label keeps its size."""
+    data = self.config.data
+    mode = str(data.get('eval_mode', 'full'))
+    if mode == 'fixed':
+      h, w = (int(v) for v in data.eval_size)
+      return f', each resized to {h}x{w} (aspect not kept)'
+    if mode == 'short_side_pad':
+      kept = ('cropped from the prediction' if bool(data.get('eval_crop_padding', True))
+              else 'kept in the prediction, as the original does for ADE20K')
+      return (f', short side resized to {int(data.eval_base_size)} and padded to a '
+              f'multiple of {int(data.get("eval_stride", 8))} (padding {kept})')
+    return ''
 
   def _readme_hint(self) -> str:
     """Where the scales or flip differ from the original README's number."""
