@@ -36,6 +36,9 @@ def main(argv=None):
     return 2
   print(lists.found_line(args.root, written))
   print('\n'.join(lists.written_lines(written)))
+  if 'val' not in written:   # --mode eval would then only say the list is missing
+    print(f'note: no val images under {args.root}, so no val list: --mode eval and '
+          f'validation during training need them (expected {lists.LAYOUTS[args.dataset]})')
   return 0
 
 

@@ -73,6 +73,25 @@ def test_make_lists_without_the_dataset_is_one_line(tmp_path, capsys):
   assert not (tmp_path / 'list').exists()
 
 
+def test_make_lists_of_a_tree_without_its_val_split_says_so(tmp_path, capsys, monkeypatch):
+  """A LIP download without val_images wrote trainList.txt only, silently;
+  --mode eval then said 'valList.txt: list file not found (generate it with
+  scripts/make_lists.py)', the command just run."""
+  monkeypatch.chdir(tmp_path)
+  for folder, name in (('TrainVal_images/train_images', 'a.jpg'),
+                       ('TrainVal_parsing_annotations/train_segmentations', 'a.png')):
+    os.makedirs(f'data/lip/{folder}')
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(f'data/lip/{folder}/{name}')
+  code = _main('make_lists.py')(['lip', '--root', 'data/lip', '--out', 'data/list/lip'])
+  out = capsys.readouterr().out.splitlines()
+  assert code == 0
+  assert out[-1] == ('note: no val images under data/lip, so no val list: --mode eval and '
+                     'validation during training need them (expected TrainVal_images/'
+                     '{train,val}_images/*.jpg with TrainVal_parsing_annotations/'
+                     '{train,val}_segmentations/*.png)')
+  assert sorted(os.listdir('data/list/lip')) == ['trainList.txt']
+
+
 def test_prepare_pascal_ctx(tmp_path, capsys):
   Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / 'a.jpg')
   (tmp_path / 'a.json').write_text(json.dumps({
