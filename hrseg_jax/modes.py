@@ -78,10 +78,11 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     paths.check_writable(os.path.join(paths.shown(workdir), 'predictions'), '--workdir')
   if mode == 'eval':   # a bad eval.protocol or data fails before the checkpoint loads
     from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    from hrseg_jax.eval import config as eval_config  # pylint: disable=g-import-not-at-top
     from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
     evaluator.protocol_of(config, EVAL_PROTOCOL)
     # A missing or unlabelled list, a wrong data.root, trainId labels.
-    pipeline.labelled_source(config.data, str(config.eval.get('split', 'val')))
+    pipeline.labelled_source(config.data, eval_config.split_of(config.eval))
   dataset = checkpoint_info.check_dataset(opts['dataset'])
   try:
     path, step, described = checkpoint_info.select(checkpoint, workdir)

@@ -240,3 +240,20 @@ def test_eval_without_config_refuses_a_checkpoint_of_another_dataset(user_folder
       "configs/hrnet_w48_cityscapes.py (the model is the checkpoint's whatever the "
       'config)\n')
   assert _listing(user_folder) == before
+
+
+def test_eval_split_testval_names_the_field(user_folder):
+  """The original's TEST_SET is a testval list; --config.eval.split=testval
+  said "split must be one of ('train', 'val', 'test'), got 'testval'",
+  naming no field and no way to evaluate testval."""
+  before = _listing(user_folder)
+  r = _run_main(user_folder, '--mode', 'eval', '--config',
+                str(REPO / 'configs/hrnet_w48_lip.py'), '--checkpoint', 'tiny.pth',
+                '--workdir', 'runs/e', '--config.eval.split=testval')
+  assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+  assert r.stderr == (
+      "error: eval.split='testval': expected one of 'train', 'val', 'test' (the "
+      "original's testval is the val images at their own size, which the test protocol "
+      "evaluates: keep eval.split='val', or read another list with "
+      '--config.data.val_list=PATH)\n')
+  assert _listing(user_folder) == before

@@ -92,7 +92,7 @@ class Evaluator:
     self.log = log if self.is_main else (lambda _: None)
     self.progress = progress
     self.every_steps = int(config.eval.get('every_steps', -1))
-    self.split = str(config.eval.get('split', 'val'))
+    self.split = eval_config.split_of(config.eval)
     self.num_classes = int(self.model_cfg['num_classes'])
     self.names = classes.class_names(config.data.name, self.num_classes)
     self.palette = palettes.get_palette(config.data.name)

@@ -53,6 +53,7 @@ from hrseg_jax.convert import mapping
 from hrseg_jax.data import config as data_config
 from hrseg_jax.data import pipeline
 from hrseg_jax.data.errors import DataError
+from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval import evaluator as evaluator_lib
 from hrseg_jax import files
 from hrseg_jax.train import faults as faults_lib
@@ -273,7 +274,7 @@ def check_val_data(config) -> None:
   hint = (f'; validation every {every} steps (eval.every_steps) reads it, '
           '--config.eval.every_steps=-1 trains without')
   try:
-    pipeline.labelled_source(config.data, str(config.eval.get('split', 'val')))
+    pipeline.labelled_source(config.data, eval_config.split_of(config.eval))
   except DataError as e:
     raise DataError(e.path, e.reason + hint) from None
   except (OSError, ValueError) as e:
