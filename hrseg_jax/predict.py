@@ -267,7 +267,8 @@ def describe_settings(eval_cfg: Mapping[str, Any]) -> str:
           else f'long side {kw["base_size"]}')
   mode = ('whole image' if kw['mode'] == 'whole' else
           f'sliding {kw["crop_size"][0]}x{kw["crop_size"][1]} windows '
-          f'({kw["sliding_rule"]} rule)')
+          f'({kw["sliding_rule"]} rule'
+          + (': whole image at scales <= 1)' if kw['sliding_rule'] == 'cityscapes' else ')'))
   return (f'{mode} at {size}, scales {",".join(f"{x:g}" for x in kw["scales"])}'
           f', {"flip" if kw["flip"] else "no flip"}')
 

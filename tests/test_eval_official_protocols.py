@@ -78,4 +78,6 @@ def test_short_side_datasets_say_their_padding():
             'from the prediction); sliding 520x520 windows') in line(dataset)
   assert (', short side resized to 520 and padded to a multiple of 8 (padding kept in the '
           'prediction, as the original does for ADE20K); sliding 520x520') in line('ade20k')
-  assert '; sliding 1024x2048 windows (cityscapes rule)' in line('cityscapes')
+  # The original's Cityscapes rule slides only above scale 1.
+  assert ('; sliding 1024x2048 windows (cityscapes rule: whole image at scales <= 1) at '
+          'long side 2048, scales 1, no flip') in line('cityscapes')

@@ -149,7 +149,8 @@ def test_released_checkpoint_commands_as_written(folder, monkeypatch):
   assert (folder / 'runs/w48_predict/predictions/overlay' / pathlib.Path(PHOTO).name).exists()
 
   out = run(folder, command('--cityscapes_test_format'), *SMALL_WINDOWS).stdout
-  assert 'sliding 64x128 windows (cityscapes rule)' in out and 'flip' in out
+  assert 'sliding 64x128 windows (cityscapes rule: whole image at scales <= 1)' in out
+  assert 'flip' in out
   assert re.search(r'predict 1/2 .* img/s incl. start-up$', out, re.M), out
   assert re.search(r'predict 2/2 .* done in', out), out
   results = sorted((folder / 'runs/w48_test/predictions/test_results').glob('*.png'))
