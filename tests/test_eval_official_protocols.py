@@ -81,3 +81,30 @@ def test_short_side_datasets_say_their_padding():
   # The original's Cityscapes rule slides only above scale 1.
   assert ('; sliding 1024x2048 windows (cityscapes rule: whole image at scales <= 1) at '
           'long side 2048, scales 1, no flip') in line('cityscapes')
+
+
+def test_a_subset_is_named_as_one(tmp_path, monkeypatch):
+  """eval.num_examples (test protocol) and data.val_num_samples (validation,
+  the original's TEST.NUM_SAMPLES) score part of the split: the line said
+  '1 val images', as if that were the whole split."""
+  monkeypatch.chdir(tmp_path)
+  _lip_download(tmp_path / 'data/lip')
+  os.makedirs('data/list/lip')
+  for name in ('valList.txt', 'trainList.txt'):
+    (tmp_path / 'data/list/lip' / name).write_text(''.join(
+        f'val_images/{n}.jpg val_segmentations/{n}.png\n' for n in ('100_7', '101_8')))
+
+  def line(protocol, num_examples=-1, **data):
+    config = recipes.recipe('lip', 'w48')
+    config.eval.protocol = protocol
+    config.eval.num_examples = num_examples
+    config.data.update(data)
+    return evaluator.from_config(
+        config, default_protocol='test', model_cfg=registry.resolve(config.model),
+        to_global=lambda local: local, out_dir='unused', log=lambda _: None).settings_line()
+  assert line('test').startswith('2 val images (data/list/lip/valList.txt), ')
+  assert line('test', num_examples=1).startswith(
+      '1 of 2 val images (data/list/lip/valList.txt; eval.num_examples 1), each resized')
+  assert line('validation', val_num_samples=1).startswith(
+      '1 of 2 val images (data/list/lip/valList.txt; data.val_num_samples 1) at ')
+  assert line('validation', val_num_samples=0).startswith('2 val images (')

@@ -131,7 +131,11 @@ class Evaluator:
                              f"{data.get(f'tfds_{self.split}_split', '')}",
              }.get(source, lambda: source)()
     n = self.num_examples()
-    return f'{"?" if n is None else n} {self.split} images ({where})'
+    total = self._split_size(limit=0)
+    if n is not None and total is not None and n < total:   # a subset: say so
+      return (f'{n} of {total} {self.split} images ({where}; {self.limit_field} '
+              f'{n})')
+    return f'{"?" if n is None else n} {self.split} image{"" if n == 1 else "s"} ({where})'
 
   def report(self, ev: Mapping[str, Any], step: int | None = None) -> None:
     """An evaluation's IoU table, TensorBoard summaries and files.
@@ -211,6 +215,8 @@ class TestEvaluator(Evaluator):
     self.eval_cfg = eval_config.with_data_defaults(config.eval, config.data)
     self.ignore_label = int(self.eval_cfg['ignore_label'])
 
+  limit_field = 'eval.num_examples'
+
   def num_examples(self) -> int | None:
     return self._split_size(limit=int(self.eval_cfg.get('num_examples', -1)))
 
@@ -288,6 +294,8 @@ class ValidationEvaluator(Evaluator):
     self._eval_fn = jax.jit(make_eval_step(
         model, self.num_classes, self.ignore_label,
         bool(self.model_cfg.get('align_corners', False))))
+
+  limit_field = 'data.val_num_samples'
 
   def num_examples(self) -> int | None:
     return self._split_size(limit=int(self.config.data.get('val_num_samples', 0)))
