@@ -220,6 +220,38 @@ def test_init_from_inplace_abn_on_the_command_line(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['master.pth']
 
 
+def _train_demo_one_step(cwd, init_from):
+  """The demo config at a tiny size, one step from ``init_from``."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  r = subprocess.run(
+      [sys.executable, '-m', 'hrseg_jax.main', '--config', str(REPO / 'configs/demo.py'),
+       '--workdir', 'runs/demo', f'--config.train.init_from={init_from}',
+       '--config.train.num_steps=1', '--config.eval.every_steps=0',
+       '--config.train.batch_size=2', '--config.data.num_train=2',
+       '--config.data.image_size=(32, 64)', '--config.data.crop_size=(32, 64)',
+       '--config.data.base_size=64'],
+      cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  return r
+
+
+def test_init_from_inplace_abn_line_reaches_log_txt(tmp_path):
+  """train.init_from's BN-scale line is printed before the workdir exists;
+  log.txt ('the console lines and warnings') has it too, before the start-up
+  block, as the console does."""
+  _pth_saved_by_inplace_abn(load_config_file(str(REPO / 'configs/demo.py')),
+                            tmp_path / 'master.pth')
+  r = _train_demo_one_step(tmp_path, 'master.pth')
+  line = ('master.pth: no num_batches_tracked buffers, as saved by InPlaceABN (PyTorch 0.4: '
+          'master-branch and *_torch04 checkpoints): converting with its BN scale |w| + 1e-5 '
+          '(--config.train.init_from_inplace_abn=False if it was trained with standard '
+          'BatchNorm)')
+  assert r.stdout.splitlines()[0] == line, r.stdout
+  logged = [l.split('  ', 1)[1] for l in
+            (tmp_path / 'runs/demo/log.txt').read_text().splitlines()]
+  assert logged[0] == line and logged[1].startswith('devices '), logged
+
+
 def test_backbone_init_from_start_line_says_what_is_fresh_and_unused(tmp_path):
   """An ImageNet-style .pth given to train.init_from: the start-up line says
   the head is freshly initialised and which of the file's keys went unused
@@ -234,16 +266,7 @@ def test_backbone_init_from_start_line_says_what_is_fresh_and_unused(tmp_path):
   state_dict['incre_modules.0.0.conv1.weight'] = np.zeros((8, 4, 1, 1), np.float32)
   (tmp_path / 'pretrained_models').mkdir()
   pth_write.save_pth(state_dict, tmp_path / 'pretrained_models/imagenet.pth')
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
-  r = subprocess.run(
-      [sys.executable, '-m', 'hrseg_jax.main', '--config', str(REPO / 'configs/demo.py'),
-       '--workdir', 'runs/demo', '--config.train.init_from=pretrained_models/imagenet.pth',
-       '--config.train.num_steps=1', '--config.eval.every_steps=0',
-       '--config.train.batch_size=2', '--config.data.num_train=2',
-       '--config.data.image_size=(32, 64)', '--config.data.crop_size=(32, 64)',
-       '--config.data.base_size=64'],
-      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
-  assert r.returncode == 0, r.stderr[-2000:]
+  r = _train_demo_one_step(tmp_path, 'pretrained_models/imagenet.pth')
   start = [l for l in r.stdout.splitlines() if l.startswith('start ')]
   assert start == [
       'start       initialised from pretrained_models/imagenet.pth, a backbone: last_layer '

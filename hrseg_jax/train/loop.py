@@ -419,10 +419,15 @@ def read_init_weights(config, workdir) -> tuple[dict, dict] | None:
   if not path or pretrained.has_checkpoints(workdir):
     return None
   model_cfg = registry.resolve(config.model)
-  loaded = pretrained.load_init_variables(
-      path, model_cfg, inplace_abn=config.train.get('init_from_inplace_abn'),
-      log=((lambda line: print(line, flush=True)) if jax.process_index() == 0
-           else (lambda _: None)))
+  lines = []   # printed now (no workdir yet); log.txt gets them once it exists
+
+  def log(line):
+    if jax.process_index() == 0:
+      print(line, flush=True)
+      lines.append(line)
+  variables, meta = pretrained.load_init_variables(
+      path, model_cfg, inplace_abn=config.train.get('init_from_inplace_abn'), log=log)
+  loaded = (variables, dict(meta, console_lines=lines))
   check_init_weights(loaded, path, model_cfg, registry.abstract_variables(
       model_cfg, tuple(config.data.crop_size)))
   return loaded
@@ -496,6 +501,8 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
       workdir, just_logging=not is_main, asynchronous=True)
   loss_log = LossLog(workdir / LOSSES_FILE, enabled=is_main)
   console = console_lib.Console(workdir / LOG_FILE, enabled=is_main)
+  for line in (init[1].get('console_lines', []) if init else []):
+    console.log(line)   # printed before the workdir existed (train.init_from's BN scale)
   try:
     return _train_logged(config, workdir, stop, faults, num_train, writer, loss_log,
                          console, init)
