@@ -87,12 +87,13 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   try:
     path, step, described = checkpoint_info.select(checkpoint, workdir)
   except FileNotFoundError as e:
-    if checkpoint:
+    if checkpoint not in (None, '', 'best', 'latest'):
       raise
-    # No --checkpoint: the workdir's own checkpoints were looked for.
+    # No --checkpoint, best or latest: the workdir's own checkpoints were looked for.
+    how = f'--checkpoint {checkpoint}' if checkpoint else 'without --checkpoint'
     raise FileNotFoundError(
-        f'--mode {mode} without --checkpoint uses the checkpoints of --workdir, and '
-        f'{workdir} has none: pass --checkpoint (a converted checkpoint folder or '
+        f'--mode {mode} {how} uses the checkpoints of --workdir, and '
+        f'{workdir} has none: pass --checkpoint PATH (a converted checkpoint folder or '
         'a training workdir)' + (', --workdir being where predictions go'
                                  if mode == 'predict' else '')) from e
   if mode == 'eval' and not config_given:
