@@ -1,0 +1,88 @@
+"""A command whose console is piped into a reader that goes away
+(``python -m hrseg_jax.main ... | head -3``) ends quietly, as ``cat`` does.
+
+Python turns the closed pipe into ``BrokenPipeError`` (an ``OSError``) on the
+next write, which the commands' own error handling would print as
+``error: [Errno 32] Broken pipe`` with exit 2.  :func:`end_quietly_on_broken_pipe`,
+called first by every command's ``__main__``, makes such a write end the
+command instead: the rest of its console goes to ``os.devnull`` and it exits
+1, as Python's documentation recommends
+(https://docs.python.org/3/library/signal.html#note-on-sigpipe), without an
+error line or a traceback.  The exit unwinds like Ctrl-C, so files are never
+left half-written (they are written to a temporary name and renamed).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+
+EXIT_CODE = 1
+
+
+def _silence(stream) -> None:
+  """Points ``stream``'s file descriptor at os.devnull: later writes and the
+  flush at exit go nowhere instead of raising again."""
+  try:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+  except (OSError, ValueError, AttributeError):
+    pass
+
+
+class _QuietWhenReaderGoes:
+  """``stream`` whose writes end the command (exit 1) on a broken pipe."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def _ended(self):
+    _silence(self._stream)
+    raise SystemExit(EXIT_CODE)
+
+  def write(self, text):
+    try:
+      return self._stream.write(text)
+    except BrokenPipeError:
+      self._ended()
+
+  def writelines(self, lines):
+    try:
+      return self._stream.writelines(lines)
+    except BrokenPipeError:
+      self._ended()
+
+  def flush(self):
+    try:
+      return self._stream.flush()
+    except BrokenPipeError:
+      self._ended()
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
+def _flush_quietly(stream) -> None:
+  try:
+    stream.flush()
+  except BrokenPipeError:
+    _silence(stream)
+  except (OSError, ValueError):
+    pass
+
+
+def end_quietly_on_broken_pipe() -> None:
+  """Makes a broken pipe on stdout or stderr end this command quietly.
+
+  Only for a command's ``__main__``: a program that imports hrseg_jax keeps
+  its own streams.  Streams already replaced (pytest's capture) are left alone.
+  """
+  for name in ('stdout', 'stderr'):
+    stream = getattr(sys, name)
+    if stream is None or stream is not getattr(sys, f'__{name}__'):
+      continue
+    setattr(sys, name, _QuietWhenReaderGoes(stream))
+    # What is still buffered when the command ends (a pipe is block-buffered)
+    # is flushed here, where a closed pipe is silenced, not at interpreter exit.
+    atexit.register(_flush_quietly, stream)
