@@ -283,3 +283,21 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(tmp_path):
   assert p.returncode == 130, out + err
   assert err == 'stopped by Ctrl-C\n' and out == '', out + err
   assert not (tmp_path / 'runs').exists()
+
+
+def test_a_stop_at_step_the_run_never_reaches_is_one_line(tmp_path):
+  """train.stop_at_step at or before the step the run starts at stopped
+  nothing (stop_at_step=0 trained every step): one ``error:`` line, exit 2,
+  nothing trained."""
+  (tmp_path / 'config.py').write_text(
+      'from train_util import tiny_config\n\n\ndef get_config():\n'
+      '  return tiny_config(num_steps=2)\n')
+  r = _train(tmp_path, '--config', 'config.py', '--workdir', 'runs/t',
+             '--config.train.stop_at_step=0')
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert r.stderr.strip().splitlines() == [
+      'error: train.stop_at_step=0 is not after step 0, where this run starts '
+      '(train.num_steps 2), so it would never stop there: give a step in 1..1, or -1 '
+      '(the default) to train to the end'], r.stderr[-3000:]
+  assert 'trained' not in r.stdout
+  assert not list((tmp_path / 'runs' / 't').glob('checkpoints/[0-9]*'))

@@ -185,6 +185,20 @@ def _sync_ok() -> bool:
     return False
 
 
+def check_stop_at_step(train_cfg, start: int, num_steps: int) -> None:
+  """ValueError for a ``train.stop_at_step`` this run never reaches: at or
+  before the step it starts (or resumes) at, it would stop before training
+  anything, or be passed by and ignored."""
+  stop_at = int(train_cfg.get('stop_at_step', -1))
+  if stop_at < 0 or stop_at > start or start >= num_steps:
+    return
+  where = 'resumes from its checkpoint' if start else 'starts'
+  raise ValueError(
+      f'train.stop_at_step={stop_at} is not after step {start}, where this run {where} '
+      f'(train.num_steps {num_steps}), so it would never stop there: give a step in '
+      f'{start + 1}..{num_steps - 1}, or -1 (the default) to train to the end')
+
+
 def check_train_config(train_cfg) -> None:
   """One-line errors for ``config.train`` values the loop cannot run with."""
   compute_dtype(train_cfg.dtype)
@@ -572,6 +586,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
              + (pretrained.start_note(init[1]) if init else ''))
     else:
       how = 'from scratch (random initialisation)'
+    check_stop_at_step(config.train, int(jax.device_get(state.step)), num_steps)
   except BaseException:
     ckpt.abandon()
     raise
@@ -741,8 +756,10 @@ def summary_line(result: dict) -> str:
     return f'stopped by {why} before step {start + 1} of {total}: no step trained, {kept}'
   if result['preempted']:
     why = result.get('stop_reason') or 'train.stop_at_step'
+    rerun = ('the command without train.stop_at_step (or with a later one)'
+             if why == 'train.stop_at_step' else 'the same command')
     line = (f'stopped by {why} at step {end} of {total}, checkpoint saved; rerun '
-            f'the same command to resume. {what[0].upper()}{what[1:]}')
+            f'{rerun} to resume. {what[0].upper()}{what[1:]}')
     if ev:
       line += (f'; mIoU {100 * ev["miou"]:.2f}% at step {result["eval_step"]}')
     return line
