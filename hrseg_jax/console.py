@@ -37,7 +37,45 @@ class _DropOrbaxChatter(logging.Filter):
     return record.levelno >= logging.ERROR or _ORBAX_DIR not in (record.pathname or '')
 
 
+class _OrbaxErrorsInOneLine(logging.Filter):
+  """On the console, Orbax's failed writes are left to our own error line.
+
+  A failed save (a full disk) makes each of Orbax's writer threads log its
+  ``OSError`` with a traceback; the save then fails and the command prints
+  one ``error:`` line naming the checkpoint and the cause.  Those records go
+  to log.txt only; Orbax's other errors reach the console without traceback.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if _ORBAX_DIR not in (record.pathname or '') or not record.exc_info:
+      return True
+    if isinstance(record.exc_info[1], OSError):
+      return False
+    record.msg = f'{record.getMessage()}: {first_line(record.exc_info[1])}'
+    record.args, record.exc_info, record.exc_text = (), None, None
+    return True
+
+
+def _quiet_unraisable(hook):
+  """``sys.unraisablehook`` without TensorStore's "Event loop is closed".
+
+  TensorStore hands a finished write to the asyncio loop that awaits it with
+  ``loop.call_soon_threadsafe``; after a failed save, Orbax has already
+  closed that loop, and each late write prints a traceback through
+  ``sys.unraisablehook`` (hundreds on a full disk).  Nothing is lost: the
+  save has failed and is reported once.
+  """
+  def unraisable(args):
+    if (args.object is None and isinstance(args.exc_value, RuntimeError)
+        and str(args.exc_value) == 'Event loop is closed'):
+      return
+    hook(args)
+  unraisable.quiet = True
+  return unraisable
+
+
 _FILTER = _DropOrbaxChatter()
+_CONSOLE_FILTER = _OrbaxErrorsInOneLine()
 _verbose = False
 
 
@@ -68,6 +106,9 @@ def configure(verbose: bool = False) -> None:
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
   quiet_orbax()
+  absl_logging.get_absl_handler().addFilter(_CONSOLE_FILTER)
+  if not getattr(sys.unraisablehook, 'quiet', False):
+    sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
   # The ONNX writer's serialiser warns once per value it leaves untyped
   # (hundreds of lines for Lite-HRNet); the export is checked anyway.
   logging.getLogger('onnx_ir').setLevel(logging.ERROR)
