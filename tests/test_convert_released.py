@@ -112,3 +112,28 @@ def test_file_without_bn_counters_converts_with_inplace_abn_scales(golden, tmp_p
   # With its counters (as every file saved by nn.BatchNorm2d): standard BN, no line.
   r = convert(tmp_path, str(golden / 'hrnet_w18_small_v2_cityscapes.pth'), 'converted/g')
   assert r.returncode == 0 and r.stdout.startswith('converted ') and 'InPlaceABN' not in r.stdout
+
+
+def test_renamed_ocr_file_says_which_align_corners_it_got(tmp_path):
+  """An OCR .pth not named as released (renamed, or trained by the user)
+  keeps the default align_corners=False, and a line says so and names the
+  flag: the released OCR checkpoints were all trained with True."""
+  from test_convert import TINY, torch_state  # pylint: disable=g-import-not-at-top
+  pth_write.save_pth(torch_state(dict(TINY, ocr={'mid_channels': 12, 'key_channels': 6})),
+                     tmp_path / 'my_ocr.pth')
+  r = convert(tmp_path, 'my_ocr.pth', 'converted/ocr')
+  assert r.returncode == 0 and r.stderr == '', r.stderr
+  lines = r.stdout.strip().splitlines()
+  assert lines[0] == (
+      'my_ocr.pth: an OCR model not under a released file name: converting with '
+      'align_corners=False (the default), but the released OCR checkpoints were trained '
+      'with align_corners=True: pass --align-corners if this one was too '
+      '(--no-align-corners: False, without this line)')
+  assert lines[1].startswith('converted my_ocr.pth -> converted/ocr') and len(lines) == 2
+  for flag in ('--align-corners', '--no-align-corners'):
+    r = convert(tmp_path, 'my_ocr.pth', 'converted/ocr', flag, '--overwrite')
+    assert r.returncode == 0 and r.stderr == '' and r.stdout.startswith('converted '), r.stdout
+  # ADE20K / COCO-Stuff (released with True, OCR or not); the others: no line.
+  cfg = dict(TINY, num_classes=150)
+  assert 'the released ade20k checkpoints' in released.align_corners_note('a.pth', cfg, 'ade20k')
+  assert released.align_corners_note('a.pth', dict(TINY, num_classes=19), 'cityscapes') is None

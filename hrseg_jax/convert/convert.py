@@ -224,6 +224,10 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
       align_corners=align_corners, inplace_abn=inplace_abn,
       backbone_only=backbone_only, seed=seed, dataset=dataset, loaded=loaded,
       log=log, inplace_abn_override=inplace_abn_override)
+  if align_corners is None and model_cfg is None and not meta['backbone_only']:
+    note = released.align_corners_note(src, cfg, meta.get('dataset'))
+    if note:
+      log(note)
   checkpoints.save_model(dst, variables, cfg, meta, overwrite=overwrite, keep=[src])
   n = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables['params']))
   log(f'converted {paths.shown(src)} -> {paths.shown(dst)}: {registry.model_name(cfg)}, '

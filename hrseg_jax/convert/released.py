@@ -59,3 +59,28 @@ def options(path: str, align_corners: bool | None, inplace_abn: bool | None
              'option to use its own settings)' if against else None)
   return (want_align if align_corners is None else align_corners,
           want_abn if inplace_abn is None else inplace_abn, note, warning)
+
+
+# Datasets whose released checkpoints, with or without OCR, all use
+# align_corners=True (RELEASED: the ADE20K and COCO-Stuff files).
+ALIGN_CORNERS_DATASETS = ('ade20k', 'cocostuff')
+
+
+def align_corners_note(path, model_cfg, dataset: str | None) -> str | None:
+  """The line for a file outside :data:`RELEASED` (or renamed) converted
+  without --align-corners/--no-align-corners whose kind of model was
+  released with align_corners=True (OCR, ADE20K, COCO-Stuff): it gets the
+  plain default False, and the line says so and names the flag."""
+  if model_cfg.get('align_corners'):
+    return None
+  if model_cfg.get('ocr'):
+    kind, released = 'an OCR model', 'OCR'
+  elif dataset in ALIGN_CORNERS_DATASETS:
+    kind = f'a {dataset} model ({model_cfg["num_classes"]} classes)'
+    released = dataset
+  else:
+    return None
+  return (f'{os.path.basename(os.fspath(path))}: {kind} not under a released file name: '
+          f'converting with align_corners=False (the default), but the released {released} '
+          'checkpoints were trained with align_corners=True: pass --align-corners if this '
+          'one was too (--no-align-corners: False, without this line)')
