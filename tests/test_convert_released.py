@@ -137,3 +137,18 @@ def test_renamed_ocr_file_says_which_align_corners_it_got(tmp_path):
   cfg = dict(TINY, num_classes=150)
   assert 'the released ade20k checkpoints' in released.align_corners_note('a.pth', cfg, 'ade20k')
   assert released.align_corners_note('a.pth', dict(TINY, num_classes=19), 'cityscapes') is None
+
+
+def test_inplace_abn_forced_on_a_file_saved_by_batchnorm_warns(golden, tmp_path):
+  """--inplace-abn for a file with num_batches_tracked buffers (standard
+  BatchNorm saved them; InPlaceABN saves none): converted as asked, with a
+  warning, as for options against the released table."""
+  shutil.copy(golden / 'hrnet_w18_small_v2_cityscapes.pth', tmp_path / 'model.pth')
+  r = convert(tmp_path, 'model.pth', 'converted/abn', '--inplace-abn')
+  assert r.returncode == 0, r.stderr
+  assert r.stderr.strip().splitlines() == [
+      'warning: model.pth has num_batches_tracked buffers, as saved by standard BatchNorm '
+      '(InPlaceABN saves none): converted with --inplace-abn as asked, its BN scales '
+      '|w| + 1e-5 are off if it was trained with BatchNorm (drop the option to use its BN '
+      'weights as they are)']
+  assert checkpoints.load_model(tmp_path / 'converted' / 'abn')[2]['inplace_abn'] is True

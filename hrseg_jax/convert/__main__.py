@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     from hrseg_jax.convert import released  # pylint: disable=g-import-not-at-top
     align_corners, inplace_abn, note, warning = released.options(
         src, args.align_corners, args.inplace_abn)
+    warning = warning or released.inplace_abn_warning(src, loaded[1], args.inplace_abn)
     if note:
       print(note, flush=True)
     # Not given: a file saved by InPlaceABN (no num_batches_tracked) gets its scale.

@@ -84,3 +84,17 @@ def align_corners_note(path, model_cfg, dataset: str | None) -> str | None:
           f'converting with align_corners=False (the default), but the released {released} '
           'checkpoints were trained with align_corners=True: pass --align-corners if this '
           'one was too (--no-align-corners: False, without this line)')
+
+
+def inplace_abn_warning(path, layout, inplace_abn: bool | None) -> str | None:
+  """The ``warning:`` line for --inplace-abn given for a file (not of
+  :data:`RELEASED`, which :func:`options` warns about) with
+  ``num_batches_tracked`` buffers: standard PyTorch BatchNorm saves them,
+  InPlaceABN does not (``source.saved_by_inplace_abn``)."""
+  name = os.path.basename(os.fspath(path))
+  if inplace_abn is not True or name in RELEASED or not layout.get('num_batches_tracked'):
+    return None
+  return (f'warning: {name} has num_batches_tracked buffers, as saved by standard '
+          'BatchNorm (InPlaceABN saves none): converted with --inplace-abn as asked, '
+          'its BN scales |w| + 1e-5 are off if it was trained with BatchNorm (drop the '
+          'option to use its BN weights as they are)')
