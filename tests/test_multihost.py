@@ -180,7 +180,9 @@ def test_preempted_on_two_hosts_resumes_on_one_and_on_four(eight_devices, tmp_pa
   # One input state for all processes; metrics files from process 0 only.
   order = json.loads((work / 'checkpoints' / str(stop) / 'data_order' / 'metadata').read_text())
   assert order['step'] == stop and not (work / 'checkpoints' / str(stop) / 'data').exists()
-  assert len(list(work.glob('events.out.tfevents.*'))) == 1
+  # TensorBoard events from process 0 only; the file is made at the first
+  # write, so a run stopped before its first log step (step 2) has none.
+  assert len(list(work.glob('events.out.tfevents.*'))) <= 1
   want = read_losses(eight_devices)
   for name, args, now in (
       ('one_by_eight', ['--cpu_devices', '8'], '1 process, 8 devices'),
@@ -194,6 +196,8 @@ def test_preempted_on_two_hosts_resumes_on_one_and_on_four(eight_devices, tmp_pa
     # The start-up block says the topology changed.
     assert out.count(f'resumed from step {stop} (') == 1, out[-3000:]
     assert out.count(f'; saved on 2 processes, 8 devices, now {now}') == 1, out[-3000:]
+    # The resumed run adds at most one events file (process 0's).
+    assert len(list(resumed.glob('events.out.tfevents.*'))) <= 2, name
     got = read_losses(resumed)
     assert sorted(got) == list(range(1, STEPS + 1)), (name, got)
     np.testing.assert_allclose([got[s] for s in sorted(got)],
