@@ -556,8 +556,11 @@ def test_local_process_failing_alone_ends_the_run(tmp_path):
 
 
 def test_local_same_error_on_every_process_names_the_others(tmp_path):
-  """An error every process meets: process 0 prints it, the others each
-  print it once more after 'process N: ', and the launcher exits 2."""
+  """An error every process meets: process 0 prints it, the others after
+  'process N: ', and the launcher exits 2.  A process that fails first ends
+  the run (the launcher stops the others, or the coordination service
+  hosted by process 0 goes), so the other's line may not come: each line
+  is checked, not their number."""
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   r = subprocess.run(
       [sys.executable, str(REPO / 'scripts' / 'launch_local.py'), '--num_processes', '2',
@@ -566,7 +569,9 @@ def test_local_same_error_on_every_process_names_the_others(tmp_path):
       capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
   assert r.returncode == 2, r.stdout + r.stderr
   lines = sorted(l for l in r.stderr.splitlines() if 'loss.num_chunks=3 does not divide' in l)
-  assert len(lines) == 2 and lines[0].startswith('error: loss.num_chunks=3 '), r.stderr
-  assert lines[1] == 'process 1: ' + lines[0], r.stderr
+  assert 1 <= len(lines) <= 2 and len(set(lines)) == len(lines), r.stderr
+  assert all(l.startswith(('error: loss.num_chunks=3 ', 'process 1: error: loss.num_chunks=3 '))
+             for l in lines), r.stderr
+  assert len({l.removeprefix('process 1: ') for l in lines}) == 1, r.stderr
   assert r.stderr.splitlines()[-1] == 'error: a process exited with status 2', r.stderr
   assert 'Traceback' not in r.stderr and not (tmp_path / 'w').exists(), r.stderr
