@@ -101,17 +101,16 @@ def _get(cfg, name, default):
   return default if value is None and default is not None else value
 
 
-SPLITS = ('train', 'val', 'test')   # data.<split>_list / the source's splits
-
-
 def split_of(eval_cfg) -> str:
   """``eval.split``, checked: a split of the data config, named in the error."""
+  from hrseg_jax.data.sources import SPLITS  # pylint: disable=g-import-not-at-top
   split = str(_get(eval_cfg, 'split', 'val'))
   if split not in SPLITS:
     hint = (" (the original's testval is the val images at their own size, which the "
             "test protocol evaluates: keep eval.split='val', or read another list with "
             '--config.data.val_list=PATH)' if split == 'testval' else '')
-    raise ValueError(f"eval.split={split!r}: expected one of 'train', 'val', 'test'{hint}")
+    raise ValueError(f'eval.split={split!r}: expected one of '
+                     f'{", ".join(map(repr, SPLITS))}{hint}')
   return split
 
 
