@@ -100,15 +100,19 @@ def other_files(folder: str) -> list[str]:
   return out
 
 
-def left_out_line(folder: str, limit: int = 5) -> str | None:
+def listed(names: Sequence[str], limit: int = 5) -> str:
+  """``names`` for a console line: the first ``limit``, then how many more."""
+  return ', '.join(names[:limit]) + (f', … ({len(names) - limit} more)'
+                                     if len(names) > limit else '')
+
+
+def left_out_line(folder: str) -> str | None:
   """One console line naming the files of ``folder`` that are not predicted."""
   others = other_files(folder)
   if not others:
     return None
-  names = ', '.join(others[:limit]) + (f', … ({len(others) - limit} more)'
-                                       if len(others) > limit else '')
   return (f'predict: left out {len(others)} file(s) in {paths.shown(folder)}{os.sep} that '
-          f'are not {"/".join(IMAGE_EXTENSIONS)} images: {names}')
+          f'are not {"/".join(IMAGE_EXTENSIONS)} images: {listed(others)}')
 
 
 def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:

@@ -34,7 +34,7 @@ from hrseg_jax import files
 from hrseg_jax.eval import palettes
 from hrseg_jax.eval.inference import Predictor
 from hrseg_jax.inference import Segmenter
-from hrseg_jax.predict import IMAGE_EXTENSIONS, predict_settings, read_image
+from hrseg_jax.predict import IMAGE_EXTENSIONS, listed, predict_settings, read_image
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
 
@@ -167,8 +167,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
               and os.path.isfile(os.path.join(source, n))]
     if others:
       log(f'{paths.shown(source)}{os.sep}: left out {len(others)} file(s) that are not '
-          f'{"/".join(IMAGE_EXTENSIONS)} frames: {", ".join(others[:5])}'
-          + (f', … ({len(others) - 5} more)' if len(others) > 5 else ''))
+          f'{"/".join(IMAGE_EXTENSIONS)} frames: {listed(others)}')
   predict_batch = _batch_predictor(model_cfg, variables, eval_cfg, batch_size,
                                    dtype or jnp.float32)
   dest = os.path.join(out_dir, clip_name(source))
