@@ -99,20 +99,20 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   if mode == 'eval' and not config_given:
     _check_default_config_dataset(config, checkpoints.load_model_config(path)[1], described)
   model_cfg, variables, meta = checkpoints.load_model(path, step=step)
+  loaded_step = checkpoints.resolve_step(path, step)   # 0: converted weights
   dataset = checkpoint_info.check_dataset(dataset, model_cfg['num_classes'])
   if mode == 'eval':
     _check_eval_classes(config, int(model_cfg['num_classes']), described)
   main_process = jax.process_index() == 0
   if checkpoint not in (None, '', 'best', 'latest'):   # a path: which step of it
-    shown = checkpoints.resolve_step(path, step)
     root, _ = checkpoints.find_checkpoint(path)
-    if not shown:
+    if not loaded_step:
       described += ' (converted weights, step 0)'
-    elif step is None and os.fspath(root / str(shown)) != paths.resolve(os.fspath(path)):
+    elif step is None and os.fspath(root / str(loaded_step)) != paths.resolve(os.fspath(path)):
       # A training workdir (or its checkpoints/): not its best step, say so.
-      described += f' (its latest step, {shown})'
+      described += f' (its latest step, {loaded_step})'
     else:
-      described += f' (step {shown})'
+      described += f' (step {loaded_step})'
   if main_process:   # what was loaded: the checkpoint's own model, whatever the config says
     print(f'{mode}: {described}: {_model_line(model_cfg)}', flush=True)
     if meta.get('initialised'):   # convert of a backbone: the head is random
@@ -123,7 +123,7 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   compute = jnp.dtype(dtype)
   if mode == 'eval':   # metrics.json says which weights it scored
     evaluated = {'checkpoint': paths.resolve(os.fspath(path)),
-                 'checkpoint_step': checkpoints.resolve_step(path, step) or 0}
+                 'checkpoint_step': loaded_step or 0}
     return _evaluate(config, workdir, model_cfg, variables, compute, evaluated)
   from hrseg_jax import predict  # pylint: disable=g-import-not-at-top
   if dataset is None:
