@@ -27,6 +27,13 @@ def _predict(cwd, *args) -> subprocess.CompletedProcess:
       cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
+def _convert_tiny_hrnet(folder) -> None:
+  """A tiny HRNet's .pth (t.pth) converted into folder/converted."""
+  cfg = registry.resolve(TINY_HRNET)
+  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)), folder / 't.pth')
+  assert convert_cli.main([str(folder / 't.pth'), str(folder / 'converted')]) == 0
+
+
 def test_convert_and_predict_name_model_settings_and_dtype(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   cfg = registry.resolve(dict(TINY_HRNET, num_classes=19))
@@ -52,9 +59,7 @@ def test_convert_and_predict_name_model_settings_and_dtype(tmp_path, monkeypatch
 
 def test_truncated_png_is_one_line_without_opencv_warning(tmp_path):
   """OpenCV's own "[ WARN:0@…] … PNG input buffer is incomplete" is noise."""
-  cfg = registry.resolve(TINY_HRNET)
-  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
-  assert convert_cli.main([str(tmp_path / 't.pth'), str(tmp_path / 'converted')]) == 0
+  _convert_tiny_hrnet(tmp_path)
   (tmp_path / 'photos').mkdir()
   Image.fromarray(np.zeros((32, 64, 3), np.uint8) + 90).save(tmp_path / 'whole.png')
   data = (tmp_path / 'whole.png').read_bytes()
@@ -72,9 +77,7 @@ def test_png_with_a_broken_header_is_one_line_without_opencv_error(tmp_path):
   """A .png whose header is not a PNG's: OpenCV logs '[ERROR:0@…] … readHeader
   IHDR chunk shall be first' (an ERROR, not a WARN), which reached the console
   before the one-line error naming the file."""
-  cfg = registry.resolve(TINY_HRNET)
-  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
-  assert convert_cli.main([str(tmp_path / 't.pth'), str(tmp_path / 'converted')]) == 0
+  _convert_tiny_hrnet(tmp_path)
   (tmp_path / 'photos').mkdir()
   (tmp_path / 'photos/bad.png').write_bytes(b'\x89PNG\r\n\x1a\nnot a png at all')
   r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
@@ -89,9 +92,7 @@ def test_png_with_a_broken_header_is_one_line_without_opencv_error(tmp_path):
 def test_unwritable_workdir_is_one_line_before_the_checkpoint_loads(tmp_path):
   """It failed after loading the checkpoint, as '[Errno 1] Operation not
   permitted: '/x/runs'' or '[Errno 20] Not a directory: '/abs/notes.txt/p''."""
-  cfg = registry.resolve(TINY_HRNET)
-  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
-  assert convert_cli.main([str(tmp_path / 't.pth'), str(tmp_path / 'converted')]) == 0
+  _convert_tiny_hrnet(tmp_path)
   Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photo.png')
   folder = unwritable_folder(tmp_path)
   shown = 'readonly' if folder.parent == tmp_path else str(folder)
@@ -115,9 +116,7 @@ def test_unwritable_workdir_is_one_line_before_the_checkpoint_loads(tmp_path):
 def test_a_folders_other_files_are_named_not_silently_left_out(tmp_path):
   """A .bmp or a README in the photo folder was skipped without a word
   ('predicted 1 image(s)' of a folder of three files)."""
-  cfg = registry.resolve(TINY_HRNET)
-  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
-  assert convert_cli.main([str(tmp_path / 't.pth'), str(tmp_path / 'converted')]) == 0
+  _convert_tiny_hrnet(tmp_path)
   (tmp_path / 'photos/sub').mkdir(parents=True)
   Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photos/a.png')
   Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photos/sub/b.bmp')
@@ -141,9 +140,7 @@ def test_a_folders_other_files_are_named_not_silently_left_out(tmp_path):
 def test_an_input_that_is_not_an_image_fails_before_any_prediction(tmp_path):
   """--input photo.png --input notes.md predicted and wrote photo.png, then
   stopped at notes.md after the checkpoint had loaded."""
-  cfg = registry.resolve(TINY_HRNET)
-  pth_write.save_pth(convert.to_state_dict(tiny_hrnet_variables(cfg)), tmp_path / 't.pth')
-  assert convert_cli.main([str(tmp_path / 't.pth'), str(tmp_path / 'converted')]) == 0
+  _convert_tiny_hrnet(tmp_path)
   Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photo.png')
   (tmp_path / 'notes.md').write_text('# not a photo')
   r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photo.png',
