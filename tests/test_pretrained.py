@@ -79,20 +79,28 @@ def test_missing_converted_init_from_names_the_pth_to_convert(tmp_path):
   assert not (tmp_path / 'runs').exists()
 
 
+def _write_imagenet_style_pth(model_cfg, path):
+  """Writes an ImageNet-style .pth of ``model_cfg``'s backbone to ``path``: no
+  head (last_layer), classification keys (classifier, incre_modules) it does
+  not use; returns the random variables it holds."""
+  rng = np.random.default_rng(0)
+  src = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape).astype(np.float32),
+                               registry.abstract_variables(model_cfg))
+  state_dict = {k: v for k, v in mapping.variables_to_torch(src).items()
+                if not k.startswith('last_layer')}
+  state_dict['classifier.weight'] = np.zeros((1000, 32), np.float32)
+  state_dict['incre_modules.0.0.conv1.weight'] = np.zeros((8, 4, 1, 1), np.float32)
+  pth_write.save_pth(state_dict, path)
+  return src
+
+
 def test_init_from_pth_is_converted_in_memory(tmp_path):
   """An ImageNet-style .pth (classification keys, no head) loads like its
   converted checkpoint would; the head keeps this run's initialisation and
   nothing is written."""
   c = tiny_config()
   cfg = registry.resolve(c.model)
-  rng = np.random.default_rng(0)
-  src = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape).astype(np.float32),
-                               registry.abstract_variables(cfg))
-  state_dict = {k: v for k, v in mapping.variables_to_torch(src).items()
-                if not k.startswith('last_layer')}
-  state_dict['classifier.weight'] = np.zeros((1000, 32), np.float32)
-  state_dict['incre_modules.0.0.conv1.weight'] = np.zeros((8, 4, 1, 1), np.float32)
-  pth_write.save_pth(state_dict, tmp_path / 'imagenet.pth')
+  src = _write_imagenet_style_pth(cfg, tmp_path / 'imagenet.pth')
   before = sorted(os.listdir(tmp_path))
   model = registry.build_model(cfg)
   tx, _ = optim.make_optimizer(c.train, 10)
@@ -257,15 +265,8 @@ def test_backbone_init_from_start_line_says_what_is_fresh_and_unused(tmp_path):
   the head is freshly initialised and which of the file's keys went unused
   (as `convert` does), not only 'initialised from'."""
   model_cfg = registry.resolve(load_config_file(str(REPO / 'configs/demo.py')).model)
-  rng = np.random.default_rng(0)
-  src = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape).astype(np.float32),
-                               registry.abstract_variables(model_cfg))
-  state_dict = {k: v for k, v in mapping.variables_to_torch(src).items()
-                if not k.startswith('last_layer')}
-  state_dict['classifier.weight'] = np.zeros((1000, 32), np.float32)
-  state_dict['incre_modules.0.0.conv1.weight'] = np.zeros((8, 4, 1, 1), np.float32)
   (tmp_path / 'pretrained_models').mkdir()
-  pth_write.save_pth(state_dict, tmp_path / 'pretrained_models/imagenet.pth')
+  _write_imagenet_style_pth(model_cfg, tmp_path / 'pretrained_models/imagenet.pth')
   r = _train_demo_one_step(tmp_path, 'pretrained_models/imagenet.pth')
   start = [l for l in r.stdout.splitlines() if l.startswith('start ')]
   assert start == [
