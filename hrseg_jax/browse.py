@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     if not args.out.lower().endswith('.png'):
       raise ValueError(f'--out {args.out}: must be a .png file')
     from hrseg_jax import command_line  # pylint: disable=g-import-not-at-top
-    from hrseg_jax import files  # pylint: disable=g-import-not-at-top
+    from hrseg_jax import files, paths  # pylint: disable=g-import-not-at-top
+    paths.check_writable(args.out, '--out')   # before the samples are drawn
     config = command_line.load_config_with_overrides(args.config, overrides)
     splits = ['train', 'val'] if args.split == 'both' else [args.split]
     picture = browse(config, splits, args.num, args.seed)

@@ -93,8 +93,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     how = f'--checkpoint {checkpoint}' if checkpoint else 'without --checkpoint'
     raise FileNotFoundError(
         f'--mode {mode} {how} uses the checkpoints of --workdir, and '
-        f'{workdir} has none: pass --checkpoint PATH (a converted checkpoint folder or '
-        'a training workdir)' + (', --workdir being where predictions go'
+        f'{paths.shown(workdir)} has none: pass --checkpoint PATH (a converted checkpoint '
+        'folder or a training workdir)' + (', --workdir being where predictions go'
                                  if mode == 'predict' else '')) from e
   if mode == 'eval' and not config_given:
     _check_default_config_dataset(config, checkpoints.load_model_config(path)[1], described)
@@ -166,7 +166,7 @@ def _check_inputs(inputs, opts) -> None:
                        'images; a video has none (drop the flag)')
     source = os.fspath(inputs[0])
     if not video.is_camera(source) and not os.path.exists(source):
-      raise FileNotFoundError(f'{source}: no such file or directory')
+      raise FileNotFoundError(f'{paths.shown(source)}: no such file or directory')
     return
   predict.resolve_inputs(list(inputs), paths.resolve(opts['list_root']),
                          cityscapes_test_format=opts['cityscapes_test_format'])

@@ -57,28 +57,29 @@ def check_replaceable(directory, *, overwrite: bool,
   input files), and not the current directory or one above it.
   """
   directory = epath.Path(directory)
+  name = paths.shown(directory)   # in messages
   if not directory.exists():
     paths.check_creatable(directory, 'output directory')
     return
   if not directory.is_dir():
-    raise FileExistsError(f'output path exists and is not a directory: {directory}')
+    raise FileExistsError(f'output path exists and is not a directory: {name}')
   if not any(directory.iterdir()):
     return
   if not overwrite:
-    raise FileExistsError(f'output directory is not empty: {directory} '
+    raise FileExistsError(f'output directory is not empty: {name} '
                           '(pass --overwrite to replace it)')
   local = not str(directory).startswith(('gs://', 's3://'))
   for path in keep:
     if local and _inside(os.fspath(path), os.fspath(directory)):
-      raise FileExistsError(f'refusing to replace {directory}: it holds the '
-                            f'input {path}')
+      raise FileExistsError(f'refusing to replace {name}: it holds the '
+                            f'input {paths.shown(path)}')
   if local and _inside(os.getcwd(), os.fspath(directory)):
-    raise FileExistsError(f'refusing to replace {directory}: it holds the '
+    raise FileExistsError(f'refusing to replace {name}: it holds the '
                           'current directory')
   if not is_checkpoint_dir(directory):
     names = sorted(p.name for p in directory.iterdir())
     shown = ', '.join(names[:3]) + (', ...' if len(names) > 3 else '')
     raise FileExistsError(
-        f'refusing to replace {directory}: it is not a checkpoint written by '
+        f'refusing to replace {name}: it is not a checkpoint written by '
         f'hrseg_jax (it holds {shown}); remove it yourself or choose another '
         'output directory')

@@ -82,7 +82,7 @@ def _from_folder(folder: str) -> list[ImageInput]:
         found.append(ImageInput(path, _strip_ext(os.path.relpath(path, folder))))
   if not found:
     others = other_files(folder)
-    raise ValueError(f'{folder}: no {"/".join(IMAGE_EXTENSIONS)} images found' + (
+    raise ValueError(f'{paths.shown(folder)}: no {"/".join(IMAGE_EXTENSIONS)} images found' + (
         f' (it holds {len(others)} other file(s): {", ".join(others[:5])}'
         + (', …' if len(others) > 5 else '') + ')' if others else ''))
   return found
@@ -127,14 +127,14 @@ def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
       path = entry if os.path.isabs(entry) else os.path.join(root, entry)
       if not os.path.isfile(path):
         raise FileNotFoundError(
-            f'{path}: image not found (listed in {list_path}; entries are '
-            f'relative to {root or "."}, --list_root to change it)')
-      _check_image_file(path, f' (listed in {list_path})')
+            f'{paths.shown(path)}: image not found (listed in {paths.shown(list_path)}; '
+            f'entries are relative to {paths.shown(root) or "."}, --list_root to change it)')
+      _check_image_file(path, f' (listed in {paths.shown(list_path)})')
       rel = _strip_ext(os.path.basename(entry) if os.path.isabs(entry)
                        else os.path.normpath(entry))
       out.append(ImageInput(path, rel))
   if not out:
-    raise ValueError(f'{list_path}: empty list file')
+    raise ValueError(f'{paths.shown(list_path)}: empty list file')
   return out
 
 
@@ -183,7 +183,7 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     if os.path.isdir(path):
       found += _from_folder(path)
     elif not os.path.exists(path):
-      raise FileNotFoundError(f'{path}: no such file or directory')
+      raise FileNotFoundError(f'{paths.shown(path)}: no such file or directory')
     elif path.lower().endswith(LIST_EXTENSIONS):
       found += _from_list(path, list_root)
     else:
@@ -203,8 +203,8 @@ def check_unique(keys: Sequence[str], found: Sequence[ImageInput], what: str
   seen = {}
   for key, f in zip(keys, found):
     if key in seen:
-      raise ValueError(f'{f.path} and {seen[key]} map to the same {what} '
-                       f'{key!r}; rename one or predict them separately')
+      raise ValueError(f'{paths.shown(f.path)} and {paths.shown(seen[key])} map to the '
+                       f'same {what} {key!r}; rename one or predict them separately')
     seen[key] = f.path
 
 

@@ -80,7 +80,7 @@ def open_frames(source: str) -> tuple[Iterator[np.ndarray], float, int | None]:
   if os.path.isdir(source):
     names = sorted(n for n in os.listdir(source) if n.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
-      raise ValueError(f'{source}: no {"/".join(IMAGE_EXTENSIONS)} frames found')
+      raise ValueError(f'{paths.shown(source)}: no {"/".join(IMAGE_EXTENSIONS)} frames found')
     return (read_image(os.path.join(source, n)) for n in names), 25.0, len(names)
   if is_camera(source):
     cap, opened = _open_capture(int(source))
@@ -88,10 +88,10 @@ def open_frames(source: str) -> tuple[Iterator[np.ndarray], float, int | None]:
       raise OSError(f'camera {source}: OpenCV cannot open it (no camera here?)')
   else:
     if not os.path.isfile(source):
-      raise FileNotFoundError(f'{source}: no such file')
+      raise FileNotFoundError(f'{paths.shown(source)}: no such file')
     cap, opened = _open_capture(source)
     if not opened:
-      raise ValueError(f'{source}: OpenCV cannot read this video')
+      raise ValueError(f'{paths.shown(source)}: OpenCV cannot read this video')
   fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
   count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not source.isdigit() else None
 
@@ -181,7 +181,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   writer, new_maps, complete = None, [], False
   done, model_seconds, start = 0, 0.0, time.perf_counter()
   total = f'/{count}' if count else ''
-  name = source if source.isdigit() else os.path.basename(os.path.normpath(source))
+  name = source if source.isdigit() else os.path.basename(paths.shown(source))
   try:
     try:
       for batch in _batches(frames, batch_size, name):
@@ -194,7 +194,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
           h, w = batch[0].shape[:2]
           writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
           if not writer.isOpened():
-            raise OSError(f'{video_path}: OpenCV cannot write mp4 video here')
+            raise OSError(f'{paths.shown(video_path)}: OpenCV cannot write mp4 video here')
         for frame, class_map in zip(batch, maps):
           mixed = palettes.overlay(frame, palettes.colorize(class_map, pal), alpha)
           writer.write(np.ascontiguousarray(mixed[..., ::-1]))
@@ -208,7 +208,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
     except KeyboardInterrupt:
       log(f'{name}: stopped after {done} frames')
     if writer is None:
-      raise ValueError(f'{source}: no frames')
+      raise ValueError(f'{paths.shown(source)}: no frames')
     writer.release()
     writer = None
     os.replace(tmp, video_path)

@@ -180,5 +180,5 @@ def test_export_step_best_latest_and_number(tmp_path, monkeypatch, capsys):
   # A step that is not kept: one line naming the ones that are.
   assert export_cli.main(['run', 'x.pth', '--step', '15']) == 2
   err = capsys.readouterr().err
-  assert err.endswith('/run/checkpoints: no checkpoint step 15 (steps kept: 10, 20, 30)\n'), err
+  assert err == 'error: run/checkpoints: no checkpoint step 15 (steps kept: 10, 20, 30)\n', err
   assert err.count('\n') == 1 and not (tmp_path / 'x.pth').exists()

@@ -223,9 +223,11 @@ def test_damaged_checkpoint_is_named_in_one_line(user_dir, capsys, damage):
     victim.write_text(json.dumps(cfg))
   with pytest.raises(manifest.CorruptCheckpointError) as info:
     checkpoints.load_model('ckpt')
-  assert str(victim) in str(info.value) and '\n' not in str(info.value)
+  # Named below the checkpoint as typed ('ckpt'), not its absolute path.
+  named = f'checkpoint ckpt/0 is corrupt: {victim.relative_to(user_dir)} '
+  assert str(info.value).startswith(named) and '\n' not in str(info.value)
   code = export_cli.main(['ckpt', 'out.pth'])
-  _one_line_error(capsys, code, str(victim))
+  _one_line_error(capsys, code, f'error: {named}')
   assert not pathlib.Path('out.pth').exists()
 
 

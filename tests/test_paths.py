@@ -12,7 +12,10 @@ from etils import epath
 import console_checks
 
 from hrseg_jax import Segmenter, paths
+from hrseg_jax.convert import convert, pth_write
 from hrseg_jax.data import synthetic
+from hrseg_jax.models import registry
+from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN_PTH = 'hrnet_w18_small_v2_cityscapes.pth'
@@ -52,6 +55,14 @@ def _run(cwd, home, *args) -> subprocess.CompletedProcess:
   return r
 
 
+def _error(cwd, home, *args) -> str:
+  """The one ``error:`` line (exit 2) of ``python -m ARGS``."""
+  r = subprocess.run([sys.executable, '-m', *args], cwd=cwd, env=_env(home),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, (args, r.stderr[-3000:])
+  return r.stderr.strip()
+
+
 def test_resolve(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
@@ -65,6 +76,13 @@ def test_resolve(tmp_path, monkeypatch):
   assert paths.resolve(epath.Path('x')) == epath.Path(real) / 'x'
   for unchanged in ('gs://bucket/run', '', None):
     assert paths.resolve(unchanged) == unchanged
+  # Messages name them as typed, with what is below them.
+  assert paths.shown(os.path.join(paths.resolve('link/w/'), 'checkpoints', '5')) == (
+      'link/w/checkpoints/5')
+  assert paths.shown(paths.resolve('~/w')) == '~/w'
+  assert paths.shown(paths.resolve('../out/x.pth')) == '../out/x.pth'
+  assert paths.shown(os.path.join(real, 'other')) == 'other'   # never typed: relative
+  assert paths.shown('/nowhere/typed') == '/nowhere/typed'
 
 
 def test_convert_export_and_load_with_relative_paths(golden, tmp_path, monkeypatch):
@@ -108,12 +126,12 @@ def test_train_and_eval_with_relative_workdir_and_data(tmp_path):
                                          start='from scratch')
   console_checks.assert_eval_table(r.stdout, ['road', 'sidewalk', 'bicycle'])
   console_checks.assert_run_files(workdir, eval_steps=[4], classes=['road', 'bicycle'])
-  # Below the working folder, paths are shown relative (runs -> storage).
-  assert re.search(r'^workdir     storage/x \(config.json', r.stdout, re.M), r.stdout
-  assert re.search(r'^checkpoints storage/x/checkpoints$', r.stdout, re.M), r.stdout
+  # Paths are named as typed (runs, not the storage it links to; ~).
+  assert re.search(r'^workdir     runs/x \(config.json', r.stdout, re.M), r.stdout
+  assert re.search(r'^checkpoints runs/x/checkpoints$', r.stdout, re.M), r.stdout
   # How many examples, and from which lists and folder.
   assert re.search(r'^data        8 train, 4 val examples \(data/cityscapes/train.lst, '
-                   r'home/lists/val.lst; data.root data/cityscapes\)$', r.stdout, re.M), r.stdout
+                   r'~/lists/val.lst; data.root data/cityscapes\)$', r.stdout, re.M), r.stdout
   config = json.loads((workdir / 'config.json').read_text())
   assert config['data']['root'] == os.path.realpath(tmp_path / 'data' / 'cityscapes')
   assert config['data']['val_list'] == os.path.realpath(home / 'lists' / 'val.lst')
@@ -124,3 +142,67 @@ def test_train_and_eval_with_relative_workdir_and_data(tmp_path):
   console_checks.assert_quiet(r)
   console_checks.assert_eval_table(r.stdout, ['road', 'sidewalk', 'bicycle'])
   assert (tmp_path / 'storage' / 'eval' / 'eval' / 'confusion.png').is_file()
+
+
+def test_messages_name_paths_as_typed(tmp_path):
+  """Error and info lines of the command lines name a path as the user typed
+  it (joined with what is below it), not its absolute, symlink-free form:
+  relative paths, a symlinked folder and .pth, ~ and ../ (outside the
+  working folder)."""
+  cwd, home = tmp_path / 'user', tmp_path / 'home'
+  for folder in (cwd / 'weights', cwd / 'storage', home / 'photos', tmp_path / 'blobs'):
+    folder.mkdir(parents=True)
+  (cwd / 'runs').symlink_to(cwd / 'storage')
+  (cwd / 'configs').symlink_to(REPO / 'configs')
+  (cwd / 'notes.txt').write_text('hello\n')
+  (home / 'photos' / 'bad.png').write_text('not an image\n')
+  # A .pth kept under its digest, linked by name (as download caches do).
+  variables = tiny_hrnet_variables(registry.resolve(TINY_HRNET))
+  pth_write.save_pth(convert.to_state_dict(variables), tmp_path / 'blobs' / '5f3c9e')
+  (cwd / 'weights' / 'w.pth').symlink_to(tmp_path / 'blobs' / '5f3c9e')
+  (cwd / 'weights' / 'hrnet_ocr_cs_8162_torch11.pth').symlink_to(tmp_path / 'blobs' / '5f3c9e')
+
+  out = _run(cwd, home, 'hrseg_jax.convert', 'weights/w.pth', 'converted/w').stdout
+  assert out.startswith('converted weights/w.pth -> converted/w: hrnet custom'), out
+  out = _run(cwd, home, 'hrseg_jax.convert', 'weights/hrnet_ocr_cs_8162_torch11.pth',
+             'converted/ocr').stdout.splitlines()
+  assert out[0] == ('hrnet_ocr_cs_8162_torch11.pth: a released checkpoint: converting '
+                    'with align_corners=True, as it was trained'), out
+  assert out[1].startswith('converted weights/hrnet_ocr_cs_8162_torch11.pth -> '
+                           'converted/ocr: '), out
+  assert _error(cwd, home, 'hrseg_jax.convert', '../outside/w.pth', 'converted/x') == (
+      'error: checkpoint not found: ../outside/w.pth')
+  assert _error(cwd, home, 'hrseg_jax.convert', 'weights/w.pth', 'notes.txt/w') == (
+      'error: cannot create notes.txt/w: notes.txt is a file, not a folder; choose '
+      'another output directory')
+  assert _error(cwd, home, 'hrseg_jax.export', 'notes.txt', 'w.pth').startswith(
+      'error: notes.txt is a file, not a checkpoint folder; ')
+  assert _error(cwd, home, 'hrseg_jax.browse', '--config', 'configs/demo.py',
+                '--out', 'notes.txt/b.png') == (
+      'error: cannot create notes.txt/b.png: notes.txt is a file, not a folder; choose '
+      'another --out')
+  main = ('hrseg_jax.main', '--config', 'configs/demo.py')
+  assert _error(cwd, home, *main, '--workdir', 'notes.txt/run') == (
+      'error: cannot write to --workdir notes.txt/run: notes.txt is a file, not a '
+      'folder; choose another --workdir')
+  assert _error(cwd, home, *main, '--workdir', 'runs/demo',
+                '--config.train.init_from=../outside/w.pth').startswith(
+      'error: train.init_from=../outside/w.pth: file not found. ')
+  assert _error(cwd, home, *main, '--workdir', 'runs/demo', '--mode', 'eval') == (
+      'error: --mode eval without --checkpoint uses the checkpoints of --workdir, and '
+      'runs/demo has none: pass --checkpoint PATH (a converted checkpoint folder or a '
+      'training workdir)')
+  assert _error(cwd, home, *main, '--workdir', 'runs/demo', '--mode', 'eval',
+                '--checkpoint', 'runs/demo/checkpoints') == (
+      'error: checkpoint not found: runs/demo/checkpoints')
+  assert _error(cwd, home, 'hrseg_jax.main', '--mode', 'eval', '--workdir', 'runs/e',
+                '--config', 'configs/hrnet_w18_small_v2_cityscapes.py',
+                '--checkpoint', 'converted/w', '--config.data.val_list=~/val.lst'
+                ).startswith('error: ~/val.lst: list file not found (generate it ')
+  assert _error(cwd, home, 'hrseg_jax.main', '--mode', 'predict', '--workdir', 'runs/p',
+                '--checkpoint', 'converted/w', '--input', '~/photos') == (
+      'error: ~/photos/bad.png: not an image (OpenCV finds no image format in it)')
+  assert sorted(os.listdir(cwd)) == ['configs', 'converted', 'notes.txt', 'runs',
+                                     'storage', 'weights']
+  assert sorted(os.listdir(cwd / 'converted')) == ['ocr', 'w']
+  assert os.listdir(cwd / 'storage') == []

@@ -67,8 +67,7 @@ def test_truncated_png_is_one_line_without_opencv_warning(tmp_path):
   r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
                '--workdir', 'runs/p')
   assert r.returncode == 2, r.stderr[-3000:]
-  real = os.path.realpath(tmp_path)
-  assert r.stderr == (f'error: {real}/photos/cut.png: cannot decode image (corrupt, '
+  assert r.stderr == ('error: photos/cut.png: cannot decode image (corrupt, '
                       'truncated or not an image)\n'), r.stderr
   assert not (tmp_path / 'runs/p/predictions/labels').exists()
 
@@ -83,8 +82,7 @@ def test_png_with_a_broken_header_is_one_line_without_opencv_error(tmp_path):
   r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
                '--workdir', 'runs/p')
   assert r.returncode == 2, r.stderr[-3000:]
-  real = os.path.realpath(tmp_path)
-  assert r.stderr == (f'error: {real}/photos/bad.png: cannot decode image (corrupt, '
+  assert r.stderr == ('error: photos/bad.png: cannot decode image (corrupt, '
                       'truncated or not an image)\n'), r.stderr
   assert not (tmp_path / 'runs/p/predictions').exists()
 
@@ -108,8 +106,8 @@ def test_unwritable_workdir_is_one_line_before_the_checkpoint_loads(tmp_path):
   r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photo.png',
                '--workdir', 'notes.txt/p')
   assert r.returncode == 2 and r.stdout == '', r.stderr[-3000:]
-  assert r.stderr == (f'error: cannot create notes.txt/p/predictions: '
-                      f'{os.path.realpath(tmp_path)}/notes.txt is a file, not a folder; '
+  assert r.stderr == ('error: cannot create notes.txt/p/predictions: '
+                      'notes.txt is a file, not a folder; '
                       'choose another --workdir\n'), r.stderr
 
 
@@ -133,7 +131,7 @@ def test_a_folders_other_files_are_named_not_silently_left_out(tmp_path):
   r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
                '--workdir', 'runs/p')
   assert r.returncode == 2 and r.stdout == '', r.stderr[-3000:]
-  assert r.stderr == (f'error: {os.path.realpath(tmp_path)}/photos: no .png/.jpg/.jpeg images '
+  assert r.stderr == ('error: photos: no .png/.jpg/.jpeg images '
                       'found (it holds 2 other file(s): notes.txt, sub/b.bmp)\n'), r.stderr
 
 
@@ -146,8 +144,7 @@ def test_an_input_that_is_not_an_image_fails_before_any_prediction(tmp_path):
   r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photo.png',
                '--input', 'notes.md', '--workdir', 'runs/p')
   assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
-  real = os.path.realpath(tmp_path)
-  assert r.stderr == (f'error: {real}/notes.md: not an image (OpenCV finds no image format '
+  assert r.stderr == ('error: notes.md: not an image (OpenCV finds no image format '
                       'in it); --input takes images, folders of .png/.jpg/.jpeg images, '
                       '.txt/.lst lists of them and videos\n'), r.stderr
   # In a folder or a list (a.png was predicted and written, then it stopped at b.png).
@@ -155,17 +152,17 @@ def test_an_input_that_is_not_an_image_fails_before_any_prediction(tmp_path):
   (tmp_path / 'photo.png').rename(tmp_path / 'photos/a.png')
   (tmp_path / 'photos/b.png').write_text('a text file named .png')
   (tmp_path / 'photos.lst').write_text('photos/a.png\nphotos/b.png\n')
-  for given, where in (('photos', ''), ('photos.lst', f' (listed in {real}/photos.lst)')):
+  for given, where in (('photos', ''), ('photos.lst', ' (listed in photos.lst)')):
     r = _predict(tmp_path, '--checkpoint', 'converted', '--input', given, '--workdir', 'runs/p')
     assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
-    assert r.stderr == (f'error: {real}/photos/b.png: not an image (OpenCV finds no image '
+    assert r.stderr == (f'error: photos/b.png: not an image (OpenCV finds no image '
                         f'format in it){where}\n'), r.stderr
   # A link to a missing file ('[Errno 2] No such file or directory: ...').
   (tmp_path / 'photos/b.png').unlink()
   (tmp_path / 'photos/b.png').symlink_to(tmp_path / 'gone.png')
   r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos', '--workdir', 'runs/p')
   assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
-  assert r.stderr == (f'error: {real}/photos/b.png: file not found (a link to a missing '
+  assert r.stderr == ('error: photos/b.png: file not found (a link to a missing '
                       'file?)\n'), r.stderr
   assert not (tmp_path / 'runs').exists()
 

@@ -49,8 +49,8 @@ def test_missing_pretrained_file_is_one_line_before_any_work(tmp_path):
   lines = r.stderr.strip().splitlines()
   assert 'Traceback' not in r.stderr
   last = lines[-1]
-  where = tmp_path.resolve() / 'pretrained_models/hrnetv2_w48_imagenet_pretrained.pth'
-  assert last.startswith(f'error: train.init_from={where}: file not found. Put the '
+  assert last.startswith('error: train.init_from=pretrained_models/'
+                         'hrnetv2_w48_imagenet_pretrained.pth: file not found. Put the '
                          'ImageNet-pretrained HRNet-W48 backbone')
   assert 'python -m hrseg_jax.convert hrnetv2_w48_imagenet_pretrained.pth' in last
   assert "--config.train.init_from='' trains from scratch" in last
@@ -70,7 +70,7 @@ def test_missing_converted_init_from_names_the_pth_to_convert(tmp_path):
   assert r.returncode == 2, r.stderr[-2000:]
   assert 'Traceback' not in r.stderr
   last = r.stderr.strip().splitlines()[-1]
-  where = tmp_path.resolve() / 'converted/hrnetv2_w48_imagenet'
+  where = 'converted/hrnetv2_w48_imagenet'   # as typed
   assert last == (f'error: train.init_from={where}: no checkpoint there. Convert the '
                   'weights to start from into it once (`python -m hrseg_jax.convert '
                   f'hrnetv2_w48_imagenet_pretrained.pth {where} --num-classes 19`), or '
@@ -142,8 +142,7 @@ def test_missing_init_from_of_a_model_without_released_backbone(tmp_path):
   assert r.returncode == 2, r.stderr[-2000:]
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1, r.stderr
-  where = tmp_path.resolve() / 'weights/mine.pth'
-  assert lines[0].startswith(f'error: train.init_from={where}: file not found. Put the '
+  assert lines[0].startswith('error: train.init_from=weights/mine.pth: file not found. Put the '
                              'weights to start from (mine.pth) there'), lines[0]
   assert 'HRNet-Image-Classification' not in lines[0] and 'CUSTOM' not in lines[0]
   assert not (tmp_path / 'runs').exists()
@@ -170,8 +169,7 @@ def test_init_from_that_does_not_fit_is_one_line_before_the_workdir(golden, tmp_
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr[-2000:]
-    assert lines[0].startswith(f'error: train.init_from={tmp_path.resolve() / init_from}: '
-                               f'{says}'), lines[0]
+    assert lines[0].startswith(f'error: train.init_from={init_from}: {says}'), lines[0]
     assert '(270,) vs (120,)' in lines[0] or '(270,) vs model (120,)' in lines[0], lines[0]
     assert not (tmp_path / 'runs').exists(), init_from
 

@@ -96,7 +96,7 @@ def select(spec: str | None, workdir: str | os.PathLike | None, *,
     FileNotFoundError: no checkpoint there (the message names the path).
   """
   if spec not in (None, '', BEST, LATEST):
-    return os.fspath(spec), None, f'checkpoint {os.fspath(spec)}'
+    return os.fspath(spec), None, f'checkpoint {paths.shown(spec)}'
   if workdir is None:
     raise FileNotFoundError(f'--checkpoint {spec or default} needs --workdir')
   explicit = spec or None
@@ -110,7 +110,7 @@ def select(spec: str | None, workdir: str | os.PathLike | None, *,
                                      f'{100 * mious[step]:.2f}%) in {paths.shown(root)}')
     if explicit:
       raise FileNotFoundError(
-          f'--checkpoint best: no checkpoint in {root} was saved after an '
+          f'--checkpoint best: no checkpoint in {paths.shown(root)} was saved after an '
           'evaluation (use latest, or a path)')
   return os.fspath(root), latest, (f'latest checkpoint (step {latest}) in '
                                    f'{paths.shown(root)}')
@@ -132,7 +132,7 @@ def pick_step(path, spec: int | str | None) -> int | None:
   mious = step_mious(path)
   if not mious:
     raise FileNotFoundError(
-        f'--step best: no checkpoint in {os.fspath(path)} was saved after an '
+        f'--step best: no checkpoint in {paths.shown(path)} was saved after an '
         'evaluation (use --step latest or a step number)')
   return _best(mious)
 

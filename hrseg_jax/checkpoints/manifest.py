@@ -16,6 +16,8 @@ import json
 import os
 import secrets
 
+from hrseg_jax import paths
+
 NAME = 'hrseg_manifest.json'
 FORMAT = 'hrseg_jax checkpoint manifest'
 _CHUNK = 1 << 20
@@ -107,22 +109,20 @@ def verify(step_dir, *, digests: bool | None = None,
       raise ValueError('not a manifest')
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise CorruptCheckpointError(
-        f'checkpoint {step_dir} is corrupt: unreadable manifest {path} '
-        f'({type(e).__name__})') from None
+        f'checkpoint {paths.shown(step_dir)} is corrupt: unreadable manifest '
+        f'{paths.shown(path)} ({type(e).__name__})') from None
   for rel, want in sorted(files.items()):
     if only is not None and not rel.startswith(only.rstrip('/') + '/'):
       continue
     file = os.path.join(step_dir, *rel.split('/'))
+    where = f'checkpoint {paths.shown(step_dir)} is corrupt: {paths.shown(file)}'
     if not os.path.isfile(file):
-      raise CorruptCheckpointError(
-          f'checkpoint {step_dir} is corrupt: {file} is missing')
+      raise CorruptCheckpointError(f'{where} is missing')
     size = os.path.getsize(file)
     if size != want.get('size'):
       raise CorruptCheckpointError(
-          f'checkpoint {step_dir} is corrupt: {file} has {size} bytes, its '
-          f'manifest says {want.get("size")}')
+          f'{where} has {size} bytes, its manifest says {want.get("size")}')
     if digests and _sha256(file) != want.get('sha256'):
       raise CorruptCheckpointError(
-          f'checkpoint {step_dir} is corrupt: {file} does not match its '
-          'SHA-256 digest in the manifest')
+          f'{where} does not match its SHA-256 digest in the manifest')
   return True

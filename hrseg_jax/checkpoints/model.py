@@ -54,7 +54,7 @@ def _looks_like_pth(path: epath.Path) -> bool:
 def not_a_folder_message(path) -> str:
   """What to do when a file is given where a checkpoint folder is expected."""
   path = epath.Path(path)
-  head = f'{path} is a file, not a checkpoint folder'
+  head = f'{paths.shown(path)} is a file, not a checkpoint folder'
   if _looks_like_pth(path):
     stem = path.name.split('.')[0] or 'model'
     return (f'{head}; a PyTorch .pth must be converted first: python -m '
@@ -93,7 +93,7 @@ def find_checkpoint(path) -> tuple[epath.Path, int]:
   steps = model_steps(path)
   if not steps:
     raise FileNotFoundError(
-        f'{path}: no hrseg_jax checkpoint (expected step directories with '
+        f'{paths.shown(path)}: no hrseg_jax checkpoint (expected step directories with '
         f'"{VARIABLES}" and "{MODEL}" items)')
   return path, steps[-1]
 
@@ -124,12 +124,13 @@ def save_model(directory, variables: Mapping, model_cfg: Mapping,
   directory = epath.Path(paths.resolve(os.fspath(directory)))
   check_replaceable(directory, overwrite=overwrite, keep=keep)
   _check_json({'model': dict(model_cfg), 'meta': dict(meta or {})},
-              f'the model config or metadata of {directory}')
+              f'the model config or metadata of {paths.shown(directory)}')
   parent = directory.parent
   if not parent.exists():
     parent.mkdir(parents=True, exist_ok=True)
   if not parent.is_dir():
-    raise NotADirectoryError(f'cannot create {directory}: {parent} is not a directory')
+    raise NotADirectoryError(f'cannot create {paths.shown(directory)}: '
+                             f'{paths.shown(parent)} is not a directory')
   tag = uuid.uuid4().hex[:8]
   tmp = parent / f'.{directory.name}.tmp-{tag}'
   old = parent / f'.{directory.name}.old-{tag}'
@@ -232,7 +233,7 @@ def load_model(path, *, step: int | None = None):
   step_dir = root / str(step)
   if not (step_dir / MODEL).is_dir():
     kept = model_steps(root)
-    raise FileNotFoundError(f'{root}: no checkpoint step {step} (steps kept: '
+    raise FileNotFoundError(f'{paths.shown(root)}: no checkpoint step {step} (steps kept: '
                             f'{", ".join(map(str, kept)) or "none"})')
   verified = _verify(step_dir)
   try:
@@ -252,7 +253,7 @@ def load_model(path, *, step: int | None = None):
       }))
   except Exception as e:  # pylint: disable=broad-except
     raise manifest.CorruptCheckpointError(
-        f'cannot read checkpoint {step_dir}: {console.first_line(e)}') from None
+        f'cannot read checkpoint {paths.shown(step_dir)}: {console.first_line(e)}') from None
   model_cfg, variables = item[MODEL]['model'], _numpy_tree(item[VARIABLES])
   if not verified:
     _check_against_config(step_dir, model_cfg, variables)

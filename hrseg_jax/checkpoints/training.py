@@ -326,7 +326,8 @@ class Checkpointer:
     steps = self.complete_steps()
     last = f'step {steps[-1]}' if steps else 'none'
     return CheckpointSaveError(
-        f'saving checkpoint {step} in {self.directory} failed: {console.first_line(error)}; '
+        f'saving checkpoint {step} in {paths.shown(self.directory)} failed: '
+        f'{console.first_line(error)}; '
         f'last complete checkpoint: {last}')
 
   def _remove_partial_steps(self, quiet_s: float = 2.0, limit_s: float = 60.0):

@@ -71,7 +71,7 @@ def resolve_inplace_abn(src, loaded: tuple[dict, dict], inplace_abn: bool | None
   """
   if inplace_abn is not None:
     return bool(inplace_abn)
-  name = os.path.basename(os.fspath(src))
+  name = os.path.basename(paths.shown(src))   # a symlink by its own name
   if name in released.RELEASED:
     if released.RELEASED[name][1]:
       log(f'{name}: a released checkpoint: converting with InPlaceABN, as it was trained')
@@ -174,9 +174,9 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
         allow_missing=registry.HEAD_PREFIXES if backbone_only else (),
         allow_unexpected=False)
   except ValueError as e:  # Name the file, as every error of the command line does.
-    if str(e).startswith(os.fspath(src)):
+    if str(e).startswith(paths.shown(src)):
       raise
-    raise type(e)(f'{os.fspath(src)}: {e}') from None
+    raise type(e)(f'{paths.shown(src)}: {e}') from None
   if backbone_only:
     report['skipped'] = sorted(skip)
   missing = [k for k, v in filled.items() if v is None]

@@ -70,6 +70,7 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
+from hrseg_jax import paths
 from hrseg_jax.convert import safe_pickle, zip_reader
 from hrseg_jax.convert.safe_pickle import FormatError as _FormatError
 from hrseg_jax.convert.safe_pickle import Placeholder
@@ -749,27 +750,28 @@ def load_pth(path: str | os.PathLike) -> Any:
     OSError: the file cannot be opened.
   """
   path = os.fspath(path)
+  name = paths.shown(path)   # in messages
   with open(path, 'rb') as f:
     size = os.fstat(f.fileno()).st_size
     if size == 0:
-      raise PthError(f'{path}: empty file')
+      raise PthError(f'{name}: empty file')
     try:
       buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as e:
-      raise PthError(_one_line(f'{path}: cannot map the file ({e})')) from None
+      raise PthError(_one_line(f'{name}: cannot map the file ({e})')) from None
   budget = safe_pickle.Budget(_BUDGET_FACTOR * size + _BUDGET_SLACK)
   try:
     return _load(buf, budget)
   except _FormatError as e:
-    raise PthError(_one_line(f'{path}: {e}')) from None
+    raise PthError(_one_line(f'{name}: {e}')) from None
   except (MemoryError, RecursionError) as e:
-    raise PthError(_one_line(f'{path}: refusing a checkpoint that needs too '
+    raise PthError(_one_line(f'{name}: refusing a checkpoint that needs too '
                              f'much memory or nesting ({type(e).__name__})')
                   ) from None
   except Exception as e:  # pylint: disable=broad-except
     # Any other failure to parse untrusted bytes means a damaged file.
     raise PthError(_one_line(
-        f'{path}: corrupt or truncated checkpoint '
+        f'{name}: corrupt or truncated checkpoint '
         f'({type(e).__name__}: {e})')) from None
   finally:
     with contextlib.suppress(BufferError):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from hrseg_jax import paths
+
 # File name -> (align_corners, inplace_abn).
 RELEASED = {
     'hrnet_cs_8090_torch11.pth': (False, False),
@@ -39,7 +41,7 @@ def options(path: str, align_corners: bool | None, inplace_abn: bool | None
   option given against it is kept, and ``warning`` says so. For other files
   the options are returned as given (None: not given) and both lines are None.
   """
-  name = os.path.basename(os.fspath(path))
+  name = os.path.basename(paths.shown(path))   # a symlink by its own name
   if name not in RELEASED:
     return align_corners, inplace_abn, None, None
   want_align, want_abn = RELEASED[name]
@@ -80,7 +82,7 @@ def align_corners_note(path, model_cfg, dataset: str | None) -> str | None:
     released = dataset
   else:
     return None
-  return (f'{os.path.basename(os.fspath(path))}: {kind} not under a released file name: '
+  return (f'{os.path.basename(paths.shown(path))}: {kind} not under a released file name: '
           f'converting with align_corners=False (the default), but the released {released} '
           'checkpoints were trained with align_corners=True: pass --align-corners if this '
           'one was too (--no-align-corners: False, without this line)')
@@ -91,7 +93,7 @@ def inplace_abn_warning(path, layout, inplace_abn: bool | None) -> str | None:
   :data:`RELEASED`, which :func:`options` warns about) with
   ``num_batches_tracked`` buffers: standard PyTorch BatchNorm saves them,
   InPlaceABN does not (``source.saved_by_inplace_abn``)."""
-  name = os.path.basename(os.fspath(path))
+  name = os.path.basename(paths.shown(path))
   if inplace_abn is not True or name in RELEASED or not layout.get('num_batches_tracked'):
     return None
   return (f'warning: {name} has num_batches_tracked buffers, as saved by standard '

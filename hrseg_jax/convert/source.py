@@ -65,17 +65,18 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
       model cannot take (see :func:`pth.check_state_dict_dtypes`).
   """
   path = os.fspath(path)
+  name = paths.shown(path)   # in messages
   if not os.path.isfile(path):
     if os.path.isdir(path):
-      raise ValueError(f'checkpoint is a folder, not a file: {path}')
+      raise ValueError(f'checkpoint is a folder, not a file: {name}')
     raise ValueError(paths.not_found(path))
   obj = pth.load_pth(path)
   try:
     state = pth.state_dict_from_checkpoint(obj)
   except ValueError as e:
-    raise ValueError(f'{path}: {e}') from None
-  _check_keys(state, path)
-  pth.check_state_dict_dtypes(state, path)
+    raise ValueError(f'{name}: {e}') from None
+  _check_keys(state, name)
+  pth.check_state_dict_dtypes(state, name)
   wrapper = None
   if isinstance(obj, Mapping):
     for w in ('state_dict', 'model'):
@@ -89,7 +90,7 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
       for k, v in state.items():
         short = k[len(p):] if k.startswith(p) else k
         if short in stripped:  # Never keep one of two silently.
-          raise ValueError(f'{path}: the state dict holds both {p}{short} and {short}')
+          raise ValueError(f'{name}: the state dict holds both {p}{short} and {short}')
         stripped[short] = v
       state = stripped
       prefix += p
@@ -98,12 +99,12 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
     if k.endswith('num_batches_tracked'):
       n = int(np.asarray(v).reshape(()))
       if not 0 <= n < 2**63:
-        raise ValueError(f'{path}: {k} is {n}, not a step count')
+        raise ValueError(f'{name}: {k} is {n}, not a step count')
       tracked[k] = n
   layout = {
       'wrapper': wrapper, 'prefix': prefix,
       'num_batches_tracked': tracked,
-      'extras': _extras(state, path),
+      'extras': _extras(state, name),
   }
   return state, layout
 

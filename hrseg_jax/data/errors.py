@@ -13,6 +13,8 @@ import collections
 import logging
 import threading
 
+from hrseg_jax import paths
+
 log = logging.getLogger(__name__)
 
 
@@ -20,11 +22,13 @@ class DataError(ValueError):
   """An input file is missing, corrupt or inconsistent.
 
   Attributes:
-    path: the file (or files, joined by ' / ') the error is about.
+    path: the file (or files, joined by ' / ') the error is about; the
+      message names it as the user typed it (:func:`hrseg_jax.paths.shown`).
   """
 
   def __init__(self, path: str, reason: str):
-    super().__init__(f'{path}: {reason}')
+    named = ' / '.join(paths.shown(p) for p in str(path).split(' / '))
+    super().__init__(f'{named}: {reason}')
     self.path = path
     self.reason = reason
 

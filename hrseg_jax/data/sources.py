@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hrseg_jax import paths
 from hrseg_jax.data import decode
 from hrseg_jax.data import lists
 from hrseg_jax.data import tfds_source
@@ -67,7 +68,7 @@ class FileSource:
     label that is not there (a wrong root or prefix fails at once, not at
     the first batch).  Local paths only; ``gs://`` roots are not stat-ed.
     """
-    list_path = self.list_path
+    list_path = paths.shown(self.list_path)
     if self._labels and self._label_map.name == 'cityscapes':
       trainids = [p for p in self._labels if p.endswith('_labelTrainIds.png')]
       if trainids:
@@ -109,8 +110,9 @@ class FileSource:
       else:
         continue
       if fix != name:
-        raise DataError(path, f'a label in {kind}, listed in {self.list_path}, but '
-                        f'data.label_map={name!r}: pass --config.data.label_map={fix}')
+        raise DataError(path, f'a label in {kind}, listed in '
+                        f'{paths.shown(self.list_path)}, but data.label_map={name!r}: '
+                        f'pass --config.data.label_map={fix}')
 
   def __len__(self) -> int:
     return len(self._images)
@@ -131,7 +133,8 @@ class FileSource:
       return read(path)
     except DataError as e:
       if self.list_path and e.reason == 'file not found':
-        raise DataError(e.path, f'file not found (listed in {self.list_path})') from None
+        raise DataError(e.path,
+                        f'file not found (listed in {paths.shown(self.list_path)})') from None
       raise
 
   def __getitem__(self, index: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from hrseg_jax import paths
 from hrseg_jax.train import progress as progress_lib
 
 
@@ -116,7 +117,7 @@ class ProgressHook:
       raise NonFiniteLoss(
           f'non-finite loss or gradient at step {bad[0]} (loss {float(bad[1]["loss"])}, '
           f'gradient norm {float(bad[1]["grad_norm"])}); stopped. Last good checkpoint: '
-          + (f'step {good} in {ckpt.directory}' if good is not None else 'none')
+          + (f'step {good} in {paths.shown(ckpt.directory)}' if good is not None else 'none')
           + "; rerun to resume from it, or set train.nonfinite='skip'")
 
   def write(self, step: int, state) -> None:

@@ -301,18 +301,18 @@ def make_workdir(workdir) -> epath.Path:
   probe = workdir / f'.write-test-{os.getpid()}'
   # A file where the folder (or a folder above it) would be: say so, not
   # the system's "File exists" / "Not a directory".
-  text = os.fspath(workdir)
+  text = paths.shown(workdir)
   blocker = None if paths.is_url(text) else (
-      text if os.path.isfile(text) else paths.file_above(text))
+      text if os.path.isfile(workdir) else paths.file_above(workdir))
   if blocker:
-    raise NotADirectoryError(f'cannot write to --workdir {workdir}: {blocker} is a '
+    raise NotADirectoryError(f'cannot write to --workdir {text}: {blocker} is a '
                              'file, not a folder; choose another --workdir')
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe.write_text('')
     probe.unlink()
   except OSError as e:
-    raise OSError(f'cannot write to --workdir {workdir}: {e}') from e
+    raise OSError(f'cannot write to --workdir {text}: {e.strerror or e}') from e
   return workdir
 
 
@@ -397,7 +397,8 @@ def check_init_weights(loaded: tuple[dict, dict], path, model_cfg, variables) ->
   """ValueError (one line naming ``train.init_from``) unless ``loaded`` fits."""
   problems = init_weight_problems(loaded, variables)
   if problems:
-    raise ValueError(f'train.init_from={path}: does not fit model {model_cfg.get("variant", "")}: '
+    raise ValueError(f'train.init_from={paths.shown(path)}: does not fit model '
+                     f'{model_cfg.get("variant", "")}: '
                      + '; '.join(problems[:8]) + (' …' if len(problems) > 8 else ''))
 
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from etils import epath
 
-from hrseg_jax import checkpoints, recipes
+from hrseg_jax import checkpoints, paths, recipes
 from hrseg_jax.convert import convert
 
 PTH_SUFFIXES = ('.pth', '.pt', '.pth.tar')
@@ -44,6 +44,7 @@ def missing_message(path: str, model_cfg: Mapping[str, Any] | None = None) -> st
   once.  Any other path names a converted checkpoint folder: say which
   ``.pth`` to convert into it (the recipe's backbone for this variant).
   """
+  path = paths.shown(path)
   name = os.path.basename(str(path).rstrip('/')) or str(path)
   stem = os.path.splitext(name)[0]
   variant = (model_cfg or {}).get('variant', '')
@@ -117,8 +118,8 @@ def load_init_variables(path, model_cfg: Mapping[str, Any], *,
     ValueError: not a checkpoint, or weights that do not fit the model (one
       line naming ``train.init_from``).
   """
-  path = os.fspath(path)
-  local = os.path.expanduser(path)
+  local = os.path.expanduser(os.fspath(path))
+  path = paths.shown(path)   # for messages
   if is_pth(path) and os.path.isfile(local):
     try:
       _, variables, meta, _ = convert.convert_variables(
