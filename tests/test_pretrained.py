@@ -174,13 +174,14 @@ def test_init_from_that_does_not_fit_is_one_line_before_the_workdir(golden, tmp_
     assert not (tmp_path / 'runs').exists(), init_from
 
 
-def _pth_saved_by_inplace_abn(c, path):
-  """A random full model of ``c`` as a .pth without num_batches_tracked."""
+def _pth_saved_by_inplace_abn(c, path, inplace_abn=True):
+  """A random full model of ``c`` as a .pth without num_batches_tracked (as
+  InPlaceABN saves it), or with them (``inplace_abn=False``: as BatchNorm)."""
   rng = np.random.default_rng(0)
   src = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape).astype(np.float32),
                                registry.abstract_variables(registry.resolve(c.model)))
   state_dict = {k: v for k, v in convert.to_state_dict(src).items()
-                if not k.endswith('num_batches_tracked')}
+                if not (inplace_abn and k.endswith('num_batches_tracked'))}
   pth_write.save_pth(state_dict, path)
   return state_dict['model.bn1.weight']
 
@@ -204,6 +205,28 @@ def test_init_from_pth_saved_by_inplace_abn_converts_as_convert_does(tmp_path, c
   variables, meta = loop.read_init_weights(c, tmp_path / 'run')
   assert capsys.readouterr().out == '' and meta['inplace_abn'] is False
   np.testing.assert_array_equal(variables['params']['bn1']['scale'], w)
+
+
+def test_init_from_inplace_abn_forced_on_a_batchnorm_file_warns(tmp_path, capsys):
+  """train.init_from_inplace_abn=True for a .pth with num_batches_tracked
+  buffers (saved by standard BatchNorm): converted as asked, with the
+  warning convert --inplace-abn gives (it gave none)."""
+  c = tiny_config()
+  w = _pth_saved_by_inplace_abn(c, tmp_path / 'bn.pth', inplace_abn=False)
+  c.train.init_from = str(tmp_path / 'bn.pth')
+  c.train.init_from_inplace_abn = True
+  variables, meta = loop.read_init_weights(c, tmp_path / 'run')
+  assert capsys.readouterr().out == (
+      'warning: bn.pth has num_batches_tracked buffers, as saved by standard BatchNorm '
+      '(InPlaceABN saves none): converted with --config.train.init_from_inplace_abn=True '
+      'as asked, its BN scales |w| + 1e-5 are off if it was trained with BatchNorm (drop '
+      'the option to use its BN weights as they are)\n')
+  assert meta['inplace_abn'] is True and meta['console_lines'][0].startswith('warning: ')
+  np.testing.assert_allclose(variables['params']['bn1']['scale'], np.abs(w) + 1e-5,
+                             rtol=0, atol=1e-7)
+  c.train.init_from_inplace_abn = None   # as convert chooses: BatchNorm, no line
+  assert loop.read_init_weights(c, tmp_path / 'run')[1]['inplace_abn'] is False
+  assert capsys.readouterr().out == ''
 
 
 def test_init_from_inplace_abn_on_the_command_line(tmp_path):

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from hrseg_jax.convert import released  # pylint: disable=g-import-not-at-top
     align_corners, inplace_abn, note, warning = released.options(
         src, args.align_corners, args.inplace_abn)
-    warning = warning or released.inplace_abn_warning(src, loaded[1], args.inplace_abn)
+    warnings = [warning] if warning else []
     if note:
       print(note, flush=True)
     # Not given: a file saved by InPlaceABN (no num_batches_tracked) gets its scale.
@@ -69,9 +69,9 @@ def main(argv=None) -> int:
                     overwrite=args.overwrite, seed=args.seed,
                     dataset=args.dataset, loaded=loaded,
                     log=lambda line: print(line, flush=True),
-                    inplace_abn_override='--no-inplace-abn')
-    if warning:   # last, where it is seen
-      print(warning, file=sys.stderr)
+                    inplace_abn_override='--no-inplace-abn', warn=warnings.append)
+    for line in warnings:   # last, where they are seen
+      print(line, file=sys.stderr)
   except (OSError, ValueError, KeyError) as e:
     from hrseg_jax.convert.safe_pickle import printable  # pylint: disable=g-import-not-at-top
     # Names read from the file never reach the terminal as control characters.

@@ -57,7 +57,7 @@ def rename_keys(state: Mapping[str, Any], table: Mapping[str, str]) -> dict:
 
 def resolve_inplace_abn(src, loaded: tuple[dict, dict], inplace_abn: bool | None,
                         backbone_only: bool | None, *, log=print,
-                        override: str = 'inplace_abn=False') -> bool:
+                        override: str = 'inplace_abn=False', warn=None) -> bool:
   """Whether ``src`` converts with InPlaceABN's BN scale ``|w| + 1e-5``.
 
   ``inplace_abn`` given: that.  Else a released file (named as released,
@@ -67,9 +67,18 @@ def resolve_inplace_abn(src, loaded: tuple[dict, dict], inplace_abn: bool | None
   checkpoints); ``log`` gets a line saying so, naming ``override``, the
   option that converts it with standard BatchNorm instead (the command
   line's ``--no-inplace-abn``, training's
-  ``--config.train.init_from_inplace_abn=False``).
+  ``--config.train.init_from_inplace_abn=False``).  InPlaceABN asked for
+  (``inplace_abn`` True) for a file with ``num_batches_tracked`` buffers,
+  saved by standard BatchNorm, gets :func:`released.inplace_abn_warning`'s
+  line, to ``warn`` (default ``log``).
   """
   if inplace_abn is not None:
+    # Asked for against the file (saved by standard BatchNorm): say so. The
+    # option that asked for it: --inplace-abn, ...=True.
+    forced = override.replace('--no-', '--').replace('=False', '=True')
+    warning = released.inplace_abn_warning(src, loaded[1], inplace_abn, forced)
+    if warning:
+      (warn or log)(warning)
     return bool(inplace_abn)
   name = os.path.basename(paths.shown(src))   # a symlink by its own name
   if name in released.RELEASED:
@@ -110,7 +119,7 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
                       backbone_only: bool | None = None, seed: int = 0,
                       dataset: str | None = None,
                       loaded: tuple[dict, dict] | None = None, log=print,
-                      inplace_abn_override: str = 'inplace_abn=False'
+                      inplace_abn_override: str = 'inplace_abn=False', warn=None
                       ) -> tuple[dict, dict, dict, dict]:
   """Reads and converts ``src`` (.pth) in memory; writes nothing.
 
@@ -119,7 +128,9 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
       (False), or, None, as ``python -m hrseg_jax.convert`` chooses
       (:func:`resolve_inplace_abn`: a released file's own, else InPlaceABN's
       for a file saved without ``num_batches_tracked`` buffers, with a line
-      to ``log`` naming ``inplace_abn_override``).
+      to ``log`` naming ``inplace_abn_override``); True for a file saved by
+      standard BatchNorm is done with a ``warning:`` line to ``warn``
+      (default ``log``).
     loaded: what :func:`load_state` returned for ``src``, if the caller has
       read it already.
 
@@ -138,7 +149,7 @@ def convert_variables(src, *, model_cfg: Mapping[str, Any] | None = None,
     if backbone_only is None:
       backbone_only = not from_state_dict.has_head(state)
     inplace_abn = resolve_inplace_abn(src, (state, layout), inplace_abn, backbone_only,
-                                      log=log, override=inplace_abn_override)
+                                      log=log, override=inplace_abn_override, warn=warn)
     if model_cfg is None:
       try:
         cfg = from_state_dict.infer_model_config(state, num_classes)
@@ -204,7 +215,7 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
             inplace_abn: bool | None = None, backbone_only: bool | None = None,
             overwrite: bool = False, seed: int = 0, dataset: str | None = None,
             log=print, loaded: tuple[dict, dict] | None = None,
-            inplace_abn_override: str = 'inplace_abn=False') -> dict:
+            inplace_abn_override: str = 'inplace_abn=False', warn=None) -> dict:
   """Converts ``src`` (.pth) to an Orbax checkpoint in ``dst``; returns meta.
 
   The checkpoint's ``meta['dataset']`` (palette and class names for
@@ -223,7 +234,7 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
       src, model_cfg=model_cfg, num_classes=num_classes,
       align_corners=align_corners, inplace_abn=inplace_abn,
       backbone_only=backbone_only, seed=seed, dataset=dataset, loaded=loaded,
-      log=log, inplace_abn_override=inplace_abn_override)
+      log=log, inplace_abn_override=inplace_abn_override, warn=warn)
   if align_corners is None and model_cfg is None and not meta['backbone_only']:
     note = released.align_corners_note(src, cfg, meta.get('dataset'))
     if note:

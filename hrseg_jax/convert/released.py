@@ -88,15 +88,17 @@ def align_corners_note(path, model_cfg, dataset: str | None) -> str | None:
           'one was too (--no-align-corners: False, without this line)')
 
 
-def inplace_abn_warning(path, layout, inplace_abn: bool | None) -> str | None:
-  """The ``warning:`` line for --inplace-abn given for a file (not of
-  :data:`RELEASED`, which :func:`options` warns about) with
+def inplace_abn_warning(path, layout, inplace_abn: bool | None,
+                        option: str = '--inplace-abn') -> str | None:
+  """The ``warning:`` line for ``option`` (InPlaceABN's scale asked for:
+  ``--inplace-abn``, ``train.init_from_inplace_abn=True``) given for a file
+  (not of :data:`RELEASED`, which :func:`options` warns about) with
   ``num_batches_tracked`` buffers: standard PyTorch BatchNorm saves them,
   InPlaceABN does not (``source.saved_by_inplace_abn``)."""
   name = os.path.basename(paths.shown(path))
   if inplace_abn is not True or name in RELEASED or not layout.get('num_batches_tracked'):
     return None
   return (f'warning: {name} has num_batches_tracked buffers, as saved by standard '
-          'BatchNorm (InPlaceABN saves none): converted with --inplace-abn as asked, '
+          f'BatchNorm (InPlaceABN saves none): converted with {option} as asked, '
           'its BN scales |w| + 1e-5 are off if it was trained with BatchNorm (drop the '
           'option to use its BN weights as they are)')

@@ -109,7 +109,8 @@ def load_init_variables(path, model_cfg: Mapping[str, Any], *,
   A ``.pth`` converts as ``python -m hrseg_jax.convert`` converts it:
   ``inplace_abn`` (``train.init_from_inplace_abn``) None gives a file saved
   by InPlaceABN (no ``num_batches_tracked`` buffers) its BN scale, with a
-  line to ``log``; True or False forces it.
+  line to ``log``; True or False forces it (True for a file saved by standard
+  BatchNorm with a ``warning:`` line to ``log``, as convert warns).
 
   ``meta['initialised']`` lists the PyTorch keys the file lacked (a
   backbone's head); the caller keeps its own initialisation for those.
