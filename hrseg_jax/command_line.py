@@ -134,15 +134,9 @@ def load_config_with_overrides(spec: str, overrides) -> object:
   config_flags.DEFINE_config_file('config', None, flag_values=values, sys_argv=argv)
   try:
     values(argv)
-  except flags.Error as e:
-    raise ValueError(one_line(e)) from None
-  except (AttributeError, KeyError) as e:
-    field, hint = missing_field(e)
-    bad = [a.split('=')[0] for a in overrides if field in a.split('=')[0]]
-    raise ValueError(f'unknown config field {(bad[0][2:] if bad else field)!r} '
-                     f'(no field {field!r}{"; " + hint if hint else ""})') from None
-  except TypeError as e:
-    raise ValueError(one_line(e)) from None
+  except (flags.Error, AttributeError, KeyError, TypeError) as e:
+    # Training's message: an unknown field names the ones it was probably meant to be.
+    raise ValueError(flag_error(e, argv)) from None
   check_repeated_overrides(values.config, argv)
   return values.config
 

@@ -212,7 +212,7 @@ def test_browse_takes_the_overrides_training_takes(tmp_path):
   r = _browse(tmp_path, *common, '--config.data.rot=x')
   assert r.returncode == 2 and r.stderr == (
       "error: unknown config field 'config.data.rot' (no field 'rot'; "
-      'Did you mean "root" instead of "rot"?)\n')
+      'did you mean --config.data.root?)\n')
   r = _browse(tmp_path, *common, '--config.data.rot', 'x')   # two words, as training takes
   assert r.returncode == 2 and r.stderr.startswith(
       "error: unknown config field 'config.data.rot'"), r.stderr

@@ -219,3 +219,22 @@ def test_video_failing_after_some_frames_removes_only_what_it_made(tmp_path, mon
   assert not (tmp_path / 'new').exists()
   assert sorted(str(p.relative_to(old)) for p in old.rglob('*')) == [
       'frames', 'frames/labels', 'frames/labels/mine.png', 'notes.txt']
+
+
+def test_browse_names_a_mistyped_override_as_training_does(tmp_path):
+  """The same mistyped --config.* field gives browse and training the same
+  line, with the fields it was probably meant to be (browse repeated
+  ml_collections' hint: 'Did you mean "log_every_steps"' for eval.every_steps)."""
+  (tmp_path / 'configs').symlink_to(os.path.join(REPO, 'configs'))
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  mistakes = ('--config.train.eval_every_steps=5', '--config.train.num_step=3')
+  for mistake in mistakes:
+    commands = (['hrseg_jax.browse', '--out', 'grid.png'],
+                ['hrseg_jax.main', '--workdir', 'runs/x'])
+    errors = [subprocess.run([sys.executable, '-m', *command, '--config', 'configs/demo.py',
+                              mistake], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, check=False) for command in commands]
+    assert [r.returncode for r in errors] == [2, 2], errors
+    assert errors[0].stderr == errors[1].stderr, errors
+    assert errors[0].stderr.count('\n') == 1 and 'did you mean --config.' in errors[0].stderr
+  assert os.listdir(tmp_path) == ['configs']
