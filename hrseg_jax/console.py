@@ -207,6 +207,12 @@ def _cpu_only(tf):
   return tf
 
 
+def _stamped(text: str) -> str:
+  """``text``'s lines as the log file holds them, each after the time."""
+  stamp = time.strftime('%Y-%m-%d %H:%M:%S')
+  return ''.join(f'{stamp}  {line}\n' for line in str(text).splitlines() or [''])
+
+
 class Console:
   """Prints lines (process 0 only) and appends them to a log file.
 
@@ -220,6 +226,7 @@ class Console:
     self._file = None
     if enabled and log_path:
       self._file = open(os.fspath(log_path), 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+      self._fd = self._file.fileno()
       self._handler = logging.StreamHandler(self._file)
       self._handler.setLevel(logging.WARNING)
       self._handler.setFormatter(logging.Formatter('%(levelname)s %(message)s'))
@@ -234,16 +241,27 @@ class Console:
   def log(self, text: str) -> None:
     """Appends ``text`` to the log file only."""
     if self._file is not None:
-      stamp = time.strftime('%Y-%m-%d %H:%M:%S')
-      for line in str(text).splitlines() or ['']:
-        self._file.write(f'{stamp}  {line}\n')
+      self._file.write(_stamped(text))
       self._file.flush()
+
+  def notice(self, text: str) -> None:
+    """Prints ``text`` on stderr and appends it to the log file from a signal
+    handler: one ``os.write`` each, past Python's buffered files, which a
+    handler must not write to (it may have interrupted a write to them)."""
+    if not self.enabled:
+      return
+    os.write(sys.stderr.fileno(), (text + '\n').encode())
+    if self._file is not None:
+      try:
+        os.write(self._fd, _stamped(text).encode())
+      except OSError:
+        pass   # the console has it; a full disk is reported by what writes next
 
   def close(self) -> None:
     if self._file is not None:
       logging.getLogger().removeHandler(self._handler)
-      self._file.close()
-      self._file = None
+      f, self._file = self._file, None   # a signal's notice no longer writes to it
+      f.close()
 
   def __enter__(self):
     return self

@@ -285,6 +285,36 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(tmp_path):
   assert not (tmp_path / 'runs').exists()
 
 
+def test_sigterm_and_ctrl_c_notices_reach_log_txt(tmp_path):
+  """SIGTERM's and Ctrl-C's notices went to the console only: log.txt (all a
+  cluster user may have) now says why the run stopped, and at which step;
+  after a second Ctrl-C (exit at once) the notice is its last line."""
+  (tmp_path / 'config.py').write_text(
+      'from train_util import tiny_config\n\n\ndef get_config():\n'
+      '  return tiny_config(num_steps=6)\n')
+  log_file = tmp_path / 'runs' / 's' / 'log.txt'
+
+  def notices(lines):
+    return [l for l in lines if l.startswith(('SIGTERM: ', 'Ctrl-C: '))]
+
+  for fault, returncode in (('sigterm:2', 0), ('sigint2:4', -2)):
+    before = log_file.read_text().splitlines() if log_file.exists() else []
+    r = _train(tmp_path, '--config', 'config.py', '--workdir', 'runs/s',
+               HRSEG_FAULT=fault)
+    assert r.returncode == returncode, r.stderr[-3000:]
+    log = [l.split('  ', 1)[1] for l in log_file.read_text().splitlines()[len(before):]
+           if '  ' in l]
+    shown = notices(r.stderr.splitlines())
+    assert len(shown) == 1 and notices(log) == shown, (r.stderr, log)
+    if returncode == 0:
+      stopped = [l for l in r.stdout.splitlines() if l.startswith('stopped by SIGTERM')]
+      assert stopped and stopped[0].startswith('stopped by SIGTERM at step 2 of 6')
+      assert log[-1] == stopped[0], log
+    else:
+      assert log[-1] == shown[0], log
+      assert 'press Ctrl-C again to exit at once' in log[-1]
+
+
 def test_a_stop_at_step_the_run_never_reaches_is_one_line(tmp_path):
   """train.stop_at_step at or before the step the run starts at stopped
   nothing (stop_at_step=0 trained every step): one ``error:`` line, exit 2,

@@ -105,6 +105,8 @@ class StopSignal:
   def __init__(self):
     self.requested = False
     self.reason = None   # what asked to stop, for the run's last line
+    # The run's console once it exists: the notices go to its log file too.
+    self.console: console_lib.Console | None = None
     self._old = {}
     self._service = False
 
@@ -120,7 +122,9 @@ class StopSignal:
 
   def _notice(self, text: str) -> None:
     # os.write, not print or logging: a handler may interrupt a print.
-    if jax.process_index() == 0:
+    if self.console is not None:
+      self.console.notice(text)
+    elif jax.process_index() == 0:
       os.write(sys.stderr.fileno(), (text + '\n').encode())
 
   def _terminate(self, signum, frame):  # pylint: disable=unused-argument
@@ -518,6 +522,7 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
   console = console_lib.Console(workdir / LOG_FILE, enabled=is_main)
   for line in (init[1].get('console_lines', []) if init else []):
     console.log(line)   # printed before the workdir existed (train.init_from's BN scale)
+  stop.console = console   # SIGTERM's and Ctrl-C's notices reach log.txt too
   try:
     return _train_logged(config, workdir, stop, faults, num_train, writer, loss_log,
                          console, init)
@@ -525,6 +530,7 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
     console.log(f'error: {console_lib.first_line(e)}')   # the console gets it from main
     raise
   finally:
+    stop.console = None
     console.close()
 
 
