@@ -10,7 +10,7 @@ STEP_LINE = re.compile(
     r'^step (?P<step>\d+)/(?P<total>\d+) \(epoch [\d.]+\) loss (?P<loss>[\d.]+|nan) '
     r'lr (?P<lr>[\d.]+e-?\d+|0) grad (?:[\d.]+|nan) \| (?P<ips>[\d.]+) img/s, '
     r'(?P<sps>[\d.]+) s/step(?P<compiling> incl\. compilation)?, data \d+% \| '
-    r'ETA (?P<eta>\S+)')
+    r'ETA (?P<eta>\S+)(?: \+ (?P<evals>\d+) evals?)?')
 STARTUP_KEYS = ('devices', 'batch', 'steps', 'data', 'model', 'workdir',
                 'checkpoints', 'start')
 # Lines of library logging: absl's "I1130 08:00:00.1 123 file.py:1]" format,

@@ -74,6 +74,33 @@ def test_first_eta_leaves_out_compilation():
   assert p.line(4, {'loss': 0.5, 'lr': 1e-2, 'grad_norm': 2.0}).endswith('| ETA 36s')
 
 
+def test_eta_counts_the_evaluations_still_to_come():
+  """Evaluations every 100 steps of 300, and after the last: the ETA left them
+  out (a run with periodic evaluation ended long after it).  Until one is
+  timed the line says how many it leaves out; then each takes the latest time."""
+  clock = _Clock()
+  p = progress.Progress(num_steps=300, steps_per_epoch=100, global_batch=8,
+                        start_step=0, eval_every=100, clock=clock)
+  metrics = {'loss': 0.5, 'lr': 1e-2, 'grad_norm': 2.0}
+  clock.now += 50.0                          # 1 s per step
+  assert p.line(50, metrics).endswith('| ETA 4m10s + 3 evals')
+  clock.now += 50.0
+  assert p.line(100, metrics).endswith('| ETA 3m20s + 3 evals')   # 100's is next
+  p.add_eval_time(30.0)
+  p.add_paused_time(30.0)
+  clock.now += 80.0
+  assert p.line(150, metrics).endswith('| ETA 3m30s')   # 150 s + 2 x 30 s
+  p.add_eval_time(20.0)                      # the latest evaluation's time
+  clock.now += 50.0
+  assert p.line(200, metrics).endswith('| ETA 2m20s')   # 100 s + 2 x 20 s
+  clock.now += 100.0
+  assert p.line(300, metrics).endswith('| ETA 20s')     # the last one is to come
+  assert progress.Progress(299, 100, 8, 0, eval_every=100).evals_left(200) == 2
+  no_eval = progress.Progress(300, 100, 8, 0, clock=clock)   # eval.every_steps=-1
+  clock.now += 1.0
+  assert no_eval.line(1, metrics).endswith(' | ETA 4m59s')
+
+
 def test_speeds_go_to_tensorboard_after_the_compiling_window():
   from hrseg_jax.train import hooks  # pylint: disable=g-import-not-at-top
   clock, written, printed = _Clock(), {}, []

@@ -42,6 +42,10 @@ def test_training_with_the_test_protocol(trained):
   names = classes.class_names('synthetic', 19)
   console_checks.assert_training_console(r, steps=[1, 2, 3, 4], num_steps=4,
                                          start='from scratch')
+  # Until an evaluation is timed, the ETA says how many it leaves out (those
+  # of steps 2 and 4; step 2's runs after its line); then it counts them.
+  evals = {s: m['evals'] for s, m in console_checks.step_lines(r.stdout).items()}
+  assert evals == {1: '2', 2: '2', 3: None, 4: None}, r.stdout
   assert re.search(r'^eval 2/2 \(100%\) \| [\d.]+ img/s \| done in', r.stdout, re.M), r.stdout
   assert r.stdout.count('evaluation at step ') == 2
   console_checks.assert_eval_table(r.stdout, names)

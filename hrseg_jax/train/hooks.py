@@ -96,6 +96,10 @@ class ProgressHook:
     """Time spent evaluating and saving (left out of the speeds)."""
     self.progress.add_paused_time(seconds)
 
+  def add_eval_time(self, seconds: float) -> None:
+    """An evaluation's time (the ETA's evaluations still to come take it)."""
+    self.progress.add_eval_time(seconds)
+
   @property
   def has_pending(self) -> bool:
     return bool(self._pending)

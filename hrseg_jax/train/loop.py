@@ -642,7 +642,8 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
       log_every_steps=config.train.log_every_steps, nonfinite=config.train.nonfinite,
       loss_log=loss_log, writer=writer, console=console, lr_fn=lr_fn, checkpointer=ckpt,
       progress=progress_lib.Progress(num_steps, steps_per_epoch,
-                                     config.train.batch_size, start))
+                                     config.train.batch_size, start,
+                                     eval_every=evaluator.every_steps))
   saver = CheckpointHook(
       ckpt, every_steps=config.train.checkpoint_every_steps, model_cfg=model_cfg,
       data_order=data_order,
@@ -702,6 +703,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
         if evaluate_now:
           with report.timed('eval'):
             ev = evaluator.run(state.variables)
+          progress.add_eval_time(time.perf_counter() - t_pause)
           evaluator.report(ev, step)
           result['eval'] = {k: v for k, v in ev.items() if k != 'examples'}
           result['eval_step'] = step

@@ -3,7 +3,7 @@
 A log line reads::
 
   step 150/300 (epoch 4.7) loss 0.543 lr 2.7e-2 grad 1.38 | 19.9 img/s,
-  0.402 s/step, data 1% | ETA 1m00s [| mem N GiB]
+  0.402 s/step, data 1% | ETA 1m00s [+ 2 evals] [| mem N GiB]
 
 (one line on the console).  Speeds are measured on the host between two log
 steps, when the loop fetches the metrics anyway (no extra device sync);
@@ -11,9 +11,12 @@ time spent evaluating and saving checkpoints is left out of them.  The
 first window after start-up includes compilation, and says so; its ETA
 leaves compilation out (the time of the first training call, which traces
 and compiles before it dispatches), so a resumed run's first line does not
-spread one compilation over every remaining step.  The same
-speeds go to TensorBoard (:meth:`Window.scalars`) from the second log step
-on.
+spread one compilation over every remaining step.  The ETA counts the
+evaluations still to come (``eval.every_steps``, and the one after the last
+step; one due at the line's own step runs after it) at the time the latest
+evaluation took; until one has been timed, the line says how many it leaves
+out (``+ 2 evals``).  The same speeds go to TensorBoard
+(:meth:`Window.scalars`) from the second log step on.
 """
 from __future__ import annotations
 
@@ -62,8 +65,9 @@ class Window:
   images_per_s: float
   seconds_per_step: float
   data_share: float           # of the time, spent waiting for input
-  eta_s: float                # to the last step, at this speed
+  eta_s: float                # to the last step, at this speed, with timed evaluations
   includes_compilation: bool  # the first window after start-up
+  evals_untimed: int = 0      # evaluations to come, left out of eta_s (none timed yet)
 
   def scalars(self) -> dict[str, float]:
     """TensorBoard's ``train/*`` speed scalars."""
@@ -81,14 +85,17 @@ class Progress:
     steps_per_epoch: steps in one pass over the training set.
     global_batch: images per step (all processes).
     start_step: the step the run starts (or resumes) from.
+    eval_every: ``eval.every_steps`` (<= 0: the run does not evaluate).
     clock: a ``time.perf_counter``-like function (tests).
   """
 
   def __init__(self, num_steps: int, steps_per_epoch: int, global_batch: int,
-               start_step: int, clock=time.perf_counter):
+               start_step: int, eval_every: int = -1, clock=time.perf_counter):
     self.num_steps = num_steps
     self.steps_per_epoch = max(steps_per_epoch, 1)
     self.global_batch = global_batch
+    self.eval_every = eval_every
+    self._eval_s = None   # the latest evaluation's time
     self._clock = clock
     self._first = True
     self._since_step = start_step
@@ -109,17 +116,33 @@ class Progress:
     """Time outside training (evaluation, checkpoint saves): not a speed."""
     self._paused += seconds
 
+  def add_eval_time(self, seconds: float) -> None:
+    """An evaluation's time (also paused time): the ETA's evaluations take it."""
+    self._eval_s = seconds
+
+  def evals_left(self, step: int) -> int:
+    """Evaluations from ``step`` on (the log line comes before the step's own
+    evaluation), the one after the last step included."""
+    every, last = self.eval_every, self.num_steps
+    if every <= 0 or step > last:
+      return 0
+    return last // every - (step - 1) // every + (1 if last % every else 0)
+
   def window(self, step: int) -> Window:
     """The speeds since the previous log step; starts the next window."""
     now = self._clock()
     steps = max(step - self._since_step, 1)
     seconds = max(now - self._since - self._paused, 1e-9)
     training = max(seconds - self._compile, 1e-9)   # the steps alone
+    evals = self.evals_left(step)
+    timed = self._eval_s is not None
     w = Window(images_per_s=steps * self.global_batch / seconds,
                seconds_per_step=seconds / steps,
                data_share=min(self._data / seconds, 1.0),
-               eta_s=(self.num_steps - step) * training / steps,
-               includes_compilation=self._first)
+               eta_s=((self.num_steps - step) * training / steps
+                      + (evals * self._eval_s if timed else 0.0)),
+               includes_compilation=self._first,
+               evals_untimed=0 if timed else evals)
     self._first = False
     self._since_step, self._since = step, now
     self._paused = self._data = self._compile = 0.0
@@ -143,6 +166,8 @@ class Progress:
             f'{w.images_per_s:.1f} img/s, {w.seconds_per_step:.3f} s/step'
             f'{" incl. compilation" if w.includes_compilation else ""}, '
             f'data {100 * w.data_share:.0f}% | ETA {format_duration(w.eta_s)}')
+    if w.evals_untimed:
+      text += f' + {w.evals_untimed} eval{"" if w.evals_untimed == 1 else "s"}'
     if metrics.get('skipped'):
       text += f' | skipped {int(metrics["skipped"])}'
     if memory is not None:
