@@ -260,3 +260,16 @@ def test_data_package_import_is_light():
   out = subprocess.run([sys.executable, '-c', code], capture_output=True,
                        text=True, check=True).stdout.strip()
   assert out == '[]'
+
+
+def test_images_seen_of_a_checkpoint_without_the_count_is_steps_times_batch():
+  """Checkpoints saved before the images-seen count: the step times the
+  current global batch (the earlier epoch estimate); with it, the count."""
+  old = pipeline.data_order_state(step=10, seed=0, global_batch=8, num_examples=100)
+  assert 'images_seen' not in old
+  assert pipeline.images_seen(old, 10, 4) == 40
+  assert pipeline.images_seen(None, 10, 4) == 40
+  saved = pipeline.data_order_state(step=10, seed=0, global_batch=8, num_examples=100,
+                                    images_seen=56)
+  assert pipeline.images_seen(saved, 10, 4) == 56
+  assert not pipeline.data_order_differences(saved, old)   # not part of the order

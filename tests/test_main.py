@@ -1,7 +1,9 @@
 """The main entry point: converted checkpoint evaluated through --mode eval,
 configs, and one-line errors."""
+import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -138,6 +140,28 @@ def test_a_bad_depthwise_kernel_grad_variable_is_one_line_before_the_workdir(tmp
   assert r.stderr.strip().splitlines() == [
       "error: $HRSEG_DEPTHWISE_KERNEL_GRAD='cudnn': expected one of shifted, xla"]
   assert not (tmp_path / 'runs').exists()
+
+
+def test_epoch_after_resuming_with_another_batch_counts_the_images_seen(tmp_path):
+  """Steps 1-2 trained with batches of 8 (of 32 images), then resumed with
+  batches of 4: a step line's epoch counts the images seen, not the step
+  times the current batch (which said epoch 1.0 at step 8 after 40 images),
+  and the checkpoint saves the count for the next resume."""
+  (tmp_path / 'config.py').write_text(
+      'from train_util import tiny_config\n\n\ndef get_config():\n'
+      '  return tiny_config(num_steps=8)\n')
+  run = ['--config', 'config.py', '--workdir', 'runs/e']
+  first = _train(tmp_path, *run, '--config.train.stop_at_step=2')
+  assert first.returncode == 0, first.stderr[-3000:]
+  r = _train(tmp_path, *run, '--config.train.batch_size=4')
+  assert r.returncode == 0, r.stderr[-3000:]
+  epochs = {int(m[1]): m[2] for m in re.finditer(r'^step (\d+)/8 \(epoch ([\d.]+)\)',
+                                                 r.stdout, re.M)}
+  # 16 images in steps 1-2, then 4 a step, of 32 (8 steps per epoch of 4):
+  # step 3 has seen 20 (0.6 epochs; 3 steps of 4 said 0.4), step 8 40 (1.2; was 1.0).
+  assert epochs == {3: '0.6', 4: '0.8', 5: '0.9', 6: '1.0', 7: '1.1', 8: '1.2'}, r.stdout
+  order = json.loads((tmp_path / 'runs/e/checkpoints/8/data_order/metadata').read_text())
+  assert order['images_seen'] == 40 and order['global_batch'] == 4, order
 
 
 def test_resume_with_another_example_order_warns_in_plain_words(tmp_path):

@@ -4,9 +4,10 @@ Each step directory holds the items
 ``variables`` (params + BN statistics + constants), ``train`` (step,
 optimizer state, rng, skipped-step count), ``model`` (JSON model config, so
 the checkpoint is self-describing, see :mod:`hrseg_jax.checkpoints`) and
-``data_order`` (JSON: step, seed, global batch and dataset size, see
-:func:`hrseg_jax.data.pipeline.data_order_state`), so a resumed run continues
-with exactly the next batch on any number of processes.  (Checkpoints of
+``data_order`` (JSON: step, seed, global batch, dataset size and the
+images trained on so far, see :func:`hrseg_jax.data.pipeline.data_order_state`),
+so a resumed run continues with exactly the next batch on any number of
+processes, and counts its epochs from the images seen.  (Checkpoints of
 earlier versions hold a per-process Grain state, ``data/``, instead; it is
 not read: the step gives the same position.)
 

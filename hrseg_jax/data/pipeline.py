@@ -16,8 +16,9 @@ and the position of global step t is fixed by t and the global batch:
 ``make_train_iterator(..., start_step=t)`` yields, on any number of
 processes, exactly the batches that an uninterrupted run reads from step
 t + 1 on.  The training loop saves only (step, seed, global batch, dataset
-size) with a checkpoint (:func:`data_order_state`), a process-count
-independent state.  The iterator is also Grain's ``DatasetIterator``
+size, and the images trained on so far, for the epoch count of a run resumed
+with another batch) with a checkpoint (:func:`data_order_state`), a
+process-count independent state.  The iterator is also Grain's ``DatasetIterator``
 (``get_state()``/``set_state()`` resume at the exact next batch with the
 same process and worker count).
 
@@ -186,16 +187,32 @@ DATA_ORDER_FORMAT = 'hrseg-data-order/1'
 
 
 def data_order_state(*, step: int, seed: int, global_batch: int,
-                     num_examples: int) -> dict[str, Any]:
+                     num_examples: int, images_seen: int | None = None
+                     ) -> dict[str, Any]:
   """The input state of a checkpoint at ``step`` (process-count independent).
 
   With the same seed, global batch and dataset size,
   ``make_train_iterator(start_step=step)`` continues the example order of
   the run that saved it, on any number of processes and workers.
+  ``images_seen``: the training images of steps 1..``step``, whatever
+  batches they came in (see :func:`images_seen`).
   """
-  return {'format': DATA_ORDER_FORMAT, 'step': int(step), 'seed': int(seed),
-          'global_batch': int(global_batch),
-          'num_examples': int(num_examples)}
+  state = {'format': DATA_ORDER_FORMAT, 'step': int(step), 'seed': int(seed),
+           'global_batch': int(global_batch),
+           'num_examples': int(num_examples)}
+  if images_seen is not None:
+    state['images_seen'] = int(images_seen)
+  return state
+
+
+def images_seen(saved: dict[str, Any] | None, step: int, global_batch: int) -> int:
+  """The training images of steps 1..``step``: ``saved`` (a checkpoint's
+  :func:`data_order_state`) counts them across changes of the batch; a
+  checkpoint that predates the count (or none) gives ``step`` batches of
+  ``global_batch``."""
+  if saved and saved.get('images_seen') is not None:
+    return int(saved['images_seen'])
+  return int(step) * int(global_batch)
 
 
 def data_order_differences(saved: dict[str, Any], current: dict[str, Any]

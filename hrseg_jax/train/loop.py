@@ -557,10 +557,10 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   tx, lr_fn = optim.make_optimizer(config.train, num_steps)
   crop = tuple(config.data.crop_size)
 
-  def data_order(step):
+  def data_order(step, images_seen=None):
     return pipeline.data_order_state(step=step, seed=config.seed,
                                      global_batch=config.train.batch_size,
-                                     num_examples=num_train)
+                                     num_examples=num_train, images_seen=images_seen)
   state, state_sh = init_state(model, tx, jax.random.PRNGKey(config.seed),
                                (*crop, 3), mesh)
 
@@ -570,12 +570,13 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
                       async_save=config.train.async_checkpoints)
   if faults:
     faults.install(ckpt.directory)
-  order_warning = None
+  order_warning = saved_order = None
   try:
     if ckpt.latest_step() is not None:
       saved_meta = ckpt.check_model(model_cfg, resolve=registry.resolve)
+      saved_order = ckpt.data_order()
       order_warning = check_data_order(
-          ckpt.data_order(), data_order(0),
+          saved_order, data_order(0),
           paths.shown(ckpt.directory / str(ckpt.latest_step())))
       state = ckpt.restore(abstract_with_shardings(state, state_sh))
       how = (f'resumed from step {int(state.step)} '
@@ -600,6 +601,8 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   if is_main:   # once the workdir's checkpoint (if any) fits this config
     write_run_config(config, workdir)
   start = int(jax.device_get(state.step))
+  # Counted across resumes with another global batch (the epoch on the step lines).
+  seen_at_start = pipeline.images_seen(saved_order, start, config.train.batch_size)
   num_classes = model_cfg['num_classes']
   evaluator = evaluator_lib.from_config(
       config, default_protocol=TRAINING_PROTOCOL, model_cfg=model_cfg,
@@ -643,10 +646,12 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
       loss_log=loss_log, writer=writer, console=console, lr_fn=lr_fn, checkpointer=ckpt,
       progress=progress_lib.Progress(num_steps, steps_per_epoch,
                                      config.train.batch_size, start,
-                                     eval_every=evaluator.every_steps))
+                                     eval_every=evaluator.every_steps,
+                                     images_at_start=seen_at_start))
   saver = CheckpointHook(
       ckpt, every_steps=config.train.checkpoint_every_steps, model_cfg=model_cfg,
-      data_order=data_order,
+      data_order=lambda step: data_order(step, seen_at_start + (step - start)
+                                         * config.train.batch_size),
       meta={'config': config.to_dict() if hasattr(config, 'to_dict') else {},
             'topology': topology()})
 

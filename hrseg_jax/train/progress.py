@@ -86,14 +86,21 @@ class Progress:
     global_batch: images per step (all processes).
     start_step: the step the run starts (or resumes) from.
     eval_every: ``eval.every_steps`` (<= 0: the run does not evaluate).
+    images_at_start: training images of the steps before ``start_step``
+      (a resumed run's may have come in other batches; default: as many
+      steps of ``global_batch``).
     clock: a ``time.perf_counter``-like function (tests).
   """
 
   def __init__(self, num_steps: int, steps_per_epoch: int, global_batch: int,
-               start_step: int, eval_every: int = -1, clock=time.perf_counter):
+               start_step: int, eval_every: int = -1,
+               images_at_start: int | None = None, clock=time.perf_counter):
     self.num_steps = num_steps
     self.steps_per_epoch = max(steps_per_epoch, 1)
     self.global_batch = global_batch
+    self.start_step = start_step
+    self.images_at_start = (start_step * global_batch if images_at_start is None
+                            else images_at_start)
     self.eval_every = eval_every
     self._eval_s = None   # the latest evaluation's time
     self._clock = clock
@@ -119,6 +126,12 @@ class Progress:
   def add_eval_time(self, seconds: float) -> None:
     """An evaluation's time (also paused time): the ETA's evaluations take it."""
     self._eval_s = seconds
+
+  def epoch(self, step: int) -> float:
+    """Epochs trained after ``step``: the images seen over those an epoch
+    reads (``steps_per_epoch`` batches; the remainder is dropped)."""
+    seen = self.images_at_start + (step - self.start_step) * self.global_batch
+    return seen / (self.steps_per_epoch * self.global_batch)
 
   def evals_left(self, step: int) -> int:
     """Evaluations from ``step`` on (the log line comes before the step's own
@@ -160,7 +173,7 @@ class Progress:
         window started) when not given.
     """
     w = window if window is not None else self.window(step)
-    text = (f'step {step}/{self.num_steps} (epoch {step / self.steps_per_epoch:.1f}) '
+    text = (f'step {step}/{self.num_steps} (epoch {self.epoch(step):.1f}) '
             f'loss {metrics["loss"]:.3f} lr {format_lr(metrics["lr"])} '
             f'grad {metrics["grad_norm"]:.2f} | '
             f'{w.images_per_s:.1f} img/s, {w.seconds_per_step:.3f} s/step'
