@@ -4,7 +4,9 @@ Worth it for large clusters and remote storage (few large shards instead of
 many small files); read it back with ``config.data.source = 'tfds'``.
 Labels stay raw (the label map is applied when reading) and image bytes are
 stored unchanged, so both sources give identical examples.  Needs
-TensorFlow to write; reading does not.
+TensorFlow to write; reading does not.  In a terminal TFDS draws progress
+bars; into a log file, a pipe or CI it prints a plain line per tenth of
+each split instead.
 
 Example:
   python scripts/prepare_tfds.py --dataset ade20k --root data/ade20k \
@@ -63,6 +65,15 @@ def _check_label_kind(root: str, splits: dict[str, str], map_name: str,
                       .replace('data.label_map=', '--label_map ')) from None
 
 
+def _progress_log():
+  """TFDS's progress bars for a terminal; for a log file, a pipe or CI (where
+  each redraw is one more carriage-return fragment) plain lines, each tenth
+  of a split, on the same stream."""
+  if sys.stderr.isatty():
+    return None
+  return lambda line: print(line, file=sys.stderr, flush=True)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--dataset', required=True, choices=DATASETS[:-1])
@@ -96,7 +107,7 @@ def main(argv=None):
         args.data_dir, image_prefix=cfg.image_prefix,
         label_prefix=cfg.label_prefix,
         image_format='png' if args.dataset == 'cityscapes' else 'jpeg',
-        label_map=label_map)
+        label_map=label_map, log=_progress_log())
   except ImportError as e:
     print(f"error: writing a TFDS dataset needs TensorFlow Datasets ({e}): "
           "pip install -e '.[tensorflow]'", file=sys.stderr)

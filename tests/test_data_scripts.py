@@ -1,7 +1,10 @@
 """The data scripts, run in-process on tiny inputs."""
 import json
 import os
+import re
 import runpy
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -235,3 +238,33 @@ def test_prepare_tfds(tmp_path, capsys):
                  '(kept; nothing written): remove it, or write to another name or '
                  'data_dir\n'), err
   assert sorted(str(p) for p in (tmp_path / 'tfds').rglob('*')) == before
+
+
+def test_prepare_tfds_into_a_pipe_prints_plain_progress_lines(tmp_path):
+  """Its stderr a pipe (a log file, CI, nohup): TFDS's progress bars became
+  carriage-return fragments (thousands for a real dataset); now a plain line
+  per tenth of each split, and no bar."""
+  pytest.importorskip('tensorflow_datasets')
+  repo = os.path.abspath(os.path.join(SCRIPTS, os.pardir))
+  env = dict(os.environ, PYTHONPATH=repo)
+  script = os.path.join(repo, 'scripts')
+
+  def run(name, *args):
+    return subprocess.run([sys.executable, os.path.join(script, name), *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  r = run('prepare_synthetic.py', '--root', 'cs', '--num_train', '12', '--num_val', '3',
+          '--height', '16', '--width', '32')
+  assert r.returncode == 0, r.stderr
+  r = run('prepare_tfds.py', '--dataset', 'cityscapes', '--root', 'cs',
+          '--train_list', 'cs/train.lst', '--val_list', 'cs/val.lst', '--data_dir', 'tfds')
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.startswith('wrote tfds/hrseg_cityscapes/1.0.0\nread it with: '), r.stdout
+  assert '\r' not in r.stderr and '\x1b' not in r.stderr, repr(r.stderr)
+  lines = r.stderr.splitlines()
+  done = [re.match(r'converting (train|val) (\d+)/(\d+) \(\d+%\) \| ', l) for l in lines]
+  assert all(done), lines
+  train = [int(m[2]) for m in done if m[1] == 'train']
+  val = [int(m[2]) for m in done if m[1] == 'val']
+  assert train == [2, 3, 4, 5, 6, 8, 9, 10, 11, 12] and val == [1, 2, 3], lines
+  assert ' | done in ' in lines[-1], lines

@@ -17,13 +17,16 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import time
 import types
+from typing import Callable
 
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
 from hrseg_jax import files
+from hrseg_jax.progress import Progress
 from hrseg_jax.data import decode
 from hrseg_jax.data import lists
 from hrseg_jax.data.errors import DataError
@@ -61,11 +64,26 @@ def _examples(root, entries, image_prefix, label_prefix, label_map):
     yield entry[0], example
 
 
+def _plain_progress(examples, total: int, split: str, log: Callable[[str], None],
+                    every_s: float = 60.0):
+  """``examples``, with a line to ``log`` at each tenth of ``total`` (and at
+  least every ``every_s`` seconds): the progress bars' form for a log file."""
+  progress = Progress(total, f'converting {split}')
+  last = time.monotonic()
+  for done, example in enumerate(examples, 1):
+    now = time.monotonic()
+    if done * 10 // total > (done - 1) * 10 // total or now - last >= every_s:
+      log(progress.line(done))
+      last = now
+    yield example
+
+
 def write_tfds_dataset(name: str, root: str, split_lists: dict[str, str],
                        data_dir: str, *, image_prefix: str = '',
                        label_prefix: str = '', image_format: str = 'jpeg',
                        label_map: LabelMap | None = None,
-                       version: str = '1.0.0') -> str:
+                       version: str = '1.0.0',
+                       log: Callable[[str], None] | None = None) -> str:
   """Converts list-file splits of a dataset into a TFDS ArrayRecord dataset.
 
   Args:
@@ -79,6 +97,8 @@ def write_tfds_dataset(name: str, root: str, split_lists: dict[str, str],
     label_map: if given, every example is decoded and checked (sizes, label
       values) while converting.
     version: dataset version.
+    log: receives a plain progress line per tenth of each split instead of
+      TFDS's progress bars (None: the bars, for a terminal).
 
   Returns:
     The directory of the written dataset version.
@@ -114,11 +134,12 @@ def write_tfds_dataset(name: str, root: str, split_lists: dict[str, str],
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      return {split: self._generate_examples(entries)
+      return {split: self._generate_examples(entries, split)
               for split, entries in split_entries.items()}
 
-    def _generate_examples(self, entries):
-      return _examples(root, entries, image_prefix, label_prefix, label_map)
+    def _generate_examples(self, entries, split):
+      examples = _examples(root, entries, image_prefix, label_prefix, label_map)
+      return _plain_progress(examples, len(entries), split, log) if log else examples
 
     ns.update(_info=_info, _split_generators=_split_generators,
               _generate_examples=_generate_examples)
@@ -136,7 +157,10 @@ def write_tfds_dataset(name: str, root: str, split_lists: dict[str, str],
     builder = cls(data_dir=data_dir)
     # TFDS prints 'Downloading and preparing dataset Unknown size ...' and
     # '... downloaded and prepared' to stdout: nothing is downloaded here, and
-    # the caller says what was written.  Its progress bars (stderr) stay.
+    # the caller says what was written.  Its progress bars (stderr) stay,
+    # unless ``log`` takes plain lines instead.
+    if log:
+      tfds.display_progress_bar(False)
     with contextlib.redirect_stdout(io.StringIO()):
       builder.download_and_prepare(
           file_format='array_record',
@@ -145,5 +169,8 @@ def write_tfds_dataset(name: str, root: str, split_lists: dict[str, str],
   except BaseException:
     files.remove_empty_folders(made_for_downloads + made_for_name)
     raise
+  finally:
+    if log:
+      tfds.display_progress_bar(True)
   files.remove_empty_folders(made_for_downloads)
   return str(builder.data_dir)
