@@ -137,9 +137,12 @@ def train_command(args, train_args: list[str]) -> list[str]:
                                           'hrseg_jax.main', *train_args))
   # ~ in the venv path must stay unquoted for the remote shell.
   run = run.replace(shlex.quote(f'{VENV}/bin/python'), f'{VENV}/bin/python')
+  # The braces keep ``&`` to the training command alone, so that ``$!`` (the
+  # pid ``stop`` signals) is the Python process, not a subshell running the
+  # whole ``&&`` list, which SIGTERM would end without reaching Python.
   remote = (f'cd {REMOTE_DIR} && mkdir -p {LOG_DIR} && '
-            f'HRSEG_DISTRIBUTED=1 nohup {run} > {LOG_DIR}/train.log 2>&1 '
-            f'< /dev/null & echo $! > {LOG_DIR}/train.pid')
+            f'{{ HRSEG_DISTRIBUTED=1 nohup {run} > {LOG_DIR}/train.log 2>&1 '
+            f'< /dev/null & echo $! > {LOG_DIR}/train.pid; }}')
   return _ssh(args, remote)
 
 

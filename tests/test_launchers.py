@@ -7,8 +7,10 @@
 import os
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -304,7 +306,7 @@ def test_tpu_train_runs_the_same_command_on_every_worker():
   remote = shlex.split(remote_command(ssh))
   start = remote.index('HRSEG_DISTRIBUTED=1')
   assert remote[:start] == ['cd', '~/hrseg_jax', '&&', 'mkdir', '-p',
-                            '~/hrseg_logs', '&&']
+                            '~/hrseg_logs', '&&', '{']
   end = remote.index('>')
   assert remote[start + 1:end] == ['nohup', '~/hrseg-venv/bin/python', '-m',
                                    'hrseg_jax.main', *TRAIN]
@@ -314,6 +316,49 @@ def test_tpu_train_runs_the_same_command_on_every_worker():
   assert remote_command(stop) == 'kill -TERM $(cat ~/hrseg_logs/train.pid)'
   (logs,) = tpu('logs', '--worker', '3')
   assert '--worker=3' in logs and 'train.log' in remote_command(logs)
+
+
+FAKE_PYTHON = """#!{python}
+import os, pathlib, signal, time
+home = pathlib.Path(os.environ['HOME'])
+signal.signal(signal.SIGTERM, lambda *_: (home.joinpath('got_sigterm').write_text('1'),
+                                          os._exit(0)))
+home.joinpath('started').write_text(str(os.getpid()))
+time.sleep(300)
+"""
+
+
+def _wait_for(path, seconds=60):
+  for _ in range(seconds * 10):
+    if path.exists():
+      return True
+    time.sleep(0.1)
+  return False
+
+
+def test_tpu_stop_reaches_the_training_process(tmp_path):
+  """``train``'s and ``stop``'s remote commands, run by bash on a worker (here
+  with HOME=tmp_path and a stand-in for the venv's python): the SIGTERM of
+  ``stop`` reaches the training process itself, which saves and exits."""
+  (tmp_path / 'hrseg_jax').mkdir()
+  fake = tmp_path / 'hrseg-venv/bin/python'
+  fake.parent.mkdir(parents=True)
+  fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+  fake.chmod(0o755)
+  env = dict(os.environ, HOME=str(tmp_path))
+  (train,) = tpu('train', '--accelerator', 'v4-8', train=TRAIN)
+  (stop,) = tpu('stop')
+  try:
+    subprocess.run(['bash', '-c', remote_command(train)], env=env, check=True, timeout=60)
+    assert _wait_for(tmp_path / 'started')
+    subprocess.run(['bash', '-c', remote_command(stop)], env=env, check=True, timeout=60)
+    assert _wait_for(tmp_path / 'got_sigterm'), 'SIGTERM did not reach the training process'
+  finally:
+    if _wait_for(tmp_path / 'started', seconds=10):
+      try:
+        os.kill(int((tmp_path / 'started').read_text()), signal.SIGKILL)
+      except ProcessLookupError:
+        pass
 
 
 def test_tpu_multi_host_needs_a_shared_workdir():
