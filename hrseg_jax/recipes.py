@@ -31,6 +31,8 @@ Config layout::
 Every recipe uses the original loop's LR schedule, which sets the LR after
 each step: step t of T (1-based) runs at base_lr * (1 - max(t - 2, 0) / T) **
 poly_power, so steps 1 and 2 both run at base_lr (hrseg_jax.train.optim).
+With grad_accum_steps = k, t, T and warmup_steps count updates (k steps
+each), so the LR still decays to the end of the run.
 """
 from __future__ import annotations
 

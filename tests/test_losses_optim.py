@@ -132,3 +132,28 @@ def test_nonbackbone_lr_multiplier_and_grad_accumulation():
   assert float(upd['conv1']['kernel'][0]) == 0.0  # accumulating
   upd, s = tx.update(jax.tree_util.tree_map(lambda x: 3 * x, g), s, p)
   np.testing.assert_allclose(float(upd['conv1']['kernel'][0]), -0.01 * 2.0, rtol=1e-6)
+
+
+def test_grad_accumulation_decays_the_lr_over_the_updates():
+  """With grad_accum_steps=k, T steps make T/k updates: the poly schedule
+  runs over those updates (as a run without accumulation with a k times
+  larger batch does), and the LR it reports for each step is the one its
+  update applies."""
+  steps, k = 12, 3
+  tx, lr_fn = optim.make_optimizer(_train_cfg(base_lr=1.0, weight_decay=0.0, momentum=0.0,
+                                              grad_accum_steps=k), steps)
+  plain, _ = optim.make_optimizer(_train_cfg(base_lr=1.0, weight_decay=0.0, momentum=0.0),
+                                  steps // k)
+  p = {'w': jnp.zeros(1)}
+  g = {'w': jnp.ones(1)}
+  s, s_plain = tx.init(p), plain.init(p)
+  applied = []
+  for t in range(1, steps + 1):
+    upd, s = tx.update(g, s, p)
+    if t % k == 0:
+      want, s_plain = plain.update(g, s_plain, p)
+      np.testing.assert_allclose(float(upd['w'][0]), float(want['w'][0]), rtol=1e-6)
+      applied.append(-float(upd['w'][0]))
+      for step in range(t - k + 1, t + 1):   # the steps this update gathered
+        np.testing.assert_allclose(float(lr_fn(step - 1)), applied[-1], rtol=1e-6)
+  assert len(applied) == steps // k and applied[-1] < applied[0]

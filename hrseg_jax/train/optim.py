@@ -66,9 +66,16 @@ def _labels(params, keywords: Sequence[str]):
 
 
 def make_optimizer(train_cfg, total_steps: int):
-  """Returns (optax transformation, lr schedule)."""
-  sched = poly_schedule(train_cfg.base_lr, total_steps, train_cfg.poly_power,
-                        train_cfg.warmup_steps)
+  """Returns (optax transformation, lr of the step that follows ``count`` steps).
+
+  ``total_steps`` counts training steps (batches of ``train.batch_size``);
+  with ``train.grad_accum_steps`` = k, every k steps make one update, and
+  the poly schedule (and warm-up) runs over those updates, ending where a
+  run without accumulation ends.
+  """
+  accum = int(train_cfg.get('grad_accum_steps', 1))
+  sched = poly_schedule(train_cfg.base_lr, -(-int(total_steps) // accum),
+                        train_cfg.poly_power, train_cfg.warmup_steps)
 
   def sgd(scale):
     return optax.chain(
@@ -83,6 +90,6 @@ def make_optimizer(train_cfg, total_steps: int):
         lambda p: _labels(p, keywords))
   else:
     tx = sgd(1.0)
-  if train_cfg.get('grad_accum_steps', 1) > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=train_cfg.grad_accum_steps)
-  return tx, sched
+  if accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=accum)
+  return tx, lambda count: sched(count // accum)
