@@ -26,6 +26,12 @@ def first_line(error: BaseException, limit: int = 300) -> str:
   return text if len(text) <= limit else text[:limit] + ' …'
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+  """``1 key``, ``2 keys``, ``1,200 tensors``; ``plural`` where adding an s
+  does not make it (``counted(2, 'process', 'processes')``)."""
+  return f'{n:,} {noun if n == 1 else plural or noun + "s"}'
+
+
 class _DropOrbaxChatter(logging.Filter):
   """Orbax logs through absl's logger; keep only its errors.
 

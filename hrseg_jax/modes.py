@@ -58,7 +58,7 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
       eval then refuses a checkpoint of another dataset than the config's.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from hrseg_jax import paths, video  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import console, paths, video  # pylint: disable=g-import-not-at-top
   # Relative paths, ~ and symlinks become absolute here, once.
   config = None if config is None else paths.resolve_config(config)
   workdir = paths.resolve(workdir)
@@ -116,8 +116,10 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   if main_process:   # what was loaded: the checkpoint's own model, whatever the config says
     print(f'{mode}: {described}: {_model_line(model_cfg)}', flush=True)
     if meta.get('initialised'):   # convert of a backbone: the head is random
-      print(f'warning: {len(meta["initialised"])} tensors of this checkpoint (the '
-            'segmentation head) were freshly initialised by convert, not trained: '
+      n = len(meta['initialised'])
+      print(f'warning: {console.counted(n, "tensor")} of this checkpoint (the '
+            f'segmentation head) {"was" if n == 1 else "were"} freshly initialised by '
+            'convert, not trained: '
             f'its {"predictions" if mode == "predict" else "scores"} are those of an '
             'untrained head; train from it (train.init_from) first', flush=True)
   compute = jnp.dtype(dtype)

@@ -206,7 +206,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
         elapsed = time.perf_counter() - start
         log(f'{name}: frame {done}{total}, {done / elapsed:.1f} frames/s')
     except KeyboardInterrupt:
-      log(f'{name}: stopped after {done} frames')
+      log(f'{name}: stopped after {console.counted(done, "frame")}')
     if writer is None:
       raise ValueError(f'{paths.shown(source)}: no frames')
     writer.release()
@@ -227,7 +227,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   summary = {'input': source, 'frames': done, 'video': video_path,
              'labels': labels_dir, 'seconds': elapsed,
              'fps': done / elapsed, 'model_fps': done / max(model_seconds, 1e-9)}
-  log(f'wrote {paths.shown(video_path)} and {done} class maps in '
+  log(f'wrote {paths.shown(video_path)} and {console.counted(done, "class map")} in '
       f'{paths.shown(labels_dir)}: '
       f'{summary["fps"]:.1f} frames/s overall, {summary["model_fps"]:.1f} frames/s '
       f'in the model (batch {batch_size}, first batch includes compilation)')

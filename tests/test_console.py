@@ -14,7 +14,7 @@ import pytest
 import console_checks
 from hrseg_jax import console
 from hrseg_jax.eval import classes, palettes, visuals
-from hrseg_jax.train import progress
+from hrseg_jax.train import pretrained, progress
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,17 @@ class _Clock:
 
   def __call__(self):
     return self.now
+
+
+def test_counts_say_one_key_and_two_keys():
+  assert [console.counted(n, 'key') for n in (0, 1, 2, 1200)] == [
+      '0 keys', '1 key', '2 keys', '1,200 keys']
+  assert console.counted(1, 'process', 'processes') == '1 process'
+  assert console.counted(3, 'process', 'processes') == '3 processes'
+  assert pretrained.start_note({'backbone_only': True, 'initialised': ['last_layer.0.weight'],
+                                'skipped': ['classifier.weight']}) == (
+      ', a backbone: last_layer (1 tensor) freshly initialised, 1 key of the .pth not used '
+      '(classifier)')
 
 
 def test_progress_line_speeds_exclude_pauses():

@@ -1,6 +1,11 @@
 """PyTorch checkpoint conversion: layouts, inference of the architecture,
 round trips and bad input."""
 
+import os
+import re
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ from hrseg_jax.convert import convert, mapping, pth
 from hrseg_jax import export as export_cli
 from hrseg_jax.models import registry
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(arch='hrnet', variant='custom', num_classes=5,
             stage1=[1, 8, 'BOTTLENECK'],
             stages=[[1, [1, 1], [4, 8]], [1, [1, 1, 1], [4, 8, 16]],
@@ -133,6 +139,22 @@ def test_imagenet_backbone(tmp_path):
   assert v['params']['last_layer_3']['kernel'].shape == (1, 1, 8 + 16 + 32 + 4, 7)
   np.testing.assert_array_equal(v['params']['conv1']['kernel'],
                                 state['conv1.weight'].transpose(2, 3, 1, 0))
+
+
+def test_convert_line_counts_one_skipped_key_as_one_key(tmp_path):
+  """An ImageNet file with one classification key: the command's line says
+  '1 key', not '1 keys'."""
+  backbone = {k: v for k, v in torch_state(TINY).items() if not k.startswith('last_layer')}
+  backbone['classifier.weight'] = np.zeros((1000, 2048), np.float32)
+  pth_write.save_pth(backbone, tmp_path / 'imagenet.pth')
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.convert', 'imagenet.pth',
+                      'converted/imagenet', '--num-classes', '7'], cwd=tmp_path,
+                     env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+                     text=True, timeout=300, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = r.stdout.splitlines()
+  assert re.search(r'; freshly initialised: \d+ tensors; skipped: 1 key$', lines[0]), lines
+  assert lines[1] == 'skipped keys: classifier.weight', lines
 
 
 def test_inplace_abn_scale(tmp_path):

@@ -371,5 +371,5 @@ def test_pascal_ctx_empty_split_file_writes_no_empty_list(tmp_path):
   r = _script(tmp_path, 'make_lists.py', 'pascal_ctx', '--root', 'data/pascal_ctx',
               '--out', 'data/list/pascal_ctx')
   assert r.returncode == 0, r.stderr
-  assert r.stdout.splitlines()[0].startswith('found 1 train images under data/pascal_ctx ')
+  assert r.stdout.splitlines()[0].startswith('found 1 train image under data/pascal_ctx ')
   assert sorted(os.listdir(tmp_path / 'data/list/pascal_ctx')) == ['train.lst']

@@ -246,9 +246,10 @@ def convert(src, dst, *, model_cfg: Mapping[str, Any] | None = None,
       + (', align_corners=True' if cfg.get('align_corners') else '')
       + (', InPlaceABN scales' if meta['inplace_abn'] else '')
       + (f' ({meta["dataset"]})' if meta.get('dataset') else '')
-      + (f'; freshly initialised: {len(report["initialised"])} tensors'
+      + ('; freshly initialised: ' + console.counted(len(report['initialised']), 'tensor')
          if report['initialised'] else '')
-      + (f'; skipped: {len(report["skipped"])} keys' if report['skipped'] else ''))
+      + ('; skipped: ' + console.counted(len(report['skipped']), 'key')
+         if report['skipped'] else ''))
   if report['skipped']:
     log('skipped keys: ' + mapping._fmt(report['skipped'], 20))  # pylint: disable=protected-access
   return meta

@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import os
 
+from hrseg_jax import console
 from hrseg_jax.data.errors import DataError
 
 Entry = tuple[str, ...]
@@ -70,9 +71,13 @@ def found_line(root: str, written: dict[str, str]) -> str:
   for split in ('train', 'val', 'test'):
     if split in written:
       entries = read_list(written[split])
-      counts.append(f'{len(entries)} {split}')
+      counts.append((len(entries), split))
       first = first or entries[0][0]
-  return f'found {", ".join(counts)} images under {root} (first: {first})'
+  if len(counts) == 1:   # '1 train image'
+    found = console.counted(counts[0][0], f'{counts[0][1]} image')
+  else:
+    found = ', '.join(f'{n:,} {split}' for n, split in counts) + ' images'
+  return f'found {found} under {root} (first: {first})'
 
 
 def _rel_files(root: str, pattern: str) -> list[str]:

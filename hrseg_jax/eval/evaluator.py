@@ -38,7 +38,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hrseg_jax import paths
+from hrseg_jax import console, paths
 from hrseg_jax.data import pipeline, sources
 from hrseg_jax.data.imagenet_stats import MEAN, STD
 from hrseg_jax.eval import classes, evaluate, palettes, visuals
@@ -135,7 +135,9 @@ class Evaluator:
     if n is not None and total is not None and n < total:   # a subset: say so
       return (f'{n} of {total} {self.split} images ({where}; {self.limit_field} '
               f'{n})')
-    return f'{"?" if n is None else n} {self.split} image{"" if n == 1 else "s"} ({where})'
+    if n is None:
+      return f'? {self.split} images ({where})'
+    return f'{console.counted(n, self.split + " image")} ({where})'
 
   def report(self, ev: Mapping[str, Any], step: int | None = None) -> None:
     """An evaluation's IoU table, TensorBoard summaries and files.

@@ -335,7 +335,8 @@ def topology_change(saved: dict | None, now: dict) -> str:
     return ''
   def text(t):
     p, d = int(t['processes']), int(t['devices'])
-    return f'{p} process{"es" if p != 1 else ""}, {d} device{"s" if d != 1 else ""}'
+    return (f'{console_lib.counted(p, "process", "processes")}, '
+            f'{console_lib.counted(d, "device")}')
   return f'; saved on {text(saved)}, now {text(now)}'
 
 
@@ -755,7 +756,7 @@ def summary_line(result: dict) -> str:
   step), whether it stopped early and why, the last evaluation."""
   start, end, total = result['start_step'], result['final_step'], result['steps']
   trained = end - start
-  what = f'trained {trained} step{"" if trained == 1 else "s"}'
+  what = f'trained {console_lib.counted(trained, "step")}'
   if start and trained:
     span = f'step {end}' if trained == 1 else f'steps {start + 1}-{end}'
     what += f' ({span} of {total}, resumed from step {start})'

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from etils import epath
 
-from hrseg_jax import checkpoints, paths, recipes
+from hrseg_jax import checkpoints, console, paths, recipes
 from hrseg_jax.convert import convert
 
 PTH_SUFFIXES = ('.pth', '.pt', '.pth.tar')
@@ -94,9 +94,9 @@ def start_note(meta: Mapping[str, Any]) -> str:
   unused = list(meta.get('skipped') or [])
   notes = []
   if fresh:
-    notes.append(f'{modules(fresh)} ({len(fresh)} tensors) freshly initialised')
+    notes.append(f'{modules(fresh)} ({console.counted(len(fresh), "tensor")}) freshly initialised')
   if unused:
-    notes.append(f'{len(unused)} keys of the .pth not used ({modules(unused)})')
+    notes.append(f'{console.counted(len(unused), "key")} of the .pth not used ({modules(unused)})')
   if not notes:
     return ''
   return (', a backbone: ' if meta.get('backbone_only') else ': ') + ', '.join(notes)

@@ -26,6 +26,7 @@ import os
 import time
 from typing import Any, Mapping, Sequence
 
+from hrseg_jax import console
 from hrseg_jax.progress import format_duration  # noqa: F401  (re-exported)
 
 
@@ -180,7 +181,7 @@ class Progress:
             f'{" incl. compilation" if w.includes_compilation else ""}, '
             f'data {100 * w.data_share:.0f}% | ETA {format_duration(w.eta_s)}')
     if w.evals_untimed:
-      text += f' + {w.evals_untimed} eval{"" if w.evals_untimed == 1 else "s"}'
+      text += f' + {console.counted(w.evals_untimed, "eval")}'
     if metrics.get('skipped'):
       text += f' | skipped {int(metrics["skipped"])}'
     if memory is not None:
@@ -207,10 +208,10 @@ def startup_block(*, devices: Sequence[Any], mesh_shape: Mapping[str, int],
   val = f', {num_val:,} val' if num_val is not None else ''
   return '\n'.join([
       f'devices     {len(devices)} x {", ".join(kinds)} ({devices[0].platform}), '
-      f'{process_count} process{"es" if process_count > 1 else ""}; mesh {mesh}',
+      f'{console.counted(process_count, "process", "processes")}; mesh {mesh}',
       f'batch       {global_batch} global, {local_batch} per process',
-      f'steps       {num_steps:,} ({epochs:.1f} epochs of {steps_per_epoch:,} '
-      f'step{"" if steps_per_epoch == 1 else "s"})',
+      f'steps       {num_steps:,} ({epochs:.1f} epochs of '
+      f'{console.counted(steps_per_epoch, "step")})',
       f'data        {num_train:,} train{val} examples{" " + data_from if data_from else ""}',
       f'model       {model}, {num_params:,} parameters',
       f'workdir     {workdir} (config.json, log.txt, TensorBoard events)',
