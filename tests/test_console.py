@@ -48,7 +48,7 @@ def test_counts_say_one_key_and_two_keys():
   assert console.counted(1, 'process', 'processes') == '1 process'
   assert console.counted(3, 'process', 'processes') == '3 processes'
   assert pretrained.start_note({'backbone_only': True, 'initialised': ['last_layer.0.weight'],
-                                'skipped': ['classifier.weight']}) == (
+                                'skipped': ['classifier.weight']}, 'imagenet.pth') == (
       ', a backbone: last_layer (1 tensor) freshly initialised, 1 key of the .pth not used '
       '(classifier)')
 

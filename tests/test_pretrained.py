@@ -294,3 +294,22 @@ def test_backbone_init_from_start_line_says_what_is_fresh_and_unused(tmp_path):
       'start       initialised from pretrained_models/imagenet.pth, a backbone: last_layer '
       '(8 tensors) freshly initialised, 2 keys of the .pth not used (classifier, '
       'incre_modules); compiling the training step (the first step line includes it)'], r.stdout
+
+
+def test_converted_init_from_start_line_names_the_pth_it_was_converted_from(tmp_path):
+  """The README's converted backbone given to train.init_from (a folder, not
+  a .pth): the start-up line says the unused keys were those of the .pth it
+  was converted from."""
+  model_cfg = registry.resolve(load_config_file(str(REPO / 'configs/demo.py')).model)
+  _write_imagenet_style_pth(model_cfg, tmp_path / 'imagenet.pth')
+  subprocess.run([sys.executable, '-m', 'hrseg_jax.convert', 'imagenet.pth',
+                  'converted/imagenet', '--num-classes', '19'], cwd=tmp_path,
+                 env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                 timeout=300, check=True)
+  r = _train_demo_one_step(tmp_path, 'converted/imagenet')
+  start = [l for l in r.stdout.splitlines() if l.startswith('start ')]
+  assert start == [
+      'start       initialised from converted/imagenet, a backbone: last_layer '
+      '(8 tensors) freshly initialised, 2 keys of the .pth it was converted from not used '
+      '(classifier, incre_modules); compiling the training step (the first step line '
+      'includes it)'], r.stdout

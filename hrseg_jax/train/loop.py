@@ -592,7 +592,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
     elif config.train.init_from:
       state = load_init_weights(state, config.train.init_from, model_cfg, init)
       how = (f'initialised from {paths.shown(config.train.init_from)}'
-             + (pretrained.start_note(init[1]) if init else ''))
+             + (pretrained.start_note(init[1], config.train.init_from) if init else ''))
     else:
       how = 'from scratch (random initialisation)'
     check_stop_at_step(config.train, int(jax.device_get(state.step)), num_steps)

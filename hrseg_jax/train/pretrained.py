@@ -83,11 +83,13 @@ def check_init_from(config, workdir) -> None:
     raise ValueError(missing_message(path, model))
 
 
-def start_note(meta: Mapping[str, Any]) -> str:
+def start_note(meta: Mapping[str, Any], path: str) -> str:
   """What the start-up line adds after ``initialised from PATH``, from the
   ``meta`` of :func:`load_init_variables`: for a backbone (an ImageNet file),
   the head it lacked, freshly initialised, and the keys of the ``.pth`` that
-  were not used, by module; '' for a full model."""
+  were not used, by module; '' for a full model.  ``path`` (``init_from``)
+  names which file that was: the ``.pth`` itself, or for a converted
+  checkpoint folder the ``.pth`` it was converted from."""
   def modules(keys):
     return ', '.join(sorted({k.split('.')[0] for k in keys}))
   fresh = list(meta.get('initialised') or [])
@@ -96,7 +98,9 @@ def start_note(meta: Mapping[str, Any]) -> str:
   if fresh:
     notes.append(f'{modules(fresh)} ({console.counted(len(fresh), "tensor")}) freshly initialised')
   if unused:
-    notes.append(f'{console.counted(len(unused), "key")} of the .pth not used ({modules(unused)})')
+    source = 'the .pth' if is_pth(path) else 'the .pth it was converted from'
+    notes.append(f'{console.counted(len(unused), "key")} of {source} not used '
+                 f'({modules(unused)})')
   if not notes:
     return ''
   return (', a backbone: ' if meta.get('backbone_only') else ': ') + ', '.join(notes)
