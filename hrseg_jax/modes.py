@@ -160,7 +160,8 @@ def _model_line(model_cfg) -> str:
 def _check_inputs(inputs, opts) -> None:
   """Raises the error :mod:`hrseg_jax.predict` would raise for ``inputs``
   (a missing file, a folder without images, a bad list), or for a missing
-  video file, without reading any image."""
+  video file or a camera or video that does not open, without reading any
+  image."""
   from hrseg_jax import paths, predict, video  # pylint: disable=g-import-not-at-top
   if video.is_video_input(list(inputs), opts['video']):
     if opts['cityscapes_test_format']:
@@ -169,6 +170,7 @@ def _check_inputs(inputs, opts) -> None:
     source = os.fspath(inputs[0])
     if not video.is_camera(source) and not os.path.exists(source):
       raise FileNotFoundError(f'{paths.shown(source)}: no such file or directory')
+    video.check_source(source)   # a camera or video that OpenCV cannot open
     return
   predict.resolve_inputs(list(inputs), paths.resolve(opts['list_root']),
                          cityscapes_test_format=opts['cityscapes_test_format'])

@@ -74,6 +74,37 @@ def _open_capture(source: str | int):
     return cap, cap.isOpened()
 
 
+def _capture(source: str):
+  """The opened ``cv2.VideoCapture`` of a camera index or a video file.
+
+  Raises:
+    OSError: a camera that does not open (one line naming ``--input``).
+    FileNotFoundError, ValueError: a video file missing or unreadable.
+  """
+  if is_camera(source):
+    cap, opened = _open_capture(int(source))
+    if not opened:
+      cap.release()
+      raise OSError(f'--input {source}: OpenCV cannot open camera {source} '
+                    '(no camera here?)')
+    return cap
+  if not os.path.isfile(source):
+    raise FileNotFoundError(f'{paths.shown(source)}: no such file')
+  cap, opened = _open_capture(source)
+  if not opened:
+    cap.release()
+    raise ValueError(f'{paths.shown(source)}: OpenCV cannot read this video')
+  return cap
+
+
+def check_source(source: str) -> None:
+  """Raises the error :func:`open_frames` would raise for a camera or video
+  file that does not open, and closes it again: checked before a checkpoint
+  loads.  A folder of frames is left to :func:`open_frames`."""
+  if not os.path.isdir(source):
+    _capture(source).release()
+
+
 def open_frames(source: str) -> tuple[Iterator[np.ndarray], float, int | None]:
   """(RGB uint8 frames, frames per second, frame count or None) of a source."""
   cv2 = _cv2()
@@ -82,16 +113,7 @@ def open_frames(source: str) -> tuple[Iterator[np.ndarray], float, int | None]:
     if not names:
       raise ValueError(f'{paths.shown(source)}: no {"/".join(IMAGE_EXTENSIONS)} frames found')
     return (read_image(os.path.join(source, n)) for n in names), 25.0, len(names)
-  if is_camera(source):
-    cap, opened = _open_capture(int(source))
-    if not opened:
-      raise OSError(f'camera {source}: OpenCV cannot open it (no camera here?)')
-  else:
-    if not os.path.isfile(source):
-      raise FileNotFoundError(f'{paths.shown(source)}: no such file')
-    cap, opened = _open_capture(source)
-    if not opened:
-      raise ValueError(f'{paths.shown(source)}: OpenCV cannot read this video')
+  cap = _capture(source)
   fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
   count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not source.isdigit() else None
 

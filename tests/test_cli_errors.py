@@ -142,7 +142,7 @@ def test_predict_pth_checkpoint_and_unreadable_video(user_folder):
   assert r.stderr == 'error: bad.mp4: OpenCV cannot read this video\n'
   # A palette of another class count than the model's.
   r = _run_main(user_folder, '--mode', 'predict', '--checkpoint', 'converted/tiny',
-                '--input', 'bad.mp4', '--workdir', 'runs/v', '--dataset', 'lip')
+                '--input', 'photos/a.png', '--workdir', 'runs/v', '--dataset', 'lip')
   assert r.returncode == 2
   assert r.stderr == ('error: --dataset lip has 20 classes, the model has 5 '
                       '(datasets that fit: synthetic)\n')
@@ -210,7 +210,7 @@ def test_predict_without_config_refuses_config_overrides(user_folder):
 
 def test_no_camera_is_one_line_of_ours(capfd):
   """OpenCV's own warnings of a camera that does not open stay off the console."""
-  with pytest.raises(OSError, match='camera 7: OpenCV cannot open it'):
+  with pytest.raises(OSError, match='--input 7: OpenCV cannot open camera 7'):
     video.open_frames('7')
   captured = capfd.readouterr()
   assert captured.err == '' and captured.out == ''

@@ -95,12 +95,6 @@ def test_predict_video_file_and_frame_folder(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(Image.open(tmp_path / 'plain' / 'frames' / 'labels' / f'{i:06d}.png')),
         expected[i])
-  # A camera that is not there: one line, exit code 2.
-  r = subprocess.run(base + ['--input', '7'], cwd=tmp_path, capture_output=True,
-                     text=True, check=False)
-  assert r.returncode == 2
-  assert r.stderr.strip().splitlines()[-1] == (
-      'error: camera 7: OpenCV cannot open it (no camera here?)')
   # The test server's format is for images: one line, before any work.
   r = subprocess.run(base + ['--input', 'clip.mp4', '--cityscapes_test_format',
                              '--workdir', 'server'], cwd=tmp_path, capture_output=True,
@@ -109,6 +103,24 @@ def test_predict_video_file_and_frame_folder(tmp_path):
   assert r.stderr.strip().splitlines() == [
       "error: --cityscapes_test_format writes the test server's PNGs of images; a video "
       'has none (drop the flag)']
+
+
+def test_camera_or_video_that_does_not_open_stops_before_the_checkpoint_loads(tmp_path):
+  """--input 0 without such a camera (none here), or a file that is no video:
+  one line naming the input, exit code 2, before the checkpoint loads (which
+  prints its line) and before anything is written."""
+  cfg = registry.resolve(TINY_HRNET)
+  checkpoints.save_model(tmp_path / 'ckpt', tiny_hrnet_variables(cfg, seed=1), cfg)
+  (tmp_path / 'notes.mp4').write_text('not a video')
+  for source, error in (('7', '--input 7: OpenCV cannot open camera 7 (no camera here?)'),
+                        ('notes.mp4', 'notes.mp4: OpenCV cannot read this video')):
+    r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--mode', 'predict',
+                        '--checkpoint', 'ckpt', '--input', source, '--workdir', 'run'],
+                       cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [f'error: {error}'], r.stderr
+    assert r.stdout == '', r.stdout   # no 'predict: checkpoint ckpt ...' line
+    assert sorted(os.listdir(tmp_path)) == ['ckpt', 'notes.mp4']
 
 
 def test_browse_synthetic_hanet_grid(tmp_path):
