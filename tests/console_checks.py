@@ -41,6 +41,16 @@ def step_lines(stdout: str) -> dict[int, re.Match]:
   return out
 
 
+def step_line_shape(line: str) -> str:
+  """A step line with its numbers as N and its ETA as D, without the fields
+  some machines add (``| skipped N``, ``| mem N GiB``): what the README's
+  quoted lines and a run's must share."""
+  line = re.sub(r' \| (skipped|mem) .*$', '', line)
+  line = re.sub(r'ETA \S+', 'ETA D', line)
+  line = re.sub(r'\+ (\d+) evals?', '+ N evals', line)
+  return re.sub(r'\d+(\.\d+)?(e-?\d+)?', 'N', line)
+
+
 def assert_training_console(result, *, steps, num_steps: int, start: str) -> None:
   """The start-up block once, then one line per log step with speed and ETA."""
   assert_quiet(result)

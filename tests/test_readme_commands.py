@@ -208,6 +208,13 @@ def test_demo_training_killed_resumed_then_eval(folder):
                quiet=False)
   assert console_checks.step_lines(killed.stdout).keys() >= {1, 2}, killed.stdout
   console_checks.assert_eta_leaves_out_compilation(killed.stdout)
+  # The README's quoted step lines read as the run's: the first one (its
+  # speed says it includes compilation) and a later one.
+  quoted = {console_checks.step_line_shape(l) for l in
+            (REPO / 'README.md').read_text().splitlines() if console_checks.STEP_LINE.match(l)}
+  printed = [console_checks.step_line_shape(l) for l in killed.stdout.splitlines()
+             if console_checks.STEP_LINE.match(l)]
+  assert printed[0] in quoted and quoted <= set(printed), (quoted, printed)
   assert (folder / 'runs/demo/checkpoints/2').is_dir()
   assert not (folder / 'runs/demo/checkpoints/4').exists()
   resumed = run(folder, train, *SMALL_DEMO)

@@ -2,8 +2,8 @@
 
 A log line reads::
 
-  step 150/300 (epoch 4.7) loss 0.543 lr 2.7e-2 grad 1.38 | 19.9 img/s,
-  0.402 s/step, data 1% | ETA 1m00s [+ 2 evals] [| mem N GiB]
+  step 150/300 (epoch 4.7) loss 0.534 lr 2.7e-2 grad 1.77 | 13.2 img/s,
+  0.607 s/step, data 2% | ETA 1m31s [+ 2 evals] [| mem N GiB]
 
 (one line on the console).  Speeds are measured on the host between two log
 steps, when the loop fetches the metrics anyway (no extra device sync);
