@@ -24,7 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
      "'w18_small_v2', 'w30', 'w32', 'w40', 'w44', 'w48', 'w64'], or 'custom' with "
      'model.stage1 and model.stages'),
     # Used to be found after the workdir (log.txt, events, checkpoints/) was made.
-    ('--config.mesh.fsdp=3', 'error: mesh.fsdp=3 does not divide the 1 devices'),
+    ('--config.mesh.fsdp=3', 'error: mesh.fsdp=3 does not divide the number of devices (1)'),
 ])
 def test_bad_model_or_mesh_is_one_line_before_the_workdir(tmp_path, override, message):
   (tmp_path / 'configs').symlink_to(REPO / 'configs')

@@ -17,7 +17,7 @@ def make_mesh(fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
   devices = list(devices if devices is not None else jax.devices())
   n = len(devices)
   if fsdp < 1 or n % fsdp:
-    raise ValueError(f'mesh.fsdp={fsdp} does not divide the {n} devices')
+    raise ValueError(f'mesh.fsdp={fsdp} does not divide the number of devices ({n})')
   return jax.make_mesh((n // fsdp, fsdp), ('data', 'fsdp'),
                        axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
