@@ -24,7 +24,9 @@ With several processes each one gets ``HRSEG_COORDINATOR=localhost:PORT``,
 ``--gpus_per_process`` also ``JAX_LOCAL_DEVICE_IDS`` (read by
 ``jax.distributed.initialize``: the GPUs this process drives).  ``--dry-run``
 prints one shell line per process and starts nothing.  When any process
-fails the others are stopped; SIGTERM and Ctrl-C are forwarded to every
+fails the others are stopped, each with one line (``process 1: stopped
+because process 0 failed``, in place of JAX's fatal-error block when the
+coordination service it hosted went with process 0); SIGTERM and Ctrl-C are forwarded to every
 process as SIGTERM (the training loop then saves a checkpoint once the steps
 already queued, two at most, have run and exits; a second Ctrl-C stops them
 at once, without saving).
@@ -44,7 +46,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path[:1]:
   sys.path.insert(0, str(REPO))   # this checkout's hrseg_jax, installed or not
-from hrseg_jax import launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hrseg_jax import launch_args, launch_relay  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ENTRY = ('-m', 'hrseg_jax.main')
 
@@ -152,11 +154,12 @@ def parse_args(argv: list[str]):
   return args, train_args
 
 
-def _stop(procs: list[subprocess.Popen], grace_s: float = 30.0) -> None:
-  """SIGTERM to the processes still running, SIGKILL after ``grace_s``."""
-  for p in procs:
-    if p.poll() is None:
-      p.terminate()
+def _stop(procs: list[subprocess.Popen], grace_s: float = 30.0) -> list[int]:
+  """SIGTERM to the processes still running, SIGKILL after ``grace_s``;
+  returns the indices of the processes it stopped."""
+  stopped = [i for i, p in enumerate(procs) if p.poll() is None]
+  for i in stopped:
+    procs[i].terminate()
   deadline = time.monotonic() + grace_s
   for p in procs:
     try:
@@ -164,19 +167,49 @@ def _stop(procs: list[subprocess.Popen], grace_s: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
       p.kill()
       p.wait()
+  return stopped
 
 
-def _wait_all(procs: list[subprocess.Popen]) -> int:
+def first_failure(codes: list[int | None]) -> int | None:
+  """The index of the failed process among exit statuses (None: running):
+  one that exited with an error status (it met an error) before one killed
+  by a signal (JAX ends the others that way when one fails), then the
+  lowest index."""
+  failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+  return min(failed, key=lambda i: codes[i] < 0) if failed else None
+
+
+def culprit(codes: list[int], first: int, ended: set[int]) -> int:
+  """The process whose failure ended the run, once every process has ended.
+
+  Args:
+    codes: the exit statuses.
+    first: the first process seen to fail.
+    ended: the processes ended because of another's failure (by JAX or the
+      launcher); one of them may be seen first (JAX ends a process as soon
+      as the process hosting its coordination service goes).
+  """
+  if first not in ended:
+    return first
+  found = first_failure([None if i in ended else c for i, c in enumerate(codes)])
+  return first if found is None else found
+
+
+def _wait_all(procs: list[subprocess.Popen]) -> tuple[int | None, list[int]]:
   """Waits for every process; the first failure stops the others (a JAX
-  process whose peer died would otherwise wait in a collective)."""
+  process whose peer died would otherwise wait in a collective).
+
+  Returns:
+    The index of the failed process (None if every one exited 0) and the
+    indices of the processes stopped because of it.
+  """
   while True:
     codes = [p.poll() for p in procs]
-    failed = [c for c in codes if c not in (None, 0)]
-    if failed:
-      _stop(procs)
-      return failed[0]
+    failed = first_failure(codes)
+    if failed is not None:
+      return failed, _stop(procs)
     if all(c == 0 for c in codes):
-      return 0
+      return None, []
     time.sleep(0.2)
 
 
@@ -197,12 +230,17 @@ def main(argv=None) -> int:
     shown = ' and '.join(logs) if len(logs) <= 2 else f'{logs[0]} … {logs[-1]}'
     print(f'{len(logs)} process{"es" if len(logs) > 1 else ""}: output in {shown}',
           flush=True)
-  procs, files = [], []
+  procs, files, relays = [], [], []
   for env, log in zip(envs, logs):
     out = open(log, 'w') if log else None  # pylint: disable=consider-using-with
     files.append(out)
+    # Without --log_dir, stderr comes through a Relay (JAX's fatal-error block
+    # of a process stopped by another's failure becomes one line below).
     procs.append(subprocess.Popen(argv_, env={**os.environ, **env}, stdout=out,
-                                  stderr=subprocess.STDOUT if out else None))
+                                  stderr=subprocess.STDOUT if out else subprocess.PIPE))
+    if not out:
+      relays.append(launch_relay.Relay(procs[-1].stderr, sys.stderr.buffer))
+      relays[-1].start()
 
   def forward(signum, frame):  # pylint: disable=unused-argument
     for p in procs:
@@ -211,17 +249,18 @@ def main(argv=None) -> int:
   old = signal.signal(signal.SIGTERM, forward)
   try:
     try:
-      code = _wait_all(procs)
+      failed, stopped = _wait_all(procs)
     except KeyboardInterrupt:
       # Ctrl-C (a terminal sends it to the processes too): like SIGTERM, each
       # saves a checkpoint and exits 0; a second Ctrl-C stops them at once.
       forward(signal.SIGTERM, None)
-      code = _wait_all(procs)
+      failed, stopped = _wait_all(procs)
   except KeyboardInterrupt:
     for p in procs:
       if p.poll() is None:
         p.kill()
       p.wait()
+    _join(relays)
     print('stopped by a second Ctrl-C, without saving a checkpoint', file=sys.stderr)
     return 130
   finally:
@@ -229,10 +268,28 @@ def main(argv=None) -> int:
     for f in files:
       if f:
         f.close()
-  if code:
-    where = f' (see {args.log_dir})' if args.log_dir else ''
-    print(f'error: a process exited with status {code}{where}', file=sys.stderr)
+  _join(relays)
+  if failed is None:
+    return 0
+  # Ended by JAX's fatal-error block, or by this launcher (not on their own).
+  codes = [p.returncode for p in procs]
+  ended = {i for i, r in enumerate(relays) if r.cut}
+  ended |= {i for i in stopped if codes[i] < 0}
+  failed = culprit(codes, failed, ended)
+  for i in sorted(ended - {failed}):
+    print(f'process {i}: stopped because process {failed} failed', file=sys.stderr)
+  code = procs[failed].returncode
+  where = f' (see {args.log_dir})' if args.log_dir else ''
+  print(f'error: a process exited with status {code}{where}', file=sys.stderr)
   return code
+
+
+def _join(relays: list[launch_relay.Relay], timeout_s: float = 5.0) -> None:
+  """Lets the relays copy what the processes wrote last (bounded: a worker
+  process left behind may hold a pipe open)."""
+  deadline = time.monotonic() + timeout_s
+  for r in relays:
+    r.join(timeout=max(deadline - time.monotonic(), 0))
 
 
 if __name__ == '__main__':
