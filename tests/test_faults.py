@@ -17,6 +17,9 @@ import os
 import pathlib
 import re
 import shutil
+import signal
+import subprocess
+import sys
 
 import cv2
 import portpicker
@@ -34,6 +37,7 @@ FAULTS_PER_TEST = {
     'test_ctrl_c_saves_and_a_second_ctrl_c_exits_at_once': 2,
     'test_ctrl_c_between_log_steps_stops_at_the_next_step': 1,
     'test_nonfinite_loss_and_full_disk_lose_nothing': 3,
+    'test_full_disk_on_one_of_two_hosts_ends_the_run': 1,
     'test_nonfinite_loss_skipped_and_counted': 1,
     'test_bad_data_is_one_line_naming_the_file': 1,
     'test_bad_config_is_one_line_naming_the_field': 1,
@@ -43,7 +47,7 @@ FAULTS_PER_TEST = {
     'test_corrupt_latest_checkpoint_is_one_line': 1,
     'test_init_from_a_missing_checkpoint_is_one_line': 1,
 }
-FAULTS_IN_SUITE = 30
+FAULTS_IN_SUITE = 31
 
 
 @pytest.fixture
@@ -293,6 +297,48 @@ def test_nonfinite_loss_and_full_disk_lose_nothing(tmp_path, reference, ledger):
   assert done.result.returncode == 0, done.result.tail()
   assert done.resumed_from == 2 and done.complete_after[-1] == fu.NUM_STEPS
   _finish_chain(chain, faults, reference, poisoned=[(0, 3)])
+
+
+def test_full_disk_on_one_of_two_hosts_ends_the_run(tmp_path, ledger):
+  """Two processes through scripts/launch_local.py; only process 0's writes
+  of checkpoint 4 fail (ENOSPC), so process 1 waits for it at Orbax's
+  barrier after its own writes.  Process 0 prints the one-line error and
+  exits 2 once its writes have ended; the launcher stops process 1 (one
+  line, not JAX's fatal-error block) and exits 2; step 2 is intact and
+  nothing partial is left.  (Process 0 used to wait at Orbax's next barrier
+  for ever: the run never ended.)"""
+  fault = ledger.inject('disk full on one of two hosts (step 4)')
+  fu.write_config(tmp_path / 'config.py')
+  launcher = subprocess.Popen(
+      [sys.executable, str(fu.REPO / 'scripts' / 'launch_local.py'), '--num_processes', '2',
+       '--cpu_devices', '1', '--', '--config', 'config.py', '--workdir', 'w'],
+      cwd=tmp_path, env=fu.environment('enospc@0:4'), text=True,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+  try:
+    _, err = launcher.communicate(timeout=600)
+  except subprocess.TimeoutExpired:
+    os.killpg(launcher.pid, signal.SIGKILL)
+    _, err = launcher.communicate()
+    pytest.fail('the run did not end:\n' + err[-3000:])
+  ckpt_dir = tmp_path / 'w' / CKPT
+  damaged = list(fu.broken_steps(ckpt_dir)) + fu.partial_entries(ckpt_dir)
+  fault.measure(files_corrupted=len(damaged))
+  assert launcher.returncode == 2, err[-3000:]
+  lines = err.splitlines()
+  errors = [l for l in lines if l.startswith('error: ')]
+  assert len(errors) == 2 and lines[-1] == errors[-1], err[-3000:]
+  assert errors[0].startswith('error: saving checkpoint 4 in w/checkpoints failed: '), err
+  assert 'No space left on device' in errors[0], errors[0]
+  assert errors[0].endswith('; last complete checkpoint: step 2'), errors[0]
+  assert errors[1] == 'error: a process exited with status 2', err[-3000:]
+  # Process 1 says why it stopped, or (when its barrier fails first) that
+  # its save failed.
+  ones = [l for l in lines if l.startswith('process 1: ')]
+  assert ones and all(l == 'process 1: stopped because process 0 failed' or l.startswith(
+      'process 1: error: saving checkpoint 4 in w/checkpoints failed: ') for l in ones), err
+  assert 'Traceback' not in err and 'JAX distributed service' not in err, err[-3000:]
+  assert fu.step_dirs(ckpt_dir) == [2] and not damaged, damaged
+  fault.survive()
 
 
 def test_nonfinite_loss_skipped_and_counted(tmp_path, reference, ledger):

@@ -23,7 +23,9 @@ Crash safety (tested by ``tests/test_faults.py``):
   the step, the cause and the last complete step, after removing the partial
   step; a background commit that failed is reported by the next
   :meth:`Checkpointer.save`, :meth:`Checkpointer.wait` or
-  :meth:`Checkpointer.close`.
+  :meth:`Checkpointer.close`.  In a multi-process run the process whose
+  writes failed reports it as soon as they have ended, without waiting for
+  the others (they wait for it; the launcher or the cluster stops them).
 * Restoring a step that is unreadable or of another model raises
   :class:`CheckpointRestoreError` naming the step directory.
 * Each committed step gets an integrity manifest (:mod:`hrseg_jax.checkpoints.manifest`:
@@ -102,6 +104,24 @@ class _Manager(ocp.CheckpointManager):
     del step
     return False
 
+  def _finalize(self, step: int, steps_to_remove: list[int]):
+    """Orbax's finalization of an asynchronous save, ended at once when this
+    process's writes failed (a full disk) in a multi-process run.
+
+    Orbax waits for this process's writes and then, failed or not, meets the
+    other processes at a barrier; they wait at an earlier barrier for this
+    process's writes, so neither barrier is ever reached (until Orbax's
+    20-minute timeout).  Here the failure ends the finalization before its
+    barrier: :meth:`Checkpointer.wait` reports it and the process exits.
+    """
+    if jax.process_count() > 1:
+      # Raise this process's write error; once done, Orbax's own waits return at once.
+      store = getattr(self, '_non_blocking_metadata_store', None)
+      if store is not None:
+        store.wait_until_finished()
+      self._wait_for_checkpointers()
+    super()._finalize(step, steps_to_remove)
+
 
 class Checkpointer:
   """Thin wrapper over ``ocp.CheckpointManager`` for a :class:`TrainState`."""
@@ -129,6 +149,7 @@ class Checkpointer:
     self._in_flight = None
     self._manifest_thread = None
     self._async = async_save
+    self._failed_with_peers = False   # a save failed in a multi-process run
     self._purge_deleted()
 
   def latest_step(self) -> int | None:
@@ -308,7 +329,15 @@ class Checkpointer:
     self._purge_deleted()
 
   def abandon(self):
-    """Closes after an error elsewhere: lets a save in flight commit; never raises."""
+    """Closes after an error elsewhere: lets a save in flight commit; never raises.
+
+    After a failed save of a multi-process run it leaves Orbax alone: its
+    threads of that save wait at barriers for the other processes, which
+    wait for this one; the process exits next
+    (:func:`hrseg_jax.distributed.exit_after_error`).
+    """
+    if self._failed_with_peers:
+      return
     try:
       self.close()
     except Exception as e:  # pylint: disable=broad-except
@@ -316,6 +345,7 @@ class Checkpointer:
 
   def _save_failed(self, step: int | None, error: Exception) -> CheckpointSaveError:
     """Removes the partial step and describes the failure in one line."""
+    self._failed_with_peers = jax.process_count() > 1
     try:
       # Orbax's background writers of the failed save may still be running
       # (and creating its temporary folder): let them end before cleaning up.
