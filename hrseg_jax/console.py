@@ -26,10 +26,15 @@ def first_line(error: BaseException, limit: int = 300) -> str:
   return text if len(text) <= limit else text[:limit] + ' …'
 
 
-def counted(n: int, noun: str, plural: str | None = None) -> str:
-  """``1 key``, ``2 keys``, ``1,200 tensors``; ``plural`` where adding an s
-  does not make it (``counted(2, 'process', 'processes')``)."""
-  return f'{n:,} {noun if n == 1 else plural or noun + "s"}'
+def counted(n: int, noun: str, plural: str | None = None, *,
+            thousands: bool = False) -> str:
+  """``1 key``, ``2 keys``, ``1200 tensors``; ``plural`` where adding an s
+  does not make it (``counted(2, 'process', 'processes')``).  The number is
+  written as the other numbers of its line are: plain, like the step and
+  frame numbers that scripts read back, or with ``thousands`` separators
+  (``1,200``) in a line that writes them so (the start-up block)."""
+  number = f'{n:,}' if thousands else str(n)
+  return f'{number} {noun if n == 1 else plural or noun + "s"}'
 
 
 class _DropOrbaxChatter(logging.Filter):

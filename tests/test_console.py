@@ -44,7 +44,8 @@ class _Clock:
 
 def test_counts_say_one_key_and_two_keys():
   assert [console.counted(n, 'key') for n in (0, 1, 2, 1200)] == [
-      '0 keys', '1 key', '2 keys', '1,200 keys']
+      '0 keys', '1 key', '2 keys', '1200 keys']
+  assert console.counted(1200, 'step', thousands=True) == '1,200 steps'
   assert console.counted(1, 'process', 'processes') == '1 process'
   assert console.counted(3, 'process', 'processes') == '3 processes'
   assert pretrained.start_note({'backbone_only': True, 'initialised': ['last_layer.0.weight'],
@@ -263,6 +264,11 @@ def test_training_summary_line_counts_this_runs_steps():
       'trained 300 steps in 12 s; final mIoU 50.00% (pixel acc 90.00%)')
   assert summary_line(dict(base, start_step=100, final_step=300)) == (
       'trained 200 steps (steps 101-300 of 300, resumed from step 100) in 12 s; '
+      'no evaluation')
+  # The count is written as the step numbers beside it, which scripts read
+  # back (it said 'trained 1,000 steps (steps 1001-2000 of 2000').
+  assert summary_line(dict(base, steps=2000, start_step=1000, final_step=2000)) == (
+      'trained 1000 steps (steps 1001-2000 of 2000, resumed from step 1000) in 12 s; '
       'no evaluation')
   assert summary_line(dict(base, start_step=300, final_step=300)).startswith(
       'trained no step (the run was at step 300 of 300)')

@@ -76,7 +76,7 @@ def found_line(root: str, written: dict[str, str]) -> str:
   if len(counts) == 1:   # '1 train image'
     found = console.counted(counts[0][0], f'{counts[0][1]} image')
   else:
-    found = ', '.join(f'{n:,} {split}' for n, split in counts) + ' images'
+    found = ', '.join(f'{n} {split}' for n, split in counts) + ' images'
   return f'found {found} under {root} (first: {first})'
 
 

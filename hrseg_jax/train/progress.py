@@ -211,7 +211,7 @@ def startup_block(*, devices: Sequence[Any], mesh_shape: Mapping[str, int],
       f'{console.counted(process_count, "process", "processes")}; mesh {mesh}',
       f'batch       {global_batch} global, {local_batch} per process',
       f'steps       {num_steps:,} ({epochs:.1f} epochs of '
-      f'{console.counted(steps_per_epoch, "step")})',
+      f'{console.counted(steps_per_epoch, "step", thousands=True)})',
       f'data        {num_train:,} train{val} examples{" " + data_from if data_from else ""}',
       f'model       {model}, {num_params:,} parameters',
       f'workdir     {workdir} (config.json, log.txt, TensorBoard events)',
