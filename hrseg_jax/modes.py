@@ -74,7 +74,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   if mode == 'predict' and not inputs:
     raise ValueError('--mode predict needs --input (image files, folders or list files)')
   if mode == 'predict':   # missing or empty inputs fail before the checkpoint loads
-    _check_inputs(inputs, opts)   # and so does a --workdir that cannot be written
+    # A camera stays open from this check on (None for any other input).
+    camera = _check_inputs(inputs, opts)   # and so does a --workdir that cannot be written
     paths.check_writable(os.path.join(paths.shown(workdir), 'predictions'), '--workdir')
   if mode == 'eval':   # a bad eval.protocol or data fails before the checkpoint loads
     from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -140,7 +141,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
         model_cfg, variables, inputs[0], os.path.join(workdir, 'predictions'),
         palette=dataset or '', dtype=compute, eval_cfg=eval_cfg,
         batch_size=int(config.eval.batch_size) if config is not None else 8,
-        log=(lambda line: print(line, flush=True)) if main_process else (lambda _: None))
+        log=(lambda line: print(line, flush=True)) if main_process else (lambda _: None),
+        capture=camera)
   return predict.predict(model_cfg, variables, list(inputs),
                          os.path.join(workdir, 'predictions'),
                          palette=dataset or '', eval_cfg=eval_cfg,
@@ -157,11 +159,12 @@ def _model_line(model_cfg) -> str:
           + (', align_corners=True' if model_cfg.get('align_corners') else ''))
 
 
-def _check_inputs(inputs, opts) -> None:
+def _check_inputs(inputs, opts):
   """Raises the error :mod:`hrseg_jax.predict` would raise for ``inputs``
   (a missing file, a folder without images, a bad list), or for a missing
   video file or a camera or video that does not open, without reading any
-  image."""
+  image.  Returns a camera's capture, opened once here and read by the
+  prediction (:func:`hrseg_jax.video.check_source`), else None."""
   from hrseg_jax import paths, predict, video  # pylint: disable=g-import-not-at-top
   if video.is_video_input(list(inputs), opts['video']):
     if opts['cityscapes_test_format']:
@@ -170,10 +173,10 @@ def _check_inputs(inputs, opts) -> None:
     source = os.fspath(inputs[0])
     if not video.is_camera(source) and not os.path.exists(source):
       raise FileNotFoundError(f'{paths.shown(source)}: no such file or directory')
-    video.check_source(source)   # a camera or video that OpenCV cannot open
-    return
+    return video.check_source(source)   # a camera or video that OpenCV cannot open
   predict.resolve_inputs(list(inputs), paths.resolve(opts['list_root']),
                          cityscapes_test_format=opts['cityscapes_test_format'])
+  return None
 
 
 def _check_default_config_dataset(config, meta, described: str) -> None:

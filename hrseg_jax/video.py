@@ -97,23 +97,33 @@ def _capture(source: str):
   return cap
 
 
-def check_source(source: str) -> None:
+def check_source(source: str):
   """Raises the error :func:`open_frames` would raise for a camera or video
-  file that does not open, and closes it again: checked before a checkpoint
-  loads.  A folder of frames is left to :func:`open_frames`."""
-  if not os.path.isdir(source):
-    _capture(source).release()
+  file that does not open: checked before a checkpoint loads.  A video file
+  is closed again; a camera's capture is returned open, for
+  :func:`predict_video` (``capture``), as a camera closed and opened again
+  at once may be slow to open or refuse to.  A folder of frames is left to
+  :func:`open_frames`.  Returns the camera's capture, else None."""
+  if os.path.isdir(source):
+    return None
+  cap = _capture(source)
+  if is_camera(source):
+    return cap
+  cap.release()
+  return None
 
 
-def open_frames(source: str) -> tuple[Iterator[np.ndarray], float, int | None]:
-  """(RGB uint8 frames, frames per second, frame count or None) of a source."""
+def open_frames(source: str, capture=None
+                ) -> tuple[Iterator[np.ndarray], float, int | None]:
+  """(RGB uint8 frames, frames per second, frame count or None) of a source;
+  ``capture``: its capture, already opened by :func:`check_source`."""
   cv2 = _cv2()
   if os.path.isdir(source):
     names = sorted(n for n in os.listdir(source) if n.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
       raise ValueError(f'{paths.shown(source)}: no {"/".join(IMAGE_EXTENSIONS)} frames found')
     return (read_image(os.path.join(source, n)) for n in names), 25.0, len(names)
-  cap = _capture(source)
+  cap = capture if capture is not None else _capture(source)
   fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
   count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not source.isdigit() else None
 
@@ -170,11 +180,12 @@ def _batch_predictor(model_cfg, variables, eval_cfg, batch_size: int, dtype):
 def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
                   palette: str = 'cityscapes', batch_size: int = 8, alpha: float = 0.5,
                   log: Callable[[str], None] = print, dtype=None,
-                  eval_cfg: Mapping | None = None) -> dict:
+                  eval_cfg: Mapping | None = None, capture=None) -> dict:
   """Writes ``overlay.mp4`` and ``labels/*.png`` for ``source``; returns a summary.
 
   ``eval_cfg``: test-time settings (:func:`hrseg_jax.predict.predict_settings`,
   the default, or a config's ``eval`` section); its batch size is ``batch_size``.
+  ``capture``: the camera's capture that :func:`check_source` opened.
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   cv2 = _cv2()
@@ -182,7 +193,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   if batch_size < 1:
     raise ValueError(f'batch size must be positive, got {batch_size}')
   pal = palettes.get_palette(palette)
-  frames, fps, count = open_frames(source)
+  frames, fps, count = open_frames(source, capture)
   if os.path.isdir(source):   # a README, a .bmp among the frames: said, not silent
     others = [n for n in sorted(os.listdir(source)) if not n.startswith('.')
               and not n.lower().endswith(IMAGE_EXTENSIONS)

@@ -123,6 +123,47 @@ def test_camera_or_video_that_does_not_open_stops_before_the_checkpoint_loads(tm
     assert sorted(os.listdir(tmp_path)) == ['ckpt', 'notes.mp4']
 
 
+def test_a_camera_is_opened_once_checked_and_read(tmp_path, monkeypatch):
+  """--input 0: the camera opened to check it before the checkpoint loads is
+  the one read; it was closed and opened again, which a camera may refuse
+  (or take seconds to do) right after it was closed."""
+  from hrseg_jax import modes, video  # pylint: disable=g-import-not-at-top
+  cfg = registry.resolve(TINY_HRNET)
+  checkpoints.save_model(tmp_path / 'ckpt', tiny_hrnet_variables(cfg, seed=1), cfg)
+  opened = []
+
+  class Camera:
+    """Three 16x24 frames; refuses to open while another capture has it."""
+    def __init__(self):
+      self.frames, self.released = 3, False
+
+    def get(self, prop):
+      return 10.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def read(self):
+      if self.frames == 0:
+        return False, None
+      self.frames -= 1
+      return True, np.zeros((16, 24, 3), np.uint8)
+
+    def release(self):
+      self.released = True
+
+  def open_capture(source):
+    assert source == 0, source
+    opened.append(Camera())
+    return opened[-1], len(opened) == 1
+  monkeypatch.setattr(video, '_open_capture', open_capture)
+  monkeypatch.setattr(video, '_batch_predictor',
+                      lambda *a: lambda x: np.zeros(x.shape[:3], np.int32))
+  monkeypatch.chdir(tmp_path)
+  summary = modes.run(None, 'run', 'predict', checkpoint='ckpt', inputs=['0'])
+  assert len(opened) == 1 and opened[0].released, opened
+  assert summary['frames'] == 3
+  assert sorted(os.listdir(tmp_path / 'run/predictions/camera0/labels')) == [
+      '000000.png', '000001.png', '000002.png']
+
+
 def test_browse_synthetic_hanet_grid(tmp_path):
   config = os.path.join(REPO, 'configs', 'synthetic_hanet_ablation.py') + ':rows'
   r = subprocess.run([sys.executable, '-m', 'hrseg_jax.browse', '--config', config,
