@@ -14,6 +14,8 @@ The index is the global step count (the official ``i_iter + epoch *
 epoch_iters``), which the optimizer state carries, so a run resumed anywhere,
 mid-epoch included, continues the same sequence.  The optional linear
 warm-up (not in the official code) multiplies the same lagged index's LR.
+With gradient accumulation the index, ``T`` and the warm-up count updates
+(:func:`make_optimizer`).
 Parameters whose path contains one of ``nonbackbone_keywords`` (PASCAL-Context
 and COCO-Stuff recipes) get ``nonbackbone_mult`` times the scheduled LR at
 every step, weight decay included, like the official second parameter group.
