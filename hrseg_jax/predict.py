@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrseg_jax import paths
+from hrseg_jax import console, paths
 from hrseg_jax.data import decode, label_maps
 from hrseg_jax.data.errors import DataError
 from hrseg_jax.data.transforms import normalize
@@ -83,7 +83,7 @@ def _from_folder(folder: str) -> list[ImageInput]:
   if not found:
     others = other_files(folder)
     raise ValueError(f'{paths.shown(folder)}: no {"/".join(IMAGE_EXTENSIONS)} images found' + (
-        f' (it holds {len(others)} other file(s): {", ".join(others[:5])}'
+        f' (it holds {console.counted(len(others), "other file")}: {", ".join(others[:5])}'
         + (', …' if len(others) > 5 else '') + ')' if others else ''))
   return found
 
@@ -111,8 +111,9 @@ def left_out_line(folder: str) -> str | None:
   others = other_files(folder)
   if not others:
     return None
-  return (f'predict: left out {len(others)} file(s) in {paths.shown(folder)}{os.sep} that '
-          f'are not {"/".join(IMAGE_EXTENSIONS)} images: {listed(others)}')
+  return (f'predict: left out {console.counted(len(others), "file")} in '
+          f'{paths.shown(folder)}{os.sep} (not {"/".join(IMAGE_EXTENSIONS)}): '
+          f'{listed(others)}')
 
 
 def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
@@ -374,7 +375,7 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
   if log is not None:
     folders = sorted({os.path.relpath(f, out_dir).split(os.sep)[0]
                       for r in results for f in r['files']})
-    log(f'predicted {len(results)} image(s) in {time.monotonic() - t0:.1f} s -> '
+    log(f'predicted {console.counted(len(results), "image")} in {time.monotonic() - t0:.1f} s -> '
         f'{paths.shown(out_dir)} ({", ".join(f + "/" for f in folders)})')
   return results
 

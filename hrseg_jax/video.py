@@ -199,8 +199,8 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
               and not n.lower().endswith(IMAGE_EXTENSIONS)
               and os.path.isfile(os.path.join(source, n))]
     if others:
-      log(f'{paths.shown(source)}{os.sep}: left out {len(others)} file(s) that are not '
-          f'{"/".join(IMAGE_EXTENSIONS)} frames: {listed(others)}')
+      log(f'{paths.shown(source)}{os.sep}: left out {console.counted(len(others), "file")} '
+          f'(not {"/".join(IMAGE_EXTENSIONS)} frames): {listed(others)}')
   predict_batch = _batch_predictor(model_cfg, variables, eval_cfg, batch_size,
                                    dtype or jnp.float32)
   dest = os.path.join(out_dir, clip_name(source))

@@ -42,7 +42,7 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path[:1]:
   sys.path.insert(0, str(REPO))   # this checkout's hrseg_jax, installed or not
-from hrseg_jax import launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hrseg_jax import console, launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ENTRY = ('-m', 'hrseg_jax.main')
 
@@ -126,7 +126,8 @@ def parse_args(argv: list[str]):
       if launch_args.mode(train_args) == 'train':
         launch_args.check_batch(launch_args.batch_size(train_args, config),
                                 args.nodes * args.gpus_per_node,
-                                f'{args.nodes} node(s) x {args.gpus_per_node} GPUs')
+                                f'{console.counted(args.nodes, "node")} x '
+                                f'{args.gpus_per_node} GPUs')
   except ValueError as e:
     parser.error(str(e))
   return args, train_args

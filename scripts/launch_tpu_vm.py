@@ -55,7 +55,7 @@ VENV = '~/hrseg-venv'
 LOG_DIR = '~/hrseg_logs'
 if str(REPO) not in sys.path[:1]:
   sys.path.insert(0, str(REPO))   # the checkout this launcher deploys, installed or not
-from hrseg_jax import launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hrseg_jax import console, launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Runtime (software) versions by TPU generation, from the Cloud TPU docs
 # ("TPU software versions"); check `gcloud compute tpus tpu-vm versions list`.
@@ -248,8 +248,8 @@ def main(argv=None) -> int:
   args, train_args = parse_args(sys.argv[1:] if argv is None else list(argv))
   if args.step in ('create', 'train'):
     devices, hosts = slice_topology(args.accelerator)
-    print(f'# {args.accelerator}: {devices} JAX devices on {hosts} '
-          f'host{"s" if hosts > 1 else ""}', file=sys.stderr)
+    print(f'# {args.accelerator}: {devices} JAX devices on '
+          f'{console.counted(hosts, "host")}', file=sys.stderr)
   cmds = commands(args, train_args)
   missing = [c[0] for c in cmds if not shutil.which(c[0])]
   if missing and not args.dry_run:

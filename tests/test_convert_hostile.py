@@ -74,7 +74,7 @@ def test_non_finite_weights_are_refused_naming_the_keys(tmp_path, tiny_state):
   # Finite in float64, infinite once cast to the model's float32.
   state['last_layer.3.bias'] = np.full(state['last_layer.3.bias'].shape, 1e300)
   line = refused(tmp_path, state)
-  assert '3 tensor(s) with NaN or infinite values' in line, line
+  assert '3 tensors with NaN or infinite values' in line, line
   for key in ('conv1.weight', 'bn1.running_var', 'last_layer.3.bias'):
     assert key in line, line
 
@@ -219,7 +219,7 @@ def test_counters_of_no_batch_norm_are_unexpected_keys(tmp_path, tiny_state, cap
   # They were ignored as BN counters and kept in the checkpoint's metadata.
   junk = {f'junk{i}.num_batches_tracked': np.asarray(i, np.int64) for i in range(300)}
   err = refused_in_process(tmp_path, dict(tiny_state, **junk), capsys, monkeypatch)
-  assert '300 unexpected key(s): junk0.num_batches_tracked, ' in err, err
+  assert '300 unexpected keys: junk0.num_batches_tracked, ' in err, err
 
 
 def test_lite_hrnet_infers_hanet_options_only_from_its_four_hanets():

@@ -214,7 +214,7 @@ def test_slurm_checks_config_and_batch_before_submitting(tmp_path):
   assert '--config configs/hrnet_w48_cityscapes.py: no such file (in ' in err, err
   err = run('launch_slurm.py', '--nodes', '6', '--gpus_per_node', '8', '--', *flags,
             '--config.train.batch_size=32', ok=False)
-  assert ('train.batch_size=32 is not a multiple of the 48 devices of 6 node(s) x 8 GPUs: '
+  assert ('train.batch_size=32 is not a multiple of the 48 devices of 6 nodes x 8 GPUs: '
           'add --config.train.batch_size=48') in err
   err = run('launch_slurm.py', '--nodes', '2', '--', *flags, ok=False)   # the config's 12
   assert 'train.batch_size=12 is not a multiple of the 16 devices' in err

@@ -124,15 +124,15 @@ def test_a_folders_other_files_are_named_not_silently_left_out(tmp_path):
                '--workdir', 'runs/p')
   assert r.returncode == 0, r.stderr[-3000:]
   lines = r.stdout.splitlines()
-  assert lines[2] == ('predict: left out 2 file(s) in photos/ that are not .png/.jpg/.jpeg '
-                      'images: notes.txt, sub/b.bmp'), r.stdout
+  assert lines[2] == ('predict: left out 2 files in photos/ (not .png/.jpg/.jpeg): '
+                      'notes.txt, sub/b.bmp'), r.stdout
   assert lines[3].startswith('predict 1/1 (100%) photos/a.png (32x64)'), r.stdout
   (tmp_path / 'photos/a.png').unlink()
   r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
                '--workdir', 'runs/p')
   assert r.returncode == 2 and r.stdout == '', r.stderr[-3000:]
   assert r.stderr == ('error: photos: no .png/.jpg/.jpeg images '
-                      'found (it holds 2 other file(s): notes.txt, sub/b.bmp)\n'), r.stderr
+                      'found (it holds 2 other files: notes.txt, sub/b.bmp)\n'), r.stderr
 
 
 def test_an_input_that_is_not_an_image_fails_before_any_prediction(tmp_path):

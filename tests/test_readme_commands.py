@@ -140,7 +140,7 @@ def test_released_checkpoint_commands_as_written(folder, monkeypatch):
   out = run(folder, command('--mode predict', '--input photos/')).stdout
   assert 'palette cityscapes' in out and "whole image at each image's own size" in out
   assert re.search(rf'predict 1/1 \(100%\) {PHOTO} \(64x128\) \| .* done in', out), out
-  assert re.search(r'predicted 1 image\(s\) in [\d.]+ s -> runs/w48_predict/predictions '
+  assert re.search(r'predicted 1 image in [\d.]+ s -> runs/w48_predict/predictions '
                    r'\(color/, labels/, overlay/\)$', out, re.M), out
   labels = folder / 'runs/w48_predict/predictions/labels' / pathlib.Path(PHOTO).name
   with Image.open(labels) as im:

@@ -75,9 +75,10 @@ def test_predict_video_file_and_frame_folder(tmp_path):
                        check=False)
     assert r.returncode == 0, r.stderr
     # Named, not skipped silently.
-    assert ('frames/: left out 1 file(s) that are not .png/.jpg/.jpeg frames: notes.txt'
-            if '--video' in args else 'predict: left out 1 file(s) in frames/ that are not '
-            '.png/.jpg/.jpeg images: notes.txt') in r.stdout.splitlines(), r.stdout
+    # '1 file', not '1 file(s)'.
+    assert ('frames/: left out 1 file (not .png/.jpg/.jpeg frames): notes.txt'
+            if '--video' in args else 'predict: left out 1 file in frames/ (not '
+            '.png/.jpg/.jpeg): notes.txt') in r.stdout.splitlines(), r.stdout
   preds = tmp_path / 'run' / 'predictions'
   assert sorted(os.listdir(preds / 'frames' / 'labels')) == [f'{i:06d}.png' for i in range(5)]
   for i in range(5):

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from hrseg_jax.console import counted
+
 LEAF_NAMES = {
     'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight',
     'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var',
@@ -150,14 +152,15 @@ def torch_to_variables(state: Mapping[str, np.ndarray], abstract: Mapping,
   really_missing = [k for k in missing if not k.startswith(allow_missing)]
   problems = []
   if not_finite:
-    problems.append(f'{len(not_finite)} tensor(s) with NaN or infinite values (or values '
+    problems.append(f'{counted(len(not_finite), "tensor")} with NaN or infinite values (or values '
                     f"beyond float32's range): {_fmt(not_finite)}")
   if bad_shape:
-    problems.append(f'{len(bad_shape)} shape mismatch(es): {_fmt(bad_shape, 8)}')
+    mismatches = counted(len(bad_shape), 'shape mismatch', 'shape mismatches')
+    problems.append(f'{mismatches}: {_fmt(bad_shape, 8)}')
   if really_missing:
-    problems.append(f'{len(really_missing)} missing key(s): {_fmt(really_missing)}')
+    problems.append(f'{counted(len(really_missing), "missing key")}: {_fmt(really_missing)}')
   if unexpected and not allow_unexpected:
-    problems.append(f'{len(unexpected)} unexpected key(s): {_fmt(unexpected)}')
+    problems.append(f'{counted(len(unexpected), "unexpected key")}: {_fmt(unexpected)}')
   if problems:
     raise ConversionError('; '.join(problems))
   report = {'initialised': sorted(missing), 'skipped': unexpected if allow_unexpected else []}

@@ -35,7 +35,7 @@ import numpy as np
 
 from hrseg_jax.data import pipeline
 from hrseg_jax.data.transforms import normalize
-from hrseg_jax import files
+from hrseg_jax import console, files
 from hrseg_jax.eval import classes, metrics, multihost, visuals
 from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval.inference import Predictor, label_prediction
@@ -226,7 +226,7 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
   result['settings'] = settings_of(eval_cfg, data_cfg, cfg, dtype, n, skipped,
                                    crop_padding)
   if main and skipped:
-    log(f'eval: {skipped} bad example(s) skipped (see the warnings above)')
+    log(f'eval: {console.counted(skipped, "bad example")} skipped (see the warnings above)')
   if main and report:
     log(metrics.format_iou_table(result, names))
     if out_dir is not None:
