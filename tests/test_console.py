@@ -113,6 +113,26 @@ def test_eta_counts_the_evaluations_still_to_come():
   assert no_eval.line(1, metrics).endswith(' | ETA 4m59s')
 
 
+def test_eta_leaves_out_the_evaluators_compilation():
+  """The first evaluation compiles the evaluator (25 s of its 30 s); the
+  evaluations after it reuse that code: the ETA counts 5 s for each of the
+  two still to come (it counted 30 s each: 2m50s, and with many evaluations
+  of a real model, tens of minutes too many)."""
+  clock = _Clock()
+  p = progress.Progress(num_steps=300, steps_per_epoch=100, global_batch=8,
+                        start_step=0, eval_every=100, clock=clock)
+  metrics = {'loss': 0.5, 'lr': 1e-2, 'grad_norm': 2.0}
+  clock.now += 100.0                         # 1 s per step
+  assert p.line(100, metrics).endswith('| ETA 3m20s + 3 evals')
+  p.add_eval_time(30.0, compile_s=25.0)
+  p.add_paused_time(30.0)
+  clock.now += 80.0
+  assert p.line(150, metrics).endswith('| ETA 2m40s')   # 150 s + 2 x 5 s
+  p.add_eval_time(6.0)                       # a later one: no compilation
+  clock.now += 50.0
+  assert p.line(200, metrics).endswith('| ETA 1m52s')   # 100 s + 2 x 6 s
+
+
 def test_speeds_go_to_tensorboard_after_the_compiling_window():
   from hrseg_jax.train import hooks  # pylint: disable=g-import-not-at-top
   clock, written, printed = _Clock(), {}, []

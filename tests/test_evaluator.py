@@ -167,6 +167,27 @@ def test_both_protocols_count_the_same_pixels(tmp_path):
   np.testing.assert_array_equal(cms['validation'], cms['test'])
 
 
+def test_validation_says_what_its_first_run_spent_compiling():
+  """The training ETA leaves out the evaluator's compilation: the first run
+  reports the time of its compiling call, the next (same code) none."""
+  config = tiny_config(num_classes=6)
+  config.data.num_val = 4
+  config.eval.batch_size = 2
+  model_cfg = registry.resolve(config.model)
+  variables = registry.build_model(model_cfg).init(
+      jax.random.PRNGKey(0), np.zeros((1, 64, 128, 3), np.float32), train=False)
+  batches = sharding.batch_sharding(sharding.make_mesh())
+  ev = evaluator.from_config(config, default_protocol='validation', model_cfg=model_cfg,
+                             to_global=lambda local: sharding.global_batch(local, batches),
+                             log=lambda _: None)
+  assert ev.compile_s == 0.0   # nothing run yet
+  first = ev.run(variables)
+  assert ev.compile_s > 0.0
+  again = ev.run(variables)
+  assert ev.compile_s == 0.0
+  np.testing.assert_array_equal(first['confusion_matrix'], again['confusion_matrix'])
+
+
 def test_eval_batch_rounds_to_whole_images_per_device(monkeypatch):
   """The validation batch is split over the devices: 1 or 2 on 4 devices is
   4 (one image each, as the original's one per GPU), 6 is 4, 8 stays 8."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Callable, Mapping
 
 import jax
@@ -60,8 +61,12 @@ class Evaluator:
     protocol: the ``eval.protocol`` value that selects it.
     every_steps: training: evaluate every that many steps and after the last
       one (``eval.every_steps``; <= 0: never).
+    compile_s: host seconds the latest ``run`` spent in calls that traced
+      and compiled before they dispatched (the training ETA leaves them out:
+      later evaluations reuse the compiled code); 0 when it says nothing.
   """
   protocol = ''
+  compile_s = 0.0
 
   def __init__(self, config, *, model_cfg: Mapping[str, Any],
                to_global: Callable[[dict], dict], dtype=jnp.float32,
@@ -279,7 +284,9 @@ class ValidationEvaluator(Evaluator):
   ``data.eval_size`` (at most ``data.val_num_samples`` of them when that
   is > 0), sharded over the mesh by ``to_global``; the logits are resized
   to the labels at that size.  ``run`` keeps up to ``NUM_OVERLAYS`` of
-  the first batch's examples for the TensorBoard overlays.
+  the first batch's examples for the TensorBoard overlays.  Every batch has
+  one shape (the last one is padded): the first run's first call compiles,
+  and ``compile_s`` is its time.
   """
   protocol = 'validation'
 
@@ -296,6 +303,7 @@ class ValidationEvaluator(Evaluator):
     self._eval_fn = jax.jit(make_eval_step(
         model, self.num_classes, self.ignore_label,
         bool(self.model_cfg.get('align_corners', False))))
+    self._compiled = False
 
   limit_field = 'data.val_num_samples'
 
@@ -315,11 +323,15 @@ class ValidationEvaluator(Evaluator):
     total = self.num_examples() or 0
     shown = Progress(total, 'eval') if self.progress and total else None
     done = 0
+    self.compile_s = 0.0
     for local in it:
       batch = self.to_global(local)
       if not placed:   # the variables join the batches' devices
         variables, placed = _on_devices_of(variables, batch['image'].sharding), True
+      t_call = time.perf_counter()
       batch_cm, pred = self._eval_fn(variables, batch)
+      if not self._compiled:   # traced and compiled before dispatching
+        self.compile_s, self._compiled = time.perf_counter() - t_call, True
       cm += np.asarray(jax.device_get(batch_cm), np.int64)
       if examples is None and self.is_main:
         examples = _first_local_examples(batch, pred, NUM_OVERLAYS)

@@ -96,9 +96,10 @@ class ProgressHook:
     """Time spent evaluating and saving (left out of the speeds)."""
     self.progress.add_paused_time(seconds)
 
-  def add_eval_time(self, seconds: float) -> None:
-    """An evaluation's time (the ETA's evaluations still to come take it)."""
-    self.progress.add_eval_time(seconds)
+  def add_eval_time(self, seconds: float, compile_s: float = 0.0) -> None:
+    """An evaluation's time, ``compile_s`` of it compiling (the ETA's
+    evaluations still to come take the rest)."""
+    self.progress.add_eval_time(seconds, compile_s)
 
   @property
   def has_pending(self) -> bool:

@@ -709,7 +709,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
         if evaluate_now:
           with report.timed('eval'):
             ev = evaluator.run(state.variables)
-          progress.add_eval_time(time.perf_counter() - t_pause)
+          progress.add_eval_time(time.perf_counter() - t_pause, evaluator.compile_s)
           evaluator.report(ev, step)
           result['eval'] = {k: v for k, v in ev.items() if k != 'examples'}
           result['eval_step'] = step

@@ -14,8 +14,9 @@ and compiles before it dispatches), so a resumed run's first line does not
 spread one compilation over every remaining step.  The ETA counts the
 evaluations still to come (``eval.every_steps``, and the one after the last
 step; one due at the line's own step runs after it) at the time the latest
-evaluation took; until one has been timed, the line says how many it leaves
-out (``+ 2 evals``).  The same speeds go to TensorBoard
+evaluation took, its compilation left out (the first evaluation compiles the
+evaluator once for all); until one has been timed, the line says how many it
+leaves out (``+ 2 evals``).  The same speeds go to TensorBoard
 (:meth:`Window.scalars`) from the second log step on.
 """
 from __future__ import annotations
@@ -124,9 +125,11 @@ class Progress:
     """Time outside training (evaluation, checkpoint saves): not a speed."""
     self._paused += seconds
 
-  def add_eval_time(self, seconds: float) -> None:
-    """An evaluation's time (also paused time): the ETA's evaluations take it."""
-    self._eval_s = seconds
+  def add_eval_time(self, seconds: float, compile_s: float = 0.0) -> None:
+    """An evaluation's time (also paused time), ``compile_s`` of it spent
+    compiling the evaluator: the ETA's evaluations take the rest (they
+    reuse the compiled code, as the steps after the first do)."""
+    self._eval_s = max(seconds - compile_s, 0.0)
 
   def epoch(self, step: int) -> float:
     """Epochs trained after ``step``: the images seen over those an epoch
