@@ -35,23 +35,65 @@ def distributed_mode(env) -> str | None:
   if any(k in env for k in ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES',
                             'MEGASCALE_COORDINATOR_ADDRESS')):
     return 'auto'
-  if 'SLURM_STEP_NODELIST' in env and int(env.get('SLURM_NTASKS', '1')) > 1:
+  if 'SLURM_STEP_NODELIST' in env and _count(env, 'SLURM_NTASKS') > 1:
     return 'auto'
-  if int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
+  if _count(env, 'OMPI_COMM_WORLD_SIZE') > 1:
     return 'auto'
   return None
 
 
+def _count(env, name: str, default: str = '1') -> int:
+  """``env[name]`` as a whole number >= 1 (``default`` when unset).
+
+  Raises:
+    ValueError: one line naming the variable and what it holds.
+  """
+  value = env.get(name, default).strip()
+  try:
+    number = int(value)
+  except ValueError:
+    number = 0
+  if number < 1:
+    raise ValueError(f'environment variable {name}={env.get(name)!r}: expected a '
+                     'whole number of processes, 1 or more')
+  return number
+
+
+def explicit_settings(env) -> tuple[str, int, int]:
+  """``HRSEG_COORDINATOR``, ``HRSEG_NUM_PROCESSES`` and ``HRSEG_PROCESS_ID``,
+  checked: (address, number of processes, this process's index).
+
+  Raises:
+    ValueError: one line naming the variable that is missing or wrong.
+  """
+  address = env['HRSEG_COORDINATOR'].strip()
+  if not address:
+    raise ValueError('environment variable HRSEG_COORDINATOR is empty: expected '
+                     'host:port of process 0')
+  for name in ('HRSEG_NUM_PROCESSES', 'HRSEG_PROCESS_ID'):
+    if name not in env:
+      raise ValueError(f'environment variable {name} is not set: HRSEG_COORDINATOR '
+                       'needs HRSEG_NUM_PROCESSES and HRSEG_PROCESS_ID too '
+                       '(docs/distributed.md)')
+  count = _count(env, 'HRSEG_NUM_PROCESSES')
+  value = env['HRSEG_PROCESS_ID'].strip()
+  if not (value.isdigit() and int(value) < count):
+    raise ValueError(f'environment variable HRSEG_PROCESS_ID={env["HRSEG_PROCESS_ID"]!r}: '
+                     f'expected a process index from 0 to {count - 1} '
+                     f'(HRSEG_NUM_PROCESSES={count})')
+  return address, count, int(value)
+
+
 def maybe_initialize():
   """jax.distributed on clusters (TPU pods, Slurm, MPI, explicit env vars)."""
-  import jax  # pylint: disable=g-import-not-at-top
   env = os.environ
-  mode = distributed_mode(env)
+  mode = distributed_mode(env)   # bad variables: ValueError before JAX starts
   if mode == 'explicit':
-    jax.distributed.initialize(
-        coordinator_address=env['HRSEG_COORDINATOR'],
-        num_processes=int(env['HRSEG_NUM_PROCESSES']),
-        process_id=int(env['HRSEG_PROCESS_ID']))
+    address, count, index = explicit_settings(env)
+  import jax  # pylint: disable=g-import-not-at-top
+  if mode == 'explicit':
+    jax.distributed.initialize(coordinator_address=address,
+                               num_processes=count, process_id=index)
   elif mode == 'auto':
     jax.distributed.initialize()
   global _joined

@@ -480,6 +480,52 @@ def test_distributed_mode(env, mode):
   assert distributed_mode(env) == mode
 
 
+BAD_ENV = {
+    'HRSEG_NUM_PROCESSES=two': (
+        {'HRSEG_COORDINATOR': 'localhost:1', 'HRSEG_NUM_PROCESSES': 'two',
+         'HRSEG_PROCESS_ID': '0'},
+        "HRSEG_NUM_PROCESSES='two': expected a whole number of processes, 1 or more"),
+    'HRSEG_NUM_PROCESSES missing': (
+        {'HRSEG_COORDINATOR': 'localhost:1', 'HRSEG_PROCESS_ID': '0'},
+        'HRSEG_NUM_PROCESSES is not set: HRSEG_COORDINATOR needs'),
+    'HRSEG_PROCESS_ID missing': (
+        {'HRSEG_COORDINATOR': 'localhost:1', 'HRSEG_NUM_PROCESSES': '2'},
+        'HRSEG_PROCESS_ID is not set'),
+    'HRSEG_PROCESS_ID=first': (
+        {'HRSEG_COORDINATOR': 'localhost:1', 'HRSEG_NUM_PROCESSES': '2',
+         'HRSEG_PROCESS_ID': 'first'},
+        "HRSEG_PROCESS_ID='first': expected a process index from 0 to 1"),
+    'HRSEG_PROCESS_ID=2 of 2': (
+        {'HRSEG_COORDINATOR': 'localhost:1', 'HRSEG_NUM_PROCESSES': '2',
+         'HRSEG_PROCESS_ID': '2'},
+        "HRSEG_PROCESS_ID='2': expected a process index from 0 to 1"),
+    'SLURM_NTASKS=x': (
+        {'SLURM_STEP_NODELIST': 'n1', 'SLURM_NTASKS': 'x'},
+        "SLURM_NTASKS='x': expected a whole number"),
+    'OMPI_COMM_WORLD_SIZE=0': (
+        {'OMPI_COMM_WORLD_SIZE': '0'}, "OMPI_COMM_WORLD_SIZE='0': expected a whole number"),
+}
+
+
+@pytest.mark.parametrize('case', BAD_ENV)
+def test_bad_launcher_variables_are_named(case, tmp_path):
+  """One line naming the variable, exit 2, before any work (no workdir)."""
+  bad, expected = BAD_ENV[case]
+  (tmp_path / 'tiny.py').write_text(
+      'from train_util import tiny_config\n\n\ndef get_config():\n'
+      '  return tiny_config()\n')
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(('HRSEG_', 'SLURM_', 'OMPI_'))}
+  env.update(bad, PYTHONPATH=f'{REPO}{os.pathsep}{REPO / "tests"}', JAX_PLATFORMS='cpu')
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--config', 'tiny.py',
+                      '--workdir', 'w'], cwd=tmp_path, env=env, capture_output=True,
+                     text=True, timeout=300, check=False)
+  assert r.returncode == 2, r.stdout + r.stderr
+  assert r.stderr.startswith('error: environment variable '), r.stderr
+  assert expected in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+  assert not r.stdout and sorted(os.listdir(tmp_path)) == ['tiny.py']
+
+
 FAKE_MAIN = '''#!{python}
 """Stands in for `python -m hrseg_jax.main`: ready, then on Ctrl-C or
 SIGTERM it records the first signal, 'saves' for a moment (further signals
