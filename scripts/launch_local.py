@@ -46,7 +46,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path[:1]:
   sys.path.insert(0, str(REPO))   # this checkout's hrseg_jax, installed or not
-from hrseg_jax import launch_args, launch_relay  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hrseg_jax import console, launch_args, launch_relay  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ENTRY = ('-m', 'hrseg_jax.main')
 
@@ -146,9 +146,10 @@ def parse_args(argv: list[str]):
       config = launch_args.config_file(train_args, '.', f'in {os.getcwd()}')
       launch_args.check_overrides(train_args, config)
       if launch_args.mode(train_args) == 'train':
+        each = console.counted(args.gpus_per_process or args.cpu_devices, 'device')
         launch_args.check_batch(launch_args.batch_size(train_args, config), devices,
-                                f'{args.num_processes} process(es) x '
-                                f'{args.gpus_per_process or args.cpu_devices} device(s)')
+                                f'{console.counted(args.num_processes, "process", "processes")}'
+                                f' x {each}')
     except ValueError as e:
       parser.error(str(e))
   return args, train_args
@@ -228,7 +229,7 @@ def main(argv=None) -> int:
   if args.log_dir:
     os.makedirs(args.log_dir, exist_ok=True)
     shown = ' and '.join(logs) if len(logs) <= 2 else f'{logs[0]} … {logs[-1]}'
-    print(f'{len(logs)} process{"es" if len(logs) > 1 else ""}: output in {shown}',
+    print(f'{console.counted(len(logs), "process", "processes")}: output in {shown}',
           flush=True)
   procs, files, relays = [], [], []
   for env, log in zip(envs, logs):

@@ -87,7 +87,7 @@ def test_local_one_process_per_gpu_and_one_process_for_all():
     # Checked once here, not printed by every process.
     (['--num_processes', '2', '--cpu_devices', '1', '--', '--config', 'configs/demo.py',
       '--config.train.batch_size=3'],
-     'train.batch_size=3 is not a multiple of the 2 devices of 2 process(es) x 1 device(s)'),
+     'train.batch_size=3 is not a multiple of the 2 devices of 2 processes x 1 device'),
     (['--num_processes', '2', '--gpus_per_process', '4', '--', '--config',
       'configs/hrnet_w48_cityscapes.py'], 'batch_size=12 is not a multiple of the 8 devices'),
     (['--num_processes', '2', '--cpu_devices', '1', '--', '--config', 'configs/nope.py'],
