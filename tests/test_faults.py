@@ -170,8 +170,8 @@ def test_preemption_and_kill_9_lose_nothing(tmp_path, reference, ledger):
 
 def test_sigterm_on_one_host_stops_every_host(tmp_path, ledger):
   """Two jax.distributed processes; only process 1 gets SIGTERM.  JAX's
-  preemption service agrees on a step (>= 3): both stop after it, with one
-  complete checkpoint of it, and exit 0."""
+  preemption service agrees on a step (>= 3): both say so, stop after it,
+  with one complete checkpoint of it, and exit 0."""
   fault = ledger.inject('SIGTERM on one of two hosts')
   config = fu.write_config(tmp_path / 'config.py')
   port = portpicker.pick_unused_port()
@@ -190,6 +190,12 @@ def test_sigterm_on_one_host_stops_every_host(tmp_path, ledger):
   assert len(stops) == 2 and stops[0] == stops[1], stops
   stop = stops[0]
   assert 3 <= stop < fu.NUM_STEPS
+  # JAX's handler took the SIGTERM: the notice comes at the sync point, once.
+  notice = ('a preemption notice (SIGTERM) reached every process: saving a '
+            f'checkpoint of step {stop}, then stopping')
+  assert results[0].stderr.count(notice) == 1, results[0].tail()
+  assert results[1].stderr.count(f'process 1: {notice}') == 1, results[1].tail()
+  assert (tmp_path / 'w' / 'log.txt').read_text().count(notice) == 1
   ckpt_dir = tmp_path / 'w' / CKPT
   trained = [s for s, _ in fu.read_losses(tmp_path / 'w')]
   lost = trained[-1] - fu.step_dirs(ckpt_dir)[-1]

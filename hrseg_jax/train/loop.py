@@ -109,6 +109,7 @@ class StopSignal:
     self.console: console_lib.Console | None = None
     self._old = {}
     self._service = False
+    self._first_check = True   # should_stop's call before the first step
 
   def __enter__(self):
     import signal  # pylint: disable=g-import-not-at-top
@@ -126,6 +127,19 @@ class StopSignal:
       self.console.notice(text)
     elif jax.process_index() == 0:
       os.write(sys.stderr.fileno(), (text + '\n').encode())
+
+  def _sync_point_notice(self, step: int) -> None:
+    """The notice of a SIGTERM that JAX's handler took (no line when it
+    arrived): once every process has reached the preemption sync point.
+    Process 0 writes it to the console and log.txt, the others to their
+    stderr after ``process N:``, like their last line."""
+    what = (f'stopping before step {step + 1}' if self._first_check else
+            f'saving a checkpoint of step {step}, then stopping')
+    text = f'{self.reason} reached every process: {what}'
+    if jax.process_index() == 0:
+      self._notice(text)
+    else:
+      os.write(sys.stderr.fileno(), f'process {jax.process_index()}: {text}\n'.encode())
 
   def _terminate(self, signum, frame):  # pylint: disable=unused-argument
     import signal  # pylint: disable=g-import-not-at-top
@@ -170,6 +184,8 @@ class StopSignal:
                  if self._service else False)
     if preempted and self.reason is None:
       self.reason = 'a preemption notice (SIGTERM)'
+      self._sync_point_notice(step)
+    self._first_check = False
     if sync:
       flags = multihost_utils.process_allgather(np.int32(self.requested))
       if np.any(flags) and self.reason is None:
