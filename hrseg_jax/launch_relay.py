@@ -1,5 +1,15 @@
-"""Copies the stderr of a process started by scripts/launch_local.py to the
-launcher's, minus JAX's fatal-error block.
+"""Copies the stdout and stderr of a process started by scripts/launch_local.py
+to the launcher's, minus Gloo's connection lines and JAX's fatal-error block.
+
+XLA's CPU collectives (Gloo) print ``[Gloo] Rank N is connected to M peer
+ranks. Expected number of connected peer ranks is : M`` to stdout for every
+device of every process, each time a group of devices first communicates:
+about 16 lines for 4 processes of 2 devices, nothing a user can act on.
+They are written piece by piece where the C stdout is unbuffered
+(``PYTHONUNBUFFERED``), so two devices of one process that connect at once
+can mix their pieces on one line and leave the rest of a message on the
+next: a line made only of such pieces is dropped too, and so is the rest
+of a mixed message.
 
 When the coordination service of ``jax.distributed`` goes away (process 0,
 which hosts it, has exited) or reports another process's failure, JAX's C++
@@ -11,8 +21,15 @@ process 0 failed``).
 """
 from __future__ import annotations
 
+import re
 import threading
 from typing import BinaryIO
+
+GLOO = b'[Gloo] Rank '
+# A line made only of pieces of Gloo's connection lines: their fixed texts,
+# the numbers and the spaces between them.
+GLOO_PIECES = re.compile(rb'(?:\[Gloo\] Rank | is connected to | peer ranks\. '
+                         rb'|Expected number of connected peer ranks is : |\d+| )*\n?')
 
 FATAL = b'Terminating process because the JAX distributed service detected fatal errors'
 # The C++ sources of JAX's log lines just before FATAL (the error it polled,
@@ -21,7 +38,8 @@ BEFORE_FATAL = (b'coordination_service_agent.cc', b'preemption_sync_manager.cc')
 
 
 class Relay(threading.Thread):
-  """Copies ``source`` to ``sink`` line by line until JAX's fatal-error block.
+  """Copies ``source`` to ``sink`` line by line, without Gloo's connection
+  lines, until JAX's fatal-error block.
 
   ``cut`` is true once the block has begun: nothing of it, nor after it,
   is copied (the process aborts there).
@@ -32,11 +50,20 @@ class Relay(threading.Thread):
     self.source = source
     self.sink = sink
     self.cut = False
+    self._gloo_owed = 0   # line ends of Gloo messages begun on dropped lines, not seen yet
+
+  def _is_gloo(self, line: bytes) -> bool:
+    """A line of Gloo's connection messages (one, or the mixed pieces of several)."""
+    begun = line.count(GLOO)
+    if not (begun or self._gloo_owed) or not GLOO_PIECES.fullmatch(line):
+      return False
+    self._gloo_owed = max(self._gloo_owed + begun - line.endswith(b'\n'), 0)
+    return True
 
   def run(self):
     held = []   # lines that may begin the block: shown only if it does not follow
     for line in iter(self.source.readline, b''):   # read to the end: never blocks the process
-      if self.cut:
+      if self.cut or self._is_gloo(line):
         continue
       if FATAL in line:
         self.cut, held = True, []

@@ -23,13 +23,16 @@ With several processes each one gets ``HRSEG_COORDINATOR=localhost:PORT``,
 ``hrseg_jax.main``, which calls ``jax.distributed.initialize``), and with
 ``--gpus_per_process`` also ``JAX_LOCAL_DEVICE_IDS`` (read by
 ``jax.distributed.initialize``: the GPUs this process drives).  ``--dry-run``
-prints one shell line per process and starts nothing.  When any process
-fails the others are stopped, each with one line (``process 1: stopped
-because process 0 failed``, in place of JAX's fatal-error block when the
-coordination service it hosted went with process 0); SIGTERM and Ctrl-C are forwarded to every
-process as SIGTERM (the training loop then saves a checkpoint once the steps
-already queued, two at most, have run and exits; a second Ctrl-C stops them
-at once, without saving).
+prints one shell line per process and starts nothing.  The processes'
+output reaches this terminal without the ``[Gloo] Rank N is connected to M
+peer ranks`` lines of XLA's CPU collectives (--log_dir files keep them).
+When any process fails the others are stopped, each with one line
+(``process 1: stopped because process 0 failed``, in place of JAX's
+fatal-error block when the coordination service it hosted went with
+process 0); SIGTERM and Ctrl-C are forwarded to every process as SIGTERM
+(the training loop then saves a checkpoint once the steps already queued,
+two at most, have run and exits; a second Ctrl-C stops them at once,
+without saving).
 """
 from __future__ import annotations
 
@@ -231,17 +234,21 @@ def main(argv=None) -> int:
     shown = ' and '.join(logs) if len(logs) <= 2 else f'{logs[0]} … {logs[-1]}'
     print(f'{console.counted(len(logs), "process", "processes")}: output in {shown}',
           flush=True)
-  procs, files, relays = [], [], []
+  procs, files, relays, out_relays = [], [], [], []
   for env, log in zip(envs, logs):
     out = open(log, 'w') if log else None  # pylint: disable=consider-using-with
     files.append(out)
-    # Without --log_dir, stderr comes through a Relay (JAX's fatal-error block
-    # of a process stopped by another's failure becomes one line below).
-    procs.append(subprocess.Popen(argv_, env={**os.environ, **env}, stdout=out,
+    # Without --log_dir, stdout and stderr come through Relays: no Gloo
+    # connection lines, and JAX's fatal-error block of a process stopped by
+    # another's failure becomes one line below.
+    procs.append(subprocess.Popen(argv_, env={**os.environ, **env},
+                                  stdout=out or subprocess.PIPE,
                                   stderr=subprocess.STDOUT if out else subprocess.PIPE))
     if not out:
       relays.append(launch_relay.Relay(procs[-1].stderr, sys.stderr.buffer))
+      out_relays.append(launch_relay.Relay(procs[-1].stdout, sys.stdout.buffer))
       relays[-1].start()
+      out_relays[-1].start()
 
   def forward(signum, frame):  # pylint: disable=unused-argument
     for p in procs:
@@ -261,7 +268,7 @@ def main(argv=None) -> int:
       if p.poll() is None:
         p.kill()
       p.wait()
-    _join(relays)
+    _join(relays + out_relays)
     print('stopped by a second Ctrl-C, without saving a checkpoint', file=sys.stderr)
     return 130
   finally:
@@ -269,7 +276,7 @@ def main(argv=None) -> int:
     for f in files:
       if f:
         f.close()
-  _join(relays)
+  _join(relays + out_relays)
   if failed is None:
     return 0
   # Ended by JAX's fatal-error block, or by this launcher (not on their own).

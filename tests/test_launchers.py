@@ -720,3 +720,39 @@ def test_local_process_ended_by_jax_after_another_failed_is_one_line(tmp_path):
   assert r.stderr.splitlines() == [
       'error: the failure', 'process 1: stopped because process 0 failed',
       'error: a process exited with status 2'], r.stderr
+
+
+GLOO_LINES = r'''#!{python}
+"""Prints what a process of a multi-process CPU run prints on stdout: the
+run's lines and, between them, Gloo's connection lines (XLA's CPU
+collectives), whole and as two devices of one process write their pieces at
+once where the C stdout is unbuffered."""
+import os, sys
+i = int(os.environ['HRSEG_PROCESS_ID'])
+gloo = ('[Gloo] Rank {{}} is connected to 3 peer ranks. Expected number of connected peer '
+        'ranks is : 3\n')
+sys.stdout.write(f'process {{i}} starts\n' + gloo.format(2 * i) + gloo.format(2 * i + 1))
+sys.stdout.write('[Gloo] Rank [Gloo] Rank 3 is connected to 23 is connected to  peer ranks. '
+                 '3Expected number of connected peer ranks is :  peer ranks. 3Expected '
+                 'number of connected peer ranks is : \n3\n')
+sys.stdout.write(f'7\n[Gloo] Rank {{i}} is slow\nstep 1/2 on process {{i}}\n')
+sys.stdout.write(gloo.format(i).rstrip() + ' (retried)\n')
+'''
+
+
+def test_local_drops_the_gloo_connection_lines(tmp_path):
+  """'[Gloo] Rank N is connected to M peer ranks...' lines (whole, or mixed
+  by two devices of one process) never reach the terminal; every other line
+  does, those that only look like them included."""
+  fake = tmp_path / 'python'
+  fake.write_text(GLOO_LINES.format(python=sys.executable))
+  fake.chmod(0o755)
+  r = subprocess.run(
+      [sys.executable, str(REPO / 'scripts' / 'launch_local.py'), '--num_processes', '2',
+       '--cpu_devices', '2', '--python', str(fake), '--', '--workdir', 'w'],
+      cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0 and r.stderr == '', r.stdout + r.stderr
+  kept = [[f'process {i} starts', '7', f'[Gloo] Rank {i} is slow', f'step 1/2 on process {i}',
+           f'[Gloo] Rank {i} is connected to 3 peer ranks. Expected number of connected peer '
+           'ranks is : 3 (retried)'] for i in range(2)]
+  assert sorted(r.stdout.splitlines()) == sorted(kept[0] + kept[1]), r.stdout
