@@ -162,9 +162,10 @@ def _model_line(model_cfg) -> str:
 def _check_inputs(inputs, opts):
   """Raises the error :mod:`hrseg_jax.predict` would raise for ``inputs``
   (a missing file, a folder without images, a bad list), or for a missing
-  video file or a camera or video that does not open, without reading any
-  image.  Returns a camera's capture, opened once here and read by the
-  prediction (:func:`hrseg_jax.video.check_source`), else None."""
+  video file, a folder of frames without any, or a camera or video that does
+  not open, without reading any image.  Returns a camera's capture, opened
+  once here and read by the prediction (:func:`hrseg_jax.video.check_source`),
+  else None."""
   from hrseg_jax import paths, predict, video  # pylint: disable=g-import-not-at-top
   if video.is_video_input(list(inputs), opts['video']):
     if opts['cityscapes_test_format']:
@@ -173,7 +174,7 @@ def _check_inputs(inputs, opts):
     source = os.fspath(inputs[0])
     if not video.is_camera(source) and not os.path.exists(source):
       raise FileNotFoundError(f'{paths.shown(source)}: no such file or directory')
-    return video.check_source(source)   # a camera or video that OpenCV cannot open
+    return video.check_source(source)   # no frames, or a camera or video that does not open
   predict.resolve_inputs(list(inputs), paths.resolve(opts['list_root']),
                          cityscapes_test_format=opts['cityscapes_test_format'])
   return None

@@ -97,14 +97,38 @@ def _capture(source: str):
   return cap
 
 
+def _other_files(folder: str) -> list[str]:
+  """The files of a folder of frames that are no frames (a README, a .bmp),
+  hidden ones not counted."""
+  return [n for n in sorted(os.listdir(folder)) if not n.startswith('.')
+          and not n.lower().endswith(IMAGE_EXTENSIONS)
+          and os.path.isfile(os.path.join(folder, n))]
+
+
+def _frame_names(folder: str) -> list[str]:
+  """The frames of a folder in name order.
+
+  Raises:
+    ValueError: the folder holds none (one line naming it).
+  """
+  names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+  if not names:
+    others = _other_files(folder)
+    raise ValueError(f'{paths.shown(folder)}: no {"/".join(IMAGE_EXTENSIONS)} frames found'
+                     + (f' (it holds {len(others)} other file(s): {listed(others)})'
+                        if others else ''))
+  return names
+
+
 def check_source(source: str):
-  """Raises the error :func:`open_frames` would raise for a camera or video
-  file that does not open: checked before a checkpoint loads.  A video file
-  is closed again; a camera's capture is returned open, for
-  :func:`predict_video` (``capture``), as a camera closed and opened again
-  at once may be slow to open or refuse to.  A folder of frames is left to
-  :func:`open_frames`.  Returns the camera's capture, else None."""
+  """Raises the error :func:`open_frames` would raise for a folder without
+  frames or a camera or video file that does not open: checked before a
+  checkpoint loads.  A video file is closed again; a camera's capture is
+  returned open, for :func:`predict_video` (``capture``), as a camera closed
+  and opened again at once may be slow to open or refuse to.  Returns the
+  camera's capture, else None."""
   if os.path.isdir(source):
+    _frame_names(source)
     return None
   cap = _capture(source)
   if is_camera(source):
@@ -119,9 +143,7 @@ def open_frames(source: str, capture=None
   ``capture``: its capture, already opened by :func:`check_source`."""
   cv2 = _cv2()
   if os.path.isdir(source):
-    names = sorted(n for n in os.listdir(source) if n.lower().endswith(IMAGE_EXTENSIONS))
-    if not names:
-      raise ValueError(f'{paths.shown(source)}: no {"/".join(IMAGE_EXTENSIONS)} frames found')
+    names = _frame_names(source)
     return (read_image(os.path.join(source, n)) for n in names), 25.0, len(names)
   cap = capture if capture is not None else _capture(source)
   fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
@@ -195,9 +217,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   pal = palettes.get_palette(palette)
   frames, fps, count = open_frames(source, capture)
   if os.path.isdir(source):   # a README, a .bmp among the frames: said, not silent
-    others = [n for n in sorted(os.listdir(source)) if not n.startswith('.')
-              and not n.lower().endswith(IMAGE_EXTENSIONS)
-              and os.path.isfile(os.path.join(source, n))]
+    others = _other_files(source)
     if others:
       log(f'{paths.shown(source)}{os.sep}: left out {console.counted(len(others), "file")} '
           f'(not {"/".join(IMAGE_EXTENSIONS)} frames): {listed(others)}')

@@ -106,22 +106,29 @@ def test_predict_video_file_and_frame_folder(tmp_path):
       'has none (drop the flag)']
 
 
-def test_camera_or_video_that_does_not_open_stops_before_the_checkpoint_loads(tmp_path):
-  """--input 0 without such a camera (none here), or a file that is no video:
-  one line naming the input, exit code 2, before the checkpoint loads (which
-  prints its line) and before anything is written."""
+def test_camera_video_or_frames_that_cannot_be_read_stop_before_the_checkpoint_loads(
+    tmp_path):
+  """--input 0 without such a camera (none here), a file that is no video, or
+  --video with a folder that holds no frames: one line naming the input, exit
+  code 2, before the checkpoint loads (which prints its line) and before
+  anything is written."""
   cfg = registry.resolve(TINY_HRNET)
   checkpoints.save_model(tmp_path / 'ckpt', tiny_hrnet_variables(cfg, seed=1), cfg)
   (tmp_path / 'notes.mp4').write_text('not a video')
-  for source, error in (('7', '--input 7: OpenCV cannot open camera 7 (no camera here?)'),
-                        ('notes.mp4', 'notes.mp4: OpenCV cannot read this video')):
+  os.makedirs(tmp_path / 'frames')
+  (tmp_path / 'frames' / 'notes.txt').write_text('the frames come later')
+  for args, error in (
+      (['--input', '7'], '--input 7: OpenCV cannot open camera 7 (no camera here?)'),
+      (['--input', 'notes.mp4'], 'notes.mp4: OpenCV cannot read this video'),
+      (['--input', 'frames', '--video'], 'frames: no .png/.jpg/.jpeg frames found '
+       '(it holds 1 other file(s): notes.txt)')):
     r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--mode', 'predict',
-                        '--checkpoint', 'ckpt', '--input', source, '--workdir', 'run'],
+                        '--checkpoint', 'ckpt', *args, '--workdir', 'run'],
                        cwd=tmp_path, capture_output=True, text=True, check=False)
     assert r.returncode == 2, r.stderr
     assert r.stderr.splitlines() == [f'error: {error}'], r.stderr
     assert r.stdout == '', r.stdout   # no 'predict: checkpoint ckpt ...' line
-    assert sorted(os.listdir(tmp_path)) == ['ckpt', 'notes.mp4']
+    assert sorted(os.listdir(tmp_path)) == ['ckpt', 'frames', 'notes.mp4']
 
 
 def test_a_camera_is_opened_once_checked_and_read(tmp_path, monkeypatch):
