@@ -32,6 +32,9 @@ def distributed_mode(env) -> str | None:
     return 'explicit'
   if flag in ('1', 'true', 'yes', 'auto'):
     return 'auto'
+  if flag:
+    raise ValueError(f'environment variable HRSEG_DISTRIBUTED={env["HRSEG_DISTRIBUTED"]!r}: '
+                     'expected 1 (join a multi-process run) or 0 (run alone)')
   if any(k in env for k in ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES',
                             'MEGASCALE_COORDINATOR_ADDRESS')):
     return 'auto'

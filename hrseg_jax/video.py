@@ -114,9 +114,9 @@ def _frame_names(folder: str) -> list[str]:
   names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
   if not names:
     others = _other_files(folder)
-    raise ValueError(f'{paths.shown(folder)}: no {"/".join(IMAGE_EXTENSIONS)} frames found'
-                     + (f' (it holds {len(others)} other file(s): {listed(others)})'
-                        if others else ''))
+    held = (f' (it holds {console.counted(len(others), "other file")}: {listed(others)})'
+            if others else '')
+    raise ValueError(f'{paths.shown(folder)}: no {"/".join(IMAGE_EXTENSIONS)} frames found{held}')
   return names
 
 

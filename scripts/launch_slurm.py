@@ -127,7 +127,7 @@ def parse_args(argv: list[str]):
         launch_args.check_batch(launch_args.batch_size(train_args, config),
                                 args.nodes * args.gpus_per_node,
                                 f'{console.counted(args.nodes, "node")} x '
-                                f'{args.gpus_per_node} GPUs')
+                                f'{console.counted(args.gpus_per_node, "GPU")}')
   except ValueError as e:
     parser.error(str(e))
   return args, train_args

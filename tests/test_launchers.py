@@ -504,6 +504,8 @@ BAD_ENV = {
         "SLURM_NTASKS='x': expected a whole number"),
     'OMPI_COMM_WORLD_SIZE=0': (
         {'OMPI_COMM_WORLD_SIZE': '0'}, "OMPI_COMM_WORLD_SIZE='0': expected a whole number"),
+    'HRSEG_DISTRIBUTED=maybe': (
+        {'HRSEG_DISTRIBUTED': 'maybe'}, "HRSEG_DISTRIBUTED='maybe': expected 1"),
 }
 
 

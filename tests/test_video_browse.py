@@ -121,7 +121,7 @@ def test_camera_video_or_frames_that_cannot_be_read_stop_before_the_checkpoint_l
       (['--input', '7'], '--input 7: OpenCV cannot open camera 7 (no camera here?)'),
       (['--input', 'notes.mp4'], 'notes.mp4: OpenCV cannot read this video'),
       (['--input', 'frames', '--video'], 'frames: no .png/.jpg/.jpeg frames found '
-       '(it holds 1 other file(s): notes.txt)')):
+       '(it holds 1 other file: notes.txt)')):
     r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--mode', 'predict',
                         '--checkpoint', 'ckpt', *args, '--workdir', 'run'],
                        cwd=tmp_path, capture_output=True, text=True, check=False)
