@@ -667,8 +667,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
                                      images_at_start=seen_at_start))
   saver = CheckpointHook(
       ckpt, every_steps=config.train.checkpoint_every_steps, model_cfg=model_cfg,
-      data_order=lambda step: data_order(step, seen_at_start + (step - start)
-                                         * config.train.batch_size),
+      data_order=lambda step: data_order(step, progress.progress.images_seen(step)),
       meta={'config': config.to_dict() if hasattr(config, 'to_dict') else {},
             'topology': topology()})
 

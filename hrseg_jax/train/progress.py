@@ -131,11 +131,15 @@ class Progress:
     reuse the compiled code, as the steps after the first do)."""
     self._eval_s = max(seconds - compile_s, 0.0)
 
+  def images_seen(self, step: int) -> int:
+    """Training images of steps 1..``step`` (those before ``start_step`` as
+    given, whatever batches they came in)."""
+    return self.images_at_start + (step - self.start_step) * self.global_batch
+
   def epoch(self, step: int) -> float:
     """Epochs trained after ``step``: the images seen over those an epoch
     reads (``steps_per_epoch`` batches; the remainder is dropped)."""
-    seen = self.images_at_start + (step - self.start_step) * self.global_batch
-    return seen / (self.steps_per_epoch * self.global_batch)
+    return self.images_seen(step) / (self.steps_per_epoch * self.global_batch)
 
   def evals_left(self, step: int) -> int:
     """Evaluations from ``step`` on (the log line comes before the step's own
