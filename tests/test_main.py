@@ -270,13 +270,13 @@ def test_usage_mistakes_are_one_line_errors(tmp_path):
 
 def test_too_little_data_suggests_a_batch_that_passes_every_check():
   """The suggested train.batch_size also splits into the loss's chunks."""
-  from hrseg_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.train import config_checks  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match=r'pass --config.train.batch_size=8 or use more'):
-    loop.check_num_train(10, 12, num_chunks=4)
+    config_checks.check_num_train(10, 12, num_chunks=4)
   with pytest.raises(ValueError, match=r'fewer than one global batch \(train.batch_size=12\): '
                      r'use more training data$'):
-    loop.check_num_train(3, 12, num_chunks=4)
-  loop.check_num_train(12, 12, num_chunks=4)
+    config_checks.check_num_train(3, 12, num_chunks=4)
+  config_checks.check_num_train(12, 12, num_chunks=4)
 
 
 def test_ctrl_c_outside_the_training_loop_is_one_line(tmp_path):

@@ -60,6 +60,6 @@ def test_bad_optimizer_values_are_one_line_before_the_workdir(tmp_path, override
 
 def test_every_config_passes_the_training_checks():
   from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.train import config_checks  # pylint: disable=g-import-not-at-top
   for path in sorted((REPO / 'configs').glob('*.py')):
-    loop.check_train_config(load_config_file(str(path)).train)
+    config_checks.check_train_config(load_config_file(str(path)).train)

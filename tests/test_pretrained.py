@@ -15,7 +15,8 @@ from hrseg_jax import recipes
 from hrseg_jax.config_utils import load_config_file
 from hrseg_jax.convert import convert, mapping, pth_write
 from hrseg_jax.models import registry
-from hrseg_jax.train import loop, optim, pretrained, sharding
+from hrseg_jax.train import optim, pretrained, sharding
+from hrseg_jax.train.state import init_state
 from train_util import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -104,20 +105,20 @@ def test_init_from_pth_is_converted_in_memory(tmp_path):
   before = sorted(os.listdir(tmp_path))
   model = registry.build_model(cfg)
   tx, _ = optim.make_optimizer(c.train, 10)
-  state, _ = loop.init_state(model, tx, jax.random.PRNGKey(1), (64, 128, 3),
-                             sharding.make_mesh(1))
+  state, _ = init_state(model, tx, jax.random.PRNGKey(1), (64, 128, 3),
+                        sharding.make_mesh(1))
   fresh = traverse_util.flatten_dict(jax.device_get(state.variables))
   got = traverse_util.flatten_dict(jax.device_get(
-      loop.load_init_weights(state, tmp_path / 'imagenet.pth', cfg).variables))
+      pretrained.load_init_weights(state, tmp_path / 'imagenet.pth', cfg).variables))
   for k, v in traverse_util.flatten_dict(src).items():
     expected = fresh[k] if k[1].startswith('last_layer') else v
     np.testing.assert_array_equal(got[k], expected, err_msg=str(k))
   assert sorted(os.listdir(tmp_path)) == before
   with pytest.raises(ValueError, match='train.init_from=.*imagenet.pth: cannot use it'):
     wide = dict(cfg, stage1=[1, 16, 'BOTTLENECK'])
-    loop.load_init_weights(
-        loop.init_state(registry.build_model(wide), tx, jax.random.PRNGKey(1),
-                        (64, 128, 3), sharding.make_mesh(1))[0],
+    pretrained.load_init_weights(
+        init_state(registry.build_model(wide), tx, jax.random.PRNGKey(1),
+                   (64, 128, 3), sharding.make_mesh(1))[0],
         tmp_path / 'imagenet.pth', wide)
 
 
@@ -192,7 +193,7 @@ def test_init_from_pth_saved_by_inplace_abn_converts_as_convert_does(tmp_path, c
   c = tiny_config()
   w = _pth_saved_by_inplace_abn(c, tmp_path / 'master.pth')
   c.train.init_from = str(tmp_path / 'master.pth')
-  variables, meta = loop.read_init_weights(c, tmp_path / 'run')
+  variables, meta = pretrained.read_init_weights(c, tmp_path / 'run')
   assert capsys.readouterr().out == (
       'master.pth: no num_batches_tracked buffers, as saved by InPlaceABN (PyTorch 0.4: '
       'master-branch and *_torch04 checkpoints): converting with its BN scale |w| + 1e-5 '
@@ -202,7 +203,7 @@ def test_init_from_pth_saved_by_inplace_abn_converts_as_convert_does(tmp_path, c
   np.testing.assert_allclose(variables['params']['bn1']['scale'], np.abs(w) + 1e-5,
                              rtol=0, atol=1e-7)
   c.train.init_from_inplace_abn = False
-  variables, meta = loop.read_init_weights(c, tmp_path / 'run')
+  variables, meta = pretrained.read_init_weights(c, tmp_path / 'run')
   assert capsys.readouterr().out == '' and meta['inplace_abn'] is False
   np.testing.assert_array_equal(variables['params']['bn1']['scale'], w)
 
@@ -215,7 +216,7 @@ def test_init_from_inplace_abn_forced_on_a_batchnorm_file_warns(tmp_path, capsys
   w = _pth_saved_by_inplace_abn(c, tmp_path / 'bn.pth', inplace_abn=False)
   c.train.init_from = str(tmp_path / 'bn.pth')
   c.train.init_from_inplace_abn = True
-  variables, meta = loop.read_init_weights(c, tmp_path / 'run')
+  variables, meta = pretrained.read_init_weights(c, tmp_path / 'run')
   assert capsys.readouterr().out == (
       'warning: bn.pth has num_batches_tracked buffers, as saved by standard BatchNorm '
       '(InPlaceABN saves none): converted with --config.train.init_from_inplace_abn=True '
@@ -225,7 +226,7 @@ def test_init_from_inplace_abn_forced_on_a_batchnorm_file_warns(tmp_path, capsys
   np.testing.assert_allclose(variables['params']['bn1']['scale'], np.abs(w) + 1e-5,
                              rtol=0, atol=1e-7)
   c.train.init_from_inplace_abn = None   # as convert chooses: BatchNorm, no line
-  assert loop.read_init_weights(c, tmp_path / 'run')[1]['inplace_abn'] is False
+  assert pretrained.read_init_weights(c, tmp_path / 'run')[1]['inplace_abn'] is False
   assert capsys.readouterr().out == ''
 
 

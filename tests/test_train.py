@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hrseg_jax.train import loop
+from hrseg_jax.train.stop_signal import StopSignal
 from train_util import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -28,7 +29,8 @@ def test_eight_devices_equal_one_device():
   import functools, jax, jax.numpy as jnp, numpy as np
   jax.config.update('jax_disable_most_optimizations', True)
   from hrseg_jax.models import registry
-  from hrseg_jax.train import loop, optim, sharding, step as step_lib
+  from hrseg_jax.train import optim, sharding, step as step_lib
+  from hrseg_jax.train.state import init_state
   from train_util import tiny_config
   c = tiny_config(batch_size=8)
   model = registry.build_model(c.model)
@@ -40,7 +42,7 @@ def test_eight_devices_equal_one_device():
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(1, devices)
     tx, _ = optim.make_optimizer(c.train, 10)
-    state, sh = loop.init_state(model, tx, jax.random.PRNGKey(0), (64, 128, 3), mesh)
+    state, sh = init_state(model, tx, jax.random.PRNGKey(0), (64, 128, 3), mesh)
     bsh = sharding.batch_sharding(mesh)
     fn = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx,
                                    loss_cfg=c.loss, align_corners=False),
@@ -104,7 +106,7 @@ def test_steps_between_log_steps_never_wait_for_the_device(tmp_path, monkeypatch
   def per_step_gather(self, step, sync=True):  # pylint: disable=unused-argument
     return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
 
-  monkeypatch.setattr(loop.StopSignal, 'should_stop', per_step_gather)
+  monkeypatch.setattr(StopSignal, 'should_stop', per_step_gather)
   with pytest.raises(host_sync.HostWaitError, match='process_allgather .* step 1'):
     loop.train_and_evaluate(c, str(tmp_path / 'stalling'))
 
@@ -169,7 +171,8 @@ def test_init_from_converted_checkpoint(tmp_path):
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   from hrseg_jax.convert import convert, pth_write  # pylint: disable=g-import-not-at-top
   from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
-  from hrseg_jax.train import optim, sharding  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.train import optim, pretrained, sharding  # pylint: disable=g-import-not-at-top
+  from hrseg_jax.train.state import init_state  # pylint: disable=g-import-not-at-top
   c = tiny_config()
   cfg = registry.resolve(c.model)
   rng = np.random.default_rng(0)
@@ -185,30 +188,30 @@ def test_init_from_converted_checkpoint(tmp_path):
   model = registry.build_model(cfg)
   tx, _ = optim.make_optimizer(c.train, 10)
   mesh = sharding.make_mesh(1)
-  state, _ = loop.init_state(model, tx, jax.random.PRNGKey(1), (64, 128, 3), mesh)
+  state, _ = init_state(model, tx, jax.random.PRNGKey(1), (64, 128, 3), mesh)
   fresh = traverse_util.flatten_dict(jax.device_get(state.variables))
   want = traverse_util.flatten_dict(src)
   full = traverse_util.flatten_dict(jax.device_get(
-      loop.load_init_weights(state, tmp_path / 'full', cfg).variables))
+      pretrained.load_init_weights(state, tmp_path / 'full', cfg).variables))
   for k, v in want.items():
     np.testing.assert_array_equal(full[k], v)
   bb = traverse_util.flatten_dict(jax.device_get(
-      loop.load_init_weights(state, tmp_path / 'backbone', cfg).variables))
+      pretrained.load_init_weights(state, tmp_path / 'backbone', cfg).variables))
   for k, v in want.items():
     expected = fresh[k] if k[1].startswith('last_layer') else v
     np.testing.assert_array_equal(bb[k], expected, err_msg=str(k))
   other = dict(cfg, num_classes=7)
   with pytest.raises(ValueError, match='last_layer_3'):
-    loop.load_init_weights(
-        loop.init_state(registry.build_model(other), tx, jax.random.PRNGKey(1),
-                        (64, 128, 3), mesh)[0], tmp_path / 'full', other)
+    pretrained.load_init_weights(
+        init_state(registry.build_model(other), tx, jax.random.PRNGKey(1),
+                   (64, 128, 3), mesh)[0], tmp_path / 'full', other)
 
 
 def test_sigterm_after_ctrl_c_keeps_the_ctrl_c(capfd):
   """A terminal's Ctrl-C reaches a process that scripts/launch_local.py then
   also sends SIGTERM: one notice, and the run's last line says Ctrl-C."""
   import signal  # pylint: disable=g-import-not-at-top
-  with loop.StopSignal() as stop:
+  with StopSignal() as stop:
     os.kill(os.getpid(), signal.SIGINT)
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop.should_stop(1)

@@ -8,17 +8,25 @@ is either such a PyTorch ``.pth`` (converted in memory like
 hrseg_jax checkpoint (full model or backbone).  ``''`` trains from scratch.
 
 :func:`check_init_from` runs before any other start-up work, so a missing
-file stops the run at once with one line saying what to do.
+file stops the run at once with one line saying what to do;
+:func:`read_init_weights` then reads the weights and checks them against the
+model before the workdir is made, and :func:`load_init_weights` puts them
+into the run's initial state.
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Mapping
 
+import jax
+import numpy as np
 from etils import epath
+from flax import traverse_util
 
 from hrseg_jax import checkpoints, console, paths, recipes
-from hrseg_jax.convert import convert
+from hrseg_jax.convert import convert, mapping
+from hrseg_jax.models import registry
+from hrseg_jax.train.state import TrainState
 
 PTH_SUFFIXES = ('.pth', '.pt', '.pth.tar')
 
@@ -143,3 +151,74 @@ def load_init_variables(path, model_cfg: Mapping[str, Any], *,
         'pass a PyTorch .pth (converted in memory) or convert it first: '
         'python -m hrseg_jax.convert CHECKPOINT.pth OUTPUT_DIR') from e
   return variables, meta
+
+
+def init_weight_problems(loaded: tuple[dict, dict], variables) -> list[str]:
+  """What keeps ``loaded`` (:func:`load_init_variables`) from initialising a
+  model with ``variables`` (arrays or their shapes): its missing leaves and
+  those of another shape, freshly converted ones apart."""
+  src = traverse_util.flatten_dict(loaded[0])
+  fresh = set(loaded[1].get('initialised', []))
+  problems = []
+  for k, v in traverse_util.flatten_dict(variables).items():
+    if mapping.flax_path_to_torch(k) in fresh:
+      continue
+    if k not in src:
+      problems.append(f'missing {"/".join(k)}')
+    elif tuple(src[k].shape) != tuple(v.shape):
+      problems.append(f'{"/".join(k)}: {tuple(src[k].shape)} vs {tuple(v.shape)}')
+  return problems
+
+
+def check_init_weights(loaded: tuple[dict, dict], path, model_cfg, variables) -> None:
+  """ValueError (one line naming ``train.init_from``) unless ``loaded`` fits."""
+  problems = init_weight_problems(loaded, variables)
+  if problems:
+    raise ValueError(f'train.init_from={paths.shown(path)}: does not fit model '
+                     f'{model_cfg.get("variant", "")}: '
+                     + '; '.join(problems[:8]) + (' …' if len(problems) > 8 else ''))
+
+
+def load_init_weights(state: TrainState, path, model_cfg,
+                      loaded: tuple[dict, dict] | None = None) -> TrainState:
+  """Initialises from a ``.pth`` (converted in memory) or a converted
+  checkpoint (full model or ImageNet backbone); ``loaded``: what
+  :func:`load_init_variables` returned for it, if read already.
+
+  Leaves the conversion freshly initialised (a backbone file's head) keep
+  this run's initialisation; every other leaf must exist with the same shape.
+  """
+  if loaded is None:
+    loaded = load_init_variables(path, model_cfg)
+  check_init_weights(loaded, path, model_cfg, state.variables)
+  fresh = set(loaded[1].get('initialised', []))
+  src = traverse_util.flatten_dict(loaded[0])
+  out = {}
+  for k, v in traverse_util.flatten_dict(state.variables).items():
+    out[k] = (v if mapping.flax_path_to_torch(k) in fresh
+              else jax.device_put(np.asarray(src[k], v.dtype), v.sharding))
+  v = traverse_util.unflatten_dict(out)
+  return state.replace(params=v['params'],
+                       model_state={k: x for k, x in v.items() if k != 'params'})
+
+
+def read_init_weights(config, workdir) -> tuple[dict, dict] | None:
+  """``train.init_from``'s weights, checked against the model before the
+  workdir is made (a file that does not fit leaves nothing behind); None
+  without ``init_from`` or when ``workdir`` has checkpoints to resume."""
+  path = config.train.init_from
+  if not path or has_checkpoints(workdir):
+    return None
+  model_cfg = registry.resolve(config.model)
+  lines = []   # printed now (no workdir yet); log.txt gets them once it exists
+
+  def log(line):
+    if jax.process_index() == 0:
+      print(line, flush=True)
+      lines.append(line)
+  variables, meta = load_init_variables(
+      path, model_cfg, inplace_abn=config.train.get('init_from_inplace_abn'), log=log)
+  loaded = (variables, dict(meta, console_lines=lines))
+  check_init_weights(loaded, path, model_cfg, registry.abstract_variables(
+      model_cfg, tuple(config.data.crop_size)))
+  return loaded

@@ -1,10 +1,14 @@
-"""The training state: a pytree of arrays, nothing else."""
+"""The training state: a pytree of arrays, nothing else, and its initialisation
+on the device mesh."""
 from __future__ import annotations
 
 from typing import Any
 
 import flax
+import jax
 import jax.numpy as jnp
+
+from hrseg_jax.train import sharding
 
 
 @flax.struct.dataclass
@@ -28,3 +32,17 @@ class TrainState:
   @property
   def variables(self):
     return {'params': self.params, **self.model_state}
+
+
+def init_state(model, tx, rng, image_shape, mesh) -> tuple[TrainState, Any]:
+  """Initialises the state directly with its shardings (no host copy)."""
+  init_rng, state_rng = jax.random.split(rng)
+
+  def make():
+    variables = model.init({'params': init_rng, 'dropout': init_rng},
+                           jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    return TrainState.create(variables, tx, state_rng)
+
+  abstract = jax.eval_shape(make)
+  shardings = sharding.state_shardings(abstract, mesh)
+  return jax.jit(make, out_shardings=shardings)(), shardings
