@@ -73,9 +73,10 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   opts = predict_options(**(options or {}))
   if mode == 'predict' and not inputs:
     raise ValueError('--mode predict needs --input (image files, folders or list files)')
-  if mode == 'predict':   # missing or empty inputs fail before the checkpoint loads
-    # A camera stays open from this check on (None for any other input).
-    camera = _check_inputs(inputs, opts)   # and so does a --workdir that cannot be written
+  if mode == 'predict':   # missing, empty or undecodable inputs fail before the checkpoint loads
+    # A camera stays open from this check on (None for any other input); the
+    # images, decoded once, with their sizes.
+    camera, images = _check_inputs(inputs, opts)   # and a --workdir that cannot be written
     paths.check_writable(os.path.join(paths.shown(workdir), 'predictions'), '--workdir')
   if mode == 'eval':   # a bad eval.protocol or data fails before the checkpoint loads
     from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -133,10 +134,13 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     dataset = (config.data.name if config is not None
                else checkpoint_info.dataset_of(meta))
   eval_cfg = _predict_eval_cfg(config, dataset, opts)
+  is_video = video.is_video_input(list(inputs), opts['video'])
   if main_process:
+    sizes = '' if is_video else predict.sizes_line(images)
     print(f'predict: palette {dataset or "generic (pass --dataset)"}; '
-          + predict.describe_settings(eval_cfg) + f', {compute.name} compute', flush=True)
-  if video.is_video_input(list(inputs), opts['video']):
+          + predict.describe_settings(eval_cfg)
+          + f', {compute.name} compute' + (f'; {sizes}' if sizes else ''), flush=True)
+  if is_video:
     return video.predict_video(
         model_cfg, variables, inputs[0], os.path.join(workdir, 'predictions'),
         palette=dataset or '', dtype=compute, eval_cfg=eval_cfg,
@@ -148,6 +152,7 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
                          palette=dataset or '', eval_cfg=eval_cfg,
                          cityscapes_test_format=opts['cityscapes_test_format'],
                          list_root=paths.resolve(opts['list_root']), dtype=compute,
+                         resolved=images,
                          log=(lambda line: print(line, flush=True))
                          if main_process else None)
 
@@ -163,9 +168,10 @@ def _check_inputs(inputs, opts):
   """Raises the error :mod:`hrseg_jax.predict` would raise for ``inputs``
   (a missing file, a folder without images, a bad list), or for a missing
   video file, a folder of frames without any, or a camera or video that does
-  not open, without reading any image.  Returns a camera's capture, opened
-  once here and read by the prediction (:func:`hrseg_jax.video.check_source`),
-  else None."""
+  not open, or an image that does not decode.  Returns (a camera's capture,
+  opened once here and read by the prediction
+  (:func:`hrseg_jax.video.check_source`), else None; the images
+  (:func:`hrseg_jax.predict.resolve_inputs`, with their sizes), else None)."""
   from hrseg_jax import paths, predict, video  # pylint: disable=g-import-not-at-top
   if video.is_video_input(list(inputs), opts['video']):
     if opts['cityscapes_test_format']:
@@ -174,10 +180,11 @@ def _check_inputs(inputs, opts):
     source = os.fspath(inputs[0])
     if not video.is_camera(source) and not os.path.exists(source):
       raise FileNotFoundError(f'{paths.shown(source)}: no such file or directory')
-    return video.check_source(source)   # no frames, or a camera or video that does not open
-  predict.resolve_inputs(list(inputs), paths.resolve(opts['list_root']),
-                         cityscapes_test_format=opts['cityscapes_test_format'])
-  return None
+    # No frames, or a camera or video that does not open.
+    return video.check_source(source), None
+  return None, predict.resolve_inputs(
+      list(inputs), paths.resolve(opts['list_root']),
+      cityscapes_test_format=opts['cityscapes_test_format'])
 
 
 def _check_default_config_dataset(config, meta, described: str) -> None:

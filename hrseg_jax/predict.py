@@ -35,6 +35,7 @@ so the processes write disjoint files.  ``out_dir`` may be a URI
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 import time
@@ -62,9 +63,11 @@ LIST_EXTENSIONS = ('.txt', '.lst')
 
 @dataclasses.dataclass(frozen=True)
 class ImageInput:
-  """An image to predict: its path and its output name (no extension)."""
+  """An image to predict: its path, its output name (no extension) and its
+  (height, width), known once :func:`resolve_inputs` decoded it."""
   path: str
   rel: str
+  size: tuple[int, int] | None = None
 
 
 def _strip_ext(path: str) -> str:
@@ -78,8 +81,8 @@ def _from_folder(folder: str) -> list[ImageInput]:
     for name in sorted(names):
       if name.lower().endswith(IMAGE_EXTENSIONS):
         path = os.path.join(root, name)
-        _check_image_file(path)
-        found.append(ImageInput(path, _strip_ext(os.path.relpath(path, folder))))
+        found.append(ImageInput(path, _strip_ext(os.path.relpath(path, folder)),
+                                _check_image_file(path)))
   if not found:
     others = other_files(folder)
     raise ValueError(f'{paths.shown(folder)}: no {"/".join(IMAGE_EXTENSIONS)} images found' + (
@@ -130,10 +133,10 @@ def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
         raise FileNotFoundError(
             f'{paths.shown(path)}: image not found (listed in {paths.shown(list_path)}; '
             f'entries are relative to {paths.shown(root) or "."}, --list_root to change it)')
-      _check_image_file(path, f' (listed in {paths.shown(list_path)})')
+      size = _check_image_file(path, f' (listed in {paths.shown(list_path)})')
       rel = _strip_ext(os.path.basename(entry) if os.path.isabs(entry)
                        else os.path.normpath(entry))
-      out.append(ImageInput(path, rel))
+      out.append(ImageInput(path, rel, size))
   if not out:
     raise ValueError(f'{paths.shown(list_path)}: empty list file')
   return out
@@ -143,11 +146,14 @@ EXPLICIT = ('; --input takes images, folders of .png/.jpg/.jpeg images, .txt/.ls
             'lists of them and videos')
 
 
-def _check_image_file(path: str, where: str = '') -> None:
-  """DataError naming ``path`` unless its first bytes are an image format that
-  OpenCV reads: a wrong file among the inputs (given, listed or in a folder)
-  fails before the checkpoint loads and before the other inputs' files are
-  written.  ``where``: the end of the message (where the file came from)."""
+def _check_image_file(path: str, where: str = '', hint: str = '') -> tuple[int, int]:
+  """The (height, width) of the image ``path``, decoded as the prediction
+  decodes it; DataError naming it if it cannot be: a wrong, truncated or
+  corrupt file among the inputs (given, listed or in a folder) fails before
+  the checkpoint loads and before the other inputs' files are written.
+  Only the size is kept (one decoded image in memory at a time).  ``where``:
+  the end of the message (where the file came from); ``hint``: the end of
+  the message for a file that is no image (what ``--input`` takes)."""
   try:
     with open(path, 'rb') as f:
       empty = not f.read(1)
@@ -158,22 +164,28 @@ def _check_image_file(path: str, where: str = '') -> None:
   if empty:
     raise DataError(path, 'empty file' + where)
   if not cv2.haveImageReader(path):
-    raise DataError(path, 'not an image (OpenCV finds no image format in it)' + where)
+    raise DataError(path, 'not an image (OpenCV finds no image format in it)'
+                    + where + hint)
+  try:
+    return tuple(read_image(path).shape[:2])
+  except DataError as e:
+    raise DataError(path, e.reason + where) from None
 
 
 def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                    list_root: str | None = None, *,
                    cityscapes_test_format: bool = False) -> list[ImageInput]:
   """Expands folders and list files into images; checks that all exist and
-  start like an image file.
+  decode, and records their sizes (:attr:`ImageInput.size`).
 
-  Decodes no image (it reads the first bytes of each): the command line calls
-  it before loading a checkpoint.
+  Decodes every image once and keeps only its size: the command line calls
+  it before loading a checkpoint, so that a bad image stops the run before
+  anything is written.
 
   Raises:
     FileNotFoundError: a path (given or listed) does not exist.
-    ValueError: no images, an empty file or one of no image format
-      (``DataError``), or two inputs would write the same output file (with
+    ValueError: no images, an empty file, one of no image format or one
+      that does not decode (``DataError``), or two inputs would write the same output file (with
       ``cityscapes_test_format``, also the same ``test_results`` file).
   """
   if isinstance(inputs, (str, os.PathLike)):
@@ -188,8 +200,8 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     elif path.lower().endswith(LIST_EXTENSIONS):
       found += _from_list(path, list_root)
     else:
-      _check_image_file(path, EXPLICIT)
-      found.append(ImageInput(path, _strip_ext(os.path.basename(path))))
+      found.append(ImageInput(path, _strip_ext(os.path.basename(path)),
+                              _check_image_file(path, hint=EXPLICIT)))
   if not found:
     raise ValueError('predict: no input images')
   check_unique([f.rel for f in found], found, 'output name')
@@ -278,6 +290,24 @@ def describe_settings(eval_cfg: Mapping[str, Any]) -> str:
           f', {"flip" if kw["flip"] else "no flip"}')
 
 
+def first_of_each_size(sizes: Sequence[tuple[int, int] | None]) -> list[int]:
+  """The index of each size's first image, ascending (unknown sizes left out)."""
+  firsts: dict[tuple[int, int], int] = {}
+  for n, size in enumerate(sizes):
+    if size is not None:
+      firsts.setdefault(tuple(size), n)
+  return sorted(firsts.values())
+
+
+def sizes_line(items: Sequence[ImageInput]) -> str:
+  """'9 images in 8 sizes: each size compiles once', or '' for one size."""
+  sizes = {item.size for item in items if item.size is not None}
+  if len(sizes) < 2:
+    return ''
+  return (f'{console.counted(len(items), "image")} in {len(sizes)} sizes: '
+          'each size compiles once')
+
+
 def read_inputs(items: Iterable[ImageInput]
                 ) -> Iterator[tuple[ImageInput, np.ndarray]]:
   """(input, RGB uint8 image) per input, decoded lazily.
@@ -296,7 +326,8 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
             dtype=jnp.float32, log: Callable[[str], None] | None = None,
             frames: Iterable[tuple[ImageInput, np.ndarray]] | None = None,
             num_frames: int | None = None,
-            shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+            shard: tuple[int, int] | None = None,
+            resolved: Sequence[ImageInput] | None = None) -> list[dict[str, Any]]:
   """Predicts every input image and writes its files (module docstring).
 
   Args:
@@ -322,6 +353,9 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
     shard: ``(index, count)``: predict images (or frames) ``index, index +
       count, ...``; default ``(jax.process_index(), jax.process_count())``,
       so that the processes of a multi-host job write disjoint files.
+    resolved: :func:`resolve_inputs` of ``inputs`` when already called (the
+      command line checks the inputs before the checkpoint loads): every
+      image is then not decoded once more to check it.
 
   Returns:
     One dict per image of this shard: ``input`` and the written ``files``.
@@ -342,8 +376,8 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
   index, count = shard if shard is not None else (jax.process_index(),
                                                   jax.process_count())
   if frames is None:
-    items = resolve_inputs(inputs, list_root,
-                           cityscapes_test_format=cityscapes_test_format)
+    items = list(resolved) if resolved is not None else resolve_inputs(
+        inputs, list_root, cityscapes_test_format=cityscapes_test_format)
     given = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
     for folder in (g for g in given if log is not None and os.path.isdir(g)):
       line = left_out_line(os.fspath(folder))   # a .bmp, a README: said, not silent
@@ -351,13 +385,19 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
         log(line)
     items = items[index::count]
     frames, num_frames = read_inputs(items), len(items)
+    firsts = first_of_each_size([item.size for item in items])
   elif count > 1:
     frames = (f for n, f in enumerate(frames) if n % count == index)
     num_frames = None if num_frames is None else len(range(index, num_frames, count))
+  else:
+    firsts = []   # sizes to come unknown
   if eval_cfg is None:
     eval_cfg = predict_settings()
   predictor = Predictor.from_config(cfg, variables, eval_cfg, dtype=dtype)
   progress = Progress(num_frames or 0, 'predict')
+  # Each new image size compiles the model (exact-size inference): said on
+  # its line, and out of the rate; the sizes still to come are in the ETA.
+  seen: set[tuple[int, int]] = set()
   results = []
   t0 = time.monotonic()
   for item, image in frames:
@@ -366,16 +406,24 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
                             overlay=overlay, alpha=alpha, test_labels=test_labels)
     files.write_files_atomic(encoded)
     results.append({'input': item.path, 'files': sorted(encoded)})
+    size = image.shape[:2]
+    new_size = size not in seen
+    seen.add(size)
     if log is not None:
-      name = f'{paths.shown(item.path)} ({image.shape[0]}x{image.shape[1]})'
+      name = f'{paths.shown(item.path)} ({size[0]}x{size[1]})'
       if num_frames:
-        log(progress.line(len(results), name))
+        log(progress.line(len(results), name, compiled=(
+            f'{size[0]}x{size[1]}' if new_size else ''),
+            compiles_left=len(firsts) - bisect.bisect_left(firsts, len(results))))
       else:
         log(f'predict {len(results)} {name}')
   if log is not None:
     folders = sorted({os.path.relpath(f, out_dir).split(os.sep)[0]
                       for r in results for f in r['files']})
-    log(f'predicted {console.counted(len(results), "image")} in {time.monotonic() - t0:.1f} s -> '
+    compiled = (f' ({console.counted(progress.compiles, "size")} compiled in '
+                f'{progress.compile_seconds:.1f} s)' if progress.compiles > 1 else '')
+    log(f'predicted {console.counted(len(results), "image")} in {time.monotonic() - t0:.1f} s'
+        f'{compiled} -> '
         f'{paths.shown(out_dir)} ({", ".join(f + "/" for f in folders)})')
   return results
 

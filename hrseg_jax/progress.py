@@ -3,6 +3,15 @@
 >>> p = Progress(500, 'eval', unit='img')
 >>> p.line(1)     # 'eval 1/500 (0%) | 0.05 img/s incl. start-up'
 >>> p.line(100)   # 'eval 100/500 (20%) | 4.1 img/s | ETA 1m38s'
+
+Predict, whose images of each new size compile the model again, says which
+items compiled (one line per item):
+
+>>> p = Progress(9, 'predict')
+>>> p.line(1, 'a.png', compiled='216x316', compiles_left=7)
+... # 'predict 1/9 (11%) a.png | 6.1 s incl. compiling for 216x316'
+>>> p.line(2, 'b.png', compiles_left=7)
+... # 'predict 2/9 (22%) b.png | 12.5 img/s | ETA 43s' (7 compiles of 6.1 s)
 """
 from __future__ import annotations
 
@@ -32,6 +41,12 @@ class Progress:
   pays for compilation; the line after the first item alone says its rate
   includes start-up and gives no ETA (that rate spread over every remaining
   item made a 500-image evaluation announce hours).
+
+  Items that compile (an image of a new size in predict) are told with
+  ``compiled`` (:meth:`line`, called then for every item): the time since
+  the previous line is that item's compile time (its own prediction
+  included), which the rate leaves out; the ETA is the items left at the
+  rate plus ``compiles_left`` times the mean compile time so far.
   """
 
   def __init__(self, total: int, label: str, *, unit: str = 'img',
@@ -43,6 +58,10 @@ class Progress:
     self._start = clock()
     self._first: tuple[int, float] | None = None
     self._last_line = None
+    self._previous = self._start   # the previous line's time
+    self.compiles = 0   # items that compiled, and their seconds
+    self.compile_seconds = 0.0
+    self._late = (0, 0.0)   # compiles after the first line: out of the rate
 
   def rate(self, done: int) -> float | None:
     """Items per second so far (None before the first item)."""
@@ -56,25 +75,62 @@ class Progress:
     if self._first is None:
       self._first = (done, now)
     n0, t0 = self._first
-    if done > n0 and now > t0:
-      return (done - n0) / (now - t0), False
+    items, seconds = done - n0 - self._late[0], now - t0 - self._late[1]
+    if items > 0 and seconds > 0:
+      return items / seconds, False
+    if done > n0 and self.compiles:   # every item since the first compiled
+      return None, False
     return done / max(now - self._start, 1e-9), True
 
-  def line(self, done: int, detail: str = '') -> str:
-    """'LABEL done/total (p%) [detail] | r unit/s | ETA t' (one line)."""
+  def line(self, done: int, detail: str = '', *, compiled: str = '',
+           compiles_left: int = 0) -> str:
+    """'LABEL done/total (p%) [detail] | r unit/s | ETA t' (one line).
+
+    Args:
+      done: items finished.
+      detail: what the line is about (e.g. the image).
+      compiled: the last item compiled (for this shape, e.g. '216x316'):
+        the time since the previous line is its compile time, out of the rate.
+      compiles_left: items still to come that will compile (their mean
+        compile time so far each, in the ETA).
+    """
+    now = self._clock()
+    if compiled:
+      seconds = now - self._previous
+      self.compiles += 1
+      self.compile_seconds += seconds
+      if self._first is not None:
+        self._late = (self._late[0] + 1, self._late[1] + seconds)
+    self._previous = now
     rate, from_start = self._rate(done)
     parts = [f'{self.label} {done}/{self.total} ({100 * done // max(self.total, 1)}%)'
              + (f' {detail}' if detail else '')]
-    if rate:
-      left = max(self.total - done, 0)
-      speed = f'{rate:.2f} {self.unit}/s' if rate < 10 else f'{rate:.1f} {self.unit}/s'
-      if left and from_start:   # the first items: compilation in it, no ETA yet
-        parts.append(f'{speed} incl. start-up')
-      else:
-        parts.append(speed)
-        parts.append('done in ' + format_duration(self._clock() - self._start)
-                     if not left else f'ETA {format_duration(left / rate)}')
+    if compiled:
+      parts.append(f'{seconds:.1f} s incl. compiling for {compiled}')
+    left = max(self.total - done, 0)
+    steady = rate if rate and not from_start else None
+    if rate and from_start and not compiled:   # the first items
+      speed = self._speed(rate)
+      if left:   # compilation in it, no ETA yet
+        return ' | '.join(parts + [f'{speed} incl. start-up'])
+      parts.append(speed)
+    elif steady:
+      parts.append(self._speed(steady))
+    if not left:
+      if rate or self.compiles:
+        parts.append('done in ' + format_duration(now - self._start))
+    elif steady:
+      eta = (left - compiles_left) / steady + compiles_left * self._mean_compile()
+      parts.append(f'ETA {format_duration(eta)}')
+    elif self.compiles and left == compiles_left:   # every item left compiles
+      parts.append(f'ETA {format_duration(left * self._mean_compile())}')
     return ' | '.join(parts)
+
+  def _speed(self, rate: float) -> str:
+    return f'{rate:.2f} {self.unit}/s' if rate < 10 else f'{rate:.1f} {self.unit}/s'
+
+  def _mean_compile(self) -> float:
+    return self.compile_seconds / max(self.compiles, 1)
 
   def due(self, done: int, every_seconds: float = 10.0) -> bool:
     """True for the first and last item and then every ``every_seconds``."""

@@ -89,6 +89,27 @@ def test_progress_lines():
   assert p.line(3) == 'eval 3/10 (30%) | 1.00 img/s | ETA 7s'
   now[0] = 14.0
   assert p.line(10, 'x.png') == 'eval 10/10 (100%) x.png | 1.00 img/s | done in 14s'
+  # Items that compile (predict: an image of a new size) are told: their time
+  # is out of the rate, and the ETA adds the mean compile time per compile left.
+  now[0] = 0.0
+  p = progress.Progress(6, 'predict', clock=lambda: now[0])
+  now[0] = 4.0
+  assert p.line(1, 'a', compiled='8x8', compiles_left=2) == (
+      'predict 1/6 (16%) a | 4.0 s incl. compiling for 8x8')
+  now[0] = 4.5
+  # 2 images at 2 img/s + 2 compiles of 4 s.
+  assert p.line(2, 'b', compiles_left=2) == 'predict 2/6 (33%) b | 2.00 img/s | ETA 9s'
+  now[0] = 6.5
+  assert p.line(3, 'c', compiled='8x9', compiles_left=1) == (
+      'predict 3/6 (50%) c | 2.0 s incl. compiling for 8x9 | 2.00 img/s | ETA 4s')
+  assert (p.compiles, p.compile_seconds) == (2, 6.0)
+  # Every item compiled: no rate; the ETA is the compiles left.
+  p = progress.Progress(3, 'predict', clock=lambda: now[0])
+  now[0] = 9.5
+  p.line(1, compiled='8x8', compiles_left=2)
+  now[0] = 12.5
+  assert p.line(2, compiled='8x9', compiles_left=1) == (
+      'predict 2/3 (66%) | 3.0 s incl. compiling for 8x9 | ETA 3s')
   assert progress.format_duration(3 * 3600 + 7 * 60) == '3h07m'
   assert progress.format_duration(185) == '3m05s'
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -165,6 +166,65 @@ def test_an_input_that_is_not_an_image_fails_before_any_prediction(tmp_path):
   assert r.stderr == ('error: photos/b.png: file not found (a link to a missing '
                       'file?)\n'), r.stderr
   assert not (tmp_path / 'runs').exists()
+
+
+def test_an_image_that_does_not_decode_fails_before_any_prediction(tmp_path):
+  """photos/ with 8 images and g_corrupt.png (the first 200 bytes of a PNG):
+  its header passed the check, so 6 images were predicted and written, then
+  'error: photos/g_corrupt.png: cannot decode image' (exit code 2, no
+  summary).  Every image is decoded before the checkpoint loads."""
+  _convert_tiny_hrnet(tmp_path)
+  (tmp_path / 'photos').mkdir()
+  rng = np.random.default_rng(0)
+  for name in 'abcdefgh':
+    Image.fromarray(rng.integers(0, 256, (32, 48, 3), np.uint8)).save(
+        tmp_path / f'photos/{name}.png')
+  data = (tmp_path / 'photos/a.png').read_bytes()
+  (tmp_path / 'photos/g_corrupt.png').write_bytes(data[:200])
+  (tmp_path / 'photos.lst').write_text(''.join(
+      f'photos/{n}.png\n' for n in ('a', 'b', 'g_corrupt', 'h')))
+  for given, where in ((['photos/'], ''), (['photos.lst'], ' (listed in photos.lst)'),
+                       (['photos/a.png', 'photos/g_corrupt.png'], '')):
+    r = _predict(tmp_path, '--checkpoint', 'converted', '--workdir', 'runs/demo',
+                 *(a for g in given for a in ('--input', g)))
+    assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
+    assert r.stderr == ('error: photos/g_corrupt.png: cannot decode image (corrupt, '
+                        f'truncated or not an image){where}\n'), r.stderr
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_each_image_size_compiles_once_and_the_console_says_so(tmp_path):
+  """Images of several sizes: each size compiles the model again; the lines
+  said nothing of it and the rate and ETA counted the compiles as images
+  (8 images of 8 sizes: 0.15 img/s)."""
+  _convert_tiny_hrnet(tmp_path)
+  (tmp_path / 'photos').mkdir()
+  for name, size in (('a', (32, 48)), ('b', (32, 48)), ('c', (40, 24)), ('d', (32, 48))):
+    Image.fromarray(np.zeros((*size, 3), np.uint8) + 60).save(tmp_path / f'photos/{name}.png')
+  r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
+               '--workdir', 'runs/p')
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = r.stdout.splitlines()
+  assert lines[1] == ("predict: palette generic (pass --dataset); whole image at each "
+                      "image's own size, scales 1, no flip, float32 compute; "
+                      '4 images in 2 sizes: each size compiles once'), r.stdout
+  s, rate = r'\d+\.\d s', r'\d+\.?\d* img/s'
+  expected = [
+      rf'predict 1/4 \(25%\) photos/a\.png \(32x48\) \| {s} incl\. compiling for 32x48',
+      rf'predict 2/4 \(50%\) photos/b\.png \(32x48\) \| {rate} \| ETA \d+s',
+      rf'predict 3/4 \(75%\) photos/c\.png \(40x24\) \| {s} incl\. compiling for 40x24 '
+      rf'\| {rate} \| ETA \d+s',
+      rf'predict 4/4 \(100%\) photos/d\.png \(32x48\) \| {rate} \| done in \d+s',
+      rf'predicted 4 images in {s} \(2 sizes compiled in {s}\) -> runs/p/predictions '
+      r'\(color/, labels/, overlay/\)']
+  assert len(lines) == 7, r.stdout
+  for line, pattern in zip(lines[2:], expected):
+    assert re.fullmatch(pattern, line), (line, pattern)
+  # One size: no word of sizes on the settings line.
+  r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos/a.png',
+               '--input', 'photos/b.png', '--workdir', 'runs/p')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.splitlines()[1].endswith(', float32 compute'), r.stdout
 
 
 def test_converted_backbone_warns_that_its_head_is_untrained(tmp_path, monkeypatch, capsys):
