@@ -51,7 +51,7 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     mode: 'train', 'eval' or 'predict'.
     checkpoint: eval/predict: 'best', 'latest' or a path (default: best when
       kept, else latest, of the workdir).
-    inputs: predict: image files, folders or list files.
+    inputs: predict: image files, folders, list files, a video or a camera.
     dtype: eval/predict compute dtype name.
     options: predict flags (:func:`predict_options`).
     config_given: False when ``config`` is the default one (no ``--config``):
@@ -72,7 +72,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
   opts = predict_options(**(options or {}))
   if mode == 'predict' and not inputs:
-    raise ValueError('--mode predict needs --input (image files, folders or list files)')
+    from hrseg_jax import predict  # pylint: disable=g-import-not-at-top
+    raise ValueError(f'--mode predict needs --input: {predict.INPUT_KINDS}')
   if mode == 'predict':   # missing, empty or undecodable inputs fail before the checkpoint loads
     # A camera stays open from this check on (None for any other input); the
     # images, decoded once, with their sizes.

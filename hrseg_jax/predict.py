@@ -59,6 +59,7 @@ from hrseg_jax.progress import Progress
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 LIST_EXTENSIONS = ('.txt', '.lst')
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')   # video.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +143,12 @@ def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
   return out
 
 
-EXPLICIT = ('; --input takes images, folders of .png/.jpg/.jpeg images, .txt/.lst '
-            'lists of them and videos')
+# What --input takes (the line of a missing or wrong one).
+INPUT_KINDS = (f'images, folders of {"/".join(IMAGE_EXTENSIONS)} images, '
+               f'{"/".join(LIST_EXTENSIONS)} lists of them, videos '
+               f'({"/".join(VIDEO_EXTENSIONS)}), a folder of frames with --video '
+               'or a camera index (0)')
+EXPLICIT = '; --input takes ' + INPUT_KINDS
 
 
 def _check_image_file(path: str, where: str = '', hint: str = '') -> tuple[int, int]:

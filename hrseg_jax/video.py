@@ -34,9 +34,8 @@ from hrseg_jax import files
 from hrseg_jax.eval import palettes
 from hrseg_jax.eval.inference import Predictor
 from hrseg_jax.inference import Segmenter
-from hrseg_jax.predict import IMAGE_EXTENSIONS, listed, predict_settings, read_image
-
-VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
+from hrseg_jax.predict import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, listed,
+                               predict_settings, read_image)
 
 
 def is_camera(item) -> bool:

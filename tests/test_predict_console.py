@@ -147,7 +147,8 @@ def test_an_input_that_is_not_an_image_fails_before_any_prediction(tmp_path):
   assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
   assert r.stderr == ('error: notes.md: not an image (OpenCV finds no image format '
                       'in it); --input takes images, folders of .png/.jpg/.jpeg images, '
-                      '.txt/.lst lists of them and videos\n'), r.stderr
+                      '.txt/.lst lists of them, videos (.mp4/.avi/.mov/.mkv/.webm/.m4v), '
+                      'a folder of frames with --video or a camera index (0)\n'), r.stderr
   # In a folder or a list (a.png was predicted and written, then it stopped at b.png).
   (tmp_path / 'photos').mkdir()
   (tmp_path / 'photo.png').rename(tmp_path / 'photos/a.png')
@@ -225,6 +226,16 @@ def test_each_image_size_compiles_once_and_the_console_says_so(tmp_path):
                '--input', 'photos/b.png', '--workdir', 'runs/p')
   assert r.returncode == 0, r.stderr[-3000:]
   assert r.stdout.splitlines()[1].endswith(', float32 compute'), r.stdout
+
+
+def test_predict_without_input_names_every_kind_of_input(tmp_path):
+  """The line named 'image files, folders or list files', not videos and cameras."""
+  r = _predict(tmp_path, '--checkpoint', 'converted', '--workdir', 'runs/p')
+  assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
+  assert r.stderr == ('error: --mode predict needs --input: images, folders of '
+                      '.png/.jpg/.jpeg images, .txt/.lst lists of them, videos '
+                      '(.mp4/.avi/.mov/.mkv/.webm/.m4v), a folder of frames with --video '
+                      'or a camera index (0)\n'), r.stderr
 
 
 def test_converted_backbone_warns_that_its_head_is_untrained(tmp_path, monkeypatch, capsys):
