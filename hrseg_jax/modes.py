@@ -139,7 +139,7 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   if main_process:
     sizes = '' if is_video else predict.sizes_line(images)
     print(f'predict: palette {dataset or "generic (pass --dataset)"}; '
-          + predict.describe_settings(eval_cfg)
+          + predict.describe_settings(eval_cfg, 'frame' if is_video else 'image')
           + f', {compute.name} compute' + (f'; {sizes}' if sizes else ''), flush=True)
   if is_video:
     return video.predict_video(

@@ -282,12 +282,13 @@ def predict_settings(dataset: str | None = None, *, sliding: bool = False,
   return out
 
 
-def describe_settings(eval_cfg: Mapping[str, Any]) -> str:
-  """One line: how images are predicted (mode, size, scales, flip)."""
+def describe_settings(eval_cfg: Mapping[str, Any], what: str = 'image') -> str:
+  """One line: how images (``what``: or frames) are predicted (mode, size,
+  scales, flip)."""
   kw = eval_config.predictor_kwargs(eval_cfg)
-  size = ("each image's own size" if kw['base_size'] is None
+  size = (f"each {what}'s own size" if kw['base_size'] is None
           else f'long side {kw["base_size"]}')
-  mode = ('whole image' if kw['mode'] == 'whole' else
+  mode = (f'whole {what}' if kw['mode'] == 'whole' else
           f'sliding {kw["crop_size"][0]}x{kw["crop_size"][1]} windows '
           f'({kw["sliding_rule"]} rule'
           + (': whole image at scales <= 1)' if kw['sliding_rule'] == 'cityscapes' else ')'))

@@ -36,6 +36,7 @@ from hrseg_jax.eval.inference import Predictor
 from hrseg_jax.inference import Segmenter
 from hrseg_jax.predict import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, listed,
                                predict_settings, read_image)
+from hrseg_jax.progress import Progress
 
 
 def is_camera(item) -> bool:
@@ -232,8 +233,9 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   tmp = os.path.join(dest, '.overlay.tmp.mp4')
   writer, new_maps, complete = None, [], False
   done, model_seconds, start = 0, 0.0, time.perf_counter()
-  total = f'/{count}' if count else ''
   name = source if source.isdigit() else os.path.basename(paths.shown(source))
+  # A known frame count: % and ETA; the first batch compiles (one frame size).
+  progress = Progress(count, f'{name}: frame', unit='frames') if count else None
   try:
     try:
       for batch in _batches(frames, batch_size, name):
@@ -255,8 +257,11 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
             new_maps.append(map_path)
           files.write_bytes_atomic(map_path, files.encode_png(class_map.astype(np.uint8)))
           done += 1
-        elapsed = time.perf_counter() - start
-        log(f'{name}: frame {done}{total}, {done / elapsed:.1f} frames/s')
+        if progress is not None:
+          log(progress.line(done, compiled='' if done > n else
+                            f'{batch[0].shape[0]}x{batch[0].shape[1]}'))
+        else:
+          log(f'{name}: frame {done}, {done / (time.perf_counter() - start):.1f} frames/s')
     except KeyboardInterrupt:
       log(f'{name}: stopped after {console.counted(done, "frame")}')
     if writer is None:

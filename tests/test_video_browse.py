@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -55,9 +56,15 @@ def test_predict_video_file_and_frame_folder(tmp_path):
                      capture_output=True, text=True, check=False)
   assert r.returncode == 0, r.stderr
   out = r.stdout + r.stderr
-  assert 'whole image at long side 256, scales 0.75,1, flip' in out
-  assert 'clip.mp4: frame 2/5' in out and 'clip.mp4: frame 5/5' in out
-  assert 'frames/s' in out
+  # Frames, not images; progress with % and ETA (it was 'clip.mp4: frame 4/5,
+  # 1.2 frames/s'), the first batch's compile out of the rate.
+  assert 'whole frame at long side 256, scales 0.75,1, flip' in out
+  assert re.search(r'^clip\.mp4: frame 2/5 \(40%\) \| \d+\.\d s incl\. compiling for '
+                   r'32x48$', out, re.M), out
+  assert re.search(r'^clip\.mp4: frame 4/5 \(80%\) \| [\d.]+ frames/s \| ETA \d+s$',
+                   out, re.M), out
+  assert re.search(r'^clip\.mp4: frame 5/5 \(100%\) \| [\d.]+ frames/s \| done in \d+s$',
+                   out, re.M), out
   assert ('wrote run/predictions/clip/overlay.mp4 and 5 class maps in '
           'run/predictions/clip/labels: ') in out  # relative, as the user gave them
   dest = tmp_path / 'run' / 'predictions' / 'clip'
