@@ -34,6 +34,16 @@ def format_duration(seconds: float) -> str:
   return f'{s}s'
 
 
+def format_rate(rate: float) -> str:
+  """``12.3`` from 10 on, ``4.07`` from 0.1, two significant digits below
+  (``0.021``: a 47 s step of one image read ``0.0``)."""
+  if rate >= 10:
+    return f'{rate:.1f}'
+  if rate >= 0.1 or rate <= 0 or not math.isfinite(rate):
+    return f'{rate:.2f}'
+  return f'{rate:.{1 - math.floor(math.log10(rate))}f}'
+
+
 class Progress:
   """Counts finished items; :meth:`line` formats rate and ETA.
 
@@ -127,7 +137,7 @@ class Progress:
     return ' | '.join(parts)
 
   def _speed(self, rate: float) -> str:
-    return f'{rate:.2f} {self.unit}/s' if rate < 10 else f'{rate:.1f} {self.unit}/s'
+    return f'{format_rate(rate)} {self.unit}/s'
 
   def _mean_compile(self) -> float:
     return self.compile_seconds / max(self.compiles, 1)

@@ -86,6 +86,20 @@ def test_first_eta_leaves_out_compilation():
   assert p.line(4, {'loss': 0.5, 'lr': 1e-2, 'grad_norm': 2.0}).endswith('| ETA 36s')
 
 
+def test_a_slow_first_step_shows_its_images_per_second():
+  """One image in a 47 s first step (a big model compiling): 0.021 img/s,
+  not '0.0 img/s'; the eval lines' rates read the same."""
+  clock = _Clock()
+  p = progress.Progress(num_steps=100, steps_per_epoch=100, global_batch=1,
+                        start_step=0, clock=clock)
+  clock.now += 47.241
+  line = p.line(1, {'loss': 0.5, 'lr': 1e-2, 'grad_norm': 2.0})
+  assert '| 0.021 img/s, 47.241 s/step incl. compilation,' in line, line
+  assert console_checks.STEP_LINE.match(line)['ips'] == '0.021'
+  assert [progress.format_rate(r) for r in (0.0041, 0.17, 5.333, 13.21)] == [
+      '0.0041', '0.17', '5.33', '13.2']
+
+
 def test_eta_counts_the_evaluations_still_to_come():
   """Evaluations every 100 steps of 300, and after the last: the ETA left them
   out (a run with periodic evaluation ended long after it).  Until one is
@@ -157,7 +171,7 @@ def test_speeds_go_to_tensorboard_after_the_compiling_window():
   assert written[20]['train/seconds_per_step'] == pytest.approx(0.5)
   assert written[20]['train/eta_seconds'] == pytest.approx(10.0)
   assert written[20]['train/data_wait_share'] == 0.0
-  assert printed[1].endswith('8.0 img/s, 0.500 s/step, data 0% | ETA 10s'), printed
+  assert printed[1].endswith('8.00 img/s, 0.500 s/step, data 0% | ETA 10s'), printed
 
 
 def test_device_memory():

@@ -28,7 +28,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 from hrseg_jax import console
-from hrseg_jax.progress import format_duration  # noqa: F401  (re-exported)
+from hrseg_jax.progress import format_duration, format_rate  # noqa: F401  (re-exported)
 
 
 def format_lr(lr: float) -> str:
@@ -184,7 +184,7 @@ class Progress:
     text = (f'step {step}/{self.num_steps} (epoch {self.epoch(step):.1f}) '
             f'loss {metrics["loss"]:.3f} lr {format_lr(metrics["lr"])} '
             f'grad {metrics["grad_norm"]:.2f} | '
-            f'{w.images_per_s:.1f} img/s, {w.seconds_per_step:.3f} s/step'
+            f'{format_rate(w.images_per_s)} img/s, {w.seconds_per_step:.3f} s/step'
             f'{" incl. compilation" if w.includes_compilation else ""}, '
             f'data {100 * w.data_share:.0f}% | ETA {format_duration(w.eta_s)}')
     if w.evals_untimed:
