@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -113,6 +114,24 @@ def read_losses(workdir: pathlib.Path) -> list[tuple[int, float]]:
           (l.split() for l in path.read_text().splitlines() if l.strip())]
 
 
+def start_step(stdout: str) -> int | None:
+  """The step a run started from, as its start-up block's ``start`` line
+  says (0 from scratch; None: no such line, the run did not start)."""
+  m = re.search(r'^start +(?:resumed from step (\d+))?', stdout, re.M)
+  return None if m is None else int(m[1] or 0)
+
+
+def appended_losses(old, new, stdout: str) -> list[tuple[int, float]]:
+  """The loss lines a run added: those after the lines it kept of ``old``
+  (the steps up to the one it started from)."""
+  start = start_step(stdout)
+  if start is None:
+    return new[len(old):]
+  kept = [(s, loss) for s, loss in old if s <= start]
+  assert [s for s, _ in new[:len(kept)]] == [s for s, _ in kept], (kept, new)
+  return new[len(kept):]
+
+
 # ---- Checkpoint directories ---------------------------------------------------
 
 def step_dirs(ckpt_dir: pathlib.Path) -> list[int]:
@@ -203,11 +222,11 @@ class Chain:
 
   def run(self, *flags: str, fault: str | None = None) -> Attempt:
     before = step_dirs(self.ckpt_dir)
-    lines = len(read_losses(self.workdir))
+    old = read_losses(self.workdir)
     result = run(self.config, self.workdir, *flags, fault=fault)
     attempt = Attempt(fault, result, before, step_dirs(self.ckpt_dir),
                       partial_entries(self.ckpt_dir),
-                      read_losses(self.workdir)[lines:])
+                      appended_losses(old, read_losses(self.workdir), result.stdout))
     self.attempts.append(attempt)
     return attempt
 

@@ -36,6 +36,7 @@ FAULTS_PER_TEST = {
     'test_sigterm_on_one_host_stops_every_host': 1,
     'test_ctrl_c_saves_and_a_second_ctrl_c_exits_at_once': 2,
     'test_ctrl_c_between_log_steps_stops_at_the_next_step': 1,
+    'test_a_run_killed_between_checkpoints_leaves_one_loss_line_per_step': 1,
     'test_nonfinite_loss_and_full_disk_lose_nothing': 3,
     'test_full_disk_on_one_of_two_hosts_ends_the_run': 1,
     'test_nonfinite_loss_skipped_and_counted': 1,
@@ -47,7 +48,7 @@ FAULTS_PER_TEST = {
     'test_corrupt_latest_checkpoint_is_one_line': 1,
     'test_init_from_a_missing_checkpoint_is_one_line': 1,
 }
-FAULTS_IN_SUITE = 31
+FAULTS_IN_SUITE = 32
 
 
 @pytest.fixture
@@ -258,6 +259,32 @@ def test_ctrl_c_between_log_steps_stops_at_the_next_step(tmp_path, ledger):
   assert step in (3, 4, 5), a.result.tail()
   assert a.complete_after == [step]
   assert [s for s, _ in a.losses] == list(range(1, step + 1))   # resumes from there
+  fault.survive()
+
+
+def test_a_run_killed_between_checkpoints_leaves_one_loss_line_per_step(tmp_path, ledger):
+  """kill -9 at step 5 with the checkpoint of step 4: the same command, run
+  from the user's folder, resumes from step 4 and trains step 5 again;
+  losses.txt has one line per step (step 5's line was in it twice)."""
+  fu.write_config(tmp_path / 'config.py', train__async_checkpoints=False)
+  fault = ledger.inject('kill -9 between checkpoints (step 5), then resumed')
+
+  def run(fault=None):
+    return subprocess.run(fu.main_command('config.py', 'runs/w'), cwd=tmp_path,
+                          env=fu.environment(fault), capture_output=True, text=True,
+                          timeout=900)
+  killed = run('kill:5')
+  assert killed.returncode == -9, killed.stderr[-3000:]
+  losses = tmp_path / 'runs' / 'w' / 'losses.txt'
+  assert [l.split()[0] for l in losses.read_text().splitlines()] == [
+      '1', '2', '3', '4', '5']
+  assert fu.step_dirs(tmp_path / 'runs' / 'w' / CKPT)[-1] == 4
+  resumed = run()
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resumed from step 4' in resumed.stdout, resumed.stdout
+  steps = [int(l.split()[0]) for l in losses.read_text().splitlines()]
+  fault.measure(steps_lost=len(set(range(1, fu.NUM_STEPS + 1)) - set(steps)))
+  assert steps == list(range(1, fu.NUM_STEPS + 1)), losses.read_text()
   fault.survive()
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from hrseg_jax import paths
+from hrseg_jax import files, paths
 from hrseg_jax.train import progress as progress_lib
 
 
@@ -35,18 +35,44 @@ class LossLog:
   devices (every ``train.log_every_steps`` steps and before every
   checkpoint), in one ``write`` per fetch, so a crash never tears a line.
   The loss is ``repr(float)`` (exact; ``nan`` for a non-finite one).  A run
-  that resumes after a crash appends the steps it trains again, so such a
-  step has two lines, with the same loss since training is deterministic.
+  that starts from step S (its checkpoint's, 0 from scratch) first drops the
+  lines of the steps after S (:meth:`keep_up_to`): those an earlier run
+  trained after its last checkpoint before a crash, ``kill -9`` or a second
+  Ctrl-C, which this run trains again; the file keeps one line per step.
   """
 
   def __init__(self, path, enabled: bool = True):
     self.path = os.fspath(path)
     self.enabled = enabled
 
+  def keep_up_to(self, step: int) -> int:
+    """Drops the lines of the steps after ``step`` (and any torn line), in
+    one atomic rewrite, only when there are some; returns how many."""
+    if not self.enabled or not os.path.exists(self.path):
+      return 0
+    with open(self.path, encoding='utf-8', errors='replace') as f:
+      lines = f.read().splitlines()
+    kept = [l for l in lines if _line_step(l) is not None and _line_step(l) <= step]
+    if len(kept) < len(lines):
+      files.write_bytes_atomic(self.path, ''.join(l + '\n' for l in kept).encode())
+    return len(lines) - len(kept)
+
   def append(self, losses: list[tuple[int, float]]) -> None:
     if self.enabled and losses:
       with open(self.path, 'a') as f:
         f.write(''.join(f'{step} {loss!r}\n' for step, loss in losses))
+
+
+def _line_step(line: str) -> int | None:
+  """The step of a ``step loss`` line (None: not such a line)."""
+  parts = line.split()
+  if len(parts) != 2 or not parts[0].isdigit():
+    return None
+  try:
+    float(parts[1])
+  except ValueError:
+    return None
+  return int(parts[0])
 
 
 def first_nonfinite(fetched: list[tuple[int, dict]]) -> tuple[int, dict] | None:

@@ -25,7 +25,8 @@ Reliability (tested by ``tests/test_faults.py``):
   counts the step (``'skip'``, the ``train/skipped_steps`` scalar).
 * On any error, a checkpoint save in flight is allowed to commit first.
 
-Every trained step's loss is appended to ``<workdir>/losses.txt`` (see
+Every trained step's loss is appended to ``<workdir>/losses.txt``, once the
+lines of steps after the one the run starts from are dropped (see
 :class:`~hrseg_jax.train.hooks.LossLog`).  The loop calls hooks for progress,
 evaluation, checkpoints and the fault injection of the tests
 (``$HRSEG_FAULT``, :mod:`hrseg_jax.train.faults`): see :mod:`hrseg_jax.train.hooks`.
@@ -189,9 +190,11 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
   except BaseException:
     ckpt.abandon()
     raise
+  start = int(jax.device_get(state.step))
   if is_main:   # once the workdir's checkpoint (if any) fits this config
     run_dir.write_run_config(config, workdir)
-  start = int(jax.device_get(state.step))
+    # The steps trained after the checkpoint are trained again: one line each.
+    loss_log.keep_up_to(start)
   # Counted across resumes with another global batch (the epoch on the step lines).
   seen_at_start = pipeline.images_seen(saved_order, start, config.train.batch_size)
   num_classes = model_cfg['num_classes']
