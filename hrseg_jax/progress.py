@@ -142,11 +142,19 @@ class Progress:
   def _mean_compile(self) -> float:
     return self.compile_seconds / max(self.compiles, 1)
 
-  def due(self, done: int, every_seconds: float = 10.0) -> bool:
-    """True for the first and last item and then every ``every_seconds``."""
+  def due(self, done: int, every_seconds: float = 10.0, *, ends: bool = True) -> bool:
+    """True for the first and last item and then every ``every_seconds``.
+
+    ``ends=False``: the first line ``every_seconds`` after the start, the
+    last item's only after an earlier line (a short run prints none).
+    """
     now = self._clock()
-    if done <= 1 or done >= self.total or self._last_line is None or (
-        now - self._last_line >= every_seconds):
+    if ends:
+      due = (done <= 1 or done >= self.total or self._last_line is None
+             or now - self._last_line >= every_seconds)
+    else:
+      due = (now - (self._start if self._last_line is None else self._last_line)
+             >= every_seconds or (done >= self.total and self._last_line is not None))
+    if due:
       self._last_line = now
-      return True
-    return False
+    return due

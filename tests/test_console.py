@@ -100,6 +100,25 @@ def test_a_slow_first_step_shows_its_images_per_second():
       '0.0041', '0.17', '5.33', '13.2']
 
 
+def test_a_training_evaluations_progress_lines_come_only_when_due():
+  """ends=False (an evaluation during training): no line for the first
+  batches, the first 10 s after the start, the last one only after an
+  earlier line; a 3 s evaluation prints none (the table says it all)."""
+  from hrseg_jax.progress import Progress  # pylint: disable=g-import-not-at-top
+  clock = _Clock()
+  short = Progress(8, 'eval', clock=clock)
+  clock.now += 3.0
+  assert [short.due(n, 10.0, ends=False) for n in (4, 8)] == [False, False]
+  long = Progress(500, 'eval', clock=clock)
+  due = []
+  for n in range(1, 501):
+    clock.now += 0.25
+    if long.due(n, 10.0, ends=False):
+      due.append(n)
+  assert due == [40, 80, 120, 160, 200, 240, 280, 320, 360, 400, 440, 480, 500]
+  assert Progress(8, 'eval', clock=clock).due(4, 10.0)   # --mode eval: the first one
+
+
 def test_eta_counts_the_evaluations_still_to_come():
   """Evaluations every 100 steps of 300, and after the last: the ETA left them
   out (a run with periodic evaluation ended long after it).  Until one is

@@ -70,6 +70,29 @@ def test_training_with_the_test_protocol(trained):
             *(f'eval/iou/{c}' for c in names if ' ' not in c)} <= tags
 
 
+def test_a_training_evaluation_says_it_started_then_its_progress(tmp_path):
+  """The header line comes when the evaluation starts, then its progress
+  lines (here one per batch: eval.progress_seconds=0), then the table; the
+  header came only with the finished table (76 s of silence on a real
+  model).  log.txt has them in the same order."""
+  shutil.copytree(REPO / 'configs', tmp_path / 'configs')
+  r = run(tmp_path, DEMO, *SMALL_DEMO, '--config.eval.batch_size=1',
+          '--config.eval.progress_seconds=0')
+  for lines in (r.stdout.splitlines(),
+                [l.split('  ', 1)[1] for l in
+                 (tmp_path / 'runs/demo/log.txt').read_text().splitlines()]):
+    at = lines.index('evaluation at step 4:')
+    assert re.match(r'eval 1/2 \(50%\) \| [\d.]+ img/s', lines[at + 1]), lines[at:]
+    assert re.match(r'eval 2/2 \(100%\) \| [\d.]+ img/s \| done in', lines[at + 2]), lines[at:]
+    assert lines[at + 3].split() == ['id', 'class', 'IoU', '%'], lines[at:]
+  bad = run(tmp_path, DEMO, *SMALL_DEMO, '--config.eval.progress_seconds=-1',
+            '--workdir', 'runs/bad', expect=2)
+  assert bad.stderr.strip().splitlines() == [
+      'error: eval.progress_seconds=-1.0: expected seconds >= 0 (10 by default; 0: a '
+      'progress line per batch)'], bad.stderr
+  assert not (tmp_path / 'runs/bad').exists()
+
+
 def test_eval_mode_with_the_validation_protocol(trained):
   cwd, _ = trained
   r = run(cwd, DEMO, *SMALL_DEMO, '--mode', 'eval', '--config.eval.protocol=validation')

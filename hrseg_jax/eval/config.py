@@ -30,6 +30,10 @@ Fields (tuples so ``--config.eval.X=...`` can override them):
   multiple of the device count, at least one image per device).
 * ``num_examples`` -- evaluate the first N examples (-1 = all).
 * ``save_predictions`` -- also write each prediction as a trainId PNG.
+* ``progress_seconds`` -- seconds between two ``eval N/M (p%) | img/s |
+  ETA`` lines (10; 0: one per batch).  ``--mode eval`` prints the first
+  and last batch's too; an evaluation during training prints none until
+  that long has passed, so a short one prints only its table.
 * ``ignore_label`` -- ground-truth value excluded from the metrics;
   ``None``: ``data.ignore_label``, else 255.
 
@@ -83,6 +87,7 @@ def default_eval_config(dataset: str | None = None) -> ml_collections.ConfigDict
   c.batch_size = 1
   c.num_examples = -1
   c.save_predictions = False
+  c.progress_seconds = 10.0
   c.ignore_label = config_dict.placeholder(int)
   if dataset in _PRESETS:
     mode, rule, crop, base, pairs = _PRESETS[dataset]

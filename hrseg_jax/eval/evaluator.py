@@ -84,8 +84,10 @@ class Evaluator:
       writer: a clu metric writer (TensorBoard), or ``None``.
       log: receives the console lines (progress, the IoU table); only
         process 0 calls it.
-      progress: the validation protocol's progress lines (``--mode eval``;
-        the test protocol always prints them).
+      progress: the validation protocol's progress lines for the first and
+        last batch (``--mode eval``); without it (training) only those due
+        ``eval.progress_seconds`` after the start (the test protocol prints
+        its lines either way).
     """
     self.config = config
     self.model_cfg = registry.resolve(model_cfg)
@@ -96,6 +98,7 @@ class Evaluator:
     self.is_main = jax.process_index() == 0
     self.log = log if self.is_main else (lambda _: None)
     self.progress = progress
+    self.progress_seconds = progress_seconds(config)
     self.every_steps = int(config.eval.get('every_steps', -1))
     self.split = eval_config.split_of(config.eval)
     self.num_classes = int(self.model_cfg['num_classes'])
@@ -144,19 +147,24 @@ class Evaluator:
       return f'? {self.split} images ({where})'
     return f'{console.counted(n, self.split + " image")} ({where})'
 
+  def announce(self, step: int) -> None:
+    """The ``evaluation at step <step>:`` line a training evaluation prints
+    when it starts (its progress lines and table follow)."""
+    self.log(f'evaluation at step {step}:')
+
   def report(self, ev: Mapping[str, Any], step: int | None = None) -> None:
     """An evaluation's IoU table, TensorBoard summaries and files.
 
-    The console gets the table (headed ``evaluation at step <step>:`` with
-    a step).  With a writer and a step: the scalars ``eval/miou``,
-    ``eval/pixel_acc``, ``eval/mean_acc`` and ``eval/iou/<class>``, the
-    images ``eval/confusion_matrix`` and, when ``ev`` has examples,
+    The console gets the table (during training, after :meth:`announce`).
+    With a writer and a step: the scalars ``eval/miou``, ``eval/pixel_acc``,
+    ``eval/mean_acc`` and ``eval/iou/<class>``, the images
+    ``eval/confusion_matrix`` and, when ``ev`` has examples,
     ``eval/overlays`` (image | ground truth | prediction).  Process 0 writes
     ``metrics.json`` and ``confusion.png`` to ``out_dir`` (``step=None``) or
     ``out_dir/step_<step>/``.
     """
     table = format_iou_table(ev, self.names)
-    self.log(table if step is None else f'evaluation at step {step}:\n{table}')
+    self.log(table)
     confusion = visuals.confusion_image(np.asarray(ev['confusion_matrix']), self.names)
     if self.writer is not None and step is not None:
       scalars = {f'eval/{k}': float(ev[k]) for k in SCALARS}
@@ -272,7 +280,8 @@ class TestEvaluator(Evaluator):
     out = evaluate.evaluate(
         self.model_cfg, _process_local(variables), self.config.data, self.eval_cfg,
         out_dir=None if self.out_dir is None else os.fspath(self.out_dir),
-        dtype=self.dtype, log=self.log, report=False)
+        dtype=self.dtype, log=self.log, progress_seconds=self.progress_seconds,
+        report=False)
     return self._metrics(np.asarray(out['confusion_matrix'], np.int64), out['settings'])
 
 
@@ -321,7 +330,7 @@ class ValidationEvaluator(Evaluator):
                                      shard_count=jax.process_count(), split=self.split)
     examples, placed = None, False
     total = self.num_examples() or 0
-    shown = Progress(total, 'eval') if self.progress and total else None
+    shown = Progress(total, 'eval') if total else None
     done = 0
     self.compile_s = 0.0
     for local in it:
@@ -337,7 +346,7 @@ class ValidationEvaluator(Evaluator):
         examples = _first_local_examples(batch, pred, NUM_OVERLAYS)
       if shown is not None:
         done = min(done + batch['image'].shape[0], total)
-        if shown.due(done):
+        if shown.due(done, self.progress_seconds, ends=self.progress):
           self.log(shown.line(done))
     result = self._metrics(cm, {
         'dataset': self.config.data.name, 'split': self.split,
@@ -367,6 +376,19 @@ def protocol_of(config, default_protocol: str) -> str:
                      f"{', '.join(repr(p) for p in EVALUATORS)} (or '' for the "
                      'default: validation in training, test in --mode eval)')
   return protocol
+
+
+def progress_seconds(config) -> float:
+  """``eval.progress_seconds``, checked (one line naming the field)."""
+  value = config.eval.get('progress_seconds', 10.0)
+  try:
+    seconds = float(value)
+  except (TypeError, ValueError):
+    seconds = -1.0
+  if not seconds >= 0:   # also NaN
+    raise ValueError(f'eval.progress_seconds={value!r}: expected seconds >= 0 '
+                     '(10 by default; 0: a progress line per batch)')
+  return seconds
 
 
 def from_config(config, *, default_protocol: str, **context) -> Evaluator:

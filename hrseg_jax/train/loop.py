@@ -93,6 +93,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   sharding.make_mesh(config.mesh.fsdp)   # a mesh.fsdp the devices do not divide
   layers.depthwise_kernel_grad()   # a bad $HRSEG_DEPTHWISE_KERNEL_GRAD
   evaluator_lib.protocol_of(config, TRAINING_PROTOCOL)   # a bad eval.protocol, too
+  evaluator_lib.progress_seconds(config)
   pretrained.check_init_from(config, workdir)  # the user's path in the message
   config = paths.resolve_config(config)
   # Missing, unreadable or too little data fails here, before the workdir is made.
@@ -299,6 +300,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
         ev = None
         t_pause = time.perf_counter()
         if evaluate_now:
+          evaluator.announce(step)   # before the evaluation, which may take minutes
           with report.timed('eval'):
             ev = evaluator.run(state.variables)
           progress.add_eval_time(time.perf_counter() - t_pause, evaluator.compile_s)
