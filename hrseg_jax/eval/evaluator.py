@@ -116,11 +116,7 @@ class Evaluator:
 
   def _split_size(self, limit: int) -> int | None:
     """Examples of ``eval.split``, at most ``limit`` when it is > 0."""
-    try:
-      n = len(sources.make_source(self.config.data, self.split))
-    except (OSError, ValueError):
-      return None
-    return min(n, limit) if limit > 0 else n
+    return _split_size(self.config, self.split, limit)
 
   def run(self, variables) -> dict[str, Any]:
     """The metrics of ``variables`` on the split (confusion matrix included)."""
@@ -232,8 +228,13 @@ class TestEvaluator(Evaluator):
 
   limit_field = 'eval.num_examples'
 
+  @staticmethod
+  def examples_of(config) -> int | None:
+    return _split_size(config, eval_config.split_of(config.eval),
+                       int(config.eval.get('num_examples', -1)))
+
   def num_examples(self) -> int | None:
-    return self._split_size(limit=int(self.eval_cfg.get('num_examples', -1)))
+    return self.examples_of(self.config)
 
   def settings_line(self) -> str:
     from hrseg_jax.predict import describe_settings  # pylint: disable=g-import-not-at-top
@@ -316,8 +317,13 @@ class ValidationEvaluator(Evaluator):
 
   limit_field = 'data.val_num_samples'
 
+  @staticmethod
+  def examples_of(config) -> int | None:
+    return _split_size(config, eval_config.split_of(config.eval),
+                       int(config.data.get('val_num_samples', 0)))
+
   def num_examples(self) -> int | None:
-    return self._split_size(limit=int(self.config.data.get('val_num_samples', 0)))
+    return self.examples_of(self.config)
 
   def settings_line(self) -> str:
     h, w = (int(v) for v in self.config.data.eval_size)
@@ -376,6 +382,21 @@ def protocol_of(config, default_protocol: str) -> str:
                      f"{', '.join(repr(p) for p in EVALUATORS)} (or '' for the "
                      'default: validation in training, test in --mode eval)')
   return protocol
+
+
+def num_examples(config, default_protocol: str) -> int | None:
+  """Examples one evaluation of ``config.eval.protocol``'s evaluator reads,
+  without building it (None: the split has no data)."""
+  return EVALUATORS[protocol_of(config, default_protocol)].examples_of(config)
+
+
+def _split_size(config, split: str, limit: int) -> int | None:
+  """Examples of ``split``, at most ``limit`` when it is > 0."""
+  try:
+    n = len(sources.make_source(config.data, split))
+  except (OSError, ValueError):
+    return None
+  return min(n, limit) if limit > 0 else n
 
 
 def progress_seconds(config) -> float:

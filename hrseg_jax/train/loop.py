@@ -101,24 +101,48 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_checks.check_num_train(num_train, config.train.batch_size,
                                 config_checks.loss_chunks(config))
   config_checks.check_val_data(config)
+  # What is known now, before the slow parts (init_from's weights, the model's
+  # initialisation or restore): log.txt gets it once the workdir exists.
+  printed = plan_lines(config, num_train).splitlines()
+  if config.train.init_from and not pretrained.has_checkpoints(workdir):
+    # A .pth is converted in memory: seconds to minutes for a big model.
+    printed.append(f'reading train.init_from {paths.shown(config.train.init_from)}')
+  console_lib.Console(enabled=jax.process_index() == 0).print('\n'.join(printed))
   init = pretrained.read_init_weights(config, workdir)   # a file that does not fit, too
   faults = faults_lib.Faults.from_env()
   with StopSignal() as stop:
     return _train(config, run_dir.make_workdir(paths.resolve(os.fspath(workdir))), stop,
-                  faults, num_train, init)
+                  faults, num_train, init, printed=printed)
+
+
+def plan_lines(config, num_train: int) -> str:
+  """The start-up block's devices, batch, steps and data lines."""
+  mesh = sharding.make_mesh(config.mesh.fsdp)
+  steps_per_epoch, num_steps = run_length.total_steps(config, num_train)
+  evaluates = int(config.eval.get('every_steps', -1)) > 0
+  return progress_lib.plan_block(
+      devices=jax.devices(), mesh_shape=dict(mesh.shape),
+      process_count=jax.process_count(), global_batch=config.train.batch_size,
+      local_batch=sharding.check_batch_size(config.train.batch_size, mesh),
+      num_steps=num_steps, steps_per_epoch=steps_per_epoch, num_train=num_train,
+      num_val=(evaluator_lib.num_examples(config, TRAINING_PROTOCOL)
+               if evaluates else None),
+      data_from=progress_lib.data_origin(config.data, evaluates))
 
 
 def _train(config, workdir: epath.Path, stop: StopSignal,
-           faults: faults_lib.Faults, num_train: int, init=None) -> dict:
+           faults: faults_lib.Faults, num_train: int, init=None,
+           printed=()) -> dict:
   """:func:`train_and_evaluate` once the workdir and the SIGTERM handler exist
-  (``init``: :func:`pretrained.read_init_weights`)."""
+  (``init``: :func:`pretrained.read_init_weights`; ``printed``: the lines
+  printed before the workdir existed)."""
   metric_writers = tb_writer.clu_metric_writers()  # TensorBoard without TensorFlow
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_main, asynchronous=True)
   loss_log = LossLog(workdir / run_dir.LOSSES_FILE, enabled=is_main)
   console = console_lib.Console(workdir / run_dir.LOG_FILE, enabled=is_main)
-  for line in (init[1].get('console_lines', []) if init else []):
+  for line in [*printed, *(init[1].get('console_lines', []) if init else [])]:
     console.log(line)   # printed before the workdir existed (train.init_from's BN scale)
   stop.console = console   # SIGTERM's and Ctrl-C's notices reach log.txt too
   try:
@@ -159,8 +183,16 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
     return pipeline.data_order_state(step=step, seed=config.seed,
                                      global_batch=config.train.batch_size,
                                      num_examples=num_train, images_seen=images_seen)
+  num_classes = model_cfg['num_classes']
+
+  def shapes_known(abstract):   # the model's lines, before its initialisation compiles
+    console.print(progress_lib.model_block(
+        model=(registry.model_name(model_cfg)
+               + f', {num_classes} classes ({config.data.name}), {config.train.dtype}'),
+        num_params=progress_lib.count_parameters(abstract.params),
+        workdir=paths.shown(workdir), checkpoints=paths.shown(workdir / 'checkpoints')))
   state, state_sh = init_state(model, tx, jax.random.PRNGKey(config.seed),
-                               (*crop, 3), mesh)
+                               (*crop, 3), mesh, on_shapes=shapes_known)
 
   ckpt = Checkpointer(workdir / 'checkpoints',
                       max_to_keep=config.train.keep_checkpoints,
@@ -198,24 +230,13 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
     loss_log.keep_up_to(start)
   # Counted across resumes with another global batch (the epoch on the step lines).
   seen_at_start = pipeline.images_seen(saved_order, start, config.train.batch_size)
-  num_classes = model_cfg['num_classes']
   evaluator = evaluator_lib.from_config(
       config, default_protocol=TRAINING_PROTOCOL, model_cfg=model_cfg,
       to_global=lambda local: sharding.global_batch(local, batch_sh), dtype=dtype,
       out_dir=workdir / evaluator_lib.EVAL_DIR, writer=writer, log=console.print)
-  console.print(progress_lib.startup_block(
-      devices=jax.devices(), mesh_shape=dict(mesh.shape),
-      process_count=jax.process_count(), global_batch=config.train.batch_size,
-      local_batch=local_batch, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
-      num_train=num_train,
-      num_val=evaluator.num_examples() if evaluator.every_steps > 0 else None,
-      model=(registry.model_name(model_cfg)
-             + f', {num_classes} classes ({config.data.name}), {config.train.dtype}'),
-      num_params=progress_lib.count_parameters(state.params),
-      workdir=paths.shown(workdir), checkpoints=paths.shown(ckpt.directory),
-      start=(f'{how}; compiling the training step (the first step line includes it)'
-             if start < num_steps else f'{how}; nothing left to train'),
-      data_from=progress_lib.data_origin(config.data, evaluator.every_steps > 0)))
+  console.print(progress_lib.start_line(
+      f'{how}; compiling the training step (the first step line includes it)'
+      if start < num_steps else f'{how}; nothing left to train'))
   if order_warning:
     console.print(order_warning)
   # The example order is a function of the global step: any process count

@@ -207,8 +207,26 @@ def startup_block(*, devices: Sequence[Any], mesh_shape: Mapping[str, int],
                   num_val: int | None, model: str, num_params: int,
                   workdir: str, checkpoints: str, start: str,
                   data_from: str = '') -> str:
-  """The lines printed once before training starts (``data_from``: where
-  the examples come from, see :func:`data_origin`)."""
+  """The lines printed once before training starts: :func:`plan_block`'s,
+  :func:`model_block`'s, :func:`start_line`."""
+  return '\n'.join([
+      plan_block(devices=devices, mesh_shape=mesh_shape, process_count=process_count,
+                 global_batch=global_batch, local_batch=local_batch,
+                 num_steps=num_steps, steps_per_epoch=steps_per_epoch,
+                 num_train=num_train, num_val=num_val, data_from=data_from),
+      model_block(model=model, num_params=num_params, workdir=workdir,
+                  checkpoints=checkpoints),
+      start_line(start)])
+
+
+def plan_block(*, devices: Sequence[Any], mesh_shape: Mapping[str, int],
+               process_count: int, global_batch: int, local_batch: int,
+               num_steps: int, steps_per_epoch: int, num_train: int,
+               num_val: int | None, data_from: str = '') -> str:
+  """The start-up lines known once the config and data are checked
+  (devices, batch, steps, data), printed before the model is built, its
+  ``train.init_from`` weights read or its checkpoint restored (``data_from``:
+  where the examples come from, see :func:`data_origin`)."""
   kinds = sorted({getattr(d, 'device_kind', d.platform) for d in devices})
   mesh = ' x '.join(f'{k} {v}' for k, v in mesh_shape.items())
   epochs = num_steps / max(steps_per_epoch, 1)
@@ -220,11 +238,23 @@ def startup_block(*, devices: Sequence[Any], mesh_shape: Mapping[str, int],
       f'steps       {num_steps:,} ({epochs:.1f} epochs of '
       f'{console.counted(steps_per_epoch, "step", thousands=True)})',
       f'data        {num_train:,} train{val} examples{" " + data_from if data_from else ""}',
+  ])
+
+
+def model_block(*, model: str, num_params: int, workdir: str, checkpoints: str) -> str:
+  """The start-up lines known once the model's shapes are (model, workdir,
+  checkpoints), printed before its initialisation compiles."""
+  return '\n'.join([
       f'model       {model}, {num_params:,} parameters',
       f'workdir     {workdir} (config.json, log.txt, TensorBoard events)',
       f'checkpoints {checkpoints}',
-      f'start       {start}',
   ])
+
+
+def start_line(start: str) -> str:
+  """The start-up block's last line: how the state was made (from scratch,
+  ``train.init_from``, resumed), once it is."""
+  return f'start       {start}'
 
 
 def data_origin(data_cfg, with_val: bool) -> str:

@@ -34,8 +34,13 @@ class TrainState:
     return {'params': self.params, **self.model_state}
 
 
-def init_state(model, tx, rng, image_shape, mesh) -> tuple[TrainState, Any]:
-  """Initialises the state directly with its shardings (no host copy)."""
+def init_state(model, tx, rng, image_shape, mesh,
+               on_shapes=None) -> tuple[TrainState, Any]:
+  """Initialises the state directly with its shardings (no host copy).
+
+  ``on_shapes``: called with the state's shapes (a tree of
+  ``jax.ShapeDtypeStruct``) before its initialisation compiles.
+  """
   init_rng, state_rng = jax.random.split(rng)
 
   def make():
@@ -44,5 +49,7 @@ def init_state(model, tx, rng, image_shape, mesh) -> tuple[TrainState, Any]:
     return TrainState.create(variables, tx, state_rng)
 
   abstract = jax.eval_shape(make)
+  if on_shapes is not None:
+    on_shapes(abstract)
   shardings = sharding.state_shardings(abstract, mesh)
   return jax.jit(make, out_shardings=shardings)(), shardings
