@@ -273,8 +273,9 @@ def _train_demo_one_step(cwd, init_from):
 
 def test_init_from_inplace_abn_line_reaches_log_txt(tmp_path):
   """train.init_from's BN-scale line is printed before the workdir exists;
-  log.txt ('the console lines and warnings') has it too, before the start-up
-  block, as the console does."""
+  log.txt ('the console lines and warnings') has it too, in the start-up
+  block after the lines printed before the weights are read, as the console
+  does."""
   _pth_saved_by_inplace_abn(load_config_file(str(REPO / 'configs/demo.py')),
                             tmp_path / 'master.pth')
   r = _train_demo_one_step(tmp_path, 'master.pth')
@@ -282,10 +283,13 @@ def test_init_from_inplace_abn_line_reaches_log_txt(tmp_path):
           'master-branch and *_torch04 checkpoints): converting with its BN scale |w| + 1e-5 '
           '(--config.train.init_from_inplace_abn=False if it was trained with standard '
           'BatchNorm)')
-  assert r.stdout.splitlines()[0] == line, r.stdout
+  out = r.stdout.splitlines()
+  assert [l.split()[0] for l in out[:4]] == ['devices', 'batch', 'steps', 'data'], r.stdout
+  assert out[4:6] == ['reading train.init_from master.pth', line], r.stdout
+  assert out[6].startswith('model '), r.stdout
   logged = [l.split('  ', 1)[1] for l in
             (tmp_path / 'runs/demo/log.txt').read_text().splitlines()]
-  assert logged[0] == line and logged[1].startswith('devices '), logged
+  assert logged[:7] == out[:7], logged
 
 
 def test_backbone_init_from_start_line_says_what_is_fresh_and_unused(tmp_path):
