@@ -59,7 +59,9 @@ def check_replaceable(directory, *, overwrite: bool,
   directory = epath.Path(directory)
   name = paths.shown(directory)   # in messages
   if not directory.exists():
-    paths.check_creatable(directory, 'output directory')
+    # A folder above it that cannot be made (/proc/x/y) fails here, in words,
+    # not as '[Errno 2] No such file or directory: /proc/x' when it is made.
+    paths.check_writable(directory, 'output directory')
     return
   if not directory.is_dir():
     raise FileExistsError(f'output path exists and is not a directory: {name}')

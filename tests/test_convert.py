@@ -157,6 +157,21 @@ def test_convert_line_counts_one_skipped_key_as_one_key(tmp_path):
   assert lines[1] == 'skipped keys: classifier.weight', lines
 
 
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='needs /proc')
+def test_output_folder_that_cannot_be_made_is_named(tmp_path):
+  """An output below a folder that cannot be created gave the system's
+  '[Errno 2] No such file or directory: '/proc/x'': the output, the folder
+  that takes no new files and why, before anything is read or written."""
+  pth_write.save_pth(torch_state(TINY), tmp_path / 'x.pth')
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.convert', 'x.pth', '/proc/x/y'],
+                     cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO),
+                     capture_output=True, text=True, timeout=300, check=False)
+  assert r.returncode == 2 and r.stdout == '', r.stdout + r.stderr
+  assert r.stderr == ('error: cannot write /proc/x/y: /proc is not writable (no such '
+                      'file or directory); choose another output directory\n'), r.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['x.pth']
+
+
 def test_inplace_abn_scale(tmp_path):
   state = torch_state(TINY)
   state['bn1.weight'] = -np.abs(state['bn1.weight'])
