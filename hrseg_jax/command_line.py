@@ -11,6 +11,7 @@ the same way.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import flags
@@ -151,7 +152,7 @@ def flag_error(error: BaseException, argv) -> str:
   config it was probably meant to be."""
   if isinstance(error, flags.Error):
     # A config file that raises comes with its traceback in the message.
-    return one_line(error)
+    return _wrong_type(one_line(error)) or one_line(error)
   if isinstance(error, (AttributeError, KeyError)):
     field, hint = missing_field(error)
     bad = [a for a in argv if a.startswith('--config.') and field in a.split('=')[0]]
@@ -162,6 +163,26 @@ def flag_error(error: BaseException, argv) -> str:
     return (f'unknown config field {where!r} (no field {field!r}'
             f'{"; " + hint if hint else ""})')
   return str(error).replace('\n', ' ')
+
+
+# What Python says of a value that does not parse, and the type it expected.
+_TYPE_ERRORS = (('invalid literal for int()', 'an integer'),
+                ('could not convert string to float', 'a number'),
+                ('Non-boolean argument to boolean flag', 'True or False'))
+
+
+def _wrong_type(message: str) -> str | None:
+  """absl's ``flag --config.train.num_steps=abc: invalid literal for int()
+  with base 10: 'abc'`` as ``--config.train.num_steps=abc: train.num_steps
+  takes an integer``; None for another message."""
+  found = re.match(r'flag --config\.([\w.]+)=(.*?): (.*)$', message)
+  if not found:
+    return None
+  field, value, why = found.groups()
+  for text, expected in _TYPE_ERRORS:
+    if why.startswith(text):
+      return f'--config.{field}={value}: {field} takes {expected}, not {value!r}'
+  return None
 
 
 def check_repeated_overrides(config, argv) -> None:

@@ -252,3 +252,20 @@ def test_eval_split_testval_names_the_field(user_folder):
       "evaluates: keep eval.split='val', or read another list with "
       '--config.data.val_list=PATH)\n')
   assert _listing(user_folder) == before
+
+
+def test_config_override_of_the_wrong_type_names_the_field(tmp_path):
+  """--config.train.num_steps=abc gave Python's "invalid literal for int()
+  with base 10: 'abc'": the field and the type it takes, exit 2, nothing
+  written."""
+  (tmp_path / 'configs').mkdir()
+  shutil.copy(REPO / 'configs' / 'demo.py', tmp_path / 'configs' / 'demo.py')
+  cases = (('train.num_steps=abc', "train.num_steps takes an integer, not 'abc'"),
+           ('train.batch_size=1.5', "train.batch_size takes an integer, not '1.5'"),
+           ('train.base_lr=fast', "train.base_lr takes a number, not 'fast'"))
+  for override, expected in cases:
+    r = _run_main(tmp_path, '--config', 'configs/demo.py', '--workdir', 'runs/demo',
+                  f'--config.{override}')
+    assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+    assert r.stderr == f'error: --config.{override}: {expected}\n', r.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['configs']
