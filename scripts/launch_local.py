@@ -113,7 +113,9 @@ def parse_args(argv: list[str]):
   parser = argparse.ArgumentParser(
       description=__doc__.split('\n')[0],
       usage='%(prog)s [options] -- --config CONFIG --workdir DIR [...]')
-  parser.add_argument('--num_processes', type=int, default=1)
+  parser.add_argument('--num_processes', type=int, default=1,
+                      help='training processes on this machine, each with its '
+                      'own devices (default: 1)')
   group = parser.add_mutually_exclusive_group()
   group.add_argument('--gpus_per_process', type=int, default=0,
                      help='GPUs per process (default: all GPUs, one process)')
@@ -124,7 +126,9 @@ def parse_args(argv: list[str]):
   parser.add_argument('--log_dir', default='',
                       help='write process_<i>.log files here (default: '
                       'every process prints to this terminal)')
-  parser.add_argument('--python', default=sys.executable)
+  parser.add_argument('--python', default=sys.executable,
+                      help='Python interpreter that runs the training (default: '
+                      'the one running this script)')
   parser.add_argument('--dry-run', '--dry_run', dest='dry_run',
                       action='store_true', help='print, start nothing')
   # A bad flag is one line (the messages say what to do; --help shows the usage).

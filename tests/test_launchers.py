@@ -67,6 +67,20 @@ def test_local_checks_the_batch_for_training_only():
   assert len(out.splitlines()) == 2
 
 
+def test_local_help_describes_every_option():
+  """--num_processes and --python had no help text in --help."""
+  r = subprocess.run([sys.executable, str(REPO / 'scripts' / 'launch_local.py'), '--help'],
+                     capture_output=True, text=True, timeout=60, check=False)
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.split('options:', 1)[1].splitlines()
+  for i, line in enumerate(lines):
+    if line.startswith('  -'):   # its text on the same line or the next one
+      described = '  ' in line.strip() or (i + 1 < len(lines)
+                                             and lines[i + 1].startswith(' ' * 8))
+      assert described, line
+  assert '--num_processes' in r.stdout and '--python' in r.stdout
+
+
 def test_local_one_process_per_gpu_and_one_process_for_all():
   out = run('launch_local.py', '--num_processes', '2', '--gpus_per_process',
             '4', '--port', '99', '--dry-run', '--', *TRAIN)
