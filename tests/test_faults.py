@@ -475,6 +475,9 @@ def test_bad_data_is_one_line_naming_the_file(tmp_path, case, ledger):
   fault.measure(files_corrupted=len(fu.step_dirs(tmp_path / 'w' / CKPT))
                 + len(fu.partial_entries(tmp_path / 'w' / CKPT)))
   fu.assert_one_line_error(r, expected)
+  if case != 'empty list file':   # a bad example: how to train on without it
+    assert r.stderr.endswith('; pass --config.data.skip_bad_examples=True to train on '
+                             'without it (each example skipped is logged)\n'), r.stderr
   assert not fu.step_dirs(tmp_path / 'w' / CKPT)      # nothing trained or saved
   fault.survive()
 

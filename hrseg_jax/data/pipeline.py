@@ -41,6 +41,9 @@ from hrseg_jax.data import sources
 from hrseg_jax.data import workers
 from hrseg_jax.data.errors import SKIPPED, DataError
 
+# The end of a bad training example's error line.
+SKIP_HINT = ('; pass --config.data.skip_bad_examples=True to train on without it '
+             '(each example skipped is logged)')
 # Consecutive bad examples tolerated (skip_bad_examples) before giving up.
 MAX_CONSECUTIVE_BAD = 32
 _U32 = 2 ** 32
@@ -122,7 +125,7 @@ class _TrainExample:
         example = self.source[index]
       except DataError as e:
         if not self.skip_bad:
-          raise
+          raise DataError(e.path, e.reason + SKIP_HINT) from None
         SKIPPED.record('train', e)
         continue
       return self.transform(example, rng)
