@@ -129,9 +129,10 @@ def entry():
     app.run(main, flags_parser=command_line.parse_flags)
   except KeyboardInterrupt:
     # Ctrl-C where the training loop's own handler is not installed (start-up,
-    # --mode eval/predict): nothing to save, and no traceback.
+    # --mode eval/predict): nothing to save, and no traceback.  An exit at
+    # once: XLA may still be compiling in its threads (pipes.exit_now).
     print('stopped by Ctrl-C', file=sys.stderr)
-    sys.exit(130)
+    pipes.exit_now(130)
 
 
 if __name__ == '__main__':

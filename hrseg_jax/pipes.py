@@ -68,8 +68,23 @@ def _flush_quietly(stream) -> None:
     stream.flush()
   except BrokenPipeError:
     _silence(stream)
-  except (OSError, ValueError):
-    pass
+  except (OSError, ValueError, RuntimeError):   # RuntimeError: from a signal
+    pass   # handler that interrupted a write to the same stream
+
+
+def exit_now(code: int) -> None:
+  """Flushes stdout and stderr, then ends the process at once with ``code``.
+
+  For Ctrl-C: ``sys.exit`` runs the interpreter's shutdown while XLA may
+  still be compiling in its own threads, which can crash it (a segmentation
+  fault after the last line, exit 139).  Nothing else is lost: log files are
+  flushed after every line, and output files are written to a temporary name
+  and renamed.
+  """
+  for stream in (sys.__stdout__, sys.__stderr__):
+    if stream is not None:
+      _flush_quietly(stream)
+  os._exit(code)  # pylint: disable=protected-access
 
 
 def end_quietly_on_broken_pipe() -> None:
