@@ -211,7 +211,8 @@ def test_sigterm_on_one_host_stops_every_host(tmp_path, ledger):
 
 def test_ctrl_c_saves_and_a_second_ctrl_c_exits_at_once(tmp_path, reference, ledger):
   """Ctrl-C: checkpoint at the step boundary, exit 0, resume exactly; a second
-  Ctrl-C right after the first exits at once (killed by SIGINT) without it."""
+  Ctrl-C right after the first exits at once (130) without it, saying which
+  checkpoint is the latest."""
   chain = fu.Chain(fu.write_config(tmp_path / 'config.py'), tmp_path / 'w')
   once = ledger.inject('Ctrl-C after step 3')
   a = chain.run(fault='sigint:3')
@@ -228,8 +229,10 @@ def test_ctrl_c_saves_and_a_second_ctrl_c_exits_at_once(tmp_path, reference, led
   b = chain.run('--config.train.async_checkpoints=False', fault='sigint2:5')
   # Like kill -9: an old step may be left in .deleted/ (the next run purges it).
   _only_complete_steps(twice, b, chain.ckpt_dir)
-  assert b.result.returncode == -2, b.result.tail()
+  assert b.result.returncode == 130, b.result.tail()
   assert b.resumed_from == 3 and b.complete_after[-1] == 4
+  assert b.result.stderr.splitlines()[-1] == ('second Ctrl-C: exiting without saving; '
+                                              'the latest checkpoint is step 4'), b.result.tail()
   assert 'checkpoint saved' not in b.result.stdout
 
   c = chain.run()

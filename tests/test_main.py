@@ -351,7 +351,8 @@ def test_ctrl_c_while_predict_compiles_exits_130_every_time(tmp_path):
 def test_sigterm_and_ctrl_c_notices_reach_log_txt(tmp_path):
   """SIGTERM's and Ctrl-C's notices went to the console only: log.txt (all a
   cluster user may have) now says why the run stopped, and at which step;
-  after a second Ctrl-C (exit at once) the notice is its last line."""
+  a second Ctrl-C (exit 130 at once) says so, on the console too, and which
+  checkpoint is the latest."""
   (tmp_path / 'config.py').write_text(
       'from train_util import tiny_config\n\n\ndef get_config():\n'
       '  return tiny_config(num_steps=6)\n')
@@ -360,7 +361,7 @@ def test_sigterm_and_ctrl_c_notices_reach_log_txt(tmp_path):
   def notices(lines):
     return [l for l in lines if l.startswith(('SIGTERM: ', 'Ctrl-C: '))]
 
-  for fault, returncode in (('sigterm:2', 0), ('sigint2:4', -2)):
+  for fault, returncode in (('sigterm:2', 0), ('sigint2:4', 130)):
     before = log_file.read_text().splitlines() if log_file.exists() else []
     r = _train(tmp_path, '--config', 'config.py', '--workdir', 'runs/s',
                HRSEG_FAULT=fault)
@@ -373,9 +374,12 @@ def test_sigterm_and_ctrl_c_notices_reach_log_txt(tmp_path):
       stopped = [l for l in r.stdout.splitlines() if l.startswith('stopped by SIGTERM')]
       assert stopped and stopped[0].startswith('stopped by SIGTERM at step 2 of 6')
       assert log[-1] == stopped[0], log
-    else:
-      assert log[-1] == shown[0], log
-      assert 'press Ctrl-C again to exit at once' in log[-1]
+    else:   # the second Ctrl-C: one line, here and in log.txt (it exited silently)
+      assert 'press Ctrl-C again to exit at once' in shown[0]
+      last = r.stderr.splitlines()[-1]
+      assert re.fullmatch(r'second Ctrl-C: exiting without saving; the latest checkpoint '
+                          r'is step \d+', last), r.stderr
+      assert log[-2:] == [shown[0], last], log
 
 
 def test_a_stop_at_step_the_run_never_reaches_is_one_line(tmp_path):

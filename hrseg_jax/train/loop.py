@@ -198,6 +198,7 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
                       max_to_keep=config.train.keep_checkpoints,
                       keep_best=config.train.keep_best,
                       async_save=config.train.async_checkpoints)
+  stop.checkpointer = ckpt   # a second Ctrl-C names its latest checkpoint
   if faults:
     faults.install(ckpt.directory)
   order_warning = saved_order = None

@@ -18,8 +18,8 @@ from hrseg_jax import console as console_lib
 class StopSignal:
   """SIGTERM or Ctrl-C -> checkpoint within two steps, then stop.
 
-  A second Ctrl-C exits at once (the default SIGINT action), without a
-  checkpoint.
+  A second Ctrl-C exits at once (exit code 130), without a checkpoint,
+  after one line naming the latest checkpoint.
 
   One process: the signal handler sets a flag that the loop reads after
   every step; since the host runs at most ``loop.QUEUED_STEPS`` steps ahead
@@ -44,6 +44,8 @@ class StopSignal:
     self.reason = None   # what asked to stop, for the run's last line
     # The run's console once it exists: the notices go to its log file too.
     self.console: console_lib.Console | None = None
+    # The run's Checkpointer once it exists: a second Ctrl-C names its latest step.
+    self.checkpointer = None
     self._old = {}
     self._service = False
     self._first_check = True   # should_stop's call before the first step
@@ -89,7 +91,7 @@ class StopSignal:
 
   def _interrupt(self, signum, frame):  # pylint: disable=unused-argument
     import signal  # pylint: disable=g-import-not-at-top
-    signal.signal(signal.SIGINT, signal.SIG_DFL)   # the next Ctrl-C exits at once
+    signal.signal(signal.SIGINT, self._second_interrupt)   # exits at once
     self.reason = 'Ctrl-C'
     self._notice('Ctrl-C: saving a checkpoint after the steps already queued (two '
                  'at most), then stopping (press Ctrl-C again to exit at once, '
@@ -97,6 +99,18 @@ class StopSignal:
     self.requested = True
     if self._service:
       os.kill(os.getpid(), signal.SIGTERM)   # JAX's preemption notice
+
+  def _second_interrupt(self, signum, frame):  # pylint: disable=unused-argument
+    """A second Ctrl-C: one line (console and log.txt), then exit 130 at
+    once, without saving."""
+    from hrseg_jax import pipes  # pylint: disable=g-import-not-at-top
+    try:
+      steps = self.checkpointer.complete_steps() if self.checkpointer else []
+    except OSError:
+      steps = []
+    self._notice('second Ctrl-C: exiting without saving; ' + (
+        f'the latest checkpoint is step {steps[-1]}' if steps else 'no checkpoint yet'))
+    pipes.exit_now(130)
 
   def __exit__(self, *exc):
     import signal  # pylint: disable=g-import-not-at-top
