@@ -36,6 +36,7 @@ so the processes write disjoint files.  ``out_dir`` may be a URI
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import dataclasses
 import os
 import time
@@ -75,20 +76,29 @@ def _strip_ext(path: str) -> str:
   return os.path.splitext(path)[0]
 
 
-def _from_folder(folder: str) -> list[ImageInput]:
+@dataclasses.dataclass(frozen=True)
+class _Unchecked:
+  """An input image not yet decoded, with the ends of its error message
+  (``where``: where it came from, ``hint``: what ``--input`` takes)."""
+  image: ImageInput
+  where: str = ''
+  hint: str = ''
+
+
+def _from_folder(folder: str) -> list[_Unchecked]:
   found = []
   for root, dirs, names in os.walk(folder):
     dirs.sort()
     for name in sorted(names):
       if name.lower().endswith(IMAGE_EXTENSIONS):
         path = os.path.join(root, name)
-        found.append(ImageInput(path, _strip_ext(os.path.relpath(path, folder)),
-                                _check_image_file(path)))
+        found.append(_Unchecked(
+            ImageInput(path, _strip_ext(os.path.relpath(path, folder)))))
   if not found:
     others = other_files(folder)
     raise ValueError(f'{paths.shown(folder)}: no {"/".join(IMAGE_EXTENSIONS)} images found' + (
-        f' (it holds {console.counted(len(others), "other file")}: {", ".join(others[:5])}'
-        + (', …' if len(others) > 5 else '') + ')' if others else ''))
+        f' (it holds {console.counted(len(others), "other file")}: {listed(others)})'
+        if others else ''))
   return found
 
 
@@ -120,7 +130,7 @@ def left_out_line(folder: str) -> str | None:
           f'{listed(others)}')
 
 
-def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
+def _from_list(list_path: str, list_root: str | None) -> list[_Unchecked]:
   root = list_root if list_root is not None else os.path.dirname(list_path)
   out = []
   with open(list_path) as f:
@@ -134,10 +144,10 @@ def _from_list(list_path: str, list_root: str | None) -> list[ImageInput]:
         raise FileNotFoundError(
             f'{paths.shown(path)}: image not found (listed in {paths.shown(list_path)}; '
             f'entries are relative to {paths.shown(root) or "."}, --list_root to change it)')
-      size = _check_image_file(path, f' (listed in {paths.shown(list_path)})')
       rel = _strip_ext(os.path.basename(entry) if os.path.isabs(entry)
                        else os.path.normpath(entry))
-      out.append(ImageInput(path, rel, size))
+      out.append(_Unchecked(ImageInput(path, rel),
+                            where=f' (listed in {paths.shown(list_path)})'))
   if not out:
     raise ValueError(f'{paths.shown(list_path)}: empty list file')
   return out
@@ -177,6 +187,23 @@ def _check_image_file(path: str, where: str = '', hint: str = '') -> tuple[int, 
     raise DataError(path, e.reason + where) from None
 
 
+def _decoded(unchecked: Sequence[_Unchecked]) -> list[ImageInput]:
+  """The images with their sizes, every one decoded (:func:`_check_image_file`)
+  on a pool of threads, one per core (OpenCV decodes without holding the
+  GIL: 40 PNGs of 1024x2048 took 1.6 s one after the other, 0.85 s on two
+  cores); the error is the first bad image's in input order, and the decodes
+  not yet started are cancelled."""
+  workers = max(1, min(len(unchecked), os.cpu_count() or 1, 16))
+  pool = concurrent.futures.ThreadPoolExecutor(workers)
+  try:
+    futures = [pool.submit(_check_image_file, u.image.path, u.where, u.hint)
+               for u in unchecked]
+    return [dataclasses.replace(u.image, size=f.result())
+            for u, f in zip(unchecked, futures)]
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                    list_root: str | None = None, *,
                    cityscapes_test_format: bool = False) -> list[ImageInput]:
@@ -195,7 +222,7 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
   """
   if isinstance(inputs, (str, os.PathLike)):
     inputs = [inputs]
-  found: list[ImageInput] = []
+  found: list[_Unchecked] = []
   for item in inputs:
     path = os.fspath(item)
     if os.path.isdir(path):
@@ -205,10 +232,11 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     elif path.lower().endswith(LIST_EXTENSIONS):
       found += _from_list(path, list_root)
     else:
-      found.append(ImageInput(path, _strip_ext(os.path.basename(path)),
-                              _check_image_file(path, hint=EXPLICIT)))
+      found.append(_Unchecked(ImageInput(path, _strip_ext(os.path.basename(path))),
+                              hint=EXPLICIT))
   if not found:
     raise ValueError('predict: no input images')
+  found = _decoded(found)
   check_unique([f.rel for f in found], found, 'output name')
   if cityscapes_test_format:
     check_unique([os.path.basename(f.rel) for f in found], found, 'test_results name')

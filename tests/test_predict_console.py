@@ -9,9 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from hrseg_jax.convert import __main__ as convert_cli, pth_write
+from hrseg_jax import predict
 from hrseg_jax.convert import convert
 from hrseg_jax.models import registry
 from test_deploy import unwritable_folder
@@ -182,6 +184,7 @@ def test_an_image_that_does_not_decode_fails_before_any_prediction(tmp_path):
         tmp_path / f'photos/{name}.png')
   data = (tmp_path / 'photos/a.png').read_bytes()
   (tmp_path / 'photos/g_corrupt.png').write_bytes(data[:200])
+  (tmp_path / 'photos/h_corrupt.png').write_bytes(data[:300])   # the first one is named
   (tmp_path / 'photos.lst').write_text(''.join(
       f'photos/{n}.png\n' for n in ('a', 'b', 'g_corrupt', 'h')))
   for given, where in ((['photos/'], ''), (['photos.lst'], ' (listed in photos.lst)'),
@@ -268,3 +271,16 @@ def test_predict_and_video_modules_point_to_the_command(tmp_path):
     (line,) = r.stderr.splitlines()
     assert line.startswith(f'error: {what} are predicted by python -m hrseg_jax.main '
                            '--mode predict --checkpoint CKPT --input '), line
+
+
+def test_a_folder_without_images_names_its_first_other_files_and_how_many_more(tmp_path):
+  """The line of a folder without images lists five of the files it holds,
+  then how many more, like the 'left out' line (it ended in a bare '…')."""
+  (tmp_path / 'photos').mkdir()
+  for i in range(7):
+    (tmp_path / f'photos/notes{i}.txt').write_text('x')
+  with pytest.raises(ValueError) as e:
+    predict.resolve_inputs(str(tmp_path / 'photos'))
+  assert str(e.value).endswith(
+      'photos: no .png/.jpg/.jpeg images found (it holds 7 other files: notes0.txt, '
+      'notes1.txt, notes2.txt, notes3.txt, notes4.txt, … (2 more))'), str(e.value)
