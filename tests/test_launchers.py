@@ -122,7 +122,7 @@ BAD_OVERRIDES = [
      "unknown config field 'config.trian.num_steps' (no field 'trian'; "
      'did you mean --config.train.num_steps?)'),
     (['--config.train.num_steps=abc'],
-     "flag --config.train.num_steps=abc: invalid literal for int() with base 10: 'abc'"),
+     "--config.train.num_steps=abc: train.num_steps takes an integer, not 'abc'"),
 ]
 
 
