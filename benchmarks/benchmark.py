@@ -28,6 +28,7 @@ if str(_REPO) not in sys.path:
 
 # Nothing imported here before XLA_FLAGS is final may import JAX.
 from benchmarks.harness import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hrseg_jax import pipes  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _add_xla_flags(flags: str) -> None:
@@ -66,6 +67,7 @@ def _report(paths: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = cli.build_parser().parse_args(argv)
+  pipes.keep_ctrl_c()   # also when it lands in JAX's garbage-collection callback
   if args.child:   # a child of --isolate: XLA_FLAGS already came with the env
     from benchmarks.harness import runner  # pylint: disable=g-import-not-at-top
     try:

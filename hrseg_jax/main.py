@@ -125,6 +125,7 @@ def main(argv):
 def entry():
   from hrseg_jax import pipes  # pylint: disable=g-import-not-at-top
   pipes.end_quietly_on_broken_pipe()
+  pipes.keep_ctrl_c()
   try:
     app.run(main, flags_parser=command_line.parse_flags)
   except KeyboardInterrupt:

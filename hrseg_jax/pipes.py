@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
+import threading
 
 EXIT_CODE = 1
 
@@ -101,3 +103,56 @@ def end_quietly_on_broken_pipe() -> None:
     # What is still buffered when the command ends (a pipe is block-buffered)
     # is flushed here, where a closed pipe is silenced, not at interpreter exit.
     atexit.register(_flush_quietly, stream)
+
+
+# ---- Ctrl-C that a callback would swallow ---------------------------------
+
+_ctrl_c_pending = False
+
+
+def _on_ctrl_c(signum, frame):  # pylint: disable=unused-argument
+  global _ctrl_c_pending
+  _ctrl_c_pending = True
+  raise KeyboardInterrupt
+
+
+def _quiet_lost_ctrl_c(hook):
+  def unraisable(info):
+    if not isinstance(info.exc_value, KeyboardInterrupt):   # raised again later
+      hook(info)
+  return unraisable
+
+
+def keep_ctrl_c() -> None:
+  """Makes Ctrl-C stop a command even when it lands inside a callback.
+
+  Python raises ``KeyboardInterrupt`` wherever the main thread is.  Inside a
+  callback whose exceptions are ignored (JAX runs one at every garbage
+  collection) it is printed as ``Exception ignored in ...`` and lost, and the
+  command would run on to its end.  The handler installed here raises it as
+  Python's does and also remembers it: :func:`raise_if_ctrl_c` raises it again
+  at the command's next check (between images, batches or workloads), and the
+  lost one is not printed.  Only for a command's ``__main__``, in the main
+  thread, and only where Ctrl-C has Python's own handler (a background job
+  that ignores SIGINT keeps ignoring it).
+  """
+  if threading.current_thread() is not threading.main_thread():
+    return
+  if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    return
+  signal.signal(signal.SIGINT, _on_ctrl_c)
+  sys.unraisablehook = _quiet_lost_ctrl_c(sys.unraisablehook)
+
+
+def raise_if_ctrl_c() -> None:
+  """Raises ``KeyboardInterrupt`` if a Ctrl-C was pressed and not handled
+  (see :func:`keep_ctrl_c`)."""
+  if _ctrl_c_pending:
+    raise KeyboardInterrupt
+
+
+def ctrl_c_handled() -> None:
+  """Called where a ``KeyboardInterrupt`` is caught and the command goes on
+  (a video stopped early is still written): the next check does not stop it."""
+  global _ctrl_c_pending
+  _ctrl_c_pending = False

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrseg_jax import console, paths
+from hrseg_jax import console, paths, pipes
 from hrseg_jax.data import decode, label_maps
 from hrseg_jax.data.errors import DataError
 from hrseg_jax.data.transforms import normalize
@@ -435,6 +435,7 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
   results = []
   t0 = time.monotonic()
   for item, image in frames:
+    pipes.raise_if_ctrl_c()
     class_map = predictor.predict(normalize(image))[0]
     encoded = image_outputs(image, class_map, item.rel, out_dir, palette=pal,
                             overlay=overlay, alpha=alpha, test_labels=test_labels)

@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from hrseg_jax import console, paths
+from hrseg_jax import console, paths, pipes
 from hrseg_jax.data.transforms import normalize
 from hrseg_jax.eval import config as eval_config
 from hrseg_jax import files
@@ -239,6 +239,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   try:
     try:
       for batch in _batches(frames, batch_size, name):
+        pipes.raise_if_ctrl_c()
         n = len(batch)
         x = np.stack(batch + [batch[-1]] * (batch_size - n))
         t = time.perf_counter()
@@ -263,6 +264,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
         else:
           log(f'{name}: frame {done}, {done / (time.perf_counter() - start):.1f} frames/s')
     except KeyboardInterrupt:
+      pipes.ctrl_c_handled()
       log(f'{name}: stopped after {console.counted(done, "frame")}')
     if writer is None:
       raise ValueError(f'{paths.shown(source)}: no frames')

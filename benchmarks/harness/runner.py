@@ -28,6 +28,7 @@ from benchmarks.harness import models as models_lib
 from benchmarks.harness import peer as peer_lib
 from benchmarks.harness import report, schema
 from benchmarks.harness.cli import Settings
+from hrseg_jax import pipes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _MAX_ERROR = 2000
@@ -116,6 +117,7 @@ def _run_model(key: str, settings: Settings, doc: dict[str, Any],
     doc['results'] += [_stub(key, d, m, 'error', text) for d, m in todo]
     return
   for dtype, mode in todo:
+    pipes.raise_if_ctrl_c()
     if _over_budget(settings, start):
       rec = _stub(key, dtype, mode, 'skipped',
                   f'time budget of {settings.time_budget_s:g} s spent')
@@ -123,6 +125,7 @@ def _run_model(key: str, settings: Settings, doc: dict[str, Any],
       try:
         rec = workloads.RUNNERS[mode](bench_model, dtype, variables, settings, rng)
         rec['init_s'] = init_s
+        pipes.raise_if_ctrl_c()   # one pressed during it: not recorded
       except Exception:  # pylint: disable=broad-except
         text = traceback.format_exc()
         print(text, file=sys.stderr)
@@ -193,6 +196,7 @@ def run_isolated(settings: Settings, argv: list[str], script: str) -> dict[str, 
         sub = dataclasses.replace(settings, models=[key], dtypes=[dtype],
                                   budget_spent_s=time.perf_counter() - start)
         got = _child(sub, argv, script)
+        pipes.raise_if_ctrl_c()
         if isinstance(got, str):
           doc['results'] += [_stub(key, dtype, m, 'error', got)
                              for m in settings.modes]

@@ -35,7 +35,7 @@ import numpy as np
 
 from hrseg_jax.data import pipeline
 from hrseg_jax.data.transforms import normalize
-from hrseg_jax import console, files
+from hrseg_jax import console, files, pipes
 from hrseg_jax.eval import classes, metrics, multihost, visuals
 from hrseg_jax.eval import config as eval_config
 from hrseg_jax.eval.inference import Predictor, label_prediction
@@ -214,6 +214,7 @@ def evaluate(model_cfg: Mapping[str, Any], variables, data_cfg, eval_cfg, *,
         files.write_bytes_atomic(prediction_path(out_dir, ex['id']),
                                  files.encode_png(pred.astype(np.uint8)))
     done += len(group)
+    pipes.raise_if_ctrl_c()
     if main and progress.due(done, progress_seconds):
       log(progress.line(done))
 

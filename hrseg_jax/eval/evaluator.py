@@ -39,7 +39,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hrseg_jax import console, paths
+from hrseg_jax import console, paths, pipes
 from hrseg_jax.data import pipeline, sources
 from hrseg_jax.data.imagenet_stats import MEAN, STD
 from hrseg_jax.eval import classes, evaluate, palettes, visuals
@@ -340,6 +340,7 @@ class ValidationEvaluator(Evaluator):
     done = 0
     self.compile_s = 0.0
     for local in it:
+      pipes.raise_if_ctrl_c()
       batch = self.to_global(local)
       if not placed:   # the variables join the batches' devices
         variables, placed = _on_devices_of(variables, batch['image'].sharding), True

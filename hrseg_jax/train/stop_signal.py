@@ -53,6 +53,8 @@ class StopSignal:
   def __enter__(self):
     import signal  # pylint: disable=g-import-not-at-top
     import threading  # pylint: disable=g-import-not-at-top
+    from hrseg_jax import pipes  # pylint: disable=g-import-not-at-top
+    pipes.raise_if_ctrl_c()   # one pressed during start-up that a callback lost
     self._service = jax.process_count() > 1 and _sync_ok()
     if threading.current_thread() is threading.main_thread():
       self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
