@@ -168,7 +168,7 @@ def flag_error(error: BaseException, argv) -> str:
 # What Python says of a value that does not parse, and the type it expected.
 _TYPE_ERRORS = (('invalid literal for int()', 'an integer'),
                 ('could not convert string to float', 'a number'),
-                ('Non-boolean argument to boolean flag', 'True or False'))
+                ('Non-boolean argument to boolean flag', 'true or false'))
 
 
 def _wrong_type(message: str) -> str | None:
@@ -180,7 +180,7 @@ def _wrong_type(message: str) -> str | None:
     return None
   field, value, why = found.groups()
   for text, expected in _TYPE_ERRORS:
-    if why.startswith(text):
+    if why.lstrip("('").startswith(text):   # the boolean's is a tuple's repr
       return f'--config.{field}={value}: {field} takes {expected}, not {value!r}'
   return None
 

@@ -262,7 +262,8 @@ def test_config_override_of_the_wrong_type_names_the_field(tmp_path):
   shutil.copy(REPO / 'configs' / 'demo.py', tmp_path / 'configs' / 'demo.py')
   cases = (('train.num_steps=abc', "train.num_steps takes an integer, not 'abc'"),
            ('train.batch_size=1.5', "train.batch_size takes an integer, not '1.5'"),
-           ('train.base_lr=fast', "train.base_lr takes a number, not 'fast'"))
+           ('train.base_lr=fast', "train.base_lr takes a number, not 'fast'"),
+           ('eval.flip=maybe', "eval.flip takes true or false, not 'maybe'"))
   for override, expected in cases:
     r = _run_main(tmp_path, '--config', 'configs/demo.py', '--workdir', 'runs/demo',
                   f'--config.{override}')
