@@ -87,16 +87,21 @@ def parse_args(argv: list[str]):
   parser = argparse.ArgumentParser(
       description=__doc__.split('\n')[0],
       usage='%(prog)s [options] -- --config CONFIG --workdir DIR [...]')
-  parser.add_argument('--nodes', type=int, default=1)
-  parser.add_argument('--gpus_per_node', type=int, default=8)
+  parser.add_argument('--nodes', type=int, default=1, help='nodes (hosts) of the job')
+  parser.add_argument('--gpus_per_node', type=int, default=8,
+                      help='GPUs used on each node')
   parser.add_argument('--per', choices=('node', 'gpu'), default='node',
                       help='one process per node (default) or per GPU')
-  parser.add_argument('--job_name', default='hrseg')
-  parser.add_argument('--partition', default='')
-  parser.add_argument('--account', default='')
+  parser.add_argument('--job_name', default='hrseg', help='Slurm job name')
+  parser.add_argument('--partition', default='',
+                      help="Slurm partition (default: the cluster's)")
+  parser.add_argument('--account', default='',
+                      help="Slurm account (default: the user's)")
   parser.add_argument('--time', default='', help='e.g. 2-00:00:00')
   parser.add_argument('--mem', default='', help="e.g. 0 (all of the node's)")
-  parser.add_argument('--cpus_per_task', type=int, default=0)
+  parser.add_argument('--cpus_per_task', type=int, default=0,
+                      help="CPUs per process, for the data pipeline's workers "
+                      "(0: the cluster's default)")
   parser.add_argument('--signal_s', type=int, default=300,
                       help='SIGTERM this long before the time limit')
   parser.add_argument('--requeue', action='store_true',
@@ -105,7 +110,8 @@ def parse_args(argv: list[str]):
   parser.add_argument('--setup', action='append', default=[],
                       help='shell line run first on the batch node, e.g. '
                       '"module load cuda" (repeatable)')
-  parser.add_argument('--python', default='python')
+  parser.add_argument('--python', default='python',
+                      help='the Python that runs training on the nodes')
   parser.add_argument('--log_dir', default='slurm_logs',
                       help='sbatch script and job output go here')
   parser.add_argument('--dry-run', '--dry_run', dest='dry_run',

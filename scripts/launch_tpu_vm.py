@@ -168,19 +168,23 @@ def parse_args(argv: list[str]):
   parser.add_argument('step', choices=('create', 'setup', 'train', 'logs',
                                        'stop', 'delete'))
   parser.add_argument('--name', required=True, help='TPU VM name')
-  parser.add_argument('--zone', required=True)
-  parser.add_argument('--project', default='')
+  parser.add_argument('--zone', required=True, help='e.g. us-central2-b')
+  parser.add_argument('--project', default='',
+                      help="Google Cloud project (default: gcloud's)")
   parser.add_argument('--accelerator', default='',
                       help='create, train: the slice type, e.g. v4-8, v4-32, '
                       'v5litepod-8, v5p-8, v6e-8 (train checks against it)')
   parser.add_argument('--version', default='',
                       help='TPU runtime version (default: by generation)')
-  parser.add_argument('--spot', action='store_true')
-  parser.add_argument('--python_version', default='3.11')
+  parser.add_argument('--spot', action='store_true',
+                      help='create: on Spot capacity (can be preempted)')
+  parser.add_argument('--python_version', default='3.11',
+                      help="setup: the workers' virtual environment's Python")
   parser.add_argument('--jax_version',
                       default=importlib.metadata.version('jax'),
                       help='jax[tpu] version installed (default: this one)')
-  parser.add_argument('--tmp_dir', default='/tmp')
+  parser.add_argument('--tmp_dir', default='/tmp',
+                      help='setup: where the source tarball is made on this machine')
   parser.add_argument('--worker', default='0', help='logs: which worker')
   parser.add_argument('--allow_local_workdir', action='store_true',
                       help='train: accept a non-gs:// --workdir on a '

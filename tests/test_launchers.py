@@ -67,9 +67,11 @@ def test_local_checks_the_batch_for_training_only():
   assert len(out.splitlines()) == 2
 
 
-def test_local_help_describes_every_option():
-  """--num_processes and --python had no help text in --help."""
-  r = subprocess.run([sys.executable, str(REPO / 'scripts' / 'launch_local.py'), '--help'],
+@pytest.mark.parametrize('script', ['launch_local.py', 'launch_slurm.py', 'launch_tpu_vm.py'])
+def test_help_describes_every_option(script):
+  """--num_processes and --python (launch_local), --nodes, --partition ...
+  (launch_slurm), --zone, --spot ... (launch_tpu_vm) had no help text."""
+  r = subprocess.run([sys.executable, str(REPO / 'scripts' / script), '--help'],
                      capture_output=True, text=True, timeout=60, check=False)
   assert r.returncode == 0, r.stderr
   lines = r.stdout.split('options:', 1)[1].splitlines()
@@ -78,7 +80,7 @@ def test_local_help_describes_every_option():
       described = '  ' in line.strip() or (i + 1 < len(lines)
                                              and lines[i + 1].startswith(' ' * 8))
       assert described, line
-  assert '--num_processes' in r.stdout and '--python' in r.stdout
+  assert '--python' in r.stdout or '--zone' in r.stdout
 
 
 def test_local_one_process_per_gpu_and_one_process_for_all():
