@@ -166,7 +166,9 @@ def parse_args(argv: list[str]):
   own, train_args = launch_args.split(argv)
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('step', choices=('create', 'setup', 'train', 'logs',
-                                       'stop', 'delete'))
+                                       'stop', 'delete'),
+                      help='create the VM, set up (copy this code, install '
+                      'JAX), train, show logs, stop training, delete the VM')
   parser.add_argument('--name', required=True, help='TPU VM name')
   parser.add_argument('--zone', required=True, help='e.g. us-central2-b')
   parser.add_argument('--project', default='',
