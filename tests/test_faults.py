@@ -41,6 +41,7 @@ FAULTS_PER_TEST = {
     'test_full_disk_on_one_of_two_hosts_ends_the_run': 1,
     'test_nonfinite_loss_skipped_and_counted': 1,
     'test_bad_data_is_one_line_naming_the_file': 1,
+    'test_bad_validation_image_says_how_to_evaluate_without_it': 1,
     'test_bad_config_is_one_line_naming_the_field': 1,
     'test_unwritable_workdir_is_one_line': 1,
     'test_resuming_another_models_checkpoint_is_one_line': 1,
@@ -48,7 +49,7 @@ FAULTS_PER_TEST = {
     'test_corrupt_latest_checkpoint_is_one_line': 1,
     'test_init_from_a_missing_checkpoint_is_one_line': 1,
 }
-FAULTS_IN_SUITE = 32
+FAULTS_IN_SUITE = 33
 
 
 @pytest.fixture
@@ -482,6 +483,27 @@ def test_bad_data_is_one_line_naming_the_file(tmp_path, case, ledger):
     assert r.stderr.endswith('; pass --config.data.skip_bad_examples=True to train on '
                              'without it (each example skipped is logged)\n'), r.stderr
   assert not fu.step_dirs(tmp_path / 'w' / CKPT)      # nothing trained or saved
+  fault.survive()
+
+
+def test_bad_validation_image_says_how_to_evaluate_without_it(tmp_path, ledger):
+  """A corrupt validation image during training's evaluation was a bare
+  'cannot decode image', without the hint a bad training image gives."""
+  fault = ledger.inject('data: corrupt validation image')
+  root = tmp_path / 'data'
+  train_list = _write_dataset(root)
+  (root / 'img' / 'v5.png').write_bytes(os.urandom(600))
+  (root / 'val.lst').write_text('img/4.png lbl/4.png\nimg/v5.png lbl/5.png\n')
+  config = fu.write_config(
+      tmp_path / 'config.py', num_steps=2, data__source='files', data__root=str(root),
+      data__train_list=str(train_list), data__val_list=str(root / 'val.lst'),
+      data__num_workers=0, eval__every_steps=2)
+  r = fu.run(config, tmp_path / 'w')
+  fault.measure(files_corrupted=0)
+  fu.assert_one_line_error(r, f'{root / "img" / "v5.png"}: cannot decode image')
+  assert r.stderr.endswith('; pass --config.data.skip_bad_examples=True to evaluate '
+                           'without it (each example skipped is logged, and counted '
+                           'in the results)\n'), r.stderr
   fault.survive()
 
 

@@ -44,6 +44,9 @@ from hrseg_jax.data.errors import SKIPPED, DataError
 # The end of a bad training example's error line.
 SKIP_HINT = ('; pass --config.data.skip_bad_examples=True to train on without it '
              '(each example skipped is logged)')
+# The end of a bad evaluation example's error line.
+EVAL_SKIP_HINT = ('; pass --config.data.skip_bad_examples=True to evaluate without it '
+                  '(each example skipped is logged, and counted in the results)')
 # Consecutive bad examples tolerated (skip_bad_examples) before giving up.
 MAX_CONSECUTIVE_BAD = 32
 _U32 = 2 ** 32
@@ -259,7 +262,7 @@ class _EvalExample:
         example = self.source[index]
       except DataError as e:
         if not self.skip_bad:
-          raise
+          raise DataError(e.path, e.reason + EVAL_SKIP_HINT) from None
         SKIPPED.record(self.split, e)
       else:
         out = self.transform(example, np.random.default_rng([0, index]))
@@ -312,11 +315,12 @@ def eval_batch_ids(data_cfg, *, batch_size: int, shard_index: int = 0,
   return [ids[b:b + batch_size] for b in range(0, plan.length, batch_size)]
 
 
-class _SkippingSource:
-  """Returns None (counted, logged) instead of raising for bad examples."""
+class _EvalSource:
+  """A bad example: None (counted, logged) with data.skip_bad_examples,
+  else its error, saying how to evaluate without it."""
 
-  def __init__(self, source, split: str):
-    self.source, self.split = source, split
+  def __init__(self, source, split: str, skip_bad: bool):
+    self.source, self.split, self.skip_bad = source, split, skip_bad
 
   def __len__(self):
     return len(self.source)
@@ -325,6 +329,8 @@ class _SkippingSource:
     try:
       return self.source[index]
     except DataError as e:
+      if not self.skip_bad:
+        raise DataError(e.path, e.reason + EVAL_SKIP_HINT) from None
       SKIPPED.record(self.split, e)
       return None
 
@@ -341,8 +347,7 @@ def eval_examples(data_cfg, split: str = 'val') -> grain.MapDataset:
   sliding-window prediction is :mod:`hrseg_jax.eval.inference`).  With
   data.skip_bad_examples a bad example is None (MapDataset's "filtered").
   """
-  source = sources.make_source(data_cfg, split)
-  if data_cfg.skip_bad_examples:
-    source = _SkippingSource(source, split)
+  source = _EvalSource(sources.make_source(data_cfg, split), split,
+                       bool(data_cfg.skip_bad_examples))
   return grain.MapDataset.source(source).map(
       augment.FullEvalTransform(data_cfg))
