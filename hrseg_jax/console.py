@@ -218,9 +218,10 @@ def _cpu_only(tf):
   return tf
 
 
-def _stamped(text: str) -> str:
-  """``text``'s lines as the log file holds them, each after the time."""
-  stamp = time.strftime('%Y-%m-%d %H:%M:%S')
+def _stamped(text: str, at: float | None = None) -> str:
+  """``text``'s lines as the log file holds them, each after the time
+  (``at``, seconds since the epoch; default: now)."""
+  stamp = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))
   return ''.join(f'{stamp}  {line}\n' for line in str(text).splitlines() or [''])
 
 
@@ -249,10 +250,12 @@ class Console:
       print(text, flush=True)
       self.log(text)
 
-  def log(self, text: str) -> None:
-    """Appends ``text`` to the log file only."""
+  def log(self, text: str, at: float | None = None) -> None:
+    """Appends ``text`` to the log file only, stamped with the time ``at``
+    (``time.time()``'s; default: now): a line printed before the file existed
+    keeps the time it was printed."""
     if self._file is not None:
-      self._file.write(_stamped(text))
+      self._file.write(_stamped(text, at))
       self._file.flush()
 
   def notice(self, text: str) -> None:

@@ -217,3 +217,22 @@ def test_sigterm_after_ctrl_c_keeps_the_ctrl_c(capfd):
     assert stop.should_stop(1)
   assert stop.reason == 'Ctrl-C'
   assert capfd.readouterr().err.count('saving a checkpoint') == 1
+
+
+def test_start_up_lines_keep_the_time_they_were_printed_in_log_txt(tmp_path, monkeypatch):
+  """The devices/batch/steps/data lines are printed before the workdir (and
+  log.txt) exists; log.txt stamped them with the time it was opened, after a
+  train.init_from conversion that can take minutes."""
+  import time  # pylint: disable=g-import-not-at-top
+  read, started = loop.pretrained.read_init_weights, []
+
+  def slow_read(*args):   # a conversion of two seconds
+    started.append(time.strftime('%Y-%m-%d %H:%M:%S'))
+    time.sleep(2)
+    return read(*args)
+
+  monkeypatch.setattr(loop.pretrained, 'read_init_weights', slow_read)
+  loop.train_and_evaluate(tiny_config(num_steps=1), str(tmp_path / 'w'))
+  lines = (tmp_path / 'w' / 'log.txt').read_text().splitlines()
+  stamp = {line[21:].split()[0]: line[:19] for line in lines if len(line) > 21}
+  assert stamp['devices'] <= started[0] < stamp['model'], (started, lines[:10])

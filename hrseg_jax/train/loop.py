@@ -108,11 +108,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # A .pth is converted in memory: seconds to minutes for a big model.
     printed.append(f'reading train.init_from {paths.shown(config.train.init_from)}')
   console_lib.Console(enabled=jax.process_index() == 0).print('\n'.join(printed))
+  printed_at = time.time()
   init = pretrained.read_init_weights(config, workdir)   # a file that does not fit, too
   faults = faults_lib.Faults.from_env()
   with StopSignal() as stop:
     return _train(config, run_dir.make_workdir(paths.resolve(os.fspath(workdir))), stop,
-                  faults, num_train, init, printed=printed)
+                  faults, num_train, init, printed=(printed_at, printed))
 
 
 def plan_lines(config, num_train: int) -> str:
@@ -132,18 +133,21 @@ def plan_lines(config, num_train: int) -> str:
 
 def _train(config, workdir: epath.Path, stop: StopSignal,
            faults: faults_lib.Faults, num_train: int, init=None,
-           printed=()) -> dict:
+           printed=(None, ())) -> dict:
   """:func:`train_and_evaluate` once the workdir and the SIGTERM handler exist
-  (``init``: :func:`pretrained.read_init_weights`; ``printed``: the lines
-  printed before the workdir existed)."""
+  (``init``: :func:`pretrained.read_init_weights`; ``printed``: the time and
+  the lines printed before the workdir existed)."""
   metric_writers = tb_writer.clu_metric_writers()  # TensorBoard without TensorFlow
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_main, asynchronous=True)
   loss_log = LossLog(workdir / run_dir.LOSSES_FILE, enabled=is_main)
   console = console_lib.Console(workdir / run_dir.LOG_FILE, enabled=is_main)
-  for line in [*printed, *(init[1].get('console_lines', []) if init else [])]:
-    console.log(line)   # printed before the workdir existed (train.init_from's BN scale)
+  printed_at, lines = printed
+  for line in lines:
+    console.log(line, at=printed_at)   # printed before the workdir existed
+  for line in init[1].get('console_lines', []) if init else []:
+    console.log(line)   # train.init_from's BN scale
   stop.console = console   # SIGTERM's and Ctrl-C's notices reach log.txt too
   try:
     return _train_logged(config, workdir, stop, faults, num_train, writer, loss_log,
