@@ -270,3 +270,36 @@ def test_config_override_of_the_wrong_type_names_the_field(tmp_path):
     assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
     assert r.stderr == f'error: --config.{override}: {expected}\n', r.stderr
   assert sorted(p.name for p in tmp_path.iterdir()) == ['configs']
+
+
+_BROKEN_CONFIGS = {
+    'syntax.py': ('def get_config(:\n', 'syntax.py, line 1: SyntaxError: invalid syntax'),
+    'raises.py': ('def get_config():\n  return 1 / 0\n',
+                  'raises.py, line 2: ZeroDivisionError: division by zero'),
+    'checks.py': ('def get_config():\n  raise ValueError("crop larger than the images")\n',
+                  'checks.py, line 2: ValueError: crop larger than the images'),
+    'no_function.py': ('x = 1\n', 'no_function.py: no get_config() function'),
+    'config.json': ('{"seed": 1, "eval": {"flip": true}}\n',
+                    "--config config.json: not a Python config file; a run's config.json"),
+    'seg_hrnet_w48.yaml': ('MODEL:\n  NAME: seg_hrnet\n',
+                           "--config seg_hrnet_w48.yaml: not a Python config file; the "
+                           "original's experiments/*.yaml are configs/*.py here"),
+}
+
+
+@pytest.mark.parametrize('name', sorted(_BROKEN_CONFIGS))
+def test_a_config_file_that_does_not_run_is_one_line_with_its_line(tmp_path, name):
+  """A config file with a bug, a run's config.json or the original's YAML
+  ended in a Python traceback (exit 1), from absl's flag parsing."""
+  text, expected = _BROKEN_CONFIGS[name]
+  (tmp_path / name).write_text(text)
+  r = _run_main(tmp_path, '--config', name, '--workdir', 'runs/x')
+  assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+  assert r.stderr.startswith(f'error: {expected}') and r.stderr.count('\n') == 1, r.stderr
+  assert not (tmp_path / 'runs').exists()
+  # The other commands that read a config file say the same.
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.summary', '--config', name],
+                     cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                     capture_output=True, text=True, timeout=300, check=False)
+  assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+  assert r.stderr.startswith(f'error: {expected}') and r.stderr.count('\n') == 1, r.stderr
