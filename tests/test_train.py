@@ -236,3 +236,19 @@ def test_start_up_lines_keep_the_time_they_were_printed_in_log_txt(tmp_path, mon
   lines = (tmp_path / 'w' / 'log.txt').read_text().splitlines()
   stamp = {line[21:].split()[0]: line[:19] for line in lines if len(line) > 21}
   assert stamp['devices'] <= started[0] < stamp['model'], (started, lines[:10])
+
+
+def test_loss_log_keeps_the_steps_up_to_the_checkpoint(tmp_path):
+  """Resuming from step 3: the lines of steps 4.. (an earlier run's, killed
+  after them) and a torn last line go, in one rewrite; nothing to drop, no
+  rewrite."""
+  from hrseg_jax.train.hooks import LossLog  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'losses.txt'
+  path.write_text('1 2.5\n2 2.25\n3 2.0\n4 1.75\n5 1.5\n6')
+  log = LossLog(path)
+  assert log.keep_up_to(3) == 3
+  assert path.read_text() == '1 2.5\n2 2.25\n3 2.0\n'
+  before = path.stat().st_mtime_ns, path.stat().st_ino
+  assert log.keep_up_to(3) == 0 and (path.stat().st_mtime_ns, path.stat().st_ino) == before
+  log.append([(4, 1.25)])
+  assert path.read_text().splitlines()[-1] == '4 1.25'

@@ -52,7 +52,7 @@ class LossLog:
       return 0
     with open(self.path, encoding='utf-8', errors='replace') as f:
       lines = f.read().splitlines()
-    kept = [l for l in lines if _line_step(l) is not None and _line_step(l) <= step]
+    kept = [l for l in lines if (s := _line_step(l)) is not None and s <= step]
     if len(kept) < len(lines):
       files.write_bytes_atomic(self.path, ''.join(l + '\n' for l in kept).encode())
     return len(lines) - len(kept)
