@@ -174,5 +174,4 @@ def main(argv=None) -> int:
 
 if __name__ == '__main__':
   from hrseg_jax import pipes  # pylint: disable=g-import-not-at-top
-  pipes.end_quietly_on_broken_pipe()
-  sys.exit(main())
+  pipes.run_command(main)

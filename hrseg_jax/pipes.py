@@ -14,6 +14,7 @@ left half-written (they are written to a temporary name and renamed).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sys
@@ -156,3 +157,43 @@ def ctrl_c_handled() -> None:
   (a video stopped early is still written): the next check does not stop it."""
   global _ctrl_c_pending
   _ctrl_c_pending = False
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred():
+  """Holds a Ctrl-C pressed in the block back until the block ends.
+
+  For writes that background threads finish (Orbax's): a KeyboardInterrupt
+  in the middle would delete the temporary folder while they still write
+  into it, leaving it behind.  At the end of the block the Ctrl-C is
+  delivered again, to the handler that was there before.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  pressed = []
+  old = signal.getsignal(signal.SIGINT)
+  if old is not signal.SIG_IGN:
+    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+  try:
+    yield
+  finally:
+    if old is not signal.SIG_IGN:
+      signal.signal(signal.SIGINT, signal.SIG_DFL if old is None else old)
+  if pressed:
+    signal.raise_signal(signal.SIGINT)
+
+
+def run_command(main) -> None:
+  """A command's ``__main__``: ``sys.exit(main())``, where a reader that goes
+  away ends it quietly (:func:`end_quietly_on_broken_pipe`) and Ctrl-C is
+  one line, ``stopped by Ctrl-C``, and exit code 130, after the files being
+  written are cleaned up (not a traceback)."""
+  end_quietly_on_broken_pipe()
+  keep_ctrl_c()
+  try:
+    code = main()
+  except KeyboardInterrupt:
+    print('stopped by Ctrl-C', file=sys.stderr)
+    exit_now(130)   # XLA may still be compiling in its threads
+  sys.exit(code)

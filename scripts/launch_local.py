@@ -306,5 +306,4 @@ def _join(relays: list[launch_relay.Relay], timeout_s: float = 5.0) -> None:
 
 if __name__ == '__main__':
   from hrseg_jax import pipes  # pylint: disable=g-import-not-at-top
-  pipes.end_quietly_on_broken_pipe()
-  sys.exit(main())
+  pipes.run_command(main)

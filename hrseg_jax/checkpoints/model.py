@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from hrseg_jax import console, paths
+from hrseg_jax import console, files, paths, pipes
 from hrseg_jax.checkpoints import manifest
 from hrseg_jax.overwrite import check_replaceable
 
@@ -126,6 +126,7 @@ def save_model(directory, variables: Mapping, model_cfg: Mapping,
   _check_json({'model': dict(model_cfg), 'meta': dict(meta or {})},
               f'the model config or metadata of {paths.shown(directory)}')
   parent = directory.parent
+  made = files.missing_folders(os.fspath(parent))   # removed again on failure
   if not parent.exists():
     parent.mkdir(parents=True, exist_ok=True)
   if not parent.is_dir():
@@ -135,13 +136,15 @@ def save_model(directory, variables: Mapping, model_cfg: Mapping,
   tmp = parent / f'.{directory.name}.tmp-{tag}'
   old = parent / f'.{directory.name}.old-{tag}'
   try:
-    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
-    with ocp.CheckpointManager(tmp, options=options) as mngr:
-      mngr.save(step, args=ocp.args.Composite(**{
-          VARIABLES: ocp.args.StandardSave(_numpy_tree(dict(variables))),
-          MODEL: ocp.args.JsonSave({'model': dict(model_cfg), 'meta': dict(meta or {})}),
-      }))
-      mngr.wait_until_finished()
+    # Ctrl-C waits for Orbax's writing threads, then the folder is removed.
+    with pipes.ctrl_c_deferred():
+      options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
+      with ocp.CheckpointManager(tmp, options=options) as mngr:
+        mngr.save(step, args=ocp.args.Composite(**{
+            VARIABLES: ocp.args.StandardSave(_numpy_tree(dict(variables))),
+            MODEL: ocp.args.JsonSave({'model': dict(model_cfg), 'meta': dict(meta or {})}),
+        }))
+        mngr.wait_until_finished()
     if not str(tmp).startswith(('gs://', 's3://')):
       manifest.write(os.fspath(tmp / str(step)), step)
     if directory.exists():
@@ -152,6 +155,7 @@ def save_model(directory, variables: Mapping, model_cfg: Mapping,
       shutil.rmtree(os.fspath(tmp), ignore_errors=True)
     if old.exists() and not directory.exists():
       old.rename(directory)
+    files.remove_empty_folders(made)
     raise
   if old.exists():
     shutil.rmtree(os.fspath(old), ignore_errors=True)
