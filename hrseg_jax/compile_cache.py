@@ -29,6 +29,16 @@ def resolve_dir(flag_value: str | None, env=None) -> str:
   return env.get(ENV_DIR) or default_dir(env)
 
 
+def _check_folder(path: str, named: str) -> None:
+  """ValueError (one line) when a file is where the folder (or one above
+  it) would be: JAX would warn at every compilation and cache nothing."""
+  from hrseg_jax import paths  # pylint: disable=g-import-not-at-top
+  blocker = path if os.path.isfile(path) else paths.file_above(path)
+  if blocker:
+    raise ValueError(f'{named} {paths.shown(path)}: {paths.shown(blocker)} is a file, '
+                     'not a folder (pass another folder, or --nocompilation_cache)')
+
+
 def configure(enabled: bool, flag_value: str | None = None) -> str | None:
   """Turns the persistent cache on (returns its folder) or off (None)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -36,6 +46,8 @@ def configure(enabled: bool, flag_value: str | None = None) -> str | None:
     jax.config.update('jax_enable_compilation_cache', False)
     return None
   path = resolve_dir(flag_value)
+  _check_folder(path, '--compilation_cache_dir' if flag_value else
+                f'${ENV_DIR}' if os.environ.get(ENV_DIR) else 'the compilation cache')
   jax.config.update('jax_compilation_cache_dir', path)
   jax.config.update('jax_enable_compilation_cache', True)
   return path

@@ -303,3 +303,26 @@ def test_a_config_file_that_does_not_run_is_one_line_with_its_line(tmp_path, nam
                      capture_output=True, text=True, timeout=300, check=False)
   assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
   assert r.stderr.startswith(f'error: {expected}') and r.stderr.count('\n') == 1, r.stderr
+
+
+@pytest.mark.parametrize('where', ['flag', 'below a file', 'environment'])
+def test_a_file_as_the_compilation_cache_folder_is_one_line(tmp_path, where):
+  """JAX warned at every compilation (a raw UserWarning with its source
+  line) and trained on without a cache."""
+  (tmp_path / 'configs').mkdir()
+  shutil.copy(REPO / 'configs' / 'demo.py', tmp_path / 'configs' / 'demo.py')
+  (tmp_path / 'a.png').write_bytes(b'not a folder')
+  args = ['--config', 'configs/demo.py', '--workdir', 'runs/demo']
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  named = {'flag': '--compilation_cache_dir a.png', 'below a file':
+           '--compilation_cache_dir a.png/xla', 'environment': '$JAX_COMPILATION_CACHE_DIR a.png'}
+  if where == 'environment':
+    env['JAX_COMPILATION_CACHE_DIR'] = 'a.png'
+  else:
+    args += ['--compilation_cache_dir', named[where].split()[1]]
+  r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', *args], cwd=tmp_path,
+                     env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+  assert r.stderr == (f'error: {named[where]}: a.png is a file, not a folder (pass another '
+                      'folder, or --nocompilation_cache)\n'), r.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['a.png', 'configs']
