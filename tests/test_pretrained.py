@@ -324,3 +324,19 @@ def test_converted_init_from_start_line_names_the_pth_it_was_converted_from(tmp_
       '(8 tensors) freshly initialised, 2 keys of the .pth it was converted from not used '
       '(classifier, incre_modules); compiling the training step (the first step line '
       'includes it)'], r.stdout
+
+
+def test_a_resumed_run_says_it_does_not_read_init_from(tmp_path, capsys):
+  """A resumed run never reads train.init_from; it said nothing of it, even
+  of a path that is not there."""
+  from hrseg_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from train_util import tiny_config  # pylint: disable=g-import-not-at-top
+  loop.train_and_evaluate(tiny_config(num_steps=1), str(tmp_path / 'w'))
+  c = tiny_config(num_steps=2)
+  c.train.init_from = 'nothere.pth'
+  capsys.readouterr()
+  loop.train_and_evaluate(c, str(tmp_path / 'w'))
+  start = [l for l in capsys.readouterr().out.splitlines() if l.startswith('start ')]
+  assert len(start) == 1 and start[0].startswith('start       resumed from step 1 '), start
+  assert ('; train.init_from nothere.pth not read (a resumed run restores its own '
+          'weights)') in start[0], start

@@ -218,6 +218,9 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
              f'({paths.shown(ckpt.directory / str(int(state.step)))})'
              + resume.topology_change(saved_meta.get('topology'), resume.topology())
              + run_length.change_note(previous_length, config.to_dict(), num_steps))
+      if config.train.init_from:   # given, and silently unused before
+        how += (f'; train.init_from {paths.shown(config.train.init_from)} not read '
+                '(a resumed run restores its own weights)')
     elif config.train.init_from:
       state = pretrained.load_init_weights(state, config.train.init_from, model_cfg, init)
       how = (f'initialised from {paths.shown(config.train.init_from)}'
