@@ -212,11 +212,26 @@ def test_sigterm_after_ctrl_c_keeps_the_ctrl_c(capfd):
   also sends SIGTERM: one notice, and the run's last line says Ctrl-C."""
   import signal  # pylint: disable=g-import-not-at-top
   with StopSignal() as stop:
+    assert not stop.should_stop(0)   # the first step runs
     os.kill(os.getpid(), signal.SIGINT)
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop.should_stop(1)
   assert stop.reason == 'Ctrl-C'
   assert capfd.readouterr().err.count('saving a checkpoint') == 1
+
+
+@pytest.mark.parametrize('name', ['SIGINT', 'SIGTERM'])
+def test_a_stop_before_the_first_step_does_not_promise_a_checkpoint(capfd, name):
+  """Ctrl-C while the model initialised said 'saving a checkpoint after the
+  steps already queued', then 'no step trained, nothing saved'."""
+  import signal  # pylint: disable=g-import-not-at-top
+  with StopSignal() as stop:
+    os.kill(os.getpid(), getattr(signal, name))
+    assert stop.should_stop(0)
+  err = capfd.readouterr().err
+  why = 'Ctrl-C' if name == 'SIGINT' else 'SIGTERM'
+  assert err.startswith(f'{why}: stopping before the first step'), err
+  assert 'saving' not in err, err
 
 
 def test_start_up_lines_keep_the_time_they_were_printed_in_log_txt(tmp_path, monkeypatch):

@@ -87,7 +87,8 @@ class StopSignal:
     if self.requested:   # already stopping (Ctrl-C, then launch_local's SIGTERM)
       return
     self.reason = signal.Signals(signum).name
-    self._notice(f'{self.reason}: saving a checkpoint after the steps already '
+    self._notice(f'{self.reason}: stopping before the first step' if self._first_check
+                 else f'{self.reason}: saving a checkpoint after the steps already '
                  'queued (two at most), then stopping')
     self.requested = True
 
@@ -95,9 +96,13 @@ class StopSignal:
     import signal  # pylint: disable=g-import-not-at-top
     signal.signal(signal.SIGINT, self._second_interrupt)   # exits at once
     self.reason = 'Ctrl-C'
-    self._notice('Ctrl-C: saving a checkpoint after the steps already queued (two '
-                 'at most), then stopping (press Ctrl-C again to exit at once, '
-                 'without saving)')
+    if self._first_check:   # no step dispatched yet: nothing to save
+      self._notice('Ctrl-C: stopping before the first step (press Ctrl-C again '
+                   'to exit at once)')
+    else:
+      self._notice('Ctrl-C: saving a checkpoint after the steps already queued (two '
+                   'at most), then stopping (press Ctrl-C again to exit at once, '
+                   'without saving)')
     self.requested = True
     if self._service:
       os.kill(os.getpid(), signal.SIGTERM)   # JAX's preemption notice
@@ -131,6 +136,7 @@ class StopSignal:
         device.
     """
     if jax.process_count() == 1:
+      self._first_check = False
       return self.requested
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     preempted = (multihost_utils.reached_preemption_sync_point(step)
