@@ -10,6 +10,10 @@ import math
 import os
 import sys
 
+if __name__ == '__main__':   # Ctrl-C while the modules below import: one line
+  from hrseg_jax import pipes
+  pipes.stop_at_once_on_ctrl_c()
+
 # TensorFlow is not needed here (TensorBoard files go through tensorboardX),
 # but when installed TFDS and etils' gfile may import it: keep it quiet and
 # off the accelerators (hrseg_jax.console).

@@ -124,6 +124,21 @@ def _quiet_lost_ctrl_c(hook):
   return unraisable
 
 
+def _stopped_while_starting(signum, frame):  # pylint: disable=unused-argument
+  os.write(2, b'stopped by Ctrl-C\n')
+  os._exit(130)  # pylint: disable=protected-access
+
+
+def stop_at_once_on_ctrl_c() -> None:
+  """Ctrl-C while a command's modules import (a second or two, nothing
+  written yet): one line and exit 130, not a traceback from inside an
+  import.  Only in a command's ``__main__``, before its imports;
+  :func:`keep_ctrl_c` (:func:`run_command`) takes over once they are done."""
+  if (threading.current_thread() is threading.main_thread()
+      and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+    signal.signal(signal.SIGINT, _stopped_while_starting)
+
+
 def keep_ctrl_c() -> None:
   """Makes Ctrl-C stop a command even when it lands inside a callback.
 
@@ -139,7 +154,8 @@ def keep_ctrl_c() -> None:
   """
   if threading.current_thread() is not threading.main_thread():
     return
-  if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+  if signal.getsignal(signal.SIGINT) not in (signal.default_int_handler,
+                                             _stopped_while_starting):
     return
   signal.signal(signal.SIGINT, _on_ctrl_c)
   sys.unraisablehook = _quiet_lost_ctrl_c(sys.unraisablehook)

@@ -13,6 +13,10 @@ import argparse
 import sys
 from typing import Any, Mapping
 
+if __name__ == '__main__':   # Ctrl-C while the modules below import: one line
+  from hrseg_jax import pipes
+  pipes.stop_at_once_on_ctrl_c()
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
 from ctrl_c_util import WITH_CTRL_C, ctrl_c_when  # pylint: disable=wrong-import-position
 
@@ -93,3 +95,64 @@ def test_ctrl_c_while_convert_writes_leaves_nothing(tmp_path):
   assert (p.returncode, err) == (130, 'stopped by Ctrl-C\n'), out + err
   assert 'converted ' not in out, out
   assert sorted(q.name for q in pathlib.Path(tmp_path).iterdir()) == ['saving', 'tiny.pth']
+
+
+_WHILE_IMPORTING = r'''
+import pathlib, time
+from hrseg_jax import pipes
+pipes.stop_at_once_on_ctrl_c()
+pathlib.Path('importing').touch()
+time.sleep(60)   # the command's imports (absl, JAX: a second or two)
+'''
+
+
+def test_ctrl_c_while_a_command_imports_is_one_line(tmp_path):
+  """It was a KeyboardInterrupt traceback of 30 to 60 lines from inside
+  whichever module was importing."""
+  p = subprocess.Popen([*WITH_CTRL_C, sys.executable, '-c', _WHILE_IMPORTING],
+                       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  out, err = ctrl_c_when(p, (tmp_path / 'importing').exists)
+  assert (p.returncode, out, err) == (130, '', 'stopped by Ctrl-C\n')
+
+
+@pytest.mark.parametrize('module', ['main.py', 'summary.py'])
+def test_the_commands_stop_at_once_before_their_imports(module):
+  """The handler is installed before the first import that takes time."""
+  text = (pathlib.Path(REPO) / 'hrseg_jax' / module).read_text()
+  first_heavy = min(text.index(name) for name in ('\nfrom absl', '\nimport jax')
+                    if name in text)
+  assert 0 < text.find('pipes.stop_at_once_on_ctrl_c()') < first_heavy
+
+
+# A Ctrl-C lost in a callback while convert read the .pth: nothing is written.
+_LOST_BEFORE_WRITING = r'''
+import os, signal, sys, time
+from hrseg_jax import checkpoints, pipes
+from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
+from hrseg_jax.models import registry
+cfg = registry.resolve(TINY_HRNET)
+variables = tiny_hrnet_variables(cfg)
+
+class Callback:
+  def __del__(self):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+
+def main():
+  Callback()
+  checkpoints.save_model('converted/tiny', variables, cfg)
+  print('written')
+  return 0
+
+pipes.run_command(main)
+'''
+
+
+def test_a_ctrl_c_lost_before_a_checkpoint_is_written_stops_it(tmp_path):
+  r = subprocess.run([*WITH_CTRL_C, sys.executable, '-c', _LOST_BEFORE_WRITING],
+                     cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS='cpu',
+                                            PYTHONPATH=f'{REPO}{os.pathsep}{REPO}/tests'),
+                     capture_output=True, text=True, timeout=300, check=False)
+  assert (r.returncode, r.stdout, r.stderr) == (130, '', 'stopped by Ctrl-C\n'), r.stderr
+  assert list(tmp_path.iterdir()) == []

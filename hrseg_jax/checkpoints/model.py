@@ -120,6 +120,7 @@ def save_model(directory, variables: Mapping, model_cfg: Mapping,
   An existing ``directory`` is replaced only as :func:`check_replaceable`
   allows (``keep``: input files that must survive).
   """
+  pipes.raise_if_ctrl_c()   # one pressed before, that a callback lost
   console.quiet_orbax()
   directory = epath.Path(paths.resolve(os.fspath(directory)))
   check_replaceable(directory, overwrite=overwrite, keep=keep)

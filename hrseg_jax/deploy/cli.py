@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from hrseg_jax import console
+from hrseg_jax import console, pipes
 
 FORMATS = ('pytorch', 'onnx', 'savedmodel', 'stablehlo')
 EXTENSIONS = {'.pth': 'pytorch', '.pt': 'pytorch', '.pth.tar': 'pytorch', '.onnx': 'onnx',
@@ -279,7 +279,7 @@ def export(args, log: Callable[[str], None] = print) -> int:
           'with a fixed --size H W, or StableHLO with --dynamic-size') from None
     # Which weights: a workdir's latest step unless --step (predict takes its best).
     source = f'{args.checkpoint} ' + (f'(step {step})' if step else '(converted weights)')
-    log(f'exported {fmt} of {source} in {time.perf_counter() - t0:.1f}s')
+    log(f'exported {fmt} of {source} in {time.perf_counter() - t0:.1f} s')
     if not args.no_verify:
       check = verify(fmt, tmp, cfg, variables, shape, dtype, pre, post)
       log(f'checked with {check["runtime"]} against JAX (batch {check["batch"]}): '
@@ -298,6 +298,7 @@ def export(args, log: Callable[[str], None] = print) -> int:
         width=graph.SYMBOLIC_SIZE[1] if dynamic else w,
         pre=pre, post=post, checkpoint=os.fspath(args.checkpoint), checkpoint_step=step,
         variables=variables, extra=extra, packages=PACKAGES[fmt])
+    pipes.raise_if_ctrl_c()   # one pressed during it, that a callback lost
     if os.path.isdir(output):  # --overwrite of an earlier SavedModel
       shutil.rmtree(output)
     os.replace(tmp, output)
