@@ -35,6 +35,15 @@ def _check_args(args) -> None:
   for flag, folder in (('--root', args.root), ('--list_dir', args.list_dir)):
     if folder and os.path.exists(folder) and not os.path.isdir(folder):
       raise ValueError(f'{flag} {folder} is a file, not a folder')
+  # New images beside earlier ones (of another size, perhaps) would mix two
+  # datasets under the new list files.
+  held = [name for name in ('leftImg8bit', 'gtFine')
+          if os.path.isdir(os.path.join(args.root, name))
+          and os.listdir(os.path.join(args.root, name))]
+  if held:
+    raise ValueError(f'--root {args.root} already holds a dataset '
+                     f'({", ".join(n + "/" for n in held)}): pass an empty or new '
+                     'folder (nothing there is replaced)')
 
 
 def main(argv=None):

@@ -66,6 +66,25 @@ def test_prepare_synthetic_root_that_is_a_file(tmp_path, capsys):
   assert capsys.readouterr().err == f'error: --root {tmp_path / "cs"} is a file, not a folder\n'
 
 
+def test_prepare_synthetic_into_an_earlier_dataset_is_refused(tmp_path):
+  """A second run wrote its images beside the first run's (another size),
+  and its list files named them all."""
+  def run(*args):
+    return subprocess.run([sys.executable, os.path.join(SCRIPTS, 'prepare_synthetic.py'),
+                           '--root', 'data/cs', *args], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=os.path.dirname(SCRIPTS)),
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert run('--num_train', '2', '--num_val', '1', '--height', '16', '--width', '32'
+             ).returncode == 0
+  before = sorted(str(p) for p in (tmp_path / 'data').rglob('*'))
+  r = run('--num_train', '1', '--num_val', '1', '--height', '32', '--width', '64')
+  assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+  assert r.stderr == ('error: --root data/cs already holds a dataset (leftImg8bit/, '
+                      'gtFine/): pass an empty or new folder (nothing there is '
+                      'replaced)\n'), r.stderr
+  assert sorted(str(p) for p in (tmp_path / 'data').rglob('*')) == before
+
+
 def test_make_lists_without_the_dataset_is_one_line(tmp_path, capsys):
   code = _main('make_lists.py')(['lip', '--root', str(tmp_path / 'lip'),
                                  '--out', str(tmp_path / 'list')])
