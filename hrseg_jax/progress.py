@@ -56,7 +56,10 @@ class Progress:
   ``compiled`` (:meth:`line`, called then for every item): the time since
   the previous line is that item's compile time (its own prediction
   included), which the rate leaves out; the ETA is the items left at the
-  rate plus ``compiles_left`` times the mean compile time so far.
+  rate plus ``compiles_left`` times the mean compile time so far.  While
+  every item so far compiled there is no rate: the ETA is then the mean
+  compile time for every item left, an upper bound (``ETA at most``) when
+  some of them reuse a compiled size.
   """
 
   def __init__(self, total: int, label: str, *, unit: str = 'img',
@@ -93,7 +96,7 @@ class Progress:
     return done / max(now - self._start, 1e-9), True
 
   def line(self, done: int, detail: str = '', *, compiled: str = '',
-           compiles_left: int = 0) -> str:
+           compiles_left: int | None = None) -> str:
     """'LABEL done/total (p%) [detail] | r unit/s | ETA t' (one line).
 
     Args:
@@ -102,7 +105,8 @@ class Progress:
       compiled: the last item compiled (for this shape, e.g. '216x316'):
         the time since the previous line is its compile time, out of the rate.
       compiles_left: items still to come that will compile (their mean
-        compile time so far each, in the ETA).
+        compile time so far each, in the ETA); None: not known (no ETA
+        while every item so far compiled).
     """
     now = self._clock()
     if compiled:
@@ -130,10 +134,13 @@ class Progress:
       if rate or self.compiles:
         parts.append('done in ' + format_duration(now - self._start))
     elif steady:
+      compiles_left = compiles_left or 0
       eta = (left - compiles_left) / steady + compiles_left * self._mean_compile()
       parts.append(f'ETA {format_duration(eta)}')
-    elif self.compiles and left == compiles_left:   # every item left compiles
-      parts.append(f'ETA {format_duration(left * self._mean_compile())}')
+    elif self.compiles and compiles_left is not None:   # every item so far compiled
+      bound = format_duration(left * self._mean_compile())
+      # Items left that reuse a compiled size take at most a compile's time.
+      parts.append(f'ETA {bound}' if left == compiles_left else f'ETA at most {bound}')
     return ' | '.join(parts)
 
   def _speed(self, rate: float) -> str:

@@ -214,7 +214,8 @@ def test_each_image_size_compiles_once_and_the_console_says_so(tmp_path):
                       '4 images in 2 sizes: each size compiles once'), r.stdout
   s, rate = r'\d+\.\d s', r'\d+\.?\d* img/s'
   expected = [
-      rf'predict 1/4 \(25%\) photos/a\.png \(32x48\) \| {s} incl\. compiling for 32x48',
+      rf'predict 1/4 \(25%\) photos/a\.png \(32x48\) \| {s} incl\. compiling for 32x48 '
+      r'\| ETA at most \d+s',
       rf'predict 2/4 \(50%\) photos/b\.png \(32x48\) \| {rate} \| ETA \d+s',
       rf'predict 3/4 \(75%\) photos/c\.png \(40x24\) \| {s} incl\. compiling for 40x24 '
       rf'\| {rate} \| ETA \d+s',
