@@ -42,6 +42,7 @@ FAULTS_PER_TEST = {
     'test_nonfinite_loss_skipped_and_counted': 1,
     'test_bad_data_is_one_line_naming_the_file': 1,
     'test_bad_validation_image_says_how_to_evaluate_without_it': 1,
+    'test_a_skipped_bad_image_is_named_once_on_the_console_and_in_log_txt': 1,
     'test_bad_config_is_one_line_naming_the_field': 1,
     'test_unwritable_workdir_is_one_line': 1,
     'test_resuming_another_models_checkpoint_is_one_line': 1,
@@ -49,7 +50,7 @@ FAULTS_PER_TEST = {
     'test_corrupt_latest_checkpoint_is_one_line': 1,
     'test_init_from_a_missing_checkpoint_is_one_line': 1,
 }
-FAULTS_IN_SUITE = 33
+FAULTS_IN_SUITE = 35
 
 
 @pytest.fixture
@@ -481,7 +482,7 @@ def test_bad_data_is_one_line_naming_the_file(tmp_path, case, ledger):
   fu.assert_one_line_error(r, expected)
   if case != 'empty list file':   # a bad example: how to train on without it
     assert r.stderr.endswith('; pass --config.data.skip_bad_examples=True to train on '
-                             'without it (each example skipped is logged)\n'), r.stderr
+                             'without it (each file skipped is named once)\n'), r.stderr
   assert not fu.step_dirs(tmp_path / 'w' / CKPT)      # nothing trained or saved
   fault.survive()
 
@@ -502,8 +503,34 @@ def test_bad_validation_image_says_how_to_evaluate_without_it(tmp_path, ledger):
   fault.measure(files_corrupted=0)
   fu.assert_one_line_error(r, f'{root / "img" / "v5.png"}: cannot decode image')
   assert r.stderr.endswith('; pass --config.data.skip_bad_examples=True to evaluate '
-                           'without it (each example skipped is logged, and counted '
+                           'without it (each file skipped is named once, and counted '
                            'in the results)\n'), r.stderr
+  fault.survive()
+
+
+@pytest.mark.parametrize('num_workers', [0, 2])
+def test_a_skipped_bad_image_is_named_once_on_the_console_and_in_log_txt(
+    tmp_path, ledger, num_workers):
+  """One bad file gave 17-24 lines 'WARNING:hrseg_jax.data.errors:Skipping bad
+  train example (N skipped so far in this process)' (N restarting in each
+  data worker, the pipeline reading ahead), and none in log.txt."""
+  fault = ledger.inject('data: corrupt image, skipped')
+  root = tmp_path / 'data'
+  train_list = _write_dataset(root)
+  (root / 'img' / '5.png').write_bytes(os.urandom(600))
+  config = fu.write_config(
+      tmp_path / 'config.py', num_steps=4, data__source='files', data__root=str(root),
+      data__train_list=str(train_list), data__num_workers=num_workers,
+      data__skip_bad_examples=True)
+  r = fu.run(config, tmp_path / 'w')
+  assert r.returncode == 0, r.stderr[-3000:]
+  fault.measure(files_corrupted=0)
+  named = f'skipping bad train example {root / "img" / "5.png"}: cannot decode image'
+  lines = [l for l in r.stderr.splitlines() if 'skipping' in l.lower()]
+  assert len(lines) == 1 and lines[0].startswith(f'warning: {named}'), r.stderr
+  assert lines[0].endswith('; skipped each time it comes (data.skip_bad_examples)')
+  logged = [l for l in (tmp_path / 'w' / 'log.txt').read_text().splitlines() if named in l]
+  assert len(logged) == 1 and logged[0][19:] == '  ' + lines[0], logged
   fault.survive()
 
 

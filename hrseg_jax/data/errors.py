@@ -10,12 +10,21 @@ logs a warning naming the file and counts it in :data:`SKIPPED`.
 from __future__ import annotations
 
 import collections
+import contextlib
+import hashlib
 import logging
+import os
+import shutil
+import tempfile
 import threading
 
 from hrseg_jax import paths
 
 log = logging.getLogger(__name__)
+
+# A folder where each process marks the bad files it named, so that the data
+# workers of one run name each file once between them.
+MARKS_ENV = 'HRSEG_BAD_EXAMPLE_MARKS'
 
 
 class DataError(ValueError):
@@ -41,23 +50,30 @@ class DataError(ValueError):
 class SkipCounter:
   """Thread-safe count of skipped examples, per split, in this process.
 
-  Grain workers are separate processes; each keeps its own counter and logs
-  every skip (with the running count) so the count reaches the user's log.
+  Grain workers are separate processes; each keeps its own counter and
+  names each bad file once (the pipeline may read a file many times ahead:
+  one line per read was dozens of lines for one file), on the console and,
+  in training, in log.txt (:mod:`hrseg_jax.data.workers`).
   """
 
   def __init__(self):
     self._lock = threading.Lock()
     self._counts: collections.Counter[str] = collections.Counter()
     self._paths: list[str] = []
+    self._named: set[str] = set()
 
   def record(self, split: str, error: DataError) -> int:
-    """Counts one skipped example and logs it; returns the new split count."""
+    """Counts one skipped example, logs its file the first time; returns
+    the new split count."""
     with self._lock:
       self._counts[split] += 1
       self._paths.append(error.path)
       count = self._counts[split]
-    log.warning('Skipping bad %s example (%d skipped so far in this process):'
-                ' %s', split, count, error)
+      first = error.path not in self._named and _first_in_run(error.path)
+      self._named.add(error.path)
+    if first:
+      log.warning('skipping bad %s example %s; skipped each time it comes '
+                  '(data.skip_bad_examples)', split, error)
     return count
 
   def count(self, split: str | None = None) -> int:
@@ -76,6 +92,40 @@ class SkipCounter:
     with self._lock:
       self._counts.clear()
       self._paths.clear()
+      self._named.clear()
+
+
+def _first_in_run(path: str) -> bool:
+  """Whether no other process of this run named ``path`` yet (True where
+  :func:`named_once_across_processes` is not in force)."""
+  folder = os.environ.get(MARKS_ENV)
+  if not folder:
+    return True
+  mark = os.path.join(folder, hashlib.sha256(str(path).encode()).hexdigest())
+  try:
+    os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+  except FileExistsError:
+    return False
+  except OSError:
+    return True
+  return True
+
+
+@contextlib.contextmanager
+def named_once_across_processes():
+  """Within it, processes started from this one (data workers) name each bad
+  file once between them."""
+  folder = tempfile.mkdtemp(prefix='hrseg-bad-examples-')
+  before = os.environ.get(MARKS_ENV)
+  os.environ[MARKS_ENV] = folder
+  try:
+    yield
+  finally:
+    if before is None:
+      os.environ.pop(MARKS_ENV, None)
+    else:
+      os.environ[MARKS_ENV] = before
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 SKIPPED = SkipCounter()

@@ -43,10 +43,10 @@ from hrseg_jax.data.errors import SKIPPED, DataError
 
 # The end of a bad training example's error line.
 SKIP_HINT = ('; pass --config.data.skip_bad_examples=True to train on without it '
-             '(each example skipped is logged)')
+             '(each file skipped is named once)')
 # The end of a bad evaluation example's error line.
 EVAL_SKIP_HINT = ('; pass --config.data.skip_bad_examples=True to evaluate without it '
-                  '(each example skipped is logged, and counted in the results)')
+                  '(each file skipped is named once, and counted in the results)')
 # Consecutive bad examples tolerated (skip_bad_examples) before giving up.
 MAX_CONSECUTIVE_BAD = 32
 _U32 = 2 ** 32
