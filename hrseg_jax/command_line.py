@@ -220,7 +220,7 @@ def parse_flags(argv):
   """absl flag parsing with one-line errors for bad ``--config.*`` overrides
   and for a config file that is not Python or does not run (its line)."""
   spec = os.path.expanduser(config_filename(argv))
-  if os.path.isfile(spec.split(':')[0]):
+  if os.path.exists(spec.split(':')[0]):
     try:   # absl would end in a traceback, or a message without the line
       load_config_file(spec)
     except ValueError as e:

@@ -54,6 +54,10 @@ def load_config_file(spec: str):
       does not run (its line and the error).
   """
   path, _, arg = spec.partition(':')
+  if os.path.isdir(path):
+    example = sorted(n for n in os.listdir(path) if n.endswith('.py'))[:1]
+    raise ValueError(f'--config {path} is a folder: pass one of its configs'
+                     + (f', e.g. {os.path.join(path, example[0])}' if example else ''))
   if not os.path.isfile(path):
     raise FileNotFoundError(f'config file not found: {path}')
   check_python_config(path)
@@ -66,6 +70,10 @@ def load_config_file(spec: str):
   if not hasattr(module, 'get_config'):
     raise ValueError(f'{path}: no get_config() function')
   try:
-    return module.get_config(arg) if arg else module.get_config()
+    config = module.get_config(arg) if arg else module.get_config()
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(config_error(path, e)) from None
+  if not hasattr(config, 'to_dict'):
+    raise ValueError(f'{path}: get_config() returned a {type(config).__name__}, not an '
+                     'ml_collections.ConfigDict')
+  return config

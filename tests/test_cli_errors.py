@@ -279,6 +279,11 @@ _BROKEN_CONFIGS = {
     'checks.py': ('def get_config():\n  raise ValueError("crop larger than the images")\n',
                   'checks.py, line 2: ValueError: crop larger than the images'),
     'no_function.py': ('x = 1\n', 'no_function.py: no get_config() function'),
+    'returns_dict.py': ('def get_config():\n  return {"seed": 1}\n',
+                        'returns_dict.py: get_config() returned a dict, not an '
+                        'ml_collections.ConfigDict'),
+    'folder': (None, '--config folder is a folder: pass one of its configs, e.g. '
+               'folder/a.py'),
     'config.json': ('{"seed": 1, "eval": {"flip": true}}\n',
                     "--config config.json: not a Python config file; a run's config.json"),
     'seg_hrnet_w48.yaml': ('MODEL:\n  NAME: seg_hrnet\n',
@@ -292,7 +297,11 @@ def test_a_config_file_that_does_not_run_is_one_line_with_its_line(tmp_path, nam
   """A config file with a bug, a run's config.json or the original's YAML
   ended in a Python traceback (exit 1), from absl's flag parsing."""
   text, expected = _BROKEN_CONFIGS[name]
-  (tmp_path / name).write_text(text)
+  if text is None:   # a folder of configs
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'a.py').write_text('x = 1\n')
+  else:
+    (tmp_path / name).write_text(text)
   r = _run_main(tmp_path, '--config', name, '--workdir', 'runs/x')
   assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
   assert r.stderr.startswith(f'error: {expected}') and r.stderr.count('\n') == 1, r.stderr
