@@ -58,7 +58,7 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
       eval then refuses a checkpoint of another dataset than the config's.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from hrseg_jax import console, paths, video  # pylint: disable=g-import-not-at-top
+  from hrseg_jax import config_fields, console, paths, video  # pylint: disable=g-import-not-at-top
   # Relative paths, ~ and symlinks become absolute here, once.
   config = None if config is None else paths.resolve_config(config)
   workdir = paths.resolve(workdir)
@@ -71,6 +71,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   from hrseg_jax import checkpoints
   from hrseg_jax.checkpoints import info as checkpoint_info  # pylint: disable=g-import-not-at-top
   opts = predict_options(**(options or {}))
+  if mode == 'predict' and config is not None:   # its eval section is read
+    config_fields.check(config, config_fields.EVAL_FIELDS)
   if mode == 'predict' and not inputs:
     from hrseg_jax import predict  # pylint: disable=g-import-not-at-top
     raise ValueError(f'--mode predict needs --input: {predict.INPUT_KINDS}')
@@ -83,6 +85,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     from hrseg_jax.eval import config as eval_config  # pylint: disable=g-import-not-at-top
     from hrseg_jax.eval import evaluator  # pylint: disable=g-import-not-at-top
+    # eval.* and data.* values of the wrong kind (eval.scales=abc).
+    config_fields.check(config, {**config_fields.EVAL_FIELDS, **config_fields.DATA_FIELDS})
     evaluator.protocol_of(config, EVAL_PROTOCOL)
     # A missing or unlabelled list, a wrong data.root, trainId labels.
     pipeline.labelled_source(config.data, eval_config.split_of(config.eval))

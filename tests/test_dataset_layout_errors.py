@@ -128,8 +128,8 @@ def test_a_size_given_twice_is_one_line_before_the_workdir(user_folder):
   r = subprocess.run(base + ['--config.data.eval_size=(64,128,3)'], cwd=user_folder,
                      env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and r.stdout == '', r.stderr
-  assert r.stderr == ('error: data.eval_size=(64, 128, 3): expected (height, width), two '
-                      'positive integers, e.g. --config.data.eval_size=(512,1024) given once\n')
+  assert r.stderr == ('error: --config.data.eval_size=(64,128,3): data.eval_size takes '
+                      '(height,width), two integers > 0, e.g. (512,1024)\n')
   assert not (user_folder / 'runs').exists()
   r = subprocess.run(base + ['--config.data.crop_size', '(32,64)', '--config.data.crop_size',
                              '(16,16)'], cwd=user_folder, env=env, capture_output=True,

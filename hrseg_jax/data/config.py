@@ -262,30 +262,15 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
-SIZE_FIELDS = ('crop_size', 'eval_size', 'eval_crop_size', 'pre_resize_size')
-
-
 def size_field(data_cfg, name: str) -> tuple[int, int]:
-  """``data.<name>`` as (height, width); ValueError naming the field unless it
-  is two positive integers (``pre_resize_size`` may be (0, 0) when unused).
-  A size given twice on the command line is concatenated into four numbers
-  by the override parser, so this is worth saying in one line."""
-  value = data_cfg[name]
+  """``data.<name>`` as (height, width); the one-line ValueError of
+  :mod:`hrseg_jax.config_fields` unless it is two integers > 0 (a field not
+  read, e.g. ``pre_resize_size`` without ``pre_resize='fixed'``, passes and
+  reads as (0, 0) when it is not two integers)."""
+  from hrseg_jax import config_fields  # pylint: disable=g-import-not-at-top
+  config_fields.check_field({'data': data_cfg}, f'data.{name}')
   try:
-    h, w = (int(v) for v in value)
-    ok = float(h) == float(value[0]) and float(w) == float(value[1])
+    h, w = (int(v) for v in data_cfg[name])
   except (TypeError, ValueError):
-    ok = False
-  unused = name == 'pre_resize_size' and data_cfg.get('pre_resize') != 'fixed'
-  if not ok or (not unused and (h < 1 or w < 1)):
-    shown = tuple(value) if isinstance(value, (list, tuple)) else value
-    raise ValueError(f'data.{name}={shown!r}: expected (height, width), two positive '
-                     f'integers, e.g. --config.data.{name}=(512,1024) given once')
+    return 0, 0
   return h, w
-
-
-def check_sizes(data_cfg) -> None:
-  """One-line errors for the (height, width) fields of ``config.data``."""
-  for name in SIZE_FIELDS:
-    if name in data_cfg:
-      size_field(data_cfg, name)

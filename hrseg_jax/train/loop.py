@@ -46,10 +46,10 @@ import time
 import jax
 from etils import epath
 
+from hrseg_jax import config_fields
 from hrseg_jax import console as console_lib
 from hrseg_jax import paths
 from hrseg_jax.models import layers, registry
-from hrseg_jax.data import config as data_config
 from hrseg_jax.data import pipeline
 from hrseg_jax.data import errors as data_errors
 from hrseg_jax.data import workers
@@ -87,8 +87,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       field, file or step).
   """
   config_checks.check_train_config(config.train)
+  # eval.*, data.* and train.dtype values of the wrong kind (eval.scales=0.5,x).
+  config_fields.check(config)
   config_checks.check_num_classes(config)
-  data_config.check_sizes(config.data)
   config_checks.check_loss_chunks(config)
   config_checks.check_batch_sizes(config)
   registry.resolve(config.model)   # a bad model config, before the workdir is made
