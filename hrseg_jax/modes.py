@@ -122,6 +122,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
       described += f' (step {loaded_step})'
   if main_process:   # what was loaded: the checkpoint's own model, whatever the config says
     print(f'{mode}: {described}: {_model_line(model_cfg)}', flush=True)
+    if mode == 'eval' and config_given:
+      _warn_other_model(config.model, model_cfg)
     if meta.get('initialised'):   # convert of a backbone: the head is random
       n = len(meta['initialised'])
       print(f'warning: {console.counted(n, "tensor")} of this checkpoint (the '
@@ -167,6 +169,32 @@ def _model_line(model_cfg) -> str:
   from hrseg_jax.models import registry  # pylint: disable=g-import-not-at-top
   return (f'{registry.model_name(model_cfg)}, {model_cfg["num_classes"]} classes'
           + (', align_corners=True' if model_cfg.get('align_corners') else ''))
+
+
+# The model fields whose difference makes another network: (field, default).
+MODEL_FIELDS = (('arch', 'hrnet'), ('variant', None), ('ocr', None), ('num_classes', None))
+
+
+def _warn_other_model(config_model, model_cfg) -> None:
+  """A ``warning:`` line when ``--config``'s model clearly is another one
+  than the checkpoint's (arch, variant, OCR or classes differ; two ``custom``
+  variants: their stages): the checkpoint's is the one evaluated."""
+  import json  # pylint: disable=g-import-not-at-top
+  plain = lambda v: json.loads(json.dumps(v, default=list))  # noqa: E731  tuples as lists
+  differ = []
+  for name, default in MODEL_FIELDS:
+    ours, theirs = config_model.get(name, default), model_cfg.get(name, default)
+    if name == 'ocr':
+      ours, theirs = ours is not None, theirs is not None
+    elif name == 'variant' and ours == theirs == 'custom':
+      name, ours, theirs = 'stages', *(plain([c.get('stage1'), c.get('stages')])
+                                       for c in (config_model, model_cfg))
+    if ours is not None and theirs is not None and ours != theirs:
+      differ.append(f'model.{name}')
+  if differ:
+    print(f'warning: the checkpoint\'s model ({_model_line(model_cfg)}) differs from '
+          f'the config\'s ({_model_line(config_model)}; {", ".join(differ)}): the '
+          'checkpoint\'s is evaluated', flush=True)
 
 
 def _check_inputs(inputs, opts):

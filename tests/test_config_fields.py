@@ -1,7 +1,8 @@
 """eval.* / data.* / train.dtype values of the wrong kind, as a new user types
 them: one ``error:`` line naming the field and what it takes, exit 2, before
 the workdir is made (training) or the checkpoint is loaded (--mode eval,
---mode predict with --config), and nothing written."""
+--mode predict with --config), and nothing written; and --mode eval's warning
+when --config's model is another one than the checkpoint's."""
 from __future__ import annotations
 
 import shutil
@@ -66,3 +67,17 @@ def test_a_bad_value_is_one_line_at_start(user_folder, args, line):
   assert r.stdout == ''
   assert _listing(user_folder) == before
 
+
+def test_eval_warns_when_the_config_model_is_another(user_folder):
+  """The demo config's model is not the checkpoint's (another custom layout):
+  the checkpoint's is evaluated, and a warning says so."""
+  r = _run_main(user_folder, '--config', 'configs/demo.py', '--workdir', 'runs/e',
+                '--mode', 'eval', '--checkpoint', 'converted/tiny19',
+                '--config.eval.num_examples=2')
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.splitlines()
+  warnings = [x for x in lines if x.startswith('warning:')]
+  assert warnings == [
+      "warning: the checkpoint's model (hrnet custom, 19 classes) differs from the "
+      "config's (hrnet custom, 19 classes; model.stages): the checkpoint's is evaluated"]
+  assert lines.index(warnings[0]) == 1   # right after the line of what was loaded
