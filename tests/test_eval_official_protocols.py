@@ -48,7 +48,11 @@ def test_lip_eval_says_the_resize_and_the_flip_swap(tmp_path):
                      '--workdir', 'runs/lip_eval', '--mode', 'eval',
                      '--checkpoint', 'converted/lip', '--config.eval.flip=True'])
   lines = r.stdout.splitlines()
-  assert lines[2] == (
+  # A tiny model: --config's (W48) is not the checkpoint's, which is evaluated.
+  assert lines[1].startswith("warning: the checkpoint's model (hrnet custom, 20 classes) "
+                             "differs from the config's (hrnet w48, 20 classes; "
+                             'model.variant)'), r.stdout
+  assert lines[3] == (
       'eval: 2 val images (data/list/lip/valList.txt), each resized to 473x473 (aspect '
       'not kept); sliding 473x473 windows (base rule) at long side 473, scales 1, flip '
       '(left/right classes swapped: 14-15, 16-17, 18-19)'), r.stdout
