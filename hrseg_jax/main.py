@@ -132,11 +132,11 @@ def entry():
   pipes.keep_ctrl_c()
   try:
     app.run(main, flags_parser=command_line.parse_flags)
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:
     # Ctrl-C where the training loop's own handler is not installed (start-up,
     # --mode eval/predict): nothing to save, and no traceback.  An exit at
     # once: XLA may still be compiling in its threads (pipes.exit_now).
-    print('stopped by Ctrl-C', file=sys.stderr)
+    print(pipes.stopped_line(e), file=sys.stderr)
     pipes.exit_now(130)
 
 

@@ -108,6 +108,15 @@ def end_quietly_on_broken_pipe() -> None:
 
 # ---- Ctrl-C that a callback would swallow ---------------------------------
 
+
+class Stopped(KeyboardInterrupt):
+  """A Ctrl-C that a command caught to say what it had done by then: its
+  message is the command's last line (instead of ``stopped by Ctrl-C``)."""
+
+
+def stopped_line(error: KeyboardInterrupt) -> str:
+  return str(error) if isinstance(error, Stopped) and str(error) else 'stopped by Ctrl-C'
+
 _ctrl_c_pending = False
 
 
@@ -209,7 +218,7 @@ def run_command(main) -> None:
   keep_ctrl_c()
   try:
     code = main()
-  except KeyboardInterrupt:
-    print('stopped by Ctrl-C', file=sys.stderr)
+  except KeyboardInterrupt as e:
+    print(stopped_line(e), file=sys.stderr)
     exit_now(130)   # XLA may still be compiling in its threads
   sys.exit(code)

@@ -435,11 +435,19 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
   results = []
   t0 = time.monotonic()
   for item, image in frames:
-    pipes.raise_if_ctrl_c()
-    class_map = predictor.predict(normalize(image))[0]
-    encoded = image_outputs(image, class_map, item.rel, out_dir, palette=pal,
-                            overlay=overlay, alpha=alpha, test_labels=test_labels)
-    files.write_files_atomic(encoded)
+    try:
+      pipes.raise_if_ctrl_c()
+      class_map = predictor.predict(normalize(image))[0]
+      encoded = image_outputs(image, class_map, item.rel, out_dir, palette=pal,
+                              overlay=overlay, alpha=alpha, test_labels=test_labels)
+      files.write_files_atomic(encoded)
+    except KeyboardInterrupt:   # what is written stays, complete: say so
+      if not results:
+        raise
+      of = f' of {num_frames}' if num_frames else ''
+      raise pipes.Stopped(
+          f'stopped by Ctrl-C after {console.counted(len(results), "image")}{of}, '
+          f'written under {paths.shown(out_dir)}') from None
     results.append({'input': item.path, 'files': sorted(encoded)})
     size = image.shape[:2]
     new_size = size not in seen

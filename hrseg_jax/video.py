@@ -233,6 +233,7 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   tmp = os.path.join(dest, '.overlay.tmp.mp4')
   writer, new_maps, complete = None, [], False
   done, model_seconds, start = 0, 0.0, time.perf_counter()
+  first_batch = None   # (frames, seconds) of the batch that compiled
   name = source if source.isdigit() else os.path.basename(paths.shown(source))
   # A known frame count: % and ETA; the first batch compiles (one frame size).
   progress = Progress(count, f'{name}: frame', unit='frames') if count else None
@@ -245,6 +246,8 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
         t = time.perf_counter()
         maps = predict_batch(x)[:n]
         model_seconds += time.perf_counter() - t
+        if first_batch is None:   # it compiles: out of the model's speed
+          first_batch = (n, model_seconds)
         if writer is None:
           h, w = batch[0].shape[:2]
           writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
@@ -283,13 +286,18 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
           os.unlink(path)
       files.remove_empty_folders(made)
   elapsed = time.perf_counter() - start
+  first_n, first_s = first_batch or (0, 0.0)
+  later = done > first_n   # more than one batch: the model's speed after compiling
+  model_fps = ((done - first_n) / max(model_seconds - first_s, 1e-9) if later
+               else done / max(model_seconds, 1e-9))
   summary = {'input': source, 'frames': done, 'video': video_path,
-             'labels': labels_dir, 'seconds': elapsed,
-             'fps': done / elapsed, 'model_fps': done / max(model_seconds, 1e-9)}
+             'labels': labels_dir, 'seconds': elapsed, 'fps': done / elapsed,
+             'model_fps': model_fps, 'compile_seconds': first_s}
   log(f'wrote {paths.shown(video_path)} and {console.counted(done, "class map")} in '
-      f'{paths.shown(labels_dir)}: '
-      f'{summary["fps"]:.1f} frames/s overall, {summary["model_fps"]:.1f} frames/s '
-      f'in the model (batch {batch_size}, first batch includes compilation)')
+      f'{paths.shown(labels_dir)}: {summary["fps"]:.1f} frames/s overall, the first '
+      f'batch (compiling) {first_s:.1f} s, ' + (
+          f'then {model_fps:.1f} frames/s in the model (batch {batch_size})' if later
+          else f'the only one (batch {batch_size})'))
   return summary
 
 

@@ -232,20 +232,24 @@ def test_test_protocol_names_the_readme_settings_it_does_not_use():
   config.data.readme_eval_scales = (0.5, 1.0)
   config.data.readme_eval_flip = True
   config.eval.protocol = 'test'
+  assert config.data.name == 'synthetic'
 
   def line():
     return evaluator.from_config(
         config, default_protocol='test', model_cfg=registry.resolve(config.model),
         to_global=lambda local: local, out_dir='unused', log=lambda _: None).settings_line()
 
+  # The original README has no number for the synthetic scenes: no hint.
+  assert line().endswith('scales 1, no flip'), line()
+  config.data.name = 'cityscapes'
   assert line().endswith(
-      "scales 1, no flip (the original README's synthetic number uses scales 0.5,1, flip: "
+      "scales 1, no flip (the original README's cityscapes number uses scales 0.5,1, flip: "
       "--config.eval.scales=0.5,1 --config.eval.flip=True)"), line()
   config.eval.scales, config.eval.flip = (0.5, 1.0), True
   assert line().endswith('scales 0.5,1, flip'), line()
   config.data.readme_eval_scales, config.data.readme_eval_flip = (1.0,), False
   assert line().endswith(
-      "(the original README's synthetic number uses scales 1, no flip: "
+      "(the original README's cityscapes number uses scales 1, no flip: "
       "--config.eval.scales=1, --config.eval.flip=False)"), line()
 
 

@@ -67,6 +67,10 @@ def test_predict_video_file_and_frame_folder(tmp_path):
                    out, re.M), out
   assert ('wrote run/predictions/clip/overlay.mp4 and 5 class maps in '
           'run/predictions/clip/labels: ') in out  # relative, as the user gave them
+  # The model's speed leaves the first batch (compiling) out, as the progress
+  # lines do: it read 10.6 frames/s beside lines of 140-175.
+  assert re.search(r'labels: [\d.]+ frames/s overall, the first batch \(compiling\) '
+                   r'[\d.]+ s, then [\d.]+ frames/s in the model \(batch \d+\)$', out, re.M), out
   dest = tmp_path / 'run' / 'predictions' / 'clip'
   assert sorted(os.listdir(dest)) == ['labels', 'overlay.mp4']
   assert len(read_clip(dest / 'overlay.mp4')) == 5

@@ -260,8 +260,11 @@ class TestEvaluator(Evaluator):
     return ''
 
   def _readme_hint(self) -> str:
-    """Where the scales or flip differ from the original README's number."""
+    """Where the scales or flip differ from the original README's number
+    (none for the synthetic scenes, which it has no number for)."""
     data = self.config.data
+    if data.get('name', 'synthetic') == 'synthetic':
+      return ''
     scales = tuple(float(x) for x in data.get('readme_eval_scales', (1.0,)))
     flip = bool(data.get('readme_eval_flip', False))
     used = eval_config.predictor_kwargs(self.eval_cfg)
