@@ -67,21 +67,30 @@ def check_replaceable(directory, *, overwrite: bool,
     raise FileExistsError(f'output path exists and is not a directory: {name}')
   if not any(directory.iterdir()):
     return
+  refusal = _refusal(directory, keep)
   if not overwrite:
-    raise FileExistsError(f'output directory is not empty: {name} '
-                          '(pass --overwrite to replace it)')
+    # --overwrite is named only where it would replace the folder.
+    raise FileExistsError(
+        f'output directory is not empty: {name} '
+        + ('(pass --overwrite to replace it)' if refusal is None else
+           f'and --overwrite would not replace it either: {refusal}'))
+  if refusal is not None:
+    raise FileExistsError(f'refusing to replace {name}: {refusal}')
+
+
+def _refusal(directory: epath.Path, keep: Iterable) -> str | None:
+  """Why ``--overwrite`` may not replace the non-empty ``directory`` (None:
+  it may): it holds an input or the current directory, or is not a
+  checkpoint written by this package."""
   local = not str(directory).startswith(('gs://', 's3://'))
   for path in keep:
     if local and _inside(os.fspath(path), os.fspath(directory)):
-      raise FileExistsError(f'refusing to replace {name}: it holds the '
-                            f'input {paths.shown(path)}')
+      return f'it holds the input {paths.shown(path)}'
   if local and _inside(os.getcwd(), os.fspath(directory)):
-    raise FileExistsError(f'refusing to replace {name}: it holds the '
-                          'current directory')
+    return 'it holds the current directory'
   if not is_checkpoint_dir(directory):
     names = sorted(p.name for p in directory.iterdir())
     shown = ', '.join(names[:3]) + (', ...' if len(names) > 3 else '')
-    raise FileExistsError(
-        f'refusing to replace {name}: it is not a checkpoint written by '
-        f'hrseg_jax (it holds {shown}); remove it yourself or choose another '
-        'output directory')
+    return (f'it is not a checkpoint written by hrseg_jax (it holds {shown}); remove it '
+            'yourself or choose another output directory')
+  return None

@@ -10,6 +10,8 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -99,6 +101,33 @@ def test_overwrite_never_replaces_an_arbitrary_folder(user_dir, capsys):
   code = convert_cli.main(['tiny.pth', '.', '--overwrite'])
   _one_line_error(capsys, code, 'refusing to replace')
   _no_hidden_leftovers(user_dir)
+
+
+def test_not_empty_names_overwrite_only_where_it_would_replace(user_dir):
+  """Without --overwrite, a non-empty output folder is refused; the line
+  suggests --overwrite only for a folder --overwrite would replace."""
+  repo = str(pathlib.Path(__file__).resolve().parents[1])
+
+  def run(*args):
+    r = subprocess.run([sys.executable, '-m', 'hrseg_jax.convert', *args], cwd=user_dir,
+                       env=dict(os.environ, PYTHONPATH=repo), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr)
+    return r.stderr.strip().splitlines()
+  (user_dir / 'photos').mkdir()
+  (user_dir / 'photos' / 'a.jpg').write_bytes(b'jpeg')
+  assert run('tiny.pth', 'photos') == [
+      'error: output directory is not empty: photos and --overwrite would not replace it '
+      'either: it is not a checkpoint written by hrseg_jax (it holds a.jpg); remove it '
+      'yourself or choose another output directory']
+  (user_dir / 'd').mkdir()
+  shutil.copy(user_dir / 'tiny.pth', user_dir / 'd' / 'model.pth')
+  assert run('d/model.pth', 'd') == [
+      'error: output directory is not empty: d and --overwrite would not replace it '
+      'either: it holds the input d/model.pth']
+  assert run('tiny.pth', 'ckpt') == [
+      'error: output directory is not empty: ckpt (pass --overwrite to replace it)']
+  assert _files(user_dir / 'photos') == {'a.jpg': b'jpeg'}
 
 
 def test_overwrite_replaces_a_converted_checkpoint(user_dir, capsys):
