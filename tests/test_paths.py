@@ -15,6 +15,7 @@ from hrseg_jax import Segmenter, paths
 from hrseg_jax.convert import convert, pth_write
 from hrseg_jax.data import synthetic
 from hrseg_jax.models import registry
+from test_convert_released import standin_cfg
 from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -160,7 +161,10 @@ def test_messages_name_paths_as_typed(tmp_path):
   variables = tiny_hrnet_variables(registry.resolve(TINY_HRNET))
   pth_write.save_pth(convert.to_state_dict(variables), tmp_path / 'blobs' / '5f3c9e')
   (cwd / 'weights' / 'w.pth').symlink_to(tmp_path / 'blobs' / '5f3c9e')
-  (cwd / 'weights' / 'hrnet_ocr_cs_8162_torch11.pth').symlink_to(tmp_path / 'blobs' / '5f3c9e')
+  # What the released file shows (W48's widths, OCR, 19 classes), another blob.
+  variables = tiny_hrnet_variables(registry.resolve(standin_cfg(19, ocr=True)))
+  pth_write.save_pth(convert.to_state_dict(variables), tmp_path / 'blobs' / '8a41d0')
+  (cwd / 'weights' / 'hrnet_ocr_cs_8162_torch11.pth').symlink_to(tmp_path / 'blobs' / '8a41d0')
 
   out = _run(cwd, home, 'hrseg_jax.convert', 'weights/w.pth', 'converted/w').stdout
   assert out.startswith('converted weights/w.pth -> converted/w: hrnet custom'), out

@@ -27,6 +27,7 @@ from hrseg_jax.convert import convert, pth, pth_write
 from hrseg_jax.data import synthetic
 from hrseg_jax.eval import classes
 from hrseg_jax.models import registry
+from test_convert_released import standin_cfg
 from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -98,8 +99,8 @@ def folder(tmp_path_factory):
   cwd = tmp_path_factory.mktemp('user')
   shutil.copytree(REPO / 'configs', cwd / 'configs')
   write_tiny_pth(cwd / W48_PTH, dict(TINY_HRNET, num_classes=19), seed=1)
-  write_tiny_pth(cwd / OCR_PTH, dict(TINY_HRNET, num_classes=19,
-                                     ocr=dict(mid_channels=16, key_channels=8)), seed=2)
+  # What the released file shows: W48's branch widths, OCR, 19 classes.
+  write_tiny_pth(cwd / OCR_PTH, standin_cfg(19, ocr=True), seed=2)
   synthetic.write_cityscapes_layout(
       str(cwd / 'data/cityscapes'), num_train=0, num_val=2, num_test=2,
       image_size=IMAGE_SIZE, list_dir=str(cwd / 'data/list/cityscapes'))

@@ -57,8 +57,11 @@ def main(argv=None) -> int:
       from hrseg_jax.config_utils import load_config_file  # pylint: disable=g-import-not-at-top
       model_cfg = load_config_file(args.config).model.to_dict()
     from hrseg_jax.convert import released  # pylint: disable=g-import-not-at-top
+    # A file named as released whose contents differ is converted by what
+    # it shows, not by its name (with a warning).
     align_corners, inplace_abn, note, warning = released.options(
-        src, args.align_corners, args.inplace_abn)
+        src, args.align_corners, args.inplace_abn, loaded=loaded,
+        backbone_only=args.backbone_only)
     warnings = [warning] if warning else []
     if note:
       print(note, flush=True)

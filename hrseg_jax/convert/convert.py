@@ -12,7 +12,7 @@ from flax import traverse_util
 from hrseg_jax import checkpoints, console, paths
 from hrseg_jax import overwrite as overwrite_lib
 from hrseg_jax.checkpoints import info as checkpoint_info
-from hrseg_jax.convert import mapping, released, source
+from hrseg_jax.convert import mapping, released
 from hrseg_jax.convert.source import load_state
 from hrseg_jax.models import from_state_dict, registry
 
@@ -61,7 +61,9 @@ def resolve_inplace_abn(src, loaded: tuple[dict, dict], inplace_abn: bool | None
   """Whether ``src`` converts with InPlaceABN's BN scale ``|w| + 1e-5``.
 
   ``inplace_abn`` given: that.  Else a released file (named as released,
-  :mod:`.released`) is converted as it was trained, and a segmentation model
+  :mod:`.released`) is converted as it was trained unless its contents
+  differ (then ``warn`` gets :func:`released.mismatch_warning`'s line and
+  the file's own evidence decides), and a segmentation model
   whose file has BN statistics but no ``num_batches_tracked`` buffers was
   saved by InPlaceABN (PyTorch 0.4: the master branch's and the ``*_torch04``
   checkpoints); ``log`` gets a line saying so, naming ``override``, the
@@ -72,22 +74,29 @@ def resolve_inplace_abn(src, loaded: tuple[dict, dict], inplace_abn: bool | None
   saved by standard BatchNorm, gets :func:`released.inplace_abn_warning`'s
   line, to ``warn`` (default ``log``).
   """
+  # The option that asks for InPlaceABN: --inplace-abn, ...=True.
+  forced = override.replace('--no-', '--').replace('=False', '=True')
   if inplace_abn is not None:
-    # Asked for against the file (saved by standard BatchNorm): say so. The
-    # option that asked for it: --inplace-abn, ...=True.
-    forced = override.replace('--no-', '--').replace('=False', '=True')
+    # Asked for against the file (saved by standard BatchNorm): say so.
     warning = released.inplace_abn_warning(src, loaded[1], inplace_abn, forced)
     if warning:
       (warn or log)(warning)
     return bool(inplace_abn)
   name = os.path.basename(paths.shown(src))   # a symlink by its own name
+  state, layout = loaded
   if name in released.RELEASED:
+    found = released.differences(name, state, layout)
+    if found:   # Not the released file: what it shows wins.
+      abn = released.shows_inplace_abn(state, layout, backbone_only)
+      hint = (f'pass {forced} if it was trained with InPlaceABN'
+              if released.RELEASED[name][1] and not abn else '')
+      (warn or log)(released.mismatch_warning(
+          name, found, released.bn_done(abn, False, layout), hint))
+      return abn
     if released.RELEASED[name][1]:
       log(f'{name}: a released checkpoint: converting with InPlaceABN, as it was trained')
     return released.RELEASED[name][1]
-  state, layout = loaded
-  if (backbone_only or not source.saved_by_inplace_abn(state, layout)
-      or not from_state_dict.has_head(state)):
+  if not released.shows_inplace_abn(state, layout, backbone_only):
     return False
   log(f'{name}: no num_batches_tracked buffers, as saved by InPlaceABN '
       '(PyTorch 0.4: master-branch and *_torch04 checkpoints): converting with its BN '

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from hrseg_jax import paths
+from hrseg_jax.convert import source
+from hrseg_jax.models import from_state_dict
 
 # File name -> (align_corners, inplace_abn).
 RELEASED = {
@@ -27,11 +31,106 @@ RELEASED = {
 }
 
 
+# What the released files hold, which their name must not override when a
+# file under that name holds something else: all are HRNetV2-W48 (these
+# branch widths), with an OCR head where the name says ``ocr``, and the
+# class count of their dataset (PASCAL-Context: 59, or 60 with background).
+W48_WIDTHS = (48, 96, 192, 384)
+_CLASSES = {'_cs_': (19,), '_pascal_ctx_': (59, 60), '_lip_': (20,),
+            '_cocostuff_': (171,), '_ade20k_': (150,)}
+
+
+def contents(name: str) -> tuple[tuple[int, ...], bool]:
+  """(class counts, OCR head) of the released file ``name`` of :data:`RELEASED`."""
+  classes = next(v for k, v in _CLASSES.items() if k in name)
+  return classes, name.startswith('hrnet_ocr_')
+
+
 def _bn(inplace_abn: bool) -> str:
   return 'InPlaceABN' if inplace_abn else 'standard BatchNorm'
 
 
-def options(path: str, align_corners: bool | None, inplace_abn: bool | None
+def differences(name: str, state, layout) -> list[str]:
+  """How the file ``name`` of :data:`RELEASED` (its ``state`` and ``layout``,
+  as :func:`source.load_state` read them) differs from the released file of
+  that name: its BN buffers (``num_batches_tracked``: standard BatchNorm,
+  where the file was trained with InPlaceABN), its architecture, its class
+  count. Empty: nothing the file shows contradicts its name."""
+  want_abn = RELEASED[name][1]
+  classes, ocr = contents(name)
+  found = []
+  if want_abn and layout.get('num_batches_tracked'):
+    found.append('num_batches_tracked buffers (standard BatchNorm, not InPlaceABN)')
+  if any(k.startswith('stem.') for k in state):
+    found.append('a Lite-HRNet (not HRNetV2-W48)')
+    return found
+  keys = [f'stage4.0.branches.{i}.0.conv1.weight' for i in range(4)]
+  widths = tuple(int(np.shape(state[k])[0]) for k in keys
+                 if k in state and np.ndim(state[k]) == 4)
+  if widths != W48_WIDTHS:
+    found.append(f'branch widths {", ".join(map(str, widths)) or "unknown"} (not '
+                 f"HRNetV2-W48's {', '.join(map(str, W48_WIDTHS))})")
+  if ('conv3x3_ocr.0.weight' in state) != ocr:
+    found.append('no OCR head (not HRNet-OCR)' if ocr else 'an OCR head (not plain HRNetV2)')
+  head = next((k for k in ('last_layer.3.weight', 'cls_head.weight') if k in state), None)
+  if head is None or np.ndim(state[head]) < 1:
+    found.append('no segmentation head')
+  elif np.shape(state[head])[0] not in classes:
+    found.append(f'{np.shape(state[head])[0]} classes (not '
+                 f'{" or ".join(map(str, classes))})')
+  return found
+
+
+def shows_inplace_abn(state, layout, backbone_only: bool | None = None) -> bool:
+  """Whether the file's own evidence says InPlaceABN: a segmentation model
+  (not ``backbone_only``) saved with BN statistics but no
+  ``num_batches_tracked`` buffers (:func:`source.saved_by_inplace_abn`)."""
+  return bool(not backbone_only and source.saved_by_inplace_abn(state, layout)
+              and from_state_dict.has_head(state))
+
+
+def mismatch_warning(name: str, found: list[str], done: str, hint: str = '') -> str:
+  """The ``warning:`` line for a file named as released whose contents
+  differ (``found``, :func:`differences`): ``done``, how it was converted
+  instead; ``hint``, the options that give it the released file's settings."""
+  return (f'warning: {name} is named as a released checkpoint but its contents differ: '
+          f'{", ".join(found)}; converted as a file of its own, with {done}'
+          + (f'; {hint}' if hint else ''))
+
+
+def bn_done(inplace_abn: bool, asked: bool, layout) -> str:
+  """How the BN scale was chosen, for :func:`mismatch_warning`."""
+  if asked:
+    return f'{_bn(inplace_abn)} as asked'
+  if inplace_abn:
+    return "InPlaceABN's BN scale |w| + 1e-5 (it has no num_batches_tracked buffers)"
+  if layout.get('num_batches_tracked'):
+    return 'standard BatchNorm (its num_batches_tracked buffers)'
+  return 'standard BatchNorm'
+
+
+def _not_as_released(name, found, align_corners, inplace_abn, loaded, backbone_only):
+  """:func:`options` for a file whose contents contradict its released name:
+  what it shows wins (InPlaceABN only without num_batches_tracked buffers),
+  options given are kept, align_corners takes the plain default."""
+  want_align, want_abn = RELEASED[name]
+  abn = shows_inplace_abn(*loaded, backbone_only) if inplace_abn is None else inplace_abn
+  align = bool(align_corners)
+  align_how = f'align_corners={align}' + (' as asked' if align_corners is not None
+                                          else ' (the default)')
+  # The released file's settings it did not get, and the options that give them.
+  hint = [(opt, what) for given, got, want, opt, what in (
+      (align_corners, align, want_align, '--align-corners', 'align_corners=True'),
+      (inplace_abn, abn, want_abn, '--inplace-abn', 'InPlaceABN'))
+          if given is None and want and not got]
+  return (align, abn, None, mismatch_warning(
+      name, found, f'{bn_done(abn, inplace_abn is not None, loaded[1])}, {align_how}',
+      f'pass {" ".join(o for o, _ in hint)} if it was trained with '
+      f'{" and ".join(w for _, w in hint)}' if hint else ''))
+
+
+def options(path: str, align_corners: bool | None, inplace_abn: bool | None,
+            loaded: tuple | None = None, backbone_only: bool | None = None
             ) -> tuple[bool | None, bool | None, str | None, str | None]:
   """(align_corners, inplace_abn, note, warning) to convert ``path`` with.
 
@@ -40,10 +139,22 @@ def options(path: str, align_corners: bool | None, inplace_abn: bool | None
   where it differs from the plain default; an
   option given against it is kept, and ``warning`` says so. For other files
   the options are returned as given (None: not given) and both lines are None.
+
+  With ``loaded`` (the file's ``(state, layout)``), a file named as released
+  whose contents differ (:func:`differences`) gets what it shows instead
+  (InPlaceABN only if it has no ``num_batches_tracked`` buffers, unless
+  asked for; ``backbone_only`` as given to the converter) and the plain
+  default align_corners=False, both returned as decided (not None), and
+  ``warning`` says what differs and what was done.
   """
   name = os.path.basename(paths.shown(path))   # a symlink by its own name
   if name not in RELEASED:
     return align_corners, inplace_abn, None, None
+  if loaded is not None:
+    found = differences(name, *loaded)
+    if found:
+      return _not_as_released(name, found, align_corners, inplace_abn, loaded,
+                              backbone_only)
   want_align, want_abn = RELEASED[name]
   # What it takes from the table that plain defaults would have missed.
   filled = (['align_corners=True'] if align_corners is None and want_align else []) + (
