@@ -152,7 +152,8 @@ def test_released_checkpoint_commands_as_written(folder, monkeypatch):
   out = run(folder, command('--cityscapes_test_format'), *SMALL_WINDOWS).stdout
   assert 'sliding 64x128 windows (cityscapes rule: whole image at scales <= 1)' in out
   assert 'flip' in out
-  assert re.search(r'predict 1/2 .* \| [\d.]+ s incl\. compiling for \d+x\d+$', out, re.M), out
+  assert re.search(r'predict 1/2 .* \| [\d.]+ s incl\. compiling for \d+x\d+ '
+                   r'\| ETA (at most )?\d+s$', out, re.M), out
   assert re.search(r'predict 2/2 .* done in', out), out
   results = sorted((folder / 'runs/w48_test/predictions/test_results').glob('*.png'))
   assert len(results) == 2
