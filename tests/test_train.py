@@ -146,7 +146,8 @@ def test_two_processes(tmp_path):
   r = loop.train_and_evaluate(c, {str(tmp_path / "w")!r})
   print('RESULT', jax.process_index(), r['final_step'], r['losses'])
   '''
-  env = dict(os.environ, PYTHONPATH=f'{REPO}:{REPO / "tests"}', JAX_PLATFORMS='cpu')
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             PYTHONPATH=f'{REPO}:{REPO / "tests"}:{REPO / "tests" / "multiprocess_cache"}')
   procs = [subprocess.Popen([sys.executable, '-c', textwrap.dedent(code)],
                             env=dict(env, PID=str(i)), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
