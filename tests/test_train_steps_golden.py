@@ -48,7 +48,8 @@ X10 = ["--config.train.nonbackbone_keywords=('last_layer',)",
 
 
 def _run(args, cwd):
-  env = dict(os.environ, PYTHONPATH=str(REPO))
+  # XLA's fast-compile mode, as in the tests' own process (tests/conftest.py).
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_DISABLE_MOST_OPTIMIZATIONS='1')
   r = subprocess.run([sys.executable, '-m', *args], cwd=cwd, env=env,
                      capture_output=True, text=True, timeout=1200)
   assert r.returncode == 0, f'{args[:1]} failed:\n{r.stderr[-3000:]}'
