@@ -76,7 +76,9 @@ def run(cwd, argv, *extra, env=None, expect=0, quiet=True):
   """Runs a command; returns the CompletedProcess.  ``quiet``: no traceback
   and no library log lines on the console (console_checks.assert_quiet)."""
   argv = [sys.executable if a == 'python' else a for a in argv]
-  full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+  # XLA's fast-compile mode, as in the tests' own process (tests/conftest.py).
+  full_env = dict(os.environ, PYTHONPATH=str(REPO), JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+                  **(env or {}))
   r = subprocess.run(argv + list(extra), cwd=cwd, env=full_env, capture_output=True,
                      text=True, timeout=900)
   console = r.stdout + r.stderr

@@ -27,7 +27,8 @@ def run_without_tf_torch(code: str, cwd) -> str:
       loaded = [m for m in {BLOCKED!r} if sys.modules.get(m) is not None]
       assert not loaded, loaded
       """)
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests')]))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests')]),
+             JAX_DISABLE_MOST_OPTIMIZATIONS='1')  # fast compiles, as in tests/conftest.py
   r = subprocess.run([sys.executable, '-c', prelude + textwrap.dedent(code) + epilogue],
                      cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-4000:]
