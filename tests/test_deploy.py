@@ -163,9 +163,14 @@ def test_savedmodel_bytes_signature(zoo):
   np.testing.assert_array_equal(maps.numpy(), Segmenter(cfg, variables).predict(rgb))
 
 
+# The commands' subprocesses compile in XLA's fast-compile mode, as the tests'
+# own process does (tests/conftest.py).
+FAST_COMPILE = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+
+
 def _cli(*args, cwd):
   return subprocess.run([sys.executable, '-m', 'hrseg_jax.export', *args], cwd=cwd,
-                        capture_output=True, text=True, check=False)
+                        capture_output=True, text=True, check=False, env=FAST_COMPILE)
 
 
 def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
@@ -207,7 +212,7 @@ def test_export_cli_stablehlo_with_card_and_jax_only_loader(zoo, tmp_path):
           "bad = [m for m in sys.modules if m.startswith(('flax', 'hrseg_jax.models'))]\n"
           'assert not bad, bad\n')
   r = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True,
-                     text=True, check=False)
+                     text=True, check=False, env=FAST_COMPILE)
   assert r.returncode == 0, r.stderr
   np.testing.assert_array_equal(np.load(tmp_path / 'y.npy'),
                                 Segmenter(cfg, variables).predict(rgb))
