@@ -653,7 +653,8 @@ def test_the_suite_injects_its_count_of_faults():
            and callable(fn) and 'ledger' in inspect.signature(fn).parameters}
   assert users == set(FAULTS_PER_TEST)
   cases = {'test_bad_data_is_one_line_naming_the_file': len(BAD_DATA_CASES),
-           'test_bad_config_is_one_line_naming_the_field': len(CONFIG_CASES)}
+           'test_bad_config_is_one_line_naming_the_field': len(CONFIG_CASES),
+           'test_a_skipped_bad_image_is_named_once_on_the_console_and_in_log_txt': 2}
   total = sum(n * cases.get(name, 1) for name, n in FAULTS_PER_TEST.items())
   assert total == FAULTS_IN_SUITE
 
