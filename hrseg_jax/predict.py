@@ -3,7 +3,8 @@
 >>> predict(model_cfg, variables, 'photos/', 'out/', palette='cityscapes')
 
 Inputs are a folder (searched recursively for ``*.png``, ``*.jpg``,
-``*.jpeg``; its other files are named in one line and left out), a list
+``*.jpeg``, ``*.bmp``, ``*.tif``, ``*.tiff``, ``*.webp``; its other files
+are named in one line and left out), a list
 file (``.txt``/``.lst``: the first whitespace-separated column of each line
 is an image path, relative to ``list_root`` or the list file's folder -- the
 original's list format), explicit image paths, or a list mixing these.  Per
@@ -58,7 +59,8 @@ from hrseg_jax.eval.inference import Predictor
 from hrseg_jax.models import registry
 from hrseg_jax.progress import Progress
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+# What a folder is searched for (OpenCV decodes them all).
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 LIST_EXTENSIONS = ('.txt', '.lst')
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')   # video.py
 

@@ -156,7 +156,7 @@ def test_predict_pth_checkpoint_and_unreadable_video(user_folder):
   r = _run_main(user_folder, '--mode', 'predict', '--checkpoint', 'tiny.pth',
                 '--input', 'empty', '--workdir', 'runs/p')
   assert r.returncode == 2
-  assert r.stderr == 'error: empty: no .png/.jpg/.jpeg images found\n'
+  assert r.stderr == 'error: empty: no .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp images found\n'
   assert _listing(user_folder) == before
 
 

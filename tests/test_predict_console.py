@@ -115,27 +115,34 @@ def test_unwritable_workdir_is_one_line_before_the_checkpoint_loads(tmp_path):
 
 
 def test_a_folders_other_files_are_named_not_silently_left_out(tmp_path):
-  """A .bmp or a README in the photo folder was skipped without a word
-  ('predicted 1 image(s)' of a folder of three files)."""
+  """A .gif or a README in the photo folder was skipped without a word
+  ('predicted 1 image(s)' of a folder of three files); a .bmp or .tif is
+  an image (it was left out)."""
   _convert_tiny_hrnet(tmp_path)
   (tmp_path / 'photos/sub').mkdir(parents=True)
   Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photos/a.png')
-  Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photos/sub/b.bmp')
+  Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photos/sub/b.gif')
+  Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photos/sub/c.bmp')
+  Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'photos/sub/d.tif')
   (tmp_path / 'photos/notes.txt').write_text('where the photos come from')
   (tmp_path / 'photos/.DS_Store').write_bytes(b'\0')
   r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
                '--workdir', 'runs/p')
   assert r.returncode == 0, r.stderr[-3000:]
   lines = r.stdout.splitlines()
-  assert lines[2] == ('predict: left out 2 files in photos/ (not .png/.jpg/.jpeg): '
-                      'notes.txt, sub/b.bmp'), r.stdout
-  assert lines[3].startswith('predict 1/1 (100%) photos/a.png (32x64)'), r.stdout
-  (tmp_path / 'photos/a.png').unlink()
+  assert lines[2] == ('predict: left out 2 files in photos/ (not '
+                      '.png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp): notes.txt, sub/b.gif'), r.stdout
+  assert lines[3].startswith('predict 1/3 (33%) photos/a.png (32x64)'), r.stdout
+  assert lines[4].startswith('predict 2/3 (66%) photos/sub/c.bmp (32x64)'), r.stdout
+  assert lines[5].startswith('predict 3/3 (100%) photos/sub/d.tif (32x64)'), r.stdout
+  assert (tmp_path / 'runs/p/predictions/labels/sub/d.png').is_file()
+  for name in ('a.png', 'sub/c.bmp', 'sub/d.tif'):
+    (tmp_path / 'photos' / name).unlink()
   r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
                '--workdir', 'runs/p')
   assert r.returncode == 2 and r.stdout == '', r.stderr[-3000:]
-  assert r.stderr == ('error: photos: no .png/.jpg/.jpeg images '
-                      'found (it holds 2 other files: notes.txt, sub/b.bmp)\n'), r.stderr
+  assert r.stderr == ('error: photos: no .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp images '
+                      'found (it holds 2 other files: notes.txt, sub/b.gif)\n'), r.stderr
 
 
 def test_an_input_that_is_not_an_image_fails_before_any_prediction(tmp_path):
@@ -148,7 +155,8 @@ def test_an_input_that_is_not_an_image_fails_before_any_prediction(tmp_path):
                '--input', 'notes.md', '--workdir', 'runs/p')
   assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
   assert r.stderr == ('error: notes.md: not an image (OpenCV finds no image format '
-                      'in it); --input takes images, folders of .png/.jpg/.jpeg images, '
+                      'in it); --input takes images, folders of '
+                      '.png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp images, '
                       '.txt/.lst lists of them, videos (.mp4/.avi/.mov/.mkv/.webm/.m4v), '
                       'a folder of frames with --video or a camera index (0)\n'), r.stderr
   # In a folder or a list (a.png was predicted and written, then it stopped at b.png).
@@ -237,7 +245,8 @@ def test_predict_without_input_names_every_kind_of_input(tmp_path):
   r = _predict(tmp_path, '--checkpoint', 'converted', '--workdir', 'runs/p')
   assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
   assert r.stderr == ('error: --mode predict needs --input: images, folders of '
-                      '.png/.jpg/.jpeg images, .txt/.lst lists of them, videos '
+                      '.png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp images, .txt/.lst lists of '
+                      'them, videos '
                       '(.mp4/.avi/.mov/.mkv/.webm/.m4v), a folder of frames with --video '
                       'or a camera index (0)\n'), r.stderr
 
@@ -283,5 +292,6 @@ def test_a_folder_without_images_names_its_first_other_files_and_how_many_more(t
   with pytest.raises(ValueError) as e:
     predict.resolve_inputs(str(tmp_path / 'photos'))
   assert str(e.value).endswith(
-      'photos: no .png/.jpg/.jpeg images found (it holds 7 other files: notes0.txt, '
+      'photos: no .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp images found (it holds 7 other '
+      'files: notes0.txt, '
       'notes1.txt, notes2.txt, notes3.txt, notes4.txt, … (2 more))'), str(e.value)

@@ -87,9 +87,9 @@ def test_predict_video_file_and_frame_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     # Named, not skipped silently.
     # '1 file', not '1 file(s)'.
-    assert ('frames/: left out 1 file (not .png/.jpg/.jpeg frames): notes.txt'
+    assert ('frames/: left out 1 file (not .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp frames): notes.txt'
             if '--video' in args else 'predict: left out 1 file in frames/ (not '
-            '.png/.jpg/.jpeg): notes.txt') in r.stdout.splitlines(), r.stdout
+            '.png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp): notes.txt') in r.stdout.splitlines(), r.stdout
   preds = tmp_path / 'run' / 'predictions'
   assert sorted(os.listdir(preds / 'frames' / 'labels')) == [f'{i:06d}.png' for i in range(5)]
   for i in range(5):
@@ -131,7 +131,8 @@ def test_camera_video_or_frames_that_cannot_be_read_stop_before_the_checkpoint_l
   for args, error in (
       (['--input', '7'], '--input 7: OpenCV cannot open camera 7 (no camera here?)'),
       (['--input', 'notes.mp4'], 'notes.mp4: OpenCV cannot read this video'),
-      (['--input', 'frames', '--video'], 'frames: no .png/.jpg/.jpeg frames found '
+      (['--input', 'frames', '--video'],
+       'frames: no .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp frames found '
        '(it holds 1 other file: notes.txt)')):
     r = subprocess.run([sys.executable, '-m', 'hrseg_jax.main', '--mode', 'predict',
                         '--checkpoint', 'ckpt', *args, '--workdir', 'run'],
