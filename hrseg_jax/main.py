@@ -127,17 +127,10 @@ def main(argv):
 
 
 def entry():
+  # Ctrl-C where the training loop's own handler is not installed (start-up,
+  # --mode eval/predict): one line and exit 130, as the other commands.
   from hrseg_jax import pipes  # pylint: disable=g-import-not-at-top
-  pipes.end_quietly_on_broken_pipe()
-  pipes.keep_ctrl_c()
-  try:
-    app.run(main, flags_parser=command_line.parse_flags)
-  except KeyboardInterrupt as e:
-    # Ctrl-C where the training loop's own handler is not installed (start-up,
-    # --mode eval/predict): nothing to save, and no traceback.  An exit at
-    # once: XLA may still be compiling in its threads (pipes.exit_now).
-    print(pipes.stopped_line(e), file=sys.stderr)
-    pipes.exit_now(130)
+  pipes.run_command(lambda: app.run(main, flags_parser=command_line.parse_flags))
 
 
 if __name__ == '__main__':
