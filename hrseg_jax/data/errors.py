@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 
@@ -22,9 +23,11 @@ from hrseg_jax import paths
 
 log = logging.getLogger(__name__)
 
-# A folder where each process marks the bad files it named, so that the data
-# workers of one run name each file once between them.
+# Set by :func:`named_once` for the data workers it starts (they inherit the
+# environment): a folder where each process marks the bad files it named, so
+# that they name each file once between them, and the run's log.txt.
 MARKS_ENV = 'HRSEG_BAD_EXAMPLE_MARKS'
+LOG_FILE_ENV = 'HRSEG_LOG_FILE'
 
 
 class DataError(ValueError):
@@ -53,7 +56,7 @@ class SkipCounter:
   Grain workers are separate processes; each keeps its own counter and
   names each bad file once (the pipeline may read a file many times ahead:
   one line per read was dozens of lines for one file), on the console and,
-  in training, in log.txt (:mod:`hrseg_jax.data.workers`).
+  in training, in log.txt (:func:`named_once`).
   """
 
   def __init__(self):
@@ -96,8 +99,8 @@ class SkipCounter:
 
 
 def _first_in_run(path: str) -> bool:
-  """Whether no other process of this run named ``path`` yet (True where
-  :func:`named_once_across_processes` is not in force)."""
+  """Whether no other process of this run named ``path`` yet (True outside
+  :func:`named_once`)."""
   folder = os.environ.get(MARKS_ENV)
   if not folder:
     return True
@@ -111,20 +114,56 @@ def _first_in_run(path: str) -> bool:
   return True
 
 
+def log_to(log_path: str | None) -> list[logging.Handler]:
+  """Sends this module's lines to stderr as the console has them
+  (``warning: ...``, not logging's ``WARNING:name:...`` or absl's
+  ``W1202 ... errors.py:66]``) and to ``log_path`` (a training run's
+  log.txt, stamped like its other lines).  Returns the handlers added.
+  A data worker calls it at its start (:mod:`hrseg_jax.data.workers`)."""
+  log.setLevel(logging.WARNING)
+  log.propagate = False
+  console = logging.StreamHandler(sys.stderr)
+  console.setFormatter(logging.Formatter('warning: %(message)s'))
+  added = [console]
+  if log_path:
+    try:
+      log_file = logging.FileHandler(log_path, encoding='utf-8')   # appends
+    except OSError:
+      log_file = None   # the console has them
+    if log_file is not None:
+      log_file.setFormatter(logging.Formatter('%(asctime)s  warning: %(message)s',
+                                              '%Y-%m-%d %H:%M:%S'))
+      added.append(log_file)
+  for handler in added:
+    log.addHandler(handler)
+  return added
+
+
 @contextlib.contextmanager
-def named_once_across_processes():
-  """Within it, processes started from this one (data workers) name each bad
-  file once between them."""
+def named_once(log_path: str | None):
+  """Within it (a training run), each bad file skipped is named once, on
+  stderr and in ``log_path``, between this process and the data workers it
+  starts."""
   folder = tempfile.mkdtemp(prefix='hrseg-bad-examples-')
-  before = os.environ.get(MARKS_ENV)
+  saved = {name: os.environ.get(name) for name in (MARKS_ENV, LOG_FILE_ENV)}
   os.environ[MARKS_ENV] = folder
+  if log_path:
+    os.environ[LOG_FILE_ENV] = log_path
+  else:
+    os.environ.pop(LOG_FILE_ENV, None)
+  handlers = log_to(log_path)
   try:
     yield
   finally:
-    if before is None:
-      os.environ.pop(MARKS_ENV, None)
-    else:
-      os.environ[MARKS_ENV] = before
+    for handler in handlers:
+      log.removeHandler(handler)
+      handler.close()
+    log.propagate = True
+    for name, value in saved.items():
+      if value is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = value
     shutil.rmtree(folder, ignore_errors=True)
 
 

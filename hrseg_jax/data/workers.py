@@ -17,10 +17,6 @@ import os
 import signal
 import sys
 
-# The training run's log.txt: the workers' lines about bad examples go there
-# too (set by the training loop; workers inherit the environment).
-LOG_FILE_ENV = 'HRSEG_LOG_FILE'
-
 WORKER_ENV = {
     'JAX_PLATFORMS': 'cpu',
     'CUDA_VISIBLE_DEVICES': '',
@@ -45,41 +41,6 @@ def worker_init_fn(worker_index: int, worker_count: int) -> None:
       pass
   import cv2  # pylint: disable=g-import-not-at-top
   cv2.setNumThreads(1)
-  log_bad_examples(os.environ.get(LOG_FILE_ENV))
-
-
-def log_bad_examples(log_path: str | None) -> list:
-  """Sends the lines of :mod:`hrseg_jax.data.errors` to stderr as the console
-  has them (``warning: ...``, not logging's ``WARNING:name:...`` or absl's
-  ``W1202 ... errors.py:66]``) and to ``log_path`` (the training run's
-  log.txt, stamped like its other lines).  Returns the handlers added (the
-  training loop removes them at its end; a data worker keeps them)."""
-  import logging  # pylint: disable=g-import-not-at-top
-  logger = logging.getLogger('hrseg_jax.data.errors')
-  logger.setLevel(logging.WARNING)
-  logger.propagate = False
-  console = logging.StreamHandler(sys.stderr)
-  console.setFormatter(logging.Formatter('warning: %(message)s'))
-  added = [console]
-  if log_path:
-    try:
-      log_file = logging.FileHandler(log_path, encoding='utf-8')   # appends
-    except OSError:
-      log_file = None   # the console has them
-    if log_file is not None:
-      log_file.setFormatter(logging.Formatter('%(asctime)s  warning: %(message)s',
-                                              '%Y-%m-%d %H:%M:%S'))
-      added.append(log_file)
-  for handler in added:
-    logger.addHandler(handler)
-  return added
-
-
-def stop_logging_bad_examples(handlers: list) -> None:
-  import logging  # pylint: disable=g-import-not-at-top
-  logger = logging.getLogger('hrseg_jax.data.errors')
-  for handler in handlers:
-    logger.removeHandler(handler)
-    handler.close()
-  if not logger.handlers:
-    logger.propagate = True
+  # Bad examples skipped: named as the training process names them.
+  from hrseg_jax.data import errors  # pylint: disable=g-import-not-at-top
+  errors.log_to(os.environ.get(errors.LOG_FILE_ENV))

@@ -52,7 +52,6 @@ from hrseg_jax import paths
 from hrseg_jax.models import layers, registry
 from hrseg_jax.data import pipeline
 from hrseg_jax.data import errors as data_errors
-from hrseg_jax.data import workers
 from hrseg_jax.eval import evaluator as evaluator_lib
 from hrseg_jax.train import config_checks, resume, run_dir, run_length
 from hrseg_jax.train import faults as faults_lib
@@ -152,15 +151,12 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
   for line in init[1].get('console_lines', []) if init else []:
     console.log(line)   # train.init_from's BN scale
   stop.console = console   # SIGTERM's and Ctrl-C's notices reach log.txt too
-  # Bad examples skipped (data.skip_bad_examples): named on the console and in
-  # log.txt, by this process and the data workers (which inherit the variable).
+  # Bad examples skipped (data.skip_bad_examples): named once, on the console
+  # and in log.txt, by this process and the data workers.
   log_path = (os.fspath(workdir / run_dir.LOG_FILE)
               if is_main and not paths.is_url(os.fspath(workdir)) else None)
-  if log_path:
-    os.environ[workers.LOG_FILE_ENV] = log_path
-  skip_log = workers.log_bad_examples(log_path)
   try:
-    with data_errors.named_once_across_processes():
+    with data_errors.named_once(log_path):
       return _train_logged(config, workdir, stop, faults, num_train, writer, loss_log,
                            console, init)
   except Exception as e:
@@ -168,8 +164,6 @@ def _train(config, workdir: epath.Path, stop: StopSignal,
     raise
   finally:
     stop.console = None
-    os.environ.pop(workers.LOG_FILE_ENV, None)
-    workers.stop_logging_bad_examples(skip_log)
     console.close()
 
 
