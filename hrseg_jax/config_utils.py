@@ -7,13 +7,13 @@ import os
 import traceback
 
 # What --config is sometimes given instead of a configs/*.py file.
+_YAML = ("the original's experiments/*.yaml are configs/*.py here, e.g. "
+         'configs/hrnet_w48_cityscapes.py')
 _NOT_PYTHON = {
     '.json': ("a run's config.json is a record of that run: pass the configs/*.py "
               'file it came from (eval and predict take the model from the checkpoint)'),
-    '.yaml': ("the original's experiments/*.yaml are configs/*.py here, e.g. "
-              'configs/hrnet_w48_cityscapes.py'),
-    '.yml': ("the original's experiments/*.yaml are configs/*.py here, e.g. "
-             'configs/hrnet_w48_cityscapes.py'),
+    '.yaml': _YAML,
+    '.yml': _YAML,
 }
 
 
