@@ -40,7 +40,6 @@ import bisect
 import concurrent.futures
 import dataclasses
 import os
-import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import cv2
@@ -57,7 +56,7 @@ from hrseg_jax import files
 from hrseg_jax.eval import palettes
 from hrseg_jax.eval.inference import Predictor
 from hrseg_jax.models import registry
-from hrseg_jax.progress import Progress
+from hrseg_jax.progress import Progress, format_duration
 
 # What a folder is searched for (OpenCV decodes them all).
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
@@ -219,7 +218,8 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
   Raises:
     FileNotFoundError: a path (given or listed) does not exist.
     ValueError: no images, an empty file, one of no image format or one
-      that does not decode (``DataError``), or two inputs would write the same output file (with
+      that does not decode (``DataError``), a video among other inputs, or
+      two inputs would write the same output file (with
       ``cityscapes_test_format``, also the same ``test_results`` file).
   """
   if isinstance(inputs, (str, os.PathLike)):
@@ -233,6 +233,9 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike],
       raise FileNotFoundError(f'{paths.shown(path)}: no such file or directory')
     elif path.lower().endswith(LIST_EXTENSIONS):
       found += _from_list(path, list_root)
+    elif path.lower().endswith(VIDEO_EXTENSIONS):
+      raise ValueError(f'{paths.shown(path)}: a video is predicted on its own; '
+                       'give it as the only --input, and the images in another run')
     else:
       found.append(_Unchecked(ImageInput(path, _strip_ext(os.path.basename(path))),
                               hint=EXPLICIT))
@@ -250,8 +253,11 @@ def check_unique(keys: Sequence[str], found: Sequence[ImageInput], what: str
   """Raises ValueError if two inputs have the same output ``key``."""
   seen = {}
   for key, f in zip(keys, found):
+    if key in seen and os.path.realpath(seen[key]) == os.path.realpath(f.path):
+      raise ValueError(f'{paths.shown(f.path)}: given twice (as an image, in a '
+                       'folder or in a list); give it once')
     if key in seen:
-      raise ValueError(f'{paths.shown(f.path)} and {paths.shown(seen[key])} map to the '
+      raise ValueError(f'{paths.shown(seen[key])} and {paths.shown(f.path)} map to the '
                        f'same {what} {key!r}; rename one or predict them separately')
     seen[key] = f.path
 
@@ -435,7 +441,6 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
   # its line, and out of the rate; the sizes still to come are in the ETA.
   seen: set[tuple[int, int]] = set()
   results = []
-  t0 = time.monotonic()
   for item, image in frames:
     try:
       pipes.raise_if_ctrl_c()
@@ -465,9 +470,12 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
   if log is not None:
     folders = sorted({os.path.relpath(f, out_dir).split(os.sep)[0]
                       for r in results for f in r['files']})
+    # Durations as the progress lines write them ('done in 9s' above).
     compiled = (f' ({console.counted(progress.compiles, "size")} compiled in '
-                f'{progress.compile_seconds:.1f} s)' if progress.compiles > 1 else '')
-    log(f'predicted {console.counted(len(results), "image")} in {time.monotonic() - t0:.1f} s'
+                f'{format_duration(progress.compile_seconds)})'
+                if progress.compiles > 1 else '')
+    log(f'predicted {console.counted(len(results), "image")} in '
+        f'{format_duration(progress.elapsed())}'
         f'{compiled} -> '
         f'{paths.shown(out_dir)} ({", ".join(f + "/" for f in folders)})')
   return results

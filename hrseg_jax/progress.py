@@ -76,6 +76,10 @@ class Progress:
     self.compile_seconds = 0.0
     self._late = (0, 0.0)   # compiles after the first line: out of the rate
 
+  def elapsed(self) -> float:
+    """Seconds since the start (what 'done in' says)."""
+    return self._clock() - self._start
+
   def rate(self, done: int) -> float | None:
     """Items per second so far (None before the first item)."""
     return self._rate(done)[0]

@@ -145,8 +145,16 @@ def test_bad_settings(model, tmp_path):
     predict_lib.predict(dict(cfg, num_classes=5), variables, str(img),
                         str(tmp_path / 'out'), cityscapes_test_format=True)
   twins = [write_image(tmp_path / d / 'same.png', 8) for d in ('p', 'q')]
-  with pytest.raises(ValueError, match='same output name'):
+  with pytest.raises(ValueError, match=re.escape(
+      f'{twins[0]} and {twins[1]} map to the same output name')):
     predict_lib.resolve_inputs([str(t) for t in twins])
+  # The same file twice (given, and again in its folder) is named once.
+  with pytest.raises(ValueError, match=re.escape(f'{twins[0]}: given twice')):
+    predict_lib.resolve_inputs([str(twins[0]), str(tmp_path / 'p')])
+  # A video among images: not "not an image".
+  (tmp_path / 'clip.mp4').write_bytes(b'not decoded')
+  with pytest.raises(ValueError, match='clip.mp4: a video is predicted on its own'):
+    predict_lib.resolve_inputs([str(img), str(tmp_path / 'clip.mp4')])
 
 
 def test_segmenter_names_the_shape_it_was_given(model):

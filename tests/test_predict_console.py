@@ -228,7 +228,8 @@ def test_each_image_size_compiles_once_and_the_console_says_so(tmp_path):
       rf'predict 3/4 \(75%\) photos/c\.png \(40x24\) \| {s} incl\. compiling for 40x24 '
       rf'\| {rate} \| ETA \d+s',
       rf'predict 4/4 \(100%\) photos/d\.png \(32x48\) \| {rate} \| done in \d+s',
-      rf'predicted 4 images in {s} \(2 sizes compiled in {s}\) -> runs/p/predictions '
+      # Durations written as on the progress lines ('done in 9s', not '9.5 s').
+      r'predicted 4 images in \d+s \(2 sizes compiled in \d+s\) -> runs/p/predictions '
       r'\(color/, labels/, overlay/\)']
   assert len(lines) == 7, r.stdout
   for line, pattern in zip(lines[2:], expected):
