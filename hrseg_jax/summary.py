@@ -118,10 +118,13 @@ def main(argv=None) -> int:
   print(f'one {h}x{w} image, eval-mode forward')
   width = max([28] + [len(name) for name, _ in rows])   # a config path may be long
   print(f'{"model":{width}s} {"params":>12s} {"conv GMAC":>10s} {"matmul GMAC":>11s} '
-        f'{"GFLOP":>9s} {"README GFLOPs":>13s}')
+        f'{"GFLOP":>9s} {"GFLOPs (orig.)":>14s}')
   for name, r in rows:
     print(f'{name:{width}s} {r["params"]:>12,d} {r["conv_gmac"]:>10.1f} '
-          f'{r["matmul_gmac"]:>11.2f} {r["gflop"]:>9.1f} {r["readme_gflops"]:>13.1f}')
+          f'{r["matmul_gmac"]:>11.2f} {r["gflop"]:>9.1f} {r["readme_gflops"]:>14.1f}')
+  print('GFLOP: 2 x (conv + matmul) multiply-adds / 1e9; GFLOPs (orig.): conv '
+        'multiply-adds / 1024^3, as the official HRNet README counts them (W48: 696.2 '
+        'at 1024x2048)')
   return 0
 
 

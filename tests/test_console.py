@@ -348,8 +348,8 @@ def test_summary_columns_stay_aligned_with_a_long_config_path(tmp_path, capsys):
   long.write_text((REPO / 'configs' / 'demo.py').read_text())
   assert summary.main(['--config', str(long), '--variant', 'w18_small_v1',
                        '--size', '64', '128']) == 0
-  header, *rows = capsys.readouterr().out.splitlines()[1:]
-  assert len(rows) == 2
+  header, *rows, legend = capsys.readouterr().out.splitlines()[1:]
+  assert len(rows) == 2 and legend.startswith('GFLOP: '), legend
   end = header.index('params') + len('params')
   for row in rows:   # the params column ends where its header does
     assert row[end - 1].isdigit() and row[end] == ' ', (header, row)

@@ -200,6 +200,9 @@ def test_summary_w48_as_written(tmp_path):
   row = [l for l in out.splitlines() if l.startswith('w48 ')]
   assert len(row) == 1 and '65,859,379' in row[0] and ' 747.5 ' in row[0], out
   assert out.startswith('one 1024x2048 image, eval-mode forward')
+  # The original's convention is a named column, explained under the table.
+  assert row[0].rstrip().endswith(' 696.2') and 'GFLOPs (orig.)' in out, out
+  assert out.splitlines()[-1].startswith('GFLOP: 2 x (conv + matmul)'), out
 
 
 def test_demo_training_killed_resumed_then_eval(folder):
