@@ -210,3 +210,27 @@ def test_messages_name_paths_as_typed(tmp_path):
                                      'storage', 'weights']
   assert sorted(os.listdir(cwd / 'converted')) == ['ocr', 'w']
   assert os.listdir(cwd / 'storage') == []
+
+
+# os.access as on a read-only folder (the tests may run as root, whom no
+# folder mode stops): every path under a folder named 'locked'.
+READ_ONLY = ('import os, runpy, sys; real = os.access; '
+             "os.access = lambda p, m, *a, **k: False if 'locked' in os.fspath(p).split(os.sep) "
+             'else real(p, m, *a, **k); '
+             "runpy.run_module('hrseg_jax.main', run_name='__main__', alter_sys=True)")
+
+
+def test_read_only_workdir_is_the_first_and_only_line(tmp_path):
+  """A --workdir in a folder that cannot be written failed after the four
+  start-up lines (devices, batch, steps, data), once they had been printed."""
+  cwd, home = tmp_path / 'u', tmp_path / 'home'
+  (cwd / 'locked').mkdir(parents=True)
+  (cwd / 'configs').symlink_to(REPO / 'configs')
+  r = subprocess.run([sys.executable, '-c', READ_ONLY, '--config', 'configs/demo.py',
+                      '--workdir', 'locked/run'], cwd=cwd, env=_env(home),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
+  assert r.stderr.strip() == ('error: cannot write to --workdir locked/run: locked is '
+                              'read-only or not writable by this user; choose another '
+                              '--workdir'), r.stderr
+  assert os.listdir(cwd / 'locked') == []

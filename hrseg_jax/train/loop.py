@@ -97,6 +97,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   evaluator_lib.protocol_of(config, TRAINING_PROTOCOL)   # a bad eval.protocol, too
   evaluator_lib.progress_seconds(config)
   pretrained.check_init_from(config, workdir)  # the user's path in the message
+  run_dir.check_workdir(workdir)   # read-only: the first line, not after the plan
   config = paths.resolve_config(config)
   # Missing, unreadable or too little data fails here, before the workdir is made.
   num_train = pipeline.num_train_examples(config.data)

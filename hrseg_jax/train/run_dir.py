@@ -19,18 +19,36 @@ CONFIG_FILE = 'config.json'
 LOG_FILE = 'log.txt'
 
 
-def make_workdir(workdir) -> epath.Path:
-  """Creates ``workdir`` and checks that files can be written in it."""
-  workdir = epath.Path(workdir)
-  probe = workdir / f'.write-test-{os.getpid()}'
+def check_workdir(workdir) -> None:
+  """Fails, without making anything, when ``workdir`` cannot be made or
+  written: a file where it (or a folder above it) would be, or a nearest
+  existing folder this process cannot write (a read-only folder or file
+  system).  Called before the start-up lines, so that the error is the run's
+  first line; :func:`make_workdir` still tries the real write."""
+  text = paths.shown(workdir)
+  if paths.is_url(text):
+    return
   # A file where the folder (or a folder above it) would be: say so, not
   # the system's "File exists" / "Not a directory".
-  text = paths.shown(workdir)
-  blocker = None if paths.is_url(text) else (
-      text if os.path.isfile(workdir) else paths.file_above(workdir))
+  blocker = text if os.path.isfile(workdir) else paths.file_above(workdir)
   if blocker:
     raise NotADirectoryError(f'cannot write to --workdir {text}: {blocker} is a '
                              'file, not a folder; choose another --workdir')
+  existing = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
+  while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  if not os.access(existing, os.W_OK | os.X_OK):
+    named = existing if os.path.isabs(text) else os.path.relpath(existing)
+    raise PermissionError(f'cannot write to --workdir {text}: {named} is read-only '
+                          'or not writable by this user; choose another --workdir')
+
+
+def make_workdir(workdir) -> epath.Path:
+  """Creates ``workdir`` and checks that files can be written in it."""
+  check_workdir(workdir)
+  workdir = epath.Path(workdir)
+  probe = workdir / f'.write-test-{os.getpid()}'
+  text = paths.shown(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe.write_text('')
