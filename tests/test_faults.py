@@ -243,6 +243,22 @@ def test_ctrl_c_saves_and_a_second_ctrl_c_exits_at_once(tmp_path, reference, led
   _finish_chain(chain, [once, twice], reference)
 
 
+@pytest.mark.parametrize('fault,why', [('sigterm:0', 'SIGTERM'), ('sigint:0', 'Ctrl-C')])
+def test_a_signal_during_start_up_is_not_followed_by_compiling(tmp_path, fault, why):
+  """A signal while the model initialised: its notice, then a start line
+  that said 'compiling the training step' although no step was to run."""
+  r = fu.run(fu.write_config(tmp_path / 'config.py'), tmp_path / 'w', fault=fault)
+  assert r.returncode == 0, r.tail()
+  assert f'{why}: stopping before the first step' in r.stderr, r.tail()
+  start = [l for l in r.stdout.splitlines() if l.startswith('start ')]
+  assert len(start) == 1 and start[0].endswith(
+      f'from scratch (random initialisation); not training ({why} during start-up)'), start
+  assert 'compiling' not in r.stdout and not r.stdout.count('\nstep '), r.tail()
+  assert r.stdout.splitlines()[-1].startswith(
+      f'stopped by {why} before step 1 of {fu.NUM_STEPS}: no step trained, nothing saved'
+  ), r.tail()
+
+
 def test_ctrl_c_between_log_steps_stops_at_the_next_step(tmp_path, ledger):
   """Ctrl-C while the device trains step 2 of 8, with no log, checkpoint or
   evaluation step before step 8: the run stops at the step queued behind it,

@@ -10,6 +10,8 @@ kind written ``kind@P`` only acts in process P (``jax.process_index()``):
   runs the processes agree on a step >= N through JAX's preemption service:
   the process then pauses 5 s, time for the notice to reach the others).
 * ``sigint:N``: the same with SIGINT (Ctrl-C); ``sigint2:N`` sends two.
+  ``sigterm:0`` and ``sigint:0`` send it during start-up, once the run's
+  checkpoint folder is known (before the first step is compiled).
 * ``sigint_computed:N``: SIGINT from another thread once the device has
   computed step N, however far the host has dispatched ahead by then (a
   Ctrl-C at a moment the host does not choose).
@@ -51,6 +53,7 @@ import numpy as np
 ENV = 'HRSEG_FAULT'
 KINDS = ('sigterm', 'sigint', 'sigint2', 'sigint_computed', 'kill', 'kill_in_save',
          'kill_in_delete', 'nan', 'enospc', 'enospc_commit')
+AT_START_UP = ('sigterm', 'sigint')   # the kinds that take step 0
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'
 _COMMIT_FILE = 'commit_success.txt'
 
@@ -101,10 +104,12 @@ class Faults:
     for item in filter(None, (s.strip() for s in value.split(','))):
       kind, _, step = item.partition(':')
       kind, at, process = kind.partition('@')
-      if (kind not in KINDS or not step.isdigit() or int(step) < 1
+      first = 0 if kind in AT_START_UP else 1
+      if (kind not in KINDS or not step.isdigit() or int(step) < first
           or (at and not process.isdigit())):
         raise ValueError(f'{ENV}={value!r}: expected kind[@process]:step items '
-                         f'with kind in {KINDS} and step >= 1, got {item!r}')
+                         f'with kind in {KINDS} and step >= 1 (0: {"/".join(AT_START_UP)} '
+                         f'during start-up), got {item!r}')
       if not at or int(process) == _process_index():
         steps[kind] = int(step)
     return cls(steps)
@@ -137,7 +142,8 @@ class Faults:
                              ('sigint2', signal.SIGINT, 2)):
       if self._at(kind, step):
         for _ in range(count):
-          logging.warning('fault: %s after step %d', sig.name, step)
+          logging.warning('fault: %s %s', sig.name,
+                          f'after step {step}' if step else 'during start-up')
           for handler in logging.getLogger().handlers:
             handler.flush()
           os.kill(os.getpid(), sig)
@@ -148,7 +154,9 @@ class Faults:
       _sigkill(f'after step {step}')
 
   def install(self, checkpoint_dir) -> None:
-    """Patches the checkpoint write path for the checkpoint faults."""
+    """Patches the checkpoint write path for the checkpoint faults; sends
+    the start-up signals (step 0)."""
+    self.on_step_end(0)
     root = pathlib.Path(os.fspath(checkpoint_dir)).absolute()
     if 'kill_in_save' in self.steps:
       _patch_finalize(root, self.steps['kill_in_save'])

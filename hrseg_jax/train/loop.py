@@ -251,8 +251,9 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
       to_global=lambda local: sharding.global_batch(local, batch_sh), dtype=dtype,
       out_dir=workdir / evaluator_lib.EVAL_DIR, writer=writer, log=console.print)
   console.print(progress_lib.start_line(
-      f'{how}; compiling the training step (the first step line includes it)'
-      if start < num_steps else f'{how}; nothing left to train'))
+      f'{how}; nothing left to train' if start >= num_steps else
+      f'{how}; not training ({stop.reason} during start-up)' if stop.requested else
+      f'{how}; compiling the training step (the first step line includes it)'))
   if order_warning:
     console.print(order_warning)
   # The example order is a function of the global step: any process count
