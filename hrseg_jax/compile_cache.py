@@ -51,3 +51,38 @@ def configure(enabled: bool, flag_value: str | None = None) -> str | None:
   jax.config.update('jax_compilation_cache_dir', path)
   jax.config.update('jax_enable_compilation_cache', True)
   return path
+
+
+class Lookups:
+  """Counts the persistent cache's hits and misses while open (JAX's
+  monitoring events), to tell a compilation from a read of the cache:
+
+  >>> with Lookups() as lookups:
+  ...   train_fn(state, batch)   # the first call: traces, then compiles or reads
+  >>> lookups.all_hits   # every program it needed came from the cache
+  """
+  HIT = '/jax/compilation_cache/cache_hits'
+  MISS = '/jax/compilation_cache/cache_misses'
+
+  def __init__(self):
+    self.hits = self.misses = 0
+
+  def _on_event(self, event: str, **kwargs) -> None:
+    del kwargs
+    if event == self.HIT:
+      self.hits += 1
+    elif event == self.MISS:
+      self.misses += 1
+
+  def __enter__(self) -> 'Lookups':
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.monitoring.register_event_listener(self._on_event)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.monitoring.unregister_event_listener(self._on_event)
+
+  @property
+  def all_hits(self) -> bool:
+    return self.hits > 0 and self.misses == 0

@@ -9,7 +9,8 @@ import re
 STEP_LINE = re.compile(
     r'^step (?P<step>\d+)/(?P<total>\d+) \(epoch [\d.]+\) loss (?P<loss>[\d.]+|nan) '
     r'lr (?P<lr>[\d.]+e-?\d+|0) grad (?:[\d.]+|nan) \| (?P<ips>[\d.]+) img/s, '
-    r'(?P<sps>[\d.]+) s/step(?P<compiling> incl\. compilation)?, data \d+% \| '
+    r'(?P<sps>[\d.]+) s/step(?P<compiling> incl\. compilation(?P<cached> \(read from '
+    r'the cache\))?)?, data \d+% \| '
     r'ETA (?P<eta>\S+)(?: \+ (?P<evals>\d+) evals?)?')
 STARTUP_KEYS = ('devices', 'batch', 'steps', 'data', 'model', 'workdir',
                 'checkpoints', 'start')
@@ -46,6 +47,7 @@ def step_line_shape(line: str) -> str:
   some machines add (``| skipped N``, ``| mem N GiB``): what the README's
   quoted lines and a run's must share."""
   line = re.sub(r' \| (skipped|mem) .*$', '', line)
+  line = line.replace(' (read from the cache)', '')   # a repeated run's first line
   line = re.sub(r'ETA \S+', 'ETA D', line)
   line = re.sub(r'\+ (\d+) evals?', '+ N evals', line)
   return re.sub(r'\d+(\.\d+)?(e-?\d+)?', 'N', line)

@@ -84,6 +84,14 @@ def test_first_eta_leaves_out_compilation():
   assert first.endswith('20.500 s/step incl. compilation, data 0% | ETA 19s'), first
   clock.now += 2.0                          # the next window has no compilation
   assert p.line(4, {'loss': 0.5, 'lr': 1e-2, 'grad_norm': 2.0}).endswith('| ETA 36s')
+  # A repeated run that read the compiled step from the persistent cache.
+  p = progress.Progress(num_steps=40, steps_per_epoch=32, global_batch=8,
+                        start_step=0, clock=clock)
+  p.add_compile_time(3.0, from_cache=True)
+  clock.now += 5.0
+  first = p.line(2, {'loss': 0.5, 'lr': 1e-2, 'grad_norm': 2.0})
+  assert '2.500 s/step incl. compilation (read from the cache), data 0%' in first, first
+  assert console_checks.STEP_LINE.match(first)['cached']
 
 
 def test_a_slow_first_step_shows_its_images_per_second():

@@ -143,7 +143,7 @@ def test_released_checkpoint_commands_as_written(folder, monkeypatch):
   out = run(folder, command('--mode predict', '--input photos/')).stdout
   assert 'palette cityscapes' in out and "whole image at each image's own size" in out
   assert re.search(rf'predict 1/1 \(100%\) {PHOTO} \(64x128\) \| .* done in', out), out
-  assert re.search(r'predicted 1 image in [\d.]+ s -> runs/w48_predict/predictions '
+  assert re.search(r'predicted 1 image in \d+s -> runs/w48_predict/predictions '
                    r'\(color/, labels/, overlay/\)$', out, re.M), out
   labels = folder / 'runs/w48_predict/predictions/labels' / pathlib.Path(PHOTO).name
   with Image.open(labels) as im:
@@ -228,6 +228,9 @@ def test_demo_training_killed_resumed_then_eval(folder):
   console_checks.assert_training_console(resumed, steps=[3, 4], num_steps=4,
                                          start='resumed from step 2')
   console_checks.assert_eta_leaves_out_compilation(resumed.stdout)
+  # The killed run compiled the step into the persistent cache: the resumed
+  # run's first line says it read it (it said 'incl. compilation' alone).
+  assert console_checks.step_lines(resumed.stdout)[3]['cached'], resumed.stdout
   names = classes.class_names('synthetic', 19)
   console_checks.assert_eval_table(resumed.stdout, names)
   assert 'trained 2 steps (steps 3-4 of 4, resumed from step 2) in ' in resumed.stdout

@@ -110,9 +110,10 @@ class ProgressHook:
     """Records a dispatched step's device metrics (nothing waits here)."""
     self._pending.append((step, metrics))
 
-  def add_compile_time(self, seconds: float) -> None:
-    """The first training call's tracing and compilation (left out of the ETA)."""
-    self.progress.add_compile_time(seconds)
+  def add_compile_time(self, seconds: float, from_cache: bool = False) -> None:
+    """The first training call's tracing and compilation (left out of the ETA;
+    ``from_cache``: the compiled step was read from the persistent cache)."""
+    self.progress.add_compile_time(seconds, from_cache)
 
   def add_data_time(self, seconds: float) -> None:
     """Time spent waiting for input (the console line's data share)."""

@@ -46,7 +46,7 @@ import time
 import jax
 from etils import epath
 
-from hrseg_jax import config_fields
+from hrseg_jax import compile_cache, config_fields
 from hrseg_jax import console as console_lib
 from hrseg_jax import paths
 from hrseg_jax.models import layers, registry
@@ -315,9 +315,13 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
           progress.add_data_time(time.perf_counter() - t_data)
           batch = sharding.global_batch(faults.on_batch(step, local), batch_sh)
           t_call = time.perf_counter()
-          state, metrics = train_fn(state, batch)
-          if step == start + 1:   # traced and compiled before dispatching
-            progress.add_compile_time(time.perf_counter() - t_call)
+          if step == start + 1:   # traced and compiled (or read) before dispatching
+            with compile_cache.Lookups() as lookups:
+              state, metrics = train_fn(state, batch)
+            progress.add_compile_time(time.perf_counter() - t_call,
+                                      from_cache=lookups.all_hits)
+          else:
+            state, metrics = train_fn(state, batch)
           progress.add(step, metrics)
           report(step)
           if log_now:

@@ -8,7 +8,9 @@ A log line reads::
 (one line on the console).  Speeds are measured on the host between two log
 steps, when the loop fetches the metrics anyway (no extra device sync);
 time spent evaluating and saving checkpoints is left out of them.  The
-first window after start-up includes compilation, and says so; its ETA
+first window after start-up includes compilation, and says so (``incl.
+compilation (read from the cache)`` when the persistent compilation cache
+held the training step); its ETA
 leaves compilation out (the time of the first training call, which traces
 and compiles before it dispatches), so a resumed run's first line does not
 spread one compilation over every remaining step.  The ETA counts the
@@ -69,6 +71,7 @@ class Window:
   data_share: float           # of the time, spent waiting for input
   eta_s: float                # to the last step, at this speed, with timed evaluations
   includes_compilation: bool  # the first window after start-up
+  compiled_from_cache: bool = False   # ... which read the compiled step from the cache
   evals_untimed: int = 0      # evaluations to come, left out of eta_s (none timed yet)
 
   def scalars(self) -> dict[str, float]:
@@ -112,10 +115,13 @@ class Progress:
     self._paused = 0.0
     self._data = 0.0
     self._compile = 0.0
+    self._from_cache = False
 
-  def add_compile_time(self, seconds: float) -> None:
-    """Host time of the first training call (tracing and compilation)."""
+  def add_compile_time(self, seconds: float, from_cache: bool = False) -> None:
+    """Host time of the first training call (tracing and compilation;
+    ``from_cache``: the compiled step was read from the persistent cache)."""
     self._compile += seconds
+    self._from_cache = from_cache
 
   def add_data_time(self, seconds: float) -> None:
     """Time the loop waited for the input pipeline."""
@@ -163,6 +169,7 @@ class Progress:
                eta_s=((self.num_steps - step) * training / steps
                       + (evals * self._eval_s if timed else 0.0)),
                includes_compilation=self._first,
+               compiled_from_cache=self._first and self._from_cache,
                evals_untimed=0 if timed else evals)
     self._first = False
     self._since_step, self._since = step, now
@@ -185,7 +192,7 @@ class Progress:
             f'loss {metrics["loss"]:.3f} lr {format_lr(metrics["lr"])} '
             f'grad {metrics["grad_norm"]:.2f} | '
             f'{format_rate(w.images_per_s)} img/s, {w.seconds_per_step:.3f} s/step'
-            f'{" incl. compilation" if w.includes_compilation else ""}, '
+            f'{_compilation_note(w)}, '
             f'data {100 * w.data_share:.0f}% | ETA {format_duration(w.eta_s)}')
     if w.evals_untimed:
       text += f' + {console.counted(w.evals_untimed, "eval")}'
@@ -194,6 +201,13 @@ class Progress:
     if memory is not None:
       text += f' | mem {format_bytes(memory)}'
     return text
+
+
+def _compilation_note(w: Window) -> str:
+  if not w.includes_compilation:
+    return ''
+  return (' incl. compilation (read from the cache)' if w.compiled_from_cache
+          else ' incl. compilation')
 
 
 def count_parameters(params) -> int:
