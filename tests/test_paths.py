@@ -212,17 +212,21 @@ def test_messages_name_paths_as_typed(tmp_path):
   assert os.listdir(cwd / 'storage') == []
 
 
-# os.access as on a read-only folder (the tests may run as root, whom no
-# folder mode stops): every path under a folder named 'locked'.
-READ_ONLY = ('import os, runpy, sys; real = os.access; '
-             "os.access = lambda p, m, *a, **k: False if 'locked' in os.fspath(p).split(os.sep) "
-             'else real(p, m, *a, **k); '
+# A read-only file system under every folder named 'locked' (the tests may
+# run as root, whom no folder mode stops): paths.check_writable's probe fails.
+READ_ONLY = ('import errno, os, runpy, tempfile; real = tempfile.mkstemp\n'
+             'def mkstemp(*a, dir=None, **k):\n'
+             "  if dir and 'locked' in os.fspath(dir).split(os.sep):\n"
+             '    raise OSError(errno.EROFS, os.strerror(errno.EROFS))\n'
+             '  return real(*a, dir=dir, **k)\n'
+             'tempfile.mkstemp = mkstemp\n'
              "runpy.run_module('hrseg_jax.main', run_name='__main__', alter_sys=True)")
 
 
 def test_read_only_workdir_is_the_first_and_only_line(tmp_path):
-  """A --workdir in a folder that cannot be written failed after the four
-  start-up lines (devices, batch, steps, data), once they had been printed."""
+  """A --workdir on a read-only file system failed after the four start-up
+  lines (devices, batch, steps, data), in other words than the other
+  commands' ('cannot write to --workdir rom/train: Read-only file system')."""
   cwd, home = tmp_path / 'u', tmp_path / 'home'
   (cwd / 'locked').mkdir(parents=True)
   (cwd / 'configs').symlink_to(REPO / 'configs')
@@ -230,7 +234,7 @@ def test_read_only_workdir_is_the_first_and_only_line(tmp_path):
                       '--workdir', 'locked/run'], cwd=cwd, env=_env(home),
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 2 and r.stdout == '', (r.stdout, r.stderr[-3000:])
-  assert r.stderr.strip() == ('error: cannot write to --workdir locked/run: locked is '
-                              'read-only or not writable by this user; choose another '
+  assert r.stderr.strip() == ('error: cannot write locked/run/log.txt: locked is not '
+                              'writable (read-only file system); choose another '
                               '--workdir'), r.stderr
   assert os.listdir(cwd / 'locked') == []

@@ -34,13 +34,8 @@ def check_workdir(workdir) -> None:
   if blocker:
     raise NotADirectoryError(f'cannot write to --workdir {text}: {blocker} is a '
                              'file, not a folder; choose another --workdir')
-  existing = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
-  while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-    existing = os.path.dirname(existing)
-  if not os.access(existing, os.W_OK | os.X_OK):
-    named = existing if os.path.isabs(text) else os.path.relpath(existing)
-    raise PermissionError(f'cannot write to --workdir {text}: {named} is read-only '
-                          'or not writable by this user; choose another --workdir')
+  # A folder that takes no new file, in the words of the other commands.
+  paths.check_writable(os.path.join(text, LOG_FILE), '--workdir')
 
 
 def make_workdir(workdir) -> epath.Path:
