@@ -322,14 +322,17 @@ def test_training_summary_line_counts_this_runs_steps():
   ev = {'miou': 0.5, 'pixel_acc': 0.9}
   base = dict(steps=300, seconds=12.4, preempted=False, stop_reason=None)
   assert summary_line(dict(base, start_step=0, final_step=300, eval=ev)) == (
-      'trained 300 steps in 12 s; final mIoU 50.00% (pixel acc 90.00%)')
+      'trained 300 steps in 12s; final mIoU 50.00% (pixel acc 90.00%)')
+  # Written as the ETAs are (it said 'in 1022 s').
+  assert summary_line(dict(base, start_step=0, final_step=300, seconds=1022.4)) == (
+      'trained 300 steps in 17m02s; no evaluation')
   assert summary_line(dict(base, start_step=100, final_step=300)) == (
-      'trained 200 steps (steps 101-300 of 300, resumed from step 100) in 12 s; '
+      'trained 200 steps (steps 101-300 of 300, resumed from step 100) in 12s; '
       'no evaluation')
   # The count is written as the step numbers beside it, which scripts read
   # back (it said 'trained 1,000 steps (steps 1001-2000 of 2000').
   assert summary_line(dict(base, steps=2000, start_step=1000, final_step=2000)) == (
-      'trained 1000 steps (steps 1001-2000 of 2000, resumed from step 1000) in 12 s; '
+      'trained 1000 steps (steps 1001-2000 of 2000, resumed from step 1000) in 12s; '
       'no evaluation')
   assert summary_line(dict(base, start_step=300, final_step=300)).startswith(
       'trained no step (the run was at step 300 of 300)')
@@ -337,7 +340,7 @@ def test_training_summary_line_counts_this_runs_steps():
                  eval=ev, eval_step=4)
   assert summary_line(stopped) == (
       'stopped by Ctrl-C at step 9 of 300, checkpoint saved; rerun the same command '
-      'to resume. Trained 1 step (step 9 of 300, resumed from step 8) in 12 s; '
+      'to resume. Trained 1 step (step 9 of 300, resumed from step 8) in 12s; '
       'mIoU 50.00% at step 4')
   # Ctrl-C before the first step: no checkpoint written (none at all when
   # the run had not started), so none is claimed.

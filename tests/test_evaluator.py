@@ -126,7 +126,7 @@ def test_rerun_of_a_finished_run_says_its_best_miou(trained):
   again = run(cwd, DEMO, *SMALL_DEMO, '--config.eval.every_steps=2',
               '--config.eval.protocol=test')
   last = again.stdout.strip().splitlines()[-1]
-  assert re.fullmatch(r'trained no step \(the run was at step 4 of 4\) in \d+ s; its best '
+  assert re.fullmatch(r'trained no step \(the run was at step 4 of 4\) in \d+s; its best '
                       rf'mIoU was {best[0]}% at step {best[1]}', last), again.stdout
 
 

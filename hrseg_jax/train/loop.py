@@ -398,7 +398,7 @@ def summary_line(result: dict) -> str:
     what += f' ({span} of {total}, resumed from step {start})'
   elif not trained:
     what = f'trained no step (the run was at step {start} of {total})'
-  what += f' in {result["seconds"]:.0f} s'
+  what += f' in {progress_lib.format_duration(result["seconds"])}'
   ev = result.get('eval')
   if result['preempted'] and not trained:   # stopped before its first step
     why = result.get('stop_reason') or 'train.stop_at_step'
