@@ -117,9 +117,11 @@ def main(argv):
     config = None if without_config else FLAGS.config
     console.import_tensorflow_if_used(
         config, [FLAGS.workdir, FLAGS.checkpoint or '', *(FLAGS.input or [])])
-    modes.run(config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint, FLAGS.input,
-              dtype=FLAGS.dtype, options=_flag_options(),
-              config_given=FLAGS['config'].present)
+    result = modes.run(config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint, FLAGS.input,
+                       dtype=FLAGS.dtype, options=_flag_options(),
+                       config_given=FLAGS['config'].present)
+    if modes.exit_code(FLAGS.mode, result):   # Ctrl-C before the first step
+      sys.exit(modes.exit_code(FLAGS.mode, result))
   except (OSError, ValueError, KeyError, RuntimeError) as e:
     msg = str(e).strip().replace('\n', ' ') or type(e).__name__
     print(f'{distributed.error_prefix()}error: {msg}', file=sys.stderr)

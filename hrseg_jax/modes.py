@@ -21,6 +21,18 @@ def predict_options(**overrides) -> dict:
   return out
 
 
+def exit_code(mode: str, result) -> int:
+  """The command's exit code after :func:`run` returned: 130 for a training
+  run that Ctrl-C stopped before its first step (nothing trained, nothing
+  saved, as a Ctrl-C before the training loop starts); else 0 (a run
+  stopped with its checkpoint saved, or by SIGTERM, exits 0)."""
+  if (mode == 'train' and isinstance(result, dict) and result.get('preempted')
+      and result.get('stop_reason') == 'Ctrl-C'
+      and result.get('final_step') == result.get('start_step')):
+    return 130
+  return 0
+
+
 def _predict_eval_cfg(config, dataset, opts):
   """Test-time settings: the config's eval section when a config was given
   (flags override it), else from the checkpoint's dataset and the image."""
