@@ -43,12 +43,14 @@ flags.DEFINE_string('dataset', None, 'predict: palette and class names (cityscap
                     "lip, pascal_ctx, ...); default: the checkpoint's dataset.")
 flags.DEFINE_bool('cityscapes_test_format', False, 'predict: also write labelId '
                   'PNGs for the Cityscapes test server (test_results/).')
-flags.DEFINE_bool('sliding', False, "predict: sliding-window inference (the "
+flags.DEFINE_bool('sliding', False, "eval/predict: sliding-window inference (the "
                   "dataset's rule and window, or --crop_size).")
-flags.DEFINE_list('crop_size', None, 'predict: sliding window H,W.')
-flags.DEFINE_list('scales', ['1.0'], 'predict: test scales, e.g. 0.5,0.75,1,1.25 '
-                  '(1 = the image\'s own size).')
-flags.DEFINE_bool('flip', False, 'predict: also predict the mirrored image (flip test).')
+flags.DEFINE_list('crop_size', None, 'eval/predict: sliding window H,W.')
+flags.DEFINE_list('scales', ['1.0'], 'eval/predict: test scales, e.g. 0.5,0.75,1,1.25 '
+                  '(eval: of eval.base_size; predict without --config: 1 = the '
+                  'image\'s own size).')
+flags.DEFINE_bool('flip', False, 'eval/predict: also predict the mirrored image (flip '
+                  'test).')
 flags.DEFINE_bool('compilation_cache', True, 'Keep compiled XLA programs on disk '
                   'so a repeated or resumed run does not compile them again.')
 flags.DEFINE_string('compilation_cache_dir', None, 'Folder of the compilation '

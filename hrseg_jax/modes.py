@@ -35,7 +35,8 @@ def exit_code(mode: str, result) -> int:
 
 def _predict_eval_cfg(config, dataset, opts):
   """Test-time settings: the config's eval section when a config was given
-  (flags override it), else from the checkpoint's dataset and the image."""
+  (flags override it: predict, and eval), else from the checkpoint's dataset
+  and the image."""
   from hrseg_jax import predict  # pylint: disable=g-import-not-at-top
   if config is None:
     return predict.predict_settings(
@@ -93,6 +94,9 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
     # images, decoded once, with their sizes.
     camera, images = _check_inputs(inputs, opts)   # and a --workdir that cannot be written
     paths.check_writable(os.path.join(paths.shown(workdir), 'predictions'), '--workdir')
+  if mode == 'eval':   # --scales, --flip, --sliding, --crop_size: as predict takes them
+    with config.unlocked():
+      config.eval.update(_predict_eval_cfg(config, None, opts))
   if mode == 'eval':   # a bad eval.protocol or data fails before the checkpoint loads
     from hrseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     from hrseg_jax.eval import config as eval_config  # pylint: disable=g-import-not-at-top

@@ -73,9 +73,12 @@ def test_eval_warns_when_the_config_model_is_another(user_folder):
   the checkpoint's is evaluated, and a warning says so."""
   r = _run_main(user_folder, '--config', 'configs/demo.py', '--workdir', 'runs/e',
                 '--mode', 'eval', '--checkpoint', 'converted/tiny19',
-                '--config.eval.num_examples=2')
+                '--config.eval.num_examples=2', '--scales=1,1.5', '--flip')
   assert r.returncode == 0, r.stderr
   lines = r.stdout.splitlines()
+  # --scales and --flip change the config's eval settings (they were ignored).
+  settings = [x for x in lines if x.startswith('eval: ') and 'scales ' in x]
+  assert len(settings) == 1 and 'scales 1,1.5, flip' in settings[0], r.stdout
   warnings = [x for x in lines if x.startswith('warning:')]
   assert warnings == [
       "warning: the checkpoint's model (hrnet custom, 19 classes) differs from the "
