@@ -77,6 +77,12 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   workdir = paths.resolve(workdir)
   # A camera index (--input 0) stays as it is.
   inputs = [p if video.is_camera(p) else paths.resolve(p) for p in inputs]
+  if mode == 'train' and checkpoint:   # was ignored without a word
+    raise ValueError(f'--checkpoint {checkpoint}: --mode train resumes from the '
+                     "checkpoints of --workdir; to start from other weights, pass "
+                     '--config.train.init_from=PATH (a .pth or a converted checkpoint)')
+  if mode == 'train' and inputs:
+    raise ValueError(f'--input {paths.shown(inputs[0])}: --input is for --mode predict')
   if mode == 'train':
     from hrseg_jax.train import loop  # pylint: disable=g-import-not-at-top
     return loop.train_and_evaluate(config, workdir)

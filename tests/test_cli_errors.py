@@ -208,6 +208,24 @@ def test_predict_without_config_refuses_config_overrides(user_folder):
   assert _listing(user_folder) == before
 
 
+def test_training_refuses_the_flags_of_eval_and_predict(user_folder):
+  """`--checkpoint latest` (or --input) given to a training run was ignored
+  without a word: it resumed from --workdir whatever --checkpoint said."""
+  (user_folder / 'configs').mkdir()
+  shutil.copy(REPO / 'configs' / 'demo.py', user_folder / 'configs' / 'demo.py')
+  before = _listing(user_folder)
+  r = _run_main(user_folder, '--config', 'configs/demo.py', '--workdir', 'runs/t',
+                '--checkpoint', 'converted/tiny')
+  assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+  assert r.stderr == ('error: --checkpoint converted/tiny: --mode train resumes from the '
+                      'checkpoints of --workdir; to start from other weights, pass '
+                      '--config.train.init_from=PATH (a .pth or a converted checkpoint)\n')
+  r = _run_main(user_folder, '--config', 'configs/demo.py', '--workdir', 'runs/t',
+                '--input', 'notes.txt')
+  assert r.stderr == 'error: --input notes.txt: --input is for --mode predict\n', r.stderr
+  assert _listing(user_folder) == before
+
+
 def test_no_camera_is_one_line_of_ours(capfd):
   """OpenCV's own warnings of a camera that does not open stay off the console."""
   with pytest.raises(OSError, match='--input 7: OpenCV cannot open camera 7'):
