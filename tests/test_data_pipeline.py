@@ -273,3 +273,11 @@ def test_images_seen_of_a_checkpoint_without_the_count_is_steps_times_batch():
                                     images_seen=56)
   assert pipeline.images_seen(saved, 10, 4) == 56
   assert not pipeline.data_order_differences(saved, old)   # not part of the order
+
+
+def test_order_differences_are_named_as_the_config_sets_them():
+  """A resume with another batch said 'global_batch 8 -> 4' (an internal key)."""
+  saved = pipeline.data_order_state(step=10, seed=0, global_batch=8, num_examples=100)
+  now = pipeline.data_order_state(step=10, seed=0, global_batch=4, num_examples=90)
+  assert pipeline.data_order_differences(saved, now) == [
+      'train.batch_size 8 -> 4', 'training examples 100 -> 90']

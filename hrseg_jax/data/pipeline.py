@@ -223,8 +223,11 @@ def images_seen(saved: dict[str, Any] | None, step: int, global_batch: int) -> i
 
 def data_order_differences(saved: dict[str, Any], current: dict[str, Any]
                            ) -> list[str]:
-  """Fields of :func:`data_order_state` that change the example order."""
-  return [f'{k} {saved.get(k)} -> {current[k]}'
+  """Fields of :func:`data_order_state` that change the example order,
+  named as the user sets them (``train.batch_size 8 -> 4``)."""
+  named = {'seed': 'seed', 'global_batch': 'train.batch_size',
+           'num_examples': 'training examples'}
+  return [f'{named[k]} {saved.get(k)} -> {current[k]}'
           for k in ('seed', 'global_batch', 'num_examples')
           if saved.get(k) != current[k]]
 
