@@ -405,11 +405,13 @@ def test_report_of_runs_measured_differently_tells_their_rows_apart():
             'results': [rec], 'peer': peer.load(None)}
   same = report.table(report.merge([doc(12, ''), dict(doc(12, ''), results=[
       dict(rec, model='w18')])]))
-  assert '(run ' not in same and 'merged from: ' in same
+  assert '(run ' not in same and '\nmerged from:\n  benchmark.py --batch 12\n' in same
   # The same workload measured twice the same way: marked too.
   again = report.table(report.merge([doc(12, ''), doc(12, '')]))
   assert again.count('| HRNetV2-W48 | hrseg_jax (run ') == 2
-  assert 'merged from: (run 1) benchmark.py --batch 12 ; (run 2) ' in again
+  # One command a line (a line of all of them ran past 1,500 characters).
+  assert ('merged from:\n  (run 1) benchmark.py --batch 12\n  (run 2) benchmark.py '
+          '--batch 12') in again
   text = report.table(report.merge([doc(12, ''), doc(24, '--xla_x=1')]))
   assert '| HRNetV2-W48 | hrseg_jax (run 1) | bfloat16 |' in text
   assert '| HRNetV2-W48 | hrseg_jax (run 2) | bfloat16 |' in text
@@ -640,3 +642,16 @@ def test_gpu_run_sigterm_between_entries_is_one_line(tmp_path, monkeypatch, caps
     signal.signal(signal.SIGTERM, before)
   assert code == 143
   assert capsys.readouterr().err == 'stopped by SIGTERM\n'
+
+
+def test_a_report_without_peer_rows_names_the_models_the_peer_measured():
+  """It said 'every peer row is in the JSON' also where no JSON was written."""
+  rec = {'model': 'tiny', 'dtype': 'float32', 'mode': 'train', 'status': 'ok',
+         'images_per_s': 1.0, 'ms': 1.0, 'mfu': None, 'compile_s': 1.0}
+  doc = {'meta': {'date': 'd', 'command': 'benchmark.py --tiny'},
+         'settings': {'batch': 2, 'crop': [64, 128]}, 'results': [rec],
+         'peer': peer.load(None)}
+  text = report.table(doc)
+  assert 'in the JSON' not in text
+  line = [l for l in text.splitlines() if l.startswith('(no peer rows')]
+  assert len(line) == 1 and 'the peer measured ' in line[0] and 'w48' in line[0], text

@@ -138,7 +138,8 @@ def header(doc: dict[str, Any]) -> str:
     commands = list(map(str, doc['merged_from']))
     if _runs_repeat(doc):   # rows are marked (run N)
       commands = [f'(run {n}) {c}' for n, c in enumerate(commands, 1)]
-    lines.append('merged from: ' + ' ; '.join(commands))
+    lines.append('merged from:')   # one command a line (a line of each was too long)
+    lines += [f'  {c}' for c in commands]
   return '\n'.join(lines)
 
 
@@ -149,8 +150,10 @@ def table(doc: dict[str, Any]) -> str:
   peer = doc.get('peer', {})
   parts = [header(doc), '', markdown(_ours(results, _runs_differ(doc) or _runs_repeat(doc))
                                      + _peer(peer.get('rows', []), keys))]
-  if not keys & {p['model'] for p in peer.get('rows', [])}:
-    parts.append('(no peer rows for these models; every peer row is in the JSON)')
+  measured = sorted({p['model'] for p in peer.get('rows', [])})
+  if measured and not keys & set(measured):
+    parts.append('(no peer rows for these models; the peer measured '
+                 + ', '.join(measured) + ')')
   parts.append(f'peer: {peer.get("note", "")}')
   problems = [r for r in results if r.get('status') != 'ok']
   for r in problems:
