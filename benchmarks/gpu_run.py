@@ -229,11 +229,16 @@ def _check(args) -> set[str]:
   only = {n for n in args.only.split(',') if n}
   unknown = only - {e[0] for e in PLAN}
   if unknown:
-    raise ValueError(f'--only: unknown entries {sorted(unknown)}; known: '
-                     f'{[e[0] for e in PLAN]}')
+    raise ValueError(f'--only: unknown {"entry" if len(unknown) == 1 else "entries"} '
+                     f'{", ".join(sorted(unknown))}; known: '
+                     f'{", ".join(e[0] for e in PLAN)}')
   if args.budget <= 0:
     raise ValueError(f'--budget must be > 0 seconds; got {args.budget:g}')
   cli.check_writable(args.out, 'OUT', folder=True)
+  # A second run in the same folder mixed its files with the first's.
+  if os.path.isdir(args.out) and any(not n.startswith('.') for n in os.listdir(args.out)):
+    raise ValueError(f'OUT {args.out} is not empty (an earlier run?): give a new folder, '
+                     'so that the runs stay apart')
   # The arguments after -- as benchmark.py will read them (it exits 2 itself
   # with one line on a malformed one).
   extra = cli.build_parser().parse_args(list(args.extra))

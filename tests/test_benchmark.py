@@ -570,9 +570,8 @@ def test_gpu_run_ctrl_c_stops_the_running_entry_and_records_the_rest(tmp_path):
 
 @pytest.mark.parametrize('args, message', [
     (['--only', 'w99'],
-     "error: --only: unknown entries ['w99']; known: ['w48_bf16', "
-     "'lite30_hanet_bf16', 'ocr_w48_bf16', 'w32_hanet_bf16', 'w48_f32', "
-     "'lite30_hanet_bf16_dwxla']"),
+     'error: --only: unknown entry w99; known: w48_bf16, lite30_hanet_bf16, '
+     'ocr_w48_bf16, w32_hanet_bf16, w48_f32, lite30_hanet_bf16_dwxla'),
     (['--budget', 'x'], "error: argument --budget: invalid float value: 'x'"),
     (['--tiny', '--', '--batch', '0'], 'error: --batch must be >= 1'),
     (['--', '--crop', '5'], 'error: argument --crop: expected HxW'),
@@ -585,6 +584,17 @@ def test_gpu_run_rejects_bad_arguments_before_creating_out(tmp_path, args, messa
   lines = done.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(message), done.stderr
   assert not (tmp_path / 'out').exists()
+
+
+def test_gpu_run_refuses_the_folder_of_an_earlier_run(tmp_path):
+  """A second run into one OUT rewrote its table over the first's files."""
+  (tmp_path / 'out').mkdir()
+  (tmp_path / 'out' / 'gpu_run.json').write_text('{}')
+  done = _gpu_run(tmp_path / 'out', '--tiny')
+  assert done.returncode == 2, done.stderr
+  assert done.stderr.startswith('error: OUT ') and 'is not empty (an earlier run?)' in (
+      done.stderr), done.stderr
+  assert os.listdir(tmp_path / 'out') == ['gpu_run.json']
 
 
 def test_flop_breakdown_keys():
