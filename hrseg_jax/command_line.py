@@ -59,8 +59,9 @@ def require_config_file():
   """One line, exit 2, when the ``--config`` file (or its default) is missing."""
   filename = config_flags.get_config_filename(FLAGS['config']).split(':')[0]
   if not os.path.isfile(os.path.expanduser(filename)):
-    given = 'given' if FLAGS['config'].present else 'default'
-    print(f'error: config file {filename!r} ({given}) not found: pass --config with the '
+    what = ('config file' if FLAGS['config'].present
+            else 'the default config file (no --config given)')
+    print(f'error: {what} {filename} not found: pass --config with the '
           'path of one of the repository\'s configs/*.py files', file=sys.stderr)
     sys.exit(2)
 
@@ -152,7 +153,7 @@ def flag_error(error: BaseException, argv) -> str:
   config it was probably meant to be."""
   if isinstance(error, flags.Error):
     # A config file that raises comes with its traceback in the message.
-    return _wrong_type(one_line(error)) or one_line(error)
+    return _wrong_type(one_line(error)) or _not_a_choice(one_line(error)) or one_line(error)
   if isinstance(error, (AttributeError, KeyError)):
     field, hint = missing_field(error)
     bad = [a for a in argv if a.startswith('--config.') and field in a.split('=')[0]]
@@ -169,6 +170,16 @@ def flag_error(error: BaseException, argv) -> str:
 _TYPE_ERRORS = (('invalid literal for int()', 'an integer'),
                 ('could not convert string to float', 'a number'),
                 ('Non-boolean argument to boolean flag', 'true or false'))
+
+
+def _not_a_choice(message: str) -> str | None:
+  """absl's ``flag --mode=bogus: value should be one of <train|eval|predict>``
+  as ``--mode=bogus: expected one of train, eval, predict``; None for
+  another message."""
+  found = re.match(r'flag (--[\w.]+=.*?): value should be one of <(.*)>$', message)
+  if not found:
+    return None
+  return f'{found[1]}: expected one of {", ".join(found[2].split("|"))}'
 
 
 def _wrong_type(message: str) -> str | None:

@@ -353,3 +353,19 @@ def test_a_file_as_the_compilation_cache_folder_is_one_line(tmp_path, where):
   assert r.stderr == (f'error: {named[where]}: a.png is a file, not a folder (pass another '
                       'folder, or --nocompilation_cache)\n'), r.stderr
   assert sorted(p.name for p in tmp_path.iterdir()) == ['a.png', 'configs']
+
+
+def test_a_bad_mode_and_a_missing_config_file_are_one_line_each(tmp_path):
+  """absl's 'flag --mode=bogus: value should be one of <train|eval|predict>',
+  and "config file 'x' (given) not found"."""
+  r = _run_main(tmp_path, '--mode', 'bogus', '--workdir', 'runs/x')
+  assert (r.returncode, r.stdout) == (2, '') and r.stderr == (
+      'error: --mode=bogus: expected one of train, eval, predict\n'), r.stderr
+  r = _run_main(tmp_path, '--config', 'configs/nope.py', '--workdir', 'runs/x')
+  assert (r.returncode, r.stdout) == (2, '') and r.stderr == (
+      'error: config file configs/nope.py not found: pass --config with the path of one '
+      "of the repository's configs/*.py files\n"), r.stderr
+  r = _run_main(tmp_path, '--workdir', 'runs/x')   # no configs/demo.py here
+  assert r.stderr.startswith('error: the default config file (no --config given) '
+                             'configs/demo.py not found: '), r.stderr
+  assert os.listdir(tmp_path) == []
