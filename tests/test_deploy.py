@@ -159,7 +159,8 @@ def test_savedmodel_bytes_signature(zoo):
   assert b'hrseg_jax/models/' in data
   assert os.path.dirname(os.path.dirname(cli.__file__)).encode() not in data
   model = tf.saved_model.load(str(path))
-  maps = model.signatures['predict_bytes'](images=tf.constant(encoded))['class_map']
+  # Its output is named as serving_default's and the card's (it was 'class_map').
+  maps = model.signatures['predict_bytes'](images=tf.constant(encoded))['output']
   np.testing.assert_array_equal(maps.numpy(), Segmenter(cfg, variables).predict(rgb))
 
 

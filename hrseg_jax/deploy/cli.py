@@ -157,7 +157,7 @@ def _write_export(fmt: str, tmp: str, cfg, variables, shape, dtype, pre: bool, p
                    with_bytes=with_bytes)
   sigs = {'serving_default': 'images -> output'}
   if with_bytes:
-    sigs[savedmodel.BYTES_SIGNATURE] = ('images: encoded image strings -> class_map '
+    sigs[savedmodel.BYTES_SIGNATURE] = ('images: encoded image strings -> output (class maps) '
                                         '(resized to the exported size first)')
   return {'signatures': sigs}
 

@@ -6,7 +6,8 @@ Signatures (every one has a free batch dimension):
   normalised float32 without ``--with-pre-post``/``--input-dtype uint8``) ->
   ``output`` (class maps int32 [B, H, W], or logits at 1/4 resolution).
 * ``predict_bytes`` (with ``--with-pre-post`` only): ``images`` a string
-  vector of encoded PNG/JPEG/BMP/GIF images -> ``class_map`` int32 [B, H, W].
+  vector of encoded PNG/JPEG/BMP/GIF images -> ``output`` (class maps
+  int32 [B, H, W]), named as ``serving_default``'s and the card's output.
   Images of another size are bilinearly resized to the exported size first.
   TensorFlow's decoder leaves a JPEG's EXIF orientation unapplied (OpenCV,
   which ``--mode predict`` decodes with, rotates such photos upright).
@@ -53,6 +54,6 @@ def write(path: str, fn: Callable[[Mapping, Any], Any], variables: Mapping,
         BYTES_SIGNATURE,
         input_signature=[tf.TensorSpec([None], tf.string, name='images')],
         tf_preprocessor=decode,
-        tf_postprocessor=lambda out: {'class_map': out}))
+        tf_postprocessor=lambda out: {'output': out}))
   manager = oex.ExportManager(module, configs)
   manager.save(os.fspath(path))
