@@ -20,6 +20,8 @@ import sys
 
 import numpy as np
 
+from hrseg_jax import arguments
+
 TILE_W = 320  # width of one image panel in the picture
 STRIP_W = 10  # HANet row strip
 GAP = 6
@@ -138,8 +140,8 @@ def browse(config, splits: list[str], num: int, seed: int = 0, columns: int = 2
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m hrseg_jax.browse', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = arguments.ArgumentParser(prog='python -m hrseg_jax.browse', description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--config', required=True, help='configs/X.py[:arg]')
   p.add_argument('--split', choices=('train', 'val', 'both'), default='both')
   p.add_argument('--num', type=int, default=8, help='samples per split (default 8)')
@@ -151,7 +153,7 @@ def main(argv=None) -> int:
       i and overrides[i - 1].startswith('--config.') and '=' not in overrides[i - 1]
       and not a.startswith('-'))]
   if unknown:
-    p.error(f'unrecognized arguments: {" ".join(unknown)}')
+    p.unrecognized(unknown)
   try:
     if args.num < 1:
       raise ValueError(f'--num {args.num}: must be positive')

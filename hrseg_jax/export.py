@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+from hrseg_jax import arguments
 from hrseg_jax.deploy import cli as deploy_cli
 
 
@@ -32,8 +33,8 @@ def parse_step(text: str) -> int | str:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m hrseg_jax.export', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = arguments.ArgumentParser(prog='python -m hrseg_jax.export', description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('checkpoint', help='converted checkpoint or training workdir')
   p.add_argument('output', help='file (or SavedModel directory) to write')
   p.add_argument('--prefix', default=None, help="key prefix ('' for a bare state "

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hrseg_jax import arguments
 from hrseg_jax.models import registry
 
 
@@ -84,8 +85,8 @@ def summary_row(model_cfg, height: int, width: int) -> dict:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m hrseg_jax.summary', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = arguments.ArgumentParser(prog='python -m hrseg_jax.summary', description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--config', action='append', default=[],
                  help='configs/X.py (repeatable); its `model` field')
   p.add_argument('--variant', action='append', default=[],

@@ -36,7 +36,6 @@ without saving).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import shlex
@@ -49,7 +48,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path[:1]:
   sys.path.insert(0, str(REPO))   # this checkout's hrseg_jax, installed or not
-from hrseg_jax import console, launch_args, launch_relay  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hrseg_jax import arguments, console, launch_args, launch_relay  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ENTRY = ('-m', 'hrseg_jax.main')
 
@@ -110,8 +109,9 @@ def shell_line(env: dict[str, str], argv: list[str]) -> str:
 def parse_args(argv: list[str]):
   """Launcher flags before ``--``; training flags after it."""
   own, train_args = launch_args.split(argv)
-  parser = argparse.ArgumentParser(
-      description=__doc__.split('\n')[0],
+  # A bad flag is one line, named as the launcher's (--help shows the usage).
+  parser = arguments.ArgumentParser(
+      description=__doc__.split('\n')[0], prog_in_errors=True,
       usage='%(prog)s [options] -- --config CONFIG --workdir DIR [...]')
   parser.add_argument('--num_processes', type=int, default=1,
                       help='training processes on this machine, each with its '
@@ -131,8 +131,6 @@ def parse_args(argv: list[str]):
                       'the one running this script)')
   parser.add_argument('--dry-run', '--dry_run', dest='dry_run',
                       action='store_true', help='print, start nothing')
-  # A bad flag is one line (the messages say what to do; --help shows the usage).
-  parser.error = lambda message: parser.exit(2, f'{parser.prog}: error: {message}\n')
   args = parser.parse_args(own)
   if not train_args:
     parser.error('training flags go after "--", e.g. -- --config '

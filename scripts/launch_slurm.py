@@ -31,7 +31,6 @@ output file.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import shlex
@@ -42,7 +41,7 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path[:1]:
   sys.path.insert(0, str(REPO))   # this checkout's hrseg_jax, installed or not
-from hrseg_jax import console, launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hrseg_jax import arguments, console, launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ENTRY = ('-m', 'hrseg_jax.main')
 
@@ -84,8 +83,9 @@ def sbatch_script(args, train_args: list[str]) -> str:
 def parse_args(argv: list[str]):
   """Launcher flags before ``--``; training flags after it."""
   own, train_args = launch_args.split(argv)
-  parser = argparse.ArgumentParser(
-      description=__doc__.split('\n')[0],
+  # A bad flag is one line, named as the launcher's (--help shows the usage).
+  parser = arguments.ArgumentParser(
+      description=__doc__.split('\n')[0], prog_in_errors=True,
       usage='%(prog)s [options] -- --config CONFIG --workdir DIR [...]')
   parser.add_argument('--nodes', type=int, default=1, help='nodes (hosts) of the job')
   parser.add_argument('--gpus_per_node', type=int, default=8,
@@ -116,8 +116,6 @@ def parse_args(argv: list[str]):
                       help='sbatch script and job output go here')
   parser.add_argument('--dry-run', '--dry_run', dest='dry_run',
                       action='store_true', help='print, submit nothing')
-  # A bad flag is one line (the messages say what to do; --help shows the usage).
-  parser.error = lambda message: parser.exit(2, f'{parser.prog}: error: {message}\n')
   args = parser.parse_args(own)
   if not train_args:
     parser.error('training flags go after "--", e.g. -- --config '

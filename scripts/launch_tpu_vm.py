@@ -38,7 +38,6 @@ Steps:
 """
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import os
 import pathlib
@@ -55,7 +54,7 @@ VENV = '~/hrseg-venv'
 LOG_DIR = '~/hrseg_logs'
 if str(REPO) not in sys.path[:1]:
   sys.path.insert(0, str(REPO))   # the checkout this launcher deploys, installed or not
-from hrseg_jax import console, launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hrseg_jax import arguments, console, launch_args  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Runtime (software) versions by TPU generation, from the Cloud TPU docs
 # ("TPU software versions"); check `gcloud compute tpus tpu-vm versions list`.
@@ -164,7 +163,9 @@ def remote_config(train_args: list[str]) -> str:
 def parse_args(argv: list[str]):
   """Launcher flags before ``--``; training flags after it (train only)."""
   own, train_args = launch_args.split(argv)
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  # A bad flag is one line, named as the launcher's (--help shows the usage).
+  parser = arguments.ArgumentParser(description=__doc__.split('\n')[0],
+                                    prog_in_errors=True)
   parser.add_argument('step', choices=('create', 'setup', 'train', 'logs',
                                        'stop', 'delete'),
                       help='create the VM, set up (copy this code, install '
@@ -193,8 +194,6 @@ def parse_args(argv: list[str]):
                       'multi-host slice (e.g. an NFS mount on every worker)')
   parser.add_argument('--dry-run', '--dry_run', dest='dry_run',
                       action='store_true', help='print, run nothing')
-  # A bad flag is one line (the messages say what to do; --help shows the usage).
-  parser.error = lambda message: parser.exit(2, f'{parser.prog}: error: {message}\n')
   args = parser.parse_args(own)
   if not re.fullmatch(r'[a-z]+-[a-z]+[0-9]+-[a-z]', args.zone):
     parser.error(f'--zone {args.zone!r} is not a zone (e.g. us-central2-b, '

@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hrseg_jax import arguments
 from hrseg_jax.data import lists
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(
+  parser = arguments.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('dataset', choices=sorted(lists.LIST_FORMATS))
   parser.add_argument('--root', required=True,

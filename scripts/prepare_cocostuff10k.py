@@ -13,14 +13,14 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
+from hrseg_jax import arguments
 from hrseg_jax.data import cocostuff10k, lists
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = arguments.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--root', required=True,
                       help='the unpacked cocostuff-10k-v1.1 folder '
                            '(images/, annotations/, imageLists/)')

@@ -13,14 +13,14 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
+from hrseg_jax import arguments
 from hrseg_jax.data import lists, pascal_ctx
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = arguments.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--json', required=True,
                       help='trainval_merged.json (Detail format)')
   parser.add_argument('--images', required=True,

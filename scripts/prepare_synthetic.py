@@ -10,11 +10,11 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
 
+from hrseg_jax import arguments
 from hrseg_jax.data import lists
 from hrseg_jax.data.synthetic import write_cityscapes_layout
 
@@ -47,7 +47,7 @@ def _check_args(args) -> None:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = arguments.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--root', required=True, help='folder to write (Cityscapes layout)')
   parser.add_argument('--list_dir', default='',
                       help='where the list files go (default: --root)')

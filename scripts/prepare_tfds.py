@@ -22,10 +22,10 @@ when you have the extracted tree (its splits are then 'train' and 'val').
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from hrseg_jax import arguments
 from hrseg_jax.data import lists
 from hrseg_jax.data import sources
 from hrseg_jax.data.errors import DataError
@@ -75,7 +75,7 @@ def _progress_log():
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = arguments.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--dataset', required=True, choices=DATASETS[:-1])
   parser.add_argument('--root', default='', help='default: the recipe root')
   parser.add_argument('--train_list', default='')

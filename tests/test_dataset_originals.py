@@ -217,7 +217,7 @@ def test_browse_takes_the_overrides_training_takes(tmp_path):
   assert r.returncode == 2 and r.stderr.startswith(
       "error: unknown config field 'config.data.rot'"), r.stderr
   r = _browse(tmp_path, *common, '--bogus')
-  assert r.returncode == 2 and r.stderr.endswith('error: unrecognized arguments: --bogus\n')
+  assert r.returncode == 2 and r.stderr == 'error: unrecognized arguments: --bogus (see --help)\n'
 
 
 def _cocostuff10k_download(tmp_path):

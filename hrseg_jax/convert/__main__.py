@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hrseg_jax import arguments
+
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m hrseg_jax.convert', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = arguments.ArgumentParser(prog='python -m hrseg_jax.convert', description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('checkpoint', help='.pth file (zip or legacy pre-1.6 format)')
   p.add_argument('output_dir', help='Orbax checkpoint directory to create')
   p.add_argument('--config', help='configs/X.py[:arg]; its `model` field fixes the '

@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from hrseg_jax import arguments
+
 
 def median_ms(fn, x, warmup: int, repeats: int) -> float:
   for _ in range(warmup):
@@ -97,8 +99,8 @@ def load_export(fmt: str, path: str):
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m hrseg_jax.deploy.latency', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = arguments.ArgumentParser(prog='python -m hrseg_jax.deploy.latency', description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('exports', nargs='+', help='files written by python -m hrseg_jax.export')
   p.add_argument('--checkpoint', help='also time the JAX model of this checkpoint')
   p.add_argument('--repeats', type=int, default=10,
