@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from hrseg_jax.convert import __main__ as convert_main, pth_write
+from hrseg_jax.convert import pth as convert_pth
 from hrseg_jax.models import hanet
 import pth_payloads
 from test_convert import TINY, torch_state
@@ -242,3 +243,45 @@ def test_two_keys_for_one_tensor_are_refused_not_one_dropped(tmp_path, tiny_stat
   from hrseg_jax.convert import convert  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match='holds hanet3.0.x under two names'):
     convert.rename_keys({'hanet3_0.x': 1, 'hanet3.0.x': 2}, {'hanet3_0.': 'hanet3.0.'})
+
+
+def _golden_state(golden) -> dict:
+  path = golden / 'hrnet_w18_small_v2_cityscapes.pth'
+  return convert_pth.state_dict_from_checkpoint(convert_pth.load_pth(str(path)))
+
+
+@pytest.mark.parametrize('extra, line', [
+    ({'aux.weight': 3}, 'error: model.pth: 1 unexpected key: aux.weight'),
+    ({'foo.bar.weight': 3}, 'error: model.pth: 1 unexpected key: foo.bar.weight'),
+    ({'model.foo.weight': 3}, 'error: model.pth: 1 unexpected key: foo.weight'),
+    ({'aux.weight': 3, 'model.foo.weight': 3},
+     'error: model.pth: 2 unexpected keys: aux.weight, foo.weight'),
+    ({'conv1.weight': 3},
+     'error: model.pth: the state dict holds both model.conv1.weight and conv1.weight'),
+])
+def test_a_stray_key_outside_the_prefix_is_an_unexpected_key(tmp_path, golden, extra,
+                                                              line):
+  """The released w18-small state dict (``model.*`` keys) plus one key without
+  the prefix was 'not an HRNet state dict: conv1.weight / layer1.0.conv1.weight
+  missing': the prefix was kept because one key lacked it."""
+  state = _golden_state(golden)
+  assert all(k.startswith(('model.', 'loss.')) for k in state)   # loss.*: class weights
+  state.update({k: np.zeros(n, np.float32) for k, n in extra.items()})
+  pth_write.save_pth(state, tmp_path / 'model.pth')
+  r = convert_cli(tmp_path)
+  assert r.returncode == 2 and r.stderr.splitlines() == [line], r.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']
+
+
+@pytest.mark.parametrize('obj, line', [
+    ({}, 'error: model.pth: holds no tensors (an empty state dict)'),
+    ({'state_dict': {}}, 'error: model.pth: holds no tensors (an empty state dict)'),
+    ({'loss.weight': np.ones(3, np.float32)},
+     'error: model.pth: holds no model weights, only 1 loss.* entry'),
+])
+def test_a_state_dict_without_tensors_says_so(tmp_path, obj, line):
+  """``{}`` was 'not an HRNet state dict: conv1.weight / ... missing'."""
+  pth_write.save_pth(obj, tmp_path / 'model.pth')
+  r = convert_cli(tmp_path)
+  assert r.returncode == 2 and r.stderr.splitlines() == [line], r.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth']

@@ -70,18 +70,33 @@ def flax_to_torch_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def strip_prefixes(state: Mapping[str, Any]) -> tuple[dict, str]:
-  """Removes wrapper prefixes shared by every model key.
+  """Removes the wrapper prefixes of the model keys.
+
+  A prefix is removed when more than half of the model keys carry it; keys
+  without it (a stray ``aux.weight`` next to ``model.*``) are kept as they
+  are, to be named as unexpected keys rather than hide the prefix.
 
   Returns the stripped state and the removed prefix (``''``, ``'model.'``,
   ``'module.model.'``...) so that an export can restore the same layout.
+
+  Raises:
+    ValueError: a key with the prefix and one without it would be the same
+      key once stripped (``model.foo.weight`` and ``foo.weight``).
   """
   removed = ''
   state = dict(state)
   while True:
     model_keys = [k for k in state if not k.startswith(NON_MODEL_PREFIXES)]
     for p in WRAPPER_PREFIXES:
-      if model_keys and all(k.startswith(p) for k in model_keys):
-        state = {(k[len(p):] if k.startswith(p) else k): v for k, v in state.items()}
+      if 2 * sum(k.startswith(p) for k in model_keys) > len(model_keys):
+        stripped = {}
+        for k, v in state.items():
+          short = k[len(p):] if k.startswith(p) else k
+          if short in stripped:   # never keep one of two silently
+            raise ValueError(f'the state dict holds both {removed}{p}{short} and '
+                             f'{removed}{short}')
+          stripped[short] = v
+        state = stripped
         removed += p
         break
     else:

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from hrseg_jax import paths
+from hrseg_jax import console, paths
 from hrseg_jax.convert import mapping, pth, safe_pickle
 
 # Entries kept as metadata (``loss.*``: class weights) are small float lists:
@@ -75,6 +75,10 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
     state = pth.state_dict_from_checkpoint(obj)
   except ValueError as e:
     raise ValueError(f'{name}: {e}') from None
+  if not any(not k.startswith(mapping.NON_MODEL_PREFIXES) for k in state):
+    raise ValueError(f'{name}: holds no tensors (an empty state dict)' if not state else
+                     f'{name}: holds no model weights, only '
+                     f'{console.counted(len(state), "loss.* entry", "loss.* entries")}')
   _check_keys(state, name)
   pth.check_state_dict_dtypes(state, name)
   wrapper = None
@@ -83,7 +87,10 @@ def load_state(path) -> tuple[dict[str, np.ndarray], dict]:
       if w in obj and isinstance(obj[w], Mapping):
         wrapper = w
         break
-  state, prefix = mapping.strip_prefixes(state)
+  try:
+    state, prefix = mapping.strip_prefixes(state)
+  except ValueError as e:
+    raise ValueError(f'{name}: {e}') from None
   for p in ('backbone.',):  # mmpose: keep the backbone, skip the pose head
     if any(k.startswith(p) for k in state):
       stripped = {}
