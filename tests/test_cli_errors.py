@@ -369,3 +369,21 @@ def test_a_bad_mode_and_a_missing_config_file_are_one_line_each(tmp_path):
   assert r.stderr.startswith('error: the default config file (no --config given) '
                              'configs/demo.py not found: '), r.stderr
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('mode_args, checkpoint, line', [
+    (['--mode', 'predict', '--input', 'a.png'], 'latests',
+     'error: checkpoint not found: latests; did you mean latest?'),
+    (['--mode', 'eval', '--config', 'configs/demo.py'], 'Best',
+     'error: checkpoint not found: Best; did you mean best?'),
+    (['--mode', 'predict', '--input', 'a.png'], 'w18s',
+     'error: checkpoint not found: w18s'),   # no name like best or latest: as it was
+])
+def test_a_checkpoint_spelt_like_best_or_latest_is_named(tmp_path, mode_args, checkpoint,
+                                                        line):
+  """``--checkpoint latests`` was only 'checkpoint not found: latests'."""
+  Image.new('RGB', (8, 8)).save(tmp_path / 'a.png')
+  (tmp_path / 'configs').symlink_to(REPO / 'configs')
+  r = _run_main(tmp_path, *mode_args, '--checkpoint', checkpoint, '--workdir', 'w')
+  assert r.returncode == 2 and r.stderr.splitlines() == [line], r.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['a.png', 'configs']

@@ -93,9 +93,13 @@ def select(spec: str | None, workdir: str | os.PathLike | None, *,
       when no kept step has an mIoU (no evaluation, or ``keep_best`` off).
 
   Raises:
-    FileNotFoundError: no checkpoint there (the message names the path).
+    FileNotFoundError: no checkpoint there (the message names the path, and
+      ``best`` or ``latest`` for a missing path spelt like one: ``latests``).
   """
   if spec not in (None, '', BEST, LATEST):
+    meant = misspelt_choice(spec)
+    if meant:
+      raise FileNotFoundError(f'{paths.not_found(spec)}; did you mean {meant}?')
     return os.fspath(spec), None, f'checkpoint {paths.shown(spec)}'
   if workdir is None:
     raise FileNotFoundError(f'--checkpoint {spec or default} needs --workdir')
@@ -114,6 +118,17 @@ def select(spec: str | None, workdir: str | os.PathLike | None, *,
           'evaluation (use latest, or a path)')
   return os.fspath(root), latest, (f'latest checkpoint (step {latest}) in '
                                    f'{paths.shown(root)}')
+
+
+def misspelt_choice(spec) -> str | None:
+  """``best`` or ``latest`` when ``spec``, a path that does not exist and has
+  no folder part, is spelt like it (``latests``, ``Best``, ``last``)."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  text = os.fspath(spec)
+  if os.sep in text or paths.is_url(text) or os.path.lexists(os.path.expanduser(text)):
+    return None
+  close = difflib.get_close_matches(text.lower(), (BEST, LATEST), n=1, cutoff=0.6)
+  return close[0] if close else None
 
 
 def pick_step(path, spec: int | str | None) -> int | None:
