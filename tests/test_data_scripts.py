@@ -86,6 +86,7 @@ def test_prepare_synthetic_into_an_earlier_dataset_is_refused(tmp_path):
 
 
 def test_make_lists_without_the_dataset_is_one_line(tmp_path, capsys):
+  (tmp_path / 'lip').mkdir()   # (an empty folder; a missing one is named as such)
   code = _main('make_lists.py')(['lip', '--root', str(tmp_path / 'lip'),
                                  '--out', str(tmp_path / 'list')])
   err = capsys.readouterr().err
@@ -287,3 +288,26 @@ def test_prepare_tfds_into_a_pipe_prints_plain_progress_lines(tmp_path):
   val = [int(m[2]) for m in done if m[1] == 'val']
   assert train == [2, 3, 4, 5, 6, 8, 9, 10, 11, 12] and val == [1, 2, 3], lines
   assert ' | done in ' in lines[-1], lines
+
+
+def test_make_lists_of_a_missing_root_says_so(tmp_path):
+  """A --root that is not there said 'no cityscapes images found', as for an
+  empty folder: the path was mistyped, not the dataset incomplete."""
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(SCRIPTS))
+  script = os.path.join(SCRIPTS, 'make_lists.py')
+
+  def run(root):
+    return subprocess.run([sys.executable, script, 'cityscapes', '--root', root, '--out',
+                           'data/list/cityscapes'], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+  r = run('data/cityscapes')
+  assert (r.returncode, r.stdout, r.stderr) == (2, '', 'error: data/cityscapes: no such folder\n')
+  (tmp_path / 'notes.txt').write_text('x')
+  r = run('notes.txt')
+  assert (r.returncode, r.stderr) == (2, 'error: notes.txt: not a folder\n')
+  (tmp_path / 'data/cityscapes').mkdir(parents=True)
+  r = run('data/cityscapes')
+  assert r.returncode == 2 and r.stderr.startswith(
+      'error: data/cityscapes: no cityscapes images found; expected leftImg8bit/')
+  assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*')) == [
+      'data', 'data/cityscapes', 'notes.txt']

@@ -311,11 +311,14 @@ def make_lists(dataset: str, root: str, out_dir: str) -> dict[str, str]:
     {split: path of the written list file}.
 
   Raises:
-    DataError: no images found, or an image without its label.
+    DataError: ``root`` is not a folder, no images found, or an image
+      without its label.
   """
   if dataset not in LIST_FORMATS:
     raise ValueError(f'no list format for {dataset!r}; expected one of '
                      f'{sorted(LIST_FORMATS)}')
+  if not os.path.isdir(root):   # not the 'no images found' of an empty folder
+    raise DataError(root, 'not a folder' if os.path.exists(root) else 'no such folder')
   scan, sep, names = LIST_FORMATS[dataset]
   lists = scan(root)
   if not lists:
