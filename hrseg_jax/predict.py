@@ -27,7 +27,11 @@ progress line per image (with the ETA) goes to ``log``.  Every file is
 written atomically and an
 image's files are only written once all of them are encoded, so a bad input
 (missing, unreadable, corrupt) raises an error naming the file and leaves no
-partial outputs for it.
+partial outputs for it.  Files already in ``out_dir`` stay (folder A, then
+folder B, may go into one workdir): a line before the summary says how many
+of them this run replaced and how many from an earlier run it kept.  A new
+image size's line says whether the model compiled or was read from the
+persistent compilation cache.
 
 On several processes (``jax.distributed``) each process predicts every
 ``jax.process_count()``-th image, starting at its ``jax.process_index()``,
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -47,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrseg_jax import console, paths, pipes
+from hrseg_jax import compile_cache, console, paths, pipes
 from hrseg_jax.data import decode, label_maps
 from hrseg_jax.data.errors import DataError
 from hrseg_jax.data.transforms import normalize
@@ -272,22 +277,66 @@ def read_image(path: str) -> np.ndarray:
   return decode.decode_image(decode.read_bytes(path), path)
 
 
+def output_paths(rel: str, out_dir: str, *, overlay: bool, test_format: bool
+                 ) -> dict[str, str]:
+  """The files one image writes, by kind: ``labels``, ``color``, and
+  ``overlay`` and ``test_results`` when written."""
+  out = {kind: os.path.join(out_dir, kind, rel + '.png') for kind in ('labels', 'color')}
+  if overlay:
+    out['overlay'] = os.path.join(out_dir, 'overlay', rel + '.png')
+  if test_format:
+    out['test_results'] = os.path.join(out_dir, 'test_results',
+                                       os.path.basename(rel) + '.png')
+  return out
+
+
 def image_outputs(image: np.ndarray, class_map: np.ndarray, rel: str,
                   out_dir: str, *, palette: np.ndarray, overlay: bool,
                   alpha: float, test_labels: np.ndarray | None
                   ) -> dict[str, bytes]:
   """Encoded output files of one image, keyed by destination path."""
-  out = {os.path.join(out_dir, 'labels', rel + '.png'): files.encode_png(class_map)}
+  where = output_paths(rel, out_dir, overlay=overlay,
+                       test_format=test_labels is not None)
   colors = palettes.colorize(class_map, palette)
-  out[os.path.join(out_dir, 'color', rel + '.png')] = files.encode_png(colors)
+  out = {where['labels']: files.encode_png(class_map),
+         where['color']: files.encode_png(colors)}
   if overlay:
-    out[os.path.join(out_dir, 'overlay', rel + '.png')] = files.encode_png(
-        palettes.overlay(image, colors, alpha))
+    out[where['overlay']] = files.encode_png(palettes.overlay(image, colors, alpha))
   if test_labels is not None:
-    name = os.path.basename(rel) + '.png'
-    out[os.path.join(out_dir, 'test_results', name)] = files.encode_png(
+    out[where['test_results']] = files.encode_png(
         test_labels[class_map], palettes.voc_palette(256))
   return out
+
+
+def files_under(folder: str) -> set[str]:
+  """The files below ``folder`` (none if it does not exist), relative to it;
+  hidden ones (a temporary file of an atomic write) not counted."""
+  out = set()
+  for root, dirs, names in os.walk(folder):
+    dirs[:] = [d for d in dirs if not d.startswith('.')]
+    out.update(os.path.relpath(os.path.join(root, n), folder)
+               for n in names if not n.startswith('.'))
+  return out
+
+
+def earlier_files_line(before: set[str], written: set[str], out_dir: str) -> str | None:
+  """One console line on the files that were in ``out_dir`` before this run
+  (``before``, relative to it): how many of them this run's files
+  (``written``, likewise) replaced, and how many from an earlier run are
+  left in place (the first three named).  None when it was empty.  Earlier
+  files stay: a user may predict folder A, then folder B into one workdir."""
+  if not before:
+    return None
+  replaced = before & written
+  left = sorted(before - written)
+  parts = []
+  if replaced:
+    parts.append(f'{console.counted(len(replaced), "file")} replaced '
+                 f'{"an earlier one" if len(replaced) == 1 else "earlier ones"}')
+  if left:
+    parts.append(f'{console.counted(len(left), "file")} of an earlier run kept in '
+                 f'{paths.shown(out_dir)}{os.sep}: {listed(left, 3)}')
+  return 'predict: ' + '; '.join(parts)
 
 
 def predict_settings(dataset: str | None = None, *, sliding: bool = False,
@@ -425,14 +474,20 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
       line = left_out_line(os.fspath(folder))   # a .bmp, a README: said, not silent
       if line:
         log(line)
+    # Every process's files (not only this shard's) are this run's.
+    planned = {os.path.relpath(f, out_dir) for item in items for f in output_paths(
+        item.rel, out_dir, overlay=overlay, test_format=cityscapes_test_format).values()}
     items = items[index::count]
     frames, num_frames = read_inputs(items), len(items)
     firsts = first_of_each_size([item.size for item in items])
   elif count > 1:
     frames = (f for n, f in enumerate(frames) if n % count == index)
     num_frames = None if num_frames is None else len(range(index, num_frames, count))
+    planned = set()
   else:
-    firsts = []   # sizes to come unknown
+    firsts, planned = [], set()   # sizes to come unknown
+  # What an earlier run left here is kept, and said (it mixed in silently).
+  before = files_under(out_dir) if log is not None else set()
   if eval_cfg is None:
     eval_cfg = predict_settings()
   predictor = Predictor.from_config(cfg, variables, eval_cfg, dtype=dtype)
@@ -444,7 +499,11 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
   for item, image in frames:
     try:
       pipes.raise_if_ctrl_c()
-      class_map = predictor.predict(normalize(image))[0]
+      size = image.shape[:2]
+      new_size = size not in seen
+      # A new size compiles, or reads the compiled model from the persistent cache.
+      with compile_cache.Lookups() if new_size else contextlib.nullcontext() as lookups:
+        class_map = predictor.predict(normalize(image))[0]
       encoded = image_outputs(image, class_map, item.rel, out_dir, palette=pal,
                               overlay=overlay, alpha=alpha, test_labels=test_labels)
       files.write_files_atomic(encoded)
@@ -456,22 +515,27 @@ def predict(model_cfg: Mapping[str, Any], variables, inputs, out_dir: str, *,
           f'stopped by Ctrl-C after {console.counted(len(results), "image")}{of}, '
           f'written under {paths.shown(out_dir)}') from None
     results.append({'input': item.path, 'files': sorted(encoded)})
-    size = image.shape[:2]
-    new_size = size not in seen
     seen.add(size)
     if log is not None:
       name = f'{paths.shown(item.path)} ({size[0]}x{size[1]})'
       if num_frames:
         log(progress.line(len(results), name, compiled=(
             f'{size[0]}x{size[1]}' if new_size else ''),
-            compiles_left=len(firsts) - bisect.bisect_left(firsts, len(results))))
+            compiles_left=len(firsts) - bisect.bisect_left(firsts, len(results)),
+            from_cache=new_size and lookups.all_hits))
       else:
         log(f'predict {len(results)} {name}')
   if log is not None:
-    folders = sorted({os.path.relpath(f, out_dir).split(os.sep)[0]
-                      for r in results for f in r['files']})
+    written = {os.path.relpath(f, out_dir) for r in results for f in r['files']}
+    line = earlier_files_line(before, planned | written, out_dir)
+    if line:
+      log(line)
+    folders = sorted({f.split(os.sep)[0] for f in written})
     # Durations as the progress lines write them ('done in 9s' above).
-    compiled = (f' ({console.counted(progress.compiles, "size")} compiled in '
+    how = ('read from the cache' if progress.cached == progress.compiles else
+           'compiled' if not progress.cached else
+           'compiled or read from the cache')
+    compiled = (f' ({console.counted(progress.compiles, "size")} {how} in '
                 f'{format_duration(progress.compile_seconds)})'
                 if progress.compiles > 1 else '')
     log(f'predicted {console.counted(len(results), "image")} in '

@@ -12,6 +12,11 @@ items compiled (one line per item):
 ... # 'predict 1/9 (11%) a.png | 6.1 s incl. compiling for 216x316'
 >>> p.line(2, 'b.png', compiles_left=7)
 ... # 'predict 2/9 (22%) b.png | 12.5 img/s | ETA 43s' (7 compiles of 6.1 s)
+
+A size read from the persistent compilation cache says so
+(``from_cache=True``): ``... | 0.4 s incl. reading the compiled model for
+216x316 from the cache``.  Percentages are rounded to the nearest, and never
+read 100% before the last item (:func:`percent`).
 """
 from __future__ import annotations
 
@@ -44,6 +49,14 @@ def format_rate(rate: float) -> str:
   return f'{rate:.{1 - math.floor(math.log10(rate))}f}'
 
 
+def percent(done: int, total: int) -> int:
+  """``done`` of ``total`` in percent, rounded to the nearest (2/3: 67, 1/6:
+  17; halves up), but 99 at most before the last item (199/200 read 100%)."""
+  total = max(int(total), 1)
+  rounded = (200 * done + total) // (2 * total)
+  return min(rounded, 99) if done < total else rounded
+
+
 class Progress:
   """Counts finished items; :meth:`line` formats rate and ETA.
 
@@ -73,6 +86,7 @@ class Progress:
     self._last_line = None
     self._previous = self._start   # the previous line's time
     self.compiles = 0   # items that compiled, and their seconds
+    self.cached = 0   # ... of which read the compiled model from the cache
     self.compile_seconds = 0.0
     self._late = (0, 0.0)   # compiles after the first line: out of the rate
 
@@ -100,7 +114,7 @@ class Progress:
     return done / max(now - self._start, 1e-9), True
 
   def line(self, done: int, detail: str = '', *, compiled: str = '',
-           compiles_left: int | None = None) -> str:
+           compiles_left: int | None = None, from_cache: bool = False) -> str:
     """'LABEL done/total (p%) [detail] | r unit/s | ETA t' (one line).
 
     Args:
@@ -111,20 +125,25 @@ class Progress:
       compiles_left: items still to come that will compile (their mean
         compile time so far each, in the ETA); None: not known (no ETA
         while every item so far compiled).
+      from_cache: the compiled program of ``compiled`` was read from the
+        persistent compilation cache, not compiled (counted as a compile).
     """
     now = self._clock()
     if compiled:
       seconds = now - self._previous
       self.compiles += 1
+      self.cached += bool(from_cache)
       self.compile_seconds += seconds
       if self._first is not None:
         self._late = (self._late[0] + 1, self._late[1] + seconds)
     self._previous = now
     rate, from_start = self._rate(done)
-    parts = [f'{self.label} {done}/{self.total} ({100 * done // max(self.total, 1)}%)'
+    parts = [f'{self.label} {done}/{self.total} ({percent(done, self.total)}%)'
              + (f' {detail}' if detail else '')]
     if compiled:
-      parts.append(f'{seconds:.1f} s incl. compiling for {compiled}')
+      parts.append(f'{seconds:.1f} s incl. reading the compiled model for {compiled} '
+                   'from the cache' if from_cache else
+                   f'{seconds:.1f} s incl. compiling for {compiled}')
     left = max(self.total - done, 0)
     steady = rate if rate and not from_start else None
     if rate and from_start and not compiled:   # the first items

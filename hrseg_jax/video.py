@@ -4,8 +4,11 @@
 
 ``python -m hrseg_jax.main --mode predict --input clip.mp4`` (any of
 ``.mp4 .avi .mov .mkv .webm .m4v``), ``--input 0`` (camera 0, where OpenCV
-has one; Ctrl-C stops it cleanly), or ``--input frames/ --video`` (a folder
-of ``.png``/``.jpg`` frames in name order).  Per clip ``<name>``::
+has one; Ctrl-C stops it cleanly, exit code 0), or ``--input frames/
+--video`` (a folder of ``.png``/``.jpg`` frames in name order).  Ctrl-C on
+a video file or a folder of frames keeps the video and the class maps of the
+frames done and exits 130 (``pipes.Stopped``: one line naming them).  Per
+clip ``<name>``::
 
   out_dir/<name>/overlay.mp4           the frames blended with the class colours
   out_dir/<name>/labels/000000.png ... class ids per frame (uint8 grayscale)
@@ -15,19 +18,22 @@ so the network compiles once) with the test-time settings ``eval_cfg`` of
 ``--mode predict`` (scales, flip, sliding windows, a config's base size),
 as an image would be; by default each frame whole at its own size, scale 1,
 no flip, like ``Segmenter.predict``.  Progress and frames per second are
-reported.  The video is written to a temporary file and renamed when
+reported; the first batch's line says whether the model compiled or was
+read from the persistent compilation cache.  The video is written to a
+temporary file and renamed when
 complete; a clip that fails (an unreadable frame, frames of another size, an
 unwritable mp4) leaves none of the folders and class maps it made.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from hrseg_jax import console, paths, pipes
+from hrseg_jax import compile_cache, console, paths, pipes
 from hrseg_jax.data.transforms import normalize
 from hrseg_jax.eval import config as eval_config
 from hrseg_jax import files
@@ -231,9 +237,10 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   made = files.missing_folders(labels_dir)
   os.makedirs(labels_dir, exist_ok=True)
   tmp = os.path.join(dest, '.overlay.tmp.mp4')
-  writer, new_maps, complete = None, [], False
+  writer, new_maps, complete, stopped = None, [], False, False
   done, model_seconds, start = 0, 0.0, time.perf_counter()
   first_batch = None   # (frames, seconds) of the batch that compiled
+  from_cache = False   # ... or read the compiled model from the persistent cache
   name = source if source.isdigit() else os.path.basename(paths.shown(source))
   # A known frame count: % and ETA; the first batch compiles (one frame size).
   progress = Progress(count, f'{name}: frame', unit='frames') if count else None
@@ -244,31 +251,44 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
         n = len(batch)
         x = np.stack(batch + [batch[-1]] * (batch_size - n))
         t = time.perf_counter()
-        maps = predict_batch(x)[:n]
+        with (compile_cache.Lookups() if first_batch is None
+              else contextlib.nullcontext()) as lookups:
+          maps = predict_batch(x)[:n]
         model_seconds += time.perf_counter() - t
         if first_batch is None:   # it compiles: out of the model's speed
           first_batch = (n, model_seconds)
+          from_cache = lookups.all_hits
         if writer is None:
           h, w = batch[0].shape[:2]
           writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
           if not writer.isOpened():
             raise OSError(f'{paths.shown(video_path)}: OpenCV cannot write mp4 video here')
-        for frame, class_map in zip(batch, maps):
-          mixed = palettes.overlay(frame, palettes.colorize(class_map, pal), alpha)
-          writer.write(np.ascontiguousarray(mixed[..., ::-1]))
-          map_path = os.path.join(labels_dir, f'{done:06d}.png')
-          if not os.path.exists(map_path):
-            new_maps.append(map_path)
-          files.write_bytes_atomic(map_path, files.encode_png(class_map.astype(np.uint8)))
-          done += 1
+        # A batch's frames and class maps are written whole: Ctrl-C waits for
+        # them (a video stopped early has as many frames as class maps).
+        with pipes.ctrl_c_deferred():
+          for frame, class_map in zip(batch, maps):
+            mixed = palettes.overlay(frame, palettes.colorize(class_map, pal), alpha)
+            writer.write(np.ascontiguousarray(mixed[..., ::-1]))
+            map_path = os.path.join(labels_dir, f'{done:06d}.png')
+            if not os.path.exists(map_path):
+              new_maps.append(map_path)
+            files.write_bytes_atomic(map_path, files.encode_png(class_map.astype(np.uint8)))
+            done += 1
         if progress is not None:
           log(progress.line(done, compiled='' if done > n else
-                            f'{batch[0].shape[0]}x{batch[0].shape[1]}'))
+                            f'{batch[0].shape[0]}x{batch[0].shape[1]}',
+                            from_cache=from_cache))
         else:
           log(f'{name}: frame {done}, {done / (time.perf_counter() - start):.1f} frames/s')
     except KeyboardInterrupt:
+      if not done:   # nothing written: what was made goes (finally)
+        raise
       pipes.ctrl_c_handled()
-      log(f'{name}: stopped after {console.counted(done, "frame")}')
+      # A camera is stopped by Ctrl-C (exit 0); a file or a folder of frames
+      # stopped early is no complete run (exit 130, said below).
+      stopped = True
+      if is_camera(source):
+        log(f'{name}: stopped after {console.counted(done, "frame")}')
     if writer is None:
       raise ValueError(f'{paths.shown(source)}: no frames')
     writer.release()
@@ -285,6 +305,12 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
         if os.path.exists(path):
           os.unlink(path)
       files.remove_empty_folders(made)
+  if stopped and not is_camera(source):   # what was written is kept, and named
+    of = f' of {count}' if count else ''
+    raise pipes.Stopped(
+        f'{name}: stopped by Ctrl-C after {console.counted(done, "frame")}{of}; '
+        f'kept {paths.shown(video_path)} and {console.counted(done, "class map")} in '
+        f'{paths.shown(labels_dir)}')
   elapsed = time.perf_counter() - start
   first_n, first_s = first_batch or (0, 0.0)
   later = done > first_n   # more than one batch: the model's speed after compiling
@@ -293,9 +319,10 @@ def predict_video(model_cfg: Mapping, variables, source: str, out_dir: str, *,
   summary = {'input': source, 'frames': done, 'video': video_path,
              'labels': labels_dir, 'seconds': elapsed, 'fps': done / elapsed,
              'model_fps': model_fps, 'compile_seconds': first_s}
+  how = 'read from the cache' if from_cache else 'compiling'
   log(f'wrote {paths.shown(video_path)} and {console.counted(done, "class map")} in '
       f'{paths.shown(labels_dir)}: {summary["fps"]:.1f} frames/s overall, the first '
-      f'batch (compiling) {first_s:.1f} s, ' + (
+      f'batch ({how}) {first_s:.1f} s, ' + (
           f'then {model_fps:.1f} frames/s in the model (batch {batch_size})' if later
           else f'the only one (batch {batch_size})'))
   return summary

@@ -95,7 +95,7 @@ def test_progress_lines():
   p = progress.Progress(6, 'predict', clock=lambda: now[0])
   now[0] = 4.0
   assert p.line(1, 'a', compiled='8x8', compiles_left=2) == (
-      'predict 1/6 (16%) a | 4.0 s incl. compiling for 8x8 | ETA at most 20s')
+      'predict 1/6 (17%) a | 4.0 s incl. compiling for 8x8 | ETA at most 20s')
   now[0] = 4.5
   # 2 images at 2 img/s + 2 compiles of 4 s.
   assert p.line(2, 'b', compiles_left=2) == 'predict 2/6 (33%) b | 2.00 img/s | ETA 9s'
@@ -109,16 +109,29 @@ def test_progress_lines():
   p.line(1, compiled='8x8', compiles_left=2)
   now[0] = 12.5
   assert p.line(2, compiled='8x9', compiles_left=1) == (
-      'predict 2/3 (66%) | 3.0 s incl. compiling for 8x9 | ETA 3s')
+      'predict 2/3 (67%) | 3.0 s incl. compiling for 8x9 | ETA 3s')
   # 6 images in 5 sizes, the first 5 compile: no rate, and the ETA is at most
   # a compile's time for each image left (there was none).
   p = progress.Progress(6, 'predict', clock=lambda: now[0])
   now[0] = 16.0
   assert p.line(1, 'a', compiled='8x8', compiles_left=4) == (
-      'predict 1/6 (16%) a | 3.5 s incl. compiling for 8x8 | ETA at most 18s')
+      'predict 1/6 (17%) a | 3.5 s incl. compiling for 8x8 | ETA at most 18s')
   now[0] = 20.5
   assert p.line(2, 'b', compiled='8x9', compiles_left=3) == (
       'predict 2/6 (33%) b | 4.5 s incl. compiling for 8x9 | ETA at most 16s')
+  # Rounded to the nearest (2/3 read 66%, 1/6 16%), never 100% before the end.
+  assert [progress.percent(d, t) for d, t in ((2, 3), (1, 6), (1, 8), (3, 8), (8, 20),
+                                              (199, 200), (200, 200), (1, 500))] == [
+      67, 17, 13, 38, 40, 99, 100, 0]
+  p = progress.Progress(200, 'eval', clock=lambda: now[0])
+  assert p.line(199).startswith('eval 199/200 (99%) | ')
+  # A size read from the persistent compilation cache is not called compiling.
+  p = progress.Progress(3, 'predict', clock=lambda: now[0])
+  now[0] += 0.5
+  assert p.line(1, 'a', compiled='8x8', compiles_left=0, from_cache=True) == (
+      'predict 1/3 (33%) a | 0.5 s incl. reading the compiled model for 8x8 from the '
+      'cache | ETA at most 1s')
+  assert (p.compiles, p.cached) == (1, 1)
   assert progress.format_duration(3 * 3600 + 7 * 60) == '3h07m'
   assert progress.format_duration(185) == '3m05s'
 

@@ -22,9 +22,16 @@ from test_eval_inference import TINY_HRNET, tiny_hrnet_variables
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _predict(cwd, *args) -> subprocess.CompletedProcess:
+def _predict(cwd, *args, cache: bool = True) -> subprocess.CompletedProcess:
+  """``cache=False``: without the tests' persistent compilation cache (which
+  the environment variable names even with --nocompilation_cache): every
+  size compiles."""
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
   env.pop('OPENCV_LOG_LEVEL', None)
+  if not cache:
+    env = {k: v for k, v in env.items() if not k.startswith('JAX_')}
+    env['JAX_PLATFORMS'] = 'cpu'
+    args = (*args, '--nocompilation_cache')
   return subprocess.run(
       [sys.executable, '-m', 'hrseg_jax.main', '--mode', 'predict', *args],
       cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
@@ -133,7 +140,8 @@ def test_a_folders_other_files_are_named_not_silently_left_out(tmp_path):
   assert lines[2] == ('predict: left out 2 files in photos/ (not '
                       '.png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp): notes.txt, sub/b.gif'), r.stdout
   assert lines[3].startswith('predict 1/3 (33%) photos/a.png (32x64)'), r.stdout
-  assert lines[4].startswith('predict 2/3 (66%) photos/sub/c.bmp (32x64)'), r.stdout
+  # Rounded to the nearest (it read 66%).
+  assert lines[4].startswith('predict 2/3 (67%) photos/sub/c.bmp (32x64)'), r.stdout
   assert lines[5].startswith('predict 3/3 (100%) photos/sub/d.tif (32x64)'), r.stdout
   assert (tmp_path / 'runs/p/predictions/labels/sub/d.png').is_file()
   for name in ('a.png', 'sub/c.bmp', 'sub/d.tif'):
@@ -214,7 +222,7 @@ def test_each_image_size_compiles_once_and_the_console_says_so(tmp_path):
   for name, size in (('a', (32, 48)), ('b', (32, 48)), ('c', (40, 24)), ('d', (32, 48))):
     Image.fromarray(np.zeros((*size, 3), np.uint8) + 60).save(tmp_path / f'photos/{name}.png')
   r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
-               '--workdir', 'runs/p')
+               '--workdir', 'runs/p', cache=False)
   assert r.returncode == 0, r.stderr[-3000:]
   lines = r.stdout.splitlines()
   assert lines[1] == ("predict: palette generic (pass --dataset); whole image at each "
@@ -296,3 +304,64 @@ def test_a_folder_without_images_names_its_first_other_files_and_how_many_more(t
       'photos: no .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp images found (it holds 7 other '
       'files: notes0.txt, '
       'notes1.txt, notes2.txt, notes3.txt, notes4.txt, … (2 more))'), str(e.value)
+
+
+def test_a_size_read_from_the_compilation_cache_is_not_called_compiling(tmp_path):
+  """A second identical run reads each size's compiled model from the
+  persistent compilation cache (the tests share one): its line said '3.3 s
+  incl. compiling for 32x48' all the same (compiling: above)."""
+  _convert_tiny_hrnet(tmp_path)
+  (tmp_path / 'photos').mkdir()
+  for name, size in (('a', (32, 48)), ('b', (40, 24)), ('c', (32, 48))):
+    Image.fromarray(np.zeros((*size, 3), np.uint8) + 70).save(tmp_path / f'photos/{name}.png')
+  for run in ('first', 'second'):   # the first compiles, or reads an earlier test's
+    r = _predict(tmp_path, '--checkpoint', 'converted', '--input', 'photos',
+                 '--workdir', f'runs/{run}')
+    assert r.returncode == 0, r.stderr[-3000:]
+  lines = r.stdout.splitlines()
+  s = r'\d+\.\d s'
+  expected = [
+      rf'predict 1/3 \(33%\) photos/a\.png \(32x48\) \| {s} incl\. reading the compiled '
+      r'model for 32x48 from the cache \| ETA at most \d+s',
+      rf'predict 2/3 \(67%\) photos/b\.png \(40x24\) \| {s} incl\. reading the compiled '
+      r'model for 40x24 from the cache \| ETA at most \d+s',
+      r'predict 3/3 \(100%\) photos/c\.png \(32x48\) \| [\d.]+ img/s \| done in \d+s',
+      r'predicted 3 images in \d+s \(2 sizes read from the cache in \d+s\) -> '
+      r'runs/second/predictions \(color/, labels/, overlay/\)']
+  assert len(lines) == 6, r.stdout
+  for line, pattern in zip(lines[2:], expected):
+    assert re.fullmatch(pattern, line), (line, pattern)
+
+
+def test_a_rerun_into_a_used_workdir_says_what_it_replaced_and_kept(tmp_path):
+  """A run stopped after m0, m1, then a run on other photos into the same
+  --workdir: 'predicted 3 images ... -> runs/pc/predictions' while labels/
+  held img0..2 and m0, m1 without a word; a rerun replaced files silently.
+  Earlier files stay (photos/ then more/ into one workdir is a use): said."""
+  _convert_tiny_hrnet(tmp_path)
+  for folder, names in (('stopped', ('m0', 'm1')), ('photos', ('img0', 'img1', 'img2'))):
+    (tmp_path / folder).mkdir()
+    for name in names:
+      Image.fromarray(np.zeros((32, 48, 3), np.uint8) + 50).save(
+          tmp_path / f'{folder}/{name}.png')
+  closing = ('predicted {} images in ', 's -> runs/pc/predictions (color/, labels/, overlay/)')
+  for given, said in (
+      ('stopped', None),   # an empty folder: nothing said
+      ('photos', 'predict: 6 files of an earlier run kept in runs/pc/predictions/: '
+                 'color/m0.png, color/m1.png, labels/m0.png, … (3 more)'),
+      ('photos', 'predict: 9 files replaced earlier ones; 6 files of an earlier run '
+                 'kept in runs/pc/predictions/: color/m0.png, color/m1.png, '
+                 'labels/m0.png, … (3 more)')):
+    r = _predict(tmp_path, '--checkpoint', 'converted', '--input', given,
+                 '--workdir', 'runs/pc')
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    count = len(os.listdir(tmp_path / given))
+    assert lines[-1].startswith(closing[0].format(count)), r.stdout
+    assert lines[-1].endswith(closing[1]), r.stdout
+    if said:   # the line before the closing one
+      assert lines[-2] == said, r.stdout
+    assert lines[-3 if said else -2].startswith(f'predict {count}/{count} (100%) '), r.stdout
+  # Nothing was deleted.
+  assert sorted(os.listdir(tmp_path / 'runs/pc/predictions/labels')) == [
+      'img0.png', 'img1.png', 'img2.png', 'm0.png', 'm1.png']

@@ -59,8 +59,10 @@ def test_predict_video_file_and_frame_folder(tmp_path):
   # Frames, not images; progress with % and ETA (it was 'clip.mp4: frame 4/5,
   # 1.2 frames/s'), the first batch's compile out of the rate.
   assert 'whole frame at long side 256, scales 0.75,1, flip' in out
-  assert re.search(r'^clip\.mp4: frame 2/5 \(40%\) \| \d+\.\d s incl\. compiling for '
-                   r'32x48$', out, re.M), out
+  # Compiled, or read from the tests' compilation cache (an earlier run's).
+  compiled = r'(compiling|reading the compiled model) for 32x48( from the cache)?'
+  assert re.search(r'^clip\.mp4: frame 2/5 \(40%\) \| \d+\.\d s incl\. ' + compiled + '$',
+                   out, re.M), out
   assert re.search(r'^clip\.mp4: frame 4/5 \(80%\) \| [\d.]+ frames/s \| ETA \d+s$',
                    out, re.M), out
   assert re.search(r'^clip\.mp4: frame 5/5 \(100%\) \| [\d.]+ frames/s \| done in \d+s$',
@@ -69,8 +71,9 @@ def test_predict_video_file_and_frame_folder(tmp_path):
           'run/predictions/clip/labels: ') in out  # relative, as the user gave them
   # The model's speed leaves the first batch (compiling) out, as the progress
   # lines do: it read 10.6 frames/s beside lines of 140-175.
-  assert re.search(r'labels: [\d.]+ frames/s overall, the first batch \(compiling\) '
-                   r'[\d.]+ s, then [\d.]+ frames/s in the model \(batch \d+\)$', out, re.M), out
+  assert re.search(r'labels: [\d.]+ frames/s overall, the first batch \((compiling|read '
+                   r'from the cache)\) [\d.]+ s, then [\d.]+ frames/s in the model '
+                   r'\(batch \d+\)$', out, re.M), out
   dest = tmp_path / 'run' / 'predictions' / 'clip'
   assert sorted(os.listdir(dest)) == ['labels', 'overlay.mp4']
   assert len(read_clip(dest / 'overlay.mp4')) == 5
@@ -90,6 +93,11 @@ def test_predict_video_file_and_frame_folder(tmp_path):
     assert ('frames/: left out 1 file (not .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp frames): notes.txt'
             if '--video' in args else 'predict: left out 1 file in frames/ (not '
             '.png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp): notes.txt') in r.stdout.splitlines(), r.stdout
+    if '--video' in args:   # the clip's compiled model, read from the cache: said
+      # ('2.9 s incl. compiling for 32x48', 'the first batch (compiling)').
+      assert re.search(r'^frames: frame 2/5 \(40%\) \| \d+\.\d s incl\. reading the '
+                       r'compiled model for 32x48 from the cache$', r.stdout, re.M), r.stdout
+      assert ', the first batch (read from the cache) ' in r.stdout, r.stdout
   preds = tmp_path / 'run' / 'predictions'
   assert sorted(os.listdir(preds / 'frames' / 'labels')) == [f'{i:06d}.png' for i in range(5)]
   for i in range(5):
@@ -115,6 +123,51 @@ def test_predict_video_file_and_frame_folder(tmp_path):
   assert r.stderr.strip().splitlines() == [
       "error: --cityscapes_test_format writes the test server's PNGs of images; a video "
       'has none (drop the flag)']
+
+
+def test_ctrl_c_on_a_video_file_exits_130_and_names_what_it_kept(tmp_path):
+  """Ctrl-C on a clip wrote 'long.mp4: stopped after 8 frames' and the
+  'wrote ...' line, exit code 0: a script could not tell it from a whole
+  run.  Now one line with Ctrl-C in it, exit 130; the video and the class
+  maps of the frames done are kept, complete, and named."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from ctrl_c_util import WITH_CTRL_C  # pylint: disable=g-import-not-at-top
+  cfg = registry.resolve(TINY_HRNET)
+  checkpoints.save_model(tmp_path / 'ckpt', tiny_hrnet_variables(cfg, seed=1), cfg)
+  rng = np.random.default_rng(0)
+  frame = np.repeat(np.repeat(rng.integers(0, 256, (8, 12, 3), np.uint8), 4, 0), 4, 1)
+  # Long enough that Ctrl-C after the first batch's line lands before the end.
+  write_clip(tmp_path / 'long.mp4', [np.roll(frame, i, 1) for i in range(600)])
+  # Compiled, not read from the tests' compilation cache.
+  env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_')}
+  env.update(PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  p = subprocess.Popen(
+      [*WITH_CTRL_C, sys.executable, '-m', 'hrseg_jax.main', '--mode', 'predict',
+       '--checkpoint', 'ckpt', '--input', 'long.mp4', '--workdir', 'runs/v',
+       '--nocompilation_cache'],
+      cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  shown = []
+  for line in p.stdout:
+    shown.append(line)
+    if line.startswith('long.mp4: frame '):
+      break
+  assert p.poll() is None, ''.join(shown) + p.communicate()[1]
+  p.send_signal(signal.SIGINT)
+  out, err = p.communicate(timeout=120)
+  out = ''.join(shown) + out
+  assert re.search(r'^long\.mp4: frame 8/600 \(1%\) \| \d+\.\d s incl\. compiling for '
+                   r'32x48$', out, re.M), out
+  assert p.returncode == 130, (out, err)
+  match = re.fullmatch(r'long\.mp4: stopped by Ctrl-C after (\d+) frames of 600; kept '
+                       r'runs/v/predictions/long/overlay\.mp4 and (\d+) class maps in '
+                       r'runs/v/predictions/long/labels\n', err)
+  assert match and match[1] == match[2], (out, err)
+  done = int(match[1])
+  assert 8 <= done < 600 and 'wrote' not in out, (out, err)
+  dest = tmp_path / 'runs/v/predictions/long'
+  assert sorted(os.listdir(dest)) == ['labels', 'overlay.mp4']
+  assert len(read_clip(dest / 'overlay.mp4')) == done
+  assert sorted(os.listdir(dest / 'labels')) == [f'{i:06d}.png' for i in range(done)]
 
 
 def test_camera_video_or_frames_that_cannot_be_read_stop_before_the_checkpoint_loads(
