@@ -40,6 +40,29 @@ def flag_value(train_args: list[str], name: str) -> str | None:
   return value
 
 
+def workdir(train_args: list[str]) -> str:
+  """``--workdir``, which ``hrseg_jax.main`` requires, given once.
+
+  Raises:
+    ValueError: one line, when it is missing, empty or given twice (every
+      process would print its own error, or the processes would take the
+      last one where the user meant another).
+  """
+  values = []
+  for i, a in enumerate(train_args):
+    if a == '--workdir':
+      values.append(train_args[i + 1] if i + 1 < len(train_args) else '')
+    elif a.startswith('--workdir='):
+      values.append(a.split('=', 1)[1])
+  if len(values) > 1:
+    raise ValueError(f'--workdir is given {len(values)} times '
+                     f'({", ".join(map(repr, values))}): pass it once')
+  if not values or not values[0]:
+    raise ValueError('--workdir is required after "--": the folder for checkpoints, '
+                     'logs and results, e.g. -- --config configs/demo.py --workdir runs/demo')
+  return values[0]
+
+
 def mode(train_args: list[str]) -> str:
   """``--mode``: train (the default), eval or predict."""
   return flag_value(train_args, '--mode') or 'train'

@@ -18,6 +18,10 @@ because the JAX distributed service detected fatal errors", a check-failure
 stack and the Python stacks of every thread.  That block says nothing about
 what failed; the launcher shows one line instead (``process 1: stopped because
 process 0 failed``).
+
+With a ``log`` (``--log_dir``: process 0's lines reach the terminal too),
+every line goes to the log file as the process wrote it, the Gloo lines and
+the fatal-error block included.
 """
 from __future__ import annotations
 
@@ -39,16 +43,21 @@ BEFORE_FATAL = (b'coordination_service_agent.cc', b'preemption_sync_manager.cc')
 
 class Relay(threading.Thread):
   """Copies ``source`` to ``sink`` line by line, without Gloo's connection
-  lines, until JAX's fatal-error block.
+  lines, until JAX's fatal-error block; and every line to ``log``, if given.
 
   ``cut`` is true once the block has begun: nothing of it, nor after it,
-  is copied (the process aborts there).
+  is copied to ``sink`` (the process aborts there).  ``log_lock`` is held
+  while a line is written to ``log`` (a file shared by the relays of one
+  process's stdout and stderr).
   """
 
-  def __init__(self, source: BinaryIO, sink: BinaryIO):
+  def __init__(self, source: BinaryIO, sink: BinaryIO, log: BinaryIO | None = None,
+               log_lock: threading.Lock | None = None):
     super().__init__(daemon=True)
     self.source = source
     self.sink = sink
+    self.log = log
+    self.log_lock = log_lock or threading.Lock()
     self.cut = False
     self._gloo_owed = 0   # line ends of Gloo messages begun on dropped lines, not seen yet
 
@@ -63,6 +72,13 @@ class Relay(threading.Thread):
   def run(self):
     held = []   # lines that may begin the block: shown only if it does not follow
     for line in iter(self.source.readline, b''):   # read to the end: never blocks the process
+      if self.log is not None:
+        with self.log_lock:
+          try:
+            self.log.write(line)
+            self.log.flush()
+          except (OSError, ValueError):   # a full disk, or closed after a second Ctrl-C
+            self.log = None
       if self.cut or self._is_gloo(line):
         continue
       if FATAL in line:

@@ -25,7 +25,10 @@ With several processes each one gets ``HRSEG_COORDINATOR=localhost:PORT``,
 ``jax.distributed.initialize``: the GPUs this process drives).  ``--dry-run``
 prints one shell line per process and starts nothing.  The processes'
 output reaches this terminal without the ``[Gloo] Rank N is connected to M
-peer ranks`` lines of XLA's CPU collectives (--log_dir files keep them).
+peer ranks`` lines of XLA's CPU collectives; with ``--log_dir`` each process
+writes all of its output to ``process_<i>.log`` there (Gloo lines included)
+and only process 0's reaches the terminal too.  A missing or repeated
+``--workdir`` is refused in one line before any process starts.
 When any process fails the others are stopped, each with one line
 (``process 1: stopped because process 0 failed``, in place of JAX's
 fatal-error block when the coordination service it hosted went with
@@ -43,6 +46,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -124,8 +128,9 @@ def parse_args(argv: list[str]):
   parser.add_argument('--port', type=int, default=0,
                       help='coordinator port (default: a free one)')
   parser.add_argument('--log_dir', default='',
-                      help='write process_<i>.log files here (default: '
-                      'every process prints to this terminal)')
+                      help='write process_<i>.log files here; process 0 '
+                      'prints to this terminal too (default: every process '
+                      'prints to this terminal)')
   parser.add_argument('--python', default=sys.executable,
                       help='Python interpreter that runs the training (default: '
                       'the one running this script)')
@@ -142,6 +147,10 @@ def parse_args(argv: list[str]):
   if args.num_processes > 1 and not (args.gpus_per_process or args.cpu_devices):
     parser.error('several processes on one host must split its devices: pass '
                  '--gpus_per_process K (GPUs) or --cpu_devices K (CPU)')
+  try:   # here once, else every process prints the same error
+    launch_args.workdir(train_args)
+  except ValueError as e:
+    parser.error(str(e))
   devices = args.num_processes * (args.gpus_per_process or args.cpu_devices)
   # --config.a.b=V overrides apply to the default --config too.
   named = (launch_args.flag_value(train_args, '--config')
@@ -234,23 +243,29 @@ def main(argv=None) -> int:
   if args.log_dir:
     os.makedirs(args.log_dir, exist_ok=True)
     shown = ' and '.join(logs) if len(logs) <= 2 else f'{logs[0]} … {logs[-1]}'
-    print(f'{console.counted(len(logs), "process", "processes")}: output in {shown}',
+    also = ' (process 0\'s shown here too)' if len(logs) > 1 else ' (shown here too)'
+    print(f'{console.counted(len(logs), "process", "processes")}: output in {shown}{also}',
           flush=True)
-  procs, files, relays, out_relays = [], [], [], []
-  for env, log in zip(envs, logs):
-    out = open(log, 'w') if log else None  # pylint: disable=consider-using-with
+  procs, files = [], []
+  relays, out_relays = {}, {}   # process index -> Relay of its stderr, stdout
+  for i, (env, log) in enumerate(zip(envs, logs)):
+    out = open(log, 'wb') if log else None  # pylint: disable=consider-using-with
     files.append(out)
-    # Without --log_dir, stdout and stderr come through Relays: no Gloo
-    # connection lines, and JAX's fatal-error block of a process stopped by
-    # another's failure becomes one line below.
-    procs.append(subprocess.Popen(argv_, env={**os.environ, **env},
-                                  stdout=out or subprocess.PIPE,
-                                  stderr=subprocess.STDOUT if out else subprocess.PIPE))
-    if not out:
-      relays.append(launch_relay.Relay(procs[-1].stderr, sys.stderr.buffer))
-      out_relays.append(launch_relay.Relay(procs[-1].stdout, sys.stdout.buffer))
-      relays[-1].start()
-      out_relays[-1].start()
+    # Process 0, and every process without --log_dir, writes through Relays
+    # (process 0's also into its file, unchanged): no Gloo connection lines,
+    # and JAX's fatal-error block of a process stopped by another's failure
+    # becomes one line below.  The other processes write only to their files.
+    shown_here = not out or i == 0
+    procs.append(subprocess.Popen(
+        argv_, env={**os.environ, **env},
+        stdout=subprocess.PIPE if shown_here else out,
+        stderr=subprocess.PIPE if shown_here else subprocess.STDOUT))
+    if shown_here:
+      lock = threading.Lock()
+      relays[i] = launch_relay.Relay(procs[-1].stderr, sys.stderr.buffer, out, lock)
+      out_relays[i] = launch_relay.Relay(procs[-1].stdout, sys.stdout.buffer, out, lock)
+      relays[i].start()
+      out_relays[i].start()
 
   def forward(signum, frame):  # pylint: disable=unused-argument
     for p in procs:
@@ -270,20 +285,20 @@ def main(argv=None) -> int:
       if p.poll() is None:
         p.kill()
       p.wait()
-    _join(relays + out_relays)
+    _join([*relays.values(), *out_relays.values()])
     print('stopped by a second Ctrl-C, without saving a checkpoint', file=sys.stderr)
     return 130
   finally:
     signal.signal(signal.SIGTERM, old)
+    _join([*relays.values(), *out_relays.values()])
     for f in files:
       if f:
         f.close()
-  _join(relays + out_relays)
   if failed is None:
     return 0
   # Ended by JAX's fatal-error block, or by this launcher (not on their own).
   codes = [p.returncode for p in procs]
-  ended = {i for i, r in enumerate(relays) if r.cut}
+  ended = {i for i, r in relays.items() if r.cut}
   ended |= {i for i in stopped if codes[i] < 0}
   failed = culprit(codes, failed, ended)
   for i in sorted(ended - {failed}):

@@ -124,6 +124,7 @@ def parse_args(argv: list[str]):
     parser.error('--nodes and --gpus_per_node must be >= 1')
   # The job runs in this directory (sbatch's default): the config is read from here.
   try:
+    launch_args.workdir(train_args)
     if launch_args.reads_config(train_args):
       config = launch_args.config_file(train_args, '.', f'in {os.getcwd()}, where the job runs')
       launch_args.check_overrides(train_args, config)

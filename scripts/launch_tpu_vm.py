@@ -212,10 +212,13 @@ def parse_args(argv: list[str]):
     if own_flags:
       parser.error(f'{own_flags[0]} is a flag of this launcher: put it before "--" '
                    '(the flags after it go to hrseg_jax.main)')
-    workdir = launch_args.flag_value(train_args, '--workdir')
-    if not workdir:
+    if not launch_args.flag_value(train_args, '--workdir'):
       parser.error('train: pass the training flags after "--", including '
                    '--workdir (gs://BUCKET/... on a multi-host slice)')
+    try:
+      workdir = launch_args.workdir(train_args)
+    except ValueError as e:
+      parser.error(str(e))
     if hosts > 1 and not workdir.startswith('gs://') and not args.allow_local_workdir:
       parser.error(f'{args.accelerator} has {hosts} hosts: --workdir must be '
                    f'shared by all of them (gs://...), got {workdir!r} '

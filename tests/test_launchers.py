@@ -102,14 +102,15 @@ def test_local_one_process_per_gpu_and_one_process_for_all():
     (['--gpus_per_process', '1', '--cpu_devices', '2', '--', 'x'], 'not allowed'),
     # Checked once here, not printed by every process.
     (['--num_processes', '2', '--cpu_devices', '1', '--', '--config', 'configs/demo.py',
-      '--config.train.batch_size=3'],
+      '--workdir', 'w', '--config.train.batch_size=3'],
      'train.batch_size=3 is not a multiple of the 2 devices of 2 processes x 1 device'),
     (['--num_processes', '2', '--gpus_per_process', '4', '--', '--config',
-      'configs/hrnet_w48_cityscapes.py'], 'batch_size=12 is not a multiple of the 8 devices'),
-    (['--num_processes', '2', '--cpu_devices', '1', '--', '--config', 'configs/nope.py'],
-     '--config configs/nope.py: no such file'),
+      'configs/hrnet_w48_cityscapes.py', '--workdir', 'w'],
+     'batch_size=12 is not a multiple of the 8 devices'),
+    (['--num_processes', '2', '--cpu_devices', '1', '--', '--config', 'configs/nope.py',
+      '--workdir', 'w'], '--config configs/nope.py: no such file'),
     (['--num_processes', '2', '--cpu_devices', '1', '--', '--mode', 'eval', '--config',
-      'configs/nope.py'], '--config configs/nope.py: no such file'),
+      'configs/nope.py', '--workdir', 'w'], '--config configs/nope.py: no such file'),
 ])
 def test_local_rejects(args, message):
   err = run('launch_local.py', *args, ok=False)
@@ -604,21 +605,64 @@ def test_local_ctrl_c_saves_and_exits_0(tmp_path, to_group):
       assert set(got) == {'SIGTERM'}, got
 
 
+LOG_DIR_LINES = '''#!{python}
+import os, sys
+i = os.environ['HRSEG_PROCESS_ID']
+print('[Gloo] Rank', i, 'is connected to 1 peer ranks. Expected number of connected peer '
+      'ranks is : 1', flush=True)
+print('step 1/2 on process', i, flush=True)
+print('warning: on process', i, file=sys.stderr, flush=True)
+'''
+
+
 def test_local_log_dir_says_where_the_output_goes(tmp_path):
-  """With --log_dir the terminal shows nothing of the processes: one line
-  says where their output is, and each file holds its process's output."""
+  """With --log_dir one line says where the output is, each file holds all
+  of its process's output, and process 0's lines (stdout and stderr, without
+  Gloo's connection lines) reach the terminal too: the run's lines were not
+  shown at all."""
   fake = tmp_path / 'python'
-  fake.write_text(f'#!{sys.executable}\nimport os\nprint("hello from", '
-                  'os.environ["HRSEG_PROCESS_ID"])\n')
+  fake.write_text(LOG_DIR_LINES.format(python=sys.executable))
   fake.chmod(0o755)
   r = subprocess.run(
       [sys.executable, str(REPO / 'scripts' / 'launch_local.py'), '--num_processes', '2',
-       '--cpu_devices', '1', '--log_dir', 'logs', '--python', str(fake), '--', 'x'],
+       '--cpu_devices', '1', '--log_dir', 'logs', '--python', str(fake), '--',
+       '--workdir', 'w'],
       cwd=tmp_path, capture_output=True, text=True, timeout=60)
-  assert r.returncode == 0 and r.stderr == '', r.stdout + r.stderr
-  assert r.stdout == '2 processes: output in logs/process_0.log and logs/process_1.log\n'
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert r.stdout.splitlines() == [
+      "2 processes: output in logs/process_0.log and logs/process_1.log (process 0's "
+      'shown here too)', 'step 1/2 on process 0'], r.stdout
+  assert r.stderr == 'warning: on process 0\n'
   for i in range(2):
-    assert (tmp_path / f'logs/process_{i}.log').read_text() == f'hello from {i}\n'
+    assert sorted((tmp_path / f'logs/process_{i}.log').read_text().splitlines()) == sorted([
+        f'[Gloo] Rank {i} is connected to 1 peer ranks. Expected number of connected peer '
+        'ranks is : 1', f'step 1/2 on process {i}', f'warning: on process {i}'])
+
+
+@pytest.mark.parametrize('launcher', [
+    ['launch_local.py', '--num_processes', '2', '--cpu_devices', '1'],
+    ['launch_local.py', '--num_processes', '2', '--cpu_devices', '1', '--dry-run'],
+    ['launch_slurm.py', '--dry-run'],
+    ['launch_tpu_vm.py', 'train', '--name', 'n', '--zone', 'us-central2-b',
+     '--accelerator', 'v4-8', '--dry-run']])
+@pytest.mark.parametrize('workdir, message', [
+    ([], '--workdir is required after "--"'),
+    (['--workdir', 'runs/a', '--workdir=runs/b'],
+     "--workdir is given 2 times ('runs/a', 'runs/b'): pass it once")])
+def test_launchers_check_the_workdir_before_any_process(tmp_path, launcher, workdir,
+                                                         message):
+  """A missing --workdir was printed by every process, without 'process 1:'
+  ('error: --workdir is required…' twice, then 'a process exited with status
+  2'), and --dry-run printed the commands with exit 0; a repeated one went to
+  the processes, which take the last.  Now one line, exit 2, nothing started."""
+  (tmp_path / 'configs').symlink_to(REPO / 'configs')
+  err = run(*launcher, '--', '--config', 'configs/demo.py', *workdir, ok=False,
+            cwd=tmp_path)
+  if launcher[0] == 'launch_tpu_vm.py' and not workdir:
+    message = 'including --workdir'
+  (line,) = err.strip().splitlines()
+  assert line.startswith(f'{launcher[0]}: error: ') and message in line, err
+  assert [p.name for p in tmp_path.iterdir()] == ['configs']
 
 
 STUCK_PEER = '''#!{python}
