@@ -103,6 +103,11 @@ def maybe_initialize():
   _joined = mode in ('explicit', 'auto') and jax.process_count() > 1
 
 
+def joined() -> bool:
+  """This process is one of several of a ``jax.distributed`` run."""
+  return _joined
+
+
 def error_prefix() -> str:
   """``'process N: '`` on the processes other than 0 of a multi-process run
   (their lines share the launcher's terminal), else ``''``."""

@@ -107,6 +107,7 @@ def main(argv):
   try:
     compile_cache.configure(FLAGS.compilation_cache, FLAGS.compilation_cache_dir)
     distributed.maybe_initialize()
+    compile_cache.share_between_processes(distributed.joined())
     # predict without --config: settings from the checkpoint and the images.
     without_config = FLAGS.mode == 'predict' and not FLAGS['config'].present
     overrides = [a.split('=')[0] for a in sys.argv[1:] if a.startswith('--config.')]

@@ -44,9 +44,7 @@ def write_config(path: pathlib.Path, num_steps: int = NUM_STEPS,
 
 def environment(fault: str | None = None, **extra: str) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items() if k != 'HRSEG_FAULT'}
-  # multiprocess_cache: every process of a 2-process run reads the compiled
-  # programs from the persistent cache, not only process 0.
-  env.update(PYTHONPATH=os.pathsep.join(map(str, (REPO, TESTS, TESTS / 'multiprocess_cache'))),
+  env.update(PYTHONPATH=os.pathsep.join(map(str, (REPO, TESTS))),
              JAX_PLATFORMS='cpu',
              JAX_DISABLE_MOST_OPTIMIZATIONS='1', **extra)
   if fault:

@@ -32,8 +32,6 @@ from train_util import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / 'scripts' / 'launch_local.py'
-# Processes 1..N-1 of a run read the programs process 0 compiled (its docstring).
-MULTIPROCESS_CACHE = REPO / 'tests' / 'multiprocess_cache'
 STEPS = 4
 
 CONFIG = f'''
@@ -72,7 +70,7 @@ def launch(tmp_path, workdir, *launcher_args, overrides=(), env_extra=None):
   config = tmp_path / 'multihost_config.py'
   config.write_text(CONFIG)
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'HRSEG_FAULT')}
-  env.update(PYTHONPATH=f'{REPO}:{REPO / "tests"}:{MULTIPROCESS_CACHE}',
+  env.update(PYTHONPATH=f'{REPO}:{REPO / "tests"}',
              JAX_DISABLE_MOST_OPTIMIZATIONS='1', **(env_extra or {}))
   logs = tmp_path / f'logs_{pathlib.Path(workdir).name}'
   cmd = [sys.executable, str(LAUNCH), *launcher_args, '--log_dir', str(logs),

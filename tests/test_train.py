@@ -140,6 +140,8 @@ def test_two_processes(tmp_path):
   jax.config.update('jax_disable_most_optimizations', True)
   jax.distributed.initialize(coordinator_address='localhost:{port}',
                              num_processes=2, process_id=int(os.environ['PID']))
+  from hrseg_jax import compile_cache
+  compile_cache.share_between_processes(True)   # as python -m hrseg_jax.main does
   from hrseg_jax.train import loop
   from train_util import tiny_config
   c = tiny_config(num_steps=3, batch_size=4)
@@ -147,7 +149,7 @@ def test_two_processes(tmp_path):
   print('RESULT', jax.process_index(), r['final_step'], r['losses'])
   '''
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             PYTHONPATH=f'{REPO}:{REPO / "tests"}:{REPO / "tests" / "multiprocess_cache"}')
+             PYTHONPATH=f'{REPO}:{REPO / "tests"}')
   procs = [subprocess.Popen([sys.executable, '-c', textwrap.dedent(code)],
                             env=dict(env, PID=str(i)), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
