@@ -220,6 +220,14 @@ def test_startup_block():
   assert [l.split(' ', 1)[0] for l in lines] == list(console_checks.STARTUP_KEYS)
   assert 'mesh data 2 x fsdp 1' in lines[0]
   assert '2,975 train, 500 val' in text and '65,859,379 parameters' in text
+  # Evaluation turned off (a negative eval.every_steps) is said, not silent.
+  plan = dict(devices=[cpu], mesh_shape={'data': 1, 'fsdp': 1}, process_count=1,
+              global_batch=8, local_batch=8, num_steps=64, steps_per_epoch=32,
+              num_train=256, num_val=None)
+  steps = progress.plan_block(**plan, eval_every=-5).splitlines()[2]
+  assert steps == ('steps       64 (2.0 epochs of 32 steps); no evaluation during '
+                   'training (eval.every_steps=-5)'), steps
+  assert 'evaluation' not in progress.plan_block(**plan, eval_every=4)
 
 
 def test_data_line_names_where_tfds_data_comes_from(tmp_path, monkeypatch):

@@ -131,7 +131,8 @@ def plan_lines(config, num_train: int) -> str:
       num_steps=num_steps, steps_per_epoch=steps_per_epoch, num_train=num_train,
       num_val=(evaluator_lib.num_examples(config, TRAINING_PROTOCOL)
                if evaluates else None),
-      data_from=progress_lib.data_origin(config.data, evaluates))
+      data_from=progress_lib.data_origin(config.data, evaluates),
+      eval_every=int(config.eval.get('every_steps', -1)))
 
 
 def _train(config, workdir: epath.Path, stop: StopSignal,

@@ -236,11 +236,13 @@ def startup_block(*, devices: Sequence[Any], mesh_shape: Mapping[str, int],
 def plan_block(*, devices: Sequence[Any], mesh_shape: Mapping[str, int],
                process_count: int, global_batch: int, local_batch: int,
                num_steps: int, steps_per_epoch: int, num_train: int,
-               num_val: int | None, data_from: str = '') -> str:
+               num_val: int | None, data_from: str = '',
+               eval_every: int | None = None) -> str:
   """The start-up lines known once the config and data are checked
   (devices, batch, steps, data), printed before the model is built, its
   ``train.init_from`` weights read or its checkpoint restored (``data_from``:
-  where the examples come from, see :func:`data_origin`)."""
+  where the examples come from, see :func:`data_origin`; ``eval_every``:
+  ``eval.every_steps``, named on the steps line when it turns evaluation off)."""
   kinds = sorted({getattr(d, 'device_kind', d.platform) for d in devices})
   mesh = ' x '.join(f'{k} {v}' for k, v in mesh_shape.items())
   epochs = num_steps / max(steps_per_epoch, 1)
@@ -250,7 +252,9 @@ def plan_block(*, devices: Sequence[Any], mesh_shape: Mapping[str, int],
       f'{console.counted(process_count, "process", "processes")}; mesh {mesh}',
       f'batch       {global_batch} global, {local_batch} per process',
       f'steps       {num_steps:,} ({epochs:.1f} epochs of '
-      f'{console.counted(steps_per_epoch, "step", thousands=True)})',
+      f'{console.counted(steps_per_epoch, "step", thousands=True)})'
+      + (f'; no evaluation during training (eval.every_steps={eval_every})'
+         if eval_every is not None and eval_every <= 0 else ''),
       f'data        {num_train:,} train{val} examples{" " + data_from if data_from else ""}',
   ])
 
