@@ -161,6 +161,11 @@ def test_epoch_after_resuming_with_another_batch_counts_the_images_seen(tmp_path
   # 16 images in steps 1-2, then 4 a step, of 32 (8 steps per epoch of 4):
   # step 3 has seen 20 (0.6 epochs; 3 steps of 4 said 0.4), step 8 40 (1.2; was 1.0).
   assert epochs == {3: '0.6', 4: '0.8', 5: '0.9', 6: '1.0', 7: '1.1', 8: '1.2'}, r.stdout
+  # The steps line's '(1.0 epochs of 8 steps)' counts steps of this batch:
+  # the start line says where the run is and ends.
+  start = [l for l in r.stdout.splitlines() if l.startswith('start ')]
+  assert start and ('; at epoch 0.5, ending at epoch 1.2 (earlier steps had another '
+                    'train.batch_size)') in start[0], r.stdout
   order = json.loads((tmp_path / 'runs/e/checkpoints/8/data_order/metadata').read_text())
   assert order['images_seen'] == 40 and order['global_batch'] == 4, order
 

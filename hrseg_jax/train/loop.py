@@ -247,6 +247,12 @@ def _train_logged(config, workdir: epath.Path, stop: StopSignal,
     loss_log.keep_up_to(start)
   # Counted across resumes with another global batch (the epoch on the step lines).
   seen_at_start = pipeline.images_seen(saved_order, start, config.train.batch_size)
+  if start < num_steps and seen_at_start != start * config.train.batch_size:
+    # The steps line's epochs count steps of this batch; the step lines count images.
+    per_epoch = steps_per_epoch * config.train.batch_size
+    end = seen_at_start + (num_steps - start) * config.train.batch_size
+    how += (f'; at epoch {seen_at_start / per_epoch:.1f}, ending at epoch '
+            f'{end / per_epoch:.1f} (earlier steps had another train.batch_size)')
   evaluator = evaluator_lib.from_config(
       config, default_protocol=TRAINING_PROTOCOL, model_cfg=model_cfg,
       to_global=lambda local: sharding.global_batch(local, batch_sh), dtype=dtype,
