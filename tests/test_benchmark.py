@@ -392,6 +392,10 @@ def test_report_table_lists_peer_rows_of_measured_models():
   assert ('| HRNetV2-W48 | PyTorch torch.compile | bf16 autocast, channels_last | 88.9 '
           '| 135.0 | 16.2 | – | 22.1 | – | – | – | – |') in text
   assert 'Lite-HRNet' not in text
+  # Compile seconds below 10 keep a decimal ('0.5', was '0' beside 'compile 0.5 s').
+  fast = report.table(dict(doc, results=[dict(rec, compile_s=4.6),
+                                         dict(rec, mode='infer', compile_s=0.5)]))
+  assert '| 4.6/0.5 |' in fast and '| 60/– |' in text, fast
 
 
 def test_report_of_runs_measured_differently_tells_their_rows_apart():

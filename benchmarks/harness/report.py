@@ -20,6 +20,11 @@ def _f(value, digits: int = 1, scale: float = 1.0) -> str:
   return '–' if value is None else f'{value * scale:.{digits}f}'
 
 
+def _seconds(value) -> str:
+  """Compile seconds: whole seconds from 10 on, one decimal below ('0.5', not '0')."""
+  return '–' if value is None else f'{value:.0f}' if value >= 10 else f'{value:.1f}'
+
+
 def _pct(value) -> str:
   return '–' if value is None else f'{100 * value:.1f}%'
 
@@ -42,7 +47,7 @@ def _ours(results: list[dict[str, Any]], label_runs: bool = False
   for (run, model, impl, dtype), by_mode in groups.items():
     t, i, s = (by_mode.get(m, {}) for m in ('train', 'infer', 'sliding'))
     peak = t.get('peak_bytes_in_use')
-    compile_s = f'{_f(t.get("compile_s"), 0)}/{_f(i.get("compile_s"), 0)}'
+    compile_s = f'{_seconds(t.get("compile_s"))}/{_seconds(i.get("compile_s"))}'
     if label_runs:
       impl = f'{impl} (run {run + 1})'
     rows.append([_model_label(model), impl, dtype,
@@ -59,7 +64,7 @@ def _peer(rows: Iterable[dict[str, Any]], keys: set[str]) -> list[list[str]]:
     if keys and p['model'] not in keys:
       continue
     impl = ('PyTorch ' + p['mode']) if p['source'] == 'pytorch' else 'JAX floor'
-    compile_s = (f'{_f(p["train_compile_s"], 0)}/{_f(p["infer_compile_s"], 0)}'
+    compile_s = (f'{_seconds(p["train_compile_s"])}/{_seconds(p["infer_compile_s"])}'
                  if p['train_compile_s'] else '–')
     ms = 1e3 * 12 / p['train_img_s']
     out.append([_model_label(p['model']), impl, p['precision'],
