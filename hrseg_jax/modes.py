@@ -77,7 +77,7 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   workdir = paths.resolve(workdir)
   # A camera index (--input 0) stays as it is.
   inputs = [p if video.is_camera(p) else paths.resolve(p) for p in inputs]
-  if mode == 'train' and checkpoint:   # was ignored without a word
+  if mode == 'train' and checkpoint not in (None, '', 'latest'):   # ignored without a word
     raise ValueError(f'--checkpoint {checkpoint}: --mode train resumes from the '
                      "checkpoints of --workdir; to start from other weights, pass "
                      '--config.train.init_from=PATH (a .pth or a converted checkpoint)')
@@ -116,7 +116,8 @@ def run(config, workdir: str, mode: str, checkpoint=None, inputs=(), *,
   try:
     path, step, described = checkpoint_info.select(checkpoint, workdir)
   except FileNotFoundError as e:
-    if checkpoint not in (None, '', 'best', 'latest'):
+    # A path, or checkpoints without a best one (no evaluation ran): as said.
+    if checkpoint not in (None, '', 'best', 'latest') or str(e).startswith('--checkpoint best:'):
       raise
     # No --checkpoint, best or latest: the workdir's own checkpoints were looked for.
     how = f'--checkpoint {checkpoint}' if checkpoint else 'without --checkpoint'

@@ -406,3 +406,22 @@ def test_a_stop_at_step_the_run_never_reaches_is_one_line(tmp_path):
       '(the default) to train to the end'], r.stderr[-3000:]
   assert 'trained' not in r.stdout
   assert not list((tmp_path / 'runs' / 't').glob('checkpoints/[0-9]*'))
+
+
+def test_best_without_an_evaluation_and_latest_in_training(tmp_path):
+  """A run without evaluation: `--mode eval --checkpoint best` said the
+  workdir had no checkpoints at all ('runs/t has none'); training with
+  `--checkpoint latest`, what training resumes from anyway, was refused."""
+  (tmp_path / 'config.py').write_text(
+      'from train_util import tiny_config\n\n\ndef get_config():\n'
+      '  return tiny_config(num_steps=1)\n')
+  run = ['--config', 'config.py', '--workdir', 'runs/t']
+  first = _train(tmp_path, *run)
+  assert first.returncode == 0, first.stderr[-3000:]
+  r = _train(tmp_path, *run, '--mode', 'eval', '--checkpoint', 'best')
+  assert (r.returncode, r.stdout) == (2, ''), r.stdout + r.stderr
+  assert r.stderr == ('error: --checkpoint best: no checkpoint in runs/t/checkpoints was '
+                      'saved after an evaluation (use latest, or a path)\n'), r.stderr
+  r = _train(tmp_path, *run, '--checkpoint', 'latest')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'nothing left to train' in r.stdout, r.stdout
