@@ -153,7 +153,8 @@ def flag_error(error: BaseException, argv) -> str:
   config it was probably meant to be."""
   if isinstance(error, flags.Error):
     # A config file that raises comes with its traceback in the message.
-    return _wrong_type(one_line(error)) or _not_a_choice(one_line(error)) or one_line(error)
+    text = one_line(error)
+    return _wrong_type(text) or _not_a_choice(text) or _unknown_flag(text) or text
   if isinstance(error, (AttributeError, KeyError)):
     field, hint = missing_field(error)
     bad = [a for a in argv if a.startswith('--config.') and field in a.split('=')[0]]
@@ -170,6 +171,19 @@ def flag_error(error: BaseException, argv) -> str:
 _TYPE_ERRORS = (('invalid literal for int()', 'an integer'),
                 ('could not convert string to float', 'a number'),
                 ('Non-boolean argument to boolean flag', 'true or false'))
+
+
+def _unknown_flag(message: str) -> str | None:
+  """absl's ``Unknown command line flag 'workdr'. Did you mean: workdir ?``
+  in the other commands' words: ``unrecognized arguments: --workdr; did you
+  mean --workdir? (see --help)``; None for another message."""
+  found = re.match(r"Unknown command line flag '([^']+)'(?:\. Did you mean: (.+?) \?)?$",
+                   message)
+  if not found:
+    return None
+  meant = ' or '.join(f'--{m.strip()}' for m in found[2].split(',')) if found[2] else ''
+  return (f'unrecognized arguments: --{found[1]}'
+          + (f'; did you mean {meant}?' if meant else '') + ' (see --help)')
 
 
 def _not_a_choice(message: str) -> str | None:

@@ -361,6 +361,12 @@ def test_a_bad_mode_and_a_missing_config_file_are_one_line_each(tmp_path):
   r = _run_main(tmp_path, '--mode', 'bogus', '--workdir', 'runs/x')
   assert (r.returncode, r.stdout) == (2, '') and r.stderr == (
       'error: --mode=bogus: expected one of train, eval, predict\n'), r.stderr
+  # A misspelt flag, in the words of the argparse commands (was absl's
+  # "Unknown command line flag 'workdr'. Did you mean: workdir ?").
+  r = _run_main(tmp_path, '--workdr', 'runs/x')
+  assert (r.returncode, r.stdout) == (2, '') and r.stderr == (
+      'error: unrecognized arguments: --workdr; did you mean --workdir? (see --help)\n'
+  ), r.stderr
   r = _run_main(tmp_path, '--config', 'configs/nope.py', '--workdir', 'runs/x')
   assert (r.returncode, r.stdout) == (2, '') and r.stderr == (
       'error: config file configs/nope.py not found: pass --config with the path of one '
