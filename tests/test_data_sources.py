@@ -432,6 +432,7 @@ def test_make_lists_missing_label(tmp_path):
             'ctrain_000001_000019_gtFine_labelIds.png')
   with pytest.raises(DataError, match='label for .*ctrain_000001'):
     lists.make_lists('cityscapes', str(root), str(tmp_path / 'list'))
+  (tmp_path / 'nothing').mkdir()   # empty (a missing root is 'no such folder')
   with pytest.raises(DataError, match='no ade20k images'):
     lists.make_lists('ade20k', str(tmp_path / 'nothing'), str(tmp_path))
 

@@ -175,8 +175,9 @@ def test_preempted_on_two_hosts_resumes_on_one_and_on_four(eight_devices, tmp_pa
                  if p.name.isdigit())
   assert len(saved) == 1 and 1 <= saved[0] < STEPS, (saved, out[-3000:])
   stop = saved[0]
-  # Every process stopped after the same step (one log file per process).
-  assert out.count(f'at step {stop} of {STEPS}, checkpoint saved') == 2, out[-3000:]
+  # Every process stopped after the same step (one log file per process, and
+  # process 0's line on the terminal too: launch_local --log_dir shows it).
+  assert out.count(f'at step {stop} of {STEPS}, checkpoint saved') == 3, out[-3000:]
   # One input state for all processes; metrics files from process 0 only.
   order = json.loads((work / 'checkpoints' / str(stop) / 'data_order' / 'metadata').read_text())
   assert order['step'] == stop and not (work / 'checkpoints' / str(stop) / 'data').exists()
