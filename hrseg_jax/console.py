@@ -120,6 +120,12 @@ def configure(verbose: bool = False) -> None:
   absl_logging.get_absl_handler().addFilter(_CONSOLE_FILTER)
   if not getattr(sys.unraisablehook, 'quiet', False):
     sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+  # A checkpoint write that an error (a full disk) cut short leaves Orbax
+  # coroutines unawaited: Python names each at exit ('sys:1: RuntimeWarning:
+  # coroutine ... was never awaited'), after the run's one error line.
+  import warnings  # pylint: disable=g-import-not-at-top
+  warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
+                          category=RuntimeWarning)
   # The ONNX writer's serialiser warns once per value it leaves untyped
   # (hundreds of lines for Lite-HRNet); the export is checked anyway.
   logging.getLogger('onnx_ir').setLevel(logging.ERROR)
