@@ -193,10 +193,11 @@ def test_preempted_on_two_hosts_resumes_on_one_and_on_four(eight_devices, tmp_pa
     out = launch(tmp_path, resumed, *args,
                  overrides=GUARDED + ['--config.train.log_every_steps=100'])
     # Printed by process 0 only.
-    assert out.count(f'of {STEPS}, resumed from step {stop}) in ') == 1, out[-3000:]
+    # Process 0's lines twice: its log file, and the terminal (--log_dir shows it).
+    assert out.count(f'of {STEPS}, resumed from step {stop}) in ') == 2, out[-3000:]
     # The start-up block says the topology changed.
-    assert out.count(f'resumed from step {stop} (') == 1, out[-3000:]
-    assert out.count(f'; saved on 2 processes, 8 devices, now {now}') == 1, out[-3000:]
+    assert out.count(f'resumed from step {stop} (') == 2, out[-3000:]
+    assert out.count(f'; saved on 2 processes, 8 devices, now {now}') == 2, out[-3000:]
     # The resumed run adds at most one events file (process 0's).
     assert len(list(resumed.glob('events.out.tfevents.*'))) <= 2, name
     got = read_losses(resumed)
