@@ -52,18 +52,4 @@ def init_state(model, tx, rng, image_shape, mesh,
   if on_shapes is not None:
     on_shapes(abstract)
   shardings = sharding.state_shardings(abstract, mesh)
-  compiled = jax.jit(make, out_shardings=shardings).lower().compile(
-      compiler_options=_init_compiler_options())
-  return compiled(), shardings
-
-
-def _init_compiler_options() -> dict | None:
-  """XLA options of the initialisation's compilation.
-
-  It runs once, in a fraction of a second, but on the CPU XLA's backend
-  optimisations of its random-number code (one threefry per parameter)
-  took 90 of the 100 s that the demo model's initialisation compiled (13 s
-  without them); the values differ from an optimised build's by float32
-  rounding.  Other backends compile as usual (not yet measured on a GPU).
-  """
-  return {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
+  return jax.jit(make, out_shardings=shardings)(), shardings
